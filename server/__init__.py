@@ -1,0 +1,1 @@
+"""cast.server: the control plane (FastAPI app, run queue, storage)."""

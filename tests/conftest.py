@@ -1,0 +1,214 @@
+"""Shared fixtures: a real control plane and real workers on loopback, each test
+with its own data dir, and the real `cast` CLI run as a subprocess.
+
+Factories (`start_server`, `start_worker`) let a test start several of each,
+restart them, or kill them with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    data_dir: Path
+    port: int
+    env: dict
+    log_path: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin-token").read_text().strip()
+
+    @property
+    def worker_token(self) -> str:
+        return (self.data_dir / "worker-token").read_text().strip()
+
+    def start(self) -> "ServerProcess":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cast.server", "--host", "127.0.0.1",
+             "--port", str(self.port), "--data-dir", str(self.data_dir)],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_until(self._healthy, what=f"server on {self.url} (log: {self.log_path})")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"server exited: {self.log_path.read_text()[-3000:]}")
+        try:
+            return httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def api(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"{self.url}/api/v1",
+            headers={"Authorization": f"Bearer {token or self.admin_token}"},
+            timeout=30,
+        )
+
+
+@dataclass
+class WorkerProcess:
+    server: ServerProcess
+    work_dir: Path
+    name: str
+    executor: str
+    extra_args: list[str] = field(default_factory=list)
+    env: dict = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir.parent / f"{self.name}.log"
+
+    def start(self) -> "WorkerProcess":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cast.worker", "--server", self.server.url,
+             "--token-file", str(self.server.data_dir / "worker-token"),
+             "--work-dir", str(self.work_dir), "--name", self.name,
+             "--executor", self.executor, *self.extra_args],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def base_env(tmp_path) -> dict:
+    """The environment every process of a test gets: its own CAST_HOME, no
+    server from the developer's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAST_")}
+    env["CAST_HOME"] = str(tmp_path / "home")
+    env["CAST_LEASE_SECONDS"] = "2"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture
+def start_server(tmp_path, base_env):
+    started: list[ServerProcess] = []
+
+    def factory(*, data_dir: Path | None = None, port: int | None = None, env: dict | None = None) -> ServerProcess:
+        port = port or free_port()
+        server = ServerProcess(
+            url=f"http://127.0.0.1:{port}", port=port,
+            data_dir=data_dir or tmp_path / f"server{len(started)}",
+            env={**base_env, **(env or {})},
+            log_path=tmp_path / f"server{len(started)}.log",
+        )
+        started.append(server)
+        return server.start()
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def start_worker(tmp_path, base_env):
+    started: list[WorkerProcess] = []
+
+    def factory(server: ServerProcess, *, executor: str = "local", name: str | None = None,
+                extra_args: list[str] | None = None, env: dict | None = None) -> WorkerProcess:
+        name = name or f"worker{len(started)}"
+        worker = WorkerProcess(
+            server=server, work_dir=tmp_path / name, name=name, executor=executor,
+            extra_args=extra_args or [], env={**base_env, **(env or {})},
+        )
+        started.append(worker)
+        return worker.start()
+
+    yield factory
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def server(start_server) -> ServerProcess:
+    return start_server()
+
+
+@pytest.fixture
+def worker(server, start_worker) -> WorkerProcess:
+    return start_worker(server)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self):
+        return json.loads(self.stdout)
+
+
+@pytest.fixture
+def cli(server, base_env, tmp_path):
+    """Run the real `cast` command against `server` with the admin token."""
+
+    def run(*args: str, cwd: Path | None = None, timeout: float = 120, env: dict | None = None,
+            input: str | None = None) -> CliResult:
+        full_env = {**base_env, "CAST_SERVER_URL": server.url, "CAST_TOKEN": server.admin_token, **(env or {})}
+        proc = subprocess.run(
+            ["cast", *args], cwd=cwd or tmp_path, env=full_env, capture_output=True,
+            text=True, timeout=timeout, input=input,
+        )
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run

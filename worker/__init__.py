@@ -1,0 +1,1 @@
+"""cast.worker: the agent that leases runs and executes them."""
