@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs cast and, with --system, everything its whole test suite needs on a
+# Debian host: git, the Docker engine (started if not running), Chromium, and
+# the offline base image (built once, reused while its tag exists).
+# Idempotent: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m pip install -q -e '.[all]'
+
+[ "${1:-}" = "--system" ] || exit 0
+
+need=()
+command -v git >/dev/null || need+=(git)
+command -v dockerd >/dev/null || need+=(docker.io)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+    echo "setup: starting the Docker engine"
+    (setsid dockerd >/var/log/dockerd.log 2>&1 &)
+    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    docker info >/dev/null 2>&1 || { echo "setup: dockerd did not start; see /var/log/dockerd.log" >&2; exit 1; }
+fi
+
+bash docker/build-base-image.sh
