@@ -1,0 +1,177 @@
+"""The embedded default: a control plane and worker on this machine, started
+by the first `cast` command that needs them and shared by every later one.
+
+Owns: finding a running embedded server from `CAST_HOME/server.json`
+(`{"url", "pid"}`, written by `python -m cast.server up --home HOME` once it
+is healthy), starting one detached under a file lock so that two concurrent
+first commands start only one, and stopping it (`cast down`). The server and
+worker themselves live in cast.server; this module only runs them as a
+subprocess, so the CLI never imports server code.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .sdk import CastError
+
+STATE_FILE = "server.json"
+LOCK_FILE = "embedded.lock"
+LOG_FILE = "server.log"
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 30.0
+
+
+def server_command(home: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "cast.server", "up", "--home", str(home), *extra]
+
+
+def read_state(home: Path) -> dict | None:
+    try:
+        state = json.loads((home / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or "url" not in state or "pid" not in state:
+        return None
+    return state
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def healthy(url: str, timeout: float = 1.0) -> bool:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request("GET", parts.path.rstrip("/") + "/api/v1/health")
+        response = conn.getresponse()
+        response.read()
+        return response.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def running_url(home: Path) -> str | None:
+    """The URL of a live, healthy embedded server under `home`, if any."""
+    state = read_state(home)
+    if state and pid_alive(state["pid"]) and healthy(state["url"]):
+        return state["url"]
+    return None
+
+
+class _Lock:
+    """An exclusive flock on HOME/embedded.lock, held while starting or stopping."""
+
+    def __init__(self, home: Path):
+        self.path = home / LOCK_FILE
+
+    def __enter__(self):
+        import fcntl
+
+        self._file = open(self.path, "a")
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()  # closing releases the lock
+
+
+def ensure_running(home: Path) -> str:
+    """The URL of the embedded server, starting it first if needed."""
+    url = running_url(home)
+    if url:
+        return url
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _Lock(home):
+        url = running_url(home)  # another command may have started it meanwhile
+        if url:
+            return url
+        return _start(home)
+
+
+def _start(home: Path) -> str:
+    (home / STATE_FILE).unlink(missing_ok=True)
+    log_path = home / LOG_FILE
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            server_command(home), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True,
+        )
+    sys.stderr.write(f"cast: starting the embedded server in {home} (log: {log_path})\n")
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        code = process.poll()
+        if code is not None:
+            raise CastError(f"the embedded server exited with code {code} while starting; see {log_path}{_last_line(log_path)}")
+        state = read_state(home)
+        if state and healthy(state["url"]):
+            return state["url"]
+        time.sleep(0.1)
+    raise CastError(f"the embedded server did not become healthy within {START_TIMEOUT:.0f}s; see {log_path}")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return f" (last line: {lines[-1].strip()[:300]})" if lines else ""
+
+
+def stop(home: Path) -> str:
+    """Stop the embedded server; returns what happened, for the user."""
+    if not home.is_dir():
+        return f"No embedded server in {home}."
+    with _Lock(home):
+        state = read_state(home)
+        if not state or not pid_alive(state["pid"]):
+            (home / STATE_FILE).unlink(missing_ok=True)
+            return f"No embedded server is running in {home}."
+        pid, url = int(state["pid"]), state["url"]
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while pid_alive(pid) and not _is_zombie(pid):
+            if time.monotonic() > deadline:
+                raise CastError(f"the embedded server (pid {pid}) did not stop within {STOP_TIMEOUT:.0f}s of SIGTERM")
+            time.sleep(0.05)
+        state = read_state(home)
+        if state and int(state["pid"]) == pid:
+            (home / STATE_FILE).unlink(missing_ok=True)
+        return f"Stopped the embedded server at {url} (pid {pid})."
+
+
+def _is_zombie(pid: int) -> bool:
+    """A child that exited but was not reaped still answers kill(pid, 0)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def run_foreground(home: Path, extra: tuple[str, ...] = ()) -> None:
+    """`cast up`: become the embedded server (exec), so ^C and signals reach it."""
+    url = running_url(home)
+    if url:
+        raise CastError(f"the embedded server is already running at {url}; `cast down` stops it")
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    command = server_command(home, *extra)
+    sys.stdout.flush()
+    os.execv(command[0], command)

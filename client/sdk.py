@@ -1,0 +1,379 @@
+"""The Python SDK for the cast HTTP API (docs/api.md): one method per user call.
+
+Owns: talking HTTP to the control plane, turning error answers into
+`ApiError` (the server's `detail`) and network failures into `Unreachable`,
+streaming uploads and downloads, and following a run's log across dropped
+connections. Built on the standard library's `http.client` rather than httpx
+because every `cast` invocation imports it and startup time is part of each
+command's latency.
+
+    from cast.client.sdk import Client
+    client = Client("http://127.0.0.1:8750", token)
+    run = client.create_run({"command": "python train.py", "pip": ["tqdm"]})
+    for chunk in client.follow_logs(run["id"]):
+        for entry in chunk["entries"]:
+            print(entry["text"])
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from typing import Any, Iterable, Iterator
+from urllib.parse import quote, urlencode, urlsplit
+
+API_PREFIX = "/api/v1"
+DEFAULT_TIMEOUT = 60.0
+# A follow stream may stay silent while a run computes; after this long the
+# client reconnects from its offset, which costs nothing and detects dead links.
+FOLLOW_READ_TIMEOUT = 75.0
+# Give up following after this long without reaching the server at all.
+FOLLOW_GIVE_UP_SECONDS = 300.0
+STREAM_CHUNK = 256 * 1024
+
+
+class CastError(Exception):
+    """An error the CLI reports as one line; `exit_code` is what it exits with."""
+
+    exit_code = 1
+
+
+class ApiError(CastError):
+    """The server answered with an error; `detail` is its reason."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class Unreachable(CastError):
+    """The server could not be reached (refused, reset, timed out)."""
+
+
+def _detail_of(status: int, reason: str, body: bytes) -> str:
+    try:
+        detail = json.loads(body).get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    if isinstance(detail, list):  # a schema error listing each bad field
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in item.get('loc', ())[1:]) or 'body'}: {item.get('msg')}"
+            if isinstance(item, dict) else str(item)
+            for item in detail
+        )
+    if not detail:
+        text = body.decode("utf-8", "replace").strip()
+        detail = f"HTTP {status} {reason}" + (f": {text[:200]}" if text else "")
+    return str(detail)
+
+
+class Client:
+    """A connection to one control plane with one user token."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT):
+        parts = urlsplit(url.rstrip("/"))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise CastError(f"server URL {url!r} must look like http://HOST:PORT")
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        prefix = parts.path.rstrip("/")
+        if prefix.endswith(API_PREFIX):
+            prefix = prefix[: -len(API_PREFIX)]
+        self._prefix = prefix + API_PREFIX
+        self._conn: http.client.HTTPConnection | None = None
+
+    # --- transport -----------------------------------------------------
+
+    def _new_connection(self, timeout: float | None) -> http.client.HTTPConnection:
+        if self._https:
+            import ssl
+
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=timeout, context=ssl.create_default_context()
+            )
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _url(self, path: str, query: dict | None) -> str:
+        url = self._prefix + path
+        if query:
+            pairs = {k: v for k, v in query.items() if v is not None and v != [] and v != ()}
+            if pairs:
+                url += "?" + urlencode(pairs, doseq=True)
+        return url
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict | None = None,
+        body: bytes | Iterable[bytes] | None = None,
+        headers: dict | None = None,
+        timeout: float | None = None,
+        dedicated: bool = False,
+    ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
+        """Send one request; the caller reads the response.
+
+        Ordinary calls share one keep-alive connection and are retried once
+        when that connection turns out to be stale. Streams (`dedicated`) get
+        their own connection, since their bodies cannot be replayed and their
+        responses are read while other calls go on.
+        """
+        all_headers = {"Authorization": f"Bearer {self.token}", "User-Agent": "cast-cli"}
+        if headers:
+            all_headers.update(headers)
+        url = self._url(path, query)
+        streamed_body = body is not None and not isinstance(body, (bytes, bytearray))
+        for attempt in (1, 2):
+            reused = False
+            if dedicated:
+                conn = self._new_connection(timeout or self.timeout)
+            else:
+                reused = self._conn is not None
+                if self._conn is None:
+                    self._conn = self._new_connection(self.timeout)
+                conn = self._conn
+            try:
+                conn.request(method, url, body=body, headers=all_headers, encode_chunked=streamed_body)
+                return conn.getresponse(), conn
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                conn.close()
+                if not dedicated:
+                    self._conn = None
+                if reused and attempt == 1 and not streamed_body:
+                    continue  # the keep-alive connection had gone stale
+                raise Unreachable(f"lost the connection to the cast server at {self.url} ({exc.__class__.__name__})") from None
+            except ConnectionRefusedError:
+                conn.close()
+                if not dedicated:
+                    self._conn = None
+                raise Unreachable(f"cannot reach the cast server at {self.url}: connection refused") from None
+            except (socket.timeout, TimeoutError):
+                conn.close()
+                if not dedicated:
+                    self._conn = None
+                raise Unreachable(f"the cast server at {self.url} did not answer in time") from None
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if not dedicated:
+                    self._conn = None
+                raise Unreachable(f"cannot reach the cast server at {self.url}: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def _call(self, method: str, path: str, *, query: dict | None = None, json_body: Any = None,
+              body: bytes | Iterable[bytes] | None = None, headers: dict | None = None,
+              dedicated: bool = False) -> Any:
+        """A request whose answer is JSON (or empty); errors raise ApiError."""
+        headers = dict(headers or {})
+        headers.setdefault("Accept", "application/json")
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        response, conn = self._send(method, path, query=query, body=body, headers=headers, dedicated=dedicated)
+        try:
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            self._conn = None if conn is self._conn else self._conn
+            raise Unreachable(f"lost the connection to the cast server at {self.url} ({exc.__class__.__name__})") from None
+        finally:
+            if dedicated:
+                conn.close()
+        if response.status >= 400:
+            raise ApiError(response.status, _detail_of(response.status, response.reason, data))
+        if not data or method == "HEAD":
+            return None
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise CastError(f"the server at {self.url} answered {path} with something that is not JSON") from None
+
+    def _stream(self, method: str, path: str, *, query: dict | None = None,
+                timeout: float | None = None) -> "Download":
+        """A request whose answer is read as a stream (bytes, tar, NDJSON)."""
+        response, conn = self._send(method, path, query=query, timeout=timeout, dedicated=True)
+        if response.status >= 400:
+            data = response.read()
+            conn.close()
+            raise ApiError(response.status, _detail_of(response.status, response.reason, data))
+        return Download(response, conn, self.url)
+
+    # --- health --------------------------------------------------------
+
+    def health(self) -> dict:
+        return self._call("GET", "/health")
+
+    # --- runs ----------------------------------------------------------
+
+    def create_run(self, spec: dict) -> dict:
+        """Submit a run; `spec` is a RunCreate (docs/api.md)."""
+        return self._call("POST", "/runs", json_body=spec)
+
+    def list_runs(self, *, status: list[str] | None = None, label: str | None = None,
+                  limit: int | None = None, before: int | None = None) -> dict:
+        return self._call("GET", "/runs", query={"status": status, "label": label, "limit": limit, "before": before})
+
+    def get_run(self, run_id: int) -> dict:
+        return self._call("GET", f"/runs/{int(run_id)}")
+
+    def stop_run(self, run_id: int) -> dict:
+        return self._call("POST", f"/runs/{int(run_id)}/stop")
+
+    def kill_run(self, run_id: int) -> dict:
+        return self._call("POST", f"/runs/{int(run_id)}/kill")
+
+    def add_label(self, run_id: int, label: str) -> dict:
+        return self._call("POST", f"/runs/{int(run_id)}/labels", json_body={"label": label})
+
+    def remove_label(self, run_id: int, label: str) -> dict:
+        return self._call("DELETE", f"/runs/{int(run_id)}/labels/{quote(label, safe='')}")
+
+    # --- logs ----------------------------------------------------------
+
+    def get_logs(self, run_id: int, *, offset: int = 0, limit: int | None = None) -> dict:
+        return self._call("GET", f"/runs/{int(run_id)}/logs", query={"offset": offset, "limit": limit})
+
+    def download_logs(self, run_id: int) -> "Download":
+        return self._stream("GET", f"/runs/{int(run_id)}/logs/download")
+
+    def follow_logs(self, run_id: int, offset: int = 0, *, on_reconnect=None) -> Iterator[dict]:
+        """Yield the chunks `{entries, next_offset, finished}` of a run's log
+        until the run is final and every entry was yielded.
+
+        A dropped connection (server restart, network cut, silence longer than
+        FOLLOW_READ_TIMEOUT) is resumed from the last complete chunk's
+        `next_offset`, with backoff, so no entry is yielded twice or missed.
+        `on_reconnect(error_text)` is called before each retry.
+        """
+        backoff = 0.1
+        failing_since: float | None = None
+        while True:
+            try:
+                download = self._stream("GET", f"/runs/{int(run_id)}/logs/follow",
+                                        query={"offset": offset}, timeout=FOLLOW_READ_TIMEOUT)
+                with download:
+                    for line in download.response:
+                        if not line.strip():
+                            continue
+                        chunk = json.loads(line)  # a line cut short raises and resumes below
+                        failing_since, backoff = None, 0.1
+                        offset = chunk["next_offset"]
+                        yield chunk
+                        if chunk.get("finished"):
+                            return
+                problem = "the log stream ended early"
+            except ApiError as exc:
+                if exc.status < 500:
+                    raise
+                problem = f"HTTP {exc.status}: {exc.detail}"
+            except (Unreachable, OSError, http.client.HTTPException, ValueError) as exc:
+                problem = str(exc) or exc.__class__.__name__
+            now = time.monotonic()
+            failing_since = failing_since or now
+            if now - failing_since > FOLLOW_GIVE_UP_SECONDS:
+                raise Unreachable(f"lost the log stream of run {run_id} from {self.url}: {problem}")
+            if on_reconnect:
+                on_reconnect(problem)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 3.0)
+
+    # --- outputs -------------------------------------------------------
+
+    def list_outputs(self, run_id: int) -> dict:
+        return self._call("GET", f"/runs/{int(run_id)}/outputs")
+
+    def download_output(self, run_id: int, path: str) -> "Download":
+        return self._stream("GET", f"/runs/{int(run_id)}/outputs/{quote(path)}")
+
+    # --- uploads -------------------------------------------------------
+
+    def upload(self, name: str, kind: str, chunks: Iterable[bytes]) -> dict:
+        """Stream an upload; `kind` is "file" (raw bytes) or "dir" (a tar)."""
+        return self._call("PUT", f"/uploads/{quote(name, safe='')}", query={"kind": kind}, body=chunks,
+                          headers={"Content-Type": "application/x-tar" if kind == "dir" else "application/octet-stream"},
+                          dedicated=True)
+
+    def list_uploads(self) -> dict:
+        return self._call("GET", "/uploads")
+
+    def list_upload(self, name: str, path: str = "") -> dict:
+        return self._call("GET", self._upload_path(name, path), query={"list": 1})
+
+    def download_upload(self, name: str, path: str = "") -> "Download":
+        return self._stream("GET", self._upload_path(name, path))
+
+    @staticmethod
+    def _upload_path(name: str, path: str) -> str:
+        return f"/uploads/{quote(name, safe='')}" + (f"/{quote(path)}" if path else "")
+
+    # --- code bundles --------------------------------------------------
+
+    def has_code(self, key: str) -> bool:
+        try:
+            self._call("HEAD", f"/code/{key}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def put_code(self, key: str, chunks: Iterable[bytes]) -> None:
+        self._call("PUT", f"/code/{key}", body=chunks, headers={"Content-Type": "application/x-tar"},
+                   dedicated=True)
+
+
+class Download:
+    """A streamed answer: iterate `chunks()` or read `response`; close when done."""
+
+    def __init__(self, response: http.client.HTTPResponse, conn: http.client.HTTPConnection, url: str):
+        self.response = response
+        self._conn = conn
+        self._url = url
+
+    @property
+    def content_type(self) -> str:
+        return (self.response.getheader("Content-Type") or "").split(";")[0].strip()
+
+    @property
+    def length(self) -> int | None:
+        value = self.response.getheader("Content-Length")
+        return int(value) if value and value.isdigit() else None
+
+    def chunks(self, size: int = STREAM_CHUNK) -> Iterator[bytes]:
+        try:
+            while True:
+                data = self.response.read1(size)
+                if not data:
+                    return
+                yield data
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(f"the download from {self._url} was cut off ({exc.__class__.__name__})") from None
+
+    def read(self, size: int = -1) -> bytes:
+        """File-like reading, for tarfile's stream mode."""
+        try:
+            return self.response.read(size)
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(f"the download from {self._url} was cut off ({exc.__class__.__name__})") from None
+
+    def close(self) -> None:
+        self.response.close()
+        self._conn.close()
+
+    def __enter__(self) -> "Download":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
