@@ -1,0 +1,158 @@
+"""The local executor for real: bash in the working dir, its environment, logs,
+read-only mounts (even for root), GPUs, stop and kill."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cast.worker.envs import HOST_KEY
+from cast.worker.executors.base import BuildFailed, BuildResult, Job, PreparedMount
+from cast.worker.executors.local import LocalExecutor
+from cast.worker.mounts import make_read_only
+
+HOST = BuildResult(key=HOST_KEY, cached=True)
+
+
+class Sink:
+    def __init__(self):
+        self.lines: list[tuple[str, str, float]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, stream: str, text: str) -> None:
+        with self._lock:
+            self.lines.append((stream, text, time.monotonic()))
+
+    def of(self, stream: str) -> list[str]:
+        return [text for s, text, _ in self.lines if s == stream]
+
+
+@pytest.fixture
+def executor(tmp_path) -> LocalExecutor:
+    return LocalExecutor(tmp_path / "work")
+
+
+def make_job(tmp_path: Path, command: str, **fields) -> Job:
+    workdir = tmp_path / "run"
+    workdir.mkdir(exist_ok=True)
+    return Job(run_id=7, spec={"command": command, **fields.pop("spec", {})}, workdir=workdir, **fields)
+
+
+def test_runs_bash_in_the_working_dir_with_the_run_environment(executor, tmp_path, monkeypatch):
+    monkeypatch.setenv("CAST_WORKER_TOKEN", "secret-worker-token")
+    job = make_job(tmp_path, 'pwd; echo "id=$CAST_RUN_ID seed=$SEED token=${CAST_WORKER_TOKEN:-none}"; '
+                             'echo oops >&2; exit 3',
+                   env={"CAST_RUN_ID": "7", "SEED": "42"})
+    sink = Sink()
+    result = executor.start(job, HOST, sink).wait()
+    assert result.exit_code == 3
+    assert sink.of("stdout") == [str(job.workdir), "id=7 seed=42 token=none"]
+    assert sink.of("stderr") == ["oops"]
+
+
+def test_lines_reach_the_sink_while_the_command_runs(executor, tmp_path):
+    job = make_job(tmp_path, "echo first; sleep 1; echo second")
+    sink = Sink()
+    started = time.monotonic()
+    executor.start(job, HOST, sink).wait()
+    first, second = sink.lines
+    assert first[2] - started < 0.5 and second[2] - first[2] > 0.8
+
+
+def test_a_pip_environment_is_on_the_path(executor, tmp_path):
+    job = make_job(tmp_path, 'python -c "import termcolor, sys; print(sys.prefix)"',
+                   spec={"pip": ["termcolor"]})
+    build = executor.build(job, Sink())
+    sink = Sink()
+    assert executor.start(job, build, sink).wait().exit_code == 0
+    assert sink.of("stdout") == [str(executor.envs.path(build.key))]
+    assert executor.build(job, Sink()).cached
+    assert [entry.key for entry in executor.cache_entries()] == [build.key]
+
+
+def test_apt_packages_are_refused_clearly(executor, tmp_path):
+    with pytest.raises(BuildFailed, match="cannot install apt packages; use the docker executor"):
+        executor.build(make_job(tmp_path, "true", spec={"apt": ["jq"]}), Sink())
+
+
+def test_cuda_visible_devices_holds_only_the_runs_gpus(executor, tmp_path):
+    sink = Sink()
+    executor.start(make_job(tmp_path, 'echo "[$CUDA_VISIBLE_DEVICES]"', gpus=[1, 3]), HOST, sink).wait()
+    executor.start(make_job(tmp_path, 'echo "[${CUDA_VISIBLE_DEVICES-unset}]"'), HOST, sink).wait()
+    assert sink.of("stdout") == ["[1,3]", "[]"]
+
+
+@pytest.fixture
+def read_only_sources(tmp_path):
+    data = tmp_path / "sources" / "dataset"
+    data.mkdir(parents=True)
+    (data / "train.txt").write_text("train\n")
+    single = tmp_path / "sources" / "weights.bin"
+    single.write_text("weights\n")
+    make_read_only(data)
+    make_read_only(single)
+    return data, single
+
+
+def test_mounts_are_placed_as_links_and_cannot_be_written_even_by_root(executor, tmp_path, read_only_sources):
+    data, single = read_only_sources
+    job = make_job(tmp_path, "cat data/train.txt models/w.bin; "
+                             "echo x >> data/train.txt; echo x > data/new.txt; echo x >> models/w.bin; "
+                             "rm -f data/train.txt; echo survived",
+                   mounts=[PreparedMount(data, "data"), PreparedMount(single, "models/w.bin")])
+    (job.workdir / "data").write_text("a checkout file the mount replaces\n")
+    sink = Sink()
+    result = executor.start(job, HOST, sink).wait()
+
+    assert result.exit_code == 0
+    assert sink.of("stdout") == ["train", "weights", "survived"]
+    errors = sink.of("stderr")
+    assert len(errors) == 4 and all("Read-only file system" in line or "Permission denied" in line
+                                    for line in errors), errors
+    if os.geteuid() == 0:
+        assert all("Read-only file system" in line for line in errors)
+    assert (data / "train.txt").read_text() == "train\n" and not (data / "new.txt").exists()
+    assert single.read_text() == "weights\n"
+    assert (job.workdir / "data").resolve() == data.resolve()
+    # The read-only view belonged to the run alone: the worker's own view is unchanged.
+    assert os.access(data.parent, os.W_OK)
+
+
+def test_terminate_sends_sigterm_to_the_group_and_waits_for_a_clean_exit(executor, tmp_path):
+    job = make_job(tmp_path, "trap 'echo got TERM; exit 7' TERM; echo ready; sleep 30 & wait")
+    sink = Sink()
+    process = executor.start(job, HOST, sink)
+    while sink.of("stdout") != ["ready"]:
+        time.sleep(0.02)
+    started = time.monotonic()
+    process.terminate(grace=10)
+    result = process.wait()
+    assert result.exit_code == 7 and time.monotonic() - started < 2
+    assert sink.of("stdout") == ["ready", "got TERM"]
+
+
+def test_terminate_kills_after_the_grace_period(executor, tmp_path):
+    job = make_job(tmp_path, "trap '' TERM; echo ready; sleep 30; echo never")
+    sink = Sink()
+    process = executor.start(job, HOST, sink)
+    while sink.of("stdout") != ["ready"]:
+        time.sleep(0.02)
+    started = time.monotonic()
+    process.terminate(grace=0.5)
+    result = process.wait()
+    assert result.exit_code == 137 and 0.4 < time.monotonic() - started < 3
+    assert "never" not in sink.of("stdout")
+
+
+def test_kill_ends_the_whole_group_at_once(executor, tmp_path):
+    job = make_job(tmp_path, "sleep 30 & sleep 30; echo never")
+    process = executor.start(job, HOST, Sink())
+    time.sleep(0.2)
+    started = time.monotonic()
+    process.kill()
+    assert process.wait().exit_code == 137
+    assert time.monotonic() - started < 2

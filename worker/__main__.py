@@ -1,0 +1,203 @@
+"""`python -m cast.worker`: run a worker, or look after its environment cache.
+
+    python -m cast.worker --server URL (--token-file F | CAST_WORKER_TOKEN) [--work-dir W]
+        [--name N] [--executor auto|local|docker] [--max-runs K] [--gpus auto|none|0,1]
+    python -m cast.worker cache ls [--json] [--work-dir W] [--executor E]
+    python -m cast.worker cache prune (--older-than 7d | --all) [--work-dir W] [--executor E]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from cast.worker.agent import Agent, default_work_dir
+from cast.worker.client import ServerClient
+from cast.worker.executors import EXECUTOR_CHOICES, available_executors, make_executor
+from cast.worker.executors.base import Executor, ExecutorUnavailable
+from cast.worker.locking import try_lock
+from cast.worker.resources import cpu_count, parse_gpus_option
+
+SHUTDOWN_WAIT = 8.0  # seconds to report interrupted runs before exiting
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class UsageError(Exception):
+    """Bad arguments or setup: one line for the user, exit code 2."""
+
+
+def parse_duration(text: str) -> float:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise UsageError(f"duration {text!r} must be a number with s, m, h or d, e.g. 7d")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cast.worker", description="Run a cast worker.")
+    parser.add_argument("--server", default=os.environ.get("CAST_SERVER_URL"),
+                        help="the control plane's URL (default: $CAST_SERVER_URL)")
+    parser.add_argument("--token-file", type=Path, help="file holding the worker token "
+                        "(default: $CAST_WORKER_TOKEN)")
+    parser.add_argument("--work-dir", type=Path, default=default_work_dir(),
+                        help="where runs, environments and caches live (default: $CAST_HOME/worker)")
+    parser.add_argument("--name", default=socket.gethostname())
+    parser.add_argument("--executor", choices=EXECUTOR_CHOICES, default="auto")
+    parser.add_argument("--max-runs", type=int, default=cpu_count(),
+                        help="runs executed at once (default: the number of CPUs)")
+    parser.add_argument("--gpus", default="auto", help="auto (from nvidia-smi), none, or indices such as 0,1")
+    return parser
+
+
+def _cache_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cast.worker cache",
+                                     description="List or prune cached run environments.")
+    commands = parser.add_subparsers(dest="action", required=True)
+    for action in ("ls", "prune"):
+        sub = commands.add_parser(action)
+        sub.add_argument("--work-dir", type=Path, default=default_work_dir())
+        sub.add_argument("--executor", choices=EXECUTOR_CHOICES, default="auto",
+                         help="auto: every executor available here")
+        if action == "ls":
+            sub.add_argument("--json", action="store_true")
+        else:
+            sub.add_argument("--older-than", help="e.g. 7d, 12h, 30m")
+            sub.add_argument("--all", action="store_true", help="remove every cached environment")
+    return parser
+
+
+def _read_token(token_file: Path | None) -> str:
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read the token file {token_file}: {exc.strerror}") from None
+    else:
+        token = os.environ.get("CAST_WORKER_TOKEN", "").strip()
+    if not token:
+        raise UsageError("no worker token: pass --token-file FILE or set CAST_WORKER_TOKEN")
+    return token
+
+
+def serve(argv: list[str]) -> int:
+    args = _serve_parser().parse_args(argv)
+    if not args.server:
+        raise UsageError("no server: pass --server URL or set CAST_SERVER_URL")
+    if args.max_runs < 1:
+        raise UsageError("--max-runs must be at least 1")
+    try:
+        gpus = parse_gpus_option(args.gpus)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    token = _read_token(args.token_file)
+    work_dir = args.work_dir.resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    lock = try_lock(work_dir / "worker.lock")
+    if lock is None:
+        raise UsageError(f"another worker is using {work_dir}")
+    try:
+        executor = make_executor(args.executor, work_dir)
+    except ExecutorUnavailable as exc:
+        raise UsageError(str(exc)) from None
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    client = ServerClient(args.server, token)
+    agent = Agent(client=client, executor=executor, work_dir=work_dir, name=args.name,
+                  max_runs=args.max_runs, gpus=gpus)
+    agent.prepare()
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    failure: list[BaseException] = []
+
+    def serve_until_stopped() -> None:
+        try:
+            agent.serve()
+        except BaseException as exc:  # reported by the main thread
+            failure.append(exc)
+        finally:
+            stop.set()
+
+    # The lease loop blocks in long polls; the main thread stays free for signals.
+    threading.Thread(target=serve_until_stopped, name="lease-loop", daemon=True).start()
+    while not stop.wait(0.5):
+        pass
+    agent.shutdown(wait=SHUTDOWN_WAIT)
+    if failure:
+        logging.getLogger(__name__).error("worker failed", exc_info=failure[0])
+        return 1
+    return 0
+
+
+def _executors(name: str, work_dir: Path) -> list[Executor]:
+    if name == "auto":
+        return available_executors(work_dir)
+    try:
+        return [make_executor(name, work_dir)]
+    except ExecutorUnavailable as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _print_entries(rows: list[tuple[str, object]]) -> None:
+    for executor_name, entry in rows:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used))
+        print(f"{executor_name:7} {entry.key[:12]:12} {_human_size(entry.size):>9}  {used}  {entry.holds}")
+
+
+def cache(argv: list[str]) -> int:
+    args = _cache_parser().parse_args(argv)
+    executors = _executors(args.executor, args.work_dir)
+    if args.action == "ls":
+        rows = [(executor.name, entry) for executor in executors for entry in executor.cache_entries()]
+        if args.json:
+            print(json.dumps([{"executor": name, "key": e.key, "holds": e.holds, "size": e.size,
+                               "last_used": e.last_used} for name, e in rows], indent=2))
+        elif rows:
+            _print_entries(rows)
+        else:
+            print("no cached environments")
+        return 0
+    if not args.all and not args.older_than:
+        raise UsageError("say which environments to remove: --older-than DURATION or --all")
+    older_than = parse_duration(args.older_than) if args.older_than else None
+    rows = [(executor.name, entry) for executor in executors
+            for entry in executor.prune_cache(older_than=older_than, everything=args.all)]
+    _print_entries(rows)
+    print(f"removed {len(rows)} environment{'s' if len(rows) != 1 else ''}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["cache"]:
+            return cache(argv[1:])
+        return serve(argv)
+    except UsageError as exc:
+        print(f"cast worker: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

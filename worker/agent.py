@@ -1,0 +1,332 @@
+"""The worker's agent: registers with the control plane, leases runs while it has
+a free slot, and carries each leased run through its lifecycle.
+
+Per run (`RunController`, in its own thread): building → mounting → running →
+saving → pushing → complete / failed, with `stopped` (SIGTERM, a grace period,
+outputs saved), `killed` (SIGKILL, outputs dropped), `build_failed` and
+`mount_failed` on the way. A heartbeat thread holds the lease and carries out
+stop and kill within about a second; a lost lease kills the process and
+abandons the run. Everything the server is told goes through the run's ordered
+outbox (cast.worker.outbox), so nothing is lost while the server is away.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from cast.client.spec import parse_machine_type
+from cast.worker.client import Conflict, Refused, ServerClient, ServerError, ServerUnavailable, with_retries
+from cast.worker.executors.base import BuildFailed, Executor, Job
+from cast.worker.mounts import MountCache, MountError, remove_tree
+from cast.worker.outbox import Outbox
+from cast.worker.outputs import changed_files, snapshot, tar_chunks
+from cast.worker.resources import GpuPool, cpu_count, memory_bytes
+from cast.worker.source import SourceCache, SourceError
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 0.4  # seconds; stop and kill are carried out within about this
+STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL when a run is stopped
+LEASE_WAIT = 10.0  # seconds a lease request waits on the server for a queued run
+
+
+def _last_line(text: str) -> str | None:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+class RunController:
+    """One leased run, from lease to its final status."""
+
+    def __init__(self, agent: "Agent", lease: dict, gpus: list[int]):
+        self.agent = agent
+        self.run_id: int = lease["run_id"]
+        self.token: str = lease["lease_token"]
+        self.lease = lease
+        self.spec: dict = lease["spec"]
+        self.gpus = gpus
+        self.workdir = agent.runs_dir / f"{self.run_id}-{self.token[:8]}"
+        self.outbox = Outbox(agent.client, self.run_id, self.token, on_conflict=self._lease_still_held)
+        self._lock = threading.RLock()
+        self._process = None
+        self._exited = False
+        self._stop_reason: str | None = None
+        self._stop_requested = False
+        self._aborted = False  # a final status was sent out of turn (kill, stop before start, shutdown)
+        self._finished = threading.Event()
+
+    # --- what the server and the clock can ask for --------------------------
+
+    def request_stop(self, reason: str | None, *, from_server: bool) -> None:
+        with self._lock:
+            if self._stop_requested or self._aborted or self._exited:
+                return
+            self._stop_requested = True
+            self._stop_reason = reason
+            if not from_server:
+                self.outbox.status("stopping", note=reason, reason=reason)
+            if self._process is None:
+                self._abort("stopped", reason)  # nothing ran, nothing to save
+            else:
+                self._process.terminate(STOP_GRACE)
+
+    def request_kill(self) -> None:
+        self._abort("killed", None)
+
+    def interrupt(self, reason: str) -> None:
+        self._abort("interrupted", reason)
+
+    def _abort(self, final_status: str, reason: str | None) -> None:
+        """End the run now with `final_status`, dropping what it had not yet reported
+        (its outputs included)."""
+        with self._lock:
+            if self._aborted or self._finished.is_set():
+                return
+            self._aborted = True
+            if self._process is not None and not self._exited:
+                self._process.kill()
+            self.outbox.drop_pending_results()
+            self.outbox.status(final_status, note=reason, reason=reason)
+
+    def _lose_lease(self) -> None:
+        with self._lock:
+            if self._finished.is_set():
+                return
+            log.warning("run %s: lease lost; abandoning it", self.run_id)
+            self._aborted = True
+            if self._process is not None and not self._exited:
+                self._process.kill()
+        self.outbox.abandon()
+
+    def _on_server_status(self, status: str) -> None:
+        if status == "stopping":
+            self.request_stop(None, from_server=True)
+        elif status == "killing":
+            self.request_kill()
+
+    # --- the lease ----------------------------------------------------------
+
+    def _heartbeats(self) -> None:
+        while not self._finished.wait(HEARTBEAT_INTERVAL):
+            try:
+                answer = self.agent.client.heartbeat(self.run_id, self.token)
+            except ServerUnavailable:
+                continue  # the server may be restarting; the outbox keeps everything
+            except (Conflict, Refused):
+                self._lose_lease()
+                return
+            self._on_server_status(answer.get("status", ""))
+
+    def _lease_still_held(self) -> bool:
+        """Asked by the outbox after a 409: lost lease, or a refused change?"""
+        try:
+            answer = with_retries(lambda: self.agent.client.heartbeat(self.run_id, self.token),
+                                  should_continue=lambda: not self.outbox.abandoned)
+        except (Conflict, Refused):
+            self._lose_lease()
+            return False
+        except ServerUnavailable:
+            return False
+        self._on_server_status(answer.get("status", ""))
+        return True
+
+    # --- the run ------------------------------------------------------------
+
+    def _status(self, status: str, **fields) -> None:
+        with self._lock:
+            if not self._aborted:
+                self.outbox.status(status, **fields)
+
+    def _job_env(self) -> dict[str, str]:
+        env = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        env.update(self.spec.get("env") or {})
+        env["CAST_RUN_ID"] = str(self.run_id)
+        return env
+
+    def execute(self) -> None:
+        heartbeats = threading.Thread(target=self._heartbeats, name=f"heartbeat-{self.run_id}", daemon=True)
+        heartbeats.start()
+        try:
+            self._execute()
+        except Exception as exc:  # a bug must not leave the run hanging
+            log.exception("run %s: worker error", self.run_id)
+            self._abort("interrupted", f"worker error: {exc}")
+        finally:
+            self.outbox.wait_delivered()
+            with self._lock:
+                self._finished.set()
+            self.outbox.close()
+            remove_tree(self.workdir)
+
+    def _execute(self) -> None:
+        agent, executor = self.agent, self.agent.executor
+        # The lease itself moved the run to `building`.
+        remove_tree(self.workdir)
+        self.workdir.mkdir(parents=True)
+        job = Job(run_id=self.run_id, spec=self.spec, workdir=self.workdir, gpus=self.gpus, env=self._job_env())
+
+        try:
+            build = executor.build(job, self.outbox.log)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, BuildFailed) else f"{type(exc).__name__}: {exc}"
+            self._status("build_failed", note=_last_line(reason), reason=reason)
+            return
+        if self._aborted:
+            return
+
+        self._status("mounting", note="cached" if build.cached else None)
+        still_running = lambda: not self.outbox.abandoned  # noqa: E731
+        try:
+            agent.sources.place(self.spec, self.workdir, agent.client, still_running)
+            job.mounts = agent.mounts.prepare(self.lease, agent.client, still_running)
+        except (SourceError, MountError, ServerError, OSError) as exc:
+            self._status("mount_failed", note=_last_line(str(exc)), reason=str(exc))
+            return
+        before = snapshot(self.workdir)
+
+        with self._lock:
+            if self._aborted:
+                return
+            self._status("running")
+            try:
+                self._process = executor.start(job, build, self.outbox.log)
+            except Exception as exc:
+                log.exception("run %s: could not start", self.run_id)
+                self._status("saving")
+                self._status("failed", reason=f"could not start the command: {exc}")
+                return
+        timer = None
+        if self.spec.get("timeout"):
+            timeout = float(self.spec["timeout"])
+            timer = threading.Timer(timeout, self.request_stop, args=(f"timed out after {timeout:g}s",),
+                                    kwargs={"from_server": False})
+            timer.daemon = True
+            timer.start()
+        result = self._process.wait()
+        if timer:
+            timer.cancel()
+        with self._lock:
+            self._exited = True
+            if self._aborted:
+                return
+            stopped = self._stop_requested
+            self._status("saving")
+
+        files = changed_files(self.workdir, before, [mount.path for mount in job.mounts])
+        self._status("pushing")
+        with self._lock:
+            if not self._aborted:
+                self.outbox.push_outputs(lambda: tar_chunks(self.workdir, files))
+        if stopped:
+            self._status("stopped", exit_code=result.exit_code, reason=self._stop_reason)
+        elif result.exit_code == 0:
+            self._status("complete", exit_code=0)
+        else:
+            self._status("failed", exit_code=result.exit_code,
+                         reason=result.reason or f"exit code {result.exit_code}")
+
+
+class Agent:
+    def __init__(self, *, client: ServerClient, executor: Executor, work_dir: Path, name: str,
+                 max_runs: int, gpus: list[int]):
+        self.client = client
+        self.executor = executor
+        self.work_dir = work_dir
+        self.name = name
+        self.max_runs = max_runs
+        self.gpu_pool = GpuPool(gpus)
+        self.runs_dir = work_dir / "runs"
+        self.sources = SourceCache(work_dir / "source")
+        self.mounts = MountCache(work_dir / "mounts")
+        self.worker_id: str | None = None
+        self.stopping = threading.Event()
+        self._active: dict[int, RunController] = {}
+        self._threads: list[threading.Thread] = []
+        self._slots = threading.Condition()
+
+    def _register(self) -> None:
+        answer = with_retries(lambda: self.client.register(
+            name=self.name, executor=self.executor.name, cpus=cpu_count(), memory=memory_bytes(),
+            gpus=self.gpu_pool.all, max_runs=self.max_runs,
+        ), should_continue=lambda: not self.stopping.is_set())
+        self.worker_id = answer["id"]
+        log.info("worker %s registered as %s (executor %s, %d slots, GPUs %s)", self.name, self.worker_id,
+                 self.executor.name, self.max_runs, self.gpu_pool.all or "none")
+
+    def prepare(self) -> None:
+        """Clear what an earlier worker on this work dir left behind."""
+        remove_tree(self.runs_dir)
+        self.runs_dir.mkdir(parents=True)
+        self.executor.cleanup_stale()
+
+    def serve(self) -> None:
+        """Lease and start runs until `stopping` is set."""
+        self._register()
+        delay = 0.05
+        while not self.stopping.is_set():
+            with self._slots:
+                self._slots.wait_for(lambda: len(self._active) < self.max_runs or self.stopping.is_set())
+            if self.stopping.is_set():
+                break
+            try:
+                lease = self.client.lease(self.worker_id, free_gpus=self.gpu_pool.free_count, wait=LEASE_WAIT)
+                delay = 0.05
+            except ServerUnavailable:
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            except Refused as exc:
+                if exc.status_code == 404:  # the server forgot us (a new database): register again
+                    self._register()
+                else:
+                    log.error("lease refused: %s", exc)
+                    self.stopping.wait(1.0)
+                continue
+            if lease is not None:
+                self._start(lease)
+
+    def _start(self, lease: dict) -> None:
+        spec = lease["spec"]
+        wanted = spec.get("gpus")
+        if wanted is None:
+            wanted = parse_machine_type(spec.get("machine_type") or "cpu")
+        controller = RunController(self, lease, self.gpu_pool.acquire(wanted))
+        with self._slots:
+            self._active[controller.run_id] = controller
+        log.info("run %s leased (%s)", controller.run_id, spec.get("command", "")[:80])
+        thread = threading.Thread(target=self._run, args=(controller,), name=f"run-{controller.run_id}")
+        self._threads.append(thread)
+        thread.start()
+
+    def _run(self, controller: RunController) -> None:
+        try:
+            controller.execute()
+        finally:
+            self.gpu_pool.release(controller.gpus)
+            with self._slots:
+                self._active.pop(controller.run_id, None)
+                self._slots.notify_all()
+            log.info("run %s done", controller.run_id)
+
+    def shutdown(self, *, wait: float) -> None:
+        """Stop leasing; end active runs as interrupted and report it, waiting at
+        most `wait` seconds for the reports to be delivered."""
+        self.stopping.set()
+        with self._slots:
+            self._slots.notify_all()
+            active = list(self._active.values())
+        for controller in active:
+            controller.interrupt("the worker shut down")
+        deadline = time.monotonic() + wait
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def default_work_dir() -> Path:
+    home = Path(os.environ.get("CAST_HOME") or Path.home() / ".cast")
+    return home / "worker"
+

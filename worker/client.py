@@ -1,0 +1,157 @@
+"""The worker's HTTP client to the control plane (docs/api.md, worker routes).
+
+Owns the requests and how their failures are classified: a connection error or
+a 5xx is `ServerUnavailable` (the caller retries; the server may be
+restarting), a 409 is `Conflict` (lease lost or a transition refused), any
+other 4xx is `Refused` (the request itself is wrong; retrying cannot help).
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Callable, Iterable, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+
+class ServerError(Exception):
+    """A request to the control plane did not succeed."""
+
+
+class ServerUnavailable(ServerError):
+    """The server could not be reached or answered 5xx; worth retrying."""
+
+
+class Conflict(ServerError):
+    """409: the lease is lost, or the server refused the status change."""
+
+
+class Refused(ServerError):
+    """Another 4xx: the server refuses this request for good."""
+
+    def __init__(self, status_code: int, detail: str):
+        super().__init__(f"{status_code}: {detail}")
+        self.status_code = status_code
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("detail", response.text))
+    except ValueError:
+        return response.text[:500]
+
+
+def _check(response: httpx.Response) -> httpx.Response:
+    if response.status_code >= 500:
+        raise ServerUnavailable(f"server answered {response.status_code}: {_detail(response)}")
+    if response.status_code == 409:
+        raise Conflict(_detail(response))
+    if response.status_code >= 400:
+        raise Refused(response.status_code, _detail(response))
+    return response
+
+
+def with_retries(call: Callable[[], T], *, should_continue: Callable[[], bool] = lambda: True,
+                 max_delay: float = 1.0) -> T:
+    """Repeat `call` while the server is unavailable, backing off up to `max_delay`
+    seconds between tries; stop (re-raising) once `should_continue` says so."""
+    delay = 0.05
+    while True:
+        try:
+            return call()
+        except ServerUnavailable:
+            if not should_continue():
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+
+def _quote_path(path: str) -> str:
+    return "/".join(urllib.parse.quote(part, safe="") for part in path.split("/"))
+
+
+class ServerClient:
+    """One connection pool to the control plane, shared by the agent's threads."""
+
+    def __init__(self, server_url: str, token: str):
+        self._http = httpx.Client(
+            base_url=server_url.rstrip("/") + "/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(30.0, connect=5.0),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, url: str, **kwargs) -> httpx.Response:
+        try:
+            return _check(self._http.request(method, url, **kwargs))
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(f"cannot reach the server: {exc}") from exc
+
+    # --- worker registration and leases -----------------------------------
+
+    def register(self, *, name: str, executor: str, cpus: int, memory: int, gpus: list[int],
+                 max_runs: int) -> dict:
+        return self._request("POST", "/workers", json={
+            "name": name, "executor": executor, "cpus": cpus, "memory": memory,
+            "gpus": gpus, "max_runs": max_runs,
+        }).json()
+
+    def lease(self, worker_id: str, *, free_gpus: int, wait: float) -> dict | None:
+        """The next run to execute, or None when nothing was queued within `wait` seconds."""
+        response = self._request(
+            "POST", f"/workers/{worker_id}/lease", json={"free_gpus": free_gpus, "wait": wait},
+            timeout=httpx.Timeout(wait + 30.0, connect=5.0),
+        )
+        return None if response.status_code == 204 else response.json()
+
+    # --- one leased run ---------------------------------------------------
+
+    def heartbeat(self, run_id: int, lease_token: str) -> dict:
+        return self._request("POST", f"/runs/{run_id}/heartbeat", json={"lease_token": lease_token},
+                             timeout=httpx.Timeout(5.0)).json()
+
+    def set_status(self, run_id: int, lease_token: str, *, status: str, note: str | None = None,
+                   exit_code: int | None = None, reason: str | None = None) -> dict:
+        return self._request("POST", f"/runs/{run_id}/status", json={
+            "lease_token": lease_token, "status": status, "note": note,
+            "exit_code": exit_code, "reason": reason,
+        }).json()
+
+    def append_logs(self, run_id: int, lease_token: str, *, seq: int, entries: list[dict]) -> dict:
+        return self._request("POST", f"/runs/{run_id}/logs", json={
+            "lease_token": lease_token, "seq": seq, "entries": entries,
+        }).json()
+
+    def push_outputs(self, run_id: int, lease_token: str, tar_chunks: Iterable[bytes]) -> dict:
+        return self._request(
+            "PUT", f"/runs/{run_id}/outputs", content=tar_chunks,
+            headers={"X-Lease-Token": lease_token, "Content-Type": "application/x-tar"},
+            timeout=httpx.Timeout(600.0, connect=5.0),
+        ).json()
+
+    # --- data the run needs -----------------------------------------------
+
+    def download_code(self, key: str, dest: Path) -> None:
+        self._download(f"/code/{urllib.parse.quote(key, safe='')}", dest)
+
+    def download_mount(self, resource: str, dest: Path) -> None:
+        self._download(f"/workers/mounts/{_quote_path(resource)}", dest)
+
+    def _download(self, url: str, dest: Path) -> None:
+        """Stream a response body into `dest` (never whole in memory)."""
+        try:
+            with self._http.stream("GET", url, timeout=httpx.Timeout(600.0, connect=5.0)) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _check(response)
+                with open(dest, "wb") as out:
+                    for chunk in response.iter_bytes(1 << 20):
+                        out.write(chunk)
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(f"cannot reach the server: {exc}") from exc

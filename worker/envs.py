@@ -1,0 +1,147 @@
+"""Virtualenvs for the local executor, cached by content.
+
+A run's environment is a virtualenv layered over the worker's own interpreter
+(`--system-site-packages`, so a framework installed on the host such as torch
+is reused, as a framework base image would be) with the run's pip packages
+installed by the host's pip (which honours the host's pip configuration).
+Its key is a sha256 of (interpreter, sorted pip specs, requirements file
+contents); an environment is built once under a file lock, marked complete
+only when the build succeeded, and reused by every later run with that key.
+A run without packages needs no environment at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+from cast.client.spec import SpecError, validate_pip_spec
+from cast.worker.executors.base import BuildFailed, BuildResult, CacheEntry, LogSink
+from cast.worker.locking import file_lock
+from cast.worker.mounts import remove_tree
+
+HOST_KEY = "host"  # the BuildResult key of a run that needs no environment
+_METADATA = ".cast-env.json"
+_LAST_USED = ".cast-last-used"
+_FAILURE_LINES = 15
+
+
+def env_key(pip: list[str], pip_req: str | None) -> str:
+    content = {
+        "python": sys.version,
+        "interpreter": os.path.realpath(sys.executable),
+        "pip": sorted(spec.strip() for spec in pip),
+        "pip_req": pip_req or "",
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _describe(pip: list[str], pip_req: str | None) -> str:
+    parts = []
+    if pip:
+        parts.append("pip: " + " ".join(sorted(pip)))
+    if pip_req:
+        parts.append(f"requirements: {len(pip_req.splitlines())} lines")
+    return "; ".join(parts)
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+class EnvCache:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def ensure(self, pip: list[str], pip_req: str | None, log: LogSink) -> BuildResult:
+        if not pip and not pip_req:
+            return BuildResult(key=HOST_KEY, cached=True, description="the worker's python")
+        try:
+            pip = [validate_pip_spec(spec) for spec in pip]
+        except SpecError as exc:
+            raise BuildFailed(str(exc)) from None
+        key = env_key(pip, pip_req)
+        env = self.path(key)
+        with file_lock(self.root / f"{key}.lock"):
+            cached = (env / _METADATA).exists()
+            if not cached:
+                try:
+                    self._build(env, pip, pip_req, log)
+                except BaseException:
+                    remove_tree(env)
+                    raise
+            (env / _LAST_USED).touch()
+        return BuildResult(key=key, cached=cached, description=f"virtualenv {key[:12]}")
+
+    def _build(self, env: Path, pip: list[str], pip_req: str | None, log: LogSink) -> None:
+        remove_tree(env)
+        started = time.monotonic()
+        self._step([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(env)], log)
+        install = [sys.executable, "-m", "pip", "--python", str(env / "bin" / "python"), "install",
+                   "--no-input", "--disable-pip-version-check", "--progress-bar", "off"]
+        if pip_req:
+            requirements = env / "cast-requirements.txt"
+            requirements.write_text(pip_req)
+            install += ["-r", str(requirements)]
+        self._step(install + ["--", *pip] if pip else install, log)
+        (env / _METADATA).write_text(json.dumps({
+            "holds": _describe(pip, pip_req), "python": sys.version.split()[0],
+            "built_in": round(time.monotonic() - started, 2),
+        }))
+
+    def _step(self, command: list[str], log: LogSink) -> None:
+        """Run one build command, its output going to the log; BuildFailed with its
+        last lines when it fails."""
+        tail: deque[str] = deque(maxlen=_FAILURE_LINES)
+        env = {**os.environ, "PIP_NO_INPUT": "1", "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env=env)
+        for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            tail.append(line)
+            log("cast", line)
+        if process.wait() != 0:
+            raise BuildFailed("\n".join(tail) or f"{command[2]} exited with {process.returncode}")
+
+    def entries(self) -> list[CacheEntry]:
+        found = []
+        if not self.root.is_dir():
+            return found
+        for env in sorted(self.root.iterdir()):
+            metadata = env / _METADATA
+            if not metadata.exists():
+                continue
+            try:
+                holds = json.loads(metadata.read_text()).get("holds", "")
+                last_used = (env / _LAST_USED).stat().st_mtime
+            except (OSError, ValueError):
+                holds, last_used = "", metadata.stat().st_mtime
+            found.append(CacheEntry(key=env.name, holds=holds, size=_tree_size(env), last_used=last_used))
+        return found
+
+    def prune(self, *, older_than: float | None, everything: bool) -> list[CacheEntry]:
+        removed = []
+        now = time.time()
+        for entry in self.entries():
+            if not everything and (older_than is None or now - entry.last_used < older_than):
+                continue
+            with file_lock(self.root / f"{entry.key}.lock"):
+                remove_tree(self.path(entry.key))
+            removed.append(entry)
+        return removed

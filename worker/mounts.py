@@ -1,0 +1,119 @@
+"""Each mount of a lease resolved to a read-only source on this host.
+
+Where the worker shares the server's filesystem (`<storage_root>/storage-id`
+holds the lease's `storage_id`), the server's own copy (`local_path`) is used
+as it is: O(1) whatever its size. Otherwise the resource is downloaded once
+into a cache keyed by the resource name (a finished run's outputs and an
+upload never change) and made read-only (files 0444, folders 0555).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+from cast.worker.client import ServerClient, with_retries
+from cast.worker.executors.base import PreparedMount
+from cast.worker.locking import file_lock
+
+
+class MountError(Exception):
+    """A mount could not be prepared; the message is shown to the user."""
+
+
+def shares_server_storage(lease: dict) -> bool:
+    root, storage_id = lease.get("storage_root"), lease.get("storage_id")
+    if not root or not storage_id:
+        return False
+    try:
+        return (Path(root) / "storage-id").read_text().strip() == storage_id
+    except OSError:
+        return False
+
+
+def make_read_only(path: Path) -> None:
+    """Files 0444, folders 0555, symlinks left alone (they are not followed)."""
+    if path.is_symlink():
+        return
+    if path.is_dir():
+        for folder, dirs, files in os.walk(path):
+            for name in files:
+                child = os.path.join(folder, name)
+                if not os.path.islink(child):
+                    os.chmod(child, 0o444)
+            for name in dirs:
+                child = os.path.join(folder, name)
+                if not os.path.islink(child):
+                    os.chmod(child, 0o555)
+        os.chmod(path, 0o555)
+    else:
+        os.chmod(path, 0o444)
+
+
+def _make_writable(path: Path) -> None:
+    """Undo make_read_only so a half-made cache entry can be removed."""
+    if not path.exists():
+        return
+    for folder, dirs, _ in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o755)
+    os.chmod(path, 0o755)
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        _make_writable(path)
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+class MountCache:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def prepare(self, lease: dict, client: ServerClient, should_continue=lambda: True) -> list[PreparedMount]:
+        shared = shares_server_storage(lease)
+        prepared = []
+        for mount in lease.get("mounts", []):
+            if shared and mount.get("local_path") and Path(mount["local_path"]).exists():
+                source = Path(mount["local_path"])
+            else:
+                source = self._download(mount, client, should_continue)
+            prepared.append(PreparedMount(source=source, path=mount["path"]))
+        return prepared
+
+    def _download(self, mount: dict, client: ServerClient, should_continue) -> Path:
+        resource = mount["resource"]
+        entry = self.root / hashlib.sha256(resource.encode()).hexdigest()[:32]
+        # The data keeps the resource's basename so a mounted file is named as in its run.
+        data = entry / "data" / (resource.rstrip("/").rsplit("/", 1)[-1] or "data")
+        with file_lock(entry.with_suffix(".lock")):
+            if (entry / "complete").exists():
+                return data
+            remove_tree(entry)
+            (entry / "data").mkdir(parents=True)
+            download = entry / "download"
+            try:
+                with_retries(lambda: client.download_mount(resource, download), should_continue=should_continue)
+            except Exception as exc:
+                remove_tree(entry)
+                raise MountError(f"cannot fetch {resource}: {exc}") from exc
+            if mount.get("kind") == "dir":
+                data.mkdir()
+                try:
+                    with tarfile.open(download, mode="r:*") as tar:
+                        tar.extractall(data, filter="data")
+                except (tarfile.TarError, OSError) as exc:
+                    remove_tree(entry)
+                    raise MountError(f"cannot unpack {resource}: {exc}") from exc
+                download.unlink()
+            else:
+                download.rename(data)
+            make_read_only(data)
+            (entry / "complete").write_text(resource + "\n")
+        return data
+

@@ -1,0 +1,191 @@
+"""One run's ordered outbox: everything the worker tells the server about a run.
+
+Log lines, status changes and the output push are queued in the order they
+happen and delivered by one sender thread in that order, so a follower sees
+"Run is running", then the job's lines, then "Saving… done". Log lines go in
+small batches (a line waits at most LINGER seconds) carrying the API's `seq`
+counter, so a batch retried after a lost answer is stored once. While the
+server is unreachable or answers 5xx, the sender keeps retrying the same item
+with backoff: the run goes on, the outbox buffers, and the server receives
+everything, in order, exactly once when it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Iterable
+
+from cast.worker.client import Conflict, Refused, ServerClient, with_retries
+
+log = logging.getLogger(__name__)
+
+LINGER = 0.05  # seconds a log line may wait for others to share its batch
+MAX_BATCH = 500  # log entries per request
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class _LogLine:
+    stream: str
+    text: str
+    time: str
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _StatusChange:
+    status: str
+    note: str | None
+    exit_code: int | None
+    reason: str | None
+
+
+@dataclass
+class _OutputPush:
+    tar_chunks: Callable[[], Iterable[bytes]]  # called again for each attempt
+
+
+class Outbox:
+    """`on_conflict` is called when the server answers 409; it returns True when the
+    lease is still held (the refused item is skipped) and False when it is lost
+    (the outbox gives up on everything)."""
+
+    def __init__(self, client: ServerClient, run_id: int, lease_token: str,
+                 on_conflict: Callable[[], bool]):
+        self._client = client
+        self._run_id = run_id
+        self._token = lease_token
+        self._on_conflict = on_conflict
+        self._items: list = []
+        self._in_flight = 0  # items at the head of _items being delivered now
+        self._entries_sent = 0  # the API's `seq`
+        self._abandoned = False
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._send_loop, name=f"outbox-{run_id}", daemon=True)
+        self._thread.start()
+
+    # --- producers --------------------------------------------------------
+
+    def log(self, stream: str, text: str) -> None:
+        self._put(_LogLine(stream, text, utc_now()))
+
+    def status(self, status: str, *, note: str | None = None, exit_code: int | None = None,
+               reason: str | None = None) -> None:
+        self._put(_StatusChange(status, note, exit_code, reason))
+
+    def push_outputs(self, tar_chunks: Callable[[], Iterable[bytes]]) -> None:
+        self._put(_OutputPush(tar_chunks))
+
+    def _put(self, item) -> None:
+        with self._cond:
+            if self._abandoned or self._closed:
+                return
+            self._items.append(item)
+            self._cond.notify_all()
+
+    def drop_pending_results(self) -> None:
+        """Forget queued status changes and output pushes not yet being sent (a kill
+        overrides them); log lines stay."""
+        with self._cond:
+            head, rest = self._items[: self._in_flight], self._items[self._in_flight:]
+            self._items = head + [item for item in rest if isinstance(item, _LogLine)]
+
+    # --- the run's end ----------------------------------------------------
+
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned
+
+    def wait_delivered(self, timeout: float | None = None) -> bool:
+        """True once everything queued so far was delivered (or given up)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._abandoned or not self._items, timeout)
+
+    def abandon(self) -> None:
+        """Give up: the lease is lost, nothing more may be sent."""
+        with self._cond:
+            self._abandoned = True
+            self._items.clear()
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop the sender once the queue is empty."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    # --- the sender -------------------------------------------------------
+
+    def _next_batch(self) -> list | None:
+        """Wait for the next thing to send: one status change or output push, or a
+        run of log lines. None when the outbox is finished."""
+        with self._cond:
+            while True:
+                if self._abandoned or (self._closed and not self._items):
+                    return None
+                if not self._items:
+                    self._cond.wait()
+                    continue
+                head = self._items[0]
+                if not isinstance(head, _LogLine):
+                    self._in_flight = 1
+                    return [head]
+                lines = []
+                for item in self._items:
+                    if not isinstance(item, _LogLine) or len(lines) == MAX_BATCH:
+                        break
+                    lines.append(item)
+                # Linger for company only while nothing else waits behind the lines.
+                only_lines = len(lines) == len(self._items) and len(lines) < MAX_BATCH
+                remaining = head.queued_at + LINGER - time.monotonic()
+                if only_lines and remaining > 0 and not self._closed:
+                    self._cond.wait(remaining)
+                    continue
+                self._in_flight = len(lines)
+                return lines
+
+    def _send_loop(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            delivered = False
+            try:
+                with_retries(lambda: self._deliver(batch), should_continue=lambda: not self._abandoned)
+                delivered = True
+            except Conflict as exc:
+                if not self._on_conflict():
+                    log.warning("run %s: lease lost (%s); dropping what was not sent", self._run_id, exc)
+                    self.abandon()
+                else:
+                    log.info("run %s: server refused %s: %s", self._run_id, type(batch[0]).__name__, exc)
+            except Refused as exc:
+                log.error("run %s: server refused %s for good: %s", self._run_id, type(batch[0]).__name__, exc)
+            except Exception:  # the sender must outlive any one bad item
+                if not self._abandoned:
+                    log.exception("run %s: could not deliver %s", self._run_id, type(batch[0]).__name__)
+            with self._cond:
+                # A refused batch was not stored, so it does not count for `seq`.
+                if delivered and isinstance(batch[0], _LogLine):
+                    self._entries_sent += len(batch)
+                del self._items[: self._in_flight]
+                self._in_flight = 0
+                self._cond.notify_all()
+
+    def _deliver(self, batch: list) -> None:
+        first = batch[0]
+        if isinstance(first, _LogLine):
+            self._client.append_logs(self._run_id, self._token, seq=self._entries_sent, entries=[
+                {"stream": line.stream, "text": line.text, "time": line.time} for line in batch
+            ])
+        elif isinstance(first, _StatusChange):
+            self._client.set_status(self._run_id, self._token, status=first.status, note=first.note,
+                                    exit_code=first.exit_code, reason=first.reason)
+        else:
+            self._client.push_outputs(self._run_id, self._token, first.tar_chunks())

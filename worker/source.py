@@ -1,0 +1,108 @@
+"""The run's code: its files placed in the fresh working directory.
+
+- `git_url` + `commit_sha`: one bare mirror per URL cached under the work dir
+  (fetched only when the pinned commit is missing), then that commit's files
+  written into the working dir with `git archive` — the pinned sha, whatever
+  the branch points at now. Works for https, ssh, file:// and plain paths.
+- `code_bundle`: the tar the client uploaded, fetched once per key from the
+  server and extracted with tarfile's safety filter.
+- neither: the working dir stays empty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+from cast.worker.client import ServerClient, with_retries
+from cast.worker.locking import file_lock
+
+_SHA = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")
+
+
+class SourceError(Exception):
+    """The code could not be placed; the message is shown to the user."""
+
+
+def _git(*args: str, git_dir: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    command = ["git"] + (["--git-dir", str(git_dir)] if git_dir else []) + list(args)
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    if check and result.returncode != 0:
+        raise SourceError(f"git {args[0]} failed: {result.stderr.strip()[-800:]}")
+    return result
+
+
+def _has_commit(mirror: Path, sha: str) -> bool:
+    return _git("cat-file", "-e", f"{sha}^{{commit}}", git_dir=mirror, check=False).returncode == 0
+
+
+class SourceCache:
+    """Git mirrors and code bundles kept under the worker's work dir."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def mirror(self, url: str, sha: str) -> Path:
+        """A bare mirror of `url` that holds commit `sha`."""
+        if not _SHA.match(sha):
+            raise SourceError(f"commit {sha!r} is not a full commit sha")
+        name = hashlib.sha256(url.encode()).hexdigest()[:24]
+        mirror = self.root / "git" / f"{name}.git"
+        with file_lock(self.root / "git" / f"{name}.lock"):
+            if not (mirror / "HEAD").exists():
+                shutil.rmtree(mirror, ignore_errors=True)
+                _git("clone", "--mirror", "--quiet", "--", url, str(mirror))
+            if not _has_commit(mirror, sha):
+                _git("fetch", "--quiet", "--prune", "origin", "+refs/*:refs/*", git_dir=mirror)
+            if not _has_commit(mirror, sha):
+                # Not reachable from any ref (e.g. force-pushed away): ask for it by name.
+                _git("fetch", "--quiet", "origin", sha, git_dir=mirror, check=False)
+            if not _has_commit(mirror, sha):
+                raise SourceError(f"commit {sha} is not in {url}")
+        return mirror
+
+    def checkout(self, url: str, sha: str, workdir: Path) -> None:
+        mirror = self.mirror(url, sha)
+        archive = subprocess.Popen(["git", "--git-dir", str(mirror), "archive", "--format=tar", sha],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        try:
+            with tarfile.open(fileobj=archive.stdout, mode="r|") as tar:
+                tar.extractall(workdir, filter="tar")
+        finally:
+            archive.stdout.close()
+            stderr = archive.stderr.read().decode(errors="replace")
+            archive.stderr.close()
+            archive.wait()
+        if archive.returncode != 0:
+            raise SourceError(f"git archive of {sha} failed: {stderr.strip()[-800:]}")
+
+    def bundle(self, client: ServerClient, key: str, should_continue=lambda: True) -> Path:
+        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            raise SourceError(f"code bundle key {key!r} is not a sha256")
+        path = self.root / "code" / f"{key}.tar"
+        with file_lock(self.root / "code" / f"{key}.lock"):
+            if not path.exists():
+                partial = path.with_suffix(".partial")
+                with_retries(lambda: client.download_code(key, partial), should_continue=should_continue)
+                partial.rename(path)
+        return path
+
+    def place(self, spec: dict, workdir: Path, client: ServerClient, should_continue=lambda: True) -> None:
+        """Put the run's code into `workdir` (an empty folder)."""
+        if spec.get("git_url"):
+            if not spec.get("commit_sha"):
+                raise SourceError("the run has a git URL but no resolved commit")
+            self.checkout(spec["git_url"], spec["commit_sha"], workdir)
+        elif spec.get("code_bundle"):
+            bundle = self.bundle(client, spec["code_bundle"], should_continue)
+            try:
+                with tarfile.open(bundle, mode="r:*") as tar:
+                    tar.extractall(workdir, filter="tar")
+            except (tarfile.TarError, OSError) as exc:
+                raise SourceError(f"the code bundle cannot be extracted: {exc}") from exc
