@@ -1,0 +1,163 @@
+"""The core loop through the real `cast` CLI: the transcript of issue 2, the
+read commands (ps, info, logs, ls, with --json), labels, failures, timeouts,
+stop and kill."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+from tests.client.helpers import get_run, log_texts, run_id_of, wait_status
+from tests.conftest import wait_until
+
+
+def test_transcript_run_ls_mount_ps(cli, worker):
+    first = cli("run", "echo hello > greeting.txt && cat greeting.txt")
+    assert first.returncode == 0, first
+    lines = first.stdout.splitlines()
+    # Piped, so plain lines: no emoji, same words as on a terminal.
+    assert lines[:2] == ["Casting run #1…", "Stop viewing logs with ^C"]
+    expected_in_order = ["Machine_Requested… done", "Building… done", "Mounting… done", "Run is running",
+                         "hello", "Saving… done", "Pushing… done", "Total run time: ", "Run 1 complete"]
+    position = 0
+    for expected in expected_in_order:
+        position = next((i for i in range(position, len(lines)) if lines[i].startswith(expected)), None)
+        assert position is not None, f"{expected!r} missing or out of order in {lines}"
+    assert lines[-1] == "Run 1 complete"
+    assert lines.count("hello") == 1
+    assert "✨" not in first.stdout and "🎉" not in first.stdout
+
+    listing = cli("ls", "runs/1")
+    assert listing.returncode == 0, listing
+    assert listing.stdout == "greeting.txt    6 B\n"
+
+    second = cli("run", "-m", "runs/1/greeting.txt", "cat greeting.txt")
+    assert second.returncode == 0, second
+    assert "hello" in second.stdout.splitlines()
+    assert second.stdout.splitlines()[-1] == "Run 2 complete"
+
+    table = cli("ps")
+    assert table.returncode == 0, table
+    rows = table.stdout.splitlines()
+    assert rows[0].split() == ["ID", "STATUS", "COMMAND", "DURATION", "LABELS"]
+    assert rows[1].split()[:3] == ["2", "complete", "cat"]
+    assert rows[2].split()[:3] == ["1", "complete", "echo"]
+    assert "echo hello > greeting.txt && cat greeting.txt" in rows[2]
+    assert rows[1].split()[-1].endswith("s")  # a duration such as 0.41s
+
+    as_json = cli("ps", "--json").json()
+    assert [r["id"] for r in as_json] == [2, 1]
+    assert cli("ls", "runs/1", "--json").json() == [{"name": "greeting.txt", "type": "file", "size": 6}]
+    assert get_run(worker.server, 1)["mounted_by"] == [2]
+
+
+def test_info_logs_labels_and_secret_env(cli, worker):
+    result = cli("run", "-e", "SEED=7", "-e", "API_TOKEN=hunter2", "--label", "exp1",
+                 'for i in 1 2 3 4 5; do echo "line $i $SEED"; done; echo oops >&2')
+    assert result.returncode == 0, result
+
+    info = cli("info", "1")
+    assert info.returncode == 0, info
+    assert "hunter2" not in info.stdout
+    assert "API_TOKEN=****" in info.stdout and "SEED=7" in info.stdout
+    assert "exp1" in info.stdout and "Exit code:" in info.stdout
+    stage_rows = {row.split()[0]: row.split()[1:] for row in info.stdout.split("Stages:\n")[1].splitlines()}
+    for stage in ("machine_requested", "building", "mounting", "running", "saving", "pushing"):
+        assert stage_rows[stage] and stage_rows[stage][0].endswith("s"), (stage, info.stdout)
+    assert stage_rows["complete"] == []
+    info_json = cli("info", "1", "--json").json()
+    assert info_json["spec"]["env"] == {"SEED": "7", "API_TOKEN": "****"}
+    assert info_json["exit_code"] == 0 and info_json["status"] == "complete"
+
+    everything = cli("logs", "1")
+    assert everything.returncode == 0
+    job_lines = [line for line in everything.stdout.splitlines() if line.startswith("line ")]
+    assert job_lines == [f"line {i} 7" for i in range(1, 6)]
+    assert "oops" in everything.stdout.splitlines()
+    assert cli("logs", "1", "--tail", "2").stdout.splitlines() == log_texts(worker.server, 1)[-2:]
+    logs_json = cli("logs", "1", "--json").json()
+    assert logs_json["finished"] is True
+    assert [e["text"] for e in logs_json["entries"]] == log_texts(worker.server, 1)
+    assert {e["stream"] for e in logs_json["entries"]} == {"cast", "stdout", "stderr"}
+
+    assert cli("label", "1", "best").returncode == 0
+    assert [r["id"] for r in cli("ps", "--label", "best", "--json").json()] == [1]
+    assert cli("label", "1", "best", "--remove").returncode == 0
+    assert cli("ps", "--label", "best", "--json").json() == []
+    assert [r["id"] for r in cli("ps", "--status", "complete", "--json").json()] == [1]
+    assert cli("ps", "--status", "failed").stdout == "No runs.\n"
+
+
+def test_failed_run_exits_with_its_code_and_keeps_outputs(cli, worker):
+    result = cli("run", "echo partial > part.txt; echo bad; exit 3")
+    assert result.returncode == 3, result
+    assert result.stdout.splitlines()[-1] == "Run 1 failed (exit code 3)"
+    run = get_run(worker.server, 1)
+    assert run["status"] == "failed" and run["exit_code"] == 3
+    assert cli("ls", "runs/1").stdout == "part.txt    8 B\n"
+
+
+def test_timeout_ends_the_run(cli, worker):
+    started = time.monotonic()
+    result = cli("run", "--timeout", "1", "echo begin; sleep 30; echo never")
+    assert time.monotonic() - started < 25
+    assert result.returncode != 0, result
+    assert "begin" in result.stdout and "never" not in result.stdout
+    run = get_run(worker.server, 1)
+    assert run["status"] in ("failed", "stopped"), run
+    assert run["spec"]["timeout"] == 1
+    assert "timeout" in (run.get("reason") or "").lower() or "timed out" in (run.get("reason") or "").lower(), run
+
+
+def test_background_stop_keeps_outputs_and_kill_drops_them(cli, worker):
+    loop = "echo kept > out.txt; echo ready; sleep 60"
+    submitted = cli("run", "-d", "--json", loop)
+    assert submitted.returncode == 0, submitted
+    stopped_id = submitted.json()["id"]
+    killed_id = run_id_of(cli("run", "-d", loop))
+    for run_id in (stopped_id, killed_id):
+        wait_until(lambda: "ready" in log_texts(worker.server, run_id), timeout=60, what=f"run {run_id} ready")
+
+    assert cli("stop", str(stopped_id)).returncode == 0
+    assert cli("kill", str(killed_id)).returncode == 0
+    assert wait_status(worker.server, stopped_id, "stopped")["status"] == "stopped"
+    assert wait_status(worker.server, killed_id, "killed")["status"] == "killed"
+    assert cli("ls", f"runs/{stopped_id}").stdout == "out.txt    5 B\n"
+    assert "out.txt" not in cli("ls", f"runs/{killed_id}").stdout
+
+    # Stopping a finished run is refused with the server's reason, one line.
+    again = cli("stop", str(stopped_id))
+    assert again.returncode != 0 and again.stderr.startswith(f"cast: error: run {stopped_id}: ")
+    assert len(again.stderr.strip().splitlines()) == 1
+
+    follow = cli("logs", "-f", str(killed_id))
+    assert follow.returncode == 1
+    assert follow.stdout.splitlines()[-1] == f"Run {killed_id} killed"
+
+
+def test_ctrl_c_detaches_and_the_run_keeps_going(cli, worker, base_env, tmp_path):
+    env = {**base_env, "CAST_SERVER_URL": worker.server.url, "CAST_TOKEN": worker.server.admin_token}
+    process = subprocess.Popen(["cast", "run", "echo started; sleep 60"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: "started" in log_texts(worker.server, 1), timeout=60, what="run 1 to print")
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, (stdout, stderr)
+    assert "cast logs -f 1" in stderr and "cast stop 1" in stderr and "cast kill 1" in stderr
+    assert "Traceback" not in stderr
+    assert get_run(worker.server, 1)["status"] == "running"
+    assert cli("kill", "1").returncode == 0
+    wait_status(worker.server, 1, "killed")
+
+
+def test_json_of_background_run_is_the_run(cli, worker):
+    result = cli("run", "-d", "--json", "--label", "x", "true")
+    run = json.loads(result.stdout)
+    assert run["id"] == 1 and run["labels"] == ["x"] and run["spec"]["command"] == "true"
+    wait_status(worker.server, 1, "complete")
