@@ -1,0 +1,144 @@
+"""`python -m cast.server`: serve the control plane (one uvicorn process).
+
+    python -m cast.server [--host H] [--port P] [--data-dir D]
+    python -m cast.server up --home HOME [--port 0] [--executor auto|local|docker]
+
+`up` is the embedded mode the CLI starts: data dir = HOME, a free port when
+--port is 0, ONE worker subprocess using HOME/worker-token, and HOME/server.json
+(`{"url", "pid"}`, mode 0600) written once healthy. SIGTERM or SIGINT stops the
+worker first (while the server can still hear its last reports), then the
+server, and removes server.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from cast.server.app import create_app
+from cast.server.settings import Settings
+
+log = logging.getLogger("cast.server")
+WORKER_STOP_SECONDS = 20
+
+
+def _settings(args: argparse.Namespace, **overrides) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**values)
+
+
+def serve(args: argparse.Namespace) -> None:
+    settings = _settings(args, host=args.host, port=args.port, data_dir=args.data_dir)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                access_log=args.access_log, timeout_graceful_shutdown=5)
+
+
+def docker_answers() -> bool:
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: `up` stops the worker before the server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def _write_private_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), 0o600)
+        json.dump(data, out)
+    os.replace(tmp, path)
+
+
+async def _up(args: argparse.Namespace) -> None:
+    home = Path(args.home).expanduser().resolve()
+    settings = _settings(args, host=args.host, data_dir=home)
+    app = create_app(settings)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, args.port))
+    port = sock.getsockname()[1]
+    url = f"http://{settings.host}:{port}"
+    server = _EmbeddedServer(uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
+                                            timeout_graceful_shutdown=5))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if serving.done():
+            serving.result()
+            return
+        await asyncio.sleep(0.01)
+    executor = args.executor
+    if executor == "auto":
+        executor = "docker" if await asyncio.to_thread(docker_answers) else "local"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "cast.worker", "--server", url, "--token-file", str(settings.worker_token_file),
+         "--work-dir", str(home / "worker"), "--name", "embedded", "--executor", executor],
+    )
+    server_file = home / "server.json"
+    _write_private_json(server_file, {"url": url, "pid": os.getpid()})
+    log.info("cast is up at %s (data in %s, %s worker pid %s)", url, home, executor, worker.pid)
+    try:
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({stopped, serving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        server_file.unlink(missing_ok=True)
+        if worker.poll() is None:
+            worker.terminate()
+            try:
+                await asyncio.to_thread(worker.wait, WORKER_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                await asyncio.to_thread(worker.wait)
+        server.should_exit = True
+        await serving
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cast.server", description="the cast control plane")
+    parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port to listen on")
+    parser.add_argument("--data-dir", type=Path, default=None, help="where the database and files live")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False)
+    commands = parser.add_subparsers(dest="command")
+    up = commands.add_parser("up", help="embedded mode: server plus one worker, data in HOME")
+    up.add_argument("--home", required=True, type=Path)
+    up.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    up.add_argument("--host", default=None)
+    up.add_argument("--executor", choices=["auto", "local", "docker"], default="auto")
+    up.add_argument("--log-level", default="info")
+    up.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "up":
+        asyncio.run(_up(args))
+    else:
+        serve(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Code bundle routes: store once per content key, check, fetch."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from cast.server.api.bodies import body_reader
+from cast.server.api.deps import AnyAuth, CurrentUser, DatabaseDep, SettingsDep
+from cast.server.schemas import CODE_KEY_PATTERN
+from cast.server.services import code
+
+router = APIRouter(prefix="/code", tags=["code"])
+CodeKey = Annotated[str, Path(pattern=CODE_KEY_PATTERN, description="the client's sha256 of the bundle")]
+
+
+@router.put("/{key}", status_code=201, responses={200: {"description": "already stored"}},
+            openapi_extra={"requestBody": {"content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}})
+async def put_code(key: CodeKey, request: Request, user: CurrentUser, database: DatabaseDep, settings: SettingsDep) -> Response:
+    created = await run_in_threadpool(
+        code.store, database, settings=settings, owner=user, key=key, source=body_reader(request)
+    )
+    return Response(status_code=201 if created else 200)
+
+
+@router.head("/{key}")
+def has_code(key: CodeKey, _: CurrentUser, database: DatabaseDep) -> Response:
+    return Response(status_code=200 if code.exists(database, key=key) else 404)
+
+
+@router.get("/{key}", response_class=FileResponse, responses={200: {"content": {"application/x-tar": {}}}})
+def get_code(key: CodeKey, _: AnyAuth, database: DatabaseDep, settings: SettingsDep) -> FileResponse:
+    return FileResponse(code.path(database, settings=settings, key=key), media_type="application/x-tar")

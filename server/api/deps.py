@@ -1,0 +1,85 @@
+"""Request dependencies as `Annotated` aliases: the database session, the
+settings, and who is calling (`CurrentUser` for user tokens, `WorkerAuth`
+for worker tokens).
+
+A token is checked in its own short read session, so a route's own session
+starts its transaction only when the route first touches the database (a run
+creation resolves its git ref before that). Routes that change things get a
+write session (BEGIN IMMEDIATE on SQLite); GET and HEAD get a read session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from cast.server.db import Database
+from cast.server.errors import Forbidden, NotAuthenticated
+from cast.server.models import Token, User
+from cast.server.services import users
+from cast.server.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="A user token or a worker token")
+
+
+def get_database(request: Request) -> Database:
+    return request.app.state.database
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    database: Database = request.app.state.database
+    with database.session(write=request.method not in ("GET", "HEAD")) as session:
+        yield session
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _caller(
+    database: DatabaseDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> tuple[Token, User | None]:
+    if credentials is None or not credentials.credentials:
+        raise NotAuthenticated("missing bearer token (Authorization: Bearer TOKEN)")
+    with database.session(write=False) as session:
+        return users.authenticate(session, secret=credentials.credentials)
+
+
+Caller = Annotated[tuple[Token, User | None], Depends(_caller)]
+
+
+def current_user(caller: Caller) -> User:
+    token, user = caller
+    if token.kind != "user" or user is None:
+        raise Forbidden("this route needs a user token, not a worker token")
+    return user
+
+
+def worker_auth(caller: Caller) -> Token:
+    token, _ = caller
+    if token.kind != "worker":
+        raise Forbidden("this route needs a worker token, not a user token")
+    return token
+
+
+def any_token(caller: Caller) -> Token:
+    return caller[0]
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+WorkerAuth = Annotated[Token, Depends(worker_auth)]
+# Routes both the CLI and workers call (fetching a code bundle).
+AnyAuth = Annotated[Token, Depends(any_token)]
+
+# SQLite integers are 64-bit: bounding ids keeps a huge number a 422, not a 500.
+RunId = Annotated[int, Path(ge=1, le=2**62, description="run number")]

@@ -1,0 +1,44 @@
+"""Output routes: the manifest and the bytes of a run's outputs (users); the
+push of a run's outputs as a tar stream (workers)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from starlette.concurrency import run_in_threadpool
+
+from cast.server.api.bodies import body_reader
+from cast.server.api.deps import CurrentUser, DatabaseDep, RunId, SessionDep, SettingsDep, WorkerAuth
+from cast.server.api.files import file_or_tar
+from cast.server.schemas import FileList, OutputsPushed
+from cast.server.services import files, runs
+
+router = APIRouter(prefix="/runs", tags=["outputs"])
+_BYTES = {200: {"content": {"application/octet-stream": {}, "application/x-tar": {}}}}
+
+
+@router.get("/{run_id}/outputs", response_model=FileList)
+def list_outputs(run_id: RunId, user: CurrentUser, session: SessionDep) -> dict:
+    runs.visible_run(session, run_id=run_id, viewer=user)
+    return {"files": files.output_manifest(session, run_id=run_id)}
+
+
+@router.get("/{run_id}/outputs/{path:path}", responses=_BYTES)
+def download_output(run_id: RunId, path: str, user: CurrentUser, session: SessionDep, settings: SettingsDep):
+    runs.visible_run(session, run_id=run_id, viewer=user)
+    found = files.output_path(settings, run_id=run_id, path=path)
+    return file_or_tar(found, name=path)
+
+
+@router.put("/{run_id}/outputs", response_model=OutputsPushed,
+            openapi_extra={"requestBody": {"content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}})
+async def push_outputs(
+    run_id: RunId, request: Request, _: WorkerAuth, database: DatabaseDep, settings: SettingsDep,
+    x_lease_token: Annotated[str, Header(min_length=1, max_length=64)],
+) -> dict:
+    count, size = await run_in_threadpool(
+        files.store_outputs, database, settings=settings, run_id=run_id, lease_token=x_lease_token,
+        source=body_reader(request),
+    )
+    return {"files": count, "size": size}

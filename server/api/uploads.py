@@ -1,0 +1,61 @@
+"""Upload routes: `uploads/NAME` from a file or a folder (a tar stream),
+listed, and read back as bytes or a tar."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from cast.server.api.bodies import body_reader
+from cast.server.api.deps import CurrentUser, DatabaseDep, SessionDep, SettingsDep
+from cast.server.api.files import file_or_tar
+from cast.server.schemas import FileList, UploadList, UploadOut
+from cast.server.services import files
+
+router = APIRouter(prefix="/uploads", tags=["uploads"])
+UploadName = Annotated[str, Path(min_length=1, max_length=200)]
+_BYTES = {200: {"content": {"application/octet-stream": {}, "application/x-tar": {}, "application/json": {}}}}
+
+
+def _view(upload) -> dict:
+    return {"name": upload.name, "kind": upload.kind, "size": upload.size, "files": upload.files,
+            "created_at": upload.created_at}
+
+
+@router.put("/{name}", status_code=201, response_model=UploadOut,
+            openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+async def put_upload(
+    name: UploadName, request: Request, user: CurrentUser, database: DatabaseDep, settings: SettingsDep,
+    kind: Literal["file", "dir"] = "file",
+) -> dict:
+    upload = await run_in_threadpool(
+        files.store_upload, database, settings=settings, owner=user, name=name, kind=kind, source=body_reader(request)
+    )
+    return _view(upload)
+
+
+@router.get("", response_model=UploadList)
+def list_uploads(user: CurrentUser, session: SessionDep) -> dict:
+    return {"uploads": [_view(u) for u in files.list_uploads(session, viewer=user)]}
+
+
+def _get(name: str, path: str, listing: bool, user, session, settings):
+    upload = files.visible_upload(session, name=name, viewer=user)
+    if listing:
+        return {"files": [{"path": f.path, "size": f.size, "sha256": f.sha256}
+                          for f in files.upload_manifest(session, upload=upload, under=path)]}
+    return file_or_tar(files.upload_file_path(settings, upload=upload, path=path), name=path or name)
+
+
+@router.get("/{name}", responses={**_BYTES, 200: {**_BYTES[200], "model": FileList}})
+def get_upload(name: UploadName, user: CurrentUser, session: SessionDep, settings: SettingsDep,
+               listing: Annotated[bool, Query(alias="list")] = False):
+    return _get(name, "", listing, user, session, settings)
+
+
+@router.get("/{name}/{path:path}", responses={**_BYTES, 200: {**_BYTES[200], "model": FileList}})
+def get_upload_path(name: UploadName, path: str, user: CurrentUser, session: SessionDep, settings: SettingsDep,
+                    listing: Annotated[bool, Query(alias="list")] = False):
+    return _get(name, path, listing, user, session, settings)

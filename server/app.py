@@ -1,0 +1,163 @@
+"""The control plane's FastAPI application.
+
+Owns wiring: settings, database (migrated at creation), bootstrap tokens,
+routers under /api/v1, the ONE set of exception handlers that turns domain
+errors into HTTP codes, the request body cap, the reaper task, and the web
+log viewer (`web/index.html` at `/`, `web/static/` at `/static`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from cast.client.spec import SpecError
+from cast.server import errors
+from cast.server.api import code, health, logs, outputs, runs, uploads, users, workers
+from cast.server.db import Database
+from cast.server.services import runs as run_service
+from cast.server.services import storage
+from cast.server.services import users as user_service
+from cast.server.settings import Settings
+
+log = logging.getLogger("cast.server")
+WEB_DIR = Path(__file__).resolve().parent / "web"
+
+# Domain error → HTTP status; subclasses inherit their base's code.
+ERROR_STATUS: dict[type[Exception], int] = {
+    errors.BadRequest: 400,
+    SpecError: 400,
+    errors.NotAuthenticated: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.TooLarge: 413,
+}
+
+
+def _error_response(status: int, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    for error_class, status in ERROR_STATUS.items():
+        async def handle(_request: Request, error: Exception, status: int = status) -> JSONResponse:
+            return _error_response(status, str(error))
+
+        app.add_exception_handler(error_class, handle)
+
+    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        # One sentence for the first problem; a SpecError from our validators
+        # is bad input (400), anything else a schema error (422).
+        first = error.errors()[0] if error.errors() else {}
+        cause = (first.get("ctx") or {}).get("error")
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = str(cause) if isinstance(cause, Exception) else first.get("msg", "invalid request")
+        return _error_response(400 if isinstance(cause, SpecError) else 422,
+                               f"{where}: {message}" if where else message)
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
+
+
+class BodyLimit:
+    """Caps request bodies of non-PUT routes (PUT routes stream to disk with their own caps)."""
+
+    def __init__(self, app, *, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] == "PUT":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            response = _error_response(413, f"request body exceeds the limit of {self.max_bytes} bytes")
+            return await response(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise errors.TooLarge(f"request body exceeds the limit of {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _reap_once(database: Database, settings: Settings) -> None:
+    with database.session(write=False) as session:
+        if not run_service.any_expired(session):
+            return
+    with database.session(write=True) as session:
+        reaped = run_service.reap_expired(session, settings=settings)
+    if reaped:
+        log.info("interrupted runs whose worker stopped heartbeating: %s", reaped)
+
+
+async def _reap_forever(database: Database, settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(settings.reaper_interval)
+        try:
+            await run_in_threadpool(_reap_once, database, settings)
+        except Exception:  # the reaper must survive a bad moment (e.g. a locked database)
+            log.exception("reaper pass failed")
+
+
+def _mount_web(app: FastAPI) -> None:
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        page = WEB_DIR / "index.html"
+        if not page.is_file():
+            raise errors.NotFound("the web viewer is not installed")
+        return FileResponse(page, media_type="text/html")
+
+    if (WEB_DIR / "static").is_dir():
+        app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    settings.make_dirs()
+    storage.clear_temp(settings)
+    database = Database(settings.sqlalchemy_url)
+    database.migrate()
+    with database.session(write=True) as session:
+        if user_service.bootstrap(session, settings=settings):
+            log.info("new data dir: wrote %s and %s", settings.admin_token_file, settings.worker_token_file)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        reaper = asyncio.create_task(_reap_forever(database, settings))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            database.dispose()
+
+    app = FastAPI(
+        title="cast control plane", version=health.VERSION, lifespan=lifespan,
+        openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.database = database
+    app.state.storage_id = storage.ensure_storage_id(settings)
+    api = APIRouter(prefix="/api/v1")
+    for module in (health, runs, logs, outputs, uploads, code, workers, users):
+        api.include_router(module.router)
+    app.include_router(api)
+    _install_error_handlers(app)
+    _mount_web(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_json_body_bytes)
+    return app

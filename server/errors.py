@@ -1,0 +1,84 @@
+"""Domain errors raised by the services.
+
+Each names what went wrong in one sentence; app.py maps the classes to HTTP
+codes in one place, so services never speak HTTP.
+"""
+
+from __future__ import annotations
+
+
+class CastError(Exception):
+    """Base of every domain error; `str(error)` is the message shown to the client."""
+
+
+class BadRequest(CastError):
+    """The request is well-formed but asks for something invalid (400)."""
+
+
+class NotAuthenticated(CastError):
+    """No token, or a token the server does not know (401)."""
+
+
+class Forbidden(CastError):
+    """A valid token that may not do this (403)."""
+
+
+class NotFound(CastError):
+    """Base of the 404s."""
+
+
+class RunNotFound(NotFound):
+    def __init__(self, run_id: int):
+        super().__init__(f"run {run_id} not found")
+
+
+class UploadNotFound(NotFound):
+    def __init__(self, name: str):
+        super().__init__(f"upload {name!r} not found")
+
+
+class PathNotFound(NotFound):
+    def __init__(self, resource: str):
+        super().__init__(f"{resource} not found")
+
+
+class CodeNotFound(NotFound):
+    def __init__(self, key: str):
+        super().__init__(f"code bundle {key} not found")
+
+
+class WorkerNotFound(NotFound):
+    def __init__(self, worker_id: str):
+        super().__init__(f"worker {worker_id!r} not found; register again")
+
+
+class TokenNotFound(NotFound):
+    def __init__(self, token_id: int):
+        super().__init__(f"token {token_id} not found")
+
+
+class UserNotFound(NotFound):
+    def __init__(self, name: str):
+        super().__init__(f"user {name!r} not found")
+
+
+class Conflict(CastError):
+    """Base of the 409s."""
+
+
+class InvalidTransition(Conflict):
+    def __init__(self, run_id: int, current: str, wanted: str):
+        super().__init__(f"run {run_id} is {current}; it cannot become {wanted}")
+
+
+class LeaseLost(Conflict):
+    def __init__(self, run_id: int):
+        super().__init__(f"the lease on run {run_id} is lost (expired or taken by another attempt)")
+
+
+class NameTaken(Conflict):
+    """An upload, user or similar name already exists."""
+
+
+class TooLarge(CastError):
+    """A body or a stored result exceeds its cap (413)."""

@@ -1,0 +1,112 @@
+"""In-process change notifications.
+
+Owns the wake-ups that let a log follower and a worker's lease long-poll answer
+as soon as something changes instead of polling: service code marks a key as
+changed on its session (`changed(session, key)`), and once that transaction
+commits every coroutine waiting on the key wakes up. Keys are `run_key(id)`
+(a run's log or status changed) and `QUEUE` (a run was queued).
+
+Waiters subscribe *before* reading the database and wait afterwards, so a
+change committed between the read and the wait is never missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+from collections.abc import Hashable
+
+from sqlalchemy.orm import Session
+
+QUEUE = "queue"
+
+
+def run_key(run_id: int) -> tuple[str, int]:
+    return ("run", run_id)
+
+
+class Subscription:
+    def __init__(self, notifier: "Notifier", key: Hashable):
+        self._notifier = notifier
+        self._key = key
+        self._loop = asyncio.get_running_loop()
+        self._future: asyncio.Future = self._loop.create_future()
+        notifier._add(key, self)
+
+    def _fire(self) -> None:
+        self._loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        if not self._future.done():
+            self._future.set_result(None)
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait for the key to change, at most `timeout` seconds; True if it did.
+
+        The subscription stays registered: call `wait` again after reading."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._future), timeout)
+            fired = True
+        except TimeoutError:
+            fired = False
+        if self._future.done():
+            self._future = self._loop.create_future()
+            self._notifier._add(self._key, self)
+        return fired
+
+    def close(self) -> None:
+        self._notifier._remove(self._key, self)
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Notifier:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[Hashable, set[Subscription]] = defaultdict(set)
+
+    def subscribe(self, key: Hashable) -> Subscription:
+        """Call from a coroutine; use as a context manager."""
+        return Subscription(self, key)
+
+    def notify(self, *keys: Hashable) -> None:
+        """Wake every subscriber of `keys`; safe from any thread."""
+        with self._lock:
+            fired = [sub for key in keys for sub in self._waiters.pop(key, ())]
+        for sub in fired:
+            sub._fire()
+
+    def _add(self, key: Hashable, sub: Subscription) -> None:
+        with self._lock:
+            self._waiters[key].add(sub)
+
+    def _remove(self, key: Hashable, sub: Subscription) -> None:
+        with self._lock:
+            subs = self._waiters.get(key)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._waiters[key]
+
+
+_PENDING = "cast_changed_keys"
+
+
+def changed(session: Session, *keys: Hashable) -> None:
+    """Mark `keys` as changed by this session's transaction; waiters wake after it commits."""
+    session.info.setdefault(_PENDING, set()).update(keys)
+
+
+def fire_pending(session: Session, notifier: Notifier) -> None:
+    keys = session.info.pop(_PENDING, None)
+    if keys:
+        notifier.notify(*keys)
+
+
+def drop_pending(session: Session) -> None:
+    session.info.pop(_PENDING, None)

@@ -1,0 +1,390 @@
+"""Pydantic shapes of the HTTP API (see docs/api.md); ORM tables live in models.py.
+
+Input models validate with the validators of `cast.client.spec`, so the CLI,
+the server and the worker refuse the same things with the same messages.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cast.client import spec as wire
+from cast.client.spec import RunStatus
+
+_NO_CONTROL = re.compile(r"^[^\x00-\x1f\x7f]*$")
+CODE_KEY_PATTERN = r"^[0-9a-f]{64}$"
+LeaseToken = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _one_line(value: str | None, what: str) -> str | None:
+    if value is None:
+        return None
+    if not _NO_CONTROL.match(value):
+        raise ValueError(f"{what} must not contain control characters")
+    if value.startswith("-"):
+        raise ValueError(f"{what} {value!r} must not start with '-'")
+    return value
+
+
+# --- runs ------------------------------------------------------------------
+
+class MountIn(_In):
+    resource: str = Field(max_length=4096)
+    path: str | None = Field(default=None, max_length=4096)
+
+    def to_mount(self) -> wire.Mount:
+        return wire.parse_mount(self.resource + (f":{self.path}" if self.path else ""))
+
+    @model_validator(mode="after")
+    def _valid(self) -> "MountIn":
+        if self.path is not None and ":" in self.resource:
+            raise ValueError(f"resource {self.resource!r} must not contain ':'")
+        mount = self.to_mount()
+        self.resource, self.path = mount.resource, mount.path
+        return self
+
+
+class RunCreate(_In):
+    command: str = Field(min_length=1, max_length=wire.MAX_COMMAND_LENGTH)
+    git_url: str | None = Field(default=None, min_length=1, max_length=4096)
+    commit_ref: str | None = Field(default=None, min_length=1, max_length=256)
+    code_bundle: str | None = Field(default=None, pattern=CODE_KEY_PATTERN)
+    pip: list[str] = Field(default_factory=list, max_length=500)
+    pip_req: str | None = Field(default=None, max_length=1024 * 1024)
+    apt: list[str] = Field(default_factory=list, max_length=500)
+    docker_image: str | None = Field(default=None, min_length=1, max_length=512)
+    mounts: list[MountIn] = Field(default_factory=list, max_length=200)
+    machine_type: str = "cpu"
+    env: dict[str, str] = Field(default_factory=dict, max_length=500)
+    labels: list[str] = Field(default_factory=list, max_length=100)
+    timeout: float | None = Field(default=None, gt=0, le=366 * 24 * 3600)
+    retries: int = Field(default=0, ge=0, le=10)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("command must not contain a NUL byte")
+        return value
+
+    @field_validator("git_url")
+    @classmethod
+    def _git_url(cls, value: str | None) -> str | None:
+        return _one_line(value, "git_url")
+
+    @field_validator("commit_ref")
+    @classmethod
+    def _commit_ref(cls, value: str | None) -> str | None:
+        value = _one_line(value, "commit_ref")
+        if value is not None and (" " in value or ".." in value):
+            raise ValueError(f"commit_ref {value!r} is not a git ref")
+        return value
+
+    @field_validator("docker_image")
+    @classmethod
+    def _docker_image(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$", value):
+            raise ValueError(f"docker_image {value!r} is not an image reference")
+        return value
+
+    @field_validator("pip")
+    @classmethod
+    def _pip(cls, value: list[str]) -> list[str]:
+        return [wire.validate_pip_spec(item) for item in value]
+
+    @field_validator("pip_req")
+    @classmethod
+    def _pip_req(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for line in value.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                wire.validate_pip_spec(line)
+        return value
+
+    @field_validator("apt")
+    @classmethod
+    def _apt(cls, value: list[str]) -> list[str]:
+        return [wire.validate_apt_package(item) for item in value]
+
+    @field_validator("machine_type")
+    @classmethod
+    def _machine_type(cls, value: str) -> str:
+        wire.parse_machine_type(value)
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            wire.validate_env_name(name)
+            if "\x00" in text:
+                raise ValueError(f"environment variable {name} must not contain a NUL byte")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(wire.validate_label(label) for label in value))
+
+    @model_validator(mode="after")
+    def _whole(self) -> "RunCreate":
+        if self.git_url and self.code_bundle:
+            raise ValueError("give git_url or code_bundle, not both")
+        if self.commit_ref and not self.git_url:
+            raise ValueError("commit_ref needs git_url")
+        wire.validate_mounts([m.to_mount() for m in self.mounts])
+        return self
+
+    @property
+    def gpus(self) -> int:
+        return wire.parse_machine_type(self.machine_type)
+
+
+class MountOut(BaseModel):
+    resource: str
+    path: str
+
+
+class RunSpec(BaseModel):
+    command: str
+    git_url: str | None = None
+    commit_ref: str | None = None
+    commit_sha: str | None = None
+    code_bundle: str | None = None
+    pip: list[str] = []
+    pip_req: str | None = None
+    apt: list[str] = []
+    docker_image: str | None = None
+    mounts: list[MountOut] = []
+    machine_type: str = "cpu"
+    gpus: int = 0
+    env: dict[str, str] = {}
+    timeout: float | None = None
+    retries: int = 0
+
+
+class TransitionOut(BaseModel):
+    status: RunStatus
+    at: datetime
+    note: str | None
+
+
+class RunSummary(BaseModel):
+    id: int
+    status: RunStatus
+    owner: str
+    spec: RunSpec
+    labels: list[str]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    exit_code: int | None
+    reason: str | None
+    attempt: int
+    worker: str | None
+    executor: str | None
+    mounted_by: list[int]
+
+
+class RunOut(RunSummary):
+    transitions: list[TransitionOut]
+
+
+class RunList(BaseModel):
+    runs: list[RunSummary]
+    next_before: int | None
+
+
+class LabelIn(_In):
+    label: str
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        return wire.validate_label(value)
+
+
+# --- logs ------------------------------------------------------------------
+
+Stream = Literal["stdout", "stderr", "cast"]
+
+
+class LogEntryIn(_In):
+    stream: Stream
+    text: str
+    time: datetime | None = None
+
+
+class LogAppend(_In):
+    lease_token: LeaseToken
+    seq: int = Field(ge=0, le=2**62)
+    entries: list[LogEntryIn] = Field(max_length=10_000)
+
+
+class LogAppended(BaseModel):
+    next_offset: int
+    # True once the run's log reached its cap: later stdout/stderr lines are dropped.
+    truncated: bool
+
+
+class LogEntryOut(BaseModel):
+    offset: int
+    time: datetime
+    stream: Stream
+    text: str
+
+
+class LogChunk(BaseModel):
+    entries: list[LogEntryOut]
+    next_offset: int
+    finished: bool
+
+
+# --- workers and leases -----------------------------------------------------
+
+class WorkerRegister(_In):
+    name: str = Field(min_length=1, max_length=200)
+    executor: str = Field(min_length=1, max_length=32)
+    cpus: int = Field(default=0, ge=0, le=1_000_000)
+    memory: int = Field(default=0, ge=0, le=2**62)
+    gpus: list[Annotated[int, Field(ge=0, le=1024)]] = Field(default_factory=list, max_length=1024)
+    max_runs: int = Field(default=1, ge=1, le=10_000)
+
+
+class WorkerRegistered(BaseModel):
+    id: str
+    lease_seconds: float
+
+
+class LeaseRequest(_In):
+    free_gpus: int = Field(default=0, ge=0, le=1024)
+    wait: float = Field(default=0, ge=0, le=30)
+
+
+class MountLease(BaseModel):
+    resource: str
+    path: str
+    kind: Literal["file", "dir"]
+    local_path: str
+
+
+class Lease(BaseModel):
+    run_id: int
+    lease_token: str
+    lease_seconds: float
+    attempt: int
+    spec: RunSpec
+    mounts: list[MountLease]
+    storage_root: str
+    storage_id: str
+
+
+class HeartbeatIn(_In):
+    lease_token: LeaseToken
+
+
+class HeartbeatOut(BaseModel):
+    status: RunStatus
+    lease_expires_at: datetime | None
+
+
+class StatusIn(_In):
+    lease_token: LeaseToken
+    status: RunStatus
+    note: str | None = Field(default=None, max_length=4096)
+    exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31)
+    reason: str | None = Field(default=None, max_length=4096)
+
+
+# --- outputs, uploads, code -----------------------------------------------------
+
+class FileOut(BaseModel):
+    path: str
+    size: int
+    sha256: str
+
+
+class FileList(BaseModel):
+    files: list[FileOut]
+
+
+class OutputsPushed(BaseModel):
+    files: int
+    size: int
+
+
+class UploadOut(BaseModel):
+    name: str
+    kind: Literal["file", "dir"]
+    size: int
+    files: int
+    created_at: datetime
+
+
+class UploadList(BaseModel):
+    uploads: list[UploadOut]
+
+
+class CodeStored(BaseModel):
+    key: str
+    size: int
+
+
+# --- users and tokens ---------------------------------------------------------
+
+class UserOut(BaseModel):
+    name: str
+    admin: bool
+    created_at: datetime
+
+
+class UserList(BaseModel):
+    users: list[UserOut]
+
+
+class UserCreate(_In):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    admin: bool = False
+
+
+class TokenCreate(_In):
+    kind: Literal["user", "worker"] = "user"
+    name: str = Field(default="", max_length=200)
+    # Admins may make a token for another user; defaults to the caller.
+    user: str | None = None
+
+
+class TokenOut(BaseModel):
+    id: int
+    kind: Literal["user", "worker"]
+    user: str | None
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class TokenCreated(TokenOut):
+    token: str
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenOut]
+
+
+class UserCreated(UserOut):
+    token: TokenCreated
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str

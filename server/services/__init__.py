@@ -1,0 +1,1 @@
+"""Domain logic of the control plane; routers call these with keyword arguments."""

@@ -1,0 +1,429 @@
+"""Runs: creation, the status machine, leases, stop/kill, labels and the reaper.
+
+Every status change goes through `switch_status`: ONE conditional
+`UPDATE runs ... WHERE status IN sources_of(new) [AND lease_token = ...]
+RETURNING`, which also stores the transition with its time and writes the
+stage lines a follower sees. Claiming the next run is the same call with the
+run id given as a scalar subquery (the oldest queued run that fits the
+worker's free GPUs), so two workers can never get the same run.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy.orm import Session
+
+from cast.client.spec import (
+    FINAL_STATUSES,
+    LEASED_STATUSES,
+    MOUNTABLE_STATUSES,
+    RunStatus,
+    parse_resource,
+    sources_of,
+    stage_lines,
+)
+from cast.server import events
+from cast.server.errors import BadRequest, InvalidTransition, LeaseLost, NotFound, PathNotFound, RunNotFound
+from cast.server.models import (
+    CodeBundle,
+    OutputFile,
+    Run,
+    RunLabel,
+    RunMount,
+    RunTransition,
+    Upload,
+    UploadFile,
+    User,
+    Worker,
+    utcnow,
+)
+from cast.server.schemas import RunCreate
+from cast.server.services import git, logs, storage
+from cast.server.settings import Settings
+
+log = logging.getLogger(__name__)
+S = RunStatus
+
+
+# --- reading ----------------------------------------------------------------
+
+def visible_run(session: Session, *, run_id: int, viewer: User) -> Run:
+    """The run, if it exists and `viewer` may see it (its owner or an admin)."""
+    run = session.get(Run, run_id)
+    if run is None or not (viewer.is_admin or run.owner_id == viewer.id):
+        raise RunNotFound(run_id)
+    return run
+
+
+def describe(session: Session, runs: list[Run], *, with_transitions: bool) -> list[dict]:
+    """The API view of `runs` (a few batched queries, not a few per run)."""
+    ids = [run.id for run in runs]
+    owners = dict(session.execute(select(User.id, User.name).where(User.id.in_({r.owner_id for r in runs}))).all())
+    labels: dict[int, list[str]] = defaultdict(list)
+    for run_id, label in session.execute(
+        select(RunLabel.run_id, RunLabel.label).where(RunLabel.run_id.in_(ids)).order_by(RunLabel.label)
+    ):
+        labels[run_id].append(label)
+    mounted_by: dict[int, list[int]] = defaultdict(list)
+    for source, run_id in session.execute(
+        select(RunMount.source_run_id, RunMount.run_id).where(RunMount.source_run_id.in_(ids))
+        .distinct().order_by(RunMount.run_id)
+    ):
+        mounted_by[source].append(run_id)
+    transitions: dict[int, list[dict]] = defaultdict(list)
+    if with_transitions:
+        for row in session.scalars(
+            select(RunTransition).where(RunTransition.run_id.in_(ids)).order_by(RunTransition.id)
+        ):
+            transitions[row.run_id].append({"status": row.status, "at": row.at, "note": row.note})
+    views = []
+    for run in runs:
+        view = {
+            "id": run.id, "status": run.status, "owner": owners.get(run.owner_id, "?"), "spec": run.spec,
+            "labels": labels[run.id], "created_at": run.created_at, "started_at": run.started_at,
+            "finished_at": run.finished_at, "exit_code": run.exit_code, "reason": run.reason,
+            "attempt": run.attempt, "worker": run.worker_name, "executor": run.executor,
+            "mounted_by": mounted_by[run.id],
+        }
+        if with_transitions:
+            view["transitions"] = transitions[run.id]
+        views.append(view)
+    return views
+
+
+def list_runs(
+    session: Session, *, viewer: User, statuses: list[RunStatus], label: str | None, limit: int, before: int | None
+) -> tuple[list[Run], int | None]:
+    query = select(Run).order_by(Run.id.desc()).limit(limit + 1)
+    if not viewer.is_admin:
+        query = query.where(Run.owner_id == viewer.id)
+    if statuses:
+        query = query.where(Run.status.in_([s.value for s in statuses]))
+    if label:
+        query = query.where(Run.id.in_(select(RunLabel.run_id).where(RunLabel.label == label)))
+    if before is not None:
+        query = query.where(Run.id < before)
+    runs = list(session.scalars(query))
+    if len(runs) > limit:
+        return runs[:limit], runs[limit - 1].id
+    return runs, None
+
+
+# --- the status machine -----------------------------------------------------------
+
+def switch_status(
+    session: Session,
+    *,
+    run: int | ColumnElement,
+    to: RunStatus,
+    note: str | Callable[[Run], str | None] | None = None,
+    lease_token: str | None = None,
+    where: tuple[ColumnElement, ...] = (),
+    values: dict | None = None,
+    must: bool = True,
+) -> Run | None:
+    """Move `run` (an id, or a scalar subquery choosing one) to `to` if the table allows it.
+
+    Refusals raise RunNotFound, LeaseLost or InvalidTransition when `must`,
+    else return None. `note` qualifies the stage that ended (it may be computed
+    from the updated run).
+    """
+    now = utcnow()
+    changes = dict(values or {}, status=to.value)
+    if to in FINAL_STATUSES:
+        changes.update(finished_at=now, lease_expires_at=None)
+    if to is S.MACHINE_REQUESTED:  # a requeue: the next attempt starts from scratch
+        changes.update(
+            attempt=Run.attempt + 1, lease_token=None, lease_expires_at=None, worker_id=None,
+            worker_name=None, executor=None, started_at=None, finished_at=None, exit_code=None,
+        )
+    statement = (
+        update(Run)
+        .where(Run.id == run, Run.status.in_([s.value for s in sources_of(to)]), *where)
+        .values(**changes)
+        .returning(Run)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    if lease_token is not None:
+        statement = statement.where(Run.lease_token == lease_token)
+    updated = session.scalars(statement).one_or_none()
+    if updated is None:
+        if must and isinstance(run, int):
+            _explain_refusal(session, run_id=run, to=to, lease_token=lease_token)
+        return None
+    previous = session.scalar(
+        select(RunTransition.status).where(RunTransition.run_id == updated.id)
+        .order_by(RunTransition.id.desc()).limit(1)
+    )
+    text = note(updated) if callable(note) else note
+    session.add(RunTransition(run_id=updated.id, status=to.value, at=now, note=text))
+    logs.append_cast_lines(session, updated, stage_lines(RunStatus(previous), to, text))
+    events.changed(session, events.run_key(updated.id))
+    if to is S.MACHINE_REQUESTED:
+        events.changed(session, events.QUEUE)
+    return updated
+
+
+def _explain_refusal(session: Session, *, run_id: int, to: RunStatus, lease_token: str | None) -> None:
+    current = session.get(Run, run_id, populate_existing=True)
+    if current is None:
+        raise RunNotFound(run_id)
+    if lease_token is not None and current.lease_token != lease_token:
+        raise LeaseLost(run_id)
+    raise InvalidTransition(run_id, current.status, to.value)
+
+
+# --- creating ---------------------------------------------------------------------
+
+def create_run(session: Session, *, owner: User, body: RunCreate, settings: Settings) -> Run:
+    # Resolved before touching the database: ls-remote may take seconds and
+    # must not hold the write lock.
+    commit_sha = None
+    if body.git_url:
+        commit_sha = git.resolve_commit(body.git_url, body.commit_ref, timeout=settings.git_timeout_seconds)
+    mount_rows = _check_mounts(session, body=body, viewer=owner)
+    if body.code_bundle and session.get(CodeBundle, body.code_bundle) is None:
+        raise BadRequest(f"code bundle {body.code_bundle} is unknown; upload it first (PUT /api/v1/code/KEY)")
+    spec = {
+        "command": body.command, "git_url": body.git_url,
+        "commit_ref": (body.commit_ref or "HEAD") if body.git_url else None,
+        "commit_sha": commit_sha, "code_bundle": body.code_bundle, "pip": body.pip,
+        "pip_req": body.pip_req, "apt": body.apt, "docker_image": body.docker_image,
+        "mounts": [{"resource": m.resource, "path": m.path} for m in body.mounts],
+        "machine_type": body.machine_type, "gpus": body.gpus, "env": body.env,
+        "timeout": body.timeout, "retries": body.retries,
+    }
+    run = Run(owner_id=owner.id, status=S.MACHINE_REQUESTED.value, spec=spec, gpus=body.gpus,
+              retries=body.retries, attempt=1, created_at=utcnow())
+    session.add(run)
+    session.flush()
+    session.add(RunTransition(run_id=run.id, status=run.status, at=run.created_at, note=None))
+    session.add_all(RunLabel(run_id=run.id, label=label) for label in body.labels)
+    session.add_all(RunMount(run_id=run.id, position=i, **row) for i, row in enumerate(mount_rows))
+    events.changed(session, events.QUEUE)
+    session.commit()
+    return run
+
+
+def _check_mounts(session: Session, *, body: RunCreate, viewer: User) -> list[dict]:
+    rows = []
+    for mount in body.mounts:
+        resource = parse_resource(mount.resource)
+        source_run_id = None
+        if resource.kind == "runs":
+            source = session.get(Run, resource.run_id)
+            if source is None or not (viewer.is_admin or source.owner_id == viewer.id):
+                raise BadRequest(f"mount {resource}: run {resource.name} does not exist")
+            if RunStatus(source.status) not in MOUNTABLE_STATUSES:
+                raise BadRequest(
+                    f"mount {resource}: run {resource.name} is {source.status}; only complete, failed or stopped runs can be mounted"
+                )
+            if resource.subpath and _manifest_kind(session, OutputFile, OutputFile.run_id == source.id, resource.subpath) is None:
+                raise BadRequest(f"mount {resource}: run {resource.name} has no output {resource.subpath!r}")
+            source_run_id = source.id
+        else:
+            upload = session.get(Upload, resource.name)
+            if upload is None or not (viewer.is_admin or upload.owner_id == viewer.id):
+                raise BadRequest(f"mount {resource}: upload {resource.name!r} does not exist")
+            if resource.subpath and (
+                upload.kind == "file"
+                or _manifest_kind(session, UploadFile, UploadFile.upload_name == upload.name, resource.subpath) is None
+            ):
+                raise BadRequest(f"mount {resource}: upload {resource.name!r} has no {resource.subpath!r}")
+        rows.append({"resource": mount.resource, "path": mount.path, "source_run_id": source_run_id})
+    return rows
+
+
+def _manifest_kind(session: Session, table, owner_clause, subpath: str) -> str | None:
+    """'file' or 'dir' if `subpath` names a file or a folder of a manifest, else None."""
+    if session.scalar(select(table.path).where(owner_clause, table.path == subpath)) is not None:
+        return "file"
+    prefix = subpath + "/"
+    inside = select(table.path).where(owner_clause, table.path > prefix, table.path < prefix[:-1] + "0").limit(1)
+    return "dir" if session.scalar(inside) is not None else None
+
+
+# --- leases -----------------------------------------------------------------------
+
+def claim_next(session: Session, *, worker: Worker, free_gpus: int, settings: Settings) -> Run | None:
+    """Lease the oldest queued run that fits `free_gpus` to `worker`, or None."""
+    oldest = (
+        select(Run.id)
+        .where(Run.status == S.MACHINE_REQUESTED.value, Run.gpus <= free_gpus)
+        .order_by(Run.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    now = utcnow()
+    run = switch_status(
+        session, run=oldest, to=S.BUILDING, must=False,
+        note=lambda r: f"{worker.executor}, {r.spec.get('machine_type', 'cpu')}",
+        values={
+            "lease_token": secrets.token_hex(16), "lease_expires_at": now + timedelta(seconds=settings.lease_seconds),
+            "worker_id": worker.id, "worker_name": worker.name, "executor": worker.executor,
+            "started_at": now, "worker_log_seq": 0,
+        },
+    )
+    if run is not None:
+        session.commit()
+    return run
+
+
+def lease_view(session: Session, *, run: Run, settings: Settings, storage_id: str) -> dict:
+    mounts = []
+    for mount in session.scalars(select(RunMount).where(RunMount.run_id == run.id).order_by(RunMount.position)):
+        local_path, kind = resolve_mount_source(session, resource=mount.resource, settings=settings)
+        mounts.append({"resource": mount.resource, "path": mount.path, "kind": kind, "local_path": str(local_path)})
+    return {
+        "run_id": run.id, "lease_token": run.lease_token, "lease_seconds": settings.lease_seconds,
+        "attempt": run.attempt, "spec": run.spec, "mounts": mounts,
+        "storage_root": str(settings.resolved_data_dir), "storage_id": storage_id,
+    }
+
+
+def resolve_mount_source(session: Session, *, resource: str, settings: Settings):
+    """Where the server keeps a resource, and whether it is a 'file' or a 'dir'."""
+    parsed = parse_resource(resource)
+    if parsed.kind == "runs":
+        root = storage.run_outputs_dir(settings, parsed.run_id)
+        if not parsed.subpath:
+            root.mkdir(parents=True, exist_ok=True)  # a run that saved nothing mounts as an empty folder
+            return root, "dir"
+        kind = _manifest_kind(session, OutputFile, OutputFile.run_id == parsed.run_id, parsed.subpath)
+    else:
+        upload = session.get(Upload, parsed.name)
+        if upload is None:
+            raise PathNotFound(resource)
+        root = storage.upload_path(settings, parsed.name)
+        if not parsed.subpath:
+            return root, upload.kind
+        kind = _manifest_kind(session, UploadFile, UploadFile.upload_name == upload.name, parsed.subpath)
+    if kind is None:
+        raise PathNotFound(resource)
+    return storage.resolve_inside(root, parsed.subpath, what="mount source"), kind
+
+
+def heartbeat(session: Session, *, run_id: int, lease_token: str, settings: Settings) -> Run:
+    expires = utcnow() + timedelta(seconds=settings.lease_seconds)
+    run = session.scalars(
+        update(Run)
+        .where(Run.id == run_id, Run.lease_token == lease_token, Run.status.in_([s.value for s in LEASED_STATUSES]))
+        .values(lease_expires_at=expires)
+        .returning(Run)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).one_or_none()
+    if run is None:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        # A heartbeat racing the worker's own final report is harmless; any
+        # other miss means the lease is gone.
+        if run.lease_token != lease_token or run.status == S.INTERRUPTED.value:
+            raise LeaseLost(run_id)
+    session.commit()
+    return run
+
+
+def report_status(
+    session: Session, *, run_id: int, lease_token: str, status: RunStatus, note: str | None,
+    exit_code: int | None, reason: str | None, settings: Settings,
+) -> Run:
+    """A worker moves its leased run on; the lease is extended while it stays leased."""
+    values: dict = {}
+    if exit_code is not None:
+        values["exit_code"] = exit_code
+    if reason is not None:
+        values["reason"] = reason
+    if status in LEASED_STATUSES:
+        values["lease_expires_at"] = utcnow() + timedelta(seconds=settings.lease_seconds)
+    run = switch_status(session, run=run_id, to=status, note=note, lease_token=lease_token, values=values)
+    if status is S.KILLED:  # a killed run keeps no outputs
+        session.execute(delete(OutputFile).where(OutputFile.run_id == run_id))
+        run.outputs_size = None
+    session.commit()
+    if status is S.KILLED:
+        storage.remove(storage.run_outputs_dir(settings, run_id))
+    return run
+
+
+def check_lease(session: Session, *, run_id: int, lease_token: str) -> Run:
+    """The run if `lease_token` holds its lease now, else RunNotFound/LeaseLost."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise RunNotFound(run_id)
+    if run.lease_token != lease_token or RunStatus(run.status) not in LEASED_STATUSES:
+        raise LeaseLost(run_id)
+    return run
+
+
+def reap_expired(session: Session, *, settings: Settings) -> list[int]:
+    """Interrupt runs whose lease expired, requeueing those with retries left; their ids."""
+    now = utcnow()
+    expired = list(session.scalars(
+        select(Run.id).where(Run.status.in_([s.value for s in LEASED_STATUSES]), Run.lease_expires_at < now)
+    ))
+    reaped = []
+    for run_id in expired:
+        note = f"worker lost: no heartbeat for {settings.lease_seconds:g}s"
+        run = switch_status(session, run=run_id, to=S.INTERRUPTED, note=note, must=False,
+                            where=(Run.lease_expires_at < now,), values={"reason": note})
+        if run is None:
+            continue
+        reaped.append(run_id)
+        if run.attempt <= run.retries:
+            switch_status(session, run=run_id, to=S.MACHINE_REQUESTED,
+                          note=f"attempt {run.attempt + 1} of {run.retries + 1}")
+    session.commit()
+    return reaped
+
+
+def any_expired(session: Session) -> bool:
+    now = utcnow()
+    return session.scalar(
+        select(Run.id).where(Run.status.in_([s.value for s in LEASED_STATUSES]), Run.lease_expires_at < now).limit(1)
+    ) is not None
+
+
+# --- user actions -----------------------------------------------------------------
+
+def stop_run(session: Session, *, run_id: int, viewer: User) -> Run:
+    return _halt(session, run_id=run_id, viewer=viewer, queued_to=S.STOPPED, active_to=S.STOPPING)
+
+
+def kill_run(session: Session, *, run_id: int, viewer: User) -> Run:
+    return _halt(session, run_id=run_id, viewer=viewer, queued_to=S.KILLED, active_to=S.KILLING)
+
+
+def _halt(session: Session, *, run_id: int, viewer: User, queued_to: RunStatus, active_to: RunStatus) -> Run:
+    run = visible_run(session, run_id=run_id, viewer=viewer)
+    # A queued run has nothing to wind down; it ends at once.
+    target = queued_to if run.status == S.MACHINE_REQUESTED.value else active_to
+    run = switch_status(session, run=run_id, to=target, note=f"by {viewer.name}",
+                        values={"reason": f"{target.value} by {viewer.name}"})
+    session.commit()
+    return run
+
+
+def add_label(session: Session, *, run_id: int, viewer: User, label: str) -> Run:
+    run = visible_run(session, run_id=run_id, viewer=viewer)
+    if session.get(RunLabel, (run_id, label)) is None:
+        session.add(RunLabel(run_id=run_id, label=label))
+    events.changed(session, events.run_key(run_id))
+    session.commit()
+    return run
+
+
+def remove_label(session: Session, *, run_id: int, viewer: User, label: str) -> Run:
+    run = visible_run(session, run_id=run_id, viewer=viewer)
+    existing = session.get(RunLabel, (run_id, label))
+    if existing is None:
+        raise NotFound(f"run {run_id} has no label {label!r}")
+    session.delete(existing)
+    session.commit()
+    return run

@@ -1,0 +1,214 @@
+"""Files on the server: run outputs, uploads and code bundles under the data dir.
+
+THE one place that turns a path from a request into a filesystem path
+(`resolve_inside`: normalised, then checked to stay inside its root), and the
+one place that reads and writes tar streams: extraction accepts regular files
+and folders only (no links, devices, absolute or `..` names) and computes each
+file's sha256 while writing it; folders are sent as tar streams built on the
+fly, never held whole in memory. Everything arrives in a temporary folder on
+the same filesystem and is renamed into place only once complete, so a
+partial body is never visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from cast.client.spec import SpecError, normalize_relative_path
+from cast.server.errors import BadRequest, TooLarge
+from cast.server.settings import Settings
+
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    path: str
+    size: int
+    sha256: str
+
+
+def resolve_inside(root: Path, relative: str, *, what: str = "path") -> Path:
+    """`root/relative`, refusing anything that would land outside `root`."""
+    if relative in ("", "."):
+        return root
+    try:
+        clean = normalize_relative_path(relative, what=what)
+    except SpecError as error:
+        raise BadRequest(str(error)) from None
+    candidate = root / clean
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, os.path.realpath(candidate)]) != real_root:
+        raise BadRequest(f"{what} {relative!r} leaves its root")
+    return candidate
+
+
+def run_outputs_dir(settings: Settings, run_id: int) -> Path:
+    return settings.runs_dir / str(run_id)
+
+
+def upload_path(settings: Settings, name: str) -> Path:
+    return resolve_inside(settings.uploads_dir, name, what="upload name")
+
+
+def code_bundle_path(settings: Settings, key: str) -> Path:
+    return resolve_inside(settings.code_dir, f"{key}.tar", what="code bundle key")
+
+
+def ensure_storage_id(settings: Settings) -> str:
+    """The id a worker compares with `<storage_root>/storage-id` to detect a shared filesystem."""
+    path = settings.storage_id_file
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(uuid.uuid4().hex + "\n")
+        os.replace(tmp, path)
+    return path.read_text().strip()
+
+
+def clear_temp(settings: Settings) -> None:
+    """Drop bodies left half-written by a previous process."""
+    shutil.rmtree(settings.tmp_dir, ignore_errors=True)
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+
+def new_temp_dir(settings: Settings) -> Path:
+    return Path(tempfile.mkdtemp(dir=settings.tmp_dir))
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replace_into_place(staged: Path, final: Path, settings: Settings) -> None:
+    """Move `staged` to `final`, replacing what was there (a retried push)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        trash = new_temp_dir(settings) / "old"
+        os.rename(final, trash)
+        os.rename(staged, final)
+        remove(trash.parent)
+    else:
+        os.rename(staged, final)
+
+
+class _Budget:
+    def __init__(self, limit: int, what: str):
+        self.limit, self.what, self.used = limit, what, 0
+
+    def spend(self, count: int) -> None:
+        self.used += count
+        if self.used > self.limit:
+            raise TooLarge(f"{self.what} exceeds the limit of {self.limit} bytes")
+
+
+def _copy_hashing(source: BinaryIO, target: BinaryIO, budget: _Budget) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := source.read(CHUNK):
+        budget.spend(len(chunk))
+        digest.update(chunk)
+        target.write(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def write_file(source: BinaryIO, dest: Path, *, max_bytes: int, what: str) -> StoredFile:
+    """Stream `source` into the new file `dest`, hashing as it goes."""
+    with open(dest, "xb") as target:
+        size, sha = _copy_hashing(source, target, _Budget(max_bytes, what))
+    return StoredFile(dest.name, size, sha)
+
+
+def extract_tar(source: BinaryIO, dest: Path, *, max_bytes: int, what: str) -> list[StoredFile]:
+    """Extract a tar stream into the existing folder `dest`; the stored files, sorted by path."""
+    budget = _Budget(max_bytes, what)
+    stored: list[StoredFile] = []
+    try:
+        archive = tarfile.open(fileobj=source, mode="r|*")
+    except tarfile.TarError as error:
+        raise BadRequest(f"{what} is not a tar stream: {error}") from None
+    with archive:
+        try:
+            for member in archive:
+                name = member.name.removeprefix("./").rstrip("/")
+                if name in ("", "."):
+                    continue
+                if not (member.isfile() or member.isdir()):
+                    raise BadRequest(f"{what}: {member.name!r} is not a regular file or folder; links and devices are refused")
+                target = resolve_inside(dest, name, what=f"{what} member")
+                rel = target.relative_to(dest).as_posix()
+                try:
+                    if member.isdir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    mode = 0o755 if member.mode & 0o111 else 0o644
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+                except FileExistsError:
+                    raise BadRequest(f"{what}: {member.name!r} appears twice or clashes with a folder") from None
+                except (NotADirectoryError, IsADirectoryError):
+                    raise BadRequest(f"{what}: {member.name!r} clashes with a file of the same name") from None
+                with os.fdopen(fd, "wb") as out:
+                    size, sha = _copy_hashing(archive.extractfile(member), out, budget)
+                stored.append(StoredFile(rel, size, sha))
+        except tarfile.TarError as error:
+            raise BadRequest(f"{what} is not a valid tar stream: {error}") from None
+    stored.sort(key=lambda f: f.path)
+    return stored
+
+
+def _tar_header(path: Path, name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    st = path.stat()
+    info.mtime = int(st.st_mtime)
+    if stat.S_ISDIR(st.st_mode):
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+    else:
+        info.size, info.mode = st.st_size, (0o755 if st.st_mode & 0o111 else 0o644)
+    return info
+
+
+def tar_folder(folder: Path) -> Iterator[bytes]:
+    """A tar stream of `folder`'s contents (names relative to it), produced chunk by chunk."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        base = Path(dirpath)
+        for entry in [*sorted(dirnames), *sorted(filenames)]:
+            path = base / entry
+            if path.is_symlink():
+                continue
+            name = path.relative_to(folder).as_posix()
+            info = _tar_header(path, name)
+            yield info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+            if info.isdir():
+                continue
+            with open(path, "rb") as source:
+                remaining = info.size
+                while remaining > 0:
+                    chunk = source.read(min(CHUNK, remaining))
+                    if not chunk:  # the file shrank while being sent: pad to the promised size
+                        chunk = b"\0" * remaining
+                    remaining -= len(chunk)
+                    yield chunk
+            if info.size % tarfile.BLOCKSIZE:
+                yield b"\0" * (tarfile.BLOCKSIZE - info.size % tarfile.BLOCKSIZE)
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def read_file(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as source:
+        while chunk := source.read(CHUNK):
+            yield chunk

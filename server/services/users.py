@@ -1,0 +1,131 @@
+"""Users and bearer tokens.
+
+Owns authentication (a token is looked up by its sha256; the secret itself is
+never stored), the bootstrap of an empty database (an admin user plus one user
+token and one worker token, written 0600 into the data dir), and creating,
+listing and revoking tokens and users.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from cast.server.errors import Forbidden, NameTaken, NotAuthenticated, TokenNotFound, UserNotFound
+from cast.server.models import Token, User, utcnow
+from cast.server.settings import Settings
+
+ADMIN_NAME = "admin"
+
+
+def hash_token(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _new_token(session: Session, *, kind: str, user: User | None, name: str) -> tuple[Token, str]:
+    secret = f"cast_{kind[0]}_{secrets.token_urlsafe(32)}"
+    token = Token(token_hash=hash_token(secret), kind=kind, user_id=user.id if user else None, name=name)
+    session.add(token)
+    session.flush()
+    return token, secret
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(secret + "\n")
+    os.replace(tmp, path)
+
+
+def bootstrap(session: Session, *, settings: Settings) -> bool:
+    """On an empty database: make the admin, its token and a worker token; True if it did."""
+    if session.scalar(select(exists().where(User.id.is_not(None)))):
+        return False
+    admin = User(name=ADMIN_NAME, is_admin=True)
+    session.add(admin)
+    session.flush()
+    _, admin_secret = _new_token(session, kind="user", user=admin, name="bootstrap")
+    _, worker_secret = _new_token(session, kind="worker", user=None, name="bootstrap")
+    # Written before the commit: if writing fails, the next start bootstraps again.
+    _write_secret(settings.admin_token_file, admin_secret)
+    _write_secret(settings.worker_token_file, worker_secret)
+    session.commit()
+    return True
+
+
+def authenticate(session: Session, *, secret: str) -> tuple[Token, User | None]:
+    token = session.scalar(select(Token).where(Token.token_hash == hash_token(secret)))
+    if token is None:
+        raise NotAuthenticated("unknown token")
+    if token.revoked_at is not None:
+        raise NotAuthenticated("token revoked")
+    user = session.get(User, token.user_id) if token.user_id is not None else None
+    return token, user
+
+
+def _user_named(session: Session, name: str) -> User:
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise UserNotFound(name)
+    return user
+
+
+def _require_admin(viewer: User, action: str) -> None:
+    if not viewer.is_admin:
+        raise Forbidden(f"only an admin may {action}")
+
+
+def list_users(session: Session, *, viewer: User) -> list[User]:
+    _require_admin(viewer, "list users")
+    return list(session.scalars(select(User).order_by(User.id)))
+
+
+def create_user(session: Session, *, viewer: User, name: str, admin: bool) -> tuple[User, Token, str]:
+    _require_admin(viewer, "create users")
+    if session.scalar(select(exists().where(User.name == name))):
+        raise NameTaken(f"user {name!r} already exists")
+    user = User(name=name, is_admin=admin)
+    session.add(user)
+    session.flush()
+    token, secret = _new_token(session, kind="user", user=user, name="initial")
+    session.commit()
+    return user, token, secret
+
+
+def create_token(session: Session, *, viewer: User, kind: str, name: str, user_name: str | None) -> tuple[Token, str]:
+    if kind == "worker":
+        _require_admin(viewer, "create worker tokens")
+        owner = None
+    elif user_name is not None and user_name != viewer.name:
+        _require_admin(viewer, "create tokens for other users")
+        owner = _user_named(session, user_name)
+    else:
+        owner = viewer
+    token, secret = _new_token(session, kind=kind, user=owner, name=name)
+    session.commit()
+    return token, secret
+
+
+def list_tokens(session: Session, *, viewer: User) -> list[tuple[Token, str | None]]:
+    query = select(Token, User.name).outerjoin(User, Token.user_id == User.id).order_by(Token.id)
+    if not viewer.is_admin:
+        query = query.where(Token.user_id == viewer.id)
+    return [(token, user_name) for token, user_name in session.execute(query)]
+
+
+def revoke_token(session: Session, *, viewer: User, token_id: int) -> tuple[Token, str | None]:
+    token = session.get(Token, token_id)
+    if token is None or not (viewer.is_admin or token.user_id == viewer.id):
+        raise TokenNotFound(token_id)
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+    session.commit()
+    owner = session.get(User, token.user_id) if token.user_id is not None else None
+    return token, owner.name if owner else None

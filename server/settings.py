@@ -1,0 +1,85 @@
+"""The control plane's one settings object.
+
+Owns every tunable of the server and every filesystem path it uses; all paths
+derive from `data_dir`. Read from the environment with the `CAST_` prefix
+(`CAST_LEASE_SECONDS=2`, `CAST_DATA_DIR=...`); command-line flags override.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CAST_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".cast" / "server")
+    # Empty means SQLite in data_dir; any SQLAlchemy URL otherwise.
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8470
+    lease_seconds: float = Field(default=15.0, gt=0)
+    # A run's stdout/stderr beyond this many entries is dropped after one
+    # visible truncation marker, so a chatty run cannot fill the disk.
+    max_log_entries_per_run: int = Field(default=1_000_000, gt=0)
+    max_log_line_chars: int = Field(default=64 * 1024, gt=0)
+    max_output_bytes: int = Field(default=20 * 1024**3, gt=0)
+    max_upload_bytes: int = Field(default=20 * 1024**3, gt=0)
+    max_code_bytes: int = Field(default=512 * 1024**2, gt=0)
+    # JSON request bodies (run specs, log batches); streamed bodies have their own caps.
+    max_json_body_bytes: int = Field(default=16 * 1024**2, gt=0)
+    git_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def database_file(self) -> Path:
+        return self.resolved_data_dir / "cast.db"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.database_file}"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.resolved_data_dir / "runs"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.resolved_data_dir / "uploads"
+
+    @property
+    def code_dir(self) -> Path:
+        return self.resolved_data_dir / "code"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Where streamed bodies land before they are complete (same filesystem, so rename is atomic)."""
+        return self.resolved_data_dir / "tmp"
+
+    @property
+    def storage_id_file(self) -> Path:
+        return self.resolved_data_dir / "storage-id"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.resolved_data_dir / "admin-token"
+
+    @property
+    def worker_token_file(self) -> Path:
+        return self.resolved_data_dir / "worker-token"
+
+    @property
+    def reaper_interval(self) -> float:
+        # Four checks per lease period: an expired lease is noticed well within two periods.
+        return max(0.05, self.lease_seconds / 4)
+
+    def make_dirs(self) -> None:
+        for path in (self.resolved_data_dir, self.runs_dir, self.uploads_dir, self.code_dir, self.tmp_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        self.resolved_data_dir.chmod(0o700)
