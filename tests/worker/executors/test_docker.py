@@ -1,0 +1,389 @@
+"""The Docker executor against the real Docker engine: environment images built
+from pip/apt packages and cached, the run container's mounts, user, limits and
+lifecycle, the host's package settings reaching builds, and the image cache.
+
+Images go to a repository unique to the test session and are removed at its
+end. The engine and the offline base image are required: without them these
+tests fail, they are never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+
+from cast.worker.dockerenv import HostPackageSettings
+from cast.worker.executors.base import BuildFailed, Job, PreparedMount
+from cast.worker.executors.docker import DEFAULT_BASE_IMAGE, LABEL_WORK_DIR, DockerExecutor
+from tests.conftest import REPO_ROOT, wait_until
+
+PACKAGES = {"apt": ["jq"], "pip": ["six"], "pip_req": "tqdm\n"}
+
+
+@pytest.fixture(scope="session")
+def engine():
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"the Docker tests need a Docker engine and none answers: {exc}")
+    return client
+
+
+@pytest.fixture(scope="session")
+def base_image(engine) -> str:
+    script = REPO_ROOT / "docker" / "build-base-image.sh"
+    built = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert built.stdout.strip() == DEFAULT_BASE_IMAGE
+    return DEFAULT_BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def repository(engine, base_image):
+    """A repository for this session's environment images, removed at the end."""
+    name = f"cast-env-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    for image in engine.images.list(name=name):
+        engine.images.remove(image.id, force=True)
+
+
+@pytest.fixture
+def make_executor(tmp_path, repository):
+    def make(work_dir: Path | None = None, **options) -> DockerExecutor:
+        return DockerExecutor(work_dir or tmp_path / "worker", image_repository=repository, **options)
+
+    return make
+
+
+class Lines:
+    """A LogSink that keeps (stream, text) in order."""
+
+    def __init__(self):
+        self.entries: list[tuple[str, str]] = []
+
+    def __call__(self, stream: str, text: str) -> None:
+        self.entries.append((stream, text))
+
+    def of(self, stream: str) -> list[str]:
+        return [text for s, text in self.entries if s == stream]
+
+
+def make_job(tmp_path: Path, command: str, run_id: int = 1, mounts=(), **spec) -> Job:
+    workdir = tmp_path / f"run{run_id}-{uuid.uuid4().hex[:6]}"
+    workdir.mkdir()
+    return Job(run_id=run_id, spec={"command": command, **spec}, workdir=workdir,
+               mounts=list(mounts), env={"CAST_RUN_ID": str(run_id)})
+
+
+def run(executor: DockerExecutor, job: Job):
+    lines = Lines()
+    build = executor.build(job, lines)
+    result = executor.start(job, build, lines).wait()
+    return result, lines
+
+
+@pytest.fixture(scope="session")
+def packaged(tmp_path_factory, repository):
+    """An environment with an apt package, a pip spec and a requirements file,
+    built once for the session: (executor, first build's result, its log)."""
+    executor = DockerExecutor(tmp_path_factory.mktemp("worker"), image_repository=repository)
+    lines = Lines()
+    job = make_job(tmp_path_factory.mktemp("jobs"), "true", **PACKAGES)
+    build = executor.build(job, lines)
+    return executor, build, lines
+
+
+def test_pip_and_apt_packages_are_in_the_container(packaged, tmp_path):
+    executor, build, build_log = packaged
+    assert not build.cached
+    assert any("apt-get install jq" in line for line in build_log.of("cast"))
+    assert any("Successfully installed" in line for line in build_log.of("cast"))
+    job = make_job(tmp_path, "python -c 'import six, tqdm; print(\"six\", six.__version__)'; "
+                             "echo '{\"a\": 41}' | jq .a", **PACKAGES)
+    result, lines = run(executor, job)
+    assert result.exit_code == 0, lines.entries
+    assert lines.of("stdout")[0].startswith("six 1.")
+    assert lines.of("stdout")[1] == "41"
+
+
+def test_a_repeat_build_is_a_cache_hit_and_stamps_its_use(packaged, tmp_path, engine):
+    executor, first, _ = packaged
+    before = {entry.key: entry.last_used for entry in executor.cache_entries()}[first.key]
+    time.sleep(0.01)
+    lines = Lines()
+    again = executor.build(make_job(tmp_path, "true", **PACKAGES), lines)
+    assert again.cached and again.key == first.key
+    assert lines.entries == []  # nothing built, nothing logged
+    entry = {entry.key: entry for entry in executor.cache_entries()}[first.key]
+    assert entry.last_used > before
+    assert entry.holds == "base: cast-base:bookworm; apt: jq; pip: six; pip-req: 1 line"
+    # The build's settings (pip.conf, index URLs) stayed out of the image.
+    config = engine.api.inspect_image(first.description)["Config"]
+    assert not [var for var in config["Env"] if var.startswith("PIP_")]
+
+
+def test_mounts_are_read_only_and_leave_no_trace(packaged, tmp_path):
+    executor, _, _ = packaged
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("from a folder\n")
+    single = tmp_path / "single.txt"
+    single.write_text("one file\n")
+    single.chmod(0o666)  # so that only the read-only mount stops the write
+    data.chmod(0o777)
+    job = make_job(
+        tmp_path,
+        "cat in/a.txt deep/er/single.txt; echo x > in/b.txt; echo $?; echo x >> deep/er/single.txt; echo $?; "
+        "echo kept > deep/beside.txt",
+        mounts=[PreparedMount(data, "in"), PreparedMount(single, "deep/er/single.txt")], **PACKAGES,
+    )
+    result, lines = run(executor, job)
+    assert result.exit_code == 0, lines.entries
+    assert lines.of("stdout") == ["from a folder", "one file", "1", "1"]
+    assert sum("Read-only file system" in line for line in lines.of("stderr")) == 2
+    assert sorted(os.listdir(data)) == ["a.txt"] and single.read_text() == "one file\n"
+    # The mount points are gone from the working directory; the run's file stays.
+    assert sorted(str(p.relative_to(job.workdir)) for p in job.workdir.rglob("*")) == ["deep", "deep/beside.txt"]
+
+
+def test_the_command_runs_unprivileged_with_the_job_env(packaged, tmp_path):
+    executor, _, _ = packaged
+    job = make_job(
+        tmp_path,
+        "id -u; pwd; echo $SEED $PYTHONUNBUFFERED $CAST_RUN_ID; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; "
+        "test -e /var/run/docker.sock && echo SOCKET; touch ~/home-is-writable && echo home ok; echo made > out.txt",
+        run_id=7, **PACKAGES,
+    )
+    job.env["SEED"] = "42"
+    result, lines = run(executor, job)
+    assert result.exit_code == 0, lines.entries
+    stdout = lines.of("stdout")
+    assert stdout[0] == "1000"  # not root
+    assert stdout[1] == "/cast/work"
+    assert stdout[2] == "42 1 7"
+    assert stdout[3].split() == ["CapEff:", "0000000000000000"]
+    assert stdout[4].split() == ["NoNewPrivs:", "1"]
+    assert "SOCKET" not in stdout and "home ok" in stdout
+    assert (job.workdir / "out.txt").read_text() == "made\n"
+
+
+def test_output_is_streamed_live_and_split_by_stream(packaged, tmp_path):
+    executor, _, _ = packaged
+    job = make_job(tmp_path, "echo first; echo oops >&2; sleep 3; echo last", **PACKAGES)
+    lines = Lines()
+    process = executor.start(job, executor.build(job, lines), lines)
+    started = time.monotonic()
+    wait_until(lambda: "first" in lines.of("stdout") and "oops" in lines.of("stderr"), timeout=2.5,
+               what="the first lines while the command still runs")
+    assert time.monotonic() - started < 2.5 and "last" not in lines.of("stdout")
+    assert process.wait().exit_code == 0
+    assert lines.of("stdout") == ["first", "last"]
+
+
+def test_running_past_the_memory_limit_fails_with_out_of_memory(make_executor, packaged, tmp_path):
+    executor = make_executor(memory="64m")
+    job = make_job(tmp_path, "python -c 'x = bytearray(256 * 1024 * 1024); print(len(x))'", **PACKAGES)
+    result, lines = run(executor, job)
+    assert result.exit_code == 137 and result.reason == "out of memory", (result, lines.entries)
+
+
+def test_terminate_sends_sigterm_to_the_command(packaged, tmp_path):
+    executor, _, _ = packaged
+    job = make_job(tmp_path, "trap 'echo got TERM; exit 3' TERM; echo ready; sleep 60 & wait", **PACKAGES)
+    lines = Lines()
+    process = executor.start(job, executor.build(job, lines), lines)
+    wait_until(lambda: "ready" in lines.of("stdout"), what="the command to start")
+    started = time.monotonic()
+    process.terminate(grace=20)
+    result = process.wait()
+    assert time.monotonic() - started < 5
+    assert result.exit_code == 3 and "got TERM" in lines.of("stdout")
+
+
+def test_terminate_kills_after_the_grace_and_kill_is_at_once(packaged, tmp_path, engine):
+    executor, _, _ = packaged
+    stubborn = make_job(tmp_path, "trap '' TERM; echo ready; while true; do sleep 0.1; done", run_id=11, **PACKAGES)
+    lines = Lines()
+    process = executor.start(stubborn, executor.build(stubborn, lines), lines)
+    wait_until(lambda: "ready" in lines.of("stdout"), what="the command to start")
+    started = time.monotonic()
+    process.terminate(grace=1.0)
+    result = process.wait()
+    assert 1.0 <= time.monotonic() - started < 6
+    assert (result.exit_code, result.reason) == (137, "ended by SIGKILL")
+
+    sleeper = make_job(tmp_path, "echo ready; sleep 60", run_id=12, **PACKAGES)
+    lines = Lines()
+    process = executor.start(sleeper, executor.build(sleeper, lines), lines)
+    wait_until(lambda: "ready" in lines.of("stdout"), what="the command to start")
+    started = time.monotonic()
+    process.kill()
+    assert process.wait().exit_code == 137
+    assert time.monotonic() - started < 3
+    # Containers are removed after their run.
+    assert engine.containers.list(all=True, filters={"label": f"{LABEL_WORK_DIR}={executor.work_dir}"}) == []
+
+
+def test_a_failing_build_reports_the_step_and_hides_secrets(make_executor, tmp_path, monkeypatch, engine):
+    # An extra index with a password in its URL (unreachable: port 9 in the container).
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://cast:s3cret-token@127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    executor = make_executor()
+    lines = Lines()
+    job = make_job(tmp_path, "true", pip=["cast-no-such-package-4f1c"])
+    with pytest.raises(BuildFailed) as failure:
+        executor.build(job, lines)
+    message = str(failure.value)
+    assert message.startswith("pip step failed (exit 1): ")
+    assert "No matching distribution found for cast-no-such-package-4f1c" in message
+    logged = "\n".join(text for _, text in lines.entries)
+    assert "127.0.0.1:9" in logged  # the setting reached the build…
+    assert "s3cret-token" not in logged + message  # …and its secret did not reach the log
+    assert not [entry for entry in executor.cache_entries() if "cast-no-such" in entry.holds]
+    assert engine.containers.list(all=True, filters={"label": f"{LABEL_WORK_DIR}={executor.work_dir}"}) == []
+
+
+def test_redaction_masks_url_passwords():
+    settings = HostPackageSettings(pip={"index-url": "https://me:p%40ss@pypi.example/simple"},
+                                   proxy_env={"https_proxy": "http://proxy-user:hunter22@10.0.0.1:3128"})
+    line = settings.redact("from https://me:p%40ss@pypi.example/simple via hunter22 and p@ss and ftp://a:b@c")
+    assert "p%40ss" not in line and "p@ss" not in line and "hunter22" not in line and ":b@" not in line
+    assert "pypi.example/simple" in line
+
+
+def test_a_missing_docker_image_fails_the_build_clearly(make_executor, tmp_path):
+    with pytest.raises(BuildFailed, match="docker image cast-test-absent:1 is not on this worker and cannot be pulled"):
+        make_executor().build(make_job(tmp_path, "true", docker_image="cast-test-absent:1"), Lines())
+
+
+def test_a_run_s_docker_image_is_its_base(make_executor, tmp_path, engine, base_image):
+    other = f"cast-test-base-{uuid.uuid4().hex[:6]}:1"
+    engine.images.get(base_image).tag(other)
+    try:
+        executor = make_executor()
+        job = make_job(tmp_path, "id -un", docker_image=other)
+        result, lines = run(executor, job)
+        assert result.exit_code == 0 and lines.of("stdout") == ["cast"], lines.entries
+        assert f"base: {other}" in [entry.holds for entry in executor.cache_entries()]
+    finally:
+        engine.images.remove(other)
+
+
+def test_concurrent_builds_of_a_new_environment_build_once(make_executor, tmp_path):
+    executor = make_executor()
+    barrier = threading.Barrier(2)
+    results, logs = [], []
+
+    def build() -> None:
+        lines = Lines()
+        job = make_job(tmp_path, "true", pip=["six"])
+        barrier.wait()
+        results.append(executor.build(job, lines))
+        logs.append(lines)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(result.cached for result in results) == [False, True]
+    assert len({result.key for result in results}) == 1
+    assert sum(any(text.startswith("Building environment") for _, text in lines.entries) for lines in logs) == 1
+
+
+def _container_needs_the_host_ca(engine, base_image) -> bool:
+    """Whether a container reaches pypi.org only through a proxy whose CA the
+    image's own bundle lacks (as on the machines cast is developed on)."""
+    probe = ("import ssl, sys, urllib.error, urllib.request\n"
+             "try:\n urllib.request.urlopen('https://pypi.org/simple/six/', timeout=30)\n"
+             "except urllib.error.URLError as e:\n sys.exit(3 if isinstance(e.reason, ssl.SSLError) else 4)\n")
+    try:
+        engine.containers.run(base_image, ["python3", "-c", probe], remove=True)
+    except docker.errors.ContainerError as exc:
+        assert exc.exit_status == 3, f"pypi.org is not reachable from a container: exit {exc.exit_status}"
+        return True
+    return False
+
+
+def test_the_host_pip_ca_bundle_reaches_the_build(make_executor, tmp_path, monkeypatch, engine, base_image):
+    """Only pypi.org as index, through the network: the host's CA bundle is what
+    lets pip verify it behind a TLS-intercepting proxy."""
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no index folders, no find-links
+    for name in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_INDEX_URL", "PIP_CERT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    spec = {"pip": ["six==1.17.0"]}
+    if _container_needs_the_host_ca(engine, base_image):
+        lines = Lines()
+        with pytest.raises(BuildFailed, match="pip step failed"):
+            make_executor(tmp_path / "no-ca").build(make_job(tmp_path, "true", **spec), lines)
+        assert any("CERTIFICATE_VERIFY_FAILED" in text for _, text in lines.entries)
+    monkeypatch.setenv("PIP_CERT", bundle)
+    executor = make_executor(tmp_path / "with-ca")
+    assert executor.host_settings.pip["cert"] == bundle
+    lines = Lines()
+    build = executor.build(make_job(tmp_path, "true", **spec), lines)
+    assert not build.cached
+    assert any(text.strip().startswith("Downloading six-1.17.0") for _, text in lines.entries), lines.entries
+    result, run_lines = run(executor, make_job(tmp_path, "python -c 'import six; print(six.__version__)'", **spec))
+    assert run_lines.of("stdout") == ["1.17.0"]
+
+
+def test_cleanup_stale_removes_containers_of_the_same_work_dir(make_executor, packaged, tmp_path, engine):
+    mine, other = make_executor(tmp_path / "mine"), make_executor(tmp_path / "other")
+    processes = []
+    for executor in (mine, other):
+        job = make_job(tmp_path, "sleep 60", **PACKAGES)
+        processes.append(executor.start(job, executor.build(job, Lines()), Lines()))
+    successor = make_executor(tmp_path / "mine")  # a new worker on the crashed one's work dir
+    successor.cleanup_stale()
+    by_dir = lambda executor: engine.containers.list(  # noqa: E731
+        all=True, filters={"label": f"{LABEL_WORK_DIR}={executor.work_dir}"})
+    assert by_dir(mine) == []
+    assert len(by_dir(other)) == 1
+    processes[1].kill()
+    processes[1].wait()
+    assert by_dir(other) == []
+
+
+def test_cache_entries_and_prune(tmp_path, engine, base_image):
+    executor = DockerExecutor(tmp_path / "worker", image_repository=f"cast-env-prune-{uuid.uuid4().hex[:8]}")
+    job = make_job(tmp_path, "true")
+    try:
+        first = executor.build(job, Lines())
+        assert not first.cached
+        [entry] = executor.cache_entries()
+        assert entry.key == first.key and entry.holds == "base: cast-base:bookworm"
+        assert entry.size > 0 and abs(entry.last_used - time.time()) < 120
+        assert executor.prune_cache(older_than=3600, everything=False) == []
+        assert executor.prune_cache(older_than=None, everything=True) == [entry]
+        assert executor.cache_entries() == []
+        assert not executor.build(job, Lines()).cached
+    finally:
+        for image in engine.images.list(name=executor.options.image_repository):
+            engine.images.remove(image.id, force=True)
+
+
+def test_container_settings_give_a_run_its_own_gpus_and_limits(make_executor, tmp_path):
+    executor = make_executor(memory="2g", cpus=1.5, pids_limit=256)
+    job = make_job(tmp_path, "nvidia-smi", machine_type="gpu:2")
+    job.gpus = [1, 3]
+    job.env["CUDA_VISIBLE_DEVICES"] = "1,3"  # host numbering; inside the container they are 0 and 1
+    settings = executor.container_settings(job, "image")
+    [request] = settings["device_requests"]
+    assert request["DeviceIDs"] == ["1", "3"] and request["Capabilities"] == [["gpu"]]
+    assert "CUDA_VISIBLE_DEVICES" not in settings["environment"]
+    assert (settings["mem_limit"], settings["nano_cpus"], settings["pids_limit"]) == (2 << 30, 1_500_000_000, 256)
+    assert settings["network_mode"] == "bridge" and settings["cap_drop"] == ["ALL"]
+    assert "privileged" not in settings
+    defaults = make_executor().limits("cpu")
+    assert defaults["memory"] == int(executor.engine_memory * 0.9) and defaults["cpus"] == executor.engine_cpus
