@@ -1,0 +1,136 @@
+"""The app as a whole: every route's auth, error shapes, body cap, web viewer, OpenAPI."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.testclient import TestClient
+
+from cast.server.api import deps
+
+PUBLIC = {"/api/v1/health"}
+# Routes both kinds of token may call (docs/api.md: workers fetch code bundles too).
+EITHER = {("GET", "/api/v1/code/{key}")}
+WORKER_ROUTES = {
+    ("POST", "/api/v1/workers"),
+    ("POST", "/api/v1/workers/{worker_id}/lease"),
+    ("POST", "/api/v1/runs/{run_id}/heartbeat"),
+    ("POST", "/api/v1/runs/{run_id}/status"),
+    ("POST", "/api/v1/runs/{run_id}/logs"),
+    ("PUT", "/api/v1/runs/{run_id}/outputs"),
+    ("GET", "/api/v1/workers/mounts/{resource}"),
+}
+SAMPLE_PARAMS = {"run_id": "1", "worker_id": "w-1", "name": "data", "path": "a.txt", "label": "x",
+                 "key": "0" * 64, "token_id": "1", "resource": "runs/1"}
+
+
+def _auth_dependencies(route: APIRoute) -> set:
+    found, stack = set(), [route.original_route.dependant]
+    while stack:
+        dependant = stack.pop()
+        found.add(dependant.call)
+        stack.extend(dependant.dependencies)
+    return found & {deps.current_user, deps.worker_auth, deps.any_token}
+
+
+def _api_routes(app):
+    """(method, route) for every route of the app's table, included routers flattened."""
+    for route in iter_route_contexts(app.routes):
+        if isinstance(route.original_route, APIRoute) and route.path.startswith("/api/v1"):
+            for method in sorted(route.methods):
+                yield method, route
+
+
+def test_every_route_refuses_a_missing_or_wrong_kind_of_token(app, settings):
+    client = TestClient(app)
+    user = {"Authorization": f"Bearer {settings.admin_token_file.read_text().strip()}"}
+    worker = {"Authorization": f"Bearer {settings.worker_token_file.read_text().strip()}"}
+    checked = set()
+    for method, route in _api_routes(app):
+        path = re.sub(r"\{(\w+)(:path)?\}", lambda m: SAMPLE_PARAMS[m.group(1)], route.path)
+        key = (method, route.path.replace(":path", ""))
+        if route.path in PUBLIC:
+            assert client.request(method, path).status_code == 200
+            continue
+        checked.add(key)
+        missing = client.request(method, path)
+        assert missing.status_code == 401, (key, missing.text)
+        assert missing.headers["www-authenticate"] == "Bearer"
+        assert client.request(method, path, headers={"Authorization": "Bearer nope"}).status_code == 401, key
+        auth = _auth_dependencies(route)
+        if key in EITHER:
+            assert auth == {deps.any_token}, key
+            for headers in (user, worker):
+                assert client.request(method, path, headers=headers).status_code not in (401, 403), key
+            continue
+        wrong = user if key in WORKER_ROUTES else worker
+        assert auth == {deps.worker_auth if key in WORKER_ROUTES else deps.current_user}, key
+        refused = client.request(method, path, headers=wrong)
+        assert refused.status_code == 403, (key, refused.text)
+        if method != "HEAD":
+            assert "token" in refused.json()["detail"]
+    assert WORKER_ROUTES <= checked
+    assert len(checked) >= 30
+
+
+def test_revoked_token_is_refused(local):
+    created = local.user.post("/tokens", json={"name": "laptop"}).json()
+    mine = {"Authorization": f"Bearer {created['token']}"}
+    assert local.user.get("/users/me", headers=mine).json()["name"] == "admin"
+    assert local.user.delete(f"/tokens/{created['id']}").json()["revoked_at"] is not None
+    refused = local.user.get("/users/me", headers=mine)
+    assert refused.status_code == 401
+    assert refused.json() == {"detail": "token revoked"}
+
+
+def test_errors_are_one_sentence(local):
+    assert local.user.get("/runs/999").json() == {"detail": "run 999 not found"}
+    schema = local.user.post("/runs", json={"command": 5})
+    assert schema.status_code == 422
+    assert schema.json()["detail"].startswith("command:")
+    spec = local.user.post("/runs", json={"command": "x", "machine_type": "tpu"})
+    assert spec.status_code == 400
+    assert spec.json() == {"detail": "machine_type: machine type 'tpu' must be cpu, gpu or gpu:N"}
+    assert local.user.get("/runs/99999999999999999999").status_code == 422
+    bad_json = local.user.post("/runs", content=b"{nope", headers={"Content-Type": "application/json"})
+    assert bad_json.status_code == 422
+    assert isinstance(bad_json.json()["detail"], str)
+
+
+def test_oversized_json_body_is_413(tmp_path):
+    from cast.server.app import create_app
+    from cast.server.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "d", max_json_body_bytes=1000)
+    client = TestClient(create_app(settings), base_url="http://testserver/api/v1",
+                        headers={"Authorization": f"Bearer {settings.admin_token_file.read_text().strip()}"})
+    response = client.post("/runs", json={"command": "x" * 2000})
+    assert response.status_code == 413
+    assert "limit of 1000 bytes" in response.json()["detail"]
+    assert client.get("/runs").json()["runs"] == []
+
+
+def test_openapi_document_lists_the_api(app):
+    document = TestClient(app).get("/api/v1/openapi.json").json()
+    assert "/api/v1/runs" in document["paths"]
+    assert "/api/v1/runs/{run_id}/logs/follow" in document["paths"]
+    assert TestClient(app).get("/api/v1/docs").status_code == 200
+
+
+def test_web_viewer_is_served_at_root(app):
+    from cast.server.app import WEB_DIR
+
+    response = TestClient(app).get("/")
+    if (WEB_DIR / "index.html").is_file():
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/html")
+    else:
+        assert response.status_code == 404
+        assert response.json() == {"detail": "the web viewer is not installed"}
+
+
+@pytest.mark.parametrize("path", ["/static/../app.py", "/static/%2e%2e/app.py"])
+def test_static_files_stay_in_their_folder(app, path):
+    assert TestClient(app).get(path).status_code == 404
