@@ -1,0 +1,236 @@
+"""The worker end to end against the real server: a run's stages, its logs and
+outputs, failures, stop, kill, timeouts, mounts, code bundles and GPUs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+import time
+from datetime import datetime, timezone
+
+import httpx
+import pytest
+
+from .runs import (get_run, log_entries, log_texts, output_paths, statuses, submit, wait_final,
+                   wait_for_line, wait_status)
+from .test_source import commit, git
+
+
+@pytest.fixture
+def api(server):
+    with server.api() as client:
+        yield client
+
+
+def test_a_run_goes_through_every_stage_and_saves_only_what_it_wrote(api, worker, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, {"train.py": "import os\nprint('hello from', os.environ['CAST_RUN_ID'])\n"
+                              "open('model.txt', 'w').write('weights')\n"}, "train")
+
+    run_id = submit(api, "python train.py && echo oops >&2", git_url=f"file://{repo}")
+    run = wait_final(api, run_id)
+
+    assert run["status"] == "complete" and run["exit_code"] == 0
+    assert statuses(run) == ["machine_requested", "building", "mounting", "running", "saving", "pushing",
+                             "complete"]
+    notes = {t["status"]: t["note"] for t in run["transitions"]}
+    assert notes["building"] == "local, cpu" and notes["mounting"] == "cached"
+    texts = log_texts(api, run_id)
+    assert texts.index("Run is running") < texts.index(f"hello from {run_id}") < texts.index("Saving… done")
+    assert log_texts(api, run_id, "stderr") == ["oops"]
+    assert output_paths(api, run_id) == ["model.txt"]
+    assert api.get(f"/runs/{run_id}/outputs/model.txt").content == b"weights"
+
+
+def test_a_non_zero_exit_fails_the_run_and_still_saves_its_outputs(api, worker):
+    run_id = submit(api, "echo partial > partial.txt; exit 3")
+    run = wait_final(api, run_id)
+    assert run["status"] == "failed" and run["exit_code"] == 3
+    assert statuses(run)[-3:] == ["saving", "pushing", "failed"]
+    assert output_paths(api, run_id) == ["partial.txt"]
+
+
+def test_a_later_run_mounts_an_earlier_runs_output_read_only(api, worker):
+    first = submit(api, "mkdir -p out && echo hello > out/greeting.txt")
+    assert wait_final(api, first)["status"] == "complete"
+
+    second = submit(api, "cat greeting.txt && cat prev/out/greeting.txt && "
+                         "(echo changed > greeting.txt || echo refused) && echo mine > own.txt",
+                    mounts=[{"resource": f"runs/{first}/out/greeting.txt"},
+                            {"resource": f"runs/{first}", "path": "prev"}])
+    run = wait_final(api, second)
+
+    assert run["status"] == "complete", log_texts(api, second)
+    assert log_texts(api, second, "stdout") == ["hello", "hello", "refused"]
+    assert output_paths(api, second) == ["own.txt"]
+    assert api.get(f"/runs/{first}/outputs/out/greeting.txt").content == b"hello\n"
+
+
+def test_stop_terminates_the_command_and_keeps_its_outputs(api, worker):
+    run_id = submit(api, "echo partial > partial.txt; echo started; sleep 60")
+    wait_for_line(api, run_id, "started")
+    asked = time.monotonic()
+    assert api.post(f"/runs/{run_id}/stop").status_code == 202
+    run = wait_final(api, run_id)
+    assert time.monotonic() - asked < 3
+    assert run["status"] == "stopped"
+    assert statuses(run)[-4:] == ["stopping", "saving", "pushing", "stopped"]
+    assert output_paths(api, run_id) == ["partial.txt"]
+
+
+def test_kill_ends_the_command_at_once_and_drops_its_outputs(api, worker):
+    run_id = submit(api, "trap '' TERM; echo partial > partial.txt; echo started; sleep 60")
+    wait_for_line(api, run_id, "started")
+    asked = time.monotonic()
+    assert api.post(f"/runs/{run_id}/kill").status_code == 202
+    run = wait_final(api, run_id)
+    assert time.monotonic() - asked < 3
+    assert run["status"] == "killed" and statuses(run)[-2:] == ["killing", "killed"]
+    assert output_paths(api, run_id) == []
+
+
+def test_a_timeout_stops_the_run_with_its_reason(api, worker):
+    run_id = submit(api, "echo x > before.txt; echo started; sleep 30", timeout=1)
+    run = wait_final(api, run_id)
+    assert run["status"] == "stopped" and run["reason"] == "timed out after 1s"
+    assert "Stopping… (timed out after 1s)" in log_texts(api, run_id)
+    assert output_paths(api, run_id) == ["before.txt"]
+
+
+def test_a_failing_build_reports_why(api, worker):
+    run_id = submit(api, "true", pip=["cast-no-such-package-zz"])
+    run = wait_final(api, run_id)
+    assert run["status"] == "build_failed"
+    assert "cast-no-such-package-zz" in run["reason"]
+    assert any(text.startswith("Building… failed") for text in log_texts(api, run_id))
+
+
+def test_apt_packages_are_refused_by_the_local_executor(api, worker):
+    run = wait_final(api, submit(api, "true", apt=["jq"]))
+    assert run["status"] == "build_failed"
+    assert run["reason"] == "the local executor cannot install apt packages; use the docker executor"
+
+
+def test_a_repeat_run_reuses_the_built_environment(api, worker):
+    first = wait_final(api, submit(api, "python -c 'import termcolor'", pip=["termcolor"]), timeout=120)
+    second = wait_final(api, submit(api, "python -c 'import termcolor'", pip=["termcolor"]))
+    assert first["status"] == second["status"] == "complete"
+    notes = [{t["status"]: t["note"] for t in run["transitions"]}["mounting"] for run in (first, second)]
+    assert notes == [None, "cached"]
+    assert "Building… done (cached)" in log_texts(api, second["id"])
+
+
+def test_code_bundles_are_fetched_and_extracted(api, worker):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        data = b"print('from the bundle')\n"
+        info = tarfile.TarInfo("pkg/main.py")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    key = hashlib.sha256(buffer.getvalue()).hexdigest()
+    assert api.put(f"/code/{key}", content=buffer.getvalue()).status_code in (200, 201)
+
+    run_id = submit(api, "python pkg/main.py", code_bundle=key)
+    assert wait_final(api, run_id)["status"] == "complete"
+    assert log_texts(api, run_id, "stdout") == ["from the bundle"]
+    assert output_paths(api, run_id) == []
+
+
+def test_a_printed_line_reaches_a_follower_within_a_fifth_of_a_second(api, worker):
+    run_id = submit(api, "echo first; sleep 1; echo second; sleep 1; echo third")
+    arrivals = {}
+    with api.stream("GET", f"/runs/{run_id}/logs/follow", params={"offset": 0}, timeout=60) as stream:
+        for line in stream.iter_lines():
+            chunk = json.loads(line)
+            for entry in chunk["entries"]:
+                arrivals[entry["text"]] = (datetime.now(timezone.utc), entry["time"])
+            if chunk["finished"]:
+                break
+    for text in ("second", "third"):
+        arrived, printed = arrivals[text]
+        delay = (arrived - datetime.fromisoformat(printed.replace("Z", "+00:00"))).total_seconds()
+        assert delay < 0.2, f"{text!r} took {delay:.3f}s"
+
+
+def test_gpu_runs_get_their_own_devices(server, start_worker, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nprintf '0\\n1\\n'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    start_worker(server, extra_args=["--max-runs", "3"], env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    with server.api() as api:
+        command = 'echo "gpus=[$CUDA_VISIBLE_DEVICES]"; sleep 1'
+        gpu_runs = [submit(api, command, machine_type="gpu") for _ in range(2)]
+        cpu_run = submit(api, command)
+        for run_id in gpu_runs + [cpu_run]:
+            assert wait_final(api, run_id)["status"] == "complete"
+        seen = [log_texts(api, run_id, "stdout") for run_id in gpu_runs]
+        assert sorted(seen) == [["gpus=[0]"], ["gpus=[1]"]]
+        assert log_texts(api, cpu_run, "stdout") == ["gpus=[]"]
+        notes = {t["status"]: t["note"] for t in get_run(api, gpu_runs[0])["transitions"]}
+        assert notes["building"] == "local, gpu"
+
+
+def test_the_worker_does_not_leak_its_token_into_runs(api, server, start_worker):
+    start_worker(server, env={"CAST_WORKER_TOKEN": server.worker_token})
+    run_id = submit(api, 'env | grep -c "^CAST_WORKER_TOKEN=" || true')
+    wait_final(api, run_id)
+    assert log_texts(api, run_id, "stdout") == ["0"]
+    assert all(server.worker_token not in e["text"] for e in log_entries(api, run_id))
+
+
+def test_the_cache_command_lists_and_prunes_environments(api, worker):
+    assert wait_final(api, submit(api, "true", pip=["termcolor"]), timeout=120)["status"] == "complete"
+
+    def cache(*args):
+        return subprocess.run(["python", "-m", "cast.worker", "cache", *args, "--work-dir", str(worker.work_dir),
+                               "--executor", "local"], capture_output=True, text=True, timeout=60)
+
+    listed = cache("ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [entry] = json.loads(listed.stdout)
+    assert entry["executor"] == "local" and entry["holds"] == "pip: termcolor" and entry["size"] > 0
+    assert cache("prune", "--older-than", "1d").stdout.strip() == "removed 0 environments"
+    pruned = cache("prune", "--all")
+    assert pruned.returncode == 0 and "removed 1 environment" in pruned.stdout
+    assert json.loads(cache("ls", "--json").stdout) == []
+    refused = cache("prune")
+    assert refused.returncode == 2 and "--older-than" in refused.stderr
+
+
+def test_bad_worker_arguments_are_one_clear_line(tmp_path):
+    result = subprocess.run(["python", "-m", "cast.worker", "--server", "http://127.0.0.1:9",
+                             "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=30,
+                            env={k: v for k, v in os.environ.items() if k != "CAST_WORKER_TOKEN"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "cast worker: no worker token: pass --token-file FILE or set CAST_WORKER_TOKEN"
+
+
+def test_the_mount_cache_downloads_once_and_makes_it_read_only(api, server, worker, tmp_path):
+    from cast.worker.client import ServerClient
+    from cast.worker.mounts import MountCache
+
+    producer = submit(api, "mkdir -p d/e && echo one > d/a.txt && echo two > d/e/b.txt && echo f > f.txt")
+    assert wait_final(api, producer)["status"] == "complete"
+    lease = {"mounts": [
+        {"resource": f"runs/{producer}/d", "path": "d", "kind": "dir", "local_path": "/nonexistent"},
+        {"resource": f"runs/{producer}/f.txt", "path": "f.txt", "kind": "file", "local_path": "/nonexistent"},
+    ]}  # no storage_id: as on a host that does not share the server's files
+    client = ServerClient(server.url, server.worker_token)
+    cache = MountCache(tmp_path / "mounts")
+    folder, single = cache.prepare(lease, client)
+
+    assert (folder.source / "a.txt").read_text() == "one\n" and (folder.source / "e" / "b.txt").read_text() == "two\n"
+    assert single.source.read_text() == "f\n" and single.source.name == "f.txt"
+    assert oct(single.source.stat().st_mode & 0o777) == "0o444"
+    assert oct((folder.source / "e").stat().st_mode & 0o777) == "0o555"
+    assert cache.prepare(lease, client) == [folder, single]
+    with pytest.raises(Exception, match="cannot fetch"):
+        cache.prepare({"mounts": [{"resource": f"runs/{producer}/missing", "path": "m", "kind": "file",
+                                   "local_path": "/x"}]}, client)

@@ -1,0 +1,67 @@
+"""Faults injected for real: a worker SIGKILLed mid-run, a server killed and
+restarted mid-run, and workers racing for one queue."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from tests.conftest import wait_until
+
+from .runs import log_entries, log_texts, submit, wait_final, wait_for_line
+
+
+def test_a_worker_killed_mid_run_leaves_the_run_interrupted(server, start_worker):
+    worker = start_worker(server)
+    with server.api() as api:
+        run_id = submit(api, "echo started; sleep 60")
+        wait_for_line(api, run_id, "started")
+        worker.stop(signal.SIGKILL)
+        killed = time.monotonic()
+        run = wait_final(api, run_id, timeout=15)
+        assert run["status"] == "interrupted"
+        assert time.monotonic() - killed < 2 * 2 + 1.5  # two lease periods (CAST_LEASE_SECONDS=2), some slack
+        assert "started" in log_texts(api, run_id)
+
+
+def test_a_worker_shut_down_reports_its_runs_interrupted(server, start_worker):
+    worker = start_worker(server)
+    with server.api() as api:
+        run_id = submit(api, "echo started; sleep 60")
+        wait_for_line(api, run_id, "started")
+        worker.stop(signal.SIGTERM)
+        assert worker.process.returncode == 0
+        run = wait_final(api, run_id, timeout=5)
+        assert run["status"] == "interrupted" and run["reason"] == "the worker shut down"
+
+
+def test_two_workers_racing_for_fifty_runs_execute_each_exactly_once(server, start_worker, tmp_path):
+    ledger = tmp_path / "ledger"
+    with server.api() as api:
+        run_ids = [submit(api, f'echo "$CAST_RUN_ID" >> {ledger}') for _ in range(50)]
+        for name in ("racer-a", "racer-b"):
+            start_worker(server, name=name, extra_args=["--max-runs", "2"])
+        runs = [wait_final(api, run_id, timeout=120) for run_id in run_ids]
+    assert [run["status"] for run in runs] == ["complete"] * 50
+    executed = ledger.read_text().split()
+    assert sorted(map(int, executed)) == run_ids
+    assert {run["worker"] for run in runs} == {"racer-a", "racer-b"}
+
+
+def test_a_server_restarted_mid_run_gets_every_line_exactly_once_in_order(start_server, start_worker):
+    server = start_server()
+    start_worker(server)
+    with server.api() as api:
+        run_id = submit(api, "for i in $(seq 1 60); do echo line $i; sleep 0.05; done; echo done > out.txt")
+        wait_for_line(api, run_id, "line 5")
+    server.stop(signal.SIGKILL)
+    time.sleep(0.5)  # the run keeps printing while nobody listens
+    server.start()
+    with server.api() as api:
+        run = wait_final(api, run_id, timeout=60)
+        assert run["status"] == "complete", log_texts(api, run_id)
+        assert log_texts(api, run_id, "stdout") == [f"line {i}" for i in range(1, 61)]
+        offsets = [entry["offset"] for entry in log_entries(api, run_id)]
+        assert offsets == list(range(len(offsets)))
+        wait_until(lambda: api.get(f"/runs/{run_id}/outputs").json()["files"], what="outputs")
+        assert [f["path"] for f in api.get(f"/runs/{run_id}/outputs").json()["files"]] == ["out.txt"]
