@@ -24,6 +24,7 @@ from .spec import SpecError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+LOG_PAGE = 1000
 
 
 class UsageProblem(CastError):
@@ -293,7 +294,7 @@ def _print_outcome(printer, run: dict) -> int:
     exit_code = run.get("exit_code")
     if status == "failed" and exit_code is not None:
         text += f" (exit code {exit_code})"
-    if run.get("reason"):
+    if run.get("reason") and run["reason"] != f"exit code {exit_code}":
         text += f": {run['reason']}"
     printer.line(text, FAIL_MARK)
     if status == "failed" and isinstance(exit_code, int) and 0 < exit_code < 256:
@@ -414,17 +415,15 @@ def logs(run_id, follow, tail, as_json) -> int:
     if follow:
         return _follow_to_end(client, run_id, offset, printer)
     entries, finished = [], False
-    while True:
-        page = client.get_logs(run_id, offset=offset)
+    while True:  # page through the log; only the first offset may be negative (--tail)
+        page = client.get_logs(run_id, offset=offset, limit=LOG_PAGE)
         if as_json:
             entries.extend(page["entries"])
         else:
             printer.entries(page["entries"])
-        finished = page["finished"]
-        if not page["entries"] or page["next_offset"] == offset or offset < 0:
-            offset = page["next_offset"]
+        finished, offset = page["finished"], page["next_offset"]
+        if len(page["entries"]) < LOG_PAGE:
             break
-        offset = page["next_offset"]
     if as_json:
         _print_json({"entries": entries, "next_offset": offset, "finished": finished})
     return 0
@@ -613,6 +612,14 @@ def upload(path, name) -> int:
     if not source.exists():
         raise UsageProblem(f"{path}: no such file or folder")
     name = validate_upload_name(name or source.absolute().name)
+    client = _client()
+    try:  # refuse before streaming what could be gigabytes
+        client.list_upload(name)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+    else:
+        raise CastError(f"uploads/{name} already exists; choose another name with -n NAME")
     if source.is_dir():
         from .tarstream import tar_chunks, walk_folder
 
@@ -625,7 +632,7 @@ def upload(path, name) -> int:
         total = source.stat().st_size
         progress = Progress(name, total)
         kind, chunks = "file", _file_chunks(source, progress)
-    result = _client().upload(name, kind, chunks)
+    result = client.upload(name, kind, chunks)
     progress.finish()
     files = result.get("files")
     sys.stdout.write(f"Uploaded uploads/{result.get('name', name)} ({human_size(result.get('size', total))}"

@@ -56,9 +56,13 @@ def bundle_for(cwd: Path) -> CodeBundle | None:
     found = find_repo_root(cwd)
     if found is None:
         return None
-    root = Path(_git(found, "rev-parse", "--show-toplevel").decode().strip())
-    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--verify", "-q", "HEAD"],
-                          capture_output=True, check=False).stdout.decode().strip()
+    # One git call for both in the usual case; a repository without commits has no HEAD.
+    answer = subprocess.run(["git", "-C", str(found), "rev-parse", "--show-toplevel", "HEAD"],
+                            capture_output=True, check=False).stdout.decode().split("\n")
+    if len(answer) >= 2 and len(answer[1]) == 40:
+        root, head = Path(answer[0]), answer[1]
+    else:
+        root, head = Path(_git(found, "rev-parse", "--show-toplevel").decode().strip()), ""
     diff_options = ("--binary", "--no-ext-diff", "--no-textconv", "--no-color")
     if head:
         diff = _git(root, "diff", "HEAD", *diff_options)

@@ -40,3 +40,17 @@ def assert_one_line_error(result: CliResult, *needles: str) -> None:
     assert "Traceback" not in result.stderr + result.stdout
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+
+
+def wait_for_line(server, run_id: int, text: str, timeout: float = 60) -> None:
+    """Wait until a run (which may not be submitted yet) has logged `text`."""
+
+    def logged() -> bool:
+        with server.api() as api:
+            response = api.get(f"/runs/{run_id}/logs", params={"limit": 10000})
+        if response.status_code == 404:
+            return False
+        response.raise_for_status()
+        return text in [e["text"] for e in response.json()["entries"]]
+
+    wait_until(logged, timeout=timeout, what=f"run {run_id} to log {text!r}")
