@@ -1,0 +1,140 @@
+"""Benchmark: the Docker executor against bare Docker, in the same process run.
+
+1. Warm: `cast run "true"` end to end (CLI → control plane → docker worker →
+   container → outputs; the environment image already cached) against a bare
+   `docker run --rm BASE true`. Prints both medians and their ratio (goal: at
+   most 1.3x).
+2. Cold: a `cast run` whose environment needs three small `--pip` packages and
+   is not cached (its image repository is fresh), against a bare
+   `docker build --no-cache` of the same packages on the same base image.
+
+A control plane and one worker (`--executor docker`) are started on loopback
+under a temporary directory and stopped at the end; the images made are removed.
+
+    python bench/bench_docker.py [--runs 20] [--base-image cast-base:bookworm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+PACKAGES = ["six", "tqdm", "idna"]
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def timed(cmd: list[str], env: dict, **kwargs) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, **kwargs)
+    return time.perf_counter() - start
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"the control plane at {url} did not start")
+
+
+def stage_seconds(url: str, token: str, run_id: int, stage: str) -> float:
+    run = httpx.get(f"{url}/api/v1/runs/{run_id}", headers={"Authorization": f"Bearer {token}"}).json()
+    times = [(t["status"], datetime.fromisoformat(t["at"].replace("Z", "+00:00"))) for t in run["transitions"]]
+    for (status, at), (_, after) in zip(times, times[1:]):
+        if status == stage:
+            return (after - at).total_seconds()
+    raise SystemExit(f"run {run_id} has no {stage} stage")
+
+
+def bare_build(base_image: str, tag: str, env: dict) -> float:
+    """`docker build --no-cache` of the packages, with the host's CA bundle in
+    the context as the proxy may need it (a bare build has no other way in)."""
+    with tempfile.TemporaryDirectory() as context:
+        shutil.copy(CA_BUNDLE, Path(context) / "ca.crt")
+        (Path(context) / "Dockerfile").write_text(
+            f"FROM {base_image}\nCOPY ca.crt /tmp/ca.crt\n"
+            f"RUN PIP_CERT=/tmp/ca.crt PIP_BREAK_SYSTEM_PACKAGES=1 PIP_NO_CACHE_DIR=1 "
+            f"python3 -m pip install -q {' '.join(PACKAGES)}\n"
+        )
+        return timed(["docker", "build", "-q", "--no-cache", "-t", tag, context], env,
+                     stderr=subprocess.DEVNULL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--base-image", default="cast-base:bookworm")
+    args = parser.parse_args()
+    repository = f"cast-env-bench-{uuid.uuid4().hex[:8]}"
+    bare_tag = f"cast-bench-bare:{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory() as root:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CAST_")}
+        env.update(CAST_HOME=f"{root}/home", CAST_WORKER_BASE_IMAGE=args.base_image,
+                   CAST_WORKER_IMAGE_REPOSITORY=repository)
+        server = subprocess.Popen([sys.executable, "-m", "cast.server", "--host", "127.0.0.1", "--port", str(port),
+                                   "--data-dir", f"{root}/server"], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        worker = None
+        try:
+            wait_healthy(url)
+            worker = subprocess.Popen([sys.executable, "-m", "cast.worker", "--server", url, "--token-file",
+                                       f"{root}/server/worker-token", "--work-dir", f"{root}/worker",
+                                       "--executor", "docker"], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+            token = Path(f"{root}/server/admin-token").read_text().strip()
+            env.update(CAST_SERVER_URL=url, CAST_TOKEN=token)
+
+            outside = Path(root, "empty")  # not in a git repo: no code is sent
+            outside.mkdir()
+            timed(["cast", "run", "true"], env, cwd=outside)  # warm-up: builds the plain environment once
+            cast_times, bare_times = [], []
+            for _ in range(args.runs):  # interleaved, so both see the same machine
+                cast_times.append(timed(["cast", "run", "true"], env, cwd=outside))
+                bare_times.append(timed(["docker", "run", "--rm", args.base_image, "true"], env))
+
+            pip_flags = [flag for package in PACKAGES for flag in ("--pip", package)]
+            cold = timed(["cast", "run", *pip_flags, "true"], env, cwd=outside)
+            cold_building = stage_seconds(url, token, args.runs + 2, "building")
+            bare_cold = bare_build(args.base_image, bare_tag, env)
+        finally:
+            for process in (worker, server):
+                if process is not None:
+                    process.terminate()
+                    process.wait(30)
+            images = subprocess.run(["docker", "images", "-q", repository], capture_output=True, text=True).stdout
+            subprocess.run(["docker", "rmi", "-f", *images.split(), bare_tag], capture_output=True)
+
+    cast_median, bare_median = statistics.median(cast_times), statistics.median(bare_times)
+    print(f"warm cast run true (docker)   : median {cast_median * 1000:.0f} ms over {args.runs} runs")
+    print(f"bare docker run --rm BASE true: median {bare_median * 1000:.0f} ms over {args.runs} runs")
+    print(f"ratio                         : {cast_median / bare_median:.2f}x  (goal: at most 1.3x)")
+    print(f"cold cast run, --pip {' '.join(PACKAGES)}: {cold:.1f} s end to end, building stage {cold_building:.1f} s")
+    print(f"bare docker build --no-cache, same packages: {bare_cold:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

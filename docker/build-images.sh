@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Build the control plane and worker images without a registry or a package
+# index inside the build: the offline base image first (build-base-image.sh),
+# then wheels of cast and its dependencies made here with this host's pip
+# settings (its indexes, find-links, proxy CA), then the two images from them.
+# Prints the two tags.
+#
+#   docker/build-images.sh [VERSION]      tags cast-server:VERSION, cast-worker:VERSION (default: latest)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+version="${1:-latest}"
+base="$(bash docker/build-base-image.sh)"
+context="$(mktemp -d /tmp/cast-images.XXXXXX)"
+trap 'rm -rf "$context"' EXIT
+
+echo "making wheels of cast and its dependencies" >&2
+python3 -m pip wheel -q --wheel-dir "$context/wheels" '.[server,worker]' >&2
+
+for role in server worker; do
+    docker build -q --build-arg "BASE_IMAGE=$base" -f "docker/Dockerfile.$role" \
+        -t "cast-$role:$version" "$context" >&2
+    echo "cast-$role:$version"
+done
