@@ -12,8 +12,9 @@ import logging
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from cast.client.spec import is_final
 from cast.server import events
@@ -27,14 +28,21 @@ MAX_READ = 10_000
 
 def append(session: Session, run: Run, entries: Iterable[tuple[str, str, datetime]]) -> None:
     """Store (stream, text, time) entries at the end of `run`'s log."""
-    rows = [
-        {"run_id": run.id, "offset": run.log_size + i, "stream": stream, "text": text, "time": time}
-        for i, (stream, text, time) in enumerate(entries)
-    ]
-    if not rows:
+    entries = list(entries)
+    if not entries:
         return
-    session.execute(insert(LogEntry), rows)
-    run.log_size += len(rows)
+    # Offsets are reserved in SQL, not from the in-memory run, so they stay
+    # right whatever the session holds.
+    end = session.execute(
+        update(Run).where(Run.id == run.id).values(log_size=Run.log_size + len(entries)).returning(Run.log_size)
+        .execution_options(synchronize_session=False)
+    ).scalar_one()
+    start = end - len(entries)
+    session.execute(insert(LogEntry), [
+        {"run_id": run.id, "offset": start + i, "stream": stream, "text": text, "time": time}
+        for i, (stream, text, time) in enumerate(entries)
+    ])
+    set_committed_value(run, "log_size", end)
     events.changed(session, events.run_key(run.id))
 
 

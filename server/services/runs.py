@@ -167,6 +167,8 @@ def switch_status(
     events.changed(session, events.run_key(updated.id))
     if to is S.MACHINE_REQUESTED:
         events.changed(session, events.QUEUE)
+    # Flushed now so a following change in this transaction reads this one's transition.
+    session.flush()
     return updated
 
 

@@ -157,10 +157,8 @@ def extract_tar(source: BinaryIO, dest: Path, *, max_bytes: int, what: str) -> l
                     target.parent.mkdir(parents=True, exist_ok=True)
                     mode = 0o755 if member.mode & 0o111 else 0o644
                     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-                except FileExistsError:
-                    raise BadRequest(f"{what}: {member.name!r} appears twice or clashes with a folder") from None
-                except (NotADirectoryError, IsADirectoryError):
-                    raise BadRequest(f"{what}: {member.name!r} clashes with a file of the same name") from None
+                except (FileExistsError, NotADirectoryError, IsADirectoryError):
+                    raise BadRequest(f"{what}: {member.name!r} clashes with an earlier entry of the same name") from None
                 with os.fdopen(fd, "wb") as out:
                     size, sha = _copy_hashing(archive.extractfile(member), out, budget)
                 stored.append(StoredFile(rel, size, sha))

@@ -4,8 +4,10 @@ both the user and a worker (the real worker is tested in tests/worker)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import tarfile
+import threading
 
 import httpx
 import pytest
@@ -18,10 +20,10 @@ STAGES_TO_RUNNING = ("mounting", "running")
 STAGES_TO_END = ("saving", "pushing")
 
 
-def make_tar(files: dict[str, bytes], *, extra: list[tarfile.TarInfo] = ()) -> bytes:
+def make_tar(files: dict[str, bytes] | list[tuple[str, bytes]], *, extra: list[tarfile.TarInfo] = ()) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in files.items():
+        for name, data in (files.items() if isinstance(files, dict) else files):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
@@ -69,6 +71,23 @@ class Api:
             assert response.status_code == 200, response.text
             run = response.json()
         return run
+
+    @contextlib.contextmanager
+    def heartbeats(self, lease: dict, every: float = 0.3):
+        """Heartbeat `lease` in the background, as a live worker does."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every):
+                self.worker.post(f"/runs/{lease['run_id']}/heartbeat", json={"lease_token": lease["lease_token"]})
+
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def append(self, lease: dict, seq: int, *texts: str, stream: str = "stdout") -> httpx.Response:
         return self.worker.post(f"/runs/{lease['run_id']}/logs", json={

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from server.conftest import make_tar
+from ..conftest import make_tar
 
 
 @pytest.fixture

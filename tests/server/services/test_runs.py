@@ -14,7 +14,7 @@ from cast.server.errors import InvalidTransition
 from cast.server.models import Run, RunTransition, Worker
 from cast.server.services import runs
 from cast.server.settings import Settings
-from server.conftest import make_tar
+from ..conftest import make_tar
 
 
 def test_run_numbers_count_up_and_are_never_reused(local, app):

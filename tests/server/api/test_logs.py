@@ -1,0 +1,129 @@
+"""Log routes: worker batches deduplicated by seq, reads from offsets, the
+follow stream (live latency, resuming from next_offset, ending when final),
+the per-run cap and the text download."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from fastapi.testclient import TestClient
+
+from cast.server.app import create_app
+from cast.server.settings import Settings
+
+
+def _texts(api, run_id: int, **params) -> list[str]:
+    return [e["text"] for e in api.user.get(f"/runs/{run_id}/logs", params=params).json()["entries"]]
+
+
+def _running(api) -> dict:
+    api.create_run()
+    lease = api.lease(api.register())
+    api.advance(lease, "mounting", "running")
+    return lease
+
+
+def test_retried_batches_are_stored_once(local):
+    lease = _running(local)
+    run_id = lease["run_id"]
+    stage_count = len(_texts(local, run_id))
+    assert local.append(lease, 0, "a", "b").json() == {"next_offset": stage_count + 2, "truncated": False}
+    assert local.append(lease, 0, "a", "b").json()["next_offset"] == stage_count + 2  # a retry
+    assert local.append(lease, 1, "b", "c").json()["next_offset"] == stage_count + 3  # overlaps by one
+    assert local.append(lease, 3, "d", stream="stderr").status_code == 200
+    entries = local.user.get(f"/runs/{run_id}/logs").json()["entries"]
+    assert [e["offset"] for e in entries] == list(range(len(entries)))
+    assert [(e["stream"], e["text"]) for e in entries[stage_count:]] == [
+        ("stdout", "a"), ("stdout", "b"), ("stdout", "c"), ("stderr", "d")]
+    assert local.append({**lease, "lease_token": "stolen"}, 4, "x").status_code == 409
+
+
+def test_reading_from_offsets(local):
+    lease = _running(local)
+    run_id = lease["run_id"]
+    local.append(lease, 0, *[f"line {i}" for i in range(10)])
+    size = local.user.get(f"/runs/{run_id}/logs").json()["next_offset"]
+    tail = local.user.get(f"/runs/{run_id}/logs", params={"offset": -3}).json()
+    assert [e["text"] for e in tail["entries"]] == ["line 7", "line 8", "line 9"]
+    assert tail["next_offset"] == size and tail["finished"] is False
+    page = local.user.get(f"/runs/{run_id}/logs", params={"offset": 2, "limit": 2}).json()
+    assert [e["offset"] for e in page["entries"]] == [2, 3] and page["next_offset"] == 4
+    past_end = local.user.get(f"/runs/{run_id}/logs", params={"offset": size + 50}).json()
+    assert past_end["entries"] == [] and past_end["next_offset"] == size
+    assert _texts(local, run_id, offset=-1000)[0].startswith("Machine_Requested")
+    assert local.user.get(f"/runs/{run_id}/logs", params={"limit": 0}).status_code == 422
+    local.advance(lease, "saving", "pushing", "complete")
+    assert local.user.get(f"/runs/{run_id}/logs", params={"offset": -1}).json()["finished"] is True
+    text = local.user.get(f"/runs/{run_id}/logs/download")
+    assert text.headers["content-type"].startswith("text/plain")
+    assert "line 0\nline 1\n" in text.text and text.text.endswith("Pushing… done\n")
+
+
+def test_log_cap_writes_one_marker_and_drops_the_rest(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", max_log_entries_per_run=5)
+    app = create_app(settings)
+    headers = lambda path: {"Authorization": f"Bearer {path.read_text().strip()}"}  # noqa: E731
+    from ..conftest import Api
+
+    api = Api(TestClient(app, base_url="http://t/api/v1", headers=headers(settings.admin_token_file)),
+              TestClient(app, base_url="http://t/api/v1", headers=headers(settings.worker_token_file)))
+    lease = _running(api)
+    assert api.append(lease, 0, "1", "2", "3").json()["truncated"] is False
+    assert api.append(lease, 3, "4", "5", "6", "7").json()["truncated"] is True
+    assert api.append(lease, 7, "8").json()["truncated"] is True
+    texts = _texts(api, lease["run_id"])
+    assert texts[-6:] == ["1", "2", "3", "4", "5", "[cast] log truncated after 5 lines"]
+    api.advance(lease, "saving")
+    assert _texts(api, lease["run_id"])[-1] != "8"
+
+
+def test_follow_streams_live_resumes_and_ends_when_final(live):
+    lease = _running(live)
+    run_id = lease["run_id"]
+    received: list[tuple[float, dict]] = []
+
+    def follow(offset: int, until_text: str | None) -> None:
+        with live.user.stream("GET", f"/runs/{run_id}/logs/follow", params={"offset": offset}) as stream:
+            assert stream.headers["content-type"].startswith("application/x-ndjson")
+            for line in stream.iter_lines():
+                chunk = json.loads(line)
+                received.append((time.monotonic(), chunk))
+                if any(e["text"] == until_text for e in chunk["entries"]):
+                    return  # the client drops the connection
+
+    with live.heartbeats(lease):
+        # Follow, and measure how fast a new line reaches the follower.
+        first = threading.Thread(target=follow, args=(0, "first"))
+        first.start()
+        time.sleep(0.3)
+        sent_at = time.monotonic()
+        live.append(lease, 0, "first")
+        first.join(10)
+        arrival = next(at for at, chunk in received if any(e["text"] == "first" for e in chunk["entries"]))
+        assert arrival - sent_at < 0.1, f"a new line took {arrival - sent_at:.3f}s to reach the follower"
+        # Lines written while nobody follows, then a follower resuming from next_offset.
+        resume_from = received[-1][1]["next_offset"]
+        live.append(lease, 1, "second", "third")
+        second = threading.Thread(target=follow, args=(resume_from, None))
+        second.start()
+        time.sleep(0.2)
+        live.append(lease, 3, "fourth")
+        live.advance(lease, "saving", "pushing", "complete", exit_code=0)
+    second.join(10)
+    assert not second.is_alive(), "the stream should end once the run is final"
+    assert received[-1][1]["finished"] is True
+    entries = [e for _, chunk in received for e in chunk["entries"]]
+    assert [e["offset"] for e in entries] == list(range(len(entries))), "no entry twice, none missing"
+    assert entries == live.user.get(f"/runs/{run_id}/logs").json()["entries"]
+    assert [e["text"] for e in entries][-6:] == ["first", "second", "third", "fourth", "Saving… done", "Pushing… done"]
+
+
+def test_following_a_finished_run_answers_once(live):
+    run_id = live.complete_run()
+    started = time.monotonic()
+    lines = live.user.get(f"/runs/{run_id}/logs/follow").text.strip().splitlines()
+    assert time.monotonic() - started < 1
+    assert len(lines) == 1 and json.loads(lines[0])["finished"] is True
+    assert live.user.get("/runs/999/logs/follow").status_code == 404

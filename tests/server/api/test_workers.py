@@ -1,0 +1,116 @@
+"""Worker routes against the real server: long-poll leases, races between
+workers, heartbeats, lease expiry and retries. The worker is played with raw
+HTTP calls, so a worker that stops heartbeating is just one that stops calling."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+
+from tests.conftest import wait_until
+
+
+def test_long_poll_answers_as_soon_as_a_run_is_queued(live):
+    worker = live.register()
+    assert live.lease(worker, wait=0) is None
+    started = time.monotonic()
+    assert live.lease(worker, wait=0.3) is None
+    assert 0.25 < time.monotonic() - started < 2
+    got = {}
+
+    def poll():
+        got["lease"] = live.lease(worker, wait=20)
+        got["at"] = time.monotonic()
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    time.sleep(0.3)
+    queued_at = time.monotonic()
+    run_id = live.create_run()["id"]
+    poller.join(25)
+    assert got["lease"]["run_id"] == run_id
+    assert got["at"] - queued_at < 0.25, "the long poll should wake at once, not poll slowly"
+
+
+def test_unknown_worker_must_register_again(local):
+    response = local.worker.post("/workers/w-nope/lease", json={"free_gpus": 0, "wait": 0})
+    assert response.status_code == 404
+    assert "register again" in response.json()["detail"]
+
+
+def test_workers_racing_over_http_each_get_distinct_runs(live, server):
+    expected = {live.create_run()["id"] for _ in range(50)}
+    claimed: list[list[int]] = [[] for _ in range(4)]
+
+    def drain(index: int) -> None:
+        with httpx.Client(base_url=f"{server.url}/api/v1", timeout=30,
+                          headers={"Authorization": f"Bearer {server.worker_token}"}) as client:
+            worker = client.post("/workers", json={"name": f"racer{index}", "executor": "local"}).json()["id"]
+            while True:
+                response = client.post(f"/workers/{worker}/lease", json={"free_gpus": 0, "wait": 0})
+                if response.status_code == 204:
+                    return
+                claimed[index].append(response.json()["run_id"])
+
+    threads = [threading.Thread(target=drain, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    everything = [run_id for runs in claimed for run_id in runs]
+    assert sorted(everything) == sorted(expected)
+    assert sum(1 for runs in claimed if runs) >= 2, "the race should have had several winners"
+
+
+def test_a_silent_worker_loses_its_run_within_two_lease_periods(live):
+    run_id = live.create_run()["id"]
+    lease = live.lease(live.register())
+    live.advance(lease, "mounting", "running")
+    assert live.append(lease, 0, "before the crash").status_code == 200
+    beat = live.worker.post(f"/runs/{run_id}/heartbeat", json={"lease_token": lease["lease_token"]})
+    assert beat.status_code == 200 and beat.json()["status"] == "running"
+    last_sign_of_life = time.monotonic()
+    lease_seconds = lease["lease_seconds"]
+    assert lease_seconds == 2
+    run = wait_until(lambda: (r := live.run(run_id))["status"] == "interrupted" and r,
+                     timeout=4 * lease_seconds, interval=0.05, what="the run to be interrupted")
+    assert time.monotonic() - last_sign_of_life < 2 * lease_seconds
+    assert run["reason"] == "worker lost: no heartbeat for 2s"
+    assert run["finished_at"] is not None
+    lost = live.worker.post(f"/runs/{run_id}/heartbeat", json={"lease_token": lease["lease_token"]})
+    assert lost.status_code == 409 and "lease" in lost.json()["detail"]
+    assert live.report(run_id, lease["lease_token"], "saving").status_code == 409
+    texts = [e["text"] for e in live.user.get(f"/runs/{run_id}/logs").json()["entries"]]
+    assert "before the crash" in texts
+    assert texts[-1] == "Run interrupted: worker lost: no heartbeat for 2s"
+
+
+def test_heartbeats_keep_a_lease_alive(live):
+    run_id = live.create_run()["id"]
+    lease = live.lease(live.register())
+    for _ in range(6):  # one and a half lease periods
+        time.sleep(0.5)
+        beat = live.worker.post(f"/runs/{run_id}/heartbeat", json={"lease_token": lease["lease_token"]})
+        assert beat.status_code == 200, beat.text
+    assert live.run(run_id)["status"] == "building"
+
+
+def test_retries_requeue_with_the_next_attempt(live):
+    run_id = live.create_run(retries=1)["id"]
+    worker = live.register()
+    first = live.lease(worker)
+    assert first["attempt"] == 1
+    second = live.lease(worker, wait=10)  # the first lease expires, the run is requeued
+    assert second["run_id"] == run_id and second["attempt"] == 2
+    assert second["lease_token"] != first["lease_token"]
+    assert live.append(first, 0, "stale").status_code == 409
+    wait_until(lambda: live.run(run_id)["status"] == "interrupted", timeout=10, what="the last attempt to be lost")
+    run = live.run(run_id)
+    assert run["attempt"] == 2
+    assert [t["status"] for t in run["transitions"]] == [
+        "machine_requested", "building", "interrupted", "machine_requested", "building", "interrupted"]
+    texts = [e["text"] for e in live.user.get(f"/runs/{run_id}/logs").json()["entries"]]
+    assert "Requeued (attempt 2 of 2)" in texts
+    assert live.lease(worker) is None

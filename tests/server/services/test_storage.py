@@ -1,0 +1,83 @@
+"""cast.server.services.storage: path containment and tar streams."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+
+import pytest
+
+from cast.server.errors import BadRequest, TooLarge
+from cast.server.services import storage
+from ..conftest import make_tar
+
+
+@pytest.mark.parametrize("relative", ["../x", "a/../../x", "/etc/passwd", "a\x00b", "\\\\server\\share"])
+def test_resolve_inside_refuses_escapes(tmp_path, relative):
+    with pytest.raises(BadRequest):
+        storage.resolve_inside(tmp_path, relative)
+
+
+def test_resolve_inside_refuses_a_symlink_that_leaves_the_root(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link").symlink_to(tmp_path)
+    with pytest.raises(BadRequest, match="leaves its root"):
+        storage.resolve_inside(root, "link/secret")
+    assert storage.resolve_inside(root, "a/./b/../c") == root / "a" / "c"
+
+
+def _member(name: str, kind: bytes, **fields) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    for key, value in fields.items():
+        setattr(info, key, value)
+    return info
+
+
+@pytest.mark.parametrize("members, files, message", [
+    ([_member("link", tarfile.SYMTYPE, linkname="/etc/passwd")], {}, "links and devices are refused"),
+    ([_member("hard", tarfile.LNKTYPE, linkname="a.txt")], {"a.txt": b"a"}, "links and devices are refused"),
+    ([_member("dev", tarfile.CHRTYPE)], {}, "links and devices are refused"),
+    ([_member("fifo", tarfile.FIFOTYPE)], {}, "links and devices are refused"),
+    ([], {"../escape.txt": b"x"}, "escapes its root"),
+    ([], {"/abs.txt": b"x"}, "must be relative"),
+    ([], [("dup.txt", b"1"), ("dup.txt", b"2")], "clashes with an earlier entry"),
+    ([], [("clash", b"1"), ("clash/inner.txt", b"2")], "clashes with an earlier entry"),
+])
+def test_extract_refuses_anything_but_files_and_folders(tmp_path, members, files, message):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    body = make_tar(files, extra=members)
+    with pytest.raises(BadRequest, match=message):
+        storage.extract_tar(io.BytesIO(body), dest, max_bytes=10**6, what="outputs")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_extract_records_sizes_and_hashes_and_caps_bytes(tmp_path):
+    files = {"a.txt": b"alpha", "deep/er/b.bin": b"\x00" * 3000}
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    stored = storage.extract_tar(io.BytesIO(make_tar(files)), dest, max_bytes=10**6, what="outputs")
+    assert [(f.path, f.size, f.sha256) for f in stored] == sorted(
+        (name, len(data), hashlib.sha256(data).hexdigest()) for name, data in files.items())
+    capped = tmp_path / "capped"
+    capped.mkdir()
+    with pytest.raises(TooLarge):
+        storage.extract_tar(io.BytesIO(make_tar(files)), capped, max_bytes=100, what="outputs")
+    with pytest.raises(BadRequest, match="not a"):
+        storage.extract_tar(io.BytesIO(b"not a tar at all" * 100), capped, max_bytes=100, what="outputs")
+
+
+def test_folder_tar_round_trips(tmp_path):
+    files = {"a.txt": b"alpha", "sub/b.txt": b"b" * 700, "sub/deeper/c.txt": b""}
+    source = tmp_path / "source"
+    source.mkdir()
+    storage.extract_tar(io.BytesIO(make_tar(files)), source, max_bytes=10**6, what="x")
+    (source / "empty").mkdir()
+    streamed = b"".join(storage.tar_folder(source))
+    with tarfile.open(fileobj=io.BytesIO(streamed)) as archive:
+        names = {m.name: m for m in archive.getmembers()}
+        assert {n: archive.extractfile(m).read() for n, m in names.items() if m.isfile()} == files
+        assert names["empty"].isdir()

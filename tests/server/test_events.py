@@ -1,0 +1,27 @@
+"""cast.server.events: waiters wake when a change commits, not before and not on rollback."""
+
+from __future__ import annotations
+
+import asyncio
+
+from cast.server import events
+from cast.server.db import Database
+
+
+def test_waiters_wake_after_commit_only(tmp_path):
+    database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+
+    async def scenario():
+        with database.notifier.subscribe(events.QUEUE) as waiter:
+            with database.session(write=True) as session:
+                events.changed(session, events.QUEUE)
+                session.rollback()
+            assert not await waiter.wait(0.05)
+            with database.session(write=True) as session:
+                events.changed(session, events.QUEUE)
+                assert not await waiter.wait(0.05)  # not yet committed
+                await asyncio.to_thread(session.commit)  # commits usually happen in worker threads
+            assert await waiter.wait(1)
+            assert not await waiter.wait(0.05)  # one change, one wake-up
+
+    asyncio.run(scenario())
