@@ -58,6 +58,7 @@ class RunController:
         self._stop_requested = False
         self._aborted = False  # a final status was sent out of turn (kill, stop before start, shutdown)
         self._finished = threading.Event()
+        self.thread: threading.Thread | None = None  # set by the agent
 
     # --- what the server and the clock can ask for --------------------------
 
@@ -165,6 +166,8 @@ class RunController:
     def _execute(self) -> None:
         agent, executor = self.agent, self.agent.executor
         # The lease itself moved the run to `building`.
+        if self._aborted:
+            return
         remove_tree(self.workdir)
         self.workdir.mkdir(parents=True)
         job = Job(run_id=self.run_id, spec=self.spec, workdir=self.workdir, gpus=self.gpus, env=self._job_env())
@@ -245,7 +248,6 @@ class Agent:
         self.worker_id: str | None = None
         self.stopping = threading.Event()
         self._active: dict[int, RunController] = {}
-        self._threads: list[threading.Thread] = []
         self._slots = threading.Condition()
 
     def _register(self) -> None:
@@ -287,9 +289,11 @@ class Agent:
                     self.stopping.wait(1.0)
                 continue
             if lease is not None:
-                self._start(lease)
+                controller = self._start(lease)
+                if self.stopping.is_set():  # leased while shutting down: hand it back at once
+                    controller.interrupt("the worker shut down")
 
-    def _start(self, lease: dict) -> None:
+    def _start(self, lease: dict) -> RunController:
         spec = lease["spec"]
         wanted = spec.get("gpus")
         if wanted is None:
@@ -298,9 +302,12 @@ class Agent:
         with self._slots:
             self._active[controller.run_id] = controller
         log.info("run %s leased (%s)", controller.run_id, spec.get("command", "")[:80])
-        thread = threading.Thread(target=self._run, args=(controller,), name=f"run-{controller.run_id}")
-        self._threads.append(thread)
-        thread.start()
+        # Daemon threads: a worker told to stop exits after SHUTDOWN_WAIT even when
+        # the server is away and some report could not be delivered.
+        controller.thread = threading.Thread(target=self._run, args=(controller,),
+                                             name=f"run-{controller.run_id}", daemon=True)
+        controller.thread.start()
+        return controller
 
     def _run(self, controller: RunController) -> None:
         try:
@@ -322,8 +329,8 @@ class Agent:
         for controller in active:
             controller.interrupt("the worker shut down")
         deadline = time.monotonic() + wait
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        for controller in active:
+            controller.thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def default_work_dir() -> Path:

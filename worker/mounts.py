@@ -2,7 +2,8 @@
 
 Where the worker shares the server's filesystem (`<storage_root>/storage-id`
 holds the lease's `storage_id`), the server's own copy (`local_path`) is used
-as it is: O(1) whatever its size. Otherwise the resource is downloaded once
+as it is: O(1) whatever its size (for a worker not running as root, only when
+file modes already forbid writing it). Otherwise the resource is downloaded once
 into a cache keyed by the resource name (a finished run's outputs and an
 upload never change) and made read-only (files 0444, folders 0555).
 """
@@ -71,6 +72,23 @@ def remove_tree(path: Path) -> None:
         path.unlink()
 
 
+def _writable_by_run(path: Path) -> bool:
+    """Whether a run could change `path` in place. Root's runs get the sources
+    remounted read-only (or bind-mounted read-only by Docker); anyone else is
+    held back by file modes alone, so a source the worker's user may write (the
+    server's own copy, when both run as one user) must be copied instead."""
+    if os.geteuid() == 0:
+        return False
+    if not path.is_dir():
+        return os.access(path, os.W_OK)
+    for folder, dirs, files in os.walk(path):
+        if os.access(folder, os.W_OK):
+            return True
+        if any(os.access(os.path.join(folder, name), os.W_OK) for name in files):
+            return True
+    return False
+
+
 class MountCache:
     def __init__(self, root: Path):
         self.root = root
@@ -79,8 +97,9 @@ class MountCache:
         shared = shares_server_storage(lease)
         prepared = []
         for mount in lease.get("mounts", []):
-            if shared and mount.get("local_path") and Path(mount["local_path"]).exists():
-                source = Path(mount["local_path"])
+            local = Path(mount["local_path"]) if shared and mount.get("local_path") else None
+            if local is not None and local.exists() and not _writable_by_run(local):
+                source = local
             else:
                 source = self._download(mount, client, should_continue)
             prepared.append(PreparedMount(source=source, path=mount["path"]))

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 LINGER = 0.05  # seconds a log line may wait for others to share its batch
 MAX_BATCH = 500  # log entries per request
+# Past this many unsent lines the job's output waits (its pipe fills, so it
+# blocks on its next print) instead of the worker's memory growing without bound.
+MAX_PENDING_LINES = 50_000
 
 
 def utc_now() -> str:
@@ -66,6 +69,8 @@ class Outbox:
         self._items: list = []
         self._in_flight = 0  # items at the head of _items being delivered now
         self._entries_sent = 0  # the API's `seq`
+        self._pending_lines = 0
+        self._truncated = False  # the server keeps no more stdout/stderr lines of this run
         self._abandoned = False
         self._closed = False
         self._cond = threading.Condition()
@@ -75,7 +80,16 @@ class Outbox:
     # --- producers --------------------------------------------------------
 
     def log(self, stream: str, text: str) -> None:
-        self._put(_LogLine(stream, text, utc_now()))
+        with self._cond:
+            if self._truncated and stream != "cast":
+                return
+            self._cond.wait_for(lambda: self._pending_lines < MAX_PENDING_LINES
+                                or self._abandoned or self._closed)
+            if self._abandoned or self._closed:
+                return
+            self._pending_lines += 1
+            self._items.append(_LogLine(stream, text, utc_now()))
+            self._cond.notify_all()
 
     def status(self, status: str, *, note: str | None = None, exit_code: int | None = None,
                reason: str | None = None) -> None:
@@ -97,6 +111,7 @@ class Outbox:
         with self._cond:
             head, rest = self._items[: self._in_flight], self._items[self._in_flight:]
             self._items = head + [item for item in rest if isinstance(item, _LogLine)]
+            self._cond.notify_all()
 
     # --- the run's end ----------------------------------------------------
 
@@ -114,6 +129,7 @@ class Outbox:
         with self._cond:
             self._abandoned = True
             self._items.clear()
+            self._pending_lines = 0
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -171,9 +187,12 @@ class Outbox:
                 if not self._abandoned:
                     log.exception("run %s: could not deliver %s", self._run_id, type(batch[0]).__name__)
             with self._cond:
-                # A refused batch was not stored, so it does not count for `seq`.
-                if delivered and isinstance(batch[0], _LogLine):
-                    self._entries_sent += len(batch)
+                if isinstance(batch[0], _LogLine):
+                    # A refused batch was not stored, so it does not count for `seq`.
+                    if delivered:
+                        self._entries_sent += len(batch)
+                    if not self._abandoned:
+                        self._pending_lines -= len(batch)
                 del self._items[: self._in_flight]
                 self._in_flight = 0
                 self._cond.notify_all()
@@ -181,9 +200,11 @@ class Outbox:
     def _deliver(self, batch: list) -> None:
         first = batch[0]
         if isinstance(first, _LogLine):
-            self._client.append_logs(self._run_id, self._token, seq=self._entries_sent, entries=[
+            answer = self._client.append_logs(self._run_id, self._token, seq=self._entries_sent, entries=[
                 {"stream": line.stream, "text": line.text, "time": line.time} for line in batch
             ])
+            if answer.get("truncated"):
+                self._truncated = True
         elif isinstance(first, _StatusChange):
             self._client.set_status(self._run_id, self._token, status=first.status, note=first.note,
                                     exit_code=first.exit_code, reason=first.reason)

@@ -74,6 +74,8 @@ class SourceCache:
         try:
             with tarfile.open(fileobj=archive.stdout, mode="r|") as tar:
                 tar.extractall(workdir, filter="tar")
+        except tarfile.TarError as exc:
+            raise SourceError(f"the files of {sha} cannot be placed: {exc}") from exc
         finally:
             archive.stdout.close()
             stderr = archive.stderr.read().decode(errors="replace")

@@ -65,3 +65,22 @@ def test_a_server_restarted_mid_run_gets_every_line_exactly_once_in_order(start_
         assert offsets == list(range(len(offsets)))
         wait_until(lambda: api.get(f"/runs/{run_id}/outputs").json()["files"], what="outputs")
         assert [f["path"] for f in api.get(f"/runs/{run_id}/outputs").json()["files"]] == ["out.txt"]
+
+
+def test_a_worker_coming_back_ends_the_processes_its_dead_predecessor_left(server, start_worker, tmp_path):
+    marker = tmp_path / "still-running"
+    worker = start_worker(server, name="phoenix")
+    with server.api() as api:
+        run_id = submit(api, f"echo started; while true; do touch {marker}; sleep 0.1; done")
+        wait_for_line(api, run_id, "started")
+        worker.stop(signal.SIGKILL)
+        marker.unlink()
+        wait_until(marker.exists, timeout=5, what="the orphaned run to keep going")
+        start_worker(server, name="phoenix")  # the same work dir
+
+        def orphan_gone() -> bool:
+            marker.unlink(missing_ok=True)
+            time.sleep(0.3)  # the orphan touches the marker every 0.1 s while it lives
+            return not marker.exists()
+
+        wait_until(orphan_gone, timeout=10, what="the new worker to end the orphaned run")

@@ -53,10 +53,23 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (tells a pid's reuse apart)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 class LocalProcess(RunningProcess):
-    def __init__(self, popen: subprocess.Popen, log: LogSink):
+    def __init__(self, popen: subprocess.Popen, log: LogSink, records: Path):
         self._popen = popen
         self._pgid = popen.pid  # start_new_session: the command leads its own group
+        # Lets a later worker on this work dir end the group should this one die.
+        records.mkdir(parents=True, exist_ok=True)
+        self._record = records / str(self._pgid)
+        self._record.write_text(_start_time(self._pgid) or "")
         self._readers = [
             threading.Thread(target=self._pump, args=(popen.stdout, "stdout", log), daemon=True),
             threading.Thread(target=self._pump, args=(popen.stderr, "stderr", log), daemon=True),
@@ -76,6 +89,7 @@ class LocalProcess(RunningProcess):
         _signal_group(self._pgid, signal.SIGKILL)
         for reader in self._readers:
             reader.join(timeout=5)
+        self._record.unlink(missing_ok=True)
         if code < 0:
             name = signal.Signals(-code).name
             return ExitResult(exit_code=128 - code, reason=f"ended by {name}")
@@ -120,7 +134,18 @@ class LocalExecutor(Executor):
         return self.envs.prune(older_than=older_than, everything=everything)
 
     def cleanup_stale(self) -> None:
-        """Half-built environments of a worker that died mid-build."""
+        """The process groups and half-built environments of a worker that died."""
+        groups = self.work_dir / "process-groups"
+        if groups.is_dir():
+            for record in groups.iterdir():
+                pgid = int(record.name)
+                started = _start_time(pgid)
+                # Linux never gives out a pid still naming a live group, so while
+                # the group exists it is the run's: unless its leader is alive and
+                # was started at another time than recorded, it is ours to end.
+                if started is None or started == record.read_text():
+                    _signal_group(pgid, signal.SIGKILL)
+                record.unlink()
         if self.envs.root.is_dir():
             for env in self.envs.root.iterdir():
                 if env.is_dir() and not (env / ".cast-env.json").exists():
@@ -142,7 +167,7 @@ class LocalExecutor(Executor):
             argv, cwd=job.workdir, env=self._environment(job, build), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
         )
-        return LocalProcess(popen, log)
+        return LocalProcess(popen, log, self.work_dir / "process-groups")
 
     def _environment(self, job: Job, build: BuildResult) -> dict[str, str]:
         # The worker's own settings (its token above all) are not the run's business.
