@@ -386,16 +386,26 @@ def info(run_id, as_json) -> int:
     if transitions:
         rows = []
         for index, step in enumerate(transitions):
-            following = transitions[index + 1]["at"] if index + 1 < len(transitions) else None
+            following = transitions[index + 1] if index + 1 < len(transitions) else None
             if following is None and is_final(step["status"]):
                 took = ""
             else:
-                took = format_duration(seconds_between(step["at"], following)) + ("" if following else " so far")
-            rows.append(["  " + step["status"], took, step.get("note") or ""])
+                took = format_duration(seconds_between(step["at"], following and following["at"]))
+                took += "" if following else " so far"
+            # A note on a move to the next stage qualifies the stage that ended
+            # ("Building… done (cached)"); other notes say why their own move happened.
+            notes = [] if _note_qualifies_previous(step["status"]) else [step.get("note")]
+            if following and _note_qualifies_previous(following["status"]):
+                notes.append(following.get("note"))
+            rows.append(["  " + step["status"], took, "; ".join(n for n in notes if n)])
         lines.append("Stages:")
         lines.append(table(None, rows, right={1}))
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
+
+
+def _note_qualifies_previous(status: str) -> bool:
+    return status not in ("machine_requested", "stopping", "stopped", "killing", "killed", "interrupted")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -474,12 +484,19 @@ def label(run_id, label, remove) -> int:
 
 # --- files: ls, cp, upload --------------------------------------------------------
 
-def _manifest(client, resource) -> list[dict]:
+def _entries(client, resource) -> tuple[list[dict], bool]:
+    """What `resource` holds (its children, or itself when it is a file) and
+    whether it is a file."""
+    shown = str(resource)
     if resource.kind == "runs":
-        return client.list_outputs(resource.run_id)["files"]
+        return _children(client.list_outputs(resource.run_id)["files"], resource.subpath, shown)
     files = client.list_upload(resource.name)["files"]
-    # A single-file upload lists itself with an empty path (or its own name).
-    return [{**f, "path": f["path"] or resource.name} for f in files]
+    kinds = {upload["name"]: upload.get("kind") for upload in client.list_uploads()["uploads"]}
+    if kinds.get(resource.name) == "file":  # the upload is one file, listed under its own name
+        if resource.subpath:
+            raise CastError(f"{shown}: uploads/{resource.name} is a file, not a folder")
+        return [{"name": resource.name, "type": "file", "size": files[0]["size"]}], True
+    return _children(files, resource.subpath, shown)
 
 
 def _children(files: list[dict], subpath: str, shown: str) -> tuple[list[dict], bool]:
@@ -524,7 +541,7 @@ def ls(resource, as_json) -> int:
                    for u in sorted(uploads, key=lambda u: u["name"])]
     else:
         parsed = parse_resource(resource.rstrip("/"))
-        entries, _ = _children(_manifest(_client(), parsed), parsed.subpath, str(parsed))
+        entries, _ = _entries(_client(), parsed)
     if as_json:
         _print_json(entries)
         return 0
@@ -564,8 +581,7 @@ def cp(resource, destination) -> int:
 
     parsed = parse_resource(resource)
     client = _client()
-    files = _manifest(client, parsed)
-    entries, is_file = _children(files, parsed.subpath, str(parsed))
+    entries, is_file = _entries(client, parsed)
     name = str(parsed).rsplit("/", 1)[-1]
     dest = Path(destination) if destination else Path(".")
     open_download = (lambda: client.download_output(parsed.run_id, parsed.subpath)) if parsed.kind == "runs" \
@@ -590,11 +606,18 @@ def cp(resource, destination) -> int:
     target = dest / name if (destination is None or dest.is_dir()) else dest
     total = sum(e["size"] for e in entries)
     progress = Progress(f"{name}/", total)
+    created = not target.exists()
     try:
         with open_download() as download:
             count = extract_stream(_Counting(download, progress), target)
-    except tarfile.TarError as exc:
-        raise CastError(f"refused to extract {parsed}: {exc}") from None
+    except BaseException as exc:
+        if created:  # leave nothing half-copied behind
+            import shutil
+
+            shutil.rmtree(target, ignore_errors=True)
+        if isinstance(exc, tarfile.TarError):
+            raise CastError(f"refused to extract {parsed}: {exc}") from None
+        raise
     progress.finish()
     sys.stdout.write(f"Copied {parsed} to {target}/ ({count} entries, {human_size(total)})\n")
     return 0

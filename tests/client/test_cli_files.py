@@ -38,8 +38,12 @@ def test_uploads_are_listed_and_mounted(cli, worker, tmp_path):
     assert cli("ls", "uploads/ds").stdout.split() == ["a.txt", "6", "B", "nested/", "2.9", "KB"]
     assert cli("ls", "uploads/ds/nested", "--json").json() == [{"name": "b.bin", "type": "file", "size": 3000}]
 
-    taken = cli("upload", "data.txt")
-    assert_one_line_error(taken)
+    assert cli("ls", "uploads/data.txt").stdout == "data.txt    8 B\n"
+    assert cli("cp", "uploads/data.txt", "back.txt").returncode == 0
+    assert (tmp_path / "back.txt").read_text() == "one\ntwo\n"
+    assert_one_line_error(cli("ls", "uploads/data.txt/inside"), "is a file")
+
+    assert_one_line_error(cli("upload", "data.txt"), "already exists")
 
     run = cli("run", "-m", "uploads/data.txt", "-m", "uploads/ds:inputs/ds",
               "cat data.txt; cat inputs/ds/a.txt; wc -c < inputs/ds/nested/b.bin; "

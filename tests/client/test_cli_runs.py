@@ -160,3 +160,30 @@ def test_json_of_background_run_is_the_run(cli, worker):
     run = json.loads(result.stdout)
     assert run["id"] == 1 and run["labels"] == ["x"] and run["spec"]["command"] == "true"
     wait_status(worker.server, 1, "complete")
+
+
+def test_on_a_terminal_lines_carry_the_marks(worker, base_env, tmp_path):
+    import os
+    import pty
+
+    env = {**base_env, "CAST_SERVER_URL": worker.server.url, "CAST_TOKEN": worker.server.admin_token}
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(["cast", "run", "echo hello"], cwd=tmp_path, env=env,
+                               stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            data = os.read(controller, 4096)
+        except OSError:  # the terminal closes when cast exits
+            break
+        if not data:
+            break
+        output += data
+    os.close(controller)
+    assert process.wait(timeout=60) == 0
+    lines = output.decode().replace("\r\n", "\n").splitlines()
+    assert lines[:2] == ["💫 Casting run #1…", "✨ Stop viewing logs with ^C"]
+    assert "✨ Run is running" in lines and "hello" in lines
+    assert "✨ Building… done" in [line.split(" (")[0] for line in lines]
+    assert lines[-2].startswith("🎉 Total run time: ") and lines[-1] == "🎉 Run 1 complete"
