@@ -11,8 +11,21 @@ import { h, sleep } from "./util.js";
 // DOM (what the page scrolls through). The whole log is always downloadable.
 const KEPT_LINES = 20_000;
 const DOM_LINES = 5_000;
-// Work per animation frame, so a flood of lines never blocks input.
-const LINES_PER_FRAME = 1_000;
+// New lines go into the page at most every FLUSH_GAP_MS (a flood is
+// unreadable anyway; fewer, larger updates cost far less layout and paint),
+// in batches sized so one update takes about FLUSH_BUDGET_MS: the batch
+// shrinks when updates run slow (a busy machine) and grows when they are
+// quick. So a flood of lines never blocks input.
+const FLUSH_GAP_MS = 100;
+const FLUSH_BUDGET_MS = 25;
+const MIN_BATCH = 50;
+const MAX_BATCH = 3_000;
+// When the page falls this far behind a flood, it skips to the newest lines
+// (they are still in memory for the search, and in the downloadable log).
+const CATCH_UP_LINES = 1_000;
+const LINES_PER_BLOCK = 200;
+// Past this many lines the log box stops growing with its content.
+const TALL_LINES = 40;
 
 export class LogView {
   constructor(runId, notify) {
@@ -28,6 +41,9 @@ export class LogView {
     this.unseen = 0;
     this.query = "";
     this.frame = 0;
+    this.batch = 1_000;
+    this.lastFlushAt = 0;
+    this.flushTimer = 0;
     this.streaming = false;
     this.controller = new AbortController();
 
@@ -65,6 +81,7 @@ export class LogView {
   dispose() {
     this.controller.abort();
     if (this.frame) cancelAnimationFrame(this.frame);
+    clearTimeout(this.flushTimer);
     clearTimeout(this.searchTimer);
   }
 
@@ -142,9 +159,9 @@ export class LogView {
     }
     if (this.lines.length > KEPT_LINES * 1.25) this.lines.splice(0, this.lines.length - KEPT_LINES);
     if (this.pending.length > DOM_LINES) {
-      // More than a window's worth arrived since the last frame: only the
-      // newest window can stay on the page anyway.
-      this.pending.splice(0, this.pending.length - DOM_LINES);
+      // More than a window's worth is waiting: the page cannot keep up, so
+      // it jumps ahead to the newest lines.
+      this.pending.splice(0, this.pending.length - CATCH_UP_LINES);
       this.clearDom = true;
     }
     this.updateCounts();
@@ -158,37 +175,68 @@ export class LogView {
   }
 
   schedule() {
-    if (!this.frame && (this.pending.length || this.clearDom)) {
+    if (this.frame || this.flushTimer || !(this.pending.length || this.clearDom)) return;
+    const wait = this.lastFlushAt + FLUSH_GAP_MS - performance.now();
+    if (wait <= 0) {
       this.frame = requestAnimationFrame(() => this.flush());
+      return;
     }
+    this.flushTimer = setTimeout(() => {
+      this.flushTimer = 0;
+      this.frame = requestAnimationFrame(() => this.flush());
+    }, wait);
   }
 
+  // Lines go into blocks of LINES_PER_BLOCK: adding a line lays out only its
+  // block, and the oldest lines leave a whole block at a time, so the cost of
+  // a frame does not grow with the number of lines on the page.
   flush() {
     this.frame = 0;
+    const started = performance.now();
+    this.lastFlushAt = started;
     if (this.clearDom) {
       this.body.replaceChildren();
       this.domCount = 0;
       this.clearDom = false;
     }
-    const batch = this.pending.splice(0, LINES_PER_FRAME);
-    const fragment = document.createDocumentFragment();
-    for (const entry of batch) fragment.append(this.lineElement(entry));
-    this.body.append(fragment);
-    this.domCount += batch.length;
-    const excess = this.domCount - DOM_LINES;
-    if (excess > 0) {
-      const range = document.createRange();
-      range.setStartBefore(this.body.firstChild);
-      range.setEndAfter(this.body.children[excess - 1]);
-      range.deleteContents();
-      this.domCount -= excess;
+    const count = Math.min(this.batch, this.pending.length);
+    let added = 0;
+    let block = this.body.lastElementChild;
+    while (added < count) {
+      if (!block || block.childElementCount >= LINES_PER_BLOCK) {
+        block = document.createElement("div");
+        block.className = "log-block";
+        this.body.append(block);
+      }
+      const fragment = document.createDocumentFragment();
+      const take = Math.min(LINES_PER_BLOCK - block.childElementCount, count - added);
+      for (let i = 0; i < take; i++) fragment.append(this.lineElement(this.pending[added + i]));
+      block.append(fragment);
+      added += take;
     }
+    this.pending.splice(0, added);
+    this.domCount += added;
+    while (this.domCount > DOM_LINES) {
+      const oldest = this.body.firstElementChild;
+      this.domCount -= oldest.childElementCount;
+      oldest.remove();
+    }
+    const tall = this.domCount > TALL_LINES;
+    if (tall !== this.body.classList.contains("tall")) this.body.classList.toggle("tall", tall);
     const digits = Math.max(3, String(this.lastOffset + 1).length);
     if (digits !== this.digits) {
       this.digits = digits;
       this.body.style.setProperty("--digits", String(digits));
     }
-    if (this.following) this.body.scrollTop = this.body.scrollHeight;
+    // Reading scrollHeight lays the lines out now, so the time taken below
+    // includes the layout of this batch.
+    const height = this.body.scrollHeight;
+    if (this.following) this.body.scrollTop = height;
+    const took = performance.now() - started;
+    if (took > FLUSH_BUDGET_MS * 1.5) this.batch = Math.max(MIN_BATCH, Math.round(this.batch * 0.6));
+    else if (count === this.batch && took < FLUSH_BUDGET_MS * 0.6) {
+      this.batch = Math.min(MAX_BATCH, Math.round(this.batch * 1.25));
+    }
     this.updateCounts();
     this.schedule();
   }

@@ -91,6 +91,13 @@ function specSection(run) {
       ]))));
 }
 
+// A transition's note qualifies the stage that just ended when the run moved
+// forward ("Building… done (cached)" is the note on the move to mounting);
+// otherwise it is about the new status ("Run interrupted: worker lost").
+const NOTE_ON_ENDED_STAGE = new Set([
+  "building", "mounting", "running", "saving", "pushing", "complete", "failed", "stopped",
+]);
+
 // Each stage from `transitions`, with its duration (the gap to the next
 // transition; the current stage's duration grows until the run is final).
 function timeline(run) {
@@ -100,7 +107,10 @@ function timeline(run) {
     const next = transitions[i + 1];
     const last = !next;
     const seconds = last ? (final ? null : secondsBetween(t.at, null)) : secondsBetween(t.at, next.at);
-    return { ...t, seconds, current: last && !final };
+    const notes = [];
+    if (t.note && !NOTE_ON_ENDED_STAGE.has(t.status)) notes.push(t.note);
+    if (next?.note && NOTE_ON_ENDED_STAGE.has(next.status)) notes.push(next.note);
+    return { ...t, seconds, current: last && !final, note: notes.join("; ") };
   });
   const total = stages.reduce((sum, s) => sum + (s.seconds || 0), 0);
   const bar = h("div", { className: "timeline-bar", "aria-hidden": "true" },

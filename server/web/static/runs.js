@@ -63,7 +63,8 @@ export function runsPage(main, query) {
     const params = new URLSearchParams();
     if (state.status) params.set("status", state.status);
     if (state.label) params.set("label", state.label);
-    const hash = `#/runs${params.size ? `?${params}` : ""}`;
+    const search = params.toString();
+    const hash = `#/runs${search ? `?${search}` : ""}`;
     // Keep the address in step without re-running the router (which would
     // take the focus from the label box).
     history.replaceState(null, "", hash);

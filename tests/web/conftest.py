@@ -1,0 +1,64 @@
+"""Browser fixtures for the web viewer tests: Debian's Chromium driven by
+playwright (never a downloaded browser), a fresh browser context per test,
+and a check that no test's page opened a dialog or threw a script error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from tests.web.helpers import PageWatch
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (scripts/setup.sh --system)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
+
+
+def _open_page(browser, watch: PageWatch, width: int, height: int):
+    context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+
+    def on_dialog(dialog):
+        watch.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.on("pageerror", lambda error: watch.errors.append(str(error)))
+    return page
+
+
+@pytest.fixture
+def watch() -> PageWatch:
+    return PageWatch()
+
+
+@pytest.fixture
+def page(browser, watch):
+    """A desktop-sized window."""
+    page = _open_page(browser, watch, 1280, 900)
+    yield page
+    page.context.close()
+    watch.assert_clean()
+
+
+@pytest.fixture
+def narrow_page(browser, watch):
+    """A phone-sized window."""
+    page = _open_page(browser, watch, 390, 844)
+    yield page
+    page.context.close()
+    watch.assert_clean()

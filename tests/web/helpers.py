@@ -1,0 +1,68 @@
+"""Helpers for the web viewer tests: signing in through the page, creating
+runs through the API, waiting for statuses, and saving screenshots.
+
+Screenshots go to artifacts/screenshots/ on every run; with
+CAST_UPDATE_DOC_SCREENSHOTS=1 the ones the docs show are also copied to
+docs/images/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT, wait_until
+
+SCREENSHOTS = REPO_ROOT / "artifacts" / "screenshots"
+DOC_IMAGES = REPO_ROOT / "docs" / "images"
+
+
+@dataclass
+class PageWatch:
+    """What a page did that it never should: open a dialog, throw an error."""
+
+    dialogs: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def assert_clean(self) -> None:
+        assert self.dialogs == [], f"the page opened dialogs: {self.dialogs}"
+        assert self.errors == [], f"the page threw errors: {self.errors}"
+
+
+def sign_in(page, server, route: str = "#/runs") -> None:
+    """Open the viewer and enter the admin token in its login form."""
+    page.goto(f"{server.url}/{route}")
+    page.fill("#token", server.admin_token)
+    page.click("form.login button[type=submit]")
+    page.wait_for_selector("form.login", state="detached")
+
+
+def create_run(server, command: str, **fields) -> dict:
+    with server.api() as api:
+        response = api.post("/runs", json={"command": command, **fields})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+
+def get_run(server, run_id: int) -> dict:
+    with server.api() as api:
+        response = api.get(f"/runs/{run_id}")
+        response.raise_for_status()
+        return response.json()
+
+
+def wait_status(server, run_id: int, *statuses: str, timeout: float = 60) -> dict:
+    return wait_until(lambda: (run := get_run(server, run_id))["status"] in statuses and run,
+                      timeout=timeout, interval=0.1, what=f"run {run_id} to be {' or '.join(statuses)}")
+
+
+def screenshot(page, name: str, *, for_docs: bool = False) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if for_docs and os.environ.get("CAST_UPDATE_DOC_SCREENSHOTS") == "1":
+        DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOC_IMAGES / f"{name}.png")
+    return path
