@@ -19,7 +19,7 @@ import time
 
 def timed(cmd: list[str], env: dict) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, cwd=tempfile.gettempdir())
     return time.perf_counter() - start
 
 

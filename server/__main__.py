@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--home", required=True, type=Path)
     up.add_argument("--port", type=int, default=0, help="0 picks a free port")
     up.add_argument("--host", default=None)
-    up.add_argument("--executor", choices=["auto", "local", "docker"], default="auto")
+    up.add_argument("--executor", choices=["auto", "local", "docker"],
+                    default=os.environ.get("CAST_EXECUTOR", "auto"),
+                    help="the embedded worker's executor (default: $CAST_EXECUTOR or auto)")
     up.add_argument("--log-level", default="info")
     up.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False)
     args = parser.parse_args(argv)
