@@ -119,12 +119,17 @@ class DockerOptions:
                 value = os.environ.get(f"CAST_WORKER_{option.name.upper()}") or None
             if value is None:
                 continue
-            if option.name == "cpus":
-                value = float(value)
-            elif option.name == "pids_limit":
-                value = int(value)
-            elif option.name == "memory":
-                parse_size(value)  # refuse a bad size when the worker starts
+            try:
+                if option.name == "cpus":
+                    value = float(value)
+                elif option.name == "pids_limit":
+                    value = int(value)
+                elif option.name == "memory":
+                    parse_size(value)  # refuse a bad size when the worker starts
+            except ValueError:
+                raise ExecutorUnavailable(
+                    f"docker executor option {option.name} (CAST_WORKER_{option.name.upper()}) "
+                    f"cannot be {value!r}") from None
             values[option.name] = value
         return cls(**values)
 
