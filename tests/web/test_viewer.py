@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import re
 import shlex
+import signal
 import tarfile
 import time
 from pathlib import Path
@@ -176,6 +177,22 @@ def test_live_log_lines_appear_while_running_and_kill_ends_the_run(server, worke
     expect(page.locator("#kill-run")).to_be_disabled()
     expect(page.locator("ol.stages li").last).to_have_attribute("data-status", "killed")
     assert ticks() < 600
+
+
+def test_live_log_resumes_after_the_connection_drops_without_losing_or_repeating_lines(server, worker, page):
+    run = create_run(server, 'for i in $(seq 1 40); do echo "tick $i"; sleep 0.2; done')
+    sign_in(page, server, f"#/runs/{run['id']}")
+    wait_for_line(page, "tick 3")
+
+    server.stop(signal.SIGKILL)  # every connection drops at once
+    expect(page.locator(".log-state")).to_contain_text("reconnecting")
+    server.start()
+    expect(page.locator(".log-state")).to_have_text("finished", timeout=60_000)
+
+    with server.api() as api:
+        entries = api.get(f"/runs/{run['id']}/logs", params={"limit": 10000}).json()["entries"]
+    assert line_texts(page) == [entry["text"] for entry in entries]
+    assert sum(text.startswith("tick ") for text in line_texts(page)) > 3
 
 
 def test_log_markup_is_shown_as_text_and_runs_nothing(server, worker, page, watch):

@@ -1,7 +1,8 @@
 // A run's log on its page: follows /logs/follow live (resuming from
-// next_offset when the connection drops), renders in batches once per
-// animation frame, keeps a bounded window of lines in the page, filters by a
-// search string, and can stop following to let the reader scroll.
+// next_offset when the connection drops), adds lines to the page in batches
+// (at most ten times a second, on an animation frame), keeps a bounded
+// window of lines in the page, filters by a search string, and can stop
+// following to let the reader scroll.
 
 import { apiFetch, downloadWithToken, AuthError } from "./api.js";
 import { renderAnsi, plainText } from "./ansi.js";
