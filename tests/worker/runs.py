@@ -28,11 +28,6 @@ def wait_final(api: httpx.Client, run_id: int, timeout: float = 60) -> dict:
                       timeout=timeout, what=f"run {run_id} to finish")
 
 
-def wait_status(api: httpx.Client, run_id: int, status: str, timeout: float = 30) -> dict:
-    return wait_until(lambda: (run := get_run(api, run_id))["status"] == status and run,
-                      timeout=timeout, what=f"run {run_id} to be {status}")
-
-
 def log_entries(api: httpx.Client, run_id: int) -> list[dict]:
     response = api.get(f"/runs/{run_id}/logs", params={"offset": 0, "limit": 10000})
     response.raise_for_status()

@@ -8,15 +8,15 @@ import io
 import json
 import os
 import subprocess
+import sys
 import tarfile
 import time
 from datetime import datetime, timezone
 
-import httpx
 import pytest
 
 from .runs import (get_run, log_entries, log_texts, output_paths, statuses, submit, wait_final,
-                   wait_for_line, wait_status)
+                   wait_for_line)
 from .test_source import commit, git
 
 
@@ -189,7 +189,7 @@ def test_the_cache_command_lists_and_prunes_environments(api, worker):
     assert wait_final(api, submit(api, "true", pip=["termcolor"]), timeout=120)["status"] == "complete"
 
     def cache(*args):
-        return subprocess.run(["python", "-m", "cast.worker", "cache", *args, "--work-dir", str(worker.work_dir),
+        return subprocess.run([sys.executable, "-m", "cast.worker", "cache", *args, "--work-dir", str(worker.work_dir),
                                "--executor", "local"], capture_output=True, text=True, timeout=60)
 
     listed = cache("ls", "--json")
@@ -205,7 +205,7 @@ def test_the_cache_command_lists_and_prunes_environments(api, worker):
 
 
 def test_bad_worker_arguments_are_one_clear_line(tmp_path):
-    result = subprocess.run(["python", "-m", "cast.worker", "--server", "http://127.0.0.1:9",
+    result = subprocess.run([sys.executable, "-m", "cast.worker", "--server", "http://127.0.0.1:9",
                              "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=30,
                             env={k: v for k, v in os.environ.items() if k != "CAST_WORKER_TOKEN"})
     assert result.returncode == 2
