@@ -351,6 +351,52 @@ def test_page_stays_responsive_while_a_job_prints_100000_lines(server, worker, p
     assert job_lines[0] == "line 0 " + "x" * 40 and job_lines[-1] == "line 99999 " + "x" * 40
 
 
+ANSI_CASES = r"""async () => {
+  const { parseAnsi, plainText, renderAnsi } = await import("/static/ansi.js");
+  const spans = (text) => {
+    const line = document.createElement("div");
+    renderAnsi(line, text);
+    return [...line.childNodes].map((node) => node.nodeType === Node.TEXT_NODE
+      ? { text: node.textContent }
+      : { text: node.textContent, className: node.className, color: node.style.color, background: node.style.backgroundColor });
+  };
+  return {
+    boldRed: spans("\x1b[1;31mred\x1b[0m plain"),
+    xterm256: spans("\x1b[38;5;208mamber"),
+    trueColour: spans("\x1b[48;2;10;20;30mbg"),
+    colonForm: spans("\x1b[38:2::1:2:3mz"),
+    defaultFg: spans("a\x1b[32mb\x1b[39mc"),
+    inverse: spans("\x1b[7minv"),
+    progress: plainText("50%\r100%"),
+    crlf: plainText("done\r"),
+    otherCsi: plainText("\x1b[2K\x1b[1Gcleared"),
+    osc: plainText("\x1b]0;title\x07text"),
+    markup: spans("\x1b[31m<b>x</b>"),
+    segments: parseAnsi("\x1b[4munder\x1b[24m").map((s) => [s.text, s.style.underline]),
+  };
+}"""
+
+
+def test_ansi_codes_become_styles_and_other_escapes_are_dropped(server, page):
+    page.goto(f"{server.url}/")
+    result = page.evaluate(ANSI_CASES)
+    assert result["boldRed"] == [
+        {"text": "red", "className": "ansi-fg-1 ansi-bold", "color": "", "background": ""},
+        {"text": " plain"}]
+    assert result["xterm256"] == [{"text": "amber", "className": "", "color": "rgb(255, 135, 0)", "background": ""}]
+    assert result["trueColour"] == [{"text": "bg", "className": "", "color": "", "background": "rgb(10, 20, 30)"}]
+    assert result["colonForm"][0]["color"] == "rgb(1, 2, 3)"
+    assert [s["text"] for s in result["defaultFg"]] == ["a", "b", "c"]
+    assert result["defaultFg"][1]["className"] == "ansi-fg-2" and "className" not in result["defaultFg"][2]
+    assert result["inverse"][0]["className"] == "ansi-fg-inverse ansi-bg-inverse"
+    assert result["progress"] == "100%"
+    assert result["crlf"] == "done"
+    assert result["otherCsi"] == "cleared"
+    assert result["osc"] == "text"
+    assert result["markup"] == [{"text": "<b>x</b>", "className": "ansi-fg-1", "color": "", "background": ""}]
+    assert result["segments"] == [["under", True]]
+
+
 def test_viewer_code_never_parses_strings_as_html():
     sources = {path.name: path.read_text() for path in STATIC.glob("*.js")}
     assert "app.js" in sources
