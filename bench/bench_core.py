@@ -13,8 +13,15 @@ import argparse
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
+
+
+# The `cast` script installed beside this interpreter: a PATH lookup may hit a
+# version-manager shim (pyenv's adds ~100 ms) that a user's install would not have.
+CAST = str(Path(sys.executable).with_name("cast"))
 
 
 def timed(cmd: list[str], env: dict) -> float:
@@ -31,11 +38,11 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAST_")}
         env.update(CAST_HOME=home, CAST_EXECUTOR="local")
         try:
-            subprocess.run(["cast", "run", "true"], env=env, check=True, stdout=subprocess.DEVNULL)  # warm-up: starts the embedded default
-            cast_times = [timed(["cast", "run", "true"], env) for _ in range(args.runs)]
+            subprocess.run([CAST, "run", "true"], env=env, check=True, stdout=subprocess.DEVNULL)  # warm-up: starts the embedded default
+            cast_times = [timed([CAST, "run", "true"], env) for _ in range(args.runs)]
             bare_times = [timed(["bash", "-c", "true"], env) for _ in range(args.runs)]
         finally:
-            subprocess.run(["cast", "down"], env=env, stdout=subprocess.DEVNULL)
+            subprocess.run([CAST, "down"], env=env, stdout=subprocess.DEVNULL)
     cast_median, bare_median = statistics.median(cast_times), statistics.median(bare_times)
     print(f"warm cast run true : median {cast_median * 1000:.0f} ms over {args.runs} runs")
     print(f"bare bash -c true  : median {bare_median * 1000:.1f} ms over {args.runs} runs")
