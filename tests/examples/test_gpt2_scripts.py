@@ -135,24 +135,25 @@ def test_generate_from_a_random_tiny_gpt2_prints_text(tmp_path):
     assert header == "=== GENERATED SEQUENCE 1 ===" and "\n".join(text).startswith("Hello")
 
 
-@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "unreachable endpoint"])
-def test_a_hub_model_without_the_hub_fails_in_one_line_that_names_init(tmp_path, offline):
-    if offline == "HF_HUB_OFFLINE":
-        env = script_env(tmp_path)
-    else:  # a loopback port nobody listens on: connection refused, for certain
-        env = {k: v for k, v in script_env(tmp_path).items() if k != "HF_HUB_OFFLINE"}
+@pytest.mark.parametrize("script, offline", [("generate.py", "HF_HUB_OFFLINE"),
+                                             ("generate.py", "unreachable endpoint"),
+                                             ("finetune.py", "HF_HUB_OFFLINE")])
+def test_a_hub_model_without_the_hub_fails_in_one_line_that_names_init(tmp_path, script, offline):
+    env = script_env(tmp_path)
+    if offline == "unreachable endpoint":  # a loopback port nobody listens on: refused, for certain
+        del env["HF_HUB_OFFLINE"]
         env["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
-    for script, extra in (("generate.py", []), ("finetune.py", ["--train_data_file", "x.txt", "--output_dir", "o"])):
-        (tmp_path / "x.txt").write_text("a joke\n" * 100)
-        result = run_script(script, "--model_name_or_path", "gpt2", *extra, cwd=tmp_path, env=env)
-        assert result.returncode == 1
-        assert result.stdout == ""
-        assert "Traceback" not in result.stderr
-        message = result.stderr.strip()
-        assert "\n" not in message, message
-        assert message.startswith(f"{script}: 'gpt2' is neither a local folder nor in the hub cache")
-        assert "cannot be reached" in message and "--init tiny" in message
-        assert not (tmp_path / "o").exists()
+    (tmp_path / "jokes.txt").write_text("a joke\n" * 100)
+    extra = ["--train_data_file", "jokes.txt", "--output_dir", "output"] if script == "finetune.py" else []
+    result = run_script(script, "--model_name_or_path", "gpt2", *extra, cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    message = result.stderr.strip()
+    assert "\n" not in message, message
+    assert message.startswith(f"{script}: 'gpt2' is neither a local folder nor in the hub cache")
+    assert "cannot be reached" in message and "--init tiny" in message
+    assert not (tmp_path / "output").exists()
 
 
 def test_generate_from_a_missing_folder_says_so(tmp_path):
