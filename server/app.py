@@ -13,6 +13,8 @@ import contextlib
 import logging
 from pathlib import Path
 
+import anyio.to_thread
+
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -30,6 +32,7 @@ from cast.server.settings import Settings
 
 log = logging.getLogger("cast.server")
 WEB_DIR = Path(__file__).resolve().parent / "web"
+THREADS = 100
 
 # Domain error → HTTP status; subclasses inherit their base's code.
 ERROR_STATUS: dict[type[Exception], int] = {
@@ -134,9 +137,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     with database.session(write=True) as session:
         if user_service.bootstrap(session, settings=settings):
             log.info("new data dir: wrote %s and %s", settings.admin_token_file, settings.worker_token_file)
+        if extended := run_service.extend_leases_after_restart(session, settings=settings):
+            log.info("gave %d leased runs a fresh lease period to hear from their workers", extended)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
+        # Streamed uploads and pushes each hold a thread for their whole
+        # transfer; leave plenty for the short database calls of everyone else.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         reaper = asyncio.create_task(_reap_forever(database, settings))
         try:
             yield

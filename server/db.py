@@ -55,7 +55,7 @@ class Database:
         kwargs = {}
         if self.is_sqlite:
             kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30},
-                      "pool_size": 8, "max_overflow": 48, "pool_timeout": 60}
+                      "pool_size": 8, "max_overflow": 120, "pool_timeout": 60}
         self.engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine)

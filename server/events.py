@@ -13,6 +13,7 @@ change committed between the read and the wait is never missed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import defaultdict
 from collections.abc import Hashable
@@ -35,7 +36,9 @@ class Subscription:
         notifier._add(key, self)
 
     def _fire(self) -> None:
-        self._loop.call_soon_threadsafe(self._resolve)
+        # The waiter's loop may already be gone (a client that left); nothing to wake then.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._resolve)
 
     def _resolve(self) -> None:
         if not self._future.done():

@@ -68,6 +68,9 @@ async def lease_run(
             if remaining <= 0:
                 return Response(status_code=204)
             await queue.wait(remaining)
+            # A worker that gave up waiting must not be handed a run it will never hear of.
+            if await request.is_disconnected():
+                return Response(status_code=204)
 
 
 @router.post("/runs/{run_id}/heartbeat", response_model=HeartbeatOut)

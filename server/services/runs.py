@@ -385,6 +385,21 @@ def reap_expired(session: Session, *, settings: Settings) -> list[int]:
     return reaped
 
 
+def extend_leases_after_restart(session: Session, *, settings: Settings) -> int:
+    """Give every leased run a fresh lease period when the server starts.
+
+    Workers could not reach a stopped server, so a lease that ran out while it
+    was down says nothing about the worker; its next heartbeat will tell.
+    """
+    result = session.execute(
+        update(Run).where(Run.status.in_([s.value for s in LEASED_STATUSES]))
+        .values(lease_expires_at=utcnow() + timedelta(seconds=settings.lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount
+
+
 def any_expired(session: Session) -> bool:
     now = utcnow()
     return session.scalar(

@@ -4,10 +4,12 @@ HTTP calls, so a worker that stops heartbeating is just one that stops calling."
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
 import httpx
+import pytest
 
 from tests.conftest import wait_until
 
@@ -114,3 +116,51 @@ def test_retries_requeue_with_the_next_attempt(live):
     texts = [e["text"] for e in live.user.get(f"/runs/{run_id}/logs").json()["entries"]]
     assert "Requeued (attempt 2 of 2)" in texts
     assert live.lease(worker) is None
+
+
+def test_a_restarted_server_gives_workers_time_to_come_back(live, server):
+    run_id = live.create_run()["id"]
+    queued = live.create_run()["id"]
+    lease = live.lease(live.register())
+    live.advance(lease, "mounting", "running")
+    live.append(lease, 0, "before")
+    server.stop(signal.SIGKILL)
+    time.sleep(2 * lease["lease_seconds"])  # longer than the lease: only the server's absence explains it
+    server.start()
+    beat = live.worker.post(f"/runs/{run_id}/heartbeat", json={"lease_token": lease["lease_token"]})
+    assert beat.status_code == 200 and beat.json()["status"] == "running"
+    live.append(lease, 1, "after")
+    live.advance(lease, "saving", "pushing", "complete", exit_code=0)
+    texts = [e["text"] for e in live.user.get(f"/runs/{run_id}/logs").json()["entries"]]
+    assert texts.count("before") == 1 and texts.count("after") == 1
+    assert live.run(queued)["status"] == "machine_requested"
+    assert live.lease(live.register())["run_id"] == queued
+
+
+def test_a_worker_that_hangs_up_is_not_given_a_run(live, server):
+    worker = live.register()
+    with pytest.raises(httpx.ReadTimeout):
+        with httpx.Client(timeout=0.3, headers={"Authorization": f"Bearer {server.worker_token}"}) as impatient:
+            impatient.post(f"{server.url}/api/v1/workers/{worker}/lease", json={"free_gpus": 0, "wait": 20})
+    time.sleep(0.2)
+    run_id = live.create_run()["id"]
+    time.sleep(0.3)
+    assert live.run(run_id)["status"] == "machine_requested"
+    assert live.lease(worker)["run_id"] == run_id
+
+
+def test_clients_submitting_at_once_get_distinct_gap_free_numbers(live, server):
+    numbers: list[int] = []
+
+    def submit() -> None:
+        with httpx.Client(base_url=f"{server.url}/api/v1", timeout=30,
+                          headers={"Authorization": f"Bearer {server.admin_token}"}) as client:
+            for _ in range(5):
+                numbers.append(client.post("/runs", json={"command": "true"}).json()["id"])
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(numbers) == list(range(1, 41))
