@@ -10,7 +10,7 @@ write session (BEGIN IMMEDIATE on SQLite); GET and HEAD get a read session.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -26,15 +26,17 @@ from cast.server.settings import Settings
 _bearer = HTTPBearer(auto_error=False, description="A user token or a worker token")
 
 
-def get_database(request: Request) -> Database:
+# Trivial dependencies are coroutines: a sync one costs a hop through the
+# thread pool, and worker calls must take a few milliseconds at most.
+async def get_database(request: Request) -> Database:
     return request.app.state.database
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
     database: Database = request.app.state.database
     with database.session(write=request.method not in ("GET", "HEAD")) as session:
         yield session
@@ -58,21 +60,21 @@ def _caller(
 Caller = Annotated[tuple[Token, User | None], Depends(_caller)]
 
 
-def current_user(caller: Caller) -> User:
+async def current_user(caller: Caller) -> User:
     token, user = caller
     if token.kind != "user" or user is None:
         raise Forbidden("this route needs a user token, not a worker token")
     return user
 
 
-def worker_auth(caller: Caller) -> Token:
+async def worker_auth(caller: Caller) -> Token:
     token, _ = caller
     if token.kind != "worker":
         raise Forbidden("this route needs a worker token, not a user token")
     return token
 
 
-def any_token(caller: Caller) -> Token:
+async def any_token(caller: Caller) -> Token:
     return caller[0]
 
 
