@@ -108,6 +108,8 @@ def _parse_timeout(value) -> float:
         raise UsageProblem(f"--timeout {value!r} must be seconds, or a number with s, m or h (90, 90s, 5m, 2h)") from None
     if not seconds > 0:
         raise UsageProblem(f"--timeout {value!r} must be more than zero")
+    if seconds == float("inf"):
+        raise UsageProblem(f"--timeout {value!r} must be a finite duration")
     return seconds
 
 

@@ -75,14 +75,21 @@ class Client:
 
     def __init__(self, url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT):
         parts = urlsplit(url.rstrip("/"))
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            port = parts.port
+        except ValueError:  # not a number, or out of range
+            port = -1
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
             raise CastError(f"server URL {url!r} must look like http://HOST:PORT")
+        if not token.isascii() or not token.isprintable() or " " in token:
+            # It goes into a header: refuse it here rather than fail inside http.client.
+            raise CastError("the token holds characters no cast token has (spaces, control or non-ASCII characters)")
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
         self._https = parts.scheme == "https"
         self._host = parts.hostname
-        self._port = parts.port
+        self._port = port
         prefix = parts.path.rstrip("/")
         if prefix.endswith(API_PREFIX):
             prefix = prefix[: -len(API_PREFIX)]

@@ -131,7 +131,8 @@ def stage_lines(previous: RunStatus, new: RunStatus, note: str | None = None) ->
 
 MAX_COMMAND_LENGTH = 64 * 1024
 _RESOURCE_ROOTS = ("runs", "uploads")
-_UPLOAD_NAME = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._ -]{0,199}$")
+# Not starting with '-': a mount named after the upload would read as an option.
+_UPLOAD_NAME = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._ -]{0,199}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,62}$")
 # A pip requirement: a name with optional extras, version specifiers and an
@@ -191,7 +192,8 @@ def parse_resource(text: str) -> Resource:
 def validate_upload_name(name: str) -> str:
     if not _UPLOAD_NAME.match(name) or name in (".", ".."):
         raise SpecError(
-            f"upload name {name!r} must be 1-200 letters, digits, '.', '_', '-' or spaces, not '.' or '..'"
+            f"upload name {name!r} must be 1-200 letters, digits, '.', '_', '-' or spaces, "
+            "not start with '-', and not be '.' or '..'"
         )
     return name
 

@@ -48,6 +48,8 @@ ERROR_STATUS: dict[type[Exception], int] = {
 
 def _error_response(status: int, message: str) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    # The message may quote the bad input, lone surrogates included: keep it encodable.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 

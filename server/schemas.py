@@ -21,7 +21,10 @@ LeaseToken = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A length cap on every string also makes pydantic check that it is valid
+    # Unicode: a JSON body may escape a lone surrogate ("\udcff"), which
+    # neither SQLite nor a JSON answer can encode. Bodies are capped anyway.
+    model_config = ConfigDict(extra="forbid", str_max_length=16 * 1024 * 1024)
 
 
 def _one_line(value: str | None, what: str) -> str | None:
