@@ -3,6 +3,8 @@
     python -m cast.server [--host H] [--port P] [--data-dir D]
     python -m cast.server up --home HOME [--port 0] [--executor auto|local|docker]
 
+Every setting also reads CAST_* variables (see settings.py); flags win.
+
 `up` is the embedded mode the CLI starts: data dir = HOME, a free port when
 --port is 0, ONE worker subprocess using HOME/worker-token, and HOME/server.json
 (`{"url", "pid"}`, mode 0600) written once healthy. SIGTERM or SIGINT stops the
@@ -71,7 +73,7 @@ def _write_private_json(path: Path, data: dict) -> None:
 
 async def _up(args: argparse.Namespace) -> None:
     home = Path(args.home).expanduser().resolve()
-    settings = _settings(args, host=args.host, data_dir=home)
+    settings = _settings(args, host=args.host, data_dir=home, executor=args.executor)
     app = create_app(settings)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -90,7 +92,7 @@ async def _up(args: argparse.Namespace) -> None:
             serving.result()
             return
         await asyncio.sleep(0.01)
-    executor = args.executor
+    executor = settings.executor
     if executor == "auto":
         executor = "docker" if await asyncio.to_thread(docker_answers) else "local"
     worker = subprocess.Popen(
@@ -128,9 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--home", required=True, type=Path)
     up.add_argument("--port", type=int, default=0, help="0 picks a free port")
     up.add_argument("--host", default=None)
-    up.add_argument("--executor", choices=["auto", "local", "docker"],
-                    default=os.environ.get("CAST_EXECUTOR", "auto"),
-                    help="the embedded worker's executor (default: $CAST_EXECUTOR or auto)")
+    up.add_argument("--executor", choices=["auto", "local", "docker"], default=None,
+                    help="the embedded worker's executor (default: $CAST_EXECUTOR, else auto: docker if "
+                         "a Docker engine answers)")
     up.add_argument("--log-level", default="info")
     up.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False)
     args = parser.parse_args(argv)

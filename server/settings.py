@@ -8,6 +8,7 @@ derive from `data_dir`. Read from the environment with the `CAST_` prefix
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,8 @@ class Settings(BaseSettings):
     # JSON request bodies (run specs, log batches); streamed bodies have their own caps.
     max_json_body_bytes: int = Field(default=16 * 1024**2, gt=0)
     git_timeout_seconds: float = Field(default=30.0, gt=0)
+    # The embedded mode's worker (`up`): auto = docker when a Docker engine answers, else local.
+    executor: Literal["auto", "local", "docker"] = "auto"
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -30,8 +30,8 @@ def test_up_serves_with_one_worker_and_cleans_up_on_sigterm(tmp_path, base_env):
     home = tmp_path / "home"
     log = open(tmp_path / "up.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "cast.server", "up", "--home", str(home), "--port", "0", "--executor", "local"],
-        env=base_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-m", "cast.server", "up", "--home", str(home), "--port", "0"],
+        env={**base_env, "CAST_EXECUTOR": "local"}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         server_file = home / "server.json"
