@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 import uvicorn
+from pydantic import ValidationError
 
 from cast.server.app import create_app
 from cast.server.settings import Settings
@@ -138,10 +139,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "up":
-        asyncio.run(_up(args))
-    else:
-        serve(args)
+    try:
+        if args.command == "up":
+            asyncio.run(_up(args))
+        else:
+            serve(args)
+    except ValidationError as error:  # a bad CAST_* variable or flag: one line, not a traceback
+        first = error.errors()[0]
+        parser.exit(2, f"cast.server: setting {'.'.join(map(str, first['loc']))}: {first['msg']}\n")
 
 
 if __name__ == "__main__":
