@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
-from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from cast.server import events
@@ -42,11 +41,8 @@ def _read_chunk(database: Database, *, run_id: int, viewer: User, offset: int) -
         return logs.read(session, run=run, offset=offset, limit=FOLLOW_BATCH)
 
 
-_CHUNK = TypeAdapter(LogChunk)
-
-
 def _encode(chunk: dict) -> bytes:
-    return _CHUNK.dump_json(chunk) + b"\n"
+    return LogChunk.model_validate(chunk).model_dump_json().encode() + b"\n"
 
 
 @router.get(
