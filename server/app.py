@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from cast.client.spec import SpecError
 from cast.server import errors
@@ -43,6 +44,8 @@ ERROR_STATUS: dict[type[Exception], int] = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.TooLarge: 413,
+    # A client that left mid-body: nobody reads this answer, but it is no server error.
+    ClientDisconnect: 400,
 }
 
 

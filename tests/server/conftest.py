@@ -128,6 +128,8 @@ def live(server) -> Api:
     yield api
     api.user.close()
     api.worker.close()
+    log = server.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "Warning" not in log, log[-3000:]
 
 
 @pytest.fixture
