@@ -675,6 +675,101 @@ def _file_chunks(path: Path, progress):
             yield data
 
 
+# --- users and tokens -------------------------------------------------------------
+
+@cli.group(context_settings=CONTEXT)
+def user() -> None:
+    """Users of the control plane: create (admins) and list (admins)."""
+
+
+@user.command("create", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="The user may manage users and see everyone's runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the user and its token as JSON.")
+def user_create(name, admin, as_json) -> int:
+    """Create user NAME and print its first token (shown only once)."""
+    created = _client().create_user(name, admin=admin)
+    if as_json:
+        _print_json(created)
+        return 0
+    role = "admin" if created["admin"] else "user"
+    sys.stderr.write(f"Created {role} {created['name']}; its token (token {created['token']['id']}) is shown only once:\n")
+    sys.stdout.write(created["token"]["token"] + "\n")
+    return 0
+
+
+@user.command("ls", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the users as JSON.")
+def user_ls(as_json) -> int:
+    """List the users (admins only)."""
+    from .render import local_time, table
+
+    users = _client().list_users()["users"]
+    if as_json:
+        _print_json(users)
+        return 0
+    rows = [[u["name"], "admin" if u["admin"] else "user", local_time(u["created_at"])] for u in users]
+    sys.stdout.write(table(["NAME", "ROLE", "CREATED"], rows) + "\n")
+    return 0
+
+
+@cli.group(context_settings=CONTEXT)
+def token() -> None:
+    """Bearer tokens: create, list and revoke. Secrets are shown once, stored hashed."""
+
+
+@token.command("create", context_settings=CONTEXT)
+@click.option("--user", "user_name", metavar="NAME", help="For another user (admins only; default: you).")
+@click.option("--worker", is_flag=True, help="A worker token, for `cast worker --token-file` (admins only).")
+@click.option("--name", default="", metavar="TEXT", help="A note saying what the token is for.")
+@click.option("--json", "as_json", is_flag=True, help="Print the token as JSON.")
+def token_create(user_name, worker, name, as_json) -> int:
+    """Create a token and print its secret (shown only once)."""
+    if worker and user_name:
+        raise UsageProblem("--worker tokens belong to no user; leave out --user")
+    created = _client().create_token(kind="worker" if worker else "user", name=name, user=user_name)
+    if as_json:
+        _print_json(created)
+        return 0
+    owner = "a worker" if created["kind"] == "worker" else created["user"]
+    sys.stderr.write(f"Created token {created['id']} for {owner}; it is shown only once:\n")
+    sys.stdout.write(created["token"] + "\n")
+    return 0
+
+
+@token.command("ls", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the tokens as JSON.")
+def token_ls(as_json) -> int:
+    """List your tokens (an admin: everyone's), without their secrets."""
+    from .render import local_time, table
+
+    tokens = _client().list_tokens()["tokens"]
+    if as_json:
+        _print_json(tokens)
+        return 0
+    rows = [[str(t["id"]), t["kind"], t["user"] or "-", t["name"] or "-", local_time(t["created_at"]),
+             local_time(t["revoked_at"]) if t["revoked_at"] else "-"] for t in tokens]
+    sys.stdout.write(table(["ID", "KIND", "USER", "NAME", "CREATED", "REVOKED"], rows, right={0}) + "\n")
+    return 0
+
+
+@token.command("revoke", context_settings=CONTEXT)
+@click.argument("token_ids", type=int, nargs=-1, required=True, metavar="ID...")
+def token_revoke(token_ids) -> int:
+    """Revoke tokens: from now on they are refused (401)."""
+    client = _client()
+    failures = 0
+    for token_id in token_ids:
+        try:
+            client.revoke_token(token_id)
+        except ApiError as exc:
+            sys.stderr.write(f"cast: error: token {token_id}: {exc.detail}\n")
+            failures += 1
+            continue
+        sys.stdout.write(f"Token {token_id} revoked\n")
+    return 1 if failures else 0
+
+
 # --- the embedded server and the server/worker processes -----------------------------
 
 @cli.command(context_settings=PASSTHROUGH)

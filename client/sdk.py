@@ -325,6 +325,31 @@ class Client:
     def _upload_path(name: str, path: str) -> str:
         return f"/uploads/{quote(name, safe='')}" + (f"/{quote(path)}" if path else "")
 
+    # --- users and tokens ----------------------------------------------
+
+    def whoami(self) -> dict:
+        return self._call("GET", "/users/me")
+
+    def list_users(self) -> dict:
+        """Admins only: `{"users": [{"name", "admin", "created_at"}]}`."""
+        return self._call("GET", "/users")
+
+    def create_user(self, name: str, *, admin: bool = False) -> dict:
+        """Admins only: the new user, with its first token (`["token"]["token"]`, shown once)."""
+        return self._call("POST", "/users", json_body={"name": name, "admin": admin})
+
+    def list_tokens(self) -> dict:
+        """The caller's tokens (an admin's: everyone's), without their secrets."""
+        return self._call("GET", "/tokens")
+
+    def create_token(self, *, kind: str = "user", name: str = "", user: str | None = None) -> dict:
+        """A new token; its secret is `["token"]`, shown only this once. Worker
+        tokens and tokens for another `user` need an admin."""
+        return self._call("POST", "/tokens", json_body={"kind": kind, "name": name, "user": user})
+
+    def revoke_token(self, token_id: int) -> dict:
+        return self._call("DELETE", f"/tokens/{int(token_id)}")
+
     # --- code bundles --------------------------------------------------
 
     def has_code(self, key: str) -> bool:

