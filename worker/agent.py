@@ -24,7 +24,7 @@ from cast.worker.executors.base import BuildFailed, Executor, Job
 from cast.worker.mounts import MountCache, MountError, remove_tree
 from cast.worker.outbox import Outbox
 from cast.worker.outputs import changed_files, snapshot, tar_chunks
-from cast.worker.resources import GpuPool, cpu_count, memory_bytes
+from cast.worker.resources import GpuPool, cpu_count, disk_nearly_full, memory_bytes
 from cast.worker.source import SourceCache, SourceError
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,9 @@ class RunController:
         result = self._process.wait()
         if timer:
             timer.cancel()
+        # Checked before the outputs are read or the working dir removed: a
+        # command that filled the disk fails with that, not a bare exit code.
+        disk_full = result.exit_code != 0 and disk_nearly_full(self.workdir)
         with self._lock:
             self._exited = True
             if self._aborted:
@@ -224,13 +227,22 @@ class RunController:
         with self._lock:
             if not self._aborted:
                 self.outbox.push_outputs(lambda: tar_chunks(self.workdir, files))
-        if stopped:
+        self.outbox.wait_delivered()  # the push's answer decides the final status
+        problems = []
+        if result.exit_code != 0 and not stopped:
+            problems.append(result.reason or f"exit code {result.exit_code}")
+            if disk_full:
+                problems.append("the worker's disk is full")
+        if self.outbox.outputs_refused:
+            problems.append(f"outputs not saved: {self.outbox.outputs_refused}")
+        if stopped and not self.outbox.outputs_refused:
             self._status("stopped", exit_code=result.exit_code, reason=self._stop_reason)
-        elif result.exit_code == 0:
+        elif not problems:
             self._status("complete", exit_code=0)
         else:
-            self._status("failed", exit_code=result.exit_code,
-                         reason=result.reason or f"exit code {result.exit_code}")
+            if stopped and self._stop_reason:
+                problems.insert(0, self._stop_reason)
+            self._status("failed", exit_code=result.exit_code, reason="; ".join(problems))
 
 
 class Agent:

@@ -36,6 +36,7 @@ class Refused(ServerError):
     def __init__(self, status_code: int, detail: str):
         super().__init__(f"{status_code}: {detail}")
         self.status_code = status_code
+        self.detail = detail
 
 
 def _detail(response: httpx.Response) -> str:

@@ -3,11 +3,14 @@
 Log lines, status changes and the output push are queued in the order they
 happen and delivered by one sender thread in that order, so a follower sees
 "Run is running", then the job's lines, then "Saving… done". Log lines go in
-small batches (a line waits at most LINGER seconds) carrying the API's `seq`
+small batches (a line waits at most LINGER seconds; a batch stays far below
+the server's body cap however long its lines) carrying the API's `seq`
 counter, so a batch retried after a lost answer is stored once. While the
 server is unreachable or answers 5xx, the sender keeps retrying the same item
 with backoff: the run goes on, the outbox buffers, and the server receives
-everything, in order, exactly once when it returns.
+everything, in order, exactly once when it returns. An output push the server
+refuses for good (over its size cap) is recorded in `outputs_refused`, so
+the run can fail with that reason instead of ending as if it were saved.
 """
 
 from __future__ import annotations
@@ -25,9 +28,14 @@ log = logging.getLogger(__name__)
 
 LINGER = 0.05  # seconds a log line may wait for others to share its batch
 MAX_BATCH = 500  # log entries per request
-# Past this many unsent lines the job's output waits (its pipe fills, so it
-# blocks on its next print) instead of the worker's memory growing without bound.
+# Characters of log text per request: far below the server's JSON body cap
+# even when escaping makes each character six bytes (lines are at most 64 KiB).
+MAX_BATCH_CHARS = 1 << 20
+# Past this many unsent lines or characters the job's output waits (its pipe
+# fills, so it blocks on its next print) instead of the worker's memory
+# growing without bound.
 MAX_PENDING_LINES = 50_000
+MAX_PENDING_CHARS = 64 << 20
 
 
 def utc_now() -> str:
@@ -70,7 +78,10 @@ class Outbox:
         self._in_flight = 0  # items at the head of _items being delivered now
         self._entries_sent = 0  # the API's `seq`
         self._pending_lines = 0
+        self._pending_chars = 0
         self._truncated = False  # the server keeps no more stdout/stderr lines of this run
+        # Why the server refused the output push for good (over its size cap, say).
+        self.outputs_refused: str | None = None
         self._abandoned = False
         self._closed = False
         self._cond = threading.Condition()
@@ -83,11 +94,13 @@ class Outbox:
         with self._cond:
             if self._truncated and stream != "cast":
                 return
-            self._cond.wait_for(lambda: self._pending_lines < MAX_PENDING_LINES
+            self._cond.wait_for(lambda: (self._pending_lines < MAX_PENDING_LINES
+                                         and self._pending_chars < MAX_PENDING_CHARS)
                                 or self._abandoned or self._closed)
             if self._abandoned or self._closed:
                 return
             self._pending_lines += 1
+            self._pending_chars += len(text)
             self._items.append(_LogLine(stream, text, utc_now()))
             self._cond.notify_all()
 
@@ -129,7 +142,7 @@ class Outbox:
         with self._cond:
             self._abandoned = True
             self._items.clear()
-            self._pending_lines = 0
+            self._pending_lines = self._pending_chars = 0
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -155,11 +168,14 @@ class Outbox:
                 if not isinstance(head, _LogLine):
                     self._in_flight = 1
                     return [head]
-                lines = []
+                lines, chars = [], 0
                 for item in self._items:
                     if not isinstance(item, _LogLine) or len(lines) == MAX_BATCH:
                         break
+                    if lines and chars + len(item.text) > MAX_BATCH_CHARS:
+                        break
                     lines.append(item)
+                    chars += len(item.text)
                 # Linger for company only while nothing else waits behind the lines.
                 only_lines = len(lines) == len(self._items) and len(lines) < MAX_BATCH
                 remaining = head.queued_at + LINGER - time.monotonic()
@@ -183,6 +199,8 @@ class Outbox:
                     log.info("run %s: server refused %s: %s", self._run_id, type(batch[0]).__name__, exc)
             except Refused as exc:
                 log.error("run %s: server refused %s for good: %s", self._run_id, type(batch[0]).__name__, exc)
+                if isinstance(batch[0], _OutputPush):
+                    self.outputs_refused = exc.detail
             except Exception:  # the sender must outlive any one bad item
                 if not self._abandoned:
                     log.exception("run %s: could not deliver %s", self._run_id, type(batch[0]).__name__)
@@ -193,6 +211,7 @@ class Outbox:
                         self._entries_sent += len(batch)
                     if not self._abandoned:
                         self._pending_lines -= len(batch)
+                        self._pending_chars -= sum(len(line.text) for line in batch)
                 del self._items[: self._in_flight]
                 self._in_flight = 0
                 self._cond.notify_all()

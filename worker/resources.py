@@ -1,4 +1,4 @@
-"""What this worker host offers (CPUs, memory, GPUs) and which GPUs are free.
+"""What this worker host offers (CPUs, memory, GPUs, disk space) and which GPUs are free.
 
 GPUs come from `nvidia-smi` where it is installed. A run that asks for N GPUs
 gets N distinct free device indices for as long as it runs; concurrent runs
@@ -11,6 +11,11 @@ import os
 import shutil
 import subprocess
 import threading
+from pathlib import Path
+
+# Below this many free bytes a run's filesystem counts as full: a command that
+# failed then most likely failed for want of space.
+DISK_FULL_BYTES = 16 << 20
 
 
 def cpu_count() -> int:
@@ -29,6 +34,16 @@ def memory_bytes() -> int:
     except OSError:
         pass
     return 0
+
+
+def disk_nearly_full(path: Path, *, threshold: int = DISK_FULL_BYTES) -> bool:
+    """Whether the filesystem holding `path` has less than `threshold` bytes
+    left for unprivileged writers (a run's user)."""
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return False
+    return info.f_bavail * info.f_frsize < threshold
 
 
 def detect_gpus() -> list[int]:

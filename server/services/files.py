@@ -40,7 +40,7 @@ def store_outputs(database: Database, *, settings: Settings, run_id: int, lease_
     try:
         folder = staging / "outputs"
         folder.mkdir()
-        stored = storage.extract_tar(source, folder, max_bytes=settings.max_output_bytes, what=f"run {run_id}'s outputs")
+        stored = storage.extract_tar(source, folder, max_bytes=settings.max_output_bytes, what=f"the output of run {run_id}")
         total = sum(f.size for f in stored)
         with database.session(write=True) as session:
             run = _check_push(session, run_id=run_id, lease_token=lease_token)

@@ -18,6 +18,7 @@ Owns:
 - their lifecycle: output streamed live as lines, stop (SIGTERM to the
   command's process group, SIGKILL after the grace), kill, removal, and
   removal of what a crashed earlier worker of the same work dir left behind;
+  a run that stays at its pids limit (a fork bomb) is killed with that reason;
 - the image cache listing and pruning.
 
 Every option is a keyword argument of DockerExecutor and a `CAST_WORKER_*`
@@ -79,6 +80,8 @@ _SIGNAL_NAMES = {sig.value: sig.name for sig in signal.Signals}
 _STEP_MARK = "==> "  # lines of the build script that start a step
 _FAILURE_LINES = 3
 _MAX_PARTIAL_LINE = 64 * 1024
+PIDS_CHECK_INTERVAL = 1.0  # seconds between looks at a run's process count
+PIDS_CHECKS_AT_LIMIT = 2  # looks in a row at the limit before the run is killed
 
 
 def parse_size(text: str | int) -> int:
@@ -490,14 +493,38 @@ class ContainerProcess(RunningProcess):
         self._stubs = stubs
         self._kill_timer: threading.Timer | None = None
         self._signalled = False
+        self._pids_reason: str | None = None
+        self._ended = threading.Event()
         self._pump = threading.Thread(
             target=pump_output, args=(stream, lambda t: log("stdout", t), lambda t: log("stderr", t)),
             name=f"logs-{container.name}", daemon=True,
         )
         self._pump.start()
+        threading.Thread(target=self._watch_pids, name=f"pids-{container.name}", daemon=True).start()
+
+    def _watch_pids(self) -> None:
+        """Kill a run that stays at its process limit: its forks are being
+        refused, which only a runaway (a fork bomb) keeps doing, and it would
+        otherwise hold its worker slot until its timeout, if any."""
+        at_limit = 0
+        while not self._ended.wait(PIDS_CHECK_INTERVAL):
+            try:
+                pids = self.container.client.api.stats(self.container.id, stream=False, one_shot=True)
+                pids = pids.get("pids_stats") or {}
+            except NotFound:
+                return
+            except DockerException:  # the engine is busy: look again later
+                continue
+            limit = pids.get("limit") or 0
+            at_limit = at_limit + 1 if limit and pids.get("current", 0) >= limit else 0
+            if at_limit >= PIDS_CHECKS_AT_LIMIT:
+                self._pids_reason = f"reached its limit of {limit} processes (pids limit)"
+                self.kill()
+                return
 
     def wait(self) -> ExitResult:
-        self._pump.join()
+        self._pump.join()  # the output ends when the container does
+        self._ended.set()
         code = self.container.wait()["StatusCode"]
         state = self.container.client.api.inspect_container(self.container.id)["State"]
         if self._kill_timer:
@@ -509,6 +536,8 @@ class ContainerProcess(RunningProcess):
         _remove_mount_points(self._stubs)
         if state.get("OOMKilled"):
             return ExitResult(exit_code=code, reason="out of memory")
+        if self._pids_reason:
+            return ExitResult(exit_code=code, reason=self._pids_reason)
         if self._signalled and code > 128 and code - 128 in _SIGNAL_NAMES:
             return ExitResult(exit_code=code, reason=f"ended by {_SIGNAL_NAMES[code - 128]}")
         return ExitResult(exit_code=code)
