@@ -1,0 +1,88 @@
+"""Helpers for the fault-injection tests: a TCP proxy whose connections can be
+cut at will, and a look at which processes of a group still run."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from pathlib import Path
+
+
+class CuttableProxy:
+    """A TCP proxy on 127.0.0.1 in front of a local port; `cut()` drops every
+    connection it carries at that moment (clients must reconnect)."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.connections = 0
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self.connections += 1
+                self._open.update((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._drop(source, sink, abort=False)
+
+    def _drop(self, *sockets: socket.socket, abort: bool) -> None:
+        for sock in sockets:
+            with self._lock:
+                self._open.discard(sock)
+            try:
+                if abort:  # close with a reset rather than a clean end
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked in recv
+            except OSError:
+                pass
+            sock.close()
+
+    def cut(self, *, abort: bool = False) -> int:
+        """Drop every open connection (with RST when `abort`); how many there were."""
+        with self._lock:
+            victims = list(self._open)
+        self._drop(*victims, abort=abort)
+        return len(victims) // 2
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+def live_members(pgid: int) -> list[int]:
+    """The processes of group `pgid` that still run (zombies excluded)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
