@@ -1,0 +1,129 @@
+"""Resource exhaustion: a run that prints gigabytes of log, writes more output
+than the server keeps, forks without bound or fills the disk is stopped or
+failed with a clear reason, and the server and the other runs keep working.
+
+Caps under test: the server's per-run log cap (CAST_MAX_LOG_ENTRIES_PER_RUN,
+one visible truncation marker) and JSON body cap (CAST_MAX_JSON_BODY_BYTES,
+which the worker's log batches must stay under), its output cap
+(CAST_MAX_OUTPUT_BYTES), the Docker executor's pids limit
+(CAST_WORKER_PIDS_LIMIT); the disk is a small tmpfs under the worker.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import wait_until
+from tests.worker.runs import log_texts, output_paths, submit, wait_final, wait_for_line
+
+TICKS = 'for i in $(seq 1 30); do echo "tick $i"; sleep 0.1; done'
+
+
+def _ticked(api, run_id: int) -> None:
+    run = wait_final(api, run_id, timeout=120)
+    assert run["status"] == "complete", (run, log_texts(api, run_id))
+    assert log_texts(api, run_id, "stdout") == [f"tick {i}" for i in range(1, 31)]
+
+
+def test_gigabytes_of_log_are_cut_at_the_cap_while_the_server_and_another_run_keep_going(
+        start_server, start_worker, cast_via):
+    cap = 2000
+    server = start_server(env={"CAST_MAX_LOG_ENTRIES_PER_RUN": str(cap)})
+    start_worker(server, extra_args=["--max-runs", "2"])
+    with server.api() as api:
+        # 2 GiB in lines of 4 KiB; the output file proves the worker read it all.
+        flood = submit(api, "yes \"$(printf '%04095d' 0)\" | head -c 2G && echo done > flooded.txt")
+        neighbour = submit(api, TICKS)
+        wait_for_line(api, neighbour, "tick 1")
+        slowest = 0.0
+        while api.get(f"/runs/{flood}").json()["status"] not in ("complete", "failed"):
+            started = time.monotonic()
+            assert httpx.get(f"{server.url}/api/v1/health", timeout=5).status_code == 200
+            assert api.get("/runs").status_code == 200
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.1)
+        assert slowest < 2.0, f"the server took {slowest:.1f}s to answer during the flood"
+
+        run = wait_final(api, flood)
+        assert run["status"] == "complete", run
+        assert output_paths(api, flood) == ["flooded.txt"]
+        entries = api.get(f"/runs/{flood}/logs", params={"limit": 10000}).json()["entries"]
+        printed = [e for e in entries if e["stream"] == "stdout"]
+        assert len(printed) == cap and all(len(e["text"]) == 4095 for e in printed)
+        markers = [i for i, e in enumerate(entries) if e["text"] == f"[cast] log truncated after {cap} lines"]
+        assert len(markers) == 1 and entries[markers[0]]["stream"] == "cast"
+        assert markers[0] > entries.index(printed[-1])
+        assert entries[-1]["text"].startswith("Pushing… done")  # the stage lines still follow
+        _ticked(api, neighbour)
+
+    shown = cast_via(server.url, server.admin_token).run("logs", str(flood)).stdout.splitlines()
+    assert f"[cast] log truncated after {cap} lines" in shown
+
+
+def test_long_lines_printed_at_full_speed_are_all_kept(start_server, start_worker):
+    # Batches of 500 such lines would be 10 MB: the worker must keep each
+    # request under the server's body cap rather than have it refused.
+    server = start_server(env={"CAST_MAX_JSON_BODY_BYTES": str(2 << 20)})
+    start_worker(server)
+    with server.api() as api:
+        run_id = submit(api, "yes \"$(printf '%020000d' 7)\" | head -n 1000")
+        assert wait_final(api, run_id)["status"] == "complete"
+        assert log_texts(api, run_id, "stdout") == ["0" * 19999 + "7"] * 1000
+
+
+def test_outputs_over_the_cap_fail_the_run_with_the_reason(start_server, start_worker, cast_via):
+    cap = 4 << 20
+    server = start_server(env={"CAST_MAX_OUTPUT_BYTES": str(cap)})
+    start_worker(server)
+    cast = cast_via(server.url, server.admin_token)
+    result = cast.run("run", "head -c 8M /dev/urandom > big.bin && echo wrote")
+    assert result.returncode == 1
+    reason = f"outputs not saved: the output of run 1 exceeds the limit of {cap} bytes"
+    assert result.stdout.splitlines()[-1] == f"Run 1 failed (exit code 0): {reason}"
+    with server.api() as api:
+        run = api.get("/runs/1").json()
+        assert (run["status"], run["exit_code"], run["reason"]) == ("failed", 0, reason)
+        assert output_paths(api, 1) == []
+    # The server and the worker go on: a run within the cap keeps its output.
+    assert cast.run("run", "head -c 1M /dev/urandom > small.bin").returncode == 0
+    assert cast.run("ls", "runs/2").stdout.split()[0] == "small.bin"
+
+
+def test_a_fork_bomb_is_killed_at_its_pids_limit_while_another_run_goes_on(server, start_worker, docker_env):
+    start_worker(server, executor="docker", extra_args=["--max-runs", "2"],
+                 env={**docker_env, "CAST_WORKER_PIDS_LIMIT": "64", "CAST_WORKER_CPUS": "1"})
+    with server.api() as api:
+        bomb = submit(api, "echo armed; bomb() { bomb | bomb; }; bomb")
+        wait_for_line(api, bomb, "armed", timeout=120)
+        neighbour = submit(api, TICKS)
+        run = wait_final(api, bomb, timeout=60)
+        assert run["status"] == "failed"
+        assert run["reason"] == "reached its limit of 64 processes (pids limit)"
+        assert any(line.endswith("fork: retry: Resource temporarily unavailable")
+                   for line in log_texts(api, bomb, "stderr"))
+        _ticked(api, neighbour)
+
+
+@pytest.mark.parametrize("executor", ["local", "docker"])
+def test_a_run_filling_the_disk_fails_clearly_while_others_go_on(executor, request, server, start_worker,
+                                                                  small_disk, tmp_path):
+    env = request.getfixturevalue("docker_env") if executor == "docker" else {}
+    small_disk(tmp_path / "cramped", megabytes=48)  # the work dir of the worker below
+    start_worker(server, executor=executor, name="cramped", extra_args=["--max-runs", "2"], env=env)
+    with server.api() as api:
+        neighbour = submit(api, TICKS)
+        wait_for_line(api, neighbour, "tick 1", timeout=120)
+        filler = submit(api, "head -c 200M /dev/zero > fill.bin")
+        run = wait_final(api, filler, timeout=60)
+        assert run["status"] == "failed", run
+        assert run["reason"] == "exit code 1; the worker's disk is full"
+        assert any("No space left on device" in line for line in log_texts(api, filler, "stderr"))
+        _ticked(api, neighbour)
+        # Its working dir is gone once its outputs are delivered: the disk is usable again.
+        after = submit(api, "head -c 4M /dev/urandom > after.bin")
+        assert wait_final(api, after)["status"] == "complete"
+        assert output_paths(api, after) == ["after.bin"]
+        wait_until(lambda: output_paths(api, filler) == ["fill.bin"], timeout=10, what="the partial output")
