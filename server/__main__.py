@@ -41,11 +41,22 @@ def _settings(args: argparse.Namespace, **overrides) -> Settings:
     return Settings(**values)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn that ends the app's long waits (lease long-polls, log follow
+    streams) as soon as shutdown begins, instead of waiting them out."""
+
+    async def shutdown(self, sockets=None) -> None:
+        # The waiters wake on the loop's next turn, after uvicorn below has
+        # closed its listeners: a worker told 503 retries against the next server.
+        self.config.app.state.database.notifier.close()
+        await super().shutdown(sockets)
+
+
 def serve(args: argparse.Namespace) -> None:
     settings = _settings(args, host=args.host, port=args.port, data_dir=args.data_dir)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                access_log=args.access_log, timeout_graceful_shutdown=5)
+    _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                           access_log=args.access_log, timeout_graceful_shutdown=5)).run()
 
 
 def docker_answers() -> bool:
@@ -55,7 +66,7 @@ def docker_answers() -> bool:
         return False
 
 
-class _EmbeddedServer(uvicorn.Server):
+class _EmbeddedServer(_Server):
     """uvicorn without its own signal handling: `up` stops the worker before the server."""
 
     @contextlib.contextmanager

@@ -44,6 +44,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.TooLarge: 413,
+    errors.ShuttingDown: 503,
     # A client that left mid-body: nobody reads this answer, but it is no server error.
     ClientDisconnect: 400,
 }

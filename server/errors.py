@@ -82,3 +82,10 @@ class NameTaken(Conflict):
 
 class TooLarge(CastError):
     """A body or a stored result exceeds its cap (413)."""
+
+
+class ShuttingDown(CastError):
+    """The server is stopping; the client should retry against its successor (503)."""
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down; try again")

@@ -8,6 +8,11 @@ commits every coroutine waiting on the key wakes up. Keys are `run_key(id)`
 
 Waiters subscribe *before* reading the database and wait afterwards, so a
 change committed between the read and the wait is never missed.
+
+When the server begins to shut down, `Notifier.close()` wakes every waiter and
+makes every later wait return at once; a waiter that sees `closed` ends its
+request (a long-poll answers 503, a follow stream ends), so shutdown does not
+wait out a long-poll's timeout.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class Notifier:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: dict[Hashable, set[Subscription]] = defaultdict(set)
+        self.closed = False
 
     def subscribe(self, key: Hashable) -> Subscription:
         """Call from a coroutine; use as a context manager."""
@@ -84,9 +90,21 @@ class Notifier:
         for sub in fired:
             sub._fire()
 
+    def close(self) -> None:
+        """The server is shutting down: wake every waiter now and every later one at once."""
+        with self._lock:
+            self.closed = True
+            fired = [sub for subs in self._waiters.values() for sub in subs]
+            self._waiters.clear()
+        for sub in fired:
+            sub._fire()
+
     def _add(self, key: Hashable, sub: Subscription) -> None:
         with self._lock:
-            self._waiters[key].add(sub)
+            if not self.closed:
+                self._waiters[key].add(sub)
+                return
+        sub._fire()
 
     def _remove(self, key: Hashable, sub: Subscription) -> None:
         with self._lock:

@@ -70,6 +70,8 @@ async def follow_log(run_id: RunId, user: CurrentUser, database: DatabaseDep, of
                         break
                     if not await changes.wait(KEEPALIVE_SECONDS):
                         break
+                    if database.notifier.closed:  # the client resumes from its offset elsewhere
+                        return
 
     return StreamingResponse(chunks(), media_type="application/x-ndjson",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

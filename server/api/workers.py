@@ -8,7 +8,7 @@ import time
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from cast.server import events
+from cast.server import errors, events
 from cast.server.api.deps import DatabaseDep, RunId, SessionDep, SettingsDep, WorkerAuth
 from cast.server.api.files import file_or_tar
 from cast.server.db import Database
@@ -68,6 +68,8 @@ async def lease_run(
             if remaining <= 0:
                 return Response(status_code=204)
             await queue.wait(remaining)
+            if database.notifier.closed:  # the worker retries against the next server
+                raise errors.ShuttingDown()
             # A worker that gave up waiting must not be handed a run it will never hear of.
             if await request.is_disconnected():
                 return Response(status_code=204)

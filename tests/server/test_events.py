@@ -25,3 +25,21 @@ def test_waiters_wake_after_commit_only(tmp_path):
             assert not await waiter.wait(0.05)  # one change, one wake-up
 
     asyncio.run(scenario())
+
+
+def test_close_wakes_every_waiter_and_every_later_wait(tmp_path):
+    database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+
+    async def scenario():
+        with database.notifier.subscribe(events.QUEUE) as queue, \
+                database.notifier.subscribe(events.run_key(1)) as run:
+            waits = asyncio.gather(queue.wait(30), run.wait(30))
+            await asyncio.sleep(0.05)
+            database.notifier.close()
+            assert await asyncio.wait_for(waits, 1) == [True, True]
+            assert database.notifier.closed
+            assert await asyncio.wait_for(queue.wait(30), 1)  # no later wait blocks
+        with database.notifier.subscribe(events.QUEUE) as late:
+            assert await asyncio.wait_for(late.wait(30), 1)
+
+    asyncio.run(scenario())

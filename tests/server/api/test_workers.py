@@ -149,6 +149,34 @@ def test_a_worker_that_hangs_up_is_not_given_a_run(live, server):
     assert live.lease(worker)["run_id"] == run_id
 
 
+def test_shutdown_ends_long_polls_and_follow_streams_at_once(live, server):
+    run_id = live.create_run()["id"]
+    lease = live.lease(live.register())
+    live.advance(lease, "mounting", "running")
+    idle_worker = live.register()
+    answers: dict[str, object] = {}
+
+    def long_poll() -> None:
+        answers["lease"] = live.worker.post(f"/workers/{idle_worker}/lease", json={"free_gpus": 0, "wait": 30})
+
+    def follow() -> None:
+        with live.user.stream("GET", f"/runs/{run_id}/logs/follow") as stream:
+            answers["chunks"] = [line for line in stream.iter_lines() if line]
+
+    threads = [threading.Thread(target=long_poll), threading.Thread(target=follow)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)  # both requests are waiting inside the server; the run's lease (2 s) still holds
+    started = time.monotonic()
+    server.stop()
+    stopped_in = time.monotonic() - started
+    for thread in threads:
+        thread.join(10)
+    assert stopped_in < 2, f"shutdown took {stopped_in:.1f}s: it waited out an open request"
+    assert answers["lease"].status_code == 503 and "shutting down" in answers["lease"].json()["detail"]
+    assert len(answers["chunks"]) == 1  # the first chunk, then the stream ended: the client resumes elsewhere
+
+
 def test_clients_submitting_at_once_get_distinct_gap_free_numbers(live, server):
     numbers: list[int] = []
 
