@@ -87,7 +87,9 @@ async def _up(args: argparse.Namespace) -> None:
     home = Path(args.home).expanduser().resolve()
     settings = _settings(args, host=args.host, data_dir=home, executor=args.executor)
     app = create_app(settings)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP,
+    # and without it every kept-alive answer waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, args.port))
     port = sock.getsockname()[1]
