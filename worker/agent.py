@@ -161,7 +161,16 @@ class RunController:
             with self._lock:
                 self._finished.set()
             self.outbox.close()
+            # After the final status: the user is not kept waiting for the cleanup.
+            if self._process is not None:
+                self._release_process()
             remove_tree(self.workdir)
+
+    def _release_process(self) -> None:
+        try:
+            self._process.release()
+        except Exception:  # a leftover is removed by the next worker's cleanup_stale
+            log.exception("run %s: could not release what its command held", self.run_id)
 
     def _execute(self) -> None:
         agent, executor = self.agent, self.agent.executor

@@ -82,6 +82,11 @@ class RunningProcess(abc.ABC):
     def kill(self) -> None:
         """SIGKILL at once. Does not block."""
 
+    def release(self) -> None:
+        """Free what the ended command still holds on the host (its container,
+        say). The agent calls it after `wait`, once the run's final status was
+        reported, so the user does not wait for it. Nothing by default."""
+
 
 class Executor(abc.ABC):
     name: str  # "local" or "docker"

@@ -16,7 +16,8 @@ Owns:
   docker-init as a non-root user, with memory, CPU and pids limits, no
   capabilities, no new privileges, and only the run's GPUs;
 - their lifecycle: output streamed live as lines, stop (SIGTERM to the
-  command's process group, SIGKILL after the grace), kill, removal, and
+  command's process group, SIGKILL after the grace), kill, removal (after
+  the run's final status is reported: `release`), and
   removal of what a crashed earlier worker of the same work dir left behind;
   a run that stays at its pids limit (a fork bomb) is killed with that reason;
 - the image cache listing and pruning.
@@ -529,10 +530,8 @@ class ContainerProcess(RunningProcess):
         state = self.container.client.api.inspect_container(self.container.id)["State"]
         if self._kill_timer:
             self._kill_timer.cancel()
-        try:
-            self.container.remove(force=True, v=True)
-        except NotFound:
-            pass
+        # The container's bind mounts ended with it; the stubs go before the
+        # outputs are read, the container itself only in `release`.
         _remove_mount_points(self._stubs)
         if state.get("OOMKilled"):
             return ExitResult(exit_code=code, reason="out of memory")
@@ -541,6 +540,12 @@ class ContainerProcess(RunningProcess):
         if self._signalled and code > 128 and code - 128 in _SIGNAL_NAMES:
             return ExitResult(exit_code=code, reason=f"ended by {_SIGNAL_NAMES[code - 128]}")
         return ExitResult(exit_code=code)
+
+    def release(self) -> None:
+        try:
+            self.container.remove(force=True, v=True)
+        except NotFound:
+            pass
 
     def terminate(self, grace: float) -> None:
         self._signal("SIGTERM")

@@ -83,10 +83,17 @@ def make_job(tmp_path: Path, command: str, run_id: int = 1, mounts=(), **spec) -
                mounts=list(mounts), env={"CAST_RUN_ID": str(run_id)})
 
 
+def finish(process):
+    """Wait for the command, then release its container, as the agent does."""
+    result = process.wait()
+    process.release()
+    return result
+
+
 def run(executor: DockerExecutor, job: Job):
     lines = Lines()
     build = executor.build(job, lines)
-    result = executor.start(job, build, lines).wait()
+    result = finish(executor.start(job, build, lines))
     return result, lines
 
 
@@ -184,7 +191,7 @@ def test_output_is_streamed_live_and_split_by_stream(packaged, tmp_path):
     wait_until(lambda: "first" in lines.of("stdout") and "oops" in lines.of("stderr"), timeout=2.5,
                what="the first lines while the command still runs")
     assert time.monotonic() - started < 2.5 and "last" not in lines.of("stdout")
-    assert process.wait().exit_code == 0
+    assert finish(process).exit_code == 0
     assert lines.of("stdout") == ["first", "last"]
 
 
@@ -203,7 +210,7 @@ def test_terminate_sends_sigterm_to_the_command(packaged, tmp_path):
     wait_until(lambda: "ready" in lines.of("stdout"), what="the command to start")
     started = time.monotonic()
     process.terminate(grace=20)
-    result = process.wait()
+    result = finish(process)
     assert time.monotonic() - started < 5
     assert result.exit_code == 3 and "got TERM" in lines.of("stdout")
 
@@ -216,7 +223,7 @@ def test_terminate_kills_after_the_grace_and_kill_is_at_once(packaged, tmp_path,
     wait_until(lambda: "ready" in lines.of("stdout"), what="the command to start")
     started = time.monotonic()
     process.terminate(grace=1.0)
-    result = process.wait()
+    result = finish(process)
     assert 1.0 <= time.monotonic() - started < 6
     assert (result.exit_code, result.reason) == (137, "ended by SIGKILL")
 
@@ -228,8 +235,11 @@ def test_terminate_kills_after_the_grace_and_kill_is_at_once(packaged, tmp_path,
     process.kill()
     assert process.wait().exit_code == 137
     assert time.monotonic() - started < 3
-    # Containers are removed after their run.
-    assert engine.containers.list(all=True, filters={"label": f"{LABEL_WORK_DIR}={executor.work_dir}"}) == []
+    # A container is removed when the agent releases it, after the run's final status.
+    by_dir = {"label": f"{LABEL_WORK_DIR}={executor.work_dir}"}
+    assert [c.id for c in engine.containers.list(all=True, filters=by_dir)] == [process.container.id]
+    process.release()
+    assert engine.containers.list(all=True, filters=by_dir) == []
 
 
 def test_a_failing_build_reports_the_step_and_hides_secrets(make_executor, tmp_path, monkeypatch, engine):
@@ -351,7 +361,7 @@ def test_cleanup_stale_removes_containers_of_the_same_work_dir(make_executor, pa
     assert by_dir(mine) == []
     assert len(by_dir(other)) == 1
     processes[1].kill()
-    processes[1].wait()
+    finish(processes[1])
     assert by_dir(other) == []
 
 
