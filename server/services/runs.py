@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy import ColumnElement, case, delete, literal, select, update
 from sqlalchemy.orm import Session
 
 from cast.client.spec import (
@@ -311,12 +311,22 @@ def resolve_mount_source(session: Session, *, resource: str, settings: Settings)
     return storage.resolve_inside(root, parsed.subpath, what="mount source"), kind
 
 
+def _extended_lease(settings: Settings) -> ColumnElement:
+    """The lease's new end: `lease_seconds` from now, or its current end if later.
+
+    "Now" is read before the write lock is taken; a request that then waited
+    for the lock must not move the end back over a heartbeat that got in first
+    (the reaper would take a live run for a lost one).
+    """
+    expires = literal(utcnow() + timedelta(seconds=settings.lease_seconds), Run.lease_expires_at.type)
+    return case((Run.lease_expires_at > expires, Run.lease_expires_at), else_=expires)
+
+
 def heartbeat(session: Session, *, run_id: int, lease_token: str, settings: Settings) -> Run:
-    expires = utcnow() + timedelta(seconds=settings.lease_seconds)
     run = session.scalars(
         update(Run)
         .where(Run.id == run_id, Run.lease_token == lease_token, Run.status.in_([s.value for s in LEASED_STATUSES]))
-        .values(lease_expires_at=expires)
+        .values(lease_expires_at=_extended_lease(settings))
         .returning(Run)
         .execution_options(synchronize_session=False, populate_existing=True)
     ).one_or_none()
@@ -343,7 +353,7 @@ def report_status(
     if reason is not None:
         values["reason"] = reason
     if status in LEASED_STATUSES:
-        values["lease_expires_at"] = utcnow() + timedelta(seconds=settings.lease_seconds)
+        values["lease_expires_at"] = _extended_lease(settings)
     run = switch_status(session, run=run_id, to=status, note=note, lease_token=lease_token, values=values)
     if status is S.KILLED:  # a killed run keeps no outputs
         session.execute(delete(OutputFile).where(OutputFile.run_id == run_id))

@@ -6,10 +6,17 @@ once (each appends its CAST_RUN_ID to one shared ledger) and none is stuck."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
+import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+import httpx
 
 from tests.conftest import wait_until
+from tests.worker.runs import FINAL, submit
 
 RUNS = 500
 CLIENTS = 20
@@ -44,9 +51,11 @@ def test_eight_workers_racing_for_500_runs_execute_each_exactly_once(server, sta
 
         def settled():
             runs = all_runs()
-            return all(run["status"] == "complete" for run in runs) and runs
+            return all(run["status"] in FINAL for run in runs) and runs
 
-        runs = wait_until(settled, timeout=150, interval=1.0, what="all 500 runs to complete")
+        runs = wait_until(settled, timeout=150, interval=1.0, what="all 500 runs to end")
+    assert Counter(run["status"] for run in runs) == {"complete": RUNS}, [
+        (run["id"], run["status"], run["reason"]) for run in runs if run["status"] != "complete"]
     assert len(runs) == RUNS
     assert all(run["attempt"] == 1 for run in runs), "no run may have lost its lease"
     executed = sorted(int(line) for line in ledger.read_text().split())
@@ -65,3 +74,33 @@ def test_twenty_cast_run_processes_at_once_get_distinct_gap_free_numbers(server,
         assert process.returncode == 0, stderr
         ids.append(json.loads(stdout)["id"])
     assert sorted(ids) == list(range(1, CLIENTS + 1))
+
+
+def test_a_status_report_held_up_by_the_write_lock_does_not_cut_short_a_newer_lease(server):
+    """A worker's report reads the clock, then waits for SQLite's write lock
+    (which a busy server's other writers hold); a heartbeat that got the lock
+    first has already moved the lease's end further. Once the report lands,
+    the lease must still end at the heartbeat's time, not at the report's
+    older one, or the reaper takes the live run for a lost one."""
+    worker = httpx.Client(base_url=f"{server.url}/api/v1", timeout=30,
+                          headers={"Authorization": f"Bearer {server.worker_token}"})
+    with server.api() as api, worker:
+        run_id = submit(api, "true")
+        worker_id = worker.post("/workers", json={"name": "w", "executor": "local"}).json()["id"]
+        token = worker.post(f"/workers/{worker_id}/lease", json={"free_gpus": 0, "wait": 0}).json()["lease_token"]
+        other_writer = sqlite3.connect(server.data_dir / "cast.db", isolation_level=None, timeout=30)
+        other_writer.execute("BEGIN IMMEDIATE")
+        report = ThreadPoolExecutor(1).submit(
+            worker.post, f"/runs/{run_id}/status", json={"lease_token": token, "status": "mounting"})
+        time.sleep(1.0)  # the report has read the clock and waits for the lock
+        # The heartbeat's write, as the server makes it: the lease ends 3 s from now.
+        later = (datetime.now(timezone.utc) + timedelta(seconds=3)).replace(tzinfo=None)
+        other_writer.execute("UPDATE runs SET lease_expires_at = ? WHERE id = ?",
+                             (later.strftime("%Y-%m-%d %H:%M:%S.%f"), run_id))
+        other_writer.execute("COMMIT")
+        other_writer.close()
+        assert report.result().status_code == 200
+        # Past the end the report computed (about 2 s after it began), well
+        # before the heartbeat's; the reaper looks every half second.
+        time.sleep(2.2)
+        assert api.get(f"/runs/{run_id}").json()["status"] == "mounting"
