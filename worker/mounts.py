@@ -2,10 +2,12 @@
 
 Where the worker shares the server's filesystem (`<storage_root>/storage-id`
 holds the lease's `storage_id`), the server's own copy (`local_path`) is used
-as it is: O(1) whatever its size (for a worker not running as root, only when
-file modes already forbid writing it). Otherwise the resource is downloaded once
-into a cache keyed by the resource name (a finished run's outputs and an
-upload never change) and made read-only (files 0444, folders 0555).
+as it is: O(1) whatever its size. The server keeps what it stores read-only
+(files 0444, folders 0555, all the way down), so for a worker not running as
+root one look at the copy's top decides: sealed, and not owned by the worker's
+user (an owner could change the modes back). Otherwise the resource is
+downloaded once into a cache keyed by the resource name (a finished run's
+outputs and an upload never change) and made read-only the same way.
 """
 
 from __future__ import annotations
@@ -72,21 +74,18 @@ def remove_tree(path: Path) -> None:
         path.unlink()
 
 
-def _writable_by_run(path: Path) -> bool:
-    """Whether a run could change `path` in place. Root's runs get the sources
-    remounted read-only (or bind-mounted read-only by Docker); anyone else is
-    held back by file modes alone, so a source the worker's user may write (the
-    server's own copy, when both run as one user) must be copied instead."""
-    if os.geteuid() == 0:
+def _usable_in_place(path: Path) -> bool:
+    """Whether a run may be given the server's copy at `path` itself. Root's runs
+    get their sources remounted read-only (or bind-mounted read-only by Docker);
+    anyone else's are held back by file modes alone, which the server sets on
+    everything it stores (an older server's unsealed copy fails this look)."""
+    try:
+        info = path.stat()
+    except OSError:
         return False
-    if not path.is_dir():
-        return os.access(path, os.W_OK)
-    for folder, dirs, files in os.walk(path):
-        if os.access(folder, os.W_OK):
-            return True
-        if any(os.access(os.path.join(folder, name), os.W_OK) for name in files):
-            return True
-    return False
+    if os.geteuid() == 0:
+        return True
+    return info.st_uid != os.geteuid() and not info.st_mode & 0o222
 
 
 class MountCache:
@@ -98,7 +97,7 @@ class MountCache:
         prepared = []
         for mount in lease.get("mounts", []):
             local = Path(mount["local_path"]) if shared and mount.get("local_path") else None
-            if local is not None and local.exists() and not _writable_by_run(local):
+            if local is not None and _usable_in_place(local):
                 source = local
             else:
                 source = self._download(mount, client, should_continue)

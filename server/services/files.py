@@ -48,7 +48,9 @@ def store_outputs(database: Database, *, settings: Settings, run_id: int, lease_
             session.add_all(OutputFile(run_id=run_id, path=f.path, size=f.size, sha256=f.sha256) for f in stored)
             run.outputs_size = total
             session.flush()
-            storage.replace_into_place(folder, storage.run_outputs_dir(settings, run_id), settings)
+            final = storage.run_outputs_dir(settings, run_id)
+            storage.replace_into_place(folder, final, settings)
+            storage.seal(final)
             session.commit()
         return len(stored), total
     finally:
@@ -98,6 +100,7 @@ def store_upload(
             storage.remove(final)  # left by a crash between rename and commit: no row names it
             os.rename(content, final)
             try:
+                storage.seal(final)
                 session.commit()
             except BaseException:
                 storage.remove(final)

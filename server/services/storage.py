@@ -7,7 +7,10 @@ and folders only (no links, devices, absolute or `..` names) and computes each
 file's sha256 while writing it; folders are sent as tar streams built on the
 fly, never held whole in memory. Everything arrives in a temporary folder on
 the same filesystem and is renamed into place only once complete, so a
-partial body is never visible.
+partial body is never visible. Once in place, outputs and uploads are sealed
+read-only (files 0444, folders 0555, all the way down): a worker that shares
+this filesystem mounts them where they lie (see worker/mounts.py), and only
+the server, which makes them writable again first, removes them.
 """
 
 from __future__ import annotations
@@ -77,7 +80,8 @@ def ensure_storage_id(settings: Settings) -> str:
 
 def clear_temp(settings: Settings) -> None:
     """Drop bodies left half-written by a previous process."""
-    shutil.rmtree(settings.tmp_dir, ignore_errors=True)
+    if settings.tmp_dir.is_dir():
+        remove(settings.tmp_dir)
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -85,18 +89,41 @@ def new_temp_dir(settings: Settings) -> Path:
     return Path(tempfile.mkdtemp(dir=settings.tmp_dir))
 
 
+def seal(path: Path) -> None:
+    """Make a stored file or folder read-only at rest: files 0444, folders 0555."""
+    if path.is_dir() and not path.is_symlink():
+        for folder, dirs, files in os.walk(path):
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o444, follow_symlinks=False)
+            for name in dirs:
+                os.chmod(os.path.join(folder, name), 0o555, follow_symlinks=False)
+        os.chmod(path, 0o555)
+    elif path.is_file():
+        os.chmod(path, 0o444)
+
+
+def _unseal_folders(path: Path) -> None:
+    """Folders writable by the server again, so their entries can be removed or moved."""
+    for folder, dirs, _ in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o755, follow_symlinks=False)
+    os.chmod(path, 0o755)
+
+
 def remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
+        _unseal_folders(path)
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
 
 
 def replace_into_place(staged: Path, final: Path, settings: Settings) -> None:
-    """Move `staged` to `final`, replacing what was there (a retried push)."""
+    """Move the folder `staged` to `final`, replacing what was there (a retried push)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
         trash = new_temp_dir(settings) / "old"
+        os.chmod(final, 0o755)  # moving a folder to another parent rewrites its `..`
         os.rename(final, trash)
         os.rename(staged, final)
         remove(trash.parent)

@@ -51,6 +51,26 @@ def test_a_second_push_replaces_the_first(local):
     assert local.user.get(f"/runs/{lease['run_id']}/outputs/old.txt").status_code == 404
 
 
+def modes(root) -> dict[str, int]:
+    """Permission bits of `root` (".") and of everything under it."""
+    found = {".": root.stat().st_mode & 0o777}
+    found.update({path.relative_to(root).as_posix(): path.stat().st_mode & 0o777 for path in root.rglob("*")})
+    return found
+
+
+def test_outputs_are_read_only_at_rest_and_a_kill_still_removes_them(local, settings):
+    lease = _pushing(local)
+    local.push(lease, make_tar({"old/x.txt": b"1"}))
+    assert local.push(lease, make_tar(FILES)).status_code == 200  # replaces a sealed push
+    stored = settings.runs_dir / str(lease["run_id"])
+    assert modes(stored) == {".": 0o555, "logs": 0o555, "logs/deep": 0o555,
+                             "model.pt": 0o444, "logs/train.txt": 0o444, "logs/deep/x.bin": 0o444}
+    assert local.user.post(f"/runs/{lease['run_id']}/kill").status_code == 202
+    local.advance(lease, "killed")
+    assert not stored.exists()
+    assert list(settings.tmp_dir.iterdir()) == []
+
+
 @pytest.mark.parametrize("path", ["%2e%2e/%2e%2e/cast.db", "a/%2e%2e/%2e%2e/%2e%2e/admin-token", "%2Fetc%2Fpasswd"])
 def test_paths_outside_the_outputs_are_refused(local, path):
     lease = _pushing(local)

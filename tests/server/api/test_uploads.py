@@ -16,7 +16,7 @@ from tests.conftest import wait_until
 from ..conftest import make_tar
 
 
-def test_file_and_folder_uploads(local):
+def test_file_and_folder_uploads(local, settings):
     created = local.user.put("/uploads/weights.bin", params={"kind": "file"}, content=b"w" * 1000)
     assert created.status_code == 201
     assert created.json() | {"created_at": None} == {"name": "weights.bin", "kind": "file", "size": 1000,
@@ -34,6 +34,12 @@ def test_file_and_folder_uploads(local):
     with tarfile.open(fileobj=io.BytesIO(local.user.get("/uploads/data set/train").content)) as archive:
         assert archive.getnames() == ["a.txt"]
     assert local.user.get("/uploads/weights.bin", params={"list": 1}).json()["files"][0]["path"] == "weights.bin"
+    # Read-only at rest, so a worker sharing the server's files can mount them in place.
+    stored = settings.uploads_dir
+    assert (stored / "weights.bin").stat().st_mode & 0o777 == 0o444
+    assert {path.relative_to(stored / "data set").as_posix(): path.stat().st_mode & 0o777
+            for path in [stored / "data set", *(stored / "data set").rglob("*")]} == {
+        ".": 0o555, "train": 0o555, "test": 0o555, "train/a.txt": 0o444, "test/b.txt": 0o444}
 
 
 def test_a_taken_name_is_409_and_keeps_the_first(local):

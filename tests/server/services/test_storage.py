@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import shutil
 import tarfile
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from cast.server.errors import BadRequest, TooLarge
 from cast.server.services import storage
+from cast.server.settings import Settings
 from ..conftest import make_tar
 
 
@@ -81,3 +86,45 @@ def test_folder_tar_round_trips(tmp_path):
         names = {m.name: m for m in archive.getmembers()}
         assert {n: archive.extractfile(m).read() for n, m in names.items() if m.isfile()} == files
         assert names["empty"].isdir()
+
+
+NOBODY = 65534
+
+
+def test_sealed_files_are_read_only_yet_a_non_root_server_replaces_and_removes_them():
+    # A server not running as root: only the file modes stand between it and its stored
+    # files, so it must make them writable again itself to replace or remove them.
+    root = Path(tempfile.mkdtemp())
+    os.chmod(root, 0o755)
+    os.chown(root, NOBODY, NOBODY)
+    os.seteuid(NOBODY)
+    try:
+        settings = Settings(data_dir=root)
+        settings.make_dirs()
+        final = settings.runs_dir / "1"
+
+        def stage(files: dict[str, bytes]) -> Path:
+            staged = storage.new_temp_dir(settings) / "outputs"
+            staged.mkdir()
+            storage.extract_tar(io.BytesIO(make_tar(files)), staged, max_bytes=1 << 20, what="outputs")
+            return staged
+
+        def put_in_place(files: dict[str, bytes]) -> None:  # as files.store_outputs does
+            staged = stage(files)
+            storage.replace_into_place(staged, final, settings)
+            storage.seal(final)
+            storage.remove(staged.parent)
+
+        put_in_place({"a/b.txt": b"1"})
+        with pytest.raises(PermissionError):
+            (final / "a" / "b.txt").write_text("changed")
+        with pytest.raises(PermissionError):
+            (final / "a" / "new.txt").write_text("new")
+        put_in_place({"c.txt": b"2"})
+        assert sorted(p.name for p in final.iterdir()) == ["c.txt"]
+        storage.remove(final)
+        assert not final.exists()
+        assert list(settings.tmp_dir.iterdir()) == []
+    finally:
+        os.seteuid(0)
+        shutil.rmtree(root)
