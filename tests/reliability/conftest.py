@@ -21,6 +21,9 @@ import pytest
 
 from tests.conftest import CliResult, ServerProcess, WorkerProcess, free_port
 from tests.reliability.helpers import CuttableProxy
+# Session fixtures shared with the Docker executor's tests: the engine, the
+# offline base image, and a repository for environment images removed at the end.
+from tests.worker.executors.test_docker import base_image, engine, repository  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +77,6 @@ def module_cli(module_server, module_env, module_dir):
 
 
 # --- fault injection (worker, server, network, exhaustion, isolation tests) ------
-
-# The Docker engine, the offline base image and a session repository for
-# environment images (removed at the end), shared with the executor's tests.
-from tests.worker.executors.test_docker import base_image, engine, repository  # noqa: E402,F401
-
 
 @pytest.fixture
 def docker_env(repository) -> dict:  # noqa: F811
