@@ -2,8 +2,14 @@
 
     python -m cast.worker --server URL (--token-file F | CAST_WORKER_TOKEN) [--work-dir W]
         [--name N] [--executor auto|local|docker] [--max-runs K] [--gpus auto|none|0,1]
-    python -m cast.worker cache ls [--json] [--work-dir W] [--executor E]
+        [--base-image I] [--memory M] [--cpus C] [--pids-limit P] [--network N]
+        [--image-repository R]
+    python -m cast.worker cache ls [--json] [--work-dir W] [--executor E] [--image-repository R]
     python -m cast.worker cache prune (--older-than 7d | --all) [--work-dir W] [--executor E]
+        [--image-repository R]
+
+The Docker executor's options (--base-image … --image-repository) default to
+their `CAST_WORKER_*` variables; see docs/deployment.md.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 
 from cast.worker.agent import Agent, default_work_dir
 from cast.worker.client import ServerClient
-from cast.worker.executors import EXECUTOR_CHOICES, available_executors, make_executor
+from cast.worker.executors import DOCKER_OPTIONS, EXECUTOR_CHOICES, available_executors, make_executor
 from cast.worker.executors.base import Executor, ExecutorUnavailable
 from cast.worker.locking import try_lock
 from cast.worker.resources import cpu_count, parse_gpus_option
@@ -57,7 +63,27 @@ def _serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-runs", type=int, default=cpu_count(),
                         help="runs executed at once (default: the number of CPUs)")
     parser.add_argument("--gpus", default="auto", help="auto (from nvidia-smi), none, or indices such as 0,1")
+    docker = parser.add_argument_group("docker executor", "each defaults to its CAST_WORKER_<NAME> variable")
+    docker.add_argument("--base-image", metavar="IMAGE",
+                        help="base of runs without --docker-image (default cast-base:bookworm)")
+    docker.add_argument("--memory", metavar="SIZE",
+                        help="memory limit per run, e.g. 8g (default: the host's, shared by machine type)")
+    docker.add_argument("--cpus", metavar="N", help="CPU limit per run, e.g. 3.5 (default: as --memory)")
+    docker.add_argument("--pids-limit", metavar="N", help="processes per run (default 4096)")
+    docker.add_argument("--network", metavar="NAME", help="Docker network of runs and builds (default bridge)")
+    _add_image_repository(docker)
     return parser
+
+
+def _add_image_repository(parser) -> None:
+    parser.add_argument("--image-repository", metavar="NAME",
+                        help="environment images are tagged NAME:KEY (default cast-env)")
+
+
+def _docker_options(args: argparse.Namespace) -> dict[str, str]:
+    """The Docker executor's options given as flags; the rest come from the environment."""
+    given = {name: getattr(args, name, None) for name in DOCKER_OPTIONS}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _cache_parser() -> argparse.ArgumentParser:
@@ -69,6 +95,7 @@ def _cache_parser() -> argparse.ArgumentParser:
         sub.add_argument("--work-dir", type=Path, default=default_work_dir())
         sub.add_argument("--executor", choices=EXECUTOR_CHOICES, default="auto",
                          help="auto: every executor available here")
+        _add_image_repository(sub)
         if action == "ls":
             sub.add_argument("--json", action="store_true")
         else:
@@ -106,8 +133,12 @@ def serve(argv: list[str]) -> int:
     lock = try_lock(work_dir / "worker.lock")
     if lock is None:
         raise UsageError(f"another worker is using {work_dir}")
+    options = _docker_options(args)
+    if options and args.executor == "local":
+        flags = ", ".join("--" + name.replace("_", "-") for name in options)
+        raise UsageError(f"{flags}: only for the docker executor, not --executor local")
     try:
-        executor = make_executor(args.executor, work_dir)
+        executor = make_executor(args.executor, work_dir, **options)
     except ExecutorUnavailable as exc:
         raise UsageError(str(exc)) from None
 
@@ -142,11 +173,11 @@ def serve(argv: list[str]) -> int:
     return 0
 
 
-def _executors(name: str, work_dir: Path) -> list[Executor]:
-    if name == "auto":
-        return available_executors(work_dir)
+def _executors(name: str, work_dir: Path, **options) -> list[Executor]:
     try:
-        return [make_executor(name, work_dir)]
+        if name == "auto":
+            return available_executors(work_dir, **options)
+        return [make_executor(name, work_dir, **options)]
     except ExecutorUnavailable as exc:
         raise UsageError(str(exc)) from None
 
@@ -167,7 +198,7 @@ def _print_entries(rows: list[tuple[str, object]]) -> None:
 
 def cache(argv: list[str]) -> int:
     args = _cache_parser().parse_args(argv)
-    executors = _executors(args.executor, args.work_dir)
+    executors = _executors(args.executor, args.work_dir, **_docker_options(args))
     if args.action == "ls":
         rows = [(executor.name, entry) for executor in executors for entry in executor.cache_entries()]
         if args.json:

@@ -4,6 +4,9 @@ images go to a repository unique to the test and are removed after it."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
 
 import docker
@@ -11,6 +14,7 @@ import pytest
 
 from tests.client.helpers import get_run, log_texts, run_id_of, wait_status
 from tests.conftest import wait_until
+from cast.worker.executors.docker import LABEL_HOLDS
 from tests.worker.executors.test_docker import base_image, engine  # noqa: F401  (session fixtures)
 
 
@@ -110,3 +114,35 @@ def test_two_runs_needing_the_same_new_environment_build_it_once(cli, docker_wor
     assert len(builders) == 1
     waiter = second if builders == [first] else first
     assert "Building… done (cached)" in log_texts(server, waiter, "cast")
+
+
+# What a run reads back of its own limits (cgroup v2, else v1) and network.
+LIMITS_COMMAND = (
+    "cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max; "
+    "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes; "
+    "cat /sys/fs/cgroup/cpu.max 2>/dev/null || "
+    "echo $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us); "
+    "ls /sys/class/net"
+)
+
+
+def test_the_workers_docker_flags_reach_the_container_and_its_image(cli, server, start_worker, repository,
+                                                                   engine, base_image):  # noqa: F811
+    base = f"cast-base-flags-{uuid.uuid4().hex[:8]}:latest"
+    engine.images.get(base_image).tag(base)
+    try:
+        worker = start_worker(server, executor="docker", extra_args=[
+            "--base-image", base, "--image-repository", repository, "--memory", "300m", "--cpus", "1.5",
+            "--pids-limit", "123", "--network", "none"])
+        result = cli("run", LIMITS_COMMAND)
+        assert result.returncode == 0, result
+        assert log_texts(server, 1, "stdout") == ["123", str(300 << 20), "150000 100000", "lo"]
+        [image] = engine.images.list(name=repository)
+        assert image.labels[LABEL_HOLDS] == f"base: {base}"
+        listed = subprocess.run(
+            [sys.executable, "-m", "cast.worker", "cache", "ls", "--json", "--executor", "docker",
+             "--work-dir", str(worker.work_dir), "--image-repository", repository],
+            capture_output=True, text=True, timeout=60)
+        assert [entry["holds"] for entry in json.loads(listed.stdout)] == [f"base: {base}"], listed.stderr
+    finally:
+        engine.images.remove(base)  # only this tag: the image keeps its own name

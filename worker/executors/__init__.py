@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cast.worker.executors.base import Executor, ExecutorUnavailable
+from cast.worker.executors.base import Executor, ExecutorUnavailable, InvalidExecutorOption
 
 EXECUTOR_CHOICES = ("auto", "local", "docker")
+# The Docker executor's keyword options (DockerOptions' fields), each also a
+# worker flag and a CAST_WORKER_<NAME> variable; the local executor takes none.
+DOCKER_OPTIONS = ("base_image", "memory", "cpus", "pids_limit", "network", "image_repository")
 
 
 def _docker(work_dir: Path, **options) -> Executor:
@@ -30,16 +33,20 @@ def make_executor(name: str, work_dir: Path, **options) -> Executor:
     if name == "auto":
         try:
             return _docker(work_dir, **options)
+        except InvalidExecutorOption:
+            raise
         except ExecutorUnavailable:
-            return make_executor("local", work_dir, **options)
+            return make_executor("local", work_dir)  # the Docker options do not apply
     raise ExecutorUnavailable(f"unknown executor {name!r}: choose one of {', '.join(EXECUTOR_CHOICES)}")
 
 
-def available_executors(work_dir: Path) -> list[Executor]:
+def available_executors(work_dir: Path, **docker_options) -> list[Executor]:
     """Every executor that can run here (for the cache commands)."""
     found = [make_executor("local", work_dir)]
     try:
-        found.append(_docker(work_dir))
+        found.append(_docker(work_dir, **docker_options))
+    except InvalidExecutorOption:
+        raise
     except ExecutorUnavailable:
         pass
     return found

@@ -28,6 +28,11 @@ class ExecutorUnavailable(Exception):
     """The executor cannot run on this host (no Docker engine, unsupported option)."""
 
 
+class InvalidExecutorOption(ExecutorUnavailable):
+    """An option of the executor has a value it cannot use: the worker's settings
+    are wrong, whichever executor `auto` would otherwise pick."""
+
+
 @dataclass(frozen=True)
 class PreparedMount:
     """A mount whose data is on this host, read-only, ready to be placed."""

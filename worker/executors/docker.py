@@ -57,6 +57,7 @@ from cast.worker.executors.base import (
     Executor,
     ExecutorUnavailable,
     ExitResult,
+    InvalidExecutorOption,
     Job,
     LogSink,
     RunningProcess,
@@ -115,7 +116,7 @@ class DockerOptions:
     def resolve(cls, **given) -> "DockerOptions":
         unknown = set(given) - {f.name for f in fields(cls)}
         if unknown:
-            raise ExecutorUnavailable(f"unknown docker executor option(s): {', '.join(sorted(unknown))}")
+            raise InvalidExecutorOption(f"unknown docker executor option(s): {', '.join(sorted(unknown))}")
         values = {}
         for option in fields(cls):
             value = given.get(option.name)
@@ -123,17 +124,23 @@ class DockerOptions:
                 value = os.environ.get(f"CAST_WORKER_{option.name.upper()}") or None
             if value is None:
                 continue
+            given_as = value
             try:
                 if option.name == "cpus":
                     value = float(value)
+                    if not 0 < value < float("inf"):
+                        raise ValueError
                 elif option.name == "pids_limit":
                     value = int(value)
-                elif option.name == "memory":
-                    parse_size(value)  # refuse a bad size when the worker starts
+                    if value < 1:
+                        raise ValueError
+                elif option.name == "memory" and parse_size(value) < 1:  # refused when the worker starts
+                    raise ValueError
             except ValueError:
-                raise ExecutorUnavailable(
-                    f"docker executor option {option.name} (CAST_WORKER_{option.name.upper()}) "
-                    f"cannot be {value!r}") from None
+                name = option.name.replace("_", "-")
+                raise InvalidExecutorOption(
+                    f"docker executor option {name} (--{name} or CAST_WORKER_{option.name.upper()}) "
+                    f"cannot be {given_as!r}") from None
             values[option.name] = value
         return cls(**values)
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 import time
 import uuid
+from dataclasses import fields
 from pathlib import Path
 
 import docker
@@ -21,7 +23,8 @@ import pytest
 
 from cast.worker.dockerenv import HostPackageSettings
 from cast.worker.executors.base import BuildFailed, Job, PreparedMount
-from cast.worker.executors.docker import DEFAULT_BASE_IMAGE, LABEL_WORK_DIR, DockerExecutor
+from cast.worker.executors import DOCKER_OPTIONS
+from cast.worker.executors.docker import DEFAULT_BASE_IMAGE, LABEL_WORK_DIR, DockerExecutor, DockerOptions
 from tests.conftest import REPO_ROOT, wait_until
 
 PACKAGES = {"apt": ["jq"], "pip": ["six"], "pip_req": "tqdm\n"}
@@ -397,3 +400,23 @@ def test_container_settings_give_a_run_its_own_gpus_and_limits(make_executor, tm
     assert "privileged" not in settings
     defaults = make_executor().limits("cpu")
     assert defaults["memory"] == int(executor.engine_memory * 0.9) and defaults["cpus"] == executor.engine_cpus
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--executor", "local", "--memory", "8g", "--network", "none"],
+     "--memory, --network: only for the docker executor, not --executor local"),
+    (["--executor", "docker", "--cpus", "-1"], "docker executor option cpus (--cpus or CAST_WORKER_CPUS) cannot be '-1'"),
+    (["--executor", "auto", "--pids-limit", "0"],  # a bad setting is not hidden by falling back to local
+     "docker executor option pids-limit (--pids-limit or CAST_WORKER_PIDS_LIMIT) cannot be '0'"),
+    (["--executor", "docker", "--memory", "lots"],
+     "docker executor option memory (--memory or CAST_WORKER_MEMORY) cannot be 'lots'"),
+])
+def test_the_worker_flags_are_the_options_and_bad_values_are_one_line(tmp_path, engine, flags, message):
+    assert DOCKER_OPTIONS == tuple(option.name for option in fields(DockerOptions))
+    token = tmp_path / "token"
+    token.write_text("unused")
+    result = subprocess.run([sys.executable, "-m", "cast.worker", "--server", "http://127.0.0.1:9",
+                             "--token-file", str(token), "--work-dir", str(tmp_path / "worker"), *flags],
+                            capture_output=True, text=True, timeout=60,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("CAST_")})
+    assert (result.returncode, result.stderr.strip()) == (2, f"cast worker: {message}")
