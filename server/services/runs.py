@@ -295,7 +295,9 @@ def resolve_mount_source(session: Session, *, resource: str, settings: Settings)
     if parsed.kind == "runs":
         root = storage.run_outputs_dir(settings, parsed.run_id)
         if not parsed.subpath:
-            root.mkdir(parents=True, exist_ok=True)  # a run that saved nothing mounts as an empty folder
+            if not root.exists():  # a run that saved nothing mounts as an empty folder, sealed as any other
+                root.mkdir(parents=True, exist_ok=True)
+                storage.seal(root)
             return root, "dir"
         kind = _manifest_kind(session, OutputFile, OutputFile.run_id == parsed.run_id, parsed.subpath)
     else:

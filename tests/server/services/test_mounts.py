@@ -80,3 +80,12 @@ def test_lease_names_where_each_mount_lives(local, sources):
     fetched = local.worker.get(f"/workers/mounts/runs/{finished}/data.txt")
     assert fetched.status_code == 200 and fetched.content == b"data"
     assert local.worker.get("/workers/mounts/runs/1/%2e%2e/%2e%2e/cast.db").status_code == 400
+
+
+def test_a_run_that_saved_nothing_mounts_as_an_empty_read_only_folder(local):
+    empty = local.complete_run()  # nothing pushed
+    run_id = local.create_run(mounts=[{"resource": f"runs/{empty}", "path": "in"}])["id"]
+    lease = local.lease(local.register())
+    assert lease["run_id"] == run_id
+    folder = Path(lease["mounts"][0]["local_path"])
+    assert list(folder.iterdir()) == [] and folder.stat().st_mode & 0o777 == 0o555
