@@ -15,7 +15,8 @@ Owns:
   mounts are read-only bind mounts inside it, the command runs with bash under
   docker-init as a non-root user, with memory, CPU and pids limits, no
   capabilities, no new privileges, and only the run's GPUs;
-- their lifecycle: output streamed live as lines, stop (SIGTERM to the
+- their lifecycle: output streamed live as lines, the exit code and an
+  out-of-memory end as soon as the engine reports them, stop (SIGTERM to the
   command's process group, SIGKILL after the grace), kill, removal (after
   the run's final status is reported: `release`), and
   removal of what a crashed earlier worker of the same work dir left behind;
@@ -47,6 +48,7 @@ from pathlib import Path
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, LogConfig, Mount
+from requests.exceptions import RequestException
 
 from cast.client.spec import SpecError, parse_machine_type, validate_apt_package, validate_pip_spec
 from cast.worker.dockerenv import HOST_INPUTS, HostPackageSettings
@@ -444,17 +446,22 @@ class DockerExecutor(Executor):
         if os.geteuid() == 0:
             _chown_tree(job.workdir, uid, gid)
         stubs = _make_mount_points(job, uid, gid)
-        container = None
+        container = events = None
         try:
             container = self.client.containers.create(**self.container_settings(job, build.description))
+            # Subscribed before the start, so the container's end cannot be missed.
+            events = self.client.api.events(filters={"container": container.id, "event": ["oom", "die"]},
+                                            decode=True)
             stream = container.attach(stdout=True, stderr=True, stream=True, demux=True, logs=True)
             container.start()
         except APIError as exc:
+            if events is not None:
+                events.close()
             if container is not None:
                 container.remove(force=True)
             _remove_mount_points(stubs)
             raise ExecutorUnavailable(f"cannot start the run's container: {_explain(exc)}") from None
-        return ContainerProcess(container, stream, log, stubs)
+        return ContainerProcess(container, stream, events, log, stubs)
 
     def cleanup_stale(self) -> None:
         stale = self.client.containers.list(all=True, filters={"label": f"{LABEL_WORK_DIR}={self.work_dir}"})
@@ -496,8 +503,9 @@ class DockerExecutor(Executor):
 
 
 class ContainerProcess(RunningProcess):
-    def __init__(self, container, stream, log: LogSink, stubs: list[Path]):
+    def __init__(self, container, stream, events, log: LogSink, stubs: list[Path]):
         self.container = container
+        self._events = events  # the engine's `oom` and `die` events of this container
         self._stubs = stubs
         self._kill_timer: threading.Timer | None = None
         self._signalled = False
@@ -533,20 +541,45 @@ class ContainerProcess(RunningProcess):
     def wait(self) -> ExitResult:
         self._pump.join()  # the output ends when the container does
         self._ended.set()
-        code = self.container.wait()["StatusCode"]
-        state = self.container.client.api.inspect_container(self.container.id)["State"]
+        code, out_of_memory = self._exit_status()
         if self._kill_timer:
             self._kill_timer.cancel()
         # The container's bind mounts ended with it; the stubs go before the
         # outputs are read, the container itself only in `release`.
         _remove_mount_points(self._stubs)
-        if state.get("OOMKilled"):
+        if out_of_memory:
             return ExitResult(exit_code=code, reason="out of memory")
         if self._pids_reason:
             return ExitResult(exit_code=code, reason=self._pids_reason)
         if self._signalled and code > 128 and code - 128 in _SIGNAL_NAMES:
             return ExitResult(exit_code=code, reason=f"ended by {_SIGNAL_NAMES[code - 128]}")
         return ExitResult(exit_code=code)
+
+    def _exit_status(self) -> tuple[int, bool]:
+        """The command's exit code, and whether the container ran out of memory.
+
+        The engine's `die` event tells as soon as the command has ended, while
+        its `wait` answers only once the container's network and filesystem
+        are torn down, some 50 ms later. `wait` and the container's state
+        still decide when the events cannot: a stream that broke off, or a
+        SIGKILL with no `oom` event before it (an OOM kill whose event is late)."""
+        out_of_memory = False
+        try:
+            for event in self._events:
+                if event.get("status") == "oom":
+                    out_of_memory = True
+                elif event.get("status") == "die":
+                    code = int(event["Actor"]["Attributes"]["exitCode"])
+                    if out_of_memory or code != 128 + signal.SIGKILL:
+                        return code, out_of_memory
+                    break
+        except (DockerException, RequestException, KeyError, ValueError):
+            pass
+        finally:
+            self._events.close()
+        code = self.container.wait()["StatusCode"]
+        state = self.container.client.api.inspect_container(self.container.id)["State"]
+        return code, bool(state.get("OOMKilled"))
 
     def release(self) -> None:
         try:
