@@ -867,4 +867,18 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _error(f"unexpected {type(exc).__name__}: {exc} (set CAST_DEBUG=1 for the traceback)")
         code = 1
-    sys.exit(code)
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    """Flush and leave without the interpreter's teardown of every module
+    imported (10-30 ms, a tenth of a warm `cast run "true"`): nothing else is
+    left to write, as every file the commands open is closed by then."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:  # the reader went away, as above
+            code = code or 141
+        except ValueError:  # closed
+            pass
+    os._exit(code)
