@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, free_port
 
 EXAMPLE = REPO_ROOT / "examples" / "gpt2"
 JOKES_CSV = EXAMPLE / "data" / "onelinefun.csv"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import subprocess
 
-from walkthrough import (JOKES_CSV, assert_loads, completed, example_repo, finetune_command,  # noqa: F401
+from tests.examples.walkthrough import (JOKES_CSV, assert_loads, completed, example_repo, finetune_command,  # noqa: F401
                          losses, walk_through)
 
 

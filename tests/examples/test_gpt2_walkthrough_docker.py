@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from tests.worker.executors.test_docker import base_image, engine  # noqa: F401  (session fixtures)
-from walkthrough import example_repo, walk_through  # noqa: F401  (example_repo: a fixture)
+from tests.examples.walkthrough import example_repo, walk_through  # noqa: F401  (example_repo: a fixture)
 
 PACKAGES = ("--pip", "torch==2.13.0", "--pip-req", "examples/gpt2/requirements.txt")
 # Run 1 installs torch and transformers into the image: a minute or two on 2 cores.

@@ -18,7 +18,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import REPO_ROOT, CliResult
+from tests.conftest import REPO_ROOT, CliResult
 
 EXAMPLE = REPO_ROOT / "examples" / "gpt2"
 JOKES_CSV = EXAMPLE / "data" / "onelinefun.csv"
