@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs cast and, with --system, everything its whole test suite needs on a
-# Debian host: git, the Docker engine (started if not running), Chromium, and
+# Debian host: git, the Docker engine (started if not running), Chromium, Firefox ESR, and
 # the offline base image (built once, reused while its tag exists).
 # Idempotent: each step is skipped when already done.
 set -euo pipefail
@@ -14,6 +14,7 @@ need=()
 command -v git >/dev/null || need+=(git)
 command -v dockerd >/dev/null || need+=(docker.io)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/firefox-esr ] || need+=(firefox-esr)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
