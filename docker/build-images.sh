@@ -15,7 +15,9 @@ context="$(mktemp -d /tmp/cast-images.XXXXXX)"
 trap 'rm -rf "$context"' EXIT
 
 echo "making wheels of cast and its dependencies" >&2
-python3 -m pip wheel -q --wheel-dir "$context/wheels" '.[server,worker]' >&2
+# A fixed timestamp makes cast's own wheel byte-identical while its sources
+# are, so an unchanged tree reuses every cached image layer.
+SOURCE_DATE_EPOCH=315532800 python3 -m pip wheel -q --wheel-dir "$context/wheels" '.[server,worker]' >&2
 
 for role in server worker; do
     docker build -q --build-arg "BASE_IMAGE=$base" -f "docker/Dockerfile.$role" \
