@@ -7,7 +7,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.client.helpers import assert_one_line_error, get_run, log_texts, wait_status
+from tests.client.helpers import assert_one_line_error
+from tests.factories import get_run, log_texts, wait_status
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 
-from tests.client.helpers import log_texts, run_id_of, wait_status
+from tests.factories import log_texts, run_id_of, wait_status
 from tests.conftest import wait_until
 
 LINES = 60

@@ -4,7 +4,8 @@ unknown runs, a wrong token, an unreachable server."""
 
 from __future__ import annotations
 
-from tests.client.helpers import assert_one_line_error, run_id_of, wait_status
+from tests.client.helpers import assert_one_line_error
+from tests.factories import run_id_of, wait_status
 from tests.conftest import free_port
 
 

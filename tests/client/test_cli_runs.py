@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from tests.client.helpers import get_run, log_texts, run_id_of, wait_for_line, wait_status
+from tests.factories import get_run, log_texts, run_id_of, wait_for_line, wait_status
 
 
 def test_transcript_run_ls_mount_ps(cli, worker):
@@ -117,7 +117,7 @@ def test_background_stop_keeps_outputs_and_kill_drops_them(cli, worker):
     stopped_id = submitted.json()["id"]
     killed_id = run_id_of(cli("run", "-d", loop))
     for run_id in (stopped_id, killed_id):
-        wait_for_line(worker.server, run_id, "ready")
+        wait_for_line(worker.server, run_id, "ready", timeout=60)
 
     assert cli("stop", str(stopped_id)).returncode == 0
     assert cli("kill", str(killed_id)).returncode == 0
@@ -141,7 +141,7 @@ def test_ctrl_c_detaches_and_the_run_keeps_going(cli, worker, base_env, tmp_path
     process = subprocess.Popen(["cast", "run", "echo started; sleep 60"], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_line(worker.server, 1, "started")
+        wait_for_line(worker.server, 1, "started", timeout=60)
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=20)
     finally:

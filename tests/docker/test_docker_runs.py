@@ -12,7 +12,7 @@ import uuid
 import docker
 import pytest
 
-from tests.client.helpers import get_run, log_texts, run_id_of, wait_status
+from tests.factories import get_run, log_texts, run_id_of, wait_status
 from tests.conftest import wait_until
 from cast.worker.executors.docker import LABEL_HOLDS
 from tests.worker.executors.test_docker import base_image, engine  # noqa: F401  (session fixtures)

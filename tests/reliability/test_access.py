@@ -17,7 +17,7 @@ import pytest
 
 from cast.server.app import create_app
 from cast.server.settings import Settings
-from tests.client.helpers import wait_status
+from tests.factories import wait_status
 from tests.conftest import wait_until
 from tests.server.test_app import EITHER, PUBLIC, SAMPLE_PARAMS, WORKER_ROUTES, _api_routes
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import wait_until
-from tests.worker.runs import log_texts, output_paths, submit, wait_final, wait_for_line
+from tests.factories import log_texts, output_paths, submit, wait_final, wait_for_line
 
 TICKS = 'for i in $(seq 1 30); do echo "tick $i"; sleep 0.1; done'
 

@@ -7,7 +7,7 @@ privileges. (The local executor isolates nothing: see docs/reliability.md.)"""
 from __future__ import annotations
 
 from tests.conftest import wait_until
-from tests.worker.runs import log_texts, submit, wait_final, wait_for_line
+from tests.factories import log_texts, submit, wait_final, wait_for_line
 
 # Each check prints `ok NAME` when it holds, `FAIL NAME` when not: first two
 # controls showing that the search and the network probe can find what is

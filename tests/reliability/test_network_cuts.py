@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.client.helpers import log_texts, run_id_of, wait_status
 from tests.conftest import CliResult, wait_until
-from tests.worker.runs import submit
+from tests.factories import log_texts, run_id_of, submit, wait_status
 
 LINES = 60
 COMMAND = f'for i in $(seq 1 {LINES}); do echo "line $i"; sleep 0.05; done'

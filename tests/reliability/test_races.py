@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 
 from tests.conftest import wait_until
-from tests.worker.runs import FINAL, submit
+from tests.factories import FINAL, submit
 
 RUNS = 500
 CLIENTS = 20

@@ -10,7 +10,7 @@ import signal
 import time
 
 from tests.conftest import wait_until
-from tests.worker.runs import get_run, log_entries, log_texts, output_paths, submit, wait_final, wait_for_line
+from tests.factories import get_run, log_entries, log_texts, output_paths, submit, wait_final, wait_for_line
 
 LINES = 50
 # Prints LINES lines over about 2.5 s, then writes an output naming its run.

@@ -14,7 +14,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.client.helpers import get_run, log_texts, run_id_of, wait_for_line, wait_status
+from tests.factories import get_run, log_texts, run_id_of, wait_for_line, wait_status
 from tests.conftest import wait_until
 
 from tests.reliability.helpers import live_members

@@ -1,5 +1,5 @@
-"""Helpers for the web viewer tests: signing in through the page, creating
-runs through the API, waiting for statuses, and saving screenshots.
+"""Helpers for the web viewer tests: watching the page, signing in through it
+and saving screenshots (runs come from tests/factories.py).
 
 Screenshots go to artifacts/screenshots/ on every run; with
 CAST_UPDATE_DOC_SCREENSHOTS=1 the ones the docs show are also copied to
@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.conftest import REPO_ROOT, wait_until
+from tests.conftest import REPO_ROOT
 
 SCREENSHOTS = REPO_ROOT / "artifacts" / "screenshots"
 DOC_IMAGES = REPO_ROOT / "docs" / "images"
@@ -37,25 +37,6 @@ def sign_in(page, server, route: str = "#/runs") -> None:
     page.fill("#token", server.admin_token)
     page.click("form.login button[type=submit]")
     page.wait_for_selector("form.login", state="detached")
-
-
-def create_run(server, command: str, **fields) -> dict:
-    with server.api() as api:
-        response = api.post("/runs", json={"command": command, **fields})
-        assert response.status_code == 201, response.text
-        return response.json()
-
-
-def get_run(server, run_id: int) -> dict:
-    with server.api() as api:
-        response = api.get(f"/runs/{run_id}")
-        response.raise_for_status()
-        return response.json()
-
-
-def wait_status(server, run_id: int, *statuses: str, timeout: float = 60) -> dict:
-    return wait_until(lambda: (run := get_run(server, run_id))["status"] in statuses and run,
-                      timeout=timeout, interval=0.1, what=f"run {run_id} to be {' or '.join(statuses)}")
 
 
 def screenshot(page, name: str, *, for_docs: bool = False) -> Path:

@@ -16,7 +16,8 @@ from pathlib import Path
 from playwright.sync_api import expect
 
 from tests.conftest import REPO_ROOT
-from tests.web.helpers import create_run, get_run, screenshot, sign_in, wait_status
+from tests.factories import create_run, get_run, wait_status
+from tests.web.helpers import screenshot, sign_in
 
 STATIC = REPO_ROOT / "server" / "web" / "static"
 

@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from .runs import (get_run, log_entries, log_texts, output_paths, statuses, submit, wait_final,
-                   wait_for_line)
+from tests.factories import (get_run, log_entries, log_texts, output_paths, statuses,
+                             submit, wait_final, wait_for_line)
 from .test_source import commit, git
 
 

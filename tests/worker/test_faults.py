@@ -8,7 +8,7 @@ import time
 
 from tests.conftest import wait_until
 
-from .runs import log_entries, log_texts, submit, wait_final, wait_for_line
+from tests.factories import log_entries, log_texts, submit, wait_final, wait_for_line
 
 
 def test_a_worker_killed_mid_run_leaves_the_run_interrupted(server, start_worker):

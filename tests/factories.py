@@ -1,0 +1,106 @@
+"""Run factories and readers shared by every test folder: submit runs to a real
+server and read back their status, transitions, logs and outputs through the
+HTTP API.
+
+Each helper takes either an open `httpx.Client` (used as is) or a server from
+tests/conftest.py, which gives a fresh admin client per call, so that polling
+survives a server restarted on the same port."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from cast.client.spec import FINAL_STATUSES
+from tests.conftest import CliResult, ServerProcess, wait_until
+
+FINAL = {status.value for status in FINAL_STATUSES}
+
+ApiTarget = httpx.Client | ServerProcess
+
+
+@contextmanager
+def _client(target: ApiTarget) -> Iterator[httpx.Client]:
+    if isinstance(target, httpx.Client):
+        yield target
+    else:
+        with target.api() as api:
+            yield api
+
+
+def run_id_of(result: CliResult) -> int:
+    """The id `cast run` printed."""
+    match = re.search(r"Casting run #(\d+)", result.stdout)
+    assert match, f"no run id in {result.stdout!r} / {result.stderr!r}"
+    return int(match.group(1))
+
+
+def create_run(target: ApiTarget, command: str, **fields) -> dict:
+    with _client(target) as api:
+        response = api.post("/runs", json={"command": command, **fields})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def submit(target: ApiTarget, command: str, **fields) -> int:
+    return create_run(target, command, **fields)["id"]
+
+
+def get_run(target: ApiTarget, run_id: int) -> dict:
+    with _client(target) as api:
+        response = api.get(f"/runs/{run_id}")
+    response.raise_for_status()
+    return response.json()
+
+
+def wait_status(target: ApiTarget, run_id: int, *statuses: str, timeout: float = 60) -> dict:
+    return wait_until(lambda: (run := get_run(target, run_id))["status"] in statuses and run,
+                      timeout=timeout, what=f"run {run_id} to be {' or '.join(statuses)}")
+
+
+def wait_final(target: ApiTarget, run_id: int, timeout: float = 60) -> dict:
+    return wait_until(lambda: (run := get_run(target, run_id))["status"] in FINAL and run,
+                      timeout=timeout, what=f"run {run_id} to finish")
+
+
+def _logs_response(target: ApiTarget, run_id: int) -> httpx.Response:
+    with _client(target) as api:
+        return api.get(f"/runs/{run_id}/logs", params={"offset": 0, "limit": 10000})
+
+
+def log_entries(target: ApiTarget, run_id: int) -> list[dict]:
+    response = _logs_response(target, run_id)
+    response.raise_for_status()
+    return response.json()["entries"]
+
+
+def log_texts(target: ApiTarget, run_id: int, stream: str | None = None) -> list[str]:
+    return [e["text"] for e in log_entries(target, run_id) if stream is None or e["stream"] == stream]
+
+
+def wait_for_line(target: ApiTarget, run_id: int, text: str, timeout: float = 30) -> None:
+    """Wait until a run (which may not be submitted yet) has logged `text`."""
+
+    def logged() -> bool:
+        response = _logs_response(target, run_id)
+        if response.status_code == 404:
+            return False
+        response.raise_for_status()
+        return text in [e["text"] for e in response.json()["entries"]]
+
+    wait_until(logged, timeout=timeout, what=f"{text!r} in run {run_id}'s log")
+
+
+def output_paths(target: ApiTarget, run_id: int) -> list[str]:
+    with _client(target) as api:
+        response = api.get(f"/runs/{run_id}/outputs")
+    response.raise_for_status()
+    return sorted(f["path"] for f in response.json()["files"])
+
+
+def statuses(run: dict) -> list[str]:
+    """The statuses a run went through, in order."""
+    return [t["status"] for t in run["transitions"]]
