@@ -231,9 +231,3 @@ def tar_folder(folder: Path) -> Iterator[bytes]:
             if info.size % tarfile.BLOCKSIZE:
                 yield b"\0" * (tarfile.BLOCKSIZE - info.size % tarfile.BLOCKSIZE)
     yield b"\0" * (2 * tarfile.BLOCKSIZE)
-
-
-def read_file(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as source:
-        while chunk := source.read(CHUNK):
-            yield chunk
