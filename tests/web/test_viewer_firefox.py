@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_until
+from tests.factories import create_run, wait_status
 from tests.web.helpers import SCREENSHOTS
 
 FIREFOX = Path("/usr/bin/firefox-esr")
@@ -177,22 +178,6 @@ def firefox(tmp_path):
     assert browser.errors == [], f"the page threw errors: {browser.errors}"
 
 
-def create_run(server, command: str) -> dict:
-    # Through the API directly: the shared run factories are being moved
-    # (tests/web/helpers.py -> tests/factories.py) by another change.
-    with server.api() as api:
-        response = api.post("/runs", json={"command": command})
-        assert response.status_code == 201, response.text
-        return response.json()
-
-
-def wait_complete(server, run_id: int) -> None:
-    def status() -> str:
-        with server.api() as api:
-            return api.get(f"/runs/{run_id}").json()["status"]
-    wait_until(lambda: status() == "complete", timeout=60, interval=0.1, what=f"run {run_id} to complete")
-
-
 LINE_TEXTS = "[...document.querySelectorAll('.log .line')].map((line) => line.textContent)"
 
 
@@ -202,7 +187,7 @@ def wait_for_line(firefox: Firefox, text: str) -> None:
 
 def test_firefox_signs_in_lists_runs_follows_a_live_log_and_shows_markup_as_text(server, worker, firefox):
     markup = create_run(server, "echo '<script>alert(1)</script>'; echo '<img src=x onerror=alert(1)>'")
-    wait_complete(server, markup["id"])
+    wait_status(server, markup["id"], "complete")
     ticking = create_run(server, 'for i in $(seq 1 100); do echo "tick $i"; sleep 0.2; done')
 
     # Nothing without the token; the sign-in form takes it.
