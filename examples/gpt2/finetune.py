@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
-from gpt2_models import INIT_SHAPES, ModelUnavailable, fail, init_model, load_pretrained
+from gpt2_models import INIT_SHAPES, fail, model_from_args
 
 
 def parse_args() -> argparse.Namespace:
@@ -73,13 +73,7 @@ def main() -> None:
         text = Path(args.train_data_file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         fail(f"cannot read {args.train_data_file}: {error}")
-    try:
-        if args.init:
-            model, tokenizer = init_model(args.init, args.train_data_file)
-        else:
-            model, tokenizer = load_pretrained(args.model_name_or_path)
-    except ModelUnavailable as error:
-        fail(str(error))
+    model, tokenizer = model_from_args(args)
 
     max_positions = model.config.n_positions
     block_size = args.block_size or max_positions

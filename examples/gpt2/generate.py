@@ -12,7 +12,7 @@ import argparse
 import torch
 from transformers import set_seed
 
-from gpt2_models import INIT_SHAPES, ModelUnavailable, fail, init_model, load_pretrained
+from gpt2_models import INIT_SHAPES, fail, model_from_args
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,15 +42,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     set_seed(args.seed)
-    try:
-        if args.init:
-            model, tokenizer = init_model(args.init, args.train_data_file)
-        else:
-            model, tokenizer = load_pretrained(args.model_name_or_path)
-    except ModelUnavailable as error:
-        fail(str(error))
-    except OSError as error:
-        fail(f"cannot read {args.train_data_file}: {error.strerror}")
+    model, tokenizer = model_from_args(args)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()

@@ -91,6 +91,20 @@ def init_model(kind: str, text_file: str | None) -> tuple[PreTrainedModel, PreTr
     return GPT2LMHeadModel(config), tokenizer
 
 
+def model_from_args(args) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """The model a script's arguments ask for: a random GPT-2 (`--init`, its
+    tokenizer trained on `--train_data_file`) or a pretrained one; one line
+    and exit 1 when it cannot be had."""
+    try:
+        if args.init:
+            return init_model(args.init, args.train_data_file)
+        return load_pretrained(args.model_name_or_path)
+    except ModelUnavailable as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"cannot read {args.train_data_file}: {error.strerror}")
+
+
 def load_pretrained(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """A model and tokenizer from a local folder, the local hub cache, or the hub."""
     if Path(name_or_path).is_dir():
