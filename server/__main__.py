@@ -59,13 +59,6 @@ def serve(args: argparse.Namespace) -> None:
                            access_log=args.access_log, timeout_graceful_shutdown=5)).run()
 
 
-def docker_answers() -> bool:
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 class _EmbeddedServer(_Server):
     """uvicorn without its own signal handling: `up` stops the worker before the server."""
 
@@ -106,9 +99,7 @@ async def _up(args: argparse.Namespace) -> None:
             serving.result()
             return
         await asyncio.sleep(0.01)
-    executor = settings.executor
-    if executor == "auto":
-        executor = "docker" if await asyncio.to_thread(docker_answers) else "local"
+    executor = settings.executor  # the worker resolves auto: it knows what it can build on
     worker = subprocess.Popen(
         [sys.executable, "-m", "cast.worker", "--server", url, "--token-file", str(settings.worker_token_file),
          "--work-dir", str(home / "worker"), "--name", "embedded", "--executor", executor],
@@ -146,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--host", default=None)
     up.add_argument("--executor", choices=["auto", "local", "docker"], default=None,
                     help="the embedded worker's executor (default: $CAST_EXECUTOR, else auto: docker if "
-                         "a Docker engine answers)")
+                         "a Docker engine answers and has the base image)")
     up.add_argument("--log-level", default="info")
     up.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False)
     args = parser.parse_args(argv)

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     # JSON request bodies (run specs, log batches); streamed bodies have their own caps.
     max_json_body_bytes: int = Field(default=16 * 1024**2, gt=0)
     git_timeout_seconds: float = Field(default=30.0, gt=0)
-    # The embedded mode's worker (`up`): auto = docker when a Docker engine answers, else local.
+    # The embedded mode's worker (`up`): auto = docker when a Docker engine answers and has the base image, else local.
     executor: Literal["auto", "local", "docker"] = "auto"
 
     @property

@@ -1,5 +1,5 @@
 """Choosing the executor a worker uses: `local`, `docker`, or `auto` (docker when a
-Docker engine answers, else local). The Docker executor is imported only when
+Docker engine answers and has the base image to build on, else local). The Docker executor is imported only when
 asked for, so a worker without the Docker SDK still starts."""
 
 from __future__ import annotations
@@ -32,11 +32,14 @@ def make_executor(name: str, work_dir: Path, **options) -> Executor:
         return _docker(work_dir, **options)
     if name == "auto":
         try:
-            return _docker(work_dir, **options)
+            docker = _docker(work_dir, **options)
         except InvalidExecutorOption:
             raise
         except ExecutorUnavailable:
             return make_executor("local", work_dir)  # the Docker options do not apply
+        # An engine without the base image could only fail every build (the
+        # default base is made offline, never pulled): local runs instead.
+        return docker if docker.has_base_image() else make_executor("local", work_dir)
     raise ExecutorUnavailable(f"unknown executor {name!r}: choose one of {', '.join(EXECUTOR_CHOICES)}")
 
 

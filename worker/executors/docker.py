@@ -310,6 +310,14 @@ class DockerExecutor(Executor):
                 self._building.discard(key)
         return BuildResult(key=key, cached=False, description=tag)
 
+    def has_base_image(self) -> bool:
+        """Whether the configured base image is on this host already."""
+        try:
+            self.client.api.inspect_image(self.options.base_image)
+            return True
+        except ImageNotFound:
+            return False
+
     def _base_image_id(self, name: str, log: LogSink) -> str:
         try:
             return self.client.api.inspect_image(name)["Id"]

@@ -24,6 +24,7 @@ import pytest
 from cast.worker.dockerenv import HostPackageSettings
 from cast.worker.executors.base import BuildFailed, Job, PreparedMount
 from cast.worker.executors import DOCKER_OPTIONS
+from cast.worker.executors import make_executor as make_named_executor
 from cast.worker.executors.docker import DEFAULT_BASE_IMAGE, LABEL_WORK_DIR, DockerExecutor, DockerOptions
 from tests.conftest import REPO_ROOT, wait_until
 
@@ -275,6 +276,13 @@ def test_redaction_masks_url_passwords():
 def test_a_missing_docker_image_fails_the_build_clearly(make_executor, tmp_path):
     with pytest.raises(BuildFailed, match="docker image cast-test-absent:1 is not on this worker and cannot be pulled"):
         make_executor().build(make_job(tmp_path, "true", docker_image="cast-test-absent:1"), Lines())
+
+
+def test_auto_uses_docker_only_where_the_base_image_is_there(tmp_path, engine, base_image):
+    assert make_named_executor("auto", tmp_path / "with", base_image=base_image).name == "docker"
+    missing = f"cast-base:missing-{uuid.uuid4().hex[:8]}"
+    assert make_named_executor("auto", tmp_path / "without", base_image=missing).name == "local"
+    assert make_named_executor("docker", tmp_path / "asked", base_image=missing).name == "docker"
 
 
 def test_a_run_s_docker_image_is_its_base(make_executor, tmp_path, engine, base_image):
