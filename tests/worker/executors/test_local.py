@@ -14,6 +14,7 @@ from cast.worker.envs import HOST_KEY
 from cast.worker.executors.base import BuildFailed, BuildResult, Job, PreparedMount
 from cast.worker.executors.local import LocalExecutor
 from cast.worker.mounts import make_read_only
+from tests.conftest import wait_until
 
 HOST = BuildResult(key=HOST_KEY, cached=True)
 
@@ -122,12 +123,17 @@ def test_mounts_are_placed_as_links_and_cannot_be_written_even_by_root(executor,
     assert os.access(data.parent, os.W_OK)
 
 
+def start_until_ready(executor: LocalExecutor, job: Job, sink: Sink):
+    """Start `job`, whose command prints `ready` once its traps are set."""
+    process = executor.start(job, HOST, sink)
+    wait_until(lambda: sink.of("stdout") == ["ready"], timeout=10, interval=0.02, what="the command to start")
+    return process
+
+
 def test_terminate_sends_sigterm_to_the_group_and_waits_for_a_clean_exit(executor, tmp_path):
     job = make_job(tmp_path, "trap 'echo got TERM; exit 7' TERM; echo ready; sleep 30 & wait")
     sink = Sink()
-    process = executor.start(job, HOST, sink)
-    while sink.of("stdout") != ["ready"]:
-        time.sleep(0.02)
+    process = start_until_ready(executor, job, sink)
     started = time.monotonic()
     process.terminate(grace=10)
     result = process.wait()
@@ -138,9 +144,7 @@ def test_terminate_sends_sigterm_to_the_group_and_waits_for_a_clean_exit(executo
 def test_terminate_kills_after_the_grace_period(executor, tmp_path):
     job = make_job(tmp_path, "trap '' TERM; echo ready; sleep 30; echo never")
     sink = Sink()
-    process = executor.start(job, HOST, sink)
-    while sink.of("stdout") != ["ready"]:
-        time.sleep(0.02)
+    process = start_until_ready(executor, job, sink)
     started = time.monotonic()
     process.terminate(grace=0.5)
     result = process.wait()
