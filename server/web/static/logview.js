@@ -34,7 +34,6 @@ export class LogView {
     this.notify = notify;
     this.lines = [];
     this.pending = [];
-    this.streamEnded = false;
     this.clearDom = false;
     this.domCount = 0;
     this.nextOffset = -KEPT_LINES;
@@ -87,12 +86,6 @@ export class LogView {
     clearTimeout(this.searchTimer);
   }
 
-  // "finished" is shown only once every received line is on the page: the
-  // stream can end while the last batch still waits for its frame.
-  showFinishedOnceDrawn() {
-    if (this.streamEnded && !this.pending.length) this.setState("finished", "done");
-  }
-
   setState(text, tone = "") {
     this.stateText.textContent = text;
     this.stateText.dataset.tone = tone;
@@ -108,8 +101,7 @@ export class LogView {
         this.setState("live", "live");
         delay = 250;
         if (await this.readStream(response.body, signal)) {
-          this.streamEnded = true;
-          this.showFinishedOnceDrawn();
+          this.setState("finished", "done");
           return;
         }
         this.setState("reconnecting…", "warn");
@@ -247,7 +239,6 @@ export class LogView {
       this.batch = Math.min(MAX_BATCH, Math.round(this.batch * 1.25));
     }
     this.updateCounts();
-    this.showFinishedOnceDrawn();
     this.schedule();
   }
 
