@@ -34,6 +34,8 @@ export class LogView {
     this.notify = notify;
     this.lines = [];
     this.pending = [];
+    this.streamEnded = false;
+    this.skippedAhead = false;
     this.clearDom = false;
     this.domCount = 0;
     this.nextOffset = -KEPT_LINES;
@@ -86,6 +88,22 @@ export class LogView {
     clearTimeout(this.searchTimer);
   }
 
+  // The stream has ended. If a flood made the page skip ahead, the window now
+  // holds only the newest catch-up lines: refill it from memory so the reader
+  // can scroll back through the last DOM_LINES.
+  endStream() {
+    this.streamEnded = true;
+    if (this.skippedAhead && this.following) this.rerender();
+    this.skippedAhead = false;
+    this.showFinishedOnceDrawn();
+  }
+
+  // "finished" waits until every received line is on the page: the stream
+  // can end while the last batch still waits for its frame.
+  showFinishedOnceDrawn() {
+    if (this.streamEnded && !this.pending.length && !this.clearDom) this.setState("finished", "done");
+  }
+
   setState(text, tone = "") {
     this.stateText.textContent = text;
     this.stateText.dataset.tone = tone;
@@ -101,7 +119,7 @@ export class LogView {
         this.setState("live", "live");
         delay = 250;
         if (await this.readStream(response.body, signal)) {
-          this.setState("finished", "done");
+          this.endStream();
           return;
         }
         this.setState("reconnecting…", "warn");
@@ -164,6 +182,7 @@ export class LogView {
       // it jumps ahead to the newest lines.
       this.pending.splice(0, this.pending.length - CATCH_UP_LINES);
       this.clearDom = true;
+      this.skippedAhead = true;
     }
     this.updateCounts();
     this.schedule();
@@ -239,6 +258,7 @@ export class LogView {
       this.batch = Math.min(MAX_BATCH, Math.round(this.batch * 1.25));
     }
     this.updateCounts();
+    this.showFinishedOnceDrawn();
     this.schedule();
   }
 
