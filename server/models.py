@@ -162,8 +162,14 @@ class UploadFile(Base):
 
 
 class CodeBundle(Base):
+    """A user's code bundle. The key is the client's (it hashes the HEAD sha and
+    the uncommitted diff, not the tar), so it only names a bundle within its
+    owner's; the file is stored by `digest`, the sha256 of the tar the server
+    received, which is what runs and workers refer to."""
+
     __tablename__ = "code_bundles"
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    digest: Mapped[str] = mapped_column(String(64), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

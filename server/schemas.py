@@ -164,6 +164,7 @@ class RunSpec(BaseModel):
     commit_ref: str | None = None
     commit_sha: str | None = None
     code_bundle: str | None = None
+    code_digest: str | None = Field(default=None, description="sha256 of the bundle's tar, as the server received it")
     pip: list[str] = []
     pip_req: str | None = None
     apt: list[str] = []

@@ -138,8 +138,8 @@ class ServerClient:
 
     # --- data the run needs -----------------------------------------------
 
-    def download_code(self, key: str, dest: Path) -> None:
-        self._download(f"/code/{urllib.parse.quote(key, safe='')}", dest)
+    def download_code(self, digest: str, dest: Path) -> None:
+        self._download(f"/workers/code/{urllib.parse.quote(digest, safe='')}", dest)
 
     def download_mount(self, resource: str, dest: Path) -> None:
         self._download(f"/workers/mounts/{_quote_path(resource)}", dest)

@@ -4,8 +4,9 @@
   (fetched only when the pinned commit is missing), then that commit's files
   written into the working dir with `git archive` — the pinned sha, whatever
   the branch points at now. Works for https, ssh, file:// and plain paths.
-- `code_bundle`: the tar the client uploaded, fetched once per key from the
-  server and extracted with tarfile's safety filter.
+- `code_bundle`: the tar the client uploaded, fetched once per digest (the
+  sha256 the server computed of it, `code_digest`) and extracted with
+  tarfile's safety filter.
 - neither: the working dir stays empty.
 """
 
@@ -84,14 +85,14 @@ class SourceCache:
         if archive.returncode != 0:
             raise SourceError(f"git archive of {sha} failed: {stderr.strip()[-800:]}")
 
-    def bundle(self, client: ServerClient, key: str, should_continue=lambda: True) -> Path:
-        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
-            raise SourceError(f"code bundle key {key!r} is not a sha256")
-        path = self.root / "code" / f"{key}.tar"
-        with file_lock(self.root / "code" / f"{key}.lock"):
+    def bundle(self, client: ServerClient, digest: str, should_continue=lambda: True) -> Path:
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise SourceError(f"code bundle digest {digest!r} is not a sha256")
+        path = self.root / "code" / f"{digest}.tar"
+        with file_lock(self.root / "code" / f"{digest}.lock"):
             if not path.exists():
                 partial = path.with_suffix(".partial")
-                with_retries(lambda: client.download_code(key, partial), should_continue=should_continue)
+                with_retries(lambda: client.download_code(digest, partial), should_continue=should_continue)
                 partial.rename(path)
         return path
 
@@ -102,7 +103,10 @@ class SourceCache:
                 raise SourceError("the run has a git URL but no resolved commit")
             self.checkout(spec["git_url"], spec["commit_sha"], workdir)
         elif spec.get("code_bundle"):
-            bundle = self.bundle(client, spec["code_bundle"], should_continue)
+            # Runs queued before the server stored bundles by digest carry
+            # only the key, which then also named the file.
+            digest = spec.get("code_digest") or spec["code_bundle"]
+            bundle = self.bundle(client, digest, should_continue)
             try:
                 with tarfile.open(bundle, mode="r:*") as tar:
                     tar.extractall(workdir, filter="tar")

@@ -74,14 +74,8 @@ async def worker_auth(caller: Caller) -> Token:
     return token
 
 
-async def any_token(caller: Caller) -> Token:
-    return caller[0]
-
-
 CurrentUser = Annotated[User, Depends(current_user)]
 WorkerAuth = Annotated[Token, Depends(worker_auth)]
-# Routes both the CLI and workers call (fetching a code bundle).
-AnyAuth = Annotated[Token, Depends(any_token)]
 
 # SQLite integers are 64-bit: bounding ids keeps a huge number a 422, not a 500.
 RunId = Annotated[int, Path(ge=1, le=2**62, description="run number")]

@@ -1,11 +1,13 @@
 """Worker routes: register, lease the next run (long poll), heartbeat and
-report status on a leased run, and fetch a mount's bytes."""
+report status on a leased run, and fetch a mount's bytes or a run's code."""
 
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from cast.server import errors, events
@@ -13,6 +15,7 @@ from cast.server.api.deps import DatabaseDep, RunId, SessionDep, SettingsDep, Wo
 from cast.server.api.files import file_or_tar
 from cast.server.db import Database
 from cast.server.schemas import (
+    CODE_KEY_PATTERN,
     HeartbeatIn,
     HeartbeatOut,
     Lease,
@@ -22,7 +25,7 @@ from cast.server.schemas import (
     WorkerRegister,
     WorkerRegistered,
 )
-from cast.server.services import runs, workers
+from cast.server.services import code, runs, workers
 from cast.server.settings import Settings
 
 router = APIRouter(tags=["workers"])
@@ -95,3 +98,10 @@ def report_status(run_id: RunId, body: StatusIn, _: WorkerAuth, session: Session
 def fetch_mount(resource: str, _: WorkerAuth, session: SessionDep, settings: SettingsDep) -> Response:
     path, kind = runs.resolve_mount_source(session, resource=resource, settings=settings)
     return file_or_tar(path, name=resource)
+
+
+@router.get("/workers/code/{digest}", response_class=FileResponse,
+            responses={200: {"content": {"application/x-tar": {}}}})
+def fetch_code(digest: Annotated[str, Path(pattern=CODE_KEY_PATTERN, description="a run's code_digest")],
+               _: WorkerAuth, database: DatabaseDep, settings: SettingsDep) -> FileResponse:
+    return FileResponse(code.path_by_digest(database, settings=settings, digest=digest), media_type="application/x-tar")

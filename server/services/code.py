@@ -1,4 +1,9 @@
-"""Code bundles: tars of a client's working tree, stored once per content key.
+"""Code bundles: tars of a client's working tree, one per owner and key.
+
+The client's key hashes its HEAD sha and uncommitted diff, which another user
+could know, so a key only names a bundle among its owner's bundles. The tar is
+stored by its digest (the sha256 of the bytes received), which runs record
+and workers fetch by: no user's upload can stand in for another's code.
 
 A bundle is checked while it is received (regular files and folders only, no
 links, no absolute or `..` names) so a worker can extract it safely, and it
@@ -9,7 +14,11 @@ from __future__ import annotations
 
 import os
 import tarfile
+from pathlib import Path
 from typing import BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cast.server.db import Database
 from cast.server.errors import BadRequest, CodeNotFound
@@ -18,30 +27,38 @@ from cast.server.services import storage
 from cast.server.settings import Settings
 
 
-def exists(database: Database, *, key: str) -> bool:
+def find(session: Session, *, owner: User, key: str) -> CodeBundle:
+    bundle = session.get(CodeBundle, (owner.id, key))
+    if bundle is None:
+        raise CodeNotFound(key)
+    return bundle
+
+
+def exists(database: Database, *, owner: User, key: str) -> bool:
     with database.session(write=False) as session:
-        return session.get(CodeBundle, key) is not None
+        return session.get(CodeBundle, (owner.id, key)) is not None
 
 
 def store(database: Database, *, settings: Settings, owner: User, key: str, source: BinaryIO) -> bool:
-    """Store the bundle; False if the key was already there (the body is then ignored)."""
-    if exists(database, key=key):
+    """Store the bundle; False if the owner already had the key (the body is then ignored)."""
+    if exists(database, owner=owner, key=key):
         return False
     staging = storage.new_temp_dir(settings)
     try:
-        bundle = storage.write_file(source, staging / "bundle.tar", max_bytes=settings.max_code_bytes,
-                                    what="code bundle")
+        received = storage.write_file(source, staging / "bundle.tar", max_bytes=settings.max_code_bytes,
+                                      what="code bundle")
         # Extract into scratch space: the same checks a run's outputs get.
         check = staging / "check"
         check.mkdir()
         with open(staging / "bundle.tar", "rb") as again:
             storage.extract_tar(again, check, max_bytes=settings.max_code_bytes, what="code bundle")
         with database.session(write=True) as session:
-            if session.get(CodeBundle, key) is not None:
+            if session.get(CodeBundle, (owner.id, key)) is not None:
                 return False
-            session.add(CodeBundle(key=key, owner_id=owner.id, size=bundle.size))
+            session.add(CodeBundle(owner_id=owner.id, key=key, digest=received.sha256, size=received.size))
             session.flush()
-            os.replace(staging / "bundle.tar", storage.code_bundle_path(settings, key))
+            # Same digest, same bytes: replacing another owner's copy changes nothing.
+            os.replace(staging / "bundle.tar", storage.code_bundle_path(settings, received.sha256))
             session.commit()
         return True
     except tarfile.TarError as error:
@@ -50,7 +67,15 @@ def store(database: Database, *, settings: Settings, owner: User, key: str, sour
         storage.remove(staging)
 
 
-def path(database: Database, *, settings: Settings, key: str):
-    if not exists(database, key=key):
-        raise CodeNotFound(key)
-    return storage.code_bundle_path(settings, key)
+def owned_path(database: Database, *, settings: Settings, owner: User, key: str) -> Path:
+    """The file of one of `owner`'s bundles, by the client's key."""
+    with database.session(write=False) as session:
+        return storage.code_bundle_path(settings, find(session, owner=owner, key=key).digest)
+
+
+def path_by_digest(database: Database, *, settings: Settings, digest: str) -> Path:
+    """The file a run's `code_digest` names (for workers)."""
+    with database.session(write=False) as session:
+        if session.scalars(select(CodeBundle.key).where(CodeBundle.digest == digest).limit(1)).first() is None:
+            raise CodeNotFound(digest)
+    return storage.code_bundle_path(settings, digest)

@@ -190,12 +190,17 @@ def create_run(session: Session, *, owner: User, body: RunCreate, settings: Sett
     if body.git_url:
         commit_sha = git.resolve_commit(body.git_url, body.commit_ref, timeout=settings.git_timeout_seconds)
     mount_rows = _check_mounts(session, body=body, viewer=owner)
-    if body.code_bundle and session.get(CodeBundle, body.code_bundle) is None:
-        raise BadRequest(f"code bundle {body.code_bundle} is unknown; upload it first (PUT /api/v1/code/KEY)")
+    code_digest = None
+    if body.code_bundle:
+        bundle = session.get(CodeBundle, (owner.id, body.code_bundle))
+        if bundle is None:
+            raise BadRequest(f"code bundle {body.code_bundle} is unknown; upload it first (PUT /api/v1/code/KEY)")
+        code_digest = bundle.digest
     spec = {
         "command": body.command, "git_url": body.git_url,
         "commit_ref": (body.commit_ref or "HEAD") if body.git_url else None,
-        "commit_sha": commit_sha, "code_bundle": body.code_bundle, "pip": body.pip,
+        "commit_sha": commit_sha, "code_bundle": body.code_bundle,
+        "code_digest": code_digest, "pip": body.pip,
         "pip_req": body.pip_req, "apt": body.apt, "docker_image": body.docker_image,
         "mounts": [{"resource": m.resource, "path": m.path} for m in body.mounts],
         "machine_type": body.machine_type, "gpus": body.gpus, "env": body.env,

@@ -64,8 +64,8 @@ def upload_path(settings: Settings, name: str) -> Path:
     return resolve_inside(settings.uploads_dir, name, what="upload name")
 
 
-def code_bundle_path(settings: Settings, key: str) -> Path:
-    return resolve_inside(settings.code_dir, f"{key}.tar", what="code bundle key")
+def code_bundle_path(settings: Settings, digest: str) -> Path:
+    return resolve_inside(settings.code_dir, f"{digest}.tar", what="code bundle digest")
 
 
 def ensure_storage_id(settings: Settings) -> str:

@@ -19,7 +19,7 @@ from cast.server.app import create_app
 from cast.server.settings import Settings
 from tests.factories import wait_status
 from tests.conftest import wait_until
-from tests.server.test_app import EITHER, PUBLIC, SAMPLE_PARAMS, WORKER_ROUTES, _api_routes
+from tests.server.test_app import PUBLIC, SAMPLE_PARAMS, WORKER_ROUTES, _api_routes
 
 # Admin-only routes, with a valid body: the admin check comes after the body's.
 ADMIN_ONLY = {("GET", "/api/v1/users"): None, ("POST", "/api/v1/users"): {"name": "intruder"}}
@@ -207,9 +207,7 @@ def test_every_route_of_the_live_server_checks_the_kind_and_life_of_its_token(se
                 if method != "HEAD":
                     assert answer.json()["detail"].startswith(detail), (method, template, answer.text)
             key = (method, template)
-            if key in EITHER:
-                allowed, refused = ["admin", "walker", "worker"], []
-            elif key in WORKER_ROUTES:
+            if key in WORKER_ROUTES:
                 allowed, refused = ["worker"], ["admin", "walker"]
             elif key in ADMIN_ONLY:
                 allowed, refused = ["admin"], ["walker", "worker"]

@@ -15,6 +15,7 @@ about half a minute here); raise it for a deeper run.
 from __future__ import annotations
 
 import collections
+import hashlib
 import io
 import os
 import tarfile
@@ -65,7 +66,8 @@ def targets(module_server) -> dict:
                        json={"lease_token": lease["lease_token"], "status": "complete", "exit_code": 0})
     assert done.json()["status"] == "complete"
     assert user.put("/uploads/data", params={"kind": "dir"}, content=_tar({"a.txt": b"a\n"})).status_code == 201
-    assert user.put(f"/code/{CODE_KEY}", content=_tar({"train.py": b"print(1)\n"})).status_code == 201
+    bundle = _tar({"train.py": b"print(1)\n"})
+    assert user.put(f"/code/{CODE_KEY}", content=bundle).status_code == 201
     spare = user.post("/tokens", json={"name": "spare"}).json()["id"]
     # The tokens the fuzzer calls with: revoking them would turn the rest into 401s.
     own = {t["id"] for t in user.get("/tokens").json()["tokens"] if t["name"] == "bootstrap"}
@@ -73,7 +75,7 @@ def targets(module_server) -> dict:
     worker.close()
     return {
         "known": {"run_id": run_id, "worker_id": worker_id, "name": "data", "path": "d/f.txt", "label": "x",
-                  "key": CODE_KEY, "token_id": spare, "resource": f"runs/{run_id}/out.txt"},
+                  "key": CODE_KEY, "digest": hashlib.sha256(bundle).hexdigest(), "token_id": spare, "resource": f"runs/{run_id}/out.txt"},
         "own_tokens": own,
         "spare_token": spare,
     }

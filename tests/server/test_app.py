@@ -11,8 +11,6 @@ from fastapi.testclient import TestClient
 from cast.server.api import deps
 
 PUBLIC = {"/api/v1/health"}
-# Routes both kinds of token may call (docs/api.md: workers fetch code bundles too).
-EITHER = {("GET", "/api/v1/code/{key}")}
 WORKER_ROUTES = {
     ("POST", "/api/v1/workers"),
     ("POST", "/api/v1/workers/{worker_id}/lease"),
@@ -21,9 +19,10 @@ WORKER_ROUTES = {
     ("POST", "/api/v1/runs/{run_id}/logs"),
     ("PUT", "/api/v1/runs/{run_id}/outputs"),
     ("GET", "/api/v1/workers/mounts/{resource}"),
+    ("GET", "/api/v1/workers/code/{digest}"),
 }
 SAMPLE_PARAMS = {"run_id": "1", "worker_id": "w-1", "name": "data", "path": "a.txt", "label": "x",
-                 "key": "0" * 64, "token_id": "1", "resource": "runs/1"}
+                 "key": "0" * 64, "digest": "0" * 64, "token_id": "1", "resource": "runs/1"}
 
 
 def _auth_dependencies(route: APIRoute) -> set:
@@ -32,7 +31,7 @@ def _auth_dependencies(route: APIRoute) -> set:
         dependant = stack.pop()
         found.add(dependant.call)
         stack.extend(dependant.dependencies)
-    return found & {deps.current_user, deps.worker_auth, deps.any_token}
+    return found & {deps.current_user, deps.worker_auth}
 
 
 def _api_routes(app):
@@ -60,11 +59,6 @@ def test_every_route_refuses_a_missing_or_wrong_kind_of_token(app, settings):
         assert missing.headers["www-authenticate"] == "Bearer"
         assert client.request(method, path, headers={"Authorization": "Bearer nope"}).status_code == 401, key
         auth = _auth_dependencies(route)
-        if key in EITHER:
-            assert auth == {deps.any_token}, key
-            for headers in (user, worker):
-                assert client.request(method, path, headers=headers).status_code not in (401, 403), key
-            continue
         wrong = user if key in WORKER_ROUTES else worker
         assert auth == {deps.worker_auth if key in WORKER_ROUTES else deps.current_user}, key
         refused = client.request(method, path, headers=wrong)

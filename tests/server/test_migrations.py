@@ -1,13 +1,22 @@
 """The Alembic migrations build exactly the schema the ORM models describe,
-and a restart on an existing data dir keeps its data and tokens."""
+a restart on an existing data dir keeps its data and tokens, and data from an
+older revision survives an upgrade."""
 
 from __future__ import annotations
 
+import hashlib
+
+import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 
 from cast.server.app import create_app
+from cast.server.db import MIGRATIONS_DIR
 from cast.server.models import Base
+
+from .conftest import make_tar
 
 
 def test_migrations_match_the_models(app):
@@ -27,3 +36,36 @@ def test_restart_keeps_runs_and_tokens(local, settings):
     client = TestClient(again, headers={"Authorization": f"Bearer {token.strip()}"})
     assert client.get(f"/api/v1/runs/{run_id}").json()["status"] == "machine_requested"
     assert local.create_run()["id"] == run_id + 1
+
+
+def _migrate(app, revision: str, *, down: bool = False) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with app.state.database.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+
+def test_a_run_queued_on_a_code_bundle_before_0002_still_gets_its_code(local, app, settings):
+    """0002 keys bundles by owner and stores them by digest; a bundle stored
+    before it keeps its file (named by its key) and a run queued before it
+    (its spec has no code_digest) is still served its code."""
+    body = make_tar({"train.py": b"print('old')\n"})
+    key = hashlib.sha256(body).hexdigest()  # so the bundle survives the way down (see 0002)
+    assert local.user.put(f"/code/{key}", content=body).status_code == 201
+    run_id = local.create_run(code_bundle=key)["id"]
+
+    _migrate(app, "0001", down=True)
+    with app.state.database.engine.begin() as connection:
+        runs = sa.table("runs", sa.column("id"), sa.column("spec", sa.JSON))
+        spec = connection.execute(sa.select(runs.c.spec).where(runs.c.id == run_id)).scalar_one()
+        del spec["code_digest"]  # as 0001 wrote it
+        connection.execute(sa.update(runs).where(runs.c.id == run_id).values(spec=spec))
+    _migrate(app, "head")
+
+    lease = local.lease(local.register())
+    assert lease["run_id"] == run_id and lease["spec"]["code_digest"] is None
+    assert local.worker.get(f"/workers/code/{lease['spec']['code_bundle']}").content == body
+    assert local.user.head(f"/code/{key}").status_code == 200
+    with app.state.database.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
