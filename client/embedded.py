@@ -4,7 +4,9 @@ by the first `cast` command that needs them and shared by every later one.
 Owns: finding a running embedded server from `CAST_HOME/server.json`
 (`{"url", "pid"}`, written by `python -m cast.server up --home HOME` once it
 is healthy), starting one detached under a file lock so that two concurrent
-first commands start only one, and stopping it (`cast down`). The server and
+first commands start only one, and stopping it (`cast down`), found by
+server.json or, if that was lost, by the lock a running server holds on
+HOME/server.lock. The server and
 worker themselves live in cast.server; this module only runs them as a
 subprocess, so the CLI never imports server code.
 """
@@ -25,6 +27,7 @@ from .sdk import CastError
 
 STATE_FILE = "server.json"
 LOCK_FILE = "embedded.lock"
+SERVER_LOCK_FILE = "server.lock"  # held by the running server, holding its pid
 LOG_FILE = "server.log"
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
@@ -135,16 +138,36 @@ def _last_line(path: Path) -> str:
     return f" (last line: {lines[-1].strip()[:300]})" if lines else ""
 
 
+def _server_lock_holder(home: Path) -> int | None:
+    """The pid of the server holding HOME/server.lock, if one does."""
+    import fcntl
+
+    try:
+        with open(home / SERVER_LOCK_FILE) as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = lock.read().strip()
+                return int(text) if text.isdigit() else None
+            return None  # nobody holds it: no server is running
+    except OSError:
+        return None
+
+
 def stop(home: Path) -> str:
     """Stop the embedded server; returns what happened, for the user."""
     if not home.is_dir():
         return f"No embedded server in {home}."
     with _Lock(home):
         state = read_state(home)
-        if not state or not pid_alive(state["pid"]):
+        if state and pid_alive(state["pid"]):
+            pid, url = int(state["pid"]), state["url"]
+        else:
             (home / STATE_FILE).unlink(missing_ok=True)
-            return f"No embedded server is running in {home}."
-        pid, url = int(state["pid"]), state["url"]
+            pid = _server_lock_holder(home)
+            if pid is None:
+                return f"No embedded server is running in {home}."
+            url = f"an unknown address (its {STATE_FILE} is gone)"
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
         while pid_alive(pid) and not _is_zombie(pid):

@@ -9,7 +9,10 @@ Every setting also reads CAST_* variables (see settings.py); flags win.
 --port is 0, ONE worker subprocess using HOME/worker-token, and HOME/server.json
 (`{"url", "pid"}`, mode 0600) written once healthy. SIGTERM or SIGINT stops the
 worker first (while the server can still hear its last reports), then the
-server, and removes server.json.
+server, and removes server.json. While it runs it holds an exclusive lock on
+HOME/server.lock, so a second `up` on the same HOME (say, after server.json
+was deleted by hand) refuses to start rather than share the database and the
+worker's folder.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -76,8 +80,28 @@ def _write_private_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _hold_home(home: Path):
+    """The open HOME/server.lock, locked for this process's life (the kernel
+    drops the lock when the process dies, however it dies)."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    holder = open(home / "server.lock", "a+")
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder.seek(0)
+        pid = holder.read().strip() or "unknown"
+        holder.close()
+        raise SystemExit(f"cast: another embedded server (pid {pid}) is serving {home}; "
+                         "stop it (`cast down`, or kill that pid) before starting one here") from None
+    holder.truncate(0)
+    holder.write(f"{os.getpid()}\n")
+    holder.flush()
+    return holder
+
+
 async def _up(args: argparse.Namespace) -> None:
     home = Path(args.home).expanduser().resolve()
+    home_lock = _hold_home(home)  # noqa: F841 - held open until the process exits
     settings = _settings(args, host=args.host, data_dir=home, executor=args.executor)
     app = create_app(settings)
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP,

@@ -71,3 +71,29 @@ def test_embedded_server_starts_once_is_reused_and_stops(base_env, tmp_path):
     finally:
         for pid in _processes_mentioning(str(home)):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_lost_server_json_neither_starts_a_second_server_nor_stops_cast_down(base_env, tmp_path):
+    home = Path(base_env["CAST_HOME"])
+
+    def cast(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["cast", *args], cwd=tmp_path, env=base_env, capture_output=True, text=True, timeout=180)
+
+    try:
+        assert cast("ps").returncode == 0
+        pid = json.loads((home / "server.json").read_text())["pid"]
+        (home / "server.json").unlink()
+
+        refused = cast("ps")
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr
+        assert f"another embedded server (pid {pid}) is serving {home}" in refused.stderr
+        assert _alive(pid) and len(_processes_mentioning(str(home / "worker"))) == 1
+
+        down = cast("down")
+        assert down.returncode == 0 and f"(pid {pid})" in down.stdout, down
+        wait_until(lambda: not _processes_mentioning(str(home)), timeout=30,
+                   what="no process (server or worker) left for this CAST_HOME")
+        assert cast("ps").returncode == 0  # and a new one starts cleanly
+    finally:
+        for pid in _processes_mentioning(str(home)):
+            os.kill(pid, signal.SIGKILL)

@@ -27,7 +27,7 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def test_up_serves_with_one_worker_and_cleans_up_on_sigterm(tmp_path, base_env):
+def test_up_serves_with_one_worker_refuses_a_second_up_and_cleans_up_on_sigterm(tmp_path, base_env):
     home = tmp_path / "home"
     log = open(tmp_path / "up.log", "wb")
     process = subprocess.Popen(
@@ -56,6 +56,19 @@ def test_up_serves_with_one_worker_and_cleans_up_on_sigterm(tmp_path, base_env):
         assert api.get(f"/runs/{run_id}/outputs/greeting.txt").content == b"hello\n"
         worker_dir = str(home / "worker")
         assert len(_processes_mentioning(worker_dir)) == 1
+
+        # A second `up` on the same home, even with server.json gone, must not
+        # start a second server and worker on the same database and folders.
+        server_file.unlink()
+        second = subprocess.run([sys.executable, "-m", "cast.server", "up", "--home", str(home), "--port", "0"],
+                                env={**base_env, "CAST_EXECUTOR": "local"}, capture_output=True, text=True,
+                                timeout=60)
+        assert second.returncode != 0
+        assert second.stderr.strip() == (f"cast: another embedded server (pid {process.pid}) is serving {home}; "
+                                         "stop it (`cast down`, or kill that pid) before starting one here")
+        assert not server_file.exists() and len(_processes_mentioning(worker_dir)) == 1
+        assert api.get("/health").json()["status"] == "ok"
+
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
         assert not server_file.exists()
