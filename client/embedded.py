@@ -6,9 +6,8 @@ Owns: finding a running embedded server from `CAST_HOME/server.json`
 is healthy), starting one detached under a file lock so that two concurrent
 first commands start only one, and stopping it (`cast down`), found by
 server.json or, if that was lost, by the lock a running server holds on
-HOME/server.lock. The server and
-worker themselves live in cast.server; this module only runs them as a
-subprocess, so the CLI never imports server code.
+HOME/server.lock. The server and worker themselves live in cast.server; this
+module only runs them as a subprocess, so the CLI never imports server code.
 """
 
 from __future__ import annotations
