@@ -142,11 +142,16 @@ def app(settings):
     return create_app(settings)
 
 
-@pytest.fixture
-def local(app, settings) -> Api:
-    """The app in-process (no reaper running: TestClient without its lifespan)."""
+def in_process_api(app, settings: Settings) -> Api:
+    """`app` in-process as its admin and its worker (no reaper running: TestClient without its lifespan)."""
     admin = settings.admin_token_file.read_text().strip()
     worker = settings.worker_token_file.read_text().strip()
-    api = Api(_in_process(app, admin), _in_process(app, worker))
+    return Api(_in_process(app, admin), _in_process(app, worker))
+
+
+@pytest.fixture
+def local(app, settings) -> Api:
+    """The app in-process, with the default test settings."""
+    api = in_process_api(app, settings)
     yield api
     app.state.database.dispose()

@@ -8,10 +8,10 @@ import json
 import threading
 import time
 
-from fastapi.testclient import TestClient
-
 from cast.server.app import create_app
 from cast.server.settings import Settings
+
+from ..conftest import in_process_api
 
 
 def _texts(api, run_id: int, **params) -> list[str]:
@@ -63,12 +63,7 @@ def test_reading_from_offsets(local):
 
 def test_log_cap_writes_one_marker_and_drops_the_rest(tmp_path):
     settings = Settings(data_dir=tmp_path / "data", max_log_entries_per_run=5)
-    app = create_app(settings)
-    headers = lambda path: {"Authorization": f"Bearer {path.read_text().strip()}"}  # noqa: E731
-    from ..conftest import Api
-
-    api = Api(TestClient(app, base_url="http://t/api/v1", headers=headers(settings.admin_token_file)),
-              TestClient(app, base_url="http://t/api/v1", headers=headers(settings.worker_token_file)))
+    api = in_process_api(create_app(settings), settings)
     lease = _running(api)
     assert api.append(lease, 0, "1", "2", "3").json()["truncated"] is False
     assert api.append(lease, 3, "4", "5", "6", "7").json()["truncated"] is True

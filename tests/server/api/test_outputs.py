@@ -8,12 +8,11 @@ import io
 import tarfile
 
 import pytest
-from fastapi.testclient import TestClient
 
 from cast.server.app import create_app
 from cast.server.settings import Settings
 
-from ..conftest import Api, make_tar
+from ..conftest import in_process_api, make_tar
 
 FILES = {"model.pt": b"weights" * 100, "logs/train.txt": b"loss 0.1\n", "logs/deep/x.bin": b"\x00\x01"}
 
@@ -103,10 +102,7 @@ def test_push_needs_the_live_lease(local):
 
 def test_outputs_over_the_cap_are_refused(tmp_path):
     settings = Settings(data_dir=tmp_path / "data", max_output_bytes=1000)
-    app = create_app(settings)
-    token = lambda path: {"Authorization": f"Bearer {path.read_text().strip()}"}  # noqa: E731
-    api = Api(TestClient(app, base_url="http://t/api/v1", headers=token(settings.admin_token_file)),
-              TestClient(app, base_url="http://t/api/v1", headers=token(settings.worker_token_file)))
+    api = in_process_api(create_app(settings), settings)
     lease = _pushing(api)
     response = api.push(lease, make_tar({"big.bin": b"x" * 2000}))
     assert response.status_code == 413
