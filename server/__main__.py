@@ -81,8 +81,8 @@ def _write_private_json(path: Path, data: dict) -> None:
 
 
 def _hold_home(home: Path):
-    """The open HOME/server.lock, locked for this process's life (the kernel
-    drops the lock when the process dies, however it dies)."""
+    """HOME/server.lock, open and locked until closed (or until the process
+    dies, however it dies: the kernel drops the lock)."""
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     holder = open(home / "server.lock", "a+")
     try:
@@ -101,7 +101,6 @@ def _hold_home(home: Path):
 
 async def _up(args: argparse.Namespace) -> None:
     home = Path(args.home).expanduser().resolve()
-    home_lock = _hold_home(home)  # noqa: F841 - held open until the process exits
     settings = _settings(args, host=args.host, data_dir=home, executor=args.executor)
     app = create_app(settings)
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP,
@@ -169,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "up":
-            asyncio.run(_up(args))
+            with _hold_home(Path(args.home).expanduser().resolve()):
+                asyncio.run(_up(args))
         else:
             serve(args)
     except ValidationError as error:  # a bad CAST_* variable or flag: one line, not a traceback
