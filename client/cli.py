@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from .sdk import ApiError, CastError
-from .spec import SpecError
+from cast.protocol.validate import SpecError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
@@ -127,8 +127,7 @@ def _build_spec(command: tuple[str, ...], file_options: dict, flags: dict) -> tu
     validated here so that bad input fails before anything is sent."""
     import shlex
 
-    from .spec import (parse_env, parse_machine_type, parse_mount, validate_apt_package, validate_label,
-                       validate_mounts, validate_pip_spec)
+    from cast.protocol.validate import parse_env, parse_machine_type, parse_mount, validate_apt_package, validate_label, validate_mounts, validate_pip_spec
 
     given = {key: value for key, value in flags.items() if value not in (None, ())}
     options = {**file_options, **given}
@@ -283,7 +282,7 @@ def _follow_to_end(client, run_id: int, offset: int, printer) -> int:
 
 def _print_outcome(printer, run: dict) -> int:
     from .render import DONE_MARK, FAIL_MARK, seconds_between
-    from .spec import format_duration
+    from cast.protocol.units import format_duration
 
     seconds = seconds_between(run.get("created_at"), run.get("finished_at"))
     if seconds is not None:
@@ -307,7 +306,7 @@ def _print_outcome(printer, run: dict) -> int:
 # --- reading runs -------------------------------------------------------------
 
 def _run_status_choices() -> list[str]:
-    from .spec import RunStatus
+    from cast.protocol.status import RunStatus
 
     return [s.value for s in RunStatus]
 
@@ -337,7 +336,7 @@ def ps(statuses, label, limit, as_json) -> int:
 
 
 def _masked_env(env: dict) -> dict:
-    from .spec import looks_secret
+    from cast.protocol.validate import looks_secret
 
     return {name: ("****" if looks_secret(name) else value) for name, value in (env or {}).items()}
 
@@ -353,7 +352,8 @@ def info(run_id, as_json) -> int:
         _print_json(run)
         return 0
     from .render import local_time, run_duration, seconds_between, table
-    from .spec import format_duration, is_final
+    from cast.protocol.status import is_final
+    from cast.protocol.units import format_duration
 
     spec = run["spec"]
     if spec.get("git_url"):
@@ -475,7 +475,7 @@ def kill(run_ids) -> int:
 @click.option("--remove", is_flag=True, help="Remove the label instead of adding it.")
 def label(run_id, label, remove) -> int:
     """Add a label to a run (or remove it with --remove)."""
-    from .spec import validate_label
+    from cast.protocol.validate import validate_label
 
     validate_label(label)
     client = _client()
@@ -529,7 +529,7 @@ def _children(files: list[dict], subpath: str, shown: str) -> tuple[list[dict], 
 def ls(resource, as_json) -> int:
     """List run outputs and uploads with their sizes."""
     from .render import human_size, table
-    from .spec import parse_resource
+    from cast.protocol.validate import parse_resource
 
     top = resource.strip("/")
     if not top:
@@ -578,7 +578,7 @@ def cp(resource, destination) -> int:
     import tarfile
 
     from .render import Progress, human_size
-    from .spec import parse_resource
+    from cast.protocol.validate import parse_resource
     from .tarstream import extract_stream
 
     parsed = parse_resource(resource)
@@ -631,7 +631,7 @@ def cp(resource, destination) -> int:
 def upload(path, name) -> int:
     """Upload a file or folder as uploads/NAME, for runs to mount."""
     from .render import Progress, human_size
-    from .spec import validate_upload_name
+    from cast.protocol.validate import validate_upload_name
 
     source = Path(path)
     if not source.exists():

@@ -12,7 +12,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from .spec import format_duration
+from cast.protocol.units import format_duration
 
 CAST_MARK, START_MARK, DONE_MARK, FAIL_MARK = "✨", "💫", "🎉", "💥"
 

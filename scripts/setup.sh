@@ -10,6 +10,11 @@ python3 -m pip install -q -e '.[all]'
 
 [ "${1:-}" = "--system" ] || exit 0
 
+# The GPT-2 example's tests import torch and transformers on the host. torch is
+# pinned: that release's CPU wheel is what this machine's pip settings find; a
+# bare requirement would pull a multi-GB CUDA build.
+python3 -m pip install -q torch==2.13.0 -r examples/gpt2/requirements.txt
+
 need=()
 command -v git >/dev/null || need+=(git)
 command -v dockerd >/dev/null || need+=(docker.io)

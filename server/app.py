@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from cast.client.spec import SpecError
+from cast.protocol.validate import SpecError
 from cast.server import errors
 from cast.server.api import code, health, logs, outputs, runs, uploads, users, workers
 from cast.server.db import Database

@@ -1,6 +1,6 @@
 """Pydantic shapes of the HTTP API (see docs/api.md); ORM tables live in models.py.
 
-Input models validate with the validators of `cast.client.spec`, so the CLI,
+Input models validate with the validators of `cast.protocol.validate`, so the CLI,
 the server and the worker refuse the same things with the same messages.
 """
 
@@ -12,8 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cast.client import spec as wire
-from cast.client.spec import RunStatus
+from cast.protocol import validate as wire
+from cast.protocol.status import RunStatus
 
 _NO_CONTROL = re.compile(r"^[^\x00-\x1f\x7f]*$")
 CODE_KEY_PATTERN = r"^[0-9a-f]{64}$"

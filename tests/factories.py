@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from cast.client.spec import FINAL_STATUSES
+from cast.protocol.status import FINAL_STATUSES
 from tests.conftest import CliResult, ServerProcess, wait_until
 
 FINAL = {status.value for status in FINAL_STATUSES}

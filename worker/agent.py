@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from cast.client.spec import parse_machine_type
+from cast.protocol.validate import parse_machine_type
 from cast.worker.client import Conflict, Refused, ServerClient, ServerError, ServerUnavailable, with_retries
 from cast.worker.executors.base import BuildFailed, Executor, Job
 from cast.worker.mounts import MountCache, MountError, remove_tree

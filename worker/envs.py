@@ -21,7 +21,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from cast.client.spec import SpecError, validate_pip_spec
+from cast.protocol.validate import SpecError, validate_pip_spec
 from cast.worker.executors.base import BuildFailed, BuildResult, CacheEntry, LogSink
 from cast.worker.locking import file_lock
 from cast.worker.mounts import remove_tree

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from cast.client.spec import RunStatus
+from cast.protocol.status import RunStatus
 from cast.server.api.deps import CurrentUser, RunId, SessionDep, SettingsDep
 from cast.server.schemas import LabelIn, RunCreate, RunList, RunOut
 from cast.server.services import runs

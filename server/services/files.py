@@ -15,7 +15,8 @@ from typing import BinaryIO
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from cast.client.spec import RunStatus, normalize_relative_path, validate_upload_name
+from cast.protocol.status import RunStatus
+from cast.protocol.validate import normalize_relative_path, validate_upload_name
 from cast.server.db import Database
 from cast.server.errors import Conflict, NameTaken, PathNotFound, UploadNotFound
 from cast.server.models import OutputFile, Upload, UploadFile, User

@@ -16,7 +16,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from cast.client.spec import is_final
+from cast.protocol.status import is_final
 from cast.server import events
 from cast.server.errors import LeaseLost, RunNotFound
 from cast.server.models import LogEntry, Run, utcnow

@@ -19,15 +19,8 @@ from datetime import timedelta
 from sqlalchemy import ColumnElement, case, delete, literal, select, update
 from sqlalchemy.orm import Session
 
-from cast.client.spec import (
-    FINAL_STATUSES,
-    LEASED_STATUSES,
-    MOUNTABLE_STATUSES,
-    RunStatus,
-    parse_resource,
-    sources_of,
-    stage_lines,
-)
+from cast.protocol.status import FINAL_STATUSES, LEASED_STATUSES, MOUNTABLE_STATUSES, RunStatus, sources_of, stage_lines
+from cast.protocol.validate import parse_resource
 from cast.server import events
 from cast.server.errors import BadRequest, InvalidTransition, LeaseLost, NotFound, PathNotFound, RunNotFound
 from cast.server.models import (

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from cast.client.spec import SpecError, normalize_relative_path
+from cast.protocol.validate import SpecError, normalize_relative_path
 from cast.server.errors import BadRequest, TooLarge
 from cast.server.settings import Settings
 

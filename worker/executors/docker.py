@@ -50,7 +50,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, LogConfig, Mount
 from requests.exceptions import RequestException
 
-from cast.client.spec import SpecError, parse_machine_type, validate_apt_package, validate_pip_spec
+from cast.protocol.validate import SpecError, parse_machine_type, validate_apt_package, validate_pip_spec
 from cast.worker.dockerenv import HOST_INPUTS, HostPackageSettings
 from cast.worker.executors.base import (
     BuildFailed,

@@ -8,7 +8,7 @@ import multiprocessing
 import pytest
 from sqlalchemy import delete, select, update
 
-from cast.client.spec import TRANSITIONS, RunStatus
+from cast.protocol.status import TRANSITIONS, RunStatus
 from cast.server.db import Database
 from cast.server.errors import InvalidTransition
 from cast.server.models import Run, RunTransition, Worker

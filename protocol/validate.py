@@ -1,15 +1,13 @@
-"""The wire protocol shared by the CLI, the control plane and the worker.
+"""Validation of everything a user can put in a run spec.
 
-Owns: the run status enum and its table of allowed transitions, the stage
-lines shown for each transition, and the validation of everything a user can
-put in a run spec (mounts, pip/apt specs, machine types, env names, paths).
-Plain Python on purpose: the CLI imports it on every invocation and must start
-fast, and the server and worker wrap it in their own schemas.
+Owns: mounts and the resources they name (`runs/N[/path]`, `uploads/NAME[/path]`),
+pip and apt specs, machine types, env names, labels, upload names and relative
+paths. The CLI, the server and the worker refuse the same things with the same
+messages because they all call these.
 """
 
 from __future__ import annotations
 
-import enum
 import posixpath
 import re
 from dataclasses import dataclass
@@ -18,116 +16,6 @@ from dataclasses import dataclass
 class SpecError(ValueError):
     """A run spec or one of its parts is invalid; the message says why."""
 
-
-class RunStatus(str, enum.Enum):
-    MACHINE_REQUESTED = "machine_requested"
-    BUILDING = "building"
-    MOUNTING = "mounting"
-    RUNNING = "running"
-    SAVING = "saving"
-    PUSHING = "pushing"
-    COMPLETE = "complete"
-    FAILED = "failed"
-    BUILD_FAILED = "build_failed"
-    MOUNT_FAILED = "mount_failed"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    KILLING = "killing"
-    KILLED = "killed"
-    INTERRUPTED = "interrupted"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-S = RunStatus
-
-# Every allowed change of a run's status. Anything not listed is refused.
-# - the worker moves a run forward through the stages;
-# - stop/kill from the API move an active run to stopping/killing (a queued
-#   run has nothing to stop, so it goes straight to stopped/killed);
-# - a stopped run still saves and pushes its outputs, a killed one does not;
-# - a lost lease makes any leased run interrupted, and a retry requeues it.
-TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
-    S.MACHINE_REQUESTED: frozenset({S.BUILDING, S.STOPPED, S.KILLED}),
-    S.BUILDING: frozenset(
-        {S.MOUNTING, S.BUILD_FAILED, S.STOPPING, S.KILLING, S.INTERRUPTED}
-    ),
-    S.MOUNTING: frozenset(
-        {S.RUNNING, S.MOUNT_FAILED, S.STOPPING, S.KILLING, S.INTERRUPTED}
-    ),
-    S.RUNNING: frozenset({S.SAVING, S.STOPPING, S.KILLING, S.INTERRUPTED}),
-    S.SAVING: frozenset({S.PUSHING, S.FAILED, S.KILLING, S.INTERRUPTED}),
-    S.PUSHING: frozenset(
-        {S.COMPLETE, S.FAILED, S.STOPPED, S.KILLING, S.INTERRUPTED}
-    ),
-    S.STOPPING: frozenset({S.SAVING, S.STOPPED, S.KILLING, S.INTERRUPTED}),
-    S.KILLING: frozenset({S.KILLED, S.INTERRUPTED}),
-    S.INTERRUPTED: frozenset({S.MACHINE_REQUESTED}),
-    S.COMPLETE: frozenset(),
-    S.FAILED: frozenset(),
-    S.BUILD_FAILED: frozenset(),
-    S.MOUNT_FAILED: frozenset(),
-    S.STOPPED: frozenset(),
-    S.KILLED: frozenset(),
-}
-
-FINAL_STATUSES = frozenset(s for s, targets in TRANSITIONS.items() if not targets) | {
-    S.INTERRUPTED
-}
-# Statuses in which a worker holds the run's lease.
-LEASED_STATUSES = frozenset(
-    {S.BUILDING, S.MOUNTING, S.RUNNING, S.SAVING, S.PUSHING, S.STOPPING, S.KILLING}
-)
-# Runs in these statuses have outputs that other runs may mount.
-MOUNTABLE_STATUSES = frozenset({S.COMPLETE, S.FAILED, S.STOPPED})
-
-
-def sources_of(target: RunStatus) -> frozenset[RunStatus]:
-    """The statuses from which a run may move to `target`."""
-    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
-
-
-def is_final(status: RunStatus | str) -> bool:
-    return RunStatus(status) in FINAL_STATUSES
-
-
-_STAGE_TITLES = {
-    S.MACHINE_REQUESTED: "Machine_Requested",
-    S.BUILDING: "Building",
-    S.MOUNTING: "Mounting",
-    S.SAVING: "Saving",
-    S.PUSHING: "Pushing",
-}
-_FAILED_STAGE = {S.BUILD_FAILED: S.BUILDING, S.MOUNT_FAILED: S.MOUNTING}
-
-
-def stage_lines(previous: RunStatus, new: RunStatus, note: str | None = None) -> list[str]:
-    """The lines a follower sees when a run moves from `previous` to `new`.
-
-    `note` qualifies the stage that just ended, e.g. "cached" for a build or
-    "local, cpu" for the machine.
-    """
-    lines = []
-    if new in _FAILED_STAGE:
-        lines.append(f"{_STAGE_TITLES[_FAILED_STAGE[new]]}… failed" + (f": {note}" if note else ""))
-        return lines
-    if previous in _STAGE_TITLES and new not in (S.INTERRUPTED, S.KILLING, S.KILLED):
-        lines.append(f"{_STAGE_TITLES[previous]}… done" + (f" ({note})" if note else ""))
-    if new is S.RUNNING:
-        lines.append("Run is running")
-    elif new is S.STOPPING:
-        lines.append("Stopping…" + (f" ({note})" if note else ""))
-    elif new is S.KILLING:
-        lines.append("Killing…")
-    elif new is S.INTERRUPTED:
-        lines.append("Run interrupted" + (f": {note}" if note else ""))
-    elif new is S.MACHINE_REQUESTED:
-        lines.append("Requeued" + (f" ({note})" if note else ""))
-    return lines
-
-
-# --- run spec parts -------------------------------------------------------
 
 MAX_COMMAND_LENGTH = 64 * 1024
 _RESOURCE_ROOTS = ("runs", "uploads")
@@ -281,15 +169,3 @@ _SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH)",
 def looks_secret(env_name: str) -> bool:
     """Names whose values the viewer and `cast info` mask."""
     return bool(_SECRET_NAME.search(env_name))
-
-
-def format_duration(seconds: float) -> str:
-    """0.41s, 12.3s, 1m7s, 2h3m4s: the style of Spell's 'Total run time'."""
-    if seconds < 10:
-        return f"{seconds:.2f}s"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    whole = int(round(seconds))
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s"

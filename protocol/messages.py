@@ -1,0 +1,172 @@
+"""The typed messages that cross HTTP between the CLI, the control plane and the worker.
+
+Owns: `RunSpec` (what a run asks for, as stored and as leased), `Lease` (what
+a worker is handed with a run), the worker's reports (`StatusReport`,
+`HeartbeatReply`, `LogEntry`) and the log stream names. Plain dataclasses so the
+CLI imports them without pydantic; the server's pydantic schemas embed these
+same classes (pydantic validates stdlib dataclasses), so a field is declared
+once. `from_dict` reads a JSON object and ignores keys it does not know, so an
+older worker keeps working against a newer server.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from .status import RunStatus
+
+
+class LogStream(str, enum.Enum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    # Lines cast itself writes: stage lines, build steps, what was not saved.
+    CAST = "cast"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _known(cls, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass
+class MountSpec:
+    """A mount as the run asked for it: the resource and where it appears."""
+
+    resource: str
+    path: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MountSpec":
+        return cls(**_known(cls, data))
+
+
+@dataclass
+class RunSpec:
+    """Everything a run asks for; the server fills in the commit and bundle digest."""
+
+    command: str
+    git_url: str | None = None
+    commit_ref: str | None = None
+    commit_sha: str | None = None
+    code_bundle: str | None = None
+    # sha256 of the bundle's tar as the server received it; workers fetch by it.
+    code_digest: str | None = None
+    pip: list[str] = field(default_factory=list)
+    pip_req: str | None = None
+    apt: list[str] = field(default_factory=list)
+    docker_image: str | None = None
+    mounts: list[MountSpec] = field(default_factory=list)
+    machine_type: str = "cpu"
+    gpus: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    retries: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunSpec":
+        known = _known(cls, data)
+        known["mounts"] = [m if isinstance(m, MountSpec) else MountSpec.from_dict(m) for m in known.get("mounts") or []]
+        for name in ("pip", "apt"):
+            known[name] = list(known.get(name) or [])
+        known["env"] = dict(known.get("env") or {})
+        return cls(**known)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def request_body(self, *, labels: list[str] | None = None) -> dict[str, Any]:
+        """The body of `POST /api/v1/runs` for this spec: what a user may set, plus labels."""
+        body = {k: v for k, v in self.to_dict().items() if k not in SERVER_FILLED and v is not None}
+        if labels:
+            body["labels"] = list(labels)
+        return body
+
+
+# Fields of a RunSpec that the server fills in; a request that sets them is refused.
+SERVER_FILLED = frozenset({"commit_sha", "code_digest", "gpus"})
+
+
+@dataclass
+class LeaseMount:
+    """A mount as the worker places it: what it is and where the server keeps it."""
+
+    resource: str
+    path: str
+    kind: Literal["file", "dir"]
+    # The source's path on the server's filesystem; a worker that shares it
+    # (the embedded mode) binds it instead of downloading.
+    local_path: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LeaseMount":
+        return cls(**_known(cls, data))
+
+
+@dataclass
+class Lease:
+    """A run handed to a worker: the token that every later report presents."""
+
+    run_id: int
+    lease_token: str
+    lease_seconds: float
+    attempt: int
+    spec: RunSpec
+    mounts: list[LeaseMount]
+    storage_root: str
+    # Names the server's storage, so a worker can tell whether it shares it.
+    storage_id: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Lease":
+        known = _known(cls, data)
+        known["spec"] = RunSpec.from_dict(known["spec"])
+        known["mounts"] = [LeaseMount.from_dict(m) for m in known.get("mounts") or []]
+        return cls(**known)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class HeartbeatReply:
+    """The server's answer to a heartbeat: the run's status carries stop and kill."""
+
+    status: RunStatus
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HeartbeatReply":
+        return cls(status=RunStatus(data["status"]))
+
+
+@dataclass
+class StatusReport:
+    """A worker's report that its run moved to `status`."""
+
+    lease_token: str
+    status: RunStatus
+    note: str | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (v.value if isinstance(v, RunStatus) else v) for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class LogEntry:
+    """One log line as the worker sends it."""
+
+    stream: LogStream
+    text: str
+    time: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        entry = {"stream": self.stream.value, "text": self.text}
+        if self.time is not None:
+            entry["time"] = self.time
+        return entry

@@ -1,0 +1,45 @@
+"""Durations and sizes as people type and read them: the one parser and the one formatter of each."""
+
+from __future__ import annotations
+
+import re
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | float | int, *, what: str = "duration") -> float:
+    """Seconds from `90`, `90s`, `5m`, `2h` or `7d`; ValueError naming `what` otherwise."""
+    match = _DURATION.match(str(text).strip().lower())
+    if not match:
+        raise ValueError(f"{what} {text!r} must be seconds, or a number with s, m, h or d (90, 90s, 5m, 2h, 7d)")
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not seconds > 0:
+        raise ValueError(f"{what} {text!r} must be more than zero")
+    return seconds
+
+
+def human_size(size: int | float | None) -> str:
+    """6 B, 1.5 KB, 12 MB, 3.4 GB (powers of 1024); '-' for unknown."""
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            if unit == "B":
+                return f"{int(value)} B"
+            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_duration(seconds: float) -> str:
+    """0.41s, 12.3s, 1m7s, 2h3m4s: the style of Spell's 'Total run time'."""
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s"
