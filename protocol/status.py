@@ -9,6 +9,7 @@ follower sees for each change. The viewer reads all of it from
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 
 class RunStatus(str, enum.Enum):
@@ -119,17 +120,33 @@ def stage_lines(previous: RunStatus, new: RunStatus, note: str | None = None) ->
     return lines
 
 
-def status_table() -> dict:
+@dataclass(frozen=True)
+class StatusInfo:
+    """One status as a client that shows statuses sees it."""
+
+    name: str
+    final: bool
+    leased: bool
+    stage: str | None  # its title in stage lines ("Building"), if it is a stage
+    next: list[str]  # the statuses it may move to, sorted
+
+
+@dataclass(frozen=True)
+class StatusTable:
+    """The answer of `GET /api/v1/protocol/statuses`: every status, in order."""
+
+    statuses: list[StatusInfo]
+
+
+def status_table() -> StatusTable:
     """Everything a client that shows statuses needs, in the table's order."""
-    return {
-        "statuses": [
-            {
-                "name": s.value,
-                "final": s in FINAL_STATUSES,
-                "leased": s in LEASED_STATUSES,
-                "stage": _STAGE_TITLES.get(s),
-                "next": sorted(t.value for t in TRANSITIONS[s]),
-            }
-            for s in RunStatus
-        ]
-    }
+    return StatusTable(statuses=[
+        StatusInfo(
+            name=s.value,
+            final=s in FINAL_STATUSES,
+            leased=s in LEASED_STATUSES,
+            stage=_STAGE_TITLES.get(s),
+            next=sorted(t.value for t in TRANSITIONS[s]),
+        )
+        for s in RunStatus
+    ])

@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect
 
 from cast.protocol.validate import SpecError
 from cast.server import errors
-from cast.server.api import code, health, logs, outputs, runs, uploads, users, workers
+from cast.server.api import code, health, logs, outputs, protocol, runs, uploads, users, workers
 from cast.server.db import Database
 from cast.server.services import runs as run_service
 from cast.server.services import storage
@@ -168,7 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database = database
     app.state.storage_id = storage.ensure_storage_id(settings)
     api = APIRouter(prefix="/api/v1")
-    for module in (health, runs, logs, outputs, uploads, code, workers, users):
+    for module in (health, protocol, runs, logs, outputs, uploads, code, workers, users):
         api.include_router(module.router)
     app.include_router(api)
     _install_error_handlers(app)

@@ -1,4 +1,4 @@
-"""GET /api/v1/health: the one route that needs no token."""
+"""GET /api/v1/health: the server is up, and its version (no token needed)."""
 
 from importlib.metadata import PackageNotFoundError, version
 

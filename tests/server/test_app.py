@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from cast.server.api import deps
 
-PUBLIC = {"/api/v1/health"}
+PUBLIC = {"/api/v1/health", "/api/v1/protocol/statuses"}
 WORKER_ROUTES = {
     ("POST", "/api/v1/workers"),
     ("POST", "/api/v1/workers/{worker_id}/lease"),
