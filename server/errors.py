@@ -7,23 +7,23 @@ codes in one place, so services never speak HTTP.
 from __future__ import annotations
 
 
-class CastError(Exception):
+class DomainError(Exception):
     """Base of every domain error; `str(error)` is the message shown to the client."""
 
 
-class BadRequest(CastError):
+class BadRequest(DomainError):
     """The request is well-formed but asks for something invalid (400)."""
 
 
-class NotAuthenticated(CastError):
+class NotAuthenticated(DomainError):
     """No token, or a token the server does not know (401)."""
 
 
-class Forbidden(CastError):
+class Forbidden(DomainError):
     """A valid token that may not do this (403)."""
 
 
-class NotFound(CastError):
+class NotFound(DomainError):
     """Base of the 404s."""
 
 
@@ -62,7 +62,7 @@ class UserNotFound(NotFound):
         super().__init__(f"user {name!r} not found")
 
 
-class Conflict(CastError):
+class Conflict(DomainError):
     """Base of the 409s."""
 
 
@@ -80,11 +80,11 @@ class NameTaken(Conflict):
     """An upload, user or similar name already exists."""
 
 
-class TooLarge(CastError):
+class TooLarge(DomainError):
     """A body or a stored result exceeds its cap (413)."""
 
 
-class ShuttingDown(CastError):
+class ShuttingDown(DomainError):
     """The server is stopping; the client should retry against its successor (503)."""
 
     def __init__(self) -> None:
