@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
 from typing import Any, Literal
 
 from .status import RunStatus
@@ -137,10 +138,14 @@ class HeartbeatReply:
     """The server's answer to a heartbeat: the run's status carries stop and kill."""
 
     status: RunStatus
+    # When the lease now ends, by the server's clock.
+    lease_expires_at: datetime | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HeartbeatReply":
-        return cls(status=RunStatus(data["status"]))
+        expires = data.get("lease_expires_at")
+        return cls(status=RunStatus(data["status"]),
+                   lease_expires_at=datetime.fromisoformat(expires) if expires else None)
 
 
 @dataclass
