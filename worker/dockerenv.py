@@ -20,10 +20,12 @@ import ast
 import os
 import re
 import shlex
+import string
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import unquote, urlsplit
 
 HOST_INPUTS = "/cast/host"  # a tmpfs in the build container
@@ -35,7 +37,12 @@ _PIP_FILE_OPTIONS = ("cert", "client-cert")
 _PIP_PLAIN_OPTIONS = ("trusted-host", "proxy", "timeout", "retries", "no-index", "pre")
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 _APT_PROXY = re.compile(r'^Acquire::(https?)::Proxy\s+"([^"]*)";\s*$', re.M)
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^\s/@:]*):(?P<password>[^\s/@]+)@", re.I)
+# `user:password@` right after a URL's `://`. The scheme before it is checked
+# by looking back (_after_scheme): a pattern that began with the scheme's
+# character class would be retried from every letter of a long word, and a
+# 16k-character build line then took over a second (quadratic time).
+_URL_CREDENTIALS = re.compile(r"://(?P<user>[^\s/@:]*):(?P<password>[^\s/@]+)@")
+_SCHEME_CHARS = frozenset(string.ascii_letters + string.digits + "+.-")
 
 
 def read_pip_config(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -91,10 +98,28 @@ def _local_path(location: str) -> Path | None:
     return Path(location)
 
 
+def _after_scheme(text: str, end: int) -> bool:
+    """Whether `text[:end]` ends with a URL scheme: a letter, then letters, digits, '+', '.' or '-'.
+
+    Linear overall: the look back stops at the ':' or '/' of the `://` before."""
+    start = end
+    while start > 0 and text[start - 1] in _SCHEME_CHARS:
+        start -= 1
+    return any(char in string.ascii_letters for char in text[start:end])
+
+
+def _url_credentials(text: str) -> Iterator[re.Match]:
+    """Each `://user:password@` of a URL in `text`."""
+    for match in _URL_CREDENTIALS.finditer(text):
+        # A match without a scheme holds no '/' past its `://`, so no URL starts inside it.
+        if _after_scheme(text, match.start()):
+            yield match
+
+
 def url_secrets(text: str) -> list[str]:
     """Passwords (and user:password pairs) written into URLs in `text`."""
     found = []
-    for match in _URL_CREDENTIALS.finditer(text):
+    for match in _url_credentials(text):
         found.append(match["password"])
         found.append(unquote(match["password"]))
         if match["user"]:
@@ -136,7 +161,12 @@ class HostPackageSettings:
         """`line` with every secret of these settings, and any URL password, masked."""
         for secret in self.secrets:
             line = line.replace(secret, "****")
-        return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:****@", line)
+        masked, done = [], 0
+        for match in _url_credentials(line):
+            masked += [line[done:match.start("password")], "****"]
+            done = match.end("password")
+        masked.append(line[done:])
+        return "".join(masked)
 
     def build_inputs(self) -> BuildInputs:
         """The pip.conf, apt.conf, proxy preamble and mounts for a build container."""
