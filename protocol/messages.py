@@ -29,6 +29,12 @@ class LogStream(str, enum.Enum):
         return self.value
 
 
+# A header on a 5xx answer that retrying the same request cannot fix (the
+# server's disk is full, say): the worker fails the run with the answer's
+# detail instead of retrying it.
+PERMANENT_HEADER = "X-Cast-Permanent"
+
+
 def _known(cls, data: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in data.items() if k in names}

@@ -1,9 +1,13 @@
 """The worker's HTTP client to the control plane (docs/api.md, worker routes).
 
-Owns the requests and how their failures are classified: a connection error or
-a 5xx is `ServerUnavailable` (the caller retries; the server may be
-restarting), a 409 is `Conflict` (lease lost or a transition refused), any
-other 4xx is `Refused` (the request itself is wrong; retrying cannot help).
+Owns the requests and how their failures are classified: a connection error,
+a 5xx, a 408 or a 429 is `ServerUnavailable` (the caller retries; the server
+may be restarting or busy), a 409 is `Conflict` (lease lost or a transition
+refused), any other 4xx, and a 5xx the server marks permanent (the
+`X-Cast-Permanent: 1` header: its disk is full, say), is `Refused` (retrying
+cannot help). `with_retries` also gives up, with `Refused`, once the server
+gave the same 5xx answer a given number of times in a row: a server error
+that every retry meets again is deterministic, not an outage.
 """
 
 from __future__ import annotations
@@ -15,7 +19,14 @@ from typing import Callable, Iterable, TypeVar
 
 import httpx
 
+from cast.protocol.messages import PERMANENT_HEADER
+
 T = TypeVar("T")
+# 4xx answers that mean "not now" rather than "never".
+_RETRYABLE_4XX = frozenset({408, 429})
+# 5xx answers of a server being restarted or of a proxy in front of it: an
+# outage however often they repeat, never counted as the same error.
+_OUTAGE_5XX = frozenset({502, 503, 504})
 
 
 class ServerError(Exception):
@@ -23,7 +34,14 @@ class ServerError(Exception):
 
 
 class ServerUnavailable(ServerError):
-    """The server could not be reached or answered 5xx; worth retrying."""
+    """The server could not be reached or answered 5xx (or 408/429); worth retrying.
+
+    `answer` is (status code, detail) for a server error that, repeated, says
+    the request itself fails there; None for an outage."""
+
+    def __init__(self, message: str, answer: tuple[int, str] | None = None):
+        super().__init__(message)
+        self.answer = answer
 
 
 class Conflict(ServerError):
@@ -47,26 +65,38 @@ def _detail(response: httpx.Response) -> str:
 
 
 def _check(response: httpx.Response) -> httpx.Response:
-    if response.status_code >= 500:
-        raise ServerUnavailable(f"server answered {response.status_code}: {_detail(response)}")
-    if response.status_code == 409:
-        raise Conflict(_detail(response))
-    if response.status_code >= 400:
-        raise Refused(response.status_code, _detail(response))
-    return response
+    code = response.status_code
+    if code < 400:
+        return response
+    detail = _detail(response)
+    if code == 409:
+        raise Conflict(detail)
+    permanent = response.headers.get(PERMANENT_HEADER) == "1"
+    if code in _RETRYABLE_4XX or (code >= 500 and not permanent):
+        answer = None if code in _OUTAGE_5XX or code < 500 else (code, detail)
+        raise ServerUnavailable(f"server answered {code}: {detail}", answer)
+    raise Refused(code, detail)
 
 
 def with_retries(call: Callable[[], T], *, should_continue: Callable[[], bool] = lambda: True,
-                 max_delay: float = 1.0) -> T:
+                 max_delay: float = 1.0, max_same_errors: int | None = None) -> T:
     """Repeat `call` while the server is unavailable, backing off up to `max_delay`
-    seconds between tries; stop (re-raising) once `should_continue` says so."""
+    seconds between tries; stop (re-raising) once `should_continue` says so, and
+    raise `Refused` once the server gave the same error answer `max_same_errors`
+    times in a row."""
     delay = 0.05
+    last, repeats = None, 0
     while True:
         try:
             return call()
-        except ServerUnavailable:
+        except ServerUnavailable as exc:
             if not should_continue():
                 raise
+            repeats = repeats + 1 if exc.answer is not None and exc.answer == last else 1
+            last = exc.answer
+            if last is not None and max_same_errors is not None and repeats >= max_same_errors:
+                code, detail = last
+                raise Refused(code, f"{detail} (the same answer {repeats} times in a row)") from exc
             time.sleep(delay)
             delay = min(delay * 2, max_delay)
 
@@ -78,7 +108,10 @@ def _quote_path(path: str) -> str:
 class ServerClient:
     """One connection pool to the control plane, shared by the agent's threads."""
 
-    def __init__(self, server_url: str, token: str):
+    def __init__(self, server_url: str, token: str, *, max_same_errors: int = 8):
+        # How often a run's report may meet the same server error before the
+        # run fails with it (see with_retries).
+        self.max_same_errors = max_same_errors
         self._http = httpx.Client(
             base_url=server_url.rstrip("/") + "/api/v1",
             headers={"Authorization": f"Bearer {token}"},
