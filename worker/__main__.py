@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -26,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+from cast.protocol.units import human_size, parse_duration
 from cast.worker.agent import Agent, default_work_dir
 from cast.worker.client import ServerClient
 from cast.worker.executors import DOCKER_OPTIONS, EXECUTOR_CHOICES, available_executors, make_executor
@@ -35,19 +35,8 @@ from cast.worker.resources import cpu_count, parse_gpus_option
 
 SHUTDOWN_WAIT = 8.0  # seconds to report interrupted runs before exiting
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 class UsageError(Exception):
     """Bad arguments or setup: one line for the user, exit code 2."""
-
-
-def parse_duration(text: str) -> float:
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise UsageError(f"duration {text!r} must be a number with s, m, h or d, e.g. 7d")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -182,18 +171,10 @@ def _executors(name: str, work_dir: Path, **options) -> list[Executor]:
         raise UsageError(str(exc)) from None
 
 
-def _human_size(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
 def _print_entries(rows: list[tuple[str, object]]) -> None:
     for executor_name, entry in rows:
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used))
-        print(f"{executor_name:7} {entry.key[:12]:12} {_human_size(entry.size):>9}  {used}  {entry.holds}")
+        print(f"{executor_name:7} {entry.key[:12]:12} {human_size(entry.size):>9}  {used}  {entry.holds}")
 
 
 def cache(argv: list[str]) -> int:
@@ -211,7 +192,10 @@ def cache(argv: list[str]) -> int:
         return 0
     if not args.all and not args.older_than:
         raise UsageError("say which environments to remove: --older-than DURATION or --all")
-    older_than = parse_duration(args.older_than) if args.older_than else None
+    try:
+        older_than = parse_duration(args.older_than, what="--older-than") if args.older_than else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     rows = [(executor.name, entry) for executor in executors
             for entry in executor.prune_cache(older_than=older_than, everything=args.all)]
     _print_entries(rows)

@@ -202,6 +202,10 @@ def test_the_cache_command_lists_and_prunes_environments(api, worker):
     assert json.loads(cache("ls", "--json").stdout) == []
     refused = cache("prune")
     assert refused.returncode == 2 and "--older-than" in refused.stderr
+    misread = cache("prune", "--older-than", "7x")
+    assert misread.returncode == 2
+    assert misread.stderr.strip() == ("cast worker: --older-than '7x' must be seconds, "
+                                      "or a number with s, m, h or d (90, 90s, 5m, 2h, 7d)")
 
 
 def test_bad_worker_arguments_are_one_clear_line(tmp_path):
