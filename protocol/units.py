@@ -19,6 +19,20 @@ def parse_duration(text: str | float | int, *, what: str = "duration") -> float:
     return seconds
 
 
+def parse_size(text: str | int) -> int:
+    """Bytes from 123, "512m", "8g", "1.5G"."""
+    if isinstance(text, int):
+        return text
+    value = text.strip().lower().rstrip("b")
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    try:
+        if value and value[-1] in units:
+            return int(float(value[:-1]) * units[value[-1]])
+        return int(value)
+    except ValueError:
+        raise ValueError(f"memory size {text!r} must be bytes or a number with k, m, g or t") from None
+
+
 def human_size(size: int | float | None) -> str:
     """6 B, 1.5 KB, 12 MB, 3.4 GB (powers of 1024); '-' for unknown."""
     if size is None:

@@ -50,6 +50,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, LogConfig, Mount
 from requests.exceptions import RequestException
 
+from cast.protocol.units import parse_size
 from cast.protocol.validate import SpecError, parse_machine_type, validate_apt_package, validate_pip_spec
 from cast.worker.dockerenv import HOST_INPUTS, HostPackageSettings
 from cast.worker.executors.base import (
@@ -86,20 +87,6 @@ _FAILURE_LINES = 3
 _MAX_PARTIAL_LINE = 64 * 1024
 PIDS_CHECK_INTERVAL = 1.0  # seconds between looks at a run's process count
 PIDS_CHECKS_AT_LIMIT = 2  # looks in a row at the limit before the run is killed
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes from 123, "512m", "8g", "1.5G"."""
-    if isinstance(text, int):
-        return text
-    value = text.strip().lower().rstrip("b")
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    try:
-        if value and value[-1] in units:
-            return int(float(value[:-1]) * units[value[-1]])
-        return int(value)
-    except ValueError:
-        raise ValueError(f"memory size {text!r} must be bytes or a number with k, m, g or t") from None
 
 
 @dataclass(frozen=True)
