@@ -8,9 +8,19 @@ the server's body cap however long its lines) carrying the API's `seq`
 counter, so a batch retried after a lost answer is stored once. While the
 server is unreachable or answers 5xx, the sender keeps retrying the same item
 with backoff: the run goes on, the outbox buffers, and the server receives
-everything, in order, exactly once when it returns. An output push the server
-refuses for good (over its size cap) is recorded in `outputs_refused`, so
-the run can fail with that reason instead of ending as if it were saved.
+everything, in order, exactly once when it returns.
+
+What the server refuses for good (a 4xx other than 408/409/429, a 5xx it marks
+permanent, the same 5xx answer `max_same_errors` times in a row) is never
+retried forever: a refused output push is recorded in `outputs_refused`, so
+the run fails with that reason instead of ending as if it were saved; any
+other refused report calls `on_refused` with the reason, and the run's owner
+ends it `failed`. Either way the run's log names the request and the answer.
+
+A kill must not wait behind a push that blocks (a slow server, a file the tar
+cannot read): `drop_pending_results` detaches an output push in flight, and a
+fresh sender carries on with what follows in the queue; the old sender's
+answer, whenever it comes, is ignored.
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
+from cast.protocol.messages import LogEntry, LogStream, StatusReport
+from cast.protocol.status import RunStatus
 from cast.worker.client import Conflict, Refused, ServerClient, with_retries
 
 log = logging.getLogger(__name__)
@@ -52,7 +64,7 @@ class _LogLine:
 
 @dataclass
 class _StatusChange:
-    status: str
+    status: RunStatus
     note: str | None
     exit_code: int | None
     reason: str | None
@@ -66,14 +78,16 @@ class _OutputPush:
 class Outbox:
     """`on_conflict` is called when the server answers 409; it returns True when the
     lease is still held (the refused item is skipped) and False when it is lost
-    (the outbox gives up on everything)."""
+    (the outbox gives up on everything). `on_refused(reason)` is called when
+    the server refuses a log batch or a status report for good."""
 
     def __init__(self, client: ServerClient, run_id: int, lease_token: str,
-                 on_conflict: Callable[[], bool]):
+                 on_conflict: Callable[[], bool], on_refused: Callable[[str], None]):
         self._client = client
         self._run_id = run_id
         self._token = lease_token
         self._on_conflict = on_conflict
+        self._on_refused = on_refused
         self._items: list = []
         self._in_flight = 0  # items at the head of _items being delivered now
         self._entries_sent = 0  # the API's `seq`
@@ -85,8 +99,16 @@ class Outbox:
         self._abandoned = False
         self._closed = False
         self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._send_loop, name=f"outbox-{run_id}", daemon=True)
-        self._thread.start()
+        # Bumped when an output push in flight is detached: a sender of an
+        # older generation leaves the queue alone once its call returns.
+        self._generation = 0
+        self._thread = self._start_sender()
+
+    def _start_sender(self) -> threading.Thread:
+        thread = threading.Thread(target=self._send_loop, args=(self._generation,),
+                                  name=f"outbox-{self._run_id}", daemon=True)
+        thread.start()
+        return thread
 
     # --- producers --------------------------------------------------------
 
@@ -104,7 +126,7 @@ class Outbox:
             self._items.append(_LogLine(stream, text, utc_now()))
             self._cond.notify_all()
 
-    def status(self, status: str, *, note: str | None = None, exit_code: int | None = None,
+    def status(self, status: RunStatus, *, note: str | None = None, exit_code: int | None = None,
                reason: str | None = None) -> None:
         self._put(_StatusChange(status, note, exit_code, reason))
 
@@ -119,10 +141,15 @@ class Outbox:
             self._cond.notify_all()
 
     def drop_pending_results(self) -> None:
-        """Forget queued status changes and output pushes not yet being sent (a kill
-        overrides them); log lines stay."""
+        """Forget queued status changes and output pushes (a kill overrides them),
+        the push being sent included; log lines stay."""
         with self._cond:
             head, rest = self._items[: self._in_flight], self._items[self._in_flight:]
+            if head and isinstance(head[0], _OutputPush) and not self._abandoned:
+                log.info("run %s: the output push in flight is dropped", self._run_id)
+                head, self._in_flight = [], 0
+                self._generation += 1
+                self._thread = self._start_sender()
             self._items = head + [item for item in rest if isinstance(item, _LogLine)]
             self._cond.notify_all()
 
@@ -146,20 +173,22 @@ class Outbox:
             self._cond.notify_all()
 
     def close(self) -> None:
-        """Stop the sender once the queue is empty."""
+        """Stop the sender once the queue is empty (a detached one is not waited for)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join()
+            thread = self._thread
+        thread.join()
 
     # --- the sender -------------------------------------------------------
 
-    def _next_batch(self) -> list | None:
+    def _next_batch(self, generation: int) -> list | None:
         """Wait for the next thing to send: one status change or output push, or a
-        run of log lines. None when the outbox is finished."""
+        run of log lines. None when the outbox is finished (or this sender was
+        replaced)."""
         with self._cond:
             while True:
-                if self._abandoned or (self._closed and not self._items):
+                if self._abandoned or (self._closed and not self._items) or generation != self._generation:
                     return None
                 if not self._items:
                     self._cond.wait()
@@ -185,26 +214,37 @@ class Outbox:
                 self._in_flight = len(lines)
                 return lines
 
-    def _send_loop(self) -> None:
-        while (batch := self._next_batch()) is not None:
+    def _send_loop(self, generation: int) -> None:
+        while (batch := self._next_batch(generation)) is not None:
             delivered = False
+            refused = None
             try:
-                with_retries(lambda: self._deliver(batch), should_continue=lambda: not self._abandoned)
+                with_retries(lambda: self._deliver(batch),
+                             should_continue=lambda: not self._abandoned and generation == self._generation,
+                             max_same_errors=self._client.max_same_errors)
                 delivered = True
             except Conflict as exc:
+                if generation != self._generation:
+                    return
                 if not self._on_conflict():
                     log.warning("run %s: lease lost (%s); dropping what was not sent", self._run_id, exc)
                     self.abandon()
                 else:
-                    log.info("run %s: server refused %s: %s", self._run_id, type(batch[0]).__name__, exc)
+                    log.info("run %s: server refused %s: %s", self._run_id, _describe(batch), exc)
             except Refused as exc:
-                log.error("run %s: server refused %s for good: %s", self._run_id, type(batch[0]).__name__, exc)
-                if isinstance(batch[0], _OutputPush):
-                    self.outputs_refused = exc.detail
+                if generation != self._generation:
+                    return
+                refused = exc
             except Exception:  # the sender must outlive any one bad item
+                if generation != self._generation:
+                    return
                 if not self._abandoned:
-                    log.exception("run %s: could not deliver %s", self._run_id, type(batch[0]).__name__)
+                    log.exception("run %s: could not deliver %s", self._run_id, _describe(batch))
+            if refused is not None:  # before the item leaves the queue: a waiter reads the outcome
+                self._refused_for_good(batch, refused)
             with self._cond:
+                if generation != self._generation:
+                    return  # detached while its call ran: the queue is the new sender's
                 if isinstance(batch[0], _LogLine):
                     # A refused batch was not stored, so it does not count for `seq`.
                     if delivered:
@@ -216,16 +256,51 @@ class Outbox:
                 self._in_flight = 0
                 self._cond.notify_all()
 
+    def _refused_for_good(self, batch: list, exc: Refused) -> None:
+        """Say which request failed and why, in the run's log unless the log
+        itself was refused; then fail the run (a refused push is the run
+        owner's to report, with its exit code)."""
+        what = _describe(batch)
+        log.error("run %s: server refused %s for good: %s", self._run_id, what, exc)
+        if not isinstance(batch[0], _LogLine):
+            self._note(f"The server refused {what} (HTTP {exc.status_code}): {exc.detail}")
+        if isinstance(batch[0], _OutputPush):
+            self.outputs_refused = exc.detail
+        else:
+            self._on_refused(f"the server refused {what}: {exc.detail}")
+
+    def _note(self, text: str) -> None:
+        """A `cast` line for the run's log, queued without waiting for room (the
+        sender itself calls this, and only it makes room)."""
+        with self._cond:
+            if self._abandoned:
+                return
+            self._pending_lines += 1
+            self._pending_chars += len(text)
+            self._items.append(_LogLine("cast", text, utc_now()))
+            self._cond.notify_all()
+
     def _deliver(self, batch: list) -> None:
         first = batch[0]
         if isinstance(first, _LogLine):
             answer = self._client.append_logs(self._run_id, self._token, seq=self._entries_sent, entries=[
-                {"stream": line.stream, "text": line.text, "time": line.time} for line in batch
+                LogEntry(LogStream(line.stream), line.text, line.time) for line in batch
             ])
             if answer.get("truncated"):
                 self._truncated = True
         elif isinstance(first, _StatusChange):
-            self._client.set_status(self._run_id, self._token, status=first.status, note=first.note,
-                                    exit_code=first.exit_code, reason=first.reason)
+            self._client.set_status(self._run_id, StatusReport(
+                lease_token=self._token, status=first.status, note=first.note,
+                exit_code=first.exit_code, reason=first.reason))
         else:
             self._client.push_outputs(self._run_id, self._token, first.tar_chunks())
+
+
+def _describe(batch: list) -> str:
+    """The request that carries `batch`, as the run's log names it."""
+    first = batch[0]
+    if isinstance(first, _LogLine):
+        return f"a batch of {len(batch)} log lines"
+    if isinstance(first, _StatusChange):
+        return f"the '{first.status}' status report"
+    return "the output push"

@@ -1,0 +1,202 @@
+"""The run's outbox against a scripted HTTP server: which answers it retries,
+which end the run, and that a kill never waits behind a blocked push.
+
+The server here is a real HTTP server on loopback whose answers each test
+scripts (the control plane cannot be made to answer a given 5xx on demand);
+the outbox and its ServerClient are the worker's own.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from cast.protocol.messages import PERMANENT_HEADER
+from cast.worker.client import ServerClient
+from cast.worker.outbox import Outbox
+from tests.conftest import wait_until
+
+OK = (200, {}, {"next_offset": 0, "truncated": False, "files": 0, "size": 0})
+
+
+class ScriptedServer:
+    """Answers each request with the next answer scripted for its kind
+    ("logs", "status" or "outputs"), repeating the last one; records every
+    request as (kind, JSON body or None)."""
+
+    def __init__(self):
+        self.script: dict[str, list[tuple[int, dict, object]]] = {}
+        self.requests: list[tuple[str, object]] = []
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                kind = self.path.rstrip("/").rsplit("/", 1)[-1]
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if kind != "outputs" else b""
+                if kind == "outputs":  # a chunked tar: read it to its end
+                    while (size := int(self.rfile.readline().strip() or b"0", 16)) > 0:
+                        self.rfile.read(size + 2)
+                    self.rfile.readline()
+                with outer._lock:
+                    outer.requests.append((kind, json.loads(body) if body else None))
+                    answers = outer.script.get(kind) or [OK]
+                    status, headers, payload = answers.pop(0) if len(answers) > 1 else answers[0]
+                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_POST = do_PUT = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.handle_error = lambda *_: None  # the blocked push is cut at shutdown
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def of_kind(self, kind: str) -> list:
+        with self._lock:
+            return [body for k, body in self.requests if k == kind]
+
+    def close(self):
+        self.http.shutdown()
+        self.http.server_close()
+
+
+@pytest.fixture
+def server():
+    scripted = ScriptedServer()
+    yield scripted
+    scripted.close()
+
+
+class Run:
+    """An outbox for run 7 with its callbacks recorded."""
+
+    def __init__(self, server: ScriptedServer, *, max_same_errors: int = 3):
+        self.client = ServerClient(server.url, "token", max_same_errors=max_same_errors)
+        self.refused: list[str] = []
+        self.conflicts = 0
+        self.outbox = Outbox(self.client, 7, "lease", on_conflict=self._conflict, on_refused=self.refused.append)
+
+    def _conflict(self) -> bool:
+        self.conflicts += 1
+        return True
+
+    def finish(self) -> None:
+        assert self.outbox.wait_delivered(timeout=120)
+        self.outbox.close()
+        self.client.close()
+
+
+@pytest.fixture
+def run(server):
+    runs: list[Run] = []
+
+    def make(**options) -> Run:
+        runs.append(Run(server, **options))
+        return runs[-1]
+
+    yield make
+    for made in runs:
+        made.outbox.abandon()
+        made.outbox.close()
+        made.client.close()
+
+
+def _tar() -> Iterator[bytes]:
+    yield b"\0" * 1024
+
+
+def _statuses(server: ScriptedServer) -> list[str]:
+    return [body["status"] for body in server.of_kind("status")]
+
+
+def test_a_4xx_ends_the_run_at_once_and_the_log_names_the_request(server, run):
+    server.script["status"] = [(400, {}, {"detail": "no such stage"}), OK]
+    made = run()
+    made.outbox.status("running")
+    made.finish()
+    assert made.refused == ["the server refused the 'running' status report: no such stage"]
+    assert _statuses(server) == ["running"]  # never retried
+    lines = [entry["text"] for batch in server.of_kind("logs") for entry in batch["entries"]]
+    assert lines == ["The server refused the 'running' status report (HTTP 400): no such stage"]
+
+
+def test_the_same_server_error_n_times_refuses_the_push_for_good(server, run):
+    server.script["outputs"] = [(500, {"Content-Type": "text/plain"}, "Internal Server Error")]
+    made = run(max_same_errors=4)
+    made.outbox.push_outputs(_tar)
+    made.finish()
+    assert len(server.of_kind("outputs")) == 4
+    assert made.outbox.outputs_refused == "Internal Server Error (the same answer 4 times in a row)"
+    assert made.refused == []  # a refused push is the run owner's to report, with the exit code
+
+
+def test_a_5xx_marked_permanent_is_not_retried(server, run):
+    server.script["outputs"] = [(507, {PERMANENT_HEADER: "1"}, {"detail": "server storage full"})]
+    made = run()
+    made.outbox.push_outputs(_tar)
+    made.finish()
+    assert len(server.of_kind("outputs")) == 1
+    assert made.outbox.outputs_refused == "server storage full"
+
+
+@pytest.mark.parametrize("answers", [
+    [(503, {}, {"detail": "the server is shutting down; try again"})] * 6,
+    [(502, {}, "bad gateway")] * 6,
+    [(429, {}, {"detail": "slow down"})] * 6,
+    [(408, {}, {"detail": "request timeout"})] * 6,
+    # Different errors are not the same error repeated.
+    [(500, {}, {"detail": f"error {i}"}) for i in range(6)],
+], ids=["503", "502", "429", "408", "changing-500s"])
+def test_outages_and_busy_answers_are_retried_past_the_bound(server, run, answers):
+    server.script["status"] = [*answers, OK]
+    made = run(max_same_errors=3)
+    made.outbox.status("running")
+    made.finish()
+    assert made.refused == []
+    assert _statuses(server) == ["running"] * 7
+
+
+def test_a_conflict_still_asks_whether_the_lease_is_held(server, run):
+    server.script["status"] = [(409, {}, {"detail": "run 7 is complete; it cannot become running"}), OK]
+    made = run()
+    made.outbox.status("running")
+    made.outbox.status("saving")
+    made.finish()
+    assert made.conflicts == 1 and made.refused == []
+    assert _statuses(server) == ["running", "saving"]
+
+
+def test_a_kill_does_not_wait_behind_a_push_that_blocks(server, run):
+    released = threading.Event()
+
+    def blocked_tar() -> Iterator[bytes]:
+        yield b"\0" * 512
+        released.wait(300)  # a file that never opens, a server that never reads
+        yield b"\0" * 1024
+
+    made = run()
+    made.outbox.log("stdout", "last words")
+    made.outbox.push_outputs(blocked_tar)
+    made.outbox.status("complete")
+    wait_until(lambda: server.of_kind("logs"), timeout=60, what="the log line")
+    made.outbox.drop_pending_results()  # what the worker does on a kill
+    made.outbox.status("killed")
+    try:
+        made.finish()
+        assert _statuses(server) == ["killed"]
+        assert [e["text"] for b in server.of_kind("logs") for e in b["entries"]] == ["last words"]
+    finally:
+        released.set()
