@@ -20,7 +20,9 @@ from pathlib import Path
 
 import docker
 import pytest
+from pip._internal.models.index import PyPI
 
+from cast.worker.dockerenv import read_pip_config
 from cast.worker.executors.base import BuildFailed, Job, PreparedMount
 from cast.worker.executors import DOCKER_OPTIONS
 from cast.worker.executors import make_executor as make_named_executor
@@ -311,30 +313,44 @@ def test_concurrent_builds_of_a_new_environment_build_once(make_executor, tmp_pa
     assert sum(any(text.startswith("Building environment") for _, text in lines.entries) for lines in logs) == 1
 
 
-def _container_needs_the_host_ca(engine, base_image) -> bool:
-    """Whether a container reaches pypi.org only through a proxy whose CA the
-    image's own bundle lacks (as on the machines cast is developed on)."""
+def _host_network_index() -> str:
+    """The network package index of the host's pip settings: its index-url, else
+    its first http(s) extra index, else the index pip itself defaults to."""
+    pip = read_pip_config()
+    for url in (pip.get("index-url", ""), *pip.get("extra-index-url", "").split()):
+        if url.startswith(("http://", "https://")):
+            return url.rstrip("/")
+    if pip.get("index-url") or pip.get("no-index"):
+        pytest.fail(f"the host's pip settings name no network index: {pip}")
+    return PyPI.simple_url
+
+
+def _container_needs_the_host_ca(engine, base_image, index: str) -> bool:
+    """Whether a container reaches the package index only through a proxy whose
+    CA the image's own bundle lacks (as on the machines cast is developed on)."""
     probe = ("import ssl, sys, urllib.error, urllib.request\n"
-             "try:\n urllib.request.urlopen('https://pypi.org/simple/six/', timeout=30)\n"
+             f"try:\n urllib.request.urlopen({index + '/six/'!r}, timeout=30)\n"
              "except urllib.error.URLError as e:\n sys.exit(3 if isinstance(e.reason, ssl.SSLError) else 4)\n")
     try:
         engine.containers.run(base_image, ["python3", "-c", probe], remove=True)
     except docker.errors.ContainerError as exc:
-        assert exc.exit_status == 3, f"pypi.org is not reachable from a container: exit {exc.exit_status}"
+        assert exc.exit_status == 3, f"{index} is not reachable from a container: exit {exc.exit_status}"
         return True
     return False
 
 
 def test_the_host_pip_ca_bundle_reaches_the_build(make_executor, tmp_path, monkeypatch, engine, base_image):
-    """Only pypi.org as index, through the network: the host's CA bundle is what
-    lets pip verify it behind a TLS-intercepting proxy."""
+    """Only the host's network index, through the network: the host's CA bundle
+    is what lets pip verify it behind a TLS-intercepting proxy."""
     bundle = "/etc/ssl/certs/ca-certificates.crt"
+    index = _host_network_index()
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no index folders, no find-links
-    for name in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_INDEX_URL", "PIP_CERT"):
+    for name in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_CERT"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PIP_INDEX_URL", index)
     monkeypatch.setenv("PIP_RETRIES", "0")
     spec = {"pip": ["six==1.17.0"]}
-    if _container_needs_the_host_ca(engine, base_image):
+    if _container_needs_the_host_ca(engine, base_image, index):
         lines = Lines()
         with pytest.raises(BuildFailed, match="pip step failed"):
             make_executor(tmp_path / "no-ca").build(make_job(tmp_path, "true", **spec), lines)
