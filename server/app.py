@@ -22,12 +22,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from cast.protocol.messages import PERMANENT_HEADER
 from cast.protocol.validate import SpecError
 from cast.server import errors
 from cast.server.api import code, health, logs, outputs, protocol, runs, uploads, users, workers
 from cast.server.db import Database
-from cast.server.services import runs as run_service
-from cast.server.services import storage
+from cast.server.services import leases, storage
 from cast.server.services import users as user_service
 from cast.server.settings import Settings
 
@@ -45,24 +45,42 @@ ERROR_STATUS: dict[type[Exception], int] = {
     errors.Conflict: 409,
     errors.TooLarge: 413,
     errors.ShuttingDown: 503,
+    errors.StorageFull: 507,
     # A client that left mid-body: nobody reads this answer, but it is no server error.
     ClientDisconnect: 400,
 }
 
 
-def _error_response(status: int, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def _error_response(status: int, message: str, *, permanent: bool = False) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if permanent:
+        headers[PERMANENT_HEADER] = "1"
     # The message may quote the bad input, lone surrogates included: keep it encodable.
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
+def _domain_response(error: Exception) -> JSONResponse:
+    status = next(ERROR_STATUS[cls] for cls in type(error).__mro__ if cls in ERROR_STATUS)
+    return _error_response(status, str(error), permanent=getattr(error, "permanent", False))
+
+
 def _install_error_handlers(app: FastAPI) -> None:
-    for error_class, status in ERROR_STATUS.items():
-        async def handle(_request: Request, error: Exception, status: int = status) -> JSONResponse:
-            return _error_response(status, str(error))
+    for error_class in ERROR_STATUS:
+        async def handle(_request: Request, error: Exception) -> JSONResponse:
+            return _domain_response(error)
 
         app.add_exception_handler(error_class, handle)
+
+    async def filesystem_error(_request: Request, error: OSError) -> JSONResponse:
+        # A full disk or a name the filesystem refuses is no server bug; any
+        # other OSError stays a 500 (re-raised: logged with its traceback).
+        mapped = errors.from_os_error(error)
+        if mapped is None:
+            raise error
+        return _domain_response(mapped)
+
+    app.add_exception_handler(OSError, filesystem_error)
 
     async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
         # One sentence for the first problem; a SpecError from our validators
@@ -104,11 +122,12 @@ class BodyLimit:
 
 
 def _reap_once(database: Database, settings: Settings) -> None:
-    with database.session(write=False) as session:
-        if not run_service.any_expired(session):
+    # Most passes find nothing: a read first keeps them off the write lock.
+    with database.transaction(write=False) as session:
+        if not leases.any_expired(session):
             return
-    with database.session(write=True) as session:
-        reaped = run_service.reap_expired(session, settings=settings)
+    with database.transaction() as session:
+        reaped = leases.reap_expired(session, settings=settings)
     if reaped:
         log.info("interrupted runs whose worker stopped heartbeating: %s", reaped)
 
@@ -140,10 +159,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     storage.clear_temp(settings)
     database = Database(settings.sqlalchemy_url)
     database.migrate()
-    with database.session(write=True) as session:
+    with database.transaction() as session:
         if user_service.bootstrap(session, settings=settings):
             log.info("new data dir: wrote %s and %s", settings.admin_token_file, settings.worker_token_file)
-        if extended := run_service.extend_leases_after_restart(session, settings=settings):
+        if extended := leases.extend_leases_after_restart(session, settings=settings):
             log.info("gave %d leased runs a fresh lease period to hear from their workers", extended)
 
     @contextlib.asynccontextmanager

@@ -6,9 +6,15 @@ codes in one place, so services never speak HTTP.
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class DomainError(Exception):
     """Base of every domain error; `str(error)` is the message shown to the client."""
+
+    # A 5xx that retrying cannot cure: answered with the X-Cast-Permanent header.
+    permanent = False
 
 
 class BadRequest(DomainError):
@@ -82,6 +88,29 @@ class NameTaken(Conflict):
 
 class TooLarge(DomainError):
     """A body or a stored result exceeds its cap (413)."""
+
+
+class StorageFull(DomainError):
+    """The server's disk is full (507). Permanent: a retry meets the same full
+    disk, so a worker fails the run with this instead of retrying."""
+
+    permanent = True
+
+    def __init__(self) -> None:
+        super().__init__("server storage full")
+
+
+def from_os_error(error: OSError) -> DomainError | None:
+    """The domain error a filesystem error stands for, when the request caused
+    it or no retry can cure it; None for the rest (a server fault, a 500)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull()
+    name = os.path.basename(os.fsdecode(error.filename or "")) or "a name"
+    if error.errno == errno.ENAMETOOLONG:
+        return BadRequest(f"{name!r} is too long a name or path for the server's filesystem")
+    if error.errno == errno.EILSEQ:
+        return BadRequest(f"{name!r} is not a name the server's filesystem can store")
+    return None
 
 
 class ShuttingDown(DomainError):
