@@ -127,6 +127,9 @@ class Lease:
     storage_root: str
     # Names the server's storage, so a worker can tell whether it shares it.
     storage_id: str
+    # Whether the server's operator allows git sources on the host's own
+    # filesystem; a worker clones a file:// URL or a path only when it says so.
+    allow_local_git: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Lease":

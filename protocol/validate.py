@@ -163,6 +163,26 @@ def validate_label(label: str) -> str:
     return label
 
 
+def is_local_git_url(url: str) -> bool:
+    """Whether git would read `url` from the host's own filesystem (a file://
+    URL or a path), which only an operator may allow.
+
+    Git's own rule: `scheme://...` names a transport; otherwise a ':' before
+    any '/' is the scp-like ssh form `host:path`; anything else is a path.
+    """
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    if scheme:
+        return scheme.group(1).lower() == "file"
+    colon, slash = url.find(":"), url.find("/")
+    return not (colon > 0 and (slash < 0 or colon < slash))
+
+
+def git_protocols(*, allow_local: bool) -> str:
+    """GIT_ALLOW_PROTOCOL for git run on a run's behalf: git itself then refuses
+    every other transport (`ext::` included; `file` covers plain paths too)."""
+    return "file:git:http:https:ssh" if allow_local else "git:http:https:ssh"
+
+
 _SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH)", re.I)
 
 

@@ -101,7 +101,10 @@ def _hold_home(home: Path):
 
 async def _up(args: argparse.Namespace) -> None:
     home = Path(args.home).expanduser().resolve()
-    settings = _settings(args, host=args.host, data_dir=home, executor=args.executor)
+    # One user on their own machine: their local repositories are theirs to run,
+    # unless CAST_ALLOW_LOCAL_GIT says otherwise.
+    settings = _settings(args, host=args.host, data_dir=home, executor=args.executor,
+                         allow_local_git=None if "CAST_ALLOW_LOCAL_GIT" in os.environ else True)
     app = create_app(settings)
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP,
     # and without it every kept-alive answer waits ~40 ms for a delayed ACK.

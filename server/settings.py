@@ -33,6 +33,16 @@ class Settings(BaseSettings):
     # JSON request bodies (run specs, log batches); streamed bodies have their own caps.
     max_json_body_bytes: int = Field(default=16 * 1024**2, gt=0)
     git_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Git sources on the server's and the workers' own filesystems (file://
+    # URLs, paths): a run would read whatever the worker can, another user's
+    # repositories included. Off unless the operator allows them; the
+    # embedded single-user mode (`up`) allows them unless this says otherwise.
+    allow_local_git: bool = False
+    # No run stays in one of these stages longer: the reaper ends it with the
+    # bound as its reason (a worker stuck building, saving or pushing, or one
+    # that never carries out a stop or kill, still heartbeats).
+    stage_timeout_seconds: float = Field(default=1800.0, gt=0)
+    halt_timeout_seconds: float = Field(default=300.0, gt=0)  # stopping, killing
     # The embedded mode's worker (`up`): auto = docker when a Docker engine answers and has the base image, else local.
     executor: Literal["auto", "local", "docker"] = "auto"
 
