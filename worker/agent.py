@@ -18,12 +18,14 @@ import threading
 import time
 from pathlib import Path
 
+from cast.protocol.messages import LogStream
 from cast.protocol.validate import parse_machine_type
 from cast.worker.client import Conflict, Refused, ServerClient, ServerError, ServerUnavailable, with_retries
 from cast.worker.executors.base import BuildFailed, Executor, Job
-from cast.worker.mounts import MountCache, MountError, remove_tree
+from cast.worker.fsops import remove_tree
+from cast.worker.mounts import MountCache, MountError
 from cast.worker.outbox import Outbox
-from cast.worker.outputs import changed_files, snapshot, tar_chunks
+from cast.worker.outputs import Outputs, snapshot
 from cast.worker.resources import GpuPool, cpu_count, disk_nearly_full, memory_bytes
 from cast.worker.source import SourceCache, SourceError
 
@@ -165,7 +167,10 @@ class RunController:
             # After the final status: the user is not kept waiting for the cleanup.
             if self._process is not None:
                 self._release_process()
-            remove_tree(self.workdir)
+            try:
+                remove_tree(self.workdir)
+            except OSError:  # the next worker's prepare() tries again
+                log.exception("run %s: could not remove its working dir", self.run_id)
 
     def _release_process(self) -> None:
         try:
@@ -232,11 +237,12 @@ class RunController:
             stopped = self._stop_requested
             self._status("saving")
 
-        files = changed_files(self.workdir, before, [mount.path for mount in job.mounts])
+        outputs = Outputs.collect(self.workdir, before, [mount.path for mount in job.mounts],
+                                  report=lambda line: self.outbox.log(LogStream.CAST, line))
         self._status("pushing")
         with self._lock:
             if not self._aborted:
-                self.outbox.push_outputs(lambda: tar_chunks(self.workdir, files))
+                self.outbox.push_outputs(outputs.tar_chunks)
         self.outbox.wait_delivered()  # the push's answer decides the final status
         problems = []
         if result.exit_code != 0 and not stopped:

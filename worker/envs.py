@@ -24,7 +24,7 @@ from pathlib import Path
 from cast.protocol.validate import SpecError, validate_pip_spec
 from cast.worker.executors.base import BuildFailed, BuildResult, CacheEntry, LogSink
 from cast.worker.locking import file_lock
-from cast.worker.mounts import remove_tree
+from cast.worker.fsops import remove_tree
 
 HOST_KEY = "host"  # the BuildResult key of a run that needs no environment
 _METADATA = ".cast-env.json"

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tarfile
 from pathlib import Path
 
 from cast.worker.client import ServerClient, with_retries
 from cast.worker.executors.base import PreparedMount
+from cast.worker.fsops import remove_tree
 from cast.worker.locking import file_lock
 
 
@@ -54,24 +54,6 @@ def make_read_only(path: Path) -> None:
         os.chmod(path, 0o555)
     else:
         os.chmod(path, 0o444)
-
-
-def _make_writable(path: Path) -> None:
-    """Undo make_read_only so a half-made cache entry can be removed."""
-    if not path.exists():
-        return
-    for folder, dirs, _ in os.walk(path):
-        for name in dirs:
-            os.chmod(os.path.join(folder, name), 0o755)
-    os.chmod(path, 0o755)
-
-
-def remove_tree(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        _make_writable(path)
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 def _usable_in_place(path: Path) -> bool:

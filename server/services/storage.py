@@ -3,14 +3,16 @@
 THE one place that turns a path from a request into a filesystem path
 (`resolve_inside`: normalised, then checked to stay inside its root), and the
 one place that reads and writes tar streams: extraction accepts regular files
-and folders only (no links, devices, absolute or `..` names) and computes each
-file's sha256 while writing it; folders are sent as tar streams built on the
-fly, never held whole in memory. Everything arrives in a temporary folder on
-the same filesystem and is renamed into place only once complete, so a
-partial body is never visible. Once in place, outputs and uploads are sealed
-read-only (files 0444, folders 0555, all the way down): a worker that shares
-this filesystem mounts them where they lie (see worker/mounts.py), and only
-the server, which makes them writable again first, removes them.
+and folders only (no links, devices, absolute or `..` names, no name
+cast.protocol.names refuses: not UTF-8, a control character, too long; each
+refused by name with 400) and computes each file's sha256 while writing it;
+folders are sent as tar streams built on the fly, never held whole in memory.
+Everything arrives in a temporary folder on the same filesystem and is renamed
+into place only once complete, so a partial body is never visible. Once in
+place, outputs and uploads are sealed read-only (files 0444, folders 0555, all
+the way down): a worker that shares this filesystem mounts them where they lie
+(see worker/mounts.py), and only the server, which makes them writable again
+first, removes them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from cast.protocol.names import name_problem, printable
 from cast.protocol.validate import SpecError, normalize_relative_path
 from cast.server.errors import BadRequest, TooLarge
 from cast.server.settings import Settings
@@ -175,6 +178,8 @@ def extract_tar(source: BinaryIO, dest: Path, *, max_bytes: int, what: str) -> l
                     continue
                 if not (member.isfile() or member.isdir()):
                     raise BadRequest(f"{what}: {member.name!r} is not a regular file or folder; links and devices are refused")
+                if problem := name_problem(name):
+                    raise BadRequest(f"{what}: '{printable(name)}' cannot be stored: {problem}")
                 target = resolve_inside(dest, name, what=f"{what} member")
                 rel = target.relative_to(dest).as_posix()
                 try:

@@ -1,13 +1,30 @@
-"""Which files are a run's outputs, and the tar stream that carries them."""
+"""Which files are a run's outputs, what is named in the log instead, and the tar stream that carries them."""
 
 from __future__ import annotations
 
 import io
 import os
+import socket
 import tarfile
+import threading
+from pathlib import Path
 
+import pytest
+
+from cast.protocol.names import printable
 from cast.worker import outputs
-from cast.worker.outputs import changed_files, snapshot, tar_chunks
+from cast.worker.outputs import Outputs, snapshot
+
+
+def _collect(root: Path, before, mounts=()) -> tuple[Outputs, list[str]]:
+    lines: list[str] = []
+    return Outputs.collect(root, before, list(mounts), report=lines.append), lines
+
+
+def _tar(outputs_: Outputs) -> dict[str, bytes | None]:
+    """Member name → content (None for a folder)."""
+    with tarfile.open(fileobj=io.BytesIO(b"".join(outputs_.tar_chunks())), mode="r:") as tar:
+        return {m.name: (tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()}
 
 
 def test_only_created_or_modified_files_are_outputs(tmp_path):
@@ -21,47 +38,160 @@ def test_only_created_or_modified_files_are_outputs(tmp_path):
     (tmp_path / "new.txt").write_text("new\n")
     (tmp_path / "sub" / "deep").mkdir()
     (tmp_path / "sub" / "deep" / "model.bin").write_bytes(b"\0" * 10)
+    (tmp_path / "empty").mkdir()
     outside = tmp_path.parent / "outside-data"
     outside.mkdir(exist_ok=True)
     (outside / "big.bin").write_bytes(b"x" * 100)
-    (tmp_path / "data").symlink_to(outside)  # a mount: never followed
-    (tmp_path / "link.txt").symlink_to(tmp_path / "new.txt")  # a symlink is not a file to save
+    (tmp_path / "data").symlink_to(outside)  # a mount: never followed, never named
     (tmp_path / "mounted").mkdir()  # a folder mount placed as a real folder
     (tmp_path / "mounted" / "x.txt").write_text("mounted\n")
 
-    assert changed_files(tmp_path, before, ["data", "mounted"]) == [
-        "edited.txt", "new.txt", "sub/deep/model.bin",
-    ]
+    found, lines = _collect(tmp_path, before, ["data", "mounted"])
+
+    assert found.files == ["edited.txt", "new.txt", "sub/deep/model.bin"]
+    assert found.folders == ["empty", "sub/deep"]
+    assert lines == []
 
 
 def test_a_rewrite_with_the_same_size_still_counts(tmp_path):
     path = tmp_path / "weights.bin"
     path.write_bytes(b"aaaa")
     before = snapshot(tmp_path)
-    os.utime(path, ns=(0, before["weights.bin"][1] + 1_000_000))
+    os.utime(path, ns=(0, before["weights.bin"][2] + 1_000_000))
     path.write_bytes(b"bbbb")
-    assert changed_files(tmp_path, before, []) == ["weights.bin"]
+    assert _collect(tmp_path, before)[0].files == ["weights.bin"]
+
+
+def test_every_entry_not_saved_is_named_with_why(tmp_path):
+    before = snapshot(tmp_path)
+    (tmp_path / "link.txt").symlink_to("/etc/passwd")
+    os.mkfifo(tmp_path / "pipe")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(tmp_path / "sock"))
+    os.mknod(tmp_path / "null", 0o020600, os.makedev(1, 3))
+    (tmp_path / os.fsdecode(b"bad\xffutf8")).write_text("x")
+    (tmp_path / "new\nline.txt").write_text("x")
+    (tmp_path / os.fsdecode(b"bad\xfedir")).mkdir()
+    (tmp_path / os.fsdecode(b"bad\xfedir") / "inner.txt").write_text("x")
+    long_path = "/".join(c * 250 for c in "defgh")  # 1254 bytes
+    long_dir = tmp_path / long_path
+    long_dir.mkdir(parents=True)
+    (long_dir / "deep.txt").write_text("x")
+    (tmp_path / "fine.txt").write_text("x")
+
+    found, lines = _collect(tmp_path, before)
+
+    assert found.files == ["fine.txt"]
+    assert found.folders == ["/".join(c * 250 for c in "defg"[:n]) for n in range(1, 5)]
+    assert lines == [
+        r"not saved: bad\xfedir: a folder, and its name is not valid UTF-8",
+        r"not saved: bad\xfedir/inner.txt: its name is not valid UTF-8",
+        r"not saved: bad\xffutf8: its name is not valid UTF-8",
+        f"not saved: {printable(long_path)}: a folder, and its path is 1254 bytes long; "
+        "the server stores paths of at most 1024 bytes",
+        f"not saved: {printable(long_path + '/deep.txt')}: its path is 1263 bytes long; "
+        "the server stores paths of at most 1024 bytes",
+        "not saved: link.txt: a symbolic link (links are not followed)",
+        r"not saved: new\nline.txt: its name holds a control character (a newline, a tab, ...)",
+        "not saved: null: a device (never opened)",
+        "not saved: pipe: a FIFO (never opened)",
+        "not saved: sock: a socket (never opened)",
+    ]
+
+
+def test_a_long_list_of_entries_not_saved_is_cut_short_and_counted(tmp_path, monkeypatch):
+    monkeypatch.setattr(outputs, "MAX_NAMED", 3)
+    before = snapshot(tmp_path)
+    for index in range(5):
+        (tmp_path / f"link{index}").symlink_to("/")
+    lines = _collect(tmp_path, before)[1]
+    assert lines == [*(f"not saved: link{i}: a symbolic link (links are not followed)" for i in range(3)),
+                     "not saved: 2 more entries, not named one by one"]
+
+
+def test_a_file_swapped_for_a_fifo_after_the_walk_is_named_and_never_blocks(tmp_path):
+    before = snapshot(tmp_path)
+    (tmp_path / "a.bin").write_bytes(b"a")
+    (tmp_path / "b.bin").write_bytes(b"b")
+    found, lines = _collect(tmp_path, before)
+    assert found.files == ["a.bin", "b.bin"]
+    (tmp_path / "a.bin").unlink()
+    os.mkfifo(tmp_path / "a.bin")  # as an escaped process of the run would
+
+    members: dict = {}
+    reader = threading.Thread(target=lambda: members.update(_tar(found)), daemon=True)
+    reader.start()
+    reader.join(timeout=120)
+
+    assert not reader.is_alive(), "the tar blocked on the FIFO"
+    assert members == {"b.bin": b"b"}
+    assert lines == ["not saved: a.bin: it became a FIFO (never opened) after it was listed"]
+    _tar(found)  # a retried push names it once
+    assert len(lines) == 1
+
+
+def test_a_file_swapped_for_a_link_or_removed_after_the_walk_is_named(tmp_path):
+    before = snapshot(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.txt").write_text("a")
+    (tmp_path / "gone.txt").write_text("g")
+    found, lines = _collect(tmp_path, before)
+    (tmp_path / "gone.txt").unlink()
+    (tmp_path / "sub").rename(tmp_path / "moved")
+    (tmp_path / "sub").symlink_to(tmp_path / "moved")  # a link where a folder was
+
+    assert _tar(found) == {"sub": None}
+    assert lines == ["not saved: gone.txt: removed before it could be saved",
+                     "not saved: sub/a.txt: a folder on its path was replaced after it was listed "
+                     "(links are not followed)"]
+
+
+def test_a_hardlink_to_a_host_file_is_saved_as_its_content_and_the_file_is_untouched(tmp_path):
+    host = tmp_path / "host-secret.txt"
+    host.write_text("host\n")
+    os.chmod(host, 0o600)
+    work = tmp_path / "work"
+    work.mkdir()
+    before = snapshot(work)
+    os.link(host, work / "linked.txt")
+    found, _ = _collect(work, before)
+    assert _tar(found) == {"linked.txt": b"host\n"}
+    assert host.read_text() == "host\n" and oct(host.stat().st_mode & 0o777) == oct(0o600)
+    assert host.stat().st_nlink == 2  # still the same file: nothing was copied over it
+
+
+def test_a_sparse_file_is_saved_as_its_full_length(tmp_path):
+    before = snapshot(tmp_path)
+    with open(tmp_path / "sparse.bin", "wb") as handle:
+        handle.seek(8 * 1024 * 1024)
+        handle.write(b"end")
+    assert os.stat(tmp_path / "sparse.bin").st_blocks * 512 < 1024 * 1024  # really sparse on this disk
+    found, _ = _collect(tmp_path, before)
+    assert _tar(found) == {"sparse.bin": bytes(8 * 1024 * 1024) + b"end"}
 
 
 def test_the_tar_stream_holds_the_files_and_comes_in_small_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(outputs, "CHUNK", 4096)
+    before = snapshot(tmp_path)
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "big.bin").write_bytes(os.urandom(50_000))
     (tmp_path / "small.txt").write_text("hello\n")
     (tmp_path / "naïve name.txt").write_text("unicode\n")
+    found, _ = _collect(tmp_path, before)
 
-    chunks = list(tar_chunks(tmp_path, ["dir/big.bin", "small.txt", "naïve name.txt"]))
+    chunks = list(found.tar_chunks())
 
     assert max(len(chunk) for chunk in chunks) <= 4096
     with tarfile.open(fileobj=io.BytesIO(b"".join(chunks)), mode="r:") as tar:
-        names = tar.getnames()
-        assert names == ["dir/big.bin", "small.txt", "naïve name.txt"]
+        assert tar.getnames() == ["dir", "dir/big.bin", "naïve name.txt", "small.txt"]
         assert tar.extractfile("dir/big.bin").read() == (tmp_path / "dir" / "big.bin").read_bytes()
         assert tar.extractfile("small.txt").read() == b"hello\n"
 
 
-def test_a_file_removed_before_the_push_is_left_out(tmp_path):
-    (tmp_path / "kept.txt").write_text("kept\n")
-    data = b"".join(tar_chunks(tmp_path, ["gone.txt", "kept.txt"]))
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        assert tar.getnames() == ["kept.txt"]
+@pytest.mark.parametrize("size", [0, 511, 512, 513])
+def test_each_file_fills_whole_blocks(tmp_path, size):
+    before = snapshot(tmp_path)
+    (tmp_path / "f.bin").write_bytes(b"z" * size)
+    data = b"".join(_collect(tmp_path, before)[0].tar_chunks())
+    assert len(data) % 512 == 0
+    assert _tar(_collect(tmp_path, before)[0]) == {"f.bin": b"z" * size}

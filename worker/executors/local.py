@@ -31,7 +31,7 @@ from cast.worker.executors.base import (
     PreparedMount,
     RunningProcess,
 )
-from cast.worker.mounts import remove_tree
+from cast.worker.fsops import remove_tree
 
 MAX_LINE = 64 * 1024  # a longer line reaches the log in pieces of this size
 
