@@ -17,7 +17,17 @@ class SpecError(ValueError):
     """A run spec or one of its parts is invalid; the message says why."""
 
 
+class SpecTooLarge(SpecError):
+    """A part of a run spec exceeds its size bound; the message names the bound."""
+
+
 MAX_COMMAND_LENGTH = 64 * 1024
+# Bounds on what else a run spec holds: far above any real use, far below what
+# would cost a worker (or a regular expression) noticeable time.
+MAX_PIP_SPEC_LENGTH = 256
+MAX_ENV_NAME_LENGTH = 256
+MAX_ENV_VALUE_LENGTH = 64 * 1024
+MAX_ENV_TOTAL = 256 * 1024  # characters of all names and values together
 _RESOURCE_ROOTS = ("runs", "uploads")
 # Not starting with '-': a mount named after the upload would read as an option.
 _UPLOAD_NAME = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._ -]{0,199}$")
@@ -117,6 +127,8 @@ def validate_mounts(mounts: list[Mount]) -> None:
 
 
 def validate_pip_spec(spec: str) -> str:
+    if len(spec) > MAX_PIP_SPEC_LENGTH:
+        raise SpecTooLarge(f"--pip entry of {len(spec)} characters exceeds the limit of {MAX_PIP_SPEC_LENGTH}")
     spec = spec.strip()
     if not _PIP_SPEC.match(spec):
         raise SpecError(
@@ -145,9 +157,28 @@ def parse_machine_type(text: str) -> int:
 
 
 def validate_env_name(name: str) -> str:
+    if len(name) > MAX_ENV_NAME_LENGTH:
+        raise SpecTooLarge(f"environment variable name of {len(name)} characters exceeds the limit of "
+                           f"{MAX_ENV_NAME_LENGTH}")
     if not _ENV_NAME.match(name):
         raise SpecError(f"environment variable name {name!r} is not valid")
     return name
+
+
+def validate_env(env: dict[str, str]) -> dict[str, str]:
+    """Names valid, values without NUL bytes, each value and the whole within bounds."""
+    total = 0
+    for name, value in env.items():
+        validate_env_name(name)
+        if "\x00" in value:
+            raise SpecError(f"environment variable {name} must not contain a NUL byte")
+        if len(value) > MAX_ENV_VALUE_LENGTH:
+            raise SpecTooLarge(f"environment variable {name}: its value of {len(value)} characters exceeds "
+                               f"the limit of {MAX_ENV_VALUE_LENGTH}")
+        total += len(name) + len(value)
+    if total > MAX_ENV_TOTAL:
+        raise SpecTooLarge(f"environment variables of {total} characters in all exceed the limit of {MAX_ENV_TOTAL}")
+    return env
 
 
 def parse_env(text: str) -> tuple[str, str]:

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from cast.protocol.messages import PERMANENT_HEADER
-from cast.protocol.validate import SpecError
+from cast.protocol.validate import SpecError, SpecTooLarge
 from cast.server import errors
 from cast.server.api import code, health, logs, outputs, protocol, runs, uploads, users, workers
 from cast.server.db import Database
@@ -40,6 +40,7 @@ THREADS = 100
 ERROR_STATUS: dict[type[Exception], int] = {
     errors.BadRequest: 400,
     SpecError: 400,
+    SpecTooLarge: 422,
     errors.NotAuthenticated: 401,
     errors.Forbidden: 403,
     errors.NotFound: 404,
@@ -85,12 +86,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
         # One sentence for the first problem; a SpecError from our validators
-        # is bad input (400), anything else a schema error (422).
+        # is bad input (400), anything else (a size bound included) a schema
+        # error (422).
         first = error.errors()[0] if error.errors() else {}
         cause = (first.get("ctx") or {}).get("error")
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = str(cause) if isinstance(cause, Exception) else first.get("msg", "invalid request")
-        return _error_response(400 if isinstance(cause, SpecError) else 422,
+        bad_input = isinstance(cause, SpecError) and not isinstance(cause, SpecTooLarge)
+        return _error_response(400 if bad_input else 422,
                                f"{where}: {message}" if where else message)
 
     app.add_exception_handler(RequestValidationError, invalid_request)
