@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 
 from cast.protocol.messages import LogStream
+from cast.protocol.messages import Lease
+from cast.protocol.status import RunStatus
 from cast.protocol.validate import parse_machine_type
 from cast.worker.client import Conflict, Refused, ServerClient, ServerError, ServerUnavailable, with_retries
-from cast.worker.executors.base import BuildFailed, Executor, Job
+from cast.worker.executors.base import BuildFailed, Executor, Job, RunningProcess
 from cast.worker.fsops import remove_tree
 from cast.worker.mounts import MountCache, MountError
 from cast.worker.outbox import Outbox
@@ -42,59 +44,78 @@ def _last_line(text: str) -> str | None:
 
 
 class RunController:
-    """One leased run, from lease to its final status."""
+    """One leased run, from lease to its final status.
 
-    def __init__(self, agent: "Agent", lease: dict, gpus: list[int]):
+    Five kinds of thread act on a run, all through this class:
+    - the run's own thread (`execute`) carries it through the stages, queueing
+      each status in the outbox, and cleans up after the final one;
+    - the heartbeat thread (`_heartbeats`) holds the lease and carries the
+      server's `stopping` and `killing` out as `request_stop` and `request_kill`;
+    - a timer thread calls `request_stop` when the run's timeout passes;
+    - the outbox's sender asks `_lease_still_held` after a 409 (which may find
+      the lease lost, or a stop or kill) and ends the run `failed` when the
+      server refuses one of its reports for good;
+    - the agent calls `interrupt` when the worker shuts down.
+    `_lock` guards the process handle and the flags declared with it, and makes
+    "look at the flags, then queue a status" one step: once a final status was
+    queued out of turn (`_abort`: kill, a stop before the command started,
+    shutdown, a refused report, a lost lease), the run thread queues nothing
+    more. It is re-entrant because `request_stop` may abort. `_finished` is set
+    once every report was delivered: it ends the heartbeats and turns every
+    later request into a no-op.
+    """
+
+    def __init__(self, agent: "Agent", lease: Lease, gpus: list[int]):
         self.agent = agent
-        self.run_id: int = lease["run_id"]
-        self.token: str = lease["lease_token"]
         self.lease = lease
-        self.spec: dict = lease["spec"]
+        self.run_id = lease.run_id
+        self.token = lease.lease_token
+        self.spec = lease.spec
         self.gpus = gpus
         self.workdir = agent.runs_dir / f"{self.run_id}-{self.token[:8]}"
         self.outbox = Outbox(agent.client, self.run_id, self.token, on_conflict=self._lease_still_held,
-                             on_refused=lambda reason: self._abort("failed", reason))
-        self._lock = threading.RLock()
-        self._process = None
-        self._exited = False
-        self._stop_reason: str | None = None
-        self._stop_requested = False
-        self._aborted = False  # a final status was sent out of turn (kill, stop before start, shutdown)
-        self._finished = threading.Event()
+                             on_refused=lambda reason: self._abort(RunStatus.FAILED, reason))
         self.thread: threading.Thread | None = None  # set by the agent
+        self._lock = threading.RLock()
+        # Guarded by _lock:
+        self._process: RunningProcess | None = None  # set by the run thread when the command starts
+        self._exited = False  # the command has ended
+        self._stop_requested = False
+        self._stop_reason: str | None = None
+        self._aborted = False  # a final status was queued out of turn; the run thread only cleans up
+        self._finished = threading.Event()
 
-    # --- what the server and the clock can ask for --------------------------
+    # --- the heartbeat thread and the outbox's sender: what the server says ---
 
-    def request_stop(self, reason: str | None, *, from_server: bool) -> None:
-        with self._lock:
-            if self._stop_requested or self._aborted or self._exited:
+    def _heartbeats(self) -> None:
+        while not self._finished.wait(HEARTBEAT_INTERVAL):
+            try:
+                reply = self.agent.client.heartbeat(self.run_id, self.token)
+            except ServerUnavailable:
+                continue  # the server may be restarting; the outbox keeps everything
+            except (Conflict, Refused):
+                self._lose_lease()
                 return
-            self._stop_requested = True
-            self._stop_reason = reason
-            if not from_server:
-                self.outbox.status("stopping", note=reason, reason=reason)
-            if self._process is None:
-                self._abort("stopped", reason)  # nothing ran, nothing to save
-            else:
-                self._process.terminate(STOP_GRACE)
+            self._on_server_status(reply.status)
 
-    def request_kill(self) -> None:
-        self._abort("killed", None)
+    def _lease_still_held(self) -> bool:
+        """Asked by the outbox after a 409: lost lease, or a refused change?"""
+        try:
+            reply = with_retries(lambda: self.agent.client.heartbeat(self.run_id, self.token),
+                                 should_continue=lambda: not self.outbox.abandoned)
+        except (Conflict, Refused):
+            self._lose_lease()
+            return False
+        except ServerUnavailable:
+            return False
+        self._on_server_status(reply.status)
+        return True
 
-    def interrupt(self, reason: str) -> None:
-        self._abort("interrupted", reason)
-
-    def _abort(self, final_status: str, reason: str | None) -> None:
-        """End the run now with `final_status`, dropping what it had not yet reported
-        (its outputs included)."""
-        with self._lock:
-            if self._aborted or self._finished.is_set():
-                return
-            self._aborted = True
-            if self._process is not None and not self._exited:
-                self._process.kill()
-            self.outbox.drop_pending_results()
-            self.outbox.status(final_status, note=reason, reason=reason)
+    def _on_server_status(self, status: RunStatus) -> None:
+        if status is RunStatus.STOPPING:
+            self.request_stop(None, from_server=True)
+        elif status is RunStatus.KILLING:
+            self.request_kill()
 
     def _lose_lease(self) -> None:
         with self._lock:
@@ -106,48 +127,49 @@ class RunController:
                 self._process.kill()
         self.outbox.abandon()
 
-    def _on_server_status(self, status: str) -> None:
-        if status == "stopping":
-            self.request_stop(None, from_server=True)
-        elif status == "killing":
-            self.request_kill()
+    # --- any thread: stop, kill, interrupt ---------------------------------
 
-    # --- the lease ----------------------------------------------------------
-
-    def _heartbeats(self) -> None:
-        while not self._finished.wait(HEARTBEAT_INTERVAL):
-            try:
-                answer = self.agent.client.heartbeat(self.run_id, self.token)
-            except ServerUnavailable:
-                continue  # the server may be restarting; the outbox keeps everything
-            except (Conflict, Refused):
-                self._lose_lease()
+    def request_stop(self, reason: str | None, *, from_server: bool) -> None:
+        with self._lock:
+            if self._stop_requested or self._aborted or self._exited:
                 return
-            self._on_server_status(answer.get("status", ""))
+            self._stop_requested = True
+            self._stop_reason = reason
+            if not from_server:
+                self.outbox.status(RunStatus.STOPPING, note=reason, reason=reason)
+            if self._process is None:
+                self._abort(RunStatus.STOPPED, reason)  # nothing ran, nothing to save
+            else:
+                self._process.terminate(STOP_GRACE)
 
-    def _lease_still_held(self) -> bool:
-        """Asked by the outbox after a 409: lost lease, or a refused change?"""
-        try:
-            answer = with_retries(lambda: self.agent.client.heartbeat(self.run_id, self.token),
-                                  should_continue=lambda: not self.outbox.abandoned)
-        except (Conflict, Refused):
-            self._lose_lease()
-            return False
-        except ServerUnavailable:
-            return False
-        self._on_server_status(answer.get("status", ""))
-        return True
+    def request_kill(self) -> None:
+        self._abort(RunStatus.KILLED, None)
 
-    # --- the run ------------------------------------------------------------
+    def interrupt(self, reason: str) -> None:
+        self._abort(RunStatus.INTERRUPTED, reason)
 
-    def _status(self, status: str, **fields) -> None:
+    def _abort(self, final_status: RunStatus, reason: str | None) -> None:
+        """End the run now with `final_status`, dropping what it had not yet reported
+        (its outputs included)."""
+        with self._lock:
+            if self._aborted or self._finished.is_set():
+                return
+            self._aborted = True
+            if self._process is not None and not self._exited:
+                self._process.kill()
+            self.outbox.drop_pending_results()
+            self.outbox.status(final_status, note=reason, reason=reason)
+
+    # --- the run's own thread -----------------------------------------------
+
+    def _status(self, status: RunStatus, **fields) -> None:
         with self._lock:
             if not self._aborted:
                 self.outbox.status(status, **fields)
 
     def _job_env(self) -> dict[str, str]:
         env = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-        env.update(self.spec.get("env") or {})
+        env.update(self.spec.env)
         env["CAST_RUN_ID"] = str(self.run_id)
         return env
 
@@ -158,7 +180,7 @@ class RunController:
             self._execute()
         except Exception as exc:  # a bug must not leave the run hanging
             log.exception("run %s: worker error", self.run_id)
-            self._abort("interrupted", f"worker error: {exc}")
+            self._abort(RunStatus.INTERRUPTED, f"worker error: {exc}")
         finally:
             self.outbox.wait_delivered()
             with self._lock:
@@ -191,35 +213,35 @@ class RunController:
             build = executor.build(job, self.outbox.log)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, BuildFailed) else f"{type(exc).__name__}: {exc}"
-            self._status("build_failed", note=_last_line(reason), reason=reason)
+            self._status(RunStatus.BUILD_FAILED, note=_last_line(reason), reason=reason)
             return
         if self._aborted:
             return
 
-        self._status("mounting", note="cached" if build.cached else None)
+        self._status(RunStatus.MOUNTING, note="cached" if build.cached else None)
         still_running = lambda: not self.outbox.abandoned  # noqa: E731
         try:
             agent.sources.place(self.spec, self.workdir, agent.client, still_running)
             job.mounts = agent.mounts.prepare(self.lease, agent.client, still_running)
         except (SourceError, MountError, ServerError, OSError) as exc:
-            self._status("mount_failed", note=_last_line(str(exc)), reason=str(exc))
+            self._status(RunStatus.MOUNT_FAILED, note=_last_line(str(exc)), reason=str(exc))
             return
         before = snapshot(self.workdir)
 
         with self._lock:
             if self._aborted:
                 return
-            self._status("running")
+            self._status(RunStatus.RUNNING)
             try:
                 self._process = executor.start(job, build, self.outbox.log)
             except Exception as exc:
                 log.exception("run %s: could not start", self.run_id)
-                self._status("saving")
-                self._status("failed", reason=f"could not start the command: {exc}")
+                self._status(RunStatus.SAVING)
+                self._status(RunStatus.FAILED, reason=f"could not start the command: {exc}")
                 return
         timer = None
-        if self.spec.get("timeout"):
-            timeout = float(self.spec["timeout"])
+        if self.spec.timeout:
+            timeout = float(self.spec.timeout)
             timer = threading.Timer(timeout, self.request_stop, args=(f"timed out after {timeout:g}s",),
                                     kwargs={"from_server": False})
             timer.daemon = True
@@ -235,11 +257,11 @@ class RunController:
             if self._aborted:
                 return
             stopped = self._stop_requested
-            self._status("saving")
+            self._status(RunStatus.SAVING)
 
         outputs = Outputs.collect(self.workdir, before, [mount.path for mount in job.mounts],
                                   report=lambda line: self.outbox.log(LogStream.CAST, line))
-        self._status("pushing")
+        self._status(RunStatus.PUSHING)
         with self._lock:
             if not self._aborted:
                 self.outbox.push_outputs(outputs.tar_chunks)
@@ -252,13 +274,13 @@ class RunController:
         if self.outbox.outputs_refused:
             problems.append(f"outputs not saved: {self.outbox.outputs_refused}")
         if stopped and not self.outbox.outputs_refused:
-            self._status("stopped", exit_code=result.exit_code, reason=self._stop_reason)
+            self._status(RunStatus.STOPPED, exit_code=result.exit_code, reason=self._stop_reason)
         elif not problems:
-            self._status("complete", exit_code=0)
+            self._status(RunStatus.COMPLETE, exit_code=0)
         else:
             if stopped and self._stop_reason:
                 problems.insert(0, self._stop_reason)
-            self._status("failed", exit_code=result.exit_code, reason="; ".join(problems))
+            self._status(RunStatus.FAILED, exit_code=result.exit_code, reason="; ".join(problems))
 
 
 class Agent:
@@ -321,15 +343,14 @@ class Agent:
                 if self.stopping.is_set():  # leased while shutting down: hand it back at once
                     controller.interrupt("the worker shut down")
 
-    def _start(self, lease: dict) -> RunController:
-        spec = lease["spec"]
-        wanted = spec.get("gpus")
-        if wanted is None:
-            wanted = parse_machine_type(spec.get("machine_type") or "cpu")
+    def _start(self, lease: Lease) -> RunController:
+        spec = lease.spec
+        # A run queued before the server counted its GPUs has only its machine type.
+        wanted = spec.gpus or parse_machine_type(spec.machine_type or "cpu")
         controller = RunController(self, lease, self.gpu_pool.acquire(wanted))
         with self._slots:
             self._active[controller.run_id] = controller
-        log.info("run %s leased (%s)", controller.run_id, spec.get("command", "")[:80])
+        log.info("run %s leased (%s)", controller.run_id, spec.command[:80])
         # Daemon threads: a worker told to stop exits after SHUTDOWN_WAIT even when
         # the server is away and some report could not be delivered.
         controller.thread = threading.Thread(target=self._run, args=(controller,),

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, TypeVar
 
 import httpx
 
-from cast.protocol.messages import PERMANENT_HEADER
+from cast.protocol.messages import PERMANENT_HEADER, HeartbeatReply, Lease, LogEntry, StatusReport
 
 T = TypeVar("T")
 # 4xx answers that mean "not now" rather than "never".
@@ -136,30 +136,27 @@ class ServerClient:
             "gpus": gpus, "max_runs": max_runs,
         }).json()
 
-    def lease(self, worker_id: str, *, free_gpus: int, wait: float) -> dict | None:
+    def lease(self, worker_id: str, *, free_gpus: int, wait: float) -> Lease | None:
         """The next run to execute, or None when nothing was queued within `wait` seconds."""
         response = self._request(
             "POST", f"/workers/{worker_id}/lease", json={"free_gpus": free_gpus, "wait": wait},
             timeout=httpx.Timeout(wait + 30.0, connect=5.0),
         )
-        return None if response.status_code == 204 else response.json()
+        return None if response.status_code == 204 else Lease.from_dict(response.json())
 
     # --- one leased run ---------------------------------------------------
 
-    def heartbeat(self, run_id: int, lease_token: str) -> dict:
-        return self._request("POST", f"/runs/{run_id}/heartbeat", json={"lease_token": lease_token},
-                             timeout=httpx.Timeout(5.0)).json()
+    def heartbeat(self, run_id: int, lease_token: str) -> HeartbeatReply:
+        return HeartbeatReply.from_dict(self._request(
+            "POST", f"/runs/{run_id}/heartbeat", json={"lease_token": lease_token}, timeout=httpx.Timeout(5.0),
+        ).json())
 
-    def set_status(self, run_id: int, lease_token: str, *, status: str, note: str | None = None,
-                   exit_code: int | None = None, reason: str | None = None) -> dict:
-        return self._request("POST", f"/runs/{run_id}/status", json={
-            "lease_token": lease_token, "status": status, "note": note,
-            "exit_code": exit_code, "reason": reason,
-        }).json()
+    def set_status(self, run_id: int, report: StatusReport) -> dict:
+        return self._request("POST", f"/runs/{run_id}/status", json=report.to_dict()).json()
 
-    def append_logs(self, run_id: int, lease_token: str, *, seq: int, entries: list[dict]) -> dict:
+    def append_logs(self, run_id: int, lease_token: str, *, seq: int, entries: list[LogEntry]) -> dict:
         return self._request("POST", f"/runs/{run_id}/logs", json={
-            "lease_token": lease_token, "seq": seq, "entries": entries,
+            "lease_token": lease_token, "seq": seq, "entries": [entry.to_dict() for entry in entries],
         }).json()
 
     def push_outputs(self, run_id: int, lease_token: str, tar_chunks: Iterable[bytes]) -> dict:

@@ -17,6 +17,7 @@ import os
 import tarfile
 from pathlib import Path
 
+from cast.protocol.messages import Lease, LeaseMount
 from cast.worker.client import ServerClient, with_retries
 from cast.worker.executors.base import PreparedMount
 from cast.worker.fsops import remove_tree
@@ -27,12 +28,11 @@ class MountError(Exception):
     """A mount could not be prepared; the message is shown to the user."""
 
 
-def shares_server_storage(lease: dict) -> bool:
-    root, storage_id = lease.get("storage_root"), lease.get("storage_id")
-    if not root or not storage_id:
+def shares_server_storage(lease: Lease) -> bool:
+    if not lease.storage_root or not lease.storage_id:
         return False
     try:
-        return (Path(root) / "storage-id").read_text().strip() == storage_id
+        return (Path(lease.storage_root) / "storage-id").read_text().strip() == lease.storage_id
     except OSError:
         return False
 
@@ -74,20 +74,20 @@ class MountCache:
     def __init__(self, root: Path):
         self.root = root
 
-    def prepare(self, lease: dict, client: ServerClient, should_continue=lambda: True) -> list[PreparedMount]:
+    def prepare(self, lease: Lease, client: ServerClient, should_continue=lambda: True) -> list[PreparedMount]:
         shared = shares_server_storage(lease)
         prepared = []
-        for mount in lease.get("mounts", []):
-            local = Path(mount["local_path"]) if shared and mount.get("local_path") else None
+        for mount in lease.mounts:
+            local = Path(mount.local_path) if shared and mount.local_path else None
             if local is not None and _usable_in_place(local):
                 source = local
             else:
                 source = self._download(mount, client, should_continue)
-            prepared.append(PreparedMount(source=source, path=mount["path"]))
+            prepared.append(PreparedMount(source=source, path=mount.path))
         return prepared
 
-    def _download(self, mount: dict, client: ServerClient, should_continue) -> Path:
-        resource = mount["resource"]
+    def _download(self, mount: LeaseMount, client: ServerClient, should_continue) -> Path:
+        resource = mount.resource
         entry = self.root / hashlib.sha256(resource.encode()).hexdigest()[:32]
         # The data keeps the resource's basename so a mounted file is named as in its run.
         data = entry / "data" / (resource.rstrip("/").rsplit("/", 1)[-1] or "data")
@@ -102,7 +102,7 @@ class MountCache:
             except Exception as exc:
                 remove_tree(entry)
                 raise MountError(f"cannot fetch {resource}: {exc}") from exc
-            if mount.get("kind") == "dir":
+            if mount.kind == "dir":
                 data.mkdir()
                 try:
                     with tarfile.open(download, mode="r:*") as tar:

@@ -20,6 +20,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+from cast.protocol.messages import RunSpec
 from cast.worker.client import ServerClient, with_retries
 from cast.worker.locking import file_lock
 
@@ -96,16 +97,16 @@ class SourceCache:
                 partial.rename(path)
         return path
 
-    def place(self, spec: dict, workdir: Path, client: ServerClient, should_continue=lambda: True) -> None:
+    def place(self, spec: RunSpec, workdir: Path, client: ServerClient, should_continue=lambda: True) -> None:
         """Put the run's code into `workdir` (an empty folder)."""
-        if spec.get("git_url"):
-            if not spec.get("commit_sha"):
+        if spec.git_url:
+            if not spec.commit_sha:
                 raise SourceError("the run has a git URL but no resolved commit")
-            self.checkout(spec["git_url"], spec["commit_sha"], workdir)
-        elif spec.get("code_bundle"):
+            self.checkout(spec.git_url, spec.commit_sha, workdir)
+        elif spec.code_bundle:
             # Runs queued before the server stored bundles by digest carry
             # only the key, which then also named the file.
-            digest = spec.get("code_digest") or spec["code_bundle"]
+            digest = spec.code_digest or spec.code_bundle
             bundle = self.bundle(client, digest, should_continue)
             try:
                 with tarfile.open(bundle, mode="r:*") as tar:

@@ -217,24 +217,28 @@ def test_bad_worker_arguments_are_one_clear_line(tmp_path):
 
 
 def test_the_mount_cache_downloads_once_and_makes_it_read_only(api, server, worker, tmp_path):
+    from cast.protocol.messages import Lease, LeaseMount, RunSpec
     from cast.worker.client import ServerClient
-    from cast.worker.mounts import MountCache
+    from cast.worker.mounts import MountCache, MountError
+
+    def lease(*mounts: LeaseMount) -> Lease:
+        # No storage id: as on a host that does not share the server's files.
+        return Lease(run_id=99, lease_token="token", lease_seconds=2, attempt=1, spec=RunSpec(command="true"),
+                     mounts=list(mounts), storage_root="", storage_id="")
 
     producer = submit(api, "mkdir -p d/e && echo one > d/a.txt && echo two > d/e/b.txt && echo f > f.txt")
     assert wait_final(api, producer)["status"] == "complete"
-    lease = {"mounts": [
-        {"resource": f"runs/{producer}/d", "path": "d", "kind": "dir", "local_path": "/nonexistent"},
-        {"resource": f"runs/{producer}/f.txt", "path": "f.txt", "kind": "file", "local_path": "/nonexistent"},
-    ]}  # no storage_id: as on a host that does not share the server's files
+    both = lease(LeaseMount(resource=f"runs/{producer}/d", path="d", kind="dir", local_path="/nonexistent"),
+                 LeaseMount(resource=f"runs/{producer}/f.txt", path="f.txt", kind="file", local_path="/nonexistent"))
     client = ServerClient(server.url, server.worker_token)
     cache = MountCache(tmp_path / "mounts")
-    folder, single = cache.prepare(lease, client)
+    folder, single = cache.prepare(both, client)
 
     assert (folder.source / "a.txt").read_text() == "one\n" and (folder.source / "e" / "b.txt").read_text() == "two\n"
     assert single.source.read_text() == "f\n" and single.source.name == "f.txt"
     assert oct(single.source.stat().st_mode & 0o777) == "0o444"
     assert oct((folder.source / "e").stat().st_mode & 0o777) == "0o555"
-    assert cache.prepare(lease, client) == [folder, single]
-    with pytest.raises(Exception, match="cannot fetch"):
-        cache.prepare({"mounts": [{"resource": f"runs/{producer}/missing", "path": "m", "kind": "file",
-                                   "local_path": "/x"}]}, client)
+    assert cache.prepare(both, client) == [folder, single]
+    with pytest.raises(MountError, match=f"cannot fetch runs/{producer}/missing: 404"):
+        cache.prepare(lease(LeaseMount(resource=f"runs/{producer}/missing", path="m", kind="file",
+                                       local_path="/x")), client)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cast.protocol.messages import Lease, LeaseMount, RunSpec
 from cast.server.services import storage
 from cast.worker.mounts import MountCache, _usable_in_place
 
@@ -40,10 +41,12 @@ def test_a_non_root_worker_mounts_sealed_copies_in_place_and_nothing_else(shared
     own = _stored(shared_root, "3", sealed=True)
     for path in [own, *own.rglob("*")]:
         os.chown(path, NOBODY, NOBODY)  # the worker's user could change the modes back
-    lease = {"storage_root": str(shared_root), "storage_id": "same-disk", "mounts": [
-        {"resource": "runs/1", "path": "in", "kind": "dir", "local_path": str(sealed)},
-        {"resource": "runs/1/sub/a.txt", "path": "a.txt", "kind": "file", "local_path": str(sealed / "sub/a.txt")},
-    ]}
+    lease = Lease(run_id=4, lease_token="token", lease_seconds=2, attempt=1, spec=RunSpec(command="true"),
+                  storage_root=str(shared_root), storage_id="same-disk", mounts=[
+                      LeaseMount(resource="runs/1", path="in", kind="dir", local_path=str(sealed)),
+                      LeaseMount(resource="runs/1/sub/a.txt", path="a.txt", kind="file",
+                                 local_path=str(sealed / "sub/a.txt")),
+                  ])
     os.seteuid(NOBODY)
     try:
         verdicts = {name: _usable_in_place(path) for name, path in [

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cast.protocol.messages import RunSpec
 from cast.worker.source import SourceCache, SourceError
 
 
@@ -81,5 +82,5 @@ def test_an_unreachable_url_is_a_clear_error(tmp_path):
 def test_without_git_url_or_bundle_the_working_dir_stays_empty(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
-    SourceCache(tmp_path / "cache").place({"command": "true"}, workdir, client=None)
+    SourceCache(tmp_path / "cache").place(RunSpec(command="true"), workdir, client=None)
     assert list(workdir.iterdir()) == []

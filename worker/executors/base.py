@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from cast.protocol.messages import RunSpec
+
 # (stream, text): stream is "stdout", "stderr" or "cast" (build output and
 # messages from cast itself); text is one line without its newline.
 LogSink = Callable[[str, str], None]
@@ -44,7 +46,7 @@ class PreparedMount:
 @dataclass
 class Job:
     run_id: int
-    spec: dict  # the run's spec as the API returns it (see docs/api.md)
+    spec: RunSpec
     workdir: Path  # host folder: the checkout, then the run's own files
     mounts: list[PreparedMount] = field(default_factory=list)
     gpus: list[int] = field(default_factory=list)  # device indices given to this run
@@ -104,7 +106,7 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def start(self, job: Job, build: BuildResult, log: LogSink) -> RunningProcess:
-        """Run `job.spec["command"]` with bash in the working directory, the mounts
+        """Run `job.spec.command` with bash in the working directory, the mounts
         placed read-only, `job.env` set and only `job.gpus` visible."""
 
     def cleanup_stale(self) -> None:

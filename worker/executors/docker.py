@@ -51,6 +51,7 @@ from docker.types import DeviceRequest, LogConfig, Mount
 from requests.exceptions import RequestException
 
 from cast.protocol.units import parse_size
+from cast.protocol.messages import RunSpec
 from cast.protocol.validate import SpecError, parse_machine_type, validate_apt_package, validate_pip_spec
 from cast.worker.dockerenv import HOST_INPUTS, HostPackageSettings
 from cast.worker.executors.base import (
@@ -144,13 +145,13 @@ class EnvironmentSpec:
     pip_req: str
 
     @classmethod
-    def of(cls, spec: dict, default_base: str) -> "EnvironmentSpec":
+    def of(cls, spec: RunSpec, default_base: str) -> "EnvironmentSpec":
         try:
-            apt = tuple(sorted({validate_apt_package(p) for p in spec.get("apt") or []}))
-            pip = tuple(sorted({validate_pip_spec(p) for p in spec.get("pip") or []}))
+            apt = tuple(sorted({validate_apt_package(p) for p in spec.apt}))
+            pip = tuple(sorted({validate_pip_spec(p) for p in spec.pip}))
         except SpecError as exc:
             raise BuildFailed(str(exc)) from None
-        return cls(spec.get("docker_image") or default_base, apt, pip, spec.get("pip_req") or "")
+        return cls(spec.docker_image or default_base, apt, pip, spec.pip_req or "")
 
     def key(self, base_image_id: str) -> str:
         content = json.dumps(
@@ -413,7 +414,7 @@ class DockerExecutor(Executor):
     def container_settings(self, job: Job, image: str) -> dict:
         """The keyword arguments of `containers.create` for a run."""
         uid, gid = container_user()
-        limits = self.limits(job.spec.get("machine_type") or "cpu")
+        limits = self.limits(job.spec.machine_type or "cpu")
         env = {key: value for key, value in job.env.items() if key != "CUDA_VISIBLE_DEVICES"}
         env.setdefault("CAST_RUN_ID", str(job.run_id))
         # A run sees only its own devices, numbered from 0 inside the container.
@@ -422,7 +423,7 @@ class DockerExecutor(Executor):
         mounts += [Mount(f"{CONTAINER_WORKDIR}/{m.path}", str(m.source), type="bind", read_only=True)
                    for m in job.mounts]
         settings = dict(
-            image=image, entrypoint=["bash", "-c"], command=[job.spec["command"]],
+            image=image, entrypoint=["bash", "-c"], command=[job.spec.command],
             user=f"{uid}:{gid}", working_dir=CONTAINER_WORKDIR, environment=env, mounts=mounts,
             init=True, labels=self._labels(job, "run"), name=f"cast-run-{job.run_id}-{uuid.uuid4().hex[:8]}",
             network_mode=self.options.network, cap_drop=["ALL"], security_opt=["no-new-privileges"],

@@ -121,11 +121,11 @@ class LocalExecutor(Executor):
     # --- environments -----------------------------------------------------
 
     def build(self, job: Job, log: LogSink) -> BuildResult:
-        if job.spec.get("apt"):
+        if job.spec.apt:
             raise BuildFailed("the local executor cannot install apt packages; use the docker executor")
-        if job.spec.get("docker_image"):
+        if job.spec.docker_image:
             raise BuildFailed("the local executor cannot use a Docker image; use the docker executor")
-        return self.envs.ensure(job.spec.get("pip") or [], job.spec.get("pip_req"), log)
+        return self.envs.ensure(job.spec.pip, job.spec.pip_req, log)
 
     def cache_entries(self) -> list[CacheEntry]:
         return self.envs.entries()
@@ -157,7 +157,7 @@ class LocalExecutor(Executor):
         sources = [str(mount.source.resolve()) for mount in job.mounts]
         for mount in job.mounts:
             self._place(job.workdir, mount)
-        command = job.spec["command"]
+        command = job.spec.command
         if sources and self.private_mounts_available():
             argv = ["unshare", "--mount", "--propagation", "private", "--",
                     "bash", "-c", _READ_ONLY_WRAPPER, "cast-mounts", command, *sources]

@@ -22,6 +22,7 @@ import docker
 import pytest
 from pip._internal.models.index import PyPI
 
+from cast.protocol.messages import RunSpec
 from cast.worker.dockerenv import read_pip_config
 from cast.worker.executors.base import BuildFailed, Job, PreparedMount
 from cast.worker.executors import DOCKER_OPTIONS
@@ -84,7 +85,7 @@ class Lines:
 def make_job(tmp_path: Path, command: str, run_id: int = 1, mounts=(), **spec) -> Job:
     workdir = tmp_path / f"run{run_id}-{uuid.uuid4().hex[:6]}"
     workdir.mkdir()
-    return Job(run_id=run_id, spec={"command": command, **spec}, workdir=workdir,
+    return Job(run_id=run_id, spec=RunSpec.from_dict({"command": command, **spec}), workdir=workdir,
                mounts=list(mounts), env={"CAST_RUN_ID": str(run_id)})
 
 

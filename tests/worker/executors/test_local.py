@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cast.protocol.messages import RunSpec
 from cast.worker.envs import HOST_KEY
 from cast.worker.executors.base import BuildFailed, BuildResult, Job, PreparedMount
 from cast.worker.executors.local import LocalExecutor
@@ -40,7 +41,8 @@ def executor(tmp_path) -> LocalExecutor:
 def make_job(tmp_path: Path, command: str, **fields) -> Job:
     workdir = tmp_path / "run"
     workdir.mkdir(exist_ok=True)
-    return Job(run_id=7, spec={"command": command, **fields.pop("spec", {})}, workdir=workdir, **fields)
+    return Job(run_id=7, spec=RunSpec.from_dict({"command": command, **fields.pop("spec", {})}), workdir=workdir,
+               **fields)
 
 
 def test_runs_bash_in_the_working_dir_with_the_run_environment(executor, tmp_path, monkeypatch):
