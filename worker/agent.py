@@ -18,8 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from cast.protocol.messages import LogStream
-from cast.protocol.messages import Lease
+from cast.protocol.messages import Lease, LogStream
 from cast.protocol.status import RunStatus
 from cast.protocol.validate import parse_machine_type
 from cast.worker.client import Conflict, Refused, ServerClient, ServerError, ServerUnavailable, with_retries
