@@ -1,12 +1,14 @@
 """Resource exhaustion: a run that prints gigabytes of log, writes more output
-than the server keeps, forks without bound or fills the disk is stopped or
-failed with a clear reason, and the server and the other runs keep working.
+than the server keeps, forks without bound or fills the disk (the worker's or
+the server's) is stopped or failed with a clear reason, and the server and the
+other runs keep working.
 
 Caps under test: the server's per-run log cap (CAST_MAX_LOG_ENTRIES_PER_RUN,
 one visible truncation marker) and JSON body cap (CAST_MAX_JSON_BODY_BYTES,
 which the worker's log batches must stay under), its output cap
 (CAST_MAX_OUTPUT_BYTES), the Docker executor's pids limit
-(CAST_WORKER_PIDS_LIMIT); the disk is a small tmpfs under the worker.
+(CAST_WORKER_PIDS_LIMIT); a full disk is a small tmpfs under the worker or
+as the server's data dir (a real ENOSPC: the server answers 507).
 """
 
 from __future__ import annotations
@@ -88,6 +90,33 @@ def test_outputs_over_the_cap_fail_the_run_with_the_reason(start_server, start_w
         assert (run["status"], run["exit_code"], run["reason"]) == ("failed", 0, reason)
         assert output_paths(api, 1) == []
     # The server and the worker go on: a run within the cap keeps its output.
+    assert cast.run("run", "head -c 1M /dev/urandom > small.bin").returncode == 0
+    assert cast.run("ls", "runs/2").stdout.split()[0] == "small.bin"
+
+
+def test_a_full_server_disk_fails_the_run_with_507_and_leaves_nothing_half_written(
+        start_server, start_worker, small_disk, cast_via, tmp_path):
+    data_dir = small_disk(tmp_path / "server-data", megabytes=32)
+    server = start_server(data_dir=data_dir)
+    start_worker(server)
+    cast = cast_via(server.url, server.admin_token)
+    result = cast.run("run", "head -c 64M /dev/urandom > big.bin && echo wrote")
+    assert result.returncode == 1, result
+    reason = "outputs not saved: server storage full"
+    assert result.stdout.splitlines()[-1] == f"Run 1 failed (exit code 0): {reason}"
+    with server.api() as api:
+        run = api.get("/runs/1").json()
+        assert (run["status"], run["exit_code"], run["reason"]) == ("failed", 0, reason)
+        assert output_paths(api, 1) == []
+        assert "The server refused the output push (HTTP 507): server storage full" in log_texts(api, 1, "cast")
+        # The answer itself, as any client sees it: 507, marked permanent.
+        refused = httpx.put(f"{server.url}/api/v1/uploads/big", content=b"x" * (40 << 20),
+                            headers={"Authorization": f"Bearer {server.admin_token}"}, timeout=120)
+        assert (refused.status_code, refused.json()) == (507, {"detail": "server storage full"})
+        assert refused.headers["X-Cast-Permanent"] == "1"
+    assert list((data_dir / "tmp").iterdir()) == []  # the half-received bodies are gone
+    assert not (data_dir / "runs" / "1").exists() and not (data_dir / "uploads" / "big").exists()
+    # Space came back with them: a run that fits is saved.
     assert cast.run("run", "head -c 1M /dev/urandom > small.bin").returncode == 0
     assert cast.run("ls", "runs/2").stdout.split()[0] == "small.bin"
 
