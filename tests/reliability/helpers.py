@@ -11,7 +11,10 @@ from pathlib import Path
 
 class CuttableProxy:
     """A TCP proxy on 127.0.0.1 in front of a local port; `cut()` drops every
-    connection it carries at that moment (clients must reconnect)."""
+    connection it carries at that moment (clients must reconnect);
+    `stall_uploads(n)` freezes each connection once it has carried more than
+    n bytes towards the server (its sender blocks as the buffers fill), until
+    `resume()`."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
@@ -20,6 +23,8 @@ class CuttableProxy:
         self.url = f"http://127.0.0.1:{self.port}"
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._stall_after: int | None = None
+        self._resumed = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -35,12 +40,17 @@ class CuttableProxy:
                 continue
             with self._lock:
                 self._open.update((client, upstream))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            for source, sink, towards_server in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(source, sink, towards_server), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, towards_server: bool) -> None:
+        carried = 0
         try:
             while data := source.recv(65536):
+                carried += len(data)
+                stall_after = self._stall_after
+                if towards_server and stall_after is not None and carried > stall_after:
+                    self._resumed.wait()
                 sink.sendall(data)
         except OSError:
             pass
@@ -66,8 +76,17 @@ class CuttableProxy:
         self._drop(*victims, abort=abort)
         return len(victims) // 2
 
+    def stall_uploads(self, after_bytes: int) -> None:
+        self._resumed.clear()
+        self._stall_after = after_bytes
+
+    def resume(self) -> None:
+        self._stall_after = None
+        self._resumed.set()
+
     def close(self) -> None:
         self.listener.close()
+        self.resume()
         self.cut()
 
 
