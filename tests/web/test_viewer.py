@@ -1,6 +1,6 @@
 """The web viewer in a real browser (Debian's Chromium via playwright) against
-a real control plane and a real local worker: sign-in, the runs page, a run's
-live log, kill and stop, markup in logs, outputs downloads, lineage links, and
+a real control plane and a real local worker: sign-in, the status table from
+the API, the runs page, a run's live log, kill and stop, markup in logs, outputs downloads, lineage links, and
 a job flooding its log."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import signal
 import tarfile
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
 from playwright.sync_api import expect
 
 from tests.conftest import REPO_ROOT
@@ -80,6 +82,32 @@ def test_no_run_data_without_a_token_and_a_wrong_token_is_refused_clearly(server
     page.click("#logout")
     expect(page.locator("form.login")).to_be_visible()
     assert page.evaluate("localStorage.getItem('cast.token')") is None
+
+
+def test_the_viewer_takes_its_statuses_from_the_api_once_per_page_load(server, page):
+    table = httpx.get(f"{server.url}/api/v1/protocol/statuses", timeout=30).json()["statuses"]
+    fetched = []
+    page.on("request", lambda request: fetched.append(request.url) if "/protocol/statuses" in request.url else None)
+    sign_in(page, server)
+    options = "() => [...document.querySelectorAll('#status-filter option')].map((o) => o.value)"
+    expect(page.locator("#status-filter option")).to_have_count(2 + len(table))
+    assert page.evaluate(options) == ["", "active"] + [s["name"] for s in table]
+    page.click('nav a[data-nav="uploads"]')
+    expect(page.locator(".page-head h1")).to_have_text("Uploads")
+    page.click('nav a[data-nav="runs"]')
+    expect(page.locator("#status-filter")).to_be_visible()
+    assert len(fetched) == 1, fetched
+
+    # A table of the server's own making is what the page shows and filters by:
+    # its order, and which statuses are final ("active" asks for the others).
+    changed = [{**s, "final": s["name"] != "mounting"} for s in reversed(table)]
+    page.route("**/api/v1/protocol/statuses", lambda route: route.fulfill(json={"statuses": changed}))
+    page.reload()
+    expect(page.locator("#status-filter option")).to_have_count(2 + len(table))
+    assert page.evaluate(options) == ["", "active"] + [s["name"] for s in changed]
+    with page.expect_request(lambda request: "/api/v1/runs?" in request.url and "status=" in request.url) as listed:
+        page.select_option("#status-filter", "active")
+    assert parse_qs(urlsplit(listed.value.url).query)["status"] == ["mounting"]
 
 
 def test_runs_page_shows_new_runs_and_status_changes_live_and_filters(server, worker, page, narrow_page):

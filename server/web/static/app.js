@@ -1,10 +1,12 @@
 // The cast web viewer: the login form, the hash router (#/runs, #/runs/N,
 // #/uploads, #/uploads/NAME) and notices. Each page is a function that fills
-// <main> and returns a function that stops its timers and requests.
+// <main> and returns a function that stops its timers and requests. Nothing
+// is drawn before the server's status table is here (status.js).
 
 import { apiFetch, clearToken, getToken, setAuthErrorHandler, setToken, AuthError } from "./api.js";
 import { runsPage } from "./runs.js";
 import { runPage } from "./run.js";
+import { loadStatuses } from "./status.js";
 import { uploadsPage, uploadPage } from "./uploads.js";
 import { h } from "./util.js";
 
@@ -105,5 +107,17 @@ logoutButton.addEventListener("click", () => {
   showLogin("Token forgotten. Enter a token to see runs again.");
 });
 
-window.addEventListener("hashchange", route);
-route();
+async function start() {
+  try {
+    await loadStatuses();
+  } catch (err) {
+    main.replaceChildren(h("div", { className: "card" },
+      h("p", { className: "page-error", role: "alert" }, `Cannot load the run statuses from the server: ${err.message}`),
+      h("button", { type: "button", className: "button", onclick: start }, "Try again")));
+    return;
+  }
+  window.addEventListener("hashchange", route);
+  route();
+}
+
+start();

@@ -2,7 +2,7 @@
 // and status changes appear without reloading; filters by status and label.
 
 import { apiJson, AuthError } from "./api.js";
-import { ACTIVE_STATUSES, STATUSES, statusBadge, statusLabel, isFinal } from "./status.js";
+import { activeStatuses, isFinal, statusBadge, statusLabel, statusNames } from "./status.js";
 import { formatDuration, formatTime, h, secondsBetween, sleep } from "./util.js";
 
 const POLL_MS = 1_000;
@@ -45,7 +45,7 @@ export function runsPage(main, query) {
   const statusSelect = h("select", { id: "status-filter", "aria-label": "Filter by status" },
     h("option", { value: "" }, "all statuses"),
     h("option", { value: "active" }, "active"),
-    STATUSES.map((s) => h("option", { value: s }, statusLabel(s))));
+    statusNames().map((s) => h("option", { value: s }, statusLabel(s))));
   statusSelect.value = state.status;
   const labelInput = h("input", {
     id: "label-filter", type: "search", placeholder: "label", value: state.label,
@@ -130,7 +130,7 @@ export function runsPage(main, query) {
     const request = new AbortController();
     inFlight = request;
     const params = new URLSearchParams({ limit: String(state.limit) });
-    const statuses = state.status === "active" ? ACTIVE_STATUSES : state.status ? [state.status] : [];
+    const statuses = state.status === "active" ? activeStatuses() : state.status ? [state.status] : [];
     for (const s of statuses) params.append("status", s);
     if (state.label) params.set("label", state.label);
     try {

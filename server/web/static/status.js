@@ -1,22 +1,41 @@
-// What the viewer knows about run statuses (mirrors cast.client.spec.RunStatus).
+// What the viewer knows about run statuses: the server's own table
+// (GET /api/v1/protocol/statuses, from cast.protocol.status), fetched once per
+// page load by loadStatuses() before any page is drawn, so the viewer keeps
+// no list of its own. Only the colours are the viewer's choice.
 
-export const STATUSES = [
-  "machine_requested", "building", "mounting", "running", "saving", "pushing",
-  "complete", "failed", "build_failed", "mount_failed",
-  "stopping", "stopped", "killing", "killed", "interrupted",
-];
+import { apiJson } from "./api.js";
 
-const FINAL = new Set([
-  "complete", "failed", "build_failed", "mount_failed", "stopped", "killed", "interrupted",
-]);
+let loading = null;
+let table = null; // {names: [...] in the protocol's order, byName: Map name -> entry}
 
-export const ACTIVE_STATUSES = STATUSES.filter((s) => !FINAL.has(s));
-
-export function isFinal(status) {
-  return FINAL.has(status);
+// Resolves once the table is here; a failed load is tried again on the next call.
+export function loadStatuses() {
+  loading ??= apiJson("/protocol/statuses").then((answer) => {
+    table = {
+      names: answer.statuses.map((s) => s.name),
+      byName: new Map(answer.statuses.map((s) => [s.name, s])),
+    };
+  }, (err) => {
+    loading = null;
+    throw err;
+  });
+  return loading;
 }
 
-// Which colour family a status is drawn in.
+export function statusNames() {
+  return table.names;
+}
+
+export function activeStatuses() {
+  return table.names.filter((s) => !isFinal(s));
+}
+
+export function isFinal(status) {
+  return table.byName.get(status)?.final === true;
+}
+
+// Which colour family a status is drawn in; a status this palette does not
+// know yet is drawn as a stage while active and as a warning once final.
 const TONE = {
   machine_requested: "queued",
   building: "stage", mounting: "stage", saving: "stage", pushing: "stage",
@@ -29,7 +48,7 @@ const TONE = {
 };
 
 export function statusTone(status) {
-  return TONE[status] || "queued";
+  return TONE[status] || (isFinal(status) ? "warn" : "stage");
 }
 
 export function statusLabel(status) {

@@ -27,13 +27,13 @@ function append(el, children) {
   }
 }
 
-// Same rule as cast.client.spec.looks_secret: names whose values are masked.
+// Same rule as cast.protocol.validate.looks_secret: names whose values are masked.
 const SECRET_NAME = /(SECRET|TOKEN|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH)/i;
 export function looksSecret(envName) {
   return SECRET_NAME.test(envName);
 }
 
-// Same style as cast.client.spec.format_duration: 0.41s, 12.3s, 1m7s, 2h3m4s.
+// Same style as cast.protocol.units.format_duration: 0.41s, 12.3s, 1m7s, 2h3m4s.
 export function formatDuration(seconds) {
   if (!(seconds >= 0)) return "";
   if (seconds < 10) return `${seconds.toFixed(2)}s`;
