@@ -14,7 +14,7 @@ import pytest
 
 from tests.factories import get_run, log_texts, run_id_of, wait_status
 from tests.conftest import wait_until
-from cast.worker.executors.docker import LABEL_HOLDS
+from cast.worker.docker_images import LABEL_HOLDS
 from tests.worker.executors.test_docker import base_image, engine  # noqa: F401  (session fixtures)
 
 

@@ -1,16 +1,7 @@
-"""The Docker executor: each run in its own container, from an environment
-image built for the run's packages and cached by content hash.
+"""The Docker executor: each run in its own container, from the environment
+image cast.worker.docker_images built for its packages.
 
 Owns:
-- environment images: a base image (the worker's, or the run's
-  `docker_image`) plus the run's `apt` packages, `pip` specs and `pip_req`
-  file, tagged `<repository>:<key>` where the key hashes all of them (and the
-  base image's id, and this file's build recipe). An image is built by running
-  a container from the base that executes a generated script, then committing
-  it; the script and the host's package settings (cast.worker.dockerenv)
-  reach the container as read-only mounts under a tmpfs, so no secret and no
-  host folder ends up in the image. An existing tag is reused and re-tagged,
-  which stamps its last use (`LastTagTime`); one build per key at a time;
 - run containers: `/cast/work` is the run's host working directory, the
   mounts are read-only bind mounts inside it, the command runs with bash under
   docker-init as a non-root user, with memory, CPU and pids limits, no
@@ -20,8 +11,7 @@ Owns:
   command's process group, SIGKILL after the grace), kill, removal (after
   the run's final status is reported: `release`), and
   removal of what a crashed earlier worker of the same work dir left behind;
-  a run that stays at its pids limit (a fork bomb) is killed with that reason;
-- the image cache listing and pruning.
+  a run that stays at its pids limit (a fork bomb) is killed with that reason.
 
 Every option is a keyword argument of DockerExecutor and a `CAST_WORKER_*`
 variable (see DockerOptions).
@@ -29,31 +19,33 @@ variable (see DockerOptions).
 
 from __future__ import annotations
 
-import codecs
-import hashlib
-import json
 import os
-import shlex
-import shutil
 import signal
-import tempfile
 import threading
-import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, fields
-from datetime import datetime
 from pathlib import Path
 
 import docker
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from docker.types import DeviceRequest, LogConfig, Mount
+from docker.errors import APIError, DockerException, NotFound
+from docker.types import DeviceRequest, Mount
 from requests.exceptions import RequestException
 
+from cast.protocol.messages import LogStream
 from cast.protocol.units import parse_size
-from cast.protocol.messages import RunSpec
-from cast.protocol.validate import SpecError, parse_machine_type, validate_apt_package, validate_pip_spec
-from cast.worker.dockerenv import HOST_INPUTS, HostPackageSettings
+from cast.protocol.validate import parse_machine_type
+from cast.worker.docker_images import (
+    CONTAINER_HOME,
+    CONTAINER_WORKDIR,
+    DEFAULT_BASE_IMAGE,
+    LABEL_WORK_DIR,
+    LOG_CONFIG,
+    RUN_UID,
+    ImageCache,
+    explain,
+    labels,
+    pump_output,
+)
 from cast.worker.executors.base import (
     BuildFailed,
     BuildResult,
@@ -66,26 +58,9 @@ from cast.worker.executors.base import (
     LogSink,
     RunningProcess,
 )
-from cast.worker.locking import file_lock
 from cast.worker.resources import detect_gpus
 
-DEFAULT_BASE_IMAGE = "cast-base:bookworm"
-CONTAINER_WORKDIR = "/cast/work"
-CONTAINER_HOME = "/cast/home"
-RUN_UID = 1000  # the user commands run as when the worker itself is root
-# Bump when the build script changes what an image holds, so old keys miss.
-BUILD_RECIPE = "1"
-
-LABEL_KEY = "cast.env.key"
-LABEL_HOLDS = "cast.env.holds"
-LABEL_WORK_DIR = "cast.work_dir"
-LABEL_RUN_ID = "cast.run_id"
-LABEL_ROLE = "cast.role"
-
 _SIGNAL_NAMES = {sig.value: sig.name for sig in signal.Signals}
-_STEP_MARK = "==> "  # lines of the build script that start a step
-_FAILURE_LINES = 3
-_MAX_PARTIAL_LINE = 64 * 1024
 PIDS_CHECK_INTERVAL = 1.0  # seconds between looks at a run's process count
 PIDS_CHECKS_AT_LIMIT = 2  # looks in a row at the limit before the run is killed
 
@@ -135,123 +110,12 @@ class DockerOptions:
         return cls(**values)
 
 
-@dataclass(frozen=True)
-class EnvironmentSpec:
-    """What an environment image holds."""
-
-    base_image: str
-    apt: tuple[str, ...]
-    pip: tuple[str, ...]
-    pip_req: str
-
-    @classmethod
-    def of(cls, spec: RunSpec, default_base: str) -> "EnvironmentSpec":
-        try:
-            apt = tuple(sorted({validate_apt_package(p) for p in spec.apt}))
-            pip = tuple(sorted({validate_pip_spec(p) for p in spec.pip}))
-        except SpecError as exc:
-            raise BuildFailed(str(exc)) from None
-        return cls(spec.docker_image or default_base, apt, pip, spec.pip_req or "")
-
-    def key(self, base_image_id: str) -> str:
-        content = json.dumps(
-            {"recipe": BUILD_RECIPE, "base": base_image_id, "apt": self.apt, "pip": self.pip,
-             "pip_req": self.pip_req},
-            sort_keys=True,
-        )
-        return hashlib.sha256(content.encode()).hexdigest()[:24]
-
-    def holds(self) -> str:
-        parts = [f"base: {self.base_image}"]
-        if self.apt:
-            parts.append("apt: " + " ".join(self.apt))
-        if self.pip:
-            parts.append("pip: " + " ".join(self.pip))
-        if self.pip_req:
-            count = sum(1 for line in self.pip_req.splitlines() if line.strip() and not line.lstrip().startswith("#"))
-            parts.append(f"pip-req: {count} line{'s' if count != 1 else ''}")
-        return "; ".join(parts)
-
-    def build_script(self, *, preamble: str) -> str:
-        """The shell script a build container runs; each step announces itself."""
-        uid, gid = RUN_UID, RUN_UID
-        lines = [
-            "set -eu",
-            preamble,
-            f'echo "{_STEP_MARK}setup: user {uid} and {CONTAINER_WORKDIR}"',
-            f"mkdir -p {CONTAINER_WORKDIR} {CONTAINER_HOME} && chmod 1777 {CONTAINER_HOME}",
-            f"if ! grep -q '^[^:]*:[^:]*:{uid}:' /etc/passwd; then",
-            f"  if command -v useradd >/dev/null; then useradd -u {uid} -U -M -d {CONTAINER_HOME} -s /bin/bash cast;",
-            f"  else echo 'cast:x:{uid}:{gid}::{CONTAINER_HOME}:/bin/sh' >> /etc/passwd;"
-            f" echo 'cast:x:{gid}:' >> /etc/group; fi",
-            "fi",
-            "command -v bash >/dev/null || { echo 'this image has no bash, which cast runs commands with'; exit 1; }",
-        ]
-        if self.apt:
-            packages = " ".join(shlex.quote(p) for p in self.apt)
-            lines += [
-                f'echo "{_STEP_MARK}apt: apt-get install {packages}"',
-                "command -v apt-get >/dev/null || { echo 'this image has no apt-get for --apt packages'; exit 1; }",
-                "export DEBIAN_FRONTEND=noninteractive APT_CONFIG=" + f"{HOST_INPUTS}/build/apt.conf",
-                "apt-get update -q",
-                f"apt-get install -y -q --no-install-recommends {packages}",
-                "apt-get clean && rm -rf /var/lib/apt/lists/*",
-            ]
-        if self.pip or self.pip_req:
-            specs = " ".join(shlex.quote(p) for p in self.pip)
-            requirements = f" -r {HOST_INPUTS}/build/requirements.txt" if self.pip_req else ""
-            lines += [
-                f'echo "{_STEP_MARK}pip: pip install {specs}{requirements.replace(HOST_INPUTS + "/build/", "")}"',
-                f"export PIP_CONFIG_FILE={HOST_INPUTS}/build/pip.conf PIP_BREAK_SYSTEM_PACKAGES=1"
-                " PIP_ROOT_USER_ACTION=ignore PIP_NO_CACHE_DIR=1 PIP_PROGRESS_BAR=off"
-                " PIP_DISABLE_PIP_VERSION_CHECK=1",
-                f"python3 -m pip install {specs}{requirements}",
-            ]
-        return "\n".join(lines) + "\n"
-
-
 def container_user() -> tuple[int, int]:
     """Who commands run as: uid 1000 under a root worker (which hands it the
     working directory), else the worker's own user, who owns it already."""
     if os.geteuid() == 0:
         return RUN_UID, RUN_UID
     return os.geteuid(), os.getegid()
-
-
-class LineSplitter:
-    """Bytes in, complete lines out, for one stream; invalid UTF-8 replaced."""
-
-    def __init__(self, emit):
-        self._emit = emit
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._partial = ""
-
-    def feed(self, data: bytes) -> None:
-        text = self._partial + self._decoder.decode(data)
-        *complete, self._partial = text.split("\n")
-        for line in complete:
-            self._emit(line.removesuffix("\r"))
-        if len(self._partial) > _MAX_PARTIAL_LINE:
-            self._emit(self._partial)
-            self._partial = ""
-
-    def close(self) -> None:
-        text = self._partial + self._decoder.decode(b"", final=True)
-        self._partial = ""
-        if text:
-            self._emit(text.removesuffix("\r"))
-
-
-def pump_output(attach_stream, on_stdout, on_stderr) -> None:
-    """Split a demultiplexed attach stream into lines until it ends."""
-    out, err = LineSplitter(on_stdout), LineSplitter(on_stderr)
-    for stdout, stderr in attach_stream:
-        if stdout:
-            out.feed(stdout)
-        if stderr:
-            err.feed(stderr)
-    out.close()
-    err.close()
 
 
 class DockerExecutor(Executor):
@@ -270,133 +134,22 @@ class DockerExecutor(Executor):
         self.engine_cpus = int(engine.get("NCPU") or os.cpu_count() or 1)
         self.engine_memory = int(engine.get("MemTotal") or 0)
         self.host_gpu_count = len(detect_gpus())
-        self.host_settings = HostPackageSettings.from_host()
-        self._building: set[str] = set()
-        self._building_lock = threading.Lock()
+        self.images = ImageCache(self.client, self.work_dir, base_image=self.options.base_image,
+                                 repository=self.options.image_repository, network=self.options.network)
 
-    # --- environments ---------------------------------------------------
+    # --- environments: cast.worker.docker_images -------------------------
 
     def build(self, job: Job, log: LogSink) -> BuildResult:
-        env = EnvironmentSpec.of(job.spec, self.options.base_image)
-        base_id = self._base_image_id(env.base_image, log)
-        key = env.key(base_id)
-        tag = f"{self.options.image_repository}:{key}"
-        if self._touch(tag):
-            return BuildResult(key=key, cached=True, description=tag)
-        with self._building_lock:
-            waiting = key in self._building
-            self._building.add(key)
-        try:
-            if waiting:
-                log("cast", f"Waiting for another run building the same environment {tag}…")
-            with file_lock(self.work_dir / "locks" / f"env-{key}.lock"):
-                if self._touch(tag):
-                    return BuildResult(key=key, cached=True, description=tag)
-                self._build_image(job, env, base_id, key, log)
-        finally:
-            with self._building_lock:
-                self._building.discard(key)
-        return BuildResult(key=key, cached=False, description=tag)
+        return self.images.ensure(job.spec, job.run_id, log)
 
     def has_base_image(self) -> bool:
-        """Whether the configured base image is on this host already."""
-        try:
-            self.client.api.inspect_image(self.options.base_image)
-            return True
-        except ImageNotFound:
-            return False
+        return self.images.has_base_image()
 
-    def _base_image_id(self, name: str, log: LogSink) -> str:
-        try:
-            return self.client.api.inspect_image(name)["Id"]
-        except ImageNotFound:
-            pass
-        log("cast", f"Pulling {name}…")
-        try:
-            return self.client.images.pull(name).id
-        except DockerException as exc:
-            hint = " (build it with docker/build-base-image.sh)" if name == DEFAULT_BASE_IMAGE else ""
-            raise BuildFailed(f"docker image {name} is not on this worker and cannot be pulled{hint}: "
-                              f"{_explain(exc)}") from None
+    def cache_entries(self) -> list[CacheEntry]:
+        return self.images.entries()
 
-    def _touch(self, tag: str) -> bool:
-        """Whether `tag` exists; if so, stamp its last use by tagging it again."""
-        repository, _, key = tag.partition(":")
-        try:
-            self.client.api.tag(tag, repository, key)
-            return True
-        except NotFound:
-            return False
-
-    def _build_image(self, job: Job, env: EnvironmentSpec, base_id: str, key: str, log: LogSink) -> None:
-        settings = self.host_settings
-        inputs = settings.build_inputs()
-        log("cast", f"Building environment {self.options.image_repository}:{key} ({env.holds()})")
-        staging = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=self._scratch_dir()))
-        try:
-            (staging / "build.sh").write_text(env.build_script(preamble=inputs.shell_preamble))
-            (staging / "pip.conf").write_text(inputs.pip_conf)
-            (staging / "apt.conf").write_text(inputs.apt_conf)
-            if env.pip_req:
-                (staging / "requirements.txt").write_text(env.pip_req)
-            for child in staging.iterdir():  # read by root in the container, whatever our umask
-                child.chmod(0o644)
-            staging.chmod(0o755)
-            mounts = [Mount(HOST_INPUTS, None, type="tmpfs"),
-                      Mount(f"{HOST_INPUTS}/build", str(staging), type="bind", read_only=True)]
-            mounts += [Mount(target, source, type="bind", read_only=True) for source, target in inputs.mounts]
-            container = self.client.containers.create(
-                base_id, ["/bin/sh", f"{HOST_INPUTS}/build/build.sh"], entrypoint=[], user="0:0",
-                mounts=mounts, network_mode=self.options.network, labels=self._labels(job, "build"),
-                log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
-            )
-            try:
-                step, tail = self._stream_build(container, log)
-                code = container.wait()["StatusCode"]
-                if code != 0:
-                    detail = " | ".join(tail) or "no output"
-                    raise BuildFailed(f"{step} step failed (exit {code}): {detail}")
-                base = self.client.api.inspect_image(base_id)["Config"] or {}
-                container.commit(
-                    repository=self.options.image_repository, tag=key,
-                    conf={"Cmd": base.get("Cmd") or ["bash"], "Entrypoint": base.get("Entrypoint") or [],
-                          "Env": base.get("Env") or [], "WorkingDir": CONTAINER_WORKDIR, "User": "",
-                          "Labels": {**(base.get("Labels") or {}), LABEL_KEY: key, LABEL_HOLDS: env.holds(),
-                                     LABEL_ROLE: "env"}},
-                )
-            finally:
-                container.remove(force=True)
-        except APIError as exc:
-            raise BuildFailed(f"the Docker engine refused the build: {settings.redact(_explain(exc))}") from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    def _stream_build(self, container, log: LogSink) -> tuple[str, list[str]]:
-        """Send the build's output to the log; return the last step's name and last lines."""
-        state = {"step": "setup"}
-        tail: deque[str] = deque(maxlen=_FAILURE_LINES)
-
-        def line(text: str) -> None:
-            text = self.host_settings.redact(text)
-            if text.startswith(_STEP_MARK):
-                state["step"] = text[len(_STEP_MARK):].partition(":")[0]
-                tail.clear()
-            elif text.strip():
-                tail.append(text.strip()[:300])
-            log("cast", text)
-
-        stream = container.attach(stdout=True, stderr=True, stream=True, demux=True, logs=True)
-        container.start()
-        pump_output(stream, line, line)
-        return state["step"], list(tail)
-
-    def _scratch_dir(self) -> Path:
-        path = self.work_dir / "docker-scratch"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def _labels(self, job: Job, role: str) -> dict[str, str]:
-        return {LABEL_WORK_DIR: str(self.work_dir), LABEL_RUN_ID: str(job.run_id), LABEL_ROLE: role}
+    def prune_cache(self, *, older_than: float | None, everything: bool) -> list[CacheEntry]:
+        return self.images.prune(older_than=older_than, everything=everything)
 
     # --- runs -------------------------------------------------------------
 
@@ -425,11 +178,11 @@ class DockerExecutor(Executor):
         settings = dict(
             image=image, entrypoint=["bash", "-c"], command=[job.spec.command],
             user=f"{uid}:{gid}", working_dir=CONTAINER_WORKDIR, environment=env, mounts=mounts,
-            init=True, labels=self._labels(job, "run"), name=f"cast-run-{job.run_id}-{uuid.uuid4().hex[:8]}",
+            init=True, labels=labels(self.work_dir, job.run_id, "run"), name=f"cast-run-{job.run_id}-{uuid.uuid4().hex[:8]}",
             network_mode=self.options.network, cap_drop=["ALL"], security_opt=["no-new-privileges"],
             mem_limit=limits["memory"], memswap_limit=limits["memory"],
             nano_cpus=int(limits["cpus"] * 1e9), pids_limit=limits["pids"],
-            log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
+            log_config=LOG_CONFIG,
         )
         if job.gpus:
             settings["device_requests"] = [
@@ -456,7 +209,7 @@ class DockerExecutor(Executor):
             if container is not None:
                 container.remove(force=True)
             _remove_mount_points(stubs)
-            raise ExecutorUnavailable(f"cannot start the run's container: {_explain(exc)}") from None
+            raise ExecutorUnavailable(f"cannot start the run's container: {explain(exc)}") from None
         return ContainerProcess(container, stream, events, log, stubs)
 
     def cleanup_stale(self) -> None:
@@ -466,37 +219,7 @@ class DockerExecutor(Executor):
                 container.remove(force=True, v=True)
             except NotFound:
                 pass
-        shutil.rmtree(self.work_dir / "docker-scratch", ignore_errors=True)
-
-    # --- the image cache ------------------------------------------------------
-
-    def cache_entries(self) -> list[CacheEntry]:
-        entries = []
-        prefix = f"{self.options.image_repository}:"
-        for image in self.client.images.list(filters={"label": LABEL_KEY}):
-            if not any(tag.startswith(prefix) for tag in image.tags):
-                continue
-            details = self.client.api.inspect_image(image.id)
-            labels = details["Config"].get("Labels") or {}
-            entries.append(CacheEntry(
-                key=labels[LABEL_KEY], holds=labels.get(LABEL_HOLDS, ""), size=int(details.get("Size") or 0),
-                last_used=_timestamp((details.get("Metadata") or {}).get("LastTagTime") or details["Created"]),
-            ))
-        return sorted(entries, key=lambda entry: entry.last_used, reverse=True)
-
-    def prune_cache(self, *, older_than: float | None, everything: bool) -> list[CacheEntry]:
-        now = time.time()
-        removed = []
-        for entry in self.cache_entries():
-            if not everything and (older_than is None or now - entry.last_used < older_than):
-                continue
-            try:
-                self.client.images.remove(f"{self.options.image_repository}:{entry.key}")
-            except APIError:  # in use by a running container: kept
-                continue
-            removed.append(entry)
-        return removed
-
+        self.images.remove_scratch()
 
 class ContainerProcess(RunningProcess):
     def __init__(self, container, stream, events, log: LogSink, stubs: list[Path]):
@@ -508,7 +231,7 @@ class ContainerProcess(RunningProcess):
         self._pids_reason: str | None = None
         self._ended = threading.Event()
         self._pump = threading.Thread(
-            target=pump_output, args=(stream, lambda t: log("stdout", t), lambda t: log("stderr", t)),
+            target=pump_output, args=(stream, lambda t: log(LogStream.STDOUT, t), lambda t: log(LogStream.STDERR, t)),
             name=f"logs-{container.name}", daemon=True,
         )
         self._pump.start()
@@ -525,7 +248,7 @@ class ContainerProcess(RunningProcess):
                 pids = pids.get("pids_stats") or {}
             except NotFound:
                 return
-            except DockerException:  # the engine is busy: look again later
+            except (DockerException, RequestException):  # the engine is busy, or removing it: look again later
                 continue
             limit = pids.get("limit") or 0
             at_limit = at_limit + 1 if limit and pids.get("current", 0) >= limit else 0
@@ -645,14 +368,3 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
         os.lchown(folder, uid, gid)
         for name in dirs + files:
             os.lchown(os.path.join(folder, name), uid, gid)
-
-
-def _timestamp(text: str) -> float:
-    """Unix time from Docker's RFC 3339 times with nanoseconds."""
-    head, _, rest = text.rstrip("Z").partition(".")
-    fraction = float("0." + rest[:6]) if rest else 0.0
-    return datetime.fromisoformat(head + "+00:00").timestamp() + fraction
-
-
-def _explain(exc: DockerException) -> str:
-    return getattr(exc, "explanation", None) or str(exc)

@@ -23,11 +23,12 @@ import pytest
 from pip._internal.models.index import PyPI
 
 from cast.protocol.messages import RunSpec
+from cast.worker.docker_images import DEFAULT_BASE_IMAGE, LABEL_WORK_DIR
 from cast.worker.dockerenv import read_pip_config
 from cast.worker.executors.base import BuildFailed, Job, PreparedMount
 from cast.worker.executors import DOCKER_OPTIONS
 from cast.worker.executors import make_executor as make_named_executor
-from cast.worker.executors.docker import DEFAULT_BASE_IMAGE, LABEL_WORK_DIR, DockerExecutor, DockerOptions
+from cast.worker.executors.docker import DockerExecutor, DockerOptions
 from tests.conftest import REPO_ROOT, wait_until
 
 PACKAGES = {"apt": ["jq"], "pip": ["six"], "pip_req": "tqdm\n"}
@@ -358,7 +359,7 @@ def test_the_host_pip_ca_bundle_reaches_the_build(make_executor, tmp_path, monke
         assert any("CERTIFICATE_VERIFY_FAILED" in text for _, text in lines.entries)
     monkeypatch.setenv("PIP_CERT", bundle)
     executor = make_executor(tmp_path / "with-ca")
-    assert executor.host_settings.pip["cert"] == bundle
+    assert executor.images.host_settings.pip["cert"] == bundle
     lines = Lines()
     build = executor.build(make_job(tmp_path, "true", **spec), lines)
     assert not build.cached

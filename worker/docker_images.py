@@ -1,0 +1,351 @@
+"""Environment images for the Docker executor, cached by content.
+
+An environment image is a base image (the worker's, or the run's
+`docker_image`) plus the run's `apt` packages, `pip` specs and `pip_req` file,
+tagged `<repository>:<key>` where the key hashes all of them (and the base
+image's id, and this module's build recipe). It is built by running a
+container from the base that executes a generated script, then committing it;
+the script and the host's package settings (cast.worker.dockerenv) reach the
+container as read-only mounts under a tmpfs, so no secret and no host folder
+ends up in the image, and every line the build logs is masked of them. An
+existing tag is reused and re-tagged, which stamps its last use
+(`LastTagTime`); one build per key at a time, across the worker's threads and
+processes. The images' listing and pruning are here too, as is the splitting
+of a container's output into lines, which builds and run containers share.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import shlex
+import shutil
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from docker import DockerClient
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import LogConfig, Mount
+
+from cast.protocol.messages import LogStream, RunSpec
+from cast.protocol.validate import SpecError, validate_apt_package, validate_pip_spec
+from cast.worker.dockerenv import HOST_INPUTS, HostPackageSettings
+from cast.worker.executors.base import BuildFailed, BuildResult, CacheEntry, LogSink
+from cast.worker.locking import file_lock
+
+DEFAULT_BASE_IMAGE = "cast-base:bookworm"
+CONTAINER_WORKDIR = "/cast/work"
+CONTAINER_HOME = "/cast/home"
+RUN_UID = 1000  # the user commands run as when the worker itself is root
+# Bump when the build script changes what an image holds, so old keys miss.
+BUILD_RECIPE = "1"
+
+LABEL_KEY = "cast.env.key"
+LABEL_HOLDS = "cast.env.holds"
+LABEL_WORK_DIR = "cast.work_dir"
+LABEL_RUN_ID = "cast.run_id"
+LABEL_ROLE = "cast.role"
+# Keeps the engine's copy of a build's or a run's output small; cast streams it live.
+LOG_CONFIG = LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"})
+
+_STEP_MARK = "==> "  # lines of the build script that start a step
+_FAILURE_LINES = 3
+_MAX_PARTIAL_LINE = 64 * 1024
+
+
+def labels(work_dir: Path, run_id: int, role: str) -> dict[str, str]:
+    """The labels of a container a worker starts: its work dir finds it again after a crash."""
+    return {LABEL_WORK_DIR: str(work_dir), LABEL_RUN_ID: str(run_id), LABEL_ROLE: role}
+
+
+def explain(exc: DockerException) -> str:
+    return getattr(exc, "explanation", None) or str(exc)
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """What an environment image holds."""
+
+    base_image: str
+    apt: tuple[str, ...]
+    pip: tuple[str, ...]
+    pip_req: str
+
+    @classmethod
+    def of(cls, spec: RunSpec, default_base: str) -> "EnvironmentSpec":
+        try:
+            apt = tuple(sorted({validate_apt_package(p) for p in spec.apt}))
+            pip = tuple(sorted({validate_pip_spec(p) for p in spec.pip}))
+        except SpecError as exc:
+            raise BuildFailed(str(exc)) from None
+        return cls(spec.docker_image or default_base, apt, pip, spec.pip_req or "")
+
+    def key(self, base_image_id: str) -> str:
+        content = json.dumps(
+            {"recipe": BUILD_RECIPE, "base": base_image_id, "apt": self.apt, "pip": self.pip,
+             "pip_req": self.pip_req},
+            sort_keys=True,
+        )
+        return hashlib.sha256(content.encode()).hexdigest()[:24]
+
+    def holds(self) -> str:
+        parts = [f"base: {self.base_image}"]
+        if self.apt:
+            parts.append("apt: " + " ".join(self.apt))
+        if self.pip:
+            parts.append("pip: " + " ".join(self.pip))
+        if self.pip_req:
+            count = sum(1 for line in self.pip_req.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+            parts.append(f"pip-req: {count} line{'s' if count != 1 else ''}")
+        return "; ".join(parts)
+
+    def build_script(self, *, preamble: str) -> str:
+        """The shell script a build container runs; each step announces itself."""
+        uid, gid = RUN_UID, RUN_UID
+        lines = [
+            "set -eu",
+            preamble,
+            f'echo "{_STEP_MARK}setup: user {uid} and {CONTAINER_WORKDIR}"',
+            f"mkdir -p {CONTAINER_WORKDIR} {CONTAINER_HOME} && chmod 1777 {CONTAINER_HOME}",
+            f"if ! grep -q '^[^:]*:[^:]*:{uid}:' /etc/passwd; then",
+            f"  if command -v useradd >/dev/null; then useradd -u {uid} -U -M -d {CONTAINER_HOME} -s /bin/bash cast;",
+            f"  else echo 'cast:x:{uid}:{gid}::{CONTAINER_HOME}:/bin/sh' >> /etc/passwd;"
+            f" echo 'cast:x:{gid}:' >> /etc/group; fi",
+            "fi",
+            "command -v bash >/dev/null || { echo 'this image has no bash, which cast runs commands with'; exit 1; }",
+        ]
+        if self.apt:
+            packages = " ".join(shlex.quote(p) for p in self.apt)
+            lines += [
+                f'echo "{_STEP_MARK}apt: apt-get install {packages}"',
+                "command -v apt-get >/dev/null || { echo 'this image has no apt-get for --apt packages'; exit 1; }",
+                "export DEBIAN_FRONTEND=noninteractive APT_CONFIG=" + f"{HOST_INPUTS}/build/apt.conf",
+                "apt-get update -q",
+                f"apt-get install -y -q --no-install-recommends {packages}",
+                "apt-get clean && rm -rf /var/lib/apt/lists/*",
+            ]
+        if self.pip or self.pip_req:
+            specs = " ".join(shlex.quote(p) for p in self.pip)
+            requirements = f" -r {HOST_INPUTS}/build/requirements.txt" if self.pip_req else ""
+            lines += [
+                f'echo "{_STEP_MARK}pip: pip install {specs}{requirements.replace(HOST_INPUTS + "/build/", "")}"',
+                f"export PIP_CONFIG_FILE={HOST_INPUTS}/build/pip.conf PIP_BREAK_SYSTEM_PACKAGES=1"
+                " PIP_ROOT_USER_ACTION=ignore PIP_NO_CACHE_DIR=1 PIP_PROGRESS_BAR=off"
+                " PIP_DISABLE_PIP_VERSION_CHECK=1",
+                f"python3 -m pip install {specs}{requirements}",
+            ]
+        return "\n".join(lines) + "\n"
+
+
+class LineSplitter:
+    """Bytes in, complete lines out, for one stream; invalid UTF-8 replaced."""
+
+    def __init__(self, emit):
+        self._emit = emit
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
+
+    def feed(self, data: bytes) -> None:
+        text = self._partial + self._decoder.decode(data)
+        *complete, self._partial = text.split("\n")
+        for line in complete:
+            self._emit(line.removesuffix("\r"))
+        if len(self._partial) > _MAX_PARTIAL_LINE:
+            self._emit(self._partial)
+            self._partial = ""
+
+    def close(self) -> None:
+        text = self._partial + self._decoder.decode(b"", final=True)
+        self._partial = ""
+        if text:
+            self._emit(text.removesuffix("\r"))
+
+
+def pump_output(attach_stream, on_stdout, on_stderr) -> None:
+    """Split a demultiplexed attach stream into lines until it ends."""
+    out, err = LineSplitter(on_stdout), LineSplitter(on_stderr)
+    for stdout, stderr in attach_stream:
+        if stdout:
+            out.feed(stdout)
+        if stderr:
+            err.feed(stderr)
+    out.close()
+    err.close()
+
+
+class ImageCache:
+    """The environment images of one worker: `<repository>:<key>` on its engine."""
+
+    def __init__(self, client: DockerClient, work_dir: Path, *, base_image: str, repository: str, network: str):
+        self.client = client
+        self.work_dir = work_dir
+        self.base_image = base_image
+        self.repository = repository
+        self.network = network
+        self.host_settings = HostPackageSettings.from_host()
+        self._building: set[str] = set()
+        self._building_lock = threading.Lock()
+
+    def ensure(self, spec: RunSpec, run_id: int, log: LogSink) -> BuildResult:
+        """The run's environment image, built unless an image with its key exists."""
+        env = EnvironmentSpec.of(spec, self.base_image)
+        base_id = self._base_image_id(env.base_image, log)
+        key = env.key(base_id)
+        tag = f"{self.repository}:{key}"
+        if self._touch(tag):
+            return BuildResult(key=key, cached=True, description=tag)
+        with self._building_lock:
+            waiting = key in self._building
+            self._building.add(key)
+        try:
+            if waiting:
+                log(LogStream.CAST, f"Waiting for another run building the same environment {tag}…")
+            with file_lock(self.work_dir / "locks" / f"env-{key}.lock"):
+                if self._touch(tag):
+                    return BuildResult(key=key, cached=True, description=tag)
+                self._build_image(run_id, env, base_id, key, log)
+        finally:
+            with self._building_lock:
+                self._building.discard(key)
+        return BuildResult(key=key, cached=False, description=tag)
+
+    def has_base_image(self) -> bool:
+        """Whether the configured base image is on this host already."""
+        try:
+            self.client.api.inspect_image(self.base_image)
+            return True
+        except ImageNotFound:
+            return False
+
+    def _base_image_id(self, name: str, log: LogSink) -> str:
+        try:
+            return self.client.api.inspect_image(name)["Id"]
+        except ImageNotFound:
+            pass
+        log(LogStream.CAST, f"Pulling {name}…")
+        try:
+            return self.client.images.pull(name).id
+        except DockerException as exc:
+            hint = " (build it with docker/build-base-image.sh)" if name == DEFAULT_BASE_IMAGE else ""
+            raise BuildFailed(f"docker image {name} is not on this worker and cannot be pulled{hint}: "
+                              f"{explain(exc)}") from None
+
+    def _touch(self, tag: str) -> bool:
+        """Whether `tag` exists; if so, stamp its last use by tagging it again."""
+        repository, _, key = tag.partition(":")
+        try:
+            self.client.api.tag(tag, repository, key)
+            return True
+        except NotFound:
+            return False
+
+    def _build_image(self, run_id: int, env: EnvironmentSpec, base_id: str, key: str, log: LogSink) -> None:
+        settings = self.host_settings
+        inputs = settings.build_inputs()
+        log(LogStream.CAST, f"Building environment {self.repository}:{key} ({env.holds()})")
+        staging = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=self._scratch_dir()))
+        try:
+            (staging / "build.sh").write_text(env.build_script(preamble=inputs.shell_preamble))
+            (staging / "pip.conf").write_text(inputs.pip_conf)
+            (staging / "apt.conf").write_text(inputs.apt_conf)
+            if env.pip_req:
+                (staging / "requirements.txt").write_text(env.pip_req)
+            for child in staging.iterdir():  # read by root in the container, whatever our umask
+                child.chmod(0o644)
+            staging.chmod(0o755)
+            mounts = [Mount(HOST_INPUTS, None, type="tmpfs"),
+                      Mount(f"{HOST_INPUTS}/build", str(staging), type="bind", read_only=True)]
+            mounts += [Mount(target, source, type="bind", read_only=True) for source, target in inputs.mounts]
+            container = self.client.containers.create(
+                base_id, ["/bin/sh", f"{HOST_INPUTS}/build/build.sh"], entrypoint=[], user="0:0",
+                mounts=mounts, network_mode=self.network, labels=labels(self.work_dir, run_id, "build"),
+                log_config=LOG_CONFIG,
+            )
+            try:
+                step, tail = self._stream_build(container, log)
+                code = container.wait()["StatusCode"]
+                if code != 0:
+                    detail = " | ".join(tail) or "no output"
+                    raise BuildFailed(f"{step} step failed (exit {code}): {detail}")
+                base = self.client.api.inspect_image(base_id)["Config"] or {}
+                container.commit(
+                    repository=self.repository, tag=key,
+                    conf={"Cmd": base.get("Cmd") or ["bash"], "Entrypoint": base.get("Entrypoint") or [],
+                          "Env": base.get("Env") or [], "WorkingDir": CONTAINER_WORKDIR, "User": "",
+                          "Labels": {**(base.get("Labels") or {}), LABEL_KEY: key, LABEL_HOLDS: env.holds(),
+                                     LABEL_ROLE: "env"}},
+                )
+            finally:
+                container.remove(force=True)
+        except APIError as exc:
+            raise BuildFailed(f"the Docker engine refused the build: {settings.redact(explain(exc))}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _stream_build(self, container, log: LogSink) -> tuple[str, list[str]]:
+        """Send the build's output to the log; return the last step's name and last lines."""
+        state = {"step": "setup"}
+        tail: deque[str] = deque(maxlen=_FAILURE_LINES)
+
+        def line(text: str) -> None:
+            text = self.host_settings.redact(text)
+            if text.startswith(_STEP_MARK):
+                state["step"] = text[len(_STEP_MARK):].partition(":")[0]
+                tail.clear()
+            elif text.strip():
+                tail.append(text.strip()[:300])
+            log(LogStream.CAST, text)
+
+        stream = container.attach(stdout=True, stderr=True, stream=True, demux=True, logs=True)
+        container.start()
+        pump_output(stream, line, line)
+        return state["step"], list(tail)
+
+    def _scratch_dir(self) -> Path:
+        path = self.work_dir / "docker-scratch"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def remove_scratch(self) -> None:
+        """What half-made builds of a worker that died left on the host."""
+        shutil.rmtree(self.work_dir / "docker-scratch", ignore_errors=True)
+
+    def entries(self) -> list[CacheEntry]:
+        entries = []
+        prefix = f"{self.repository}:"
+        for image in self.client.images.list(filters={"label": LABEL_KEY}):
+            if not any(tag.startswith(prefix) for tag in image.tags):
+                continue
+            details = self.client.api.inspect_image(image.id)
+            image_labels = details["Config"].get("Labels") or {}
+            entries.append(CacheEntry(
+                key=image_labels[LABEL_KEY], holds=image_labels.get(LABEL_HOLDS, ""), size=int(details.get("Size") or 0),
+                last_used=_timestamp((details.get("Metadata") or {}).get("LastTagTime") or details["Created"]),
+            ))
+        return sorted(entries, key=lambda entry: entry.last_used, reverse=True)
+
+    def prune(self, *, older_than: float | None, everything: bool) -> list[CacheEntry]:
+        now = time.time()
+        removed = []
+        for entry in self.entries():
+            if not everything and (older_than is None or now - entry.last_used < older_than):
+                continue
+            try:
+                self.client.images.remove(f"{self.repository}:{entry.key}")
+            except APIError:  # in use by a running container: kept
+                continue
+            removed.append(entry)
+        return removed
+
+
+def _timestamp(text: str) -> float:
+    """Unix time from Docker's RFC 3339 times with nanoseconds."""
+    head, _, rest = text.rstrip("Z").partition(".")
+    fraction = float("0." + rest[:6]) if rest else 0.0
+    return datetime.fromisoformat(head + "+00:00").timestamp() + fraction
