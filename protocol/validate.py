@@ -28,6 +28,7 @@ MAX_PIP_SPEC_LENGTH = 256
 MAX_ENV_NAME_LENGTH = 256
 MAX_ENV_VALUE_LENGTH = 64 * 1024
 MAX_ENV_TOTAL = 256 * 1024  # characters of all names and values together
+MAX_PATH_LENGTH = 4096  # a relative path, as Linux's PATH_MAX
 _RESOURCE_ROOTS = ("runs", "uploads")
 # Not starting with '-': a mount named after the upload would read as an option.
 _UPLOAD_NAME = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._ -]{0,199}$")
@@ -48,6 +49,8 @@ def normalize_relative_path(path: str, *, what: str = "path") -> str:
     """A clean relative POSIX path that cannot escape its root, or SpecError."""
     if not path or "\x00" in path:
         raise SpecError(f"{what} is empty or contains a NUL byte")
+    if len(path) > MAX_PATH_LENGTH:
+        raise SpecTooLarge(f"{what} of {len(path)} characters exceeds the limit of {MAX_PATH_LENGTH}")
     if path.startswith("/") or path.startswith("\\"):
         raise SpecError(f"{what} {path!r} must be relative, not absolute")
     norm = posixpath.normpath(path)
