@@ -27,8 +27,7 @@ from cast.protocol.validate import SpecError, SpecTooLarge
 from cast.server import errors
 from cast.server.api import code, health, logs, outputs, protocol, runs, uploads, users, workers
 from cast.server.db import Database
-from cast.server.services import runs as run_service
-from cast.server.services import storage
+from cast.server.services import leases, storage
 from cast.server.services import users as user_service
 from cast.server.settings import Settings
 
@@ -126,11 +125,12 @@ class BodyLimit:
 
 
 def _reap_once(database: Database, settings: Settings) -> None:
-    with database.session(write=False) as session:
-        if not run_service.any_expired(session):
+    # Most passes find nothing: a read first keeps them off the write lock.
+    with database.transaction(write=False) as session:
+        if not leases.any_expired(session):
             return
-    with database.session(write=True) as session:
-        reaped = run_service.reap_expired(session, settings=settings)
+    with database.transaction() as session:
+        reaped = leases.reap_expired(session, settings=settings)
     if reaped:
         log.info("interrupted runs whose worker stopped heartbeating: %s", reaped)
 
@@ -162,10 +162,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     storage.clear_temp(settings)
     database = Database(settings.sqlalchemy_url)
     database.migrate()
-    with database.session(write=True) as session:
+    with database.transaction() as session:
         if user_service.bootstrap(session, settings=settings):
             log.info("new data dir: wrote %s and %s", settings.admin_token_file, settings.worker_token_file)
-        if extended := run_service.extend_leases_after_restart(session, settings=settings):
+        if extended := leases.extend_leases_after_restart(session, settings=settings):
             log.info("gave %d leased runs a fresh lease period to hear from their workers", extended)
 
     @contextlib.asynccontextmanager

@@ -1,7 +1,11 @@
 """Pydantic shapes of the HTTP API (see docs/api.md); ORM tables live in models.py.
 
 Input models validate with the validators of `cast.protocol.validate`, so the CLI,
-the server and the worker refuse the same things with the same messages.
+the server and the worker refuse the same things with the same messages. What
+crosses HTTP as a `cast.protocol.messages` type (the run spec, the lease, the
+heartbeat's answer, a worker's status report, log stream names) is declared
+there once: answers embed those dataclasses, and the input models that check a
+body (`RunCreate`, `StatusIn`) hand the services that type.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cast.protocol import validate as wire
+from cast.protocol.messages import LogStream, MountSpec, RunSpec, StatusReport
 from cast.protocol.status import RunStatus
 
 _NO_CONTROL = re.compile(r"^[^\x00-\x1f\x7f]*$")
@@ -56,6 +61,8 @@ class MountIn(_In):
 
 
 class RunCreate(_In):
+    """The body of `POST /runs`: the fields of `RunSpec.request_body()`, checked."""
+
     command: str = Field(min_length=1, max_length=wire.MAX_COMMAND_LENGTH)
     git_url: str | None = Field(default=None, min_length=1, max_length=4096)
     commit_ref: str | None = Field(default=None, min_length=1, max_length=256)
@@ -148,33 +155,16 @@ class RunCreate(_In):
         wire.validate_mounts([m.to_mount() for m in self.mounts])
         return self
 
-    @property
-    def gpus(self) -> int:
-        return wire.parse_machine_type(self.machine_type)
-
-
-class MountOut(BaseModel):
-    resource: str
-    path: str
-
-
-class RunSpec(BaseModel):
-    command: str
-    git_url: str | None = None
-    commit_ref: str | None = None
-    commit_sha: str | None = None
-    code_bundle: str | None = None
-    code_digest: str | None = Field(default=None, description="sha256 of the bundle's tar, as the server received it")
-    pip: list[str] = []
-    pip_req: str | None = None
-    apt: list[str] = []
-    docker_image: str | None = None
-    mounts: list[MountOut] = []
-    machine_type: str = "cpu"
-    gpus: int = 0
-    env: dict[str, str] = {}
-    timeout: float | None = None
-    retries: int = 0
+    def to_spec(self, *, commit_sha: str | None, code_digest: str | None) -> RunSpec:
+        """The spec to store, with what the server resolved (the commit, the bundle's digest)."""
+        given = self.model_dump(exclude={"labels", "mounts"})
+        if self.git_url:  # no ref: the remote's HEAD, recorded as such
+            given["commit_ref"] = self.commit_ref or "HEAD"
+        return RunSpec(
+            **given, commit_sha=commit_sha, code_digest=code_digest,
+            gpus=wire.parse_machine_type(self.machine_type),
+            mounts=[MountSpec(resource=m.resource, path=m.path) for m in self.mounts],
+        )
 
 
 class TransitionOut(BaseModel):
@@ -220,11 +210,8 @@ class LabelIn(_In):
 
 # --- logs ------------------------------------------------------------------
 
-Stream = Literal["stdout", "stderr", "cast"]
-
-
 class LogEntryIn(_In):
-    stream: Stream
+    stream: LogStream
     text: str
     time: datetime | None = None
 
@@ -244,7 +231,7 @@ class LogAppended(BaseModel):
 class LogEntryOut(BaseModel):
     offset: int
     time: datetime
-    stream: Stream
+    stream: LogStream
     text: str
 
 
@@ -275,31 +262,8 @@ class LeaseRequest(_In):
     wait: float = Field(default=0, ge=0, le=30)
 
 
-class MountLease(BaseModel):
-    resource: str
-    path: str
-    kind: Literal["file", "dir"]
-    local_path: str
-
-
-class Lease(BaseModel):
-    run_id: int
-    lease_token: str
-    lease_seconds: float
-    attempt: int
-    spec: RunSpec
-    mounts: list[MountLease]
-    storage_root: str
-    storage_id: str
-
-
 class HeartbeatIn(_In):
     lease_token: LeaseToken
-
-
-class HeartbeatOut(BaseModel):
-    status: RunStatus
-    lease_expires_at: datetime | None
 
 
 class StatusIn(_In):
@@ -308,6 +272,9 @@ class StatusIn(_In):
     note: str | None = Field(default=None, max_length=4096)
     exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31)
     reason: str | None = Field(default=None, max_length=4096)
+
+    def to_report(self) -> StatusReport:
+        return StatusReport(**self.model_dump())
 
 
 # --- outputs, uploads, code -----------------------------------------------------

@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from cast.server.api.bodies import body_reader
-from cast.server.api.deps import CurrentUser, DatabaseDep, SettingsDep
+from cast.server.api.deps import CurrentUser, DatabaseDep, SessionDep, SettingsDep
 from cast.server.schemas import CODE_KEY_PATTERN
 from cast.server.services import code
 
@@ -27,10 +27,10 @@ async def put_code(key: CodeKey, request: Request, user: CurrentUser, database: 
 
 
 @router.head("/{key}")
-def has_code(key: CodeKey, user: CurrentUser, database: DatabaseDep) -> Response:
-    return Response(status_code=200 if code.exists(database, owner=user, key=key) else 404)
+def has_code(key: CodeKey, user: CurrentUser, session: SessionDep) -> Response:
+    return Response(status_code=200 if code.exists(session, owner=user, key=key) else 404)
 
 
 @router.get("/{key}", response_class=FileResponse, responses={200: {"content": {"application/x-tar": {}}}})
-def get_code(key: CodeKey, user: CurrentUser, database: DatabaseDep, settings: SettingsDep) -> FileResponse:
-    return FileResponse(code.owned_path(database, settings=settings, owner=user, key=key), media_type="application/x-tar")
+def get_code(key: CodeKey, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> FileResponse:
+    return FileResponse(code.owned_path(session, settings=settings, owner=user, key=key), media_type="application/x-tar")

@@ -2,10 +2,14 @@
 settings, and who is calling (`CurrentUser` for user tokens, `WorkerAuth`
 for worker tokens).
 
-A token is checked in its own short read session, so a route's own session
-starts its transaction only when the route first touches the database (a run
-creation resolves its git ref before that). Routes that change things get a
-write session (BEGIN IMMEDIATE on SQLite); GET and HEAD get a read session.
+`SessionDep` owns a request's transaction: services only flush, and the
+session commits once when the route function returns (before the answer is
+sent, so a client that reads its own write sees it) or rolls back when it
+raises. Routes that change things get a write session (BEGIN IMMEDIATE on
+SQLite); GET and HEAD get a read session. A token is checked in its own short
+read transaction, so a route's own session starts its transaction only when
+the route first touches the database (a run creation resolves its git ref
+before that).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from cast.server.db import Database
 from cast.server.errors import Forbidden, NotAuthenticated
@@ -38,13 +43,17 @@ async def get_settings(request: Request) -> Settings:
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
     database: Database = request.app.state.database
-    with database.session(write=request.method not in ("GET", "HEAD")) as session:
+    write = request.method not in ("GET", "HEAD")
+    with database.session(write=write) as session:
         yield session
+        if write and session.in_transaction():
+            await run_in_threadpool(session.commit)
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# "function" scope: the commit runs when the route returns, before the answer is sent.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def _caller(
@@ -53,7 +62,7 @@ def _caller(
 ) -> tuple[Token, User | None]:
     if credentials is None or not credentials.credentials:
         raise NotAuthenticated("missing bearer token (Authorization: Bearer TOKEN)")
-    with database.session(write=False) as session:
+    with database.transaction(write=False) as session:
         return users.authenticate(session, secret=credentials.credentials)
 
 

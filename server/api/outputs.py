@@ -12,7 +12,7 @@ from cast.server.api.bodies import body_reader
 from cast.server.api.deps import CurrentUser, DatabaseDep, RunId, SessionDep, SettingsDep, WorkerAuth
 from cast.server.api.files import file_or_tar
 from cast.server.schemas import FileList, OutputsPushed
-from cast.server.services import files, runs
+from cast.server.services import files
 
 router = APIRouter(prefix="/runs", tags=["outputs"])
 _BYTES = {200: {"content": {"application/octet-stream": {}, "application/x-tar": {}}}}
@@ -20,14 +20,12 @@ _BYTES = {200: {"content": {"application/octet-stream": {}, "application/x-tar":
 
 @router.get("/{run_id}/outputs", response_model=FileList)
 def list_outputs(run_id: RunId, user: CurrentUser, session: SessionDep) -> dict:
-    runs.visible_run(session, run_id=run_id, viewer=user)
-    return {"files": files.output_manifest(session, run_id=run_id)}
+    return {"files": files.output_manifest(session, run_id=run_id, viewer=user)}
 
 
 @router.get("/{run_id}/outputs/{path:path}", responses=_BYTES)
 def download_output(run_id: RunId, path: str, user: CurrentUser, session: SessionDep, settings: SettingsDep):
-    runs.visible_run(session, run_id=run_id, viewer=user)
-    found = files.output_path(settings, run_id=run_id, path=path)
+    found = files.output_path(session, settings=settings, run_id=run_id, viewer=user, path=path)
     return file_or_tar(found, name=path)
 
 

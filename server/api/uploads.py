@@ -42,11 +42,11 @@ def list_uploads(user: CurrentUser, session: SessionDep) -> dict:
 
 
 def _get(name: str, path: str, listing: bool, user, session, settings):
-    upload = files.visible_upload(session, name=name, viewer=user)
     if listing:
         return {"files": [{"path": f.path, "size": f.size, "sha256": f.sha256}
-                          for f in files.upload_manifest(session, upload=upload, under=path)]}
-    return file_or_tar(files.upload_file_path(settings, upload=upload, path=path), name=path or name)
+                          for f in files.upload_manifest(session, name=name, viewer=user, under=path)]}
+    found = files.upload_file_path(session, settings=settings, name=name, viewer=user, path=path)
+    return file_or_tar(found, name=path or name)
 
 
 @router.get("/{name}", responses={**_BYTES, 200: {**_BYTES[200], "model": FileList}})

@@ -3,30 +3,17 @@ report status on a leased run, and fetch a mount's bytes or a run's code."""
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import FileResponse
-from starlette.concurrency import run_in_threadpool
 
-from cast.server import errors, events
+from cast.protocol.messages import HeartbeatReply, Lease
+from cast.protocol.status import RunStatus
 from cast.server.api.deps import DatabaseDep, RunId, SessionDep, SettingsDep, WorkerAuth
 from cast.server.api.files import file_or_tar
-from cast.server.db import Database
-from cast.server.schemas import (
-    CODE_KEY_PATTERN,
-    HeartbeatIn,
-    HeartbeatOut,
-    Lease,
-    LeaseRequest,
-    RunOut,
-    StatusIn,
-    WorkerRegister,
-    WorkerRegistered,
-)
-from cast.server.services import code, runs, workers
-from cast.server.settings import Settings
+from cast.server.schemas import CODE_KEY_PATTERN, HeartbeatIn, LeaseRequest, RunOut, StatusIn, WorkerRegister, WorkerRegistered
+from cast.server.services import code, leases, runs, workers
 
 router = APIRouter(tags=["workers"])
 
@@ -35,17 +22,6 @@ router = APIRouter(tags=["workers"])
 def register_worker(body: WorkerRegister, _: WorkerAuth, session: SessionDep, settings: SettingsDep) -> dict:
     worker = workers.register(session, body=body)
     return {"id": worker.id, "lease_seconds": settings.lease_seconds}
-
-
-def _claim(database: Database, settings: Settings, storage_id: str, *, worker_id: str, free_gpus: int) -> dict | None:
-    with database.session(write=True) as session:
-        worker = workers.get(session, worker_id=worker_id)
-        workers.seen(session, worker=worker)
-        run = runs.claim_next(session, worker=worker, free_gpus=free_gpus, settings=settings)
-        session.commit()
-        if run is None:
-            return None
-        return runs.lease_view(session, run=run, settings=settings, storage_id=storage_id)
 
 
 @router.post(
@@ -57,51 +33,34 @@ async def lease_run(
     worker_id: str, body: LeaseRequest, _: WorkerAuth, database: DatabaseDep, settings: SettingsDep,
     request: Request,
 ):
-    storage_id = request.app.state.storage_id
-    deadline = time.monotonic() + body.wait
-    with database.notifier.subscribe(events.QUEUE) as queue:
-        while True:
-            # Subscribed before trying: a run queued after this attempt wakes the wait below.
-            lease = await run_in_threadpool(
-                _claim, database, settings, storage_id, worker_id=worker_id, free_gpus=body.free_gpus
-            )
-            if lease is not None:
-                return lease
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return Response(status_code=204)
-            await queue.wait(remaining)
-            if database.notifier.closed:  # the worker retries against the next server
-                raise errors.ShuttingDown()
-            # A worker that gave up waiting must not be handed a run it will never hear of.
-            if await request.is_disconnected():
-                return Response(status_code=204)
+    lease = await leases.wait_for_lease(
+        database, worker_id=worker_id, free_gpus=body.free_gpus, wait=body.wait, settings=settings,
+        storage_id=request.app.state.storage_id, gone=request.is_disconnected,
+    )
+    return Response(status_code=204) if lease is None else lease
 
 
-@router.post("/runs/{run_id}/heartbeat", response_model=HeartbeatOut)
-def heartbeat(run_id: RunId, body: HeartbeatIn, _: WorkerAuth, session: SessionDep, settings: SettingsDep) -> dict:
-    run = runs.heartbeat(session, run_id=run_id, lease_token=body.lease_token, settings=settings)
-    return {"status": run.status, "lease_expires_at": run.lease_expires_at}
+@router.post("/runs/{run_id}/heartbeat", response_model=HeartbeatReply)
+def heartbeat(run_id: RunId, body: HeartbeatIn, _: WorkerAuth, session: SessionDep, settings: SettingsDep) -> HeartbeatReply:
+    run = leases.heartbeat(session, run_id=run_id, lease_token=body.lease_token, settings=settings)
+    return HeartbeatReply(status=RunStatus(run.status), lease_expires_at=run.lease_expires_at)
 
 
 @router.post("/runs/{run_id}/status", response_model=RunOut)
 def report_status(run_id: RunId, body: StatusIn, _: WorkerAuth, session: SessionDep, settings: SettingsDep) -> dict:
-    run = runs.report_status(
-        session, run_id=run_id, lease_token=body.lease_token, status=body.status, note=body.note,
-        exit_code=body.exit_code, reason=body.reason, settings=settings,
-    )
+    run = leases.report_status(session, run_id=run_id, report=body.to_report(), settings=settings)
     return runs.describe(session, [run], with_transitions=True)[0]
 
 
 @router.get("/workers/mounts/{resource:path}", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}, "application/x-tar": {}}}})
 def fetch_mount(resource: str, _: WorkerAuth, session: SessionDep, settings: SettingsDep) -> Response:
-    path, kind = runs.resolve_mount_source(session, resource=resource, settings=settings)
+    path, _kind = leases.resolve_mount_source(session, resource=resource, settings=settings)
     return file_or_tar(path, name=resource)
 
 
 @router.get("/workers/code/{digest}", response_class=FileResponse,
             responses={200: {"content": {"application/x-tar": {}}}})
 def fetch_code(digest: Annotated[str, Path(pattern=CODE_KEY_PATTERN, description="a run's code_digest")],
-               _: WorkerAuth, database: DatabaseDep, settings: SettingsDep) -> FileResponse:
-    return FileResponse(code.path_by_digest(database, settings=settings, digest=digest), media_type="application/x-tar")
+               _: WorkerAuth, session: SessionDep, settings: SettingsDep) -> FileResponse:
+    return FileResponse(code.path_by_digest(session, settings=settings, digest=digest), media_type="application/x-tar")

@@ -7,7 +7,8 @@ and workers fetch by: no user's upload can stand in for another's code.
 
 A bundle is checked while it is received (regular files and folders only, no
 links, no absolute or `..` names) so a worker can extract it safely, and it
-becomes visible only once complete.
+becomes visible only once complete. Receiving takes the Database rather than
+a session: a transfer may take minutes and must not hold a transaction.
 """
 
 from __future__ import annotations
@@ -34,15 +35,15 @@ def find(session: Session, *, owner: User, key: str) -> CodeBundle:
     return bundle
 
 
-def exists(database: Database, *, owner: User, key: str) -> bool:
-    with database.session(write=False) as session:
-        return session.get(CodeBundle, (owner.id, key)) is not None
+def exists(session: Session, *, owner: User, key: str) -> bool:
+    return session.get(CodeBundle, (owner.id, key)) is not None
 
 
 def store(database: Database, *, settings: Settings, owner: User, key: str, source: BinaryIO) -> bool:
     """Store the bundle; False if the owner already had the key (the body is then ignored)."""
-    if exists(database, owner=owner, key=key):
-        return False
+    with database.transaction(write=False) as session:
+        if exists(session, owner=owner, key=key):
+            return False
     staging = storage.new_temp_dir(settings)
     try:
         received = storage.write_file(source, staging / "bundle.tar", max_bytes=settings.max_code_bytes,
@@ -52,14 +53,13 @@ def store(database: Database, *, settings: Settings, owner: User, key: str, sour
         check.mkdir()
         with open(staging / "bundle.tar", "rb") as again:
             storage.extract_tar(again, check, max_bytes=settings.max_code_bytes, what="code bundle")
-        with database.session(write=True) as session:
-            if session.get(CodeBundle, (owner.id, key)) is not None:
+        with database.transaction() as session:
+            if exists(session, owner=owner, key=key):
                 return False
             session.add(CodeBundle(owner_id=owner.id, key=key, digest=received.sha256, size=received.size))
             session.flush()
             # Same digest, same bytes: replacing another owner's copy changes nothing.
             os.replace(staging / "bundle.tar", storage.code_bundle_path(settings, received.sha256))
-            session.commit()
         return True
     except tarfile.TarError as error:
         raise BadRequest(f"code bundle is not a tar: {error}") from None
@@ -67,15 +67,13 @@ def store(database: Database, *, settings: Settings, owner: User, key: str, sour
         storage.remove(staging)
 
 
-def owned_path(database: Database, *, settings: Settings, owner: User, key: str) -> Path:
+def owned_path(session: Session, *, settings: Settings, owner: User, key: str) -> Path:
     """The file of one of `owner`'s bundles, by the client's key."""
-    with database.session(write=False) as session:
-        return storage.code_bundle_path(settings, find(session, owner=owner, key=key).digest)
+    return storage.code_bundle_path(settings, find(session, owner=owner, key=key).digest)
 
 
-def path_by_digest(database: Database, *, settings: Settings, digest: str) -> Path:
+def path_by_digest(session: Session, *, settings: Settings, digest: str) -> Path:
     """The file a run's `code_digest` names (for workers)."""
-    with database.session(write=False) as session:
-        if session.scalars(select(CodeBundle.key).where(CodeBundle.digest == digest).limit(1)).first() is None:
-            raise CodeNotFound(digest)
+    if session.scalars(select(CodeBundle.key).where(CodeBundle.digest == digest).limit(1)).first() is None:
+        raise CodeNotFound(digest)
     return storage.code_bundle_path(settings, digest)

@@ -20,14 +20,14 @@ from cast.protocol.validate import normalize_relative_path, validate_upload_name
 from cast.server.db import Database
 from cast.server.errors import Conflict, NameTaken, PathNotFound, UploadNotFound
 from cast.server.models import OutputFile, Upload, UploadFile, User
-from cast.server.services import runs, storage
+from cast.server.services import leases, runs, storage
 from cast.server.settings import Settings
 
 
 # --- outputs ------------------------------------------------------------------------
 
 def _check_push(session: Session, *, run_id: int, lease_token: str):
-    run = runs.check_lease(session, run_id=run_id, lease_token=lease_token)
+    run = leases.check_lease(session, run_id=run_id, lease_token=lease_token)
     if run.status == RunStatus.KILLING.value:
         raise Conflict(f"run {run_id} is being killed; its outputs are dropped")
     return run
@@ -35,7 +35,7 @@ def _check_push(session: Session, *, run_id: int, lease_token: str):
 
 def store_outputs(database: Database, *, settings: Settings, run_id: int, lease_token: str, source: BinaryIO) -> tuple[int, int]:
     """Replace run `run_id`'s outputs with the tar stream `source`; (files, bytes)."""
-    with database.session(write=False) as session:
+    with database.transaction(write=False) as session:
         _check_push(session, run_id=run_id, lease_token=lease_token)
     staging = storage.new_temp_dir(settings)
     try:
@@ -43,7 +43,7 @@ def store_outputs(database: Database, *, settings: Settings, run_id: int, lease_
         folder.mkdir()
         stored = storage.extract_tar(source, folder, max_bytes=settings.max_output_bytes, what=f"the output of run {run_id}")
         total = sum(f.size for f in stored)
-        with database.session(write=True) as session:
+        with database.transaction() as session:
             run = _check_push(session, run_id=run_id, lease_token=lease_token)
             session.execute(delete(OutputFile).where(OutputFile.run_id == run_id))
             session.add_all(OutputFile(run_id=run_id, path=f.path, size=f.size, sha256=f.sha256) for f in stored)
@@ -52,17 +52,18 @@ def store_outputs(database: Database, *, settings: Settings, run_id: int, lease_
             final = storage.run_outputs_dir(settings, run_id)
             storage.replace_into_place(folder, final, settings)
             storage.seal(final)
-            session.commit()
         return len(stored), total
     finally:
         storage.remove(staging)
 
 
-def output_manifest(session: Session, *, run_id: int) -> list[OutputFile]:
+def output_manifest(session: Session, *, run_id: int, viewer: User) -> list[OutputFile]:
+    runs.visible_run(session, run_id=run_id, viewer=viewer)
     return list(session.scalars(select(OutputFile).where(OutputFile.run_id == run_id).order_by(OutputFile.path)))
 
 
-def output_path(settings: Settings, *, run_id: int, path: str) -> Path:
+def output_path(session: Session, *, settings: Settings, run_id: int, viewer: User, path: str) -> Path:
+    runs.visible_run(session, run_id=run_id, viewer=viewer)
     found = storage.resolve_inside(storage.run_outputs_dir(settings, run_id), path, what="output path")
     if not found.exists():
         raise PathNotFound(f"runs/{run_id}/{path}")
@@ -76,7 +77,7 @@ def store_upload(
 ) -> Upload:
     """Receive `uploads/NAME` (a file, or a folder as a tar stream); visible only once complete."""
     validate_upload_name(name)
-    with database.session(write=False) as session:
+    with database.transaction(write=False) as session:
         if session.get(Upload, name) is not None:
             raise NameTaken(f"upload {name!r} already exists")
     staging = storage.new_temp_dir(settings)
@@ -89,23 +90,26 @@ def store_upload(
         else:
             content.mkdir()
             stored = storage.extract_tar(source, content, max_bytes=settings.max_upload_bytes, what=what)
-        with database.session(write=True) as session:
-            if session.get(Upload, name) is not None:
-                raise NameTaken(f"upload {name!r} already exists")
-            upload = Upload(name=name, owner_id=owner.id, kind=kind, size=sum(f.size for f in stored), files=len(stored))
-            session.add(upload)
-            session.flush()
-            session.add_all(UploadFile(upload_name=name, path=f.path, size=f.size, sha256=f.sha256) for f in stored)
-            session.flush()
-            final = storage.upload_path(settings, name)
-            storage.remove(final)  # left by a crash between rename and commit: no row names it
-            os.rename(content, final)
-            try:
+        final = storage.upload_path(settings, name)
+        placed = False
+        try:
+            with database.transaction() as session:
+                if session.get(Upload, name) is not None:
+                    raise NameTaken(f"upload {name!r} already exists")
+                upload = Upload(name=name, owner_id=owner.id, kind=kind, size=sum(f.size for f in stored),
+                                files=len(stored))
+                session.add(upload)
+                session.flush()
+                session.add_all(UploadFile(upload_name=name, path=f.path, size=f.size, sha256=f.sha256) for f in stored)
+                session.flush()
+                storage.remove(final)  # left by a crash between rename and commit: no row names it
+                os.rename(content, final)
+                placed = True
                 storage.seal(final)
-                session.commit()
-            except BaseException:
+        except BaseException:
+            if placed:  # not committed: no row names it
                 storage.remove(final)
-                raise
+            raise
         return upload
     finally:
         storage.remove(staging)
@@ -125,7 +129,8 @@ def list_uploads(session: Session, *, viewer: User) -> list[Upload]:
     return list(session.scalars(query))
 
 
-def upload_manifest(session: Session, *, upload: Upload, under: str = "") -> list[UploadFile]:
+def upload_manifest(session: Session, *, name: str, viewer: User, under: str = "") -> list[UploadFile]:
+    upload = visible_upload(session, name=name, viewer=viewer)
     query = select(UploadFile).where(UploadFile.upload_name == upload.name).order_by(UploadFile.path)
     files = list(session.scalars(query))
     if under:
@@ -136,7 +141,8 @@ def upload_manifest(session: Session, *, upload: Upload, under: str = "") -> lis
     return files
 
 
-def upload_file_path(settings: Settings, *, upload: Upload, path: str) -> Path:
+def upload_file_path(session: Session, *, settings: Settings, name: str, viewer: User, path: str) -> Path:
+    upload = visible_upload(session, name=name, viewer=viewer)
     root = storage.upload_path(settings, upload.name)
     if not path:
         return root

@@ -16,6 +16,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from cast.protocol.messages import LogStream
 from cast.protocol.status import is_final
 from cast.server import events
 from cast.server.errors import LeaseLost, RunNotFound
@@ -48,7 +49,7 @@ def append(session: Session, run: Run, entries: Iterable[tuple[str, str, datetim
 
 def append_cast_lines(session: Session, run: Run, lines: list[str]) -> None:
     now = utcnow()
-    append(session, run, [("cast", line, now) for line in lines])
+    append(session, run, [(LogStream.CAST.value, line, now) for line in lines])
 
 
 def append_worker_batch(
@@ -68,13 +69,14 @@ def append_worker_batch(
     kept = fresh[:room]
     now = utcnow()
     limit = settings.max_log_line_chars
-    rows = [(e.stream, e.text if len(e.text) <= limit else e.text[:limit] + "…", e.time or now) for e in kept]
+    rows = [(LogStream(e.stream).value, e.text if len(e.text) <= limit else e.text[:limit] + "…", e.time or now)
+            for e in kept]
     if len(fresh) > room and not run.log_truncated:
-        rows.append(("cast", f"[cast] log truncated after {settings.max_log_entries_per_run} lines", now))
+        rows.append((LogStream.CAST.value, f"[cast] log truncated after {settings.max_log_entries_per_run} lines", now))
         run.log_truncated = True
     run.worker_log_lines += len(kept)
     append(session, run, rows)
-    session.commit()
+    session.flush()
     return run.log_size, run.log_truncated
 
 

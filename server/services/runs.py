@@ -1,28 +1,28 @@
-"""Runs: creation, the status machine, leases, stop/kill, labels and the reaper.
+"""Runs: creation, the status machine, reading, stop/kill and labels.
 
 Every status change goes through `switch_status`: ONE conditional
 `UPDATE runs ... WHERE status IN sources_of(new) [AND lease_token = ...]
 RETURNING`, which also stores the transition with its time and writes the
-stage lines a follower sees. Claiming the next run is the same call with the
-run id given as a scalar subquery (the oldest queued run that fits the
-worker's free GPUs), so two workers can never get the same run.
+stage lines a follower sees. What a worker does with a run (claims, heartbeats,
+reports, the reaper) lives in `leases.py`, on top of this.
+
+Like every service, these take the caller's Session and only flush; the
+caller commits (see db.py).
 """
 
 from __future__ import annotations
 
-import logging
-import secrets
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import timedelta
 
-from sqlalchemy import ColumnElement, case, delete, literal, select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
-from cast.protocol.status import FINAL_STATUSES, LEASED_STATUSES, MOUNTABLE_STATUSES, RunStatus, sources_of, stage_lines
+from cast.protocol.messages import RunSpec
+from cast.protocol.status import FINAL_STATUSES, MOUNTABLE_STATUSES, RunStatus, sources_of, stage_lines
 from cast.protocol.validate import parse_resource
 from cast.server import events
-from cast.server.errors import BadRequest, InvalidTransition, LeaseLost, NotFound, PathNotFound, RunNotFound
+from cast.server.errors import BadRequest, InvalidTransition, LeaseLost, NotFound, RunNotFound
 from cast.server.models import (
     CodeBundle,
     OutputFile,
@@ -33,15 +33,16 @@ from cast.server.models import (
     Upload,
     UploadFile,
     User,
-    Worker,
     utcnow,
 )
 from cast.server.schemas import RunCreate
-from cast.server.services import git, logs, storage
+from cast.server.services import git, logs
 from cast.server.settings import Settings
 
-log = logging.getLogger(__name__)
 S = RunStatus
+_MOUNTABLE = [s.value for s in RunStatus if s in MOUNTABLE_STATUSES]
+# "complete, failed or stopped", in the order of the status table.
+_MOUNTABLE_TEXT = ", ".join(_MOUNTABLE[:-1]) + " or " + _MOUNTABLE[-1]
 
 
 # --- reading ----------------------------------------------------------------
@@ -78,7 +79,8 @@ def describe(session: Session, runs: list[Run], *, with_transitions: bool) -> li
     views = []
     for run in runs:
         view = {
-            "id": run.id, "status": run.status, "owner": owners.get(run.owner_id, "?"), "spec": run.spec,
+            "id": run.id, "status": run.status, "owner": owners.get(run.owner_id, "?"),
+            "spec": RunSpec.from_dict(run.spec),
             "labels": labels[run.id], "created_at": run.created_at, "started_at": run.started_at,
             "finished_at": run.finished_at, "exit_code": run.exit_code, "reason": run.reason,
             "attempt": run.attempt, "worker": run.worker_name, "executor": run.executor,
@@ -182,38 +184,28 @@ def create_run(session: Session, *, owner: User, body: RunCreate, settings: Sett
     commit_sha = None
     if body.git_url:
         commit_sha = git.resolve_commit(body.git_url, body.commit_ref, timeout=settings.git_timeout_seconds)
-    mount_rows = _check_mounts(session, body=body, viewer=owner)
-    code_digest = None
-    if body.code_bundle:
-        bundle = session.get(CodeBundle, (owner.id, body.code_bundle))
+    spec = body.to_spec(commit_sha=commit_sha, code_digest=None)
+    mount_rows = _check_mounts(session, spec=spec, viewer=owner)
+    if spec.code_bundle:
+        bundle = session.get(CodeBundle, (owner.id, spec.code_bundle))
         if bundle is None:
-            raise BadRequest(f"code bundle {body.code_bundle} is unknown; upload it first (PUT /api/v1/code/KEY)")
-        code_digest = bundle.digest
-    spec = {
-        "command": body.command, "git_url": body.git_url,
-        "commit_ref": (body.commit_ref or "HEAD") if body.git_url else None,
-        "commit_sha": commit_sha, "code_bundle": body.code_bundle,
-        "code_digest": code_digest, "pip": body.pip,
-        "pip_req": body.pip_req, "apt": body.apt, "docker_image": body.docker_image,
-        "mounts": [{"resource": m.resource, "path": m.path} for m in body.mounts],
-        "machine_type": body.machine_type, "gpus": body.gpus, "env": body.env,
-        "timeout": body.timeout, "retries": body.retries,
-    }
-    run = Run(owner_id=owner.id, status=S.MACHINE_REQUESTED.value, spec=spec, gpus=body.gpus,
-              retries=body.retries, attempt=1, created_at=utcnow())
+            raise BadRequest(f"code bundle {spec.code_bundle} is unknown; upload it first (PUT /api/v1/code/KEY)")
+        spec.code_digest = bundle.digest
+    run = Run(owner_id=owner.id, status=S.MACHINE_REQUESTED.value, spec=spec.to_dict(), gpus=spec.gpus,
+              retries=spec.retries, attempt=1, created_at=utcnow())
     session.add(run)
     session.flush()
     session.add(RunTransition(run_id=run.id, status=run.status, at=run.created_at, note=None))
     session.add_all(RunLabel(run_id=run.id, label=label) for label in body.labels)
     session.add_all(RunMount(run_id=run.id, position=i, **row) for i, row in enumerate(mount_rows))
     events.changed(session, events.QUEUE)
-    session.commit()
+    session.flush()
     return run
 
 
-def _check_mounts(session: Session, *, body: RunCreate, viewer: User) -> list[dict]:
+def _check_mounts(session: Session, *, spec: RunSpec, viewer: User) -> list[dict]:
     rows = []
-    for mount in body.mounts:
+    for mount in spec.mounts:
         resource = parse_resource(mount.resource)
         source_run_id = None
         if resource.kind == "runs":
@@ -222,9 +214,9 @@ def _check_mounts(session: Session, *, body: RunCreate, viewer: User) -> list[di
                 raise BadRequest(f"mount {resource}: run {resource.name} does not exist")
             if RunStatus(source.status) not in MOUNTABLE_STATUSES:
                 raise BadRequest(
-                    f"mount {resource}: run {resource.name} is {source.status}; only complete, failed or stopped runs can be mounted"
+                    f"mount {resource}: run {resource.name} is {source.status}; only {_MOUNTABLE_TEXT} runs can be mounted"
                 )
-            if resource.subpath and _manifest_kind(session, OutputFile, OutputFile.run_id == source.id, resource.subpath) is None:
+            if resource.subpath and manifest_kind(session, OutputFile, OutputFile.run_id == source.id, resource.subpath) is None:
                 raise BadRequest(f"mount {resource}: run {resource.name} has no output {resource.subpath!r}")
             source_run_id = source.id
         else:
@@ -233,188 +225,20 @@ def _check_mounts(session: Session, *, body: RunCreate, viewer: User) -> list[di
                 raise BadRequest(f"mount {resource}: upload {resource.name!r} does not exist")
             if resource.subpath and (
                 upload.kind == "file"
-                or _manifest_kind(session, UploadFile, UploadFile.upload_name == upload.name, resource.subpath) is None
+                or manifest_kind(session, UploadFile, UploadFile.upload_name == upload.name, resource.subpath) is None
             ):
                 raise BadRequest(f"mount {resource}: upload {resource.name!r} has no {resource.subpath!r}")
         rows.append({"resource": mount.resource, "path": mount.path, "source_run_id": source_run_id})
     return rows
 
 
-def _manifest_kind(session: Session, table, owner_clause, subpath: str) -> str | None:
+def manifest_kind(session: Session, table, owner_clause, subpath: str) -> str | None:
     """'file' or 'dir' if `subpath` names a file or a folder of a manifest, else None."""
     if session.scalar(select(table.path).where(owner_clause, table.path == subpath)) is not None:
         return "file"
     prefix = subpath + "/"
     inside = select(table.path).where(owner_clause, table.path > prefix, table.path < prefix[:-1] + "0").limit(1)
     return "dir" if session.scalar(inside) is not None else None
-
-
-# --- leases -----------------------------------------------------------------------
-
-def claim_next(session: Session, *, worker: Worker, free_gpus: int, settings: Settings) -> Run | None:
-    """Lease the oldest queued run that fits `free_gpus` to `worker`, or None."""
-    oldest = (
-        select(Run.id)
-        .where(Run.status == S.MACHINE_REQUESTED.value, Run.gpus <= free_gpus)
-        .order_by(Run.id)
-        .limit(1)
-        .scalar_subquery()
-    )
-    now = utcnow()
-    run = switch_status(
-        session, run=oldest, to=S.BUILDING, must=False,
-        note=lambda r: f"{worker.executor}, {r.spec.get('machine_type', 'cpu')}",
-        values={
-            "lease_token": secrets.token_hex(16), "lease_expires_at": now + timedelta(seconds=settings.lease_seconds),
-            "worker_id": worker.id, "worker_name": worker.name, "executor": worker.executor,
-            "started_at": now, "worker_log_seq": 0,
-        },
-    )
-    if run is not None:
-        session.commit()
-    return run
-
-
-def lease_view(session: Session, *, run: Run, settings: Settings, storage_id: str) -> dict:
-    mounts = []
-    for mount in session.scalars(select(RunMount).where(RunMount.run_id == run.id).order_by(RunMount.position)):
-        local_path, kind = resolve_mount_source(session, resource=mount.resource, settings=settings)
-        mounts.append({"resource": mount.resource, "path": mount.path, "kind": kind, "local_path": str(local_path)})
-    return {
-        "run_id": run.id, "lease_token": run.lease_token, "lease_seconds": settings.lease_seconds,
-        "attempt": run.attempt, "spec": run.spec, "mounts": mounts,
-        "storage_root": str(settings.resolved_data_dir), "storage_id": storage_id,
-    }
-
-
-def resolve_mount_source(session: Session, *, resource: str, settings: Settings):
-    """Where the server keeps a resource, and whether it is a 'file' or a 'dir'."""
-    parsed = parse_resource(resource)
-    if parsed.kind == "runs":
-        root = storage.run_outputs_dir(settings, parsed.run_id)
-        if not parsed.subpath:
-            if not root.exists():  # a run that saved nothing mounts as an empty folder, sealed as any other
-                root.mkdir(parents=True, exist_ok=True)
-                storage.seal(root)
-            return root, "dir"
-        kind = _manifest_kind(session, OutputFile, OutputFile.run_id == parsed.run_id, parsed.subpath)
-    else:
-        upload = session.get(Upload, parsed.name)
-        if upload is None:
-            raise PathNotFound(resource)
-        root = storage.upload_path(settings, parsed.name)
-        if not parsed.subpath:
-            return root, upload.kind
-        kind = _manifest_kind(session, UploadFile, UploadFile.upload_name == upload.name, parsed.subpath)
-    if kind is None:
-        raise PathNotFound(resource)
-    return storage.resolve_inside(root, parsed.subpath, what="mount source"), kind
-
-
-def _extended_lease(settings: Settings) -> ColumnElement:
-    """The lease's new end: `lease_seconds` from now, or its current end if later.
-
-    "Now" is read before the write lock is taken; a request that then waited
-    for the lock must not move the end back over a heartbeat that got in first
-    (the reaper would take a live run for a lost one).
-    """
-    expires = literal(utcnow() + timedelta(seconds=settings.lease_seconds), Run.lease_expires_at.type)
-    return case((Run.lease_expires_at > expires, Run.lease_expires_at), else_=expires)
-
-
-def heartbeat(session: Session, *, run_id: int, lease_token: str, settings: Settings) -> Run:
-    run = session.scalars(
-        update(Run)
-        .where(Run.id == run_id, Run.lease_token == lease_token, Run.status.in_([s.value for s in LEASED_STATUSES]))
-        .values(lease_expires_at=_extended_lease(settings))
-        .returning(Run)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    ).one_or_none()
-    if run is None:
-        run = session.get(Run, run_id)
-        if run is None:
-            raise RunNotFound(run_id)
-        # A heartbeat racing the worker's own final report is harmless; any
-        # other miss means the lease is gone.
-        if run.lease_token != lease_token or run.status == S.INTERRUPTED.value:
-            raise LeaseLost(run_id)
-    session.commit()
-    return run
-
-
-def report_status(
-    session: Session, *, run_id: int, lease_token: str, status: RunStatus, note: str | None,
-    exit_code: int | None, reason: str | None, settings: Settings,
-) -> Run:
-    """A worker moves its leased run on; the lease is extended while it stays leased."""
-    values: dict = {}
-    if exit_code is not None:
-        values["exit_code"] = exit_code
-    if reason is not None:
-        values["reason"] = reason
-    if status in LEASED_STATUSES:
-        values["lease_expires_at"] = _extended_lease(settings)
-    run = switch_status(session, run=run_id, to=status, note=note, lease_token=lease_token, values=values)
-    if status is S.KILLED:  # a killed run keeps no outputs
-        session.execute(delete(OutputFile).where(OutputFile.run_id == run_id))
-        run.outputs_size = None
-    session.commit()
-    if status is S.KILLED:
-        storage.remove(storage.run_outputs_dir(settings, run_id))
-    return run
-
-
-def check_lease(session: Session, *, run_id: int, lease_token: str) -> Run:
-    """The run if `lease_token` holds its lease now, else RunNotFound/LeaseLost."""
-    run = session.get(Run, run_id)
-    if run is None:
-        raise RunNotFound(run_id)
-    if run.lease_token != lease_token or RunStatus(run.status) not in LEASED_STATUSES:
-        raise LeaseLost(run_id)
-    return run
-
-
-def reap_expired(session: Session, *, settings: Settings) -> list[int]:
-    """Interrupt runs whose lease expired, requeueing those with retries left; their ids."""
-    now = utcnow()
-    expired = list(session.scalars(
-        select(Run.id).where(Run.status.in_([s.value for s in LEASED_STATUSES]), Run.lease_expires_at < now)
-    ))
-    reaped = []
-    for run_id in expired:
-        note = f"worker lost: no heartbeat for {settings.lease_seconds:g}s"
-        run = switch_status(session, run=run_id, to=S.INTERRUPTED, note=note, must=False,
-                            where=(Run.lease_expires_at < now,), values={"reason": note})
-        if run is None:
-            continue
-        reaped.append(run_id)
-        if run.attempt <= run.retries:
-            switch_status(session, run=run_id, to=S.MACHINE_REQUESTED,
-                          note=f"attempt {run.attempt + 1} of {run.retries + 1}")
-    session.commit()
-    return reaped
-
-
-def extend_leases_after_restart(session: Session, *, settings: Settings) -> int:
-    """Give every leased run a fresh lease period when the server starts.
-
-    Workers could not reach a stopped server, so a lease that ran out while it
-    was down says nothing about the worker; its next heartbeat will tell.
-    """
-    result = session.execute(
-        update(Run).where(Run.status.in_([s.value for s in LEASED_STATUSES]))
-        .values(lease_expires_at=utcnow() + timedelta(seconds=settings.lease_seconds))
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    return result.rowcount
-
-
-def any_expired(session: Session) -> bool:
-    now = utcnow()
-    return session.scalar(
-        select(Run.id).where(Run.status.in_([s.value for s in LEASED_STATUSES]), Run.lease_expires_at < now).limit(1)
-    ) is not None
 
 
 # --- user actions -----------------------------------------------------------------
@@ -431,10 +255,8 @@ def _halt(session: Session, *, run_id: int, viewer: User, queued_to: RunStatus, 
     run = visible_run(session, run_id=run_id, viewer=viewer)
     # A queued run has nothing to wind down; it ends at once.
     target = queued_to if run.status == S.MACHINE_REQUESTED.value else active_to
-    run = switch_status(session, run=run_id, to=target, note=f"by {viewer.name}",
-                        values={"reason": f"{target.value} by {viewer.name}"})
-    session.commit()
-    return run
+    return switch_status(session, run=run_id, to=target, note=f"by {viewer.name}",
+                         values={"reason": f"{target.value} by {viewer.name}"})
 
 
 def add_label(session: Session, *, run_id: int, viewer: User, label: str) -> Run:
@@ -442,7 +264,7 @@ def add_label(session: Session, *, run_id: int, viewer: User, label: str) -> Run
     if session.get(RunLabel, (run_id, label)) is None:
         session.add(RunLabel(run_id=run_id, label=label))
     events.changed(session, events.run_key(run_id))
-    session.commit()
+    session.flush()
     return run
 
 
@@ -452,5 +274,5 @@ def remove_label(session: Session, *, run_id: int, viewer: User, label: str) -> 
     if existing is None:
         raise NotFound(f"run {run_id} has no label {label!r}")
     session.delete(existing)
-    session.commit()
+    session.flush()
     return run

@@ -53,10 +53,9 @@ def bootstrap(session: Session, *, settings: Settings) -> bool:
     session.flush()
     _, admin_secret = _new_token(session, kind="user", user=admin, name="bootstrap")
     _, worker_secret = _new_token(session, kind="worker", user=None, name="bootstrap")
-    # Written before the commit: if writing fails, the next start bootstraps again.
+    # Written before the caller commits: if writing fails, the next start bootstraps again.
     _write_secret(settings.admin_token_file, admin_secret)
     _write_secret(settings.worker_token_file, worker_secret)
-    session.commit()
     return True
 
 
@@ -95,7 +94,6 @@ def create_user(session: Session, *, viewer: User, name: str, admin: bool) -> tu
     session.add(user)
     session.flush()
     token, secret = _new_token(session, kind="user", user=user, name="initial")
-    session.commit()
     return user, token, secret
 
 
@@ -108,9 +106,7 @@ def create_token(session: Session, *, viewer: User, kind: str, name: str, user_n
         owner = _user_named(session, user_name)
     else:
         owner = viewer
-    token, secret = _new_token(session, kind=kind, user=owner, name=name)
-    session.commit()
-    return token, secret
+    return _new_token(session, kind=kind, user=owner, name=name)
 
 
 def list_tokens(session: Session, *, viewer: User) -> list[tuple[Token, str | None]]:
@@ -126,6 +122,6 @@ def revoke_token(session: Session, *, viewer: User, token_id: int) -> tuple[Toke
         raise TokenNotFound(token_id)
     if token.revoked_at is None:
         token.revoked_at = utcnow()
-    session.commit()
+        session.flush()
     owner = session.get(User, token.user_id) if token.user_id is not None else None
     return token, owner.name if owner else None

@@ -1,4 +1,4 @@
-"""Workers: registration and the record of when each was last heard from."""
+"""Workers: registration and the record of when each was last heard from (the caller commits)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cast.server.schemas import WorkerRegister
 def register(session: Session, *, body: WorkerRegister) -> Worker:
     worker = Worker(id=f"w-{secrets.token_hex(8)}", **body.model_dump())
     session.add(worker)
-    session.commit()
+    session.flush()
     return worker
 
 

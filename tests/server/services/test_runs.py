@@ -1,20 +1,20 @@
-"""cast.server.services.runs: numbering, the transition table, claims, GPUs,
-stop/kill, mount validation."""
+"""cast.server.services.runs: numbering, the transition table, the stored spec,
+stop/kill of queued runs, labels."""
 
 from __future__ import annotations
 
-import multiprocessing
+from dataclasses import fields
 
 import pytest
 from sqlalchemy import delete, select, update
 
+from cast.protocol.messages import SERVER_FILLED, MountSpec, RunSpec
 from cast.protocol.status import TRANSITIONS, RunStatus
-from cast.server.db import Database
 from cast.server.errors import InvalidTransition
-from cast.server.models import Run, RunTransition, Worker
+from cast.server.models import Run, RunTransition
+from cast.server.schemas import RunCreate
 from cast.server.services import runs
-from cast.server.settings import Settings
-from ..conftest import make_tar
+from .conftest import git
 
 
 def test_run_numbers_count_up_and_are_never_reused(local, app):
@@ -44,53 +44,6 @@ def test_every_transition_outside_the_table_is_refused(local, app):
                     runs.switch_status(session, run=run_id, to=target)
 
 
-def test_status_route_answers_409_for_a_refused_transition(local):
-    run_id = local.create_run()["id"]
-    lease = local.lease(local.register())
-    refused = local.report(run_id, lease["lease_token"], "complete")
-    assert refused.status_code == 409
-    assert refused.json() == {"detail": f"run {run_id} is building; it cannot become complete"}
-    assert local.report(run_id, "not-the-token", "mounting").status_code == 409
-    run = local.advance(lease, "mounting", "running")
-    assert [t["status"] for t in run["transitions"]] == ["machine_requested", "building", "mounting", "running"]
-    assert local.run(run_id)["status"] == "running"
-
-
-def _claim_all(url: str, worker_id: str) -> list[int]:
-    database = Database(url)
-    settings = Settings(lease_seconds=60)
-    claimed = []
-    while True:
-        with database.session(write=True) as session:
-            worker = session.get(Worker, worker_id)
-            run = runs.claim_next(session, worker=worker, free_gpus=0, settings=settings)
-            if run is None:
-                return claimed
-            claimed.append(run.id)
-
-
-def test_processes_racing_for_queued_runs_each_get_distinct_runs(local, app, settings):
-    expected = {local.create_run()["id"] for _ in range(50)}
-    workers = [local.register(name=f"w{i}") for i in range(3)]
-    app.state.database.dispose()  # the children open their own connections
-    with multiprocessing.get_context("fork").Pool(3) as pool:
-        results = pool.starmap(_claim_all, [(settings.sqlalchemy_url, w) for w in workers])
-    claimed = [run_id for result in results for run_id in result]
-    assert sorted(claimed) == sorted(expected)
-    assert {local.run(i)["status"] for i in expected} == {"building"}
-
-
-def test_gpu_runs_wait_for_enough_free_gpus(local):
-    gpu_run = local.create_run(machine_type="gpu:2")["id"]
-    cpu_run = local.create_run()["id"]
-    worker = local.register(gpus=[0, 1])
-    assert local.lease(worker, free_gpus=1)["run_id"] == cpu_run
-    assert local.lease(worker, free_gpus=1) is None
-    lease = local.lease(worker, free_gpus=2)
-    assert lease["run_id"] == gpu_run
-    assert lease["spec"]["gpus"] == 2
-
-
 def test_stop_and_kill_a_queued_run_end_it_at_once(local):
     stopped, killed = local.create_run()["id"], local.create_run()["id"]
     answer = local.user.post(f"/runs/{stopped}/stop")
@@ -100,34 +53,6 @@ def test_stop_and_kill_a_queued_run_end_it_at_once(local):
     again = local.user.post(f"/runs/{stopped}/stop")
     assert again.status_code == 409
     assert again.json()["detail"] == f"run {stopped} is stopped; it cannot become stopping"
-
-
-def test_stop_reaches_the_worker_and_keeps_outputs(local):
-    run_id = local.create_run()["id"]
-    lease = local.lease(local.register())
-    local.advance(lease, "mounting", "running")
-    assert local.user.post(f"/runs/{run_id}/stop").json()["status"] == "stopping"
-    beat = local.worker.post(f"/runs/{run_id}/heartbeat", json={"lease_token": lease["lease_token"]})
-    assert beat.json()["status"] == "stopping"
-    local.advance(lease, "saving", "pushing")
-    assert local.push(lease, make_tar({"kept.txt": b"k"})).status_code == 200
-    run = local.advance(lease, "stopped")
-    assert run["status"] == "stopped" and run["finished_at"]
-    assert [f["path"] for f in local.user.get(f"/runs/{run_id}/outputs").json()["files"]] == ["kept.txt"]
-
-
-def test_kill_drops_outputs(local, settings):
-    run_id = local.create_run()["id"]
-    lease = local.lease(local.register())
-    local.advance(lease, "mounting", "running", "saving", "pushing")
-    assert local.push(lease, make_tar({"gone.txt": b"x"})).status_code == 200
-    assert local.user.post(f"/runs/{run_id}/kill").json()["status"] == "killing"
-    beat = local.worker.post(f"/runs/{run_id}/heartbeat", json={"lease_token": lease["lease_token"]})
-    assert beat.json()["status"] == "killing"
-    assert local.push(lease, make_tar({"late.txt": b"x"})).status_code == 409
-    assert local.advance(lease, "killed")["status"] == "killed"
-    assert local.user.get(f"/runs/{run_id}/outputs").json()["files"] == []
-    assert not (settings.runs_dir / str(run_id)).exists()
 
 
 def test_labels_filter_and_paging(local):
@@ -143,5 +68,30 @@ def test_labels_filter_and_paging(local):
     assert local.user.delete(f"/runs/{ids[0]}/labels/exp").json()["labels"] == []
     assert local.user.delete(f"/runs/{ids[0]}/labels/exp").status_code == 404
     assert local.user.post(f"/runs/{ids[0]}/labels", json={"label": "no spaces"}).status_code == 400
-    statuses = local.user.get("/runs", params={"status": ["machine_requested"]}).json()["runs"]
-    assert len(statuses) == 5
+    local.user.post(f"/runs/{ids[1]}/stop")
+    queued = local.user.get("/runs", params={"status": ["machine_requested"]}).json()["runs"]
+    assert [r["id"] for r in queued] == [ids[4], ids[3], ids[2], ids[0]]
+    both = local.user.get("/runs", params={"status": ["machine_requested", "stopped"]}).json()["runs"]
+    assert len(both) == 5
+
+
+def test_the_request_body_of_a_run_spec_is_what_the_create_route_takes():
+    takes = set(RunCreate.model_fields)
+    assert takes == {f.name for f in fields(RunSpec)} - SERVER_FILLED | {"labels"}
+    assert set(RunSpec(command="x", git_url="u", pip=["a"]).request_body(labels=["l"])) <= takes
+
+
+def test_a_run_stores_the_spec_it_was_given_with_what_the_server_resolved(local, repo):
+    source = local.complete_run(outputs={"data/x.txt": b"x"})
+    asked = RunSpec(command="python train.py", git_url=f"file://{repo}", pip=["numpy==2.0"],
+                    apt=["curl"], mounts=[MountSpec(resource=f"runs/{source}/data", path="in")],
+                    machine_type="gpu:2", env={"A": "1"}, timeout=60.0, retries=1)
+    sha = git(repo, "rev-parse", "HEAD")
+    run = local.user.post("/runs", json=asked.request_body(labels=["exp"]))
+    assert run.status_code == 201, run.text
+    stored = RunSpec.from_dict(run.json()["spec"])
+    assert stored == RunSpec(**{**asked.to_dict(), "mounts": asked.mounts, "commit_ref": "HEAD",
+                                "commit_sha": sha, "gpus": 2})
+    assert run.json()["labels"] == ["exp"]
+    assert local.run(run.json()["id"])["spec"] == stored.to_dict()
+

@@ -1,0 +1,240 @@
+"""Leases: how a worker holds a run, from the claim to its last report.
+
+Owns the claim (`switch_status` with the run id given as a scalar subquery:
+the oldest queued run that fits the worker's free GPUs, so two workers never
+get the same run), the lease a worker is handed (`cast.protocol.messages.Lease`),
+heartbeats, a worker's status reports, the check every leased call makes, the
+reaper of expired leases, the fresh lease period after a restart, and the
+workers' long poll (`wait_for_lease`).
+
+The session functions take the caller's Session and only flush. The long poll
+spans several transactions, so it takes the Database and runs each attempt in
+its own `Database.transaction()`: nothing is held while it waits.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import ColumnElement, case, delete, literal, select, update
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from cast.protocol.messages import Lease, LeaseMount, RunSpec, StatusReport
+from cast.protocol.status import LEASED_STATUSES, RunStatus
+from cast.protocol.validate import parse_resource
+from cast.server import events
+from cast.server.db import Database
+from cast.server.errors import LeaseLost, PathNotFound, RunNotFound, ShuttingDown
+from cast.server.models import OutputFile, Run, RunMount, Upload, UploadFile, Worker, utcnow
+from cast.server.services import runs, storage, workers
+from cast.server.settings import Settings
+
+S = RunStatus
+_LEASED = [s.value for s in LEASED_STATUSES]
+
+
+# --- claiming -----------------------------------------------------------------------
+
+def claim_next(session: Session, *, worker: Worker, free_gpus: int, settings: Settings) -> Run | None:
+    """Lease the oldest queued run that fits `free_gpus` to `worker`, or None."""
+    oldest = (
+        select(Run.id)
+        .where(Run.status == S.MACHINE_REQUESTED.value, Run.gpus <= free_gpus)
+        .order_by(Run.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    now = utcnow()
+    return runs.switch_status(
+        session, run=oldest, to=S.BUILDING, must=False,
+        note=lambda r: f"{worker.executor}, {RunSpec.from_dict(r.spec).machine_type}",
+        values={
+            "lease_token": secrets.token_hex(16), "lease_expires_at": now + timedelta(seconds=settings.lease_seconds),
+            "worker_id": worker.id, "worker_name": worker.name, "executor": worker.executor,
+            "started_at": now, "worker_log_seq": 0,
+        },
+    )
+
+
+def lease_view(session: Session, *, run: Run, settings: Settings, storage_id: str) -> Lease:
+    mounts = []
+    for mount in session.scalars(select(RunMount).where(RunMount.run_id == run.id).order_by(RunMount.position)):
+        local_path, kind = resolve_mount_source(session, resource=mount.resource, settings=settings)
+        mounts.append(LeaseMount(resource=mount.resource, path=mount.path, kind=kind, local_path=str(local_path)))
+    return Lease(
+        run_id=run.id, lease_token=run.lease_token, lease_seconds=settings.lease_seconds, attempt=run.attempt,
+        spec=RunSpec.from_dict(run.spec), mounts=mounts, storage_root=str(settings.resolved_data_dir),
+        storage_id=storage_id, allow_local_git=settings.allow_local_git,
+    )
+
+
+def resolve_mount_source(session: Session, *, resource: str, settings: Settings) -> tuple[Path, str]:
+    """Where the server keeps a resource, and whether it is a 'file' or a 'dir'."""
+    parsed = parse_resource(resource)
+    if parsed.kind == "runs":
+        root = storage.run_outputs_dir(settings, parsed.run_id)
+        if not parsed.subpath:
+            if not root.exists():  # a run that saved nothing mounts as an empty folder, sealed as any other
+                root.mkdir(parents=True, exist_ok=True)
+                storage.seal(root)
+            return root, "dir"
+        kind = runs.manifest_kind(session, OutputFile, OutputFile.run_id == parsed.run_id, parsed.subpath)
+    else:
+        upload = session.get(Upload, parsed.name)
+        if upload is None:
+            raise PathNotFound(resource)
+        root = storage.upload_path(settings, parsed.name)
+        if not parsed.subpath:
+            return root, upload.kind
+        kind = runs.manifest_kind(session, UploadFile, UploadFile.upload_name == upload.name, parsed.subpath)
+    if kind is None:
+        raise PathNotFound(resource)
+    return storage.resolve_inside(root, parsed.subpath, what="mount source"), kind
+
+
+def _claim(database: Database, *, worker_id: str, free_gpus: int, settings: Settings, storage_id: str) -> Lease | None:
+    with database.transaction() as session:
+        worker = workers.get(session, worker_id=worker_id)
+        workers.seen(session, worker=worker)
+        run = claim_next(session, worker=worker, free_gpus=free_gpus, settings=settings)
+    if run is None:
+        return None
+    # The claim is committed first: a lease that cannot be described is reaped
+    # like any lost one, instead of blocking the queue for every worker.
+    with database.transaction(write=False) as session:
+        return lease_view(session, run=run, settings=settings, storage_id=storage_id)
+
+
+async def wait_for_lease(
+    database: Database, *, worker_id: str, free_gpus: int, wait: float, settings: Settings, storage_id: str,
+    gone: Callable[[], Awaitable[bool]],
+) -> Lease | None:
+    """A lease on the next run that fits, waiting up to `wait` seconds for one; None if none came.
+
+    `gone` tells whether the worker hung up: one that gave up waiting must not
+    be handed a run it will never hear of.
+    """
+    deadline = time.monotonic() + wait
+    with database.notifier.subscribe(events.QUEUE) as queue:
+        while True:
+            # Subscribed before trying: a run queued after this attempt wakes the wait below.
+            lease = await run_in_threadpool(
+                _claim, database, worker_id=worker_id, free_gpus=free_gpus, settings=settings, storage_id=storage_id
+            )
+            if lease is not None:
+                return lease
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            await queue.wait(remaining)
+            if database.notifier.closed:  # the worker retries against the next server
+                raise ShuttingDown()
+            if await gone():
+                return None
+
+
+# --- while a worker holds the run -----------------------------------------------------
+
+def _extended_lease(settings: Settings) -> ColumnElement:
+    """The lease's new end: `lease_seconds` from now, or its current end if later.
+
+    "Now" is read before the write lock is taken; a request that then waited
+    for the lock must not move the end back over a heartbeat that got in first
+    (the reaper would take a live run for a lost one).
+    """
+    expires = literal(utcnow() + timedelta(seconds=settings.lease_seconds), Run.lease_expires_at.type)
+    return case((Run.lease_expires_at > expires, Run.lease_expires_at), else_=expires)
+
+
+def heartbeat(session: Session, *, run_id: int, lease_token: str, settings: Settings) -> Run:
+    run = session.scalars(
+        update(Run)
+        .where(Run.id == run_id, Run.lease_token == lease_token, Run.status.in_(_LEASED))
+        .values(lease_expires_at=_extended_lease(settings))
+        .returning(Run)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).one_or_none()
+    if run is None:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        # A heartbeat racing the worker's own final report is harmless; any
+        # other miss means the lease is gone.
+        if run.lease_token != lease_token or run.status == S.INTERRUPTED.value:
+            raise LeaseLost(run_id)
+    return run
+
+
+def report_status(session: Session, *, run_id: int, report: StatusReport, settings: Settings) -> Run:
+    """A worker moves its leased run on; the lease is extended while it stays leased."""
+    values: dict = {}
+    if report.exit_code is not None:
+        values["exit_code"] = report.exit_code
+    if report.reason is not None:
+        values["reason"] = report.reason
+    if report.status in LEASED_STATUSES:
+        values["lease_expires_at"] = _extended_lease(settings)
+    run = runs.switch_status(session, run=run_id, to=report.status, note=report.note,
+                             lease_token=report.lease_token, values=values)
+    if report.status is S.KILLED:  # a killed run keeps no outputs
+        session.execute(delete(OutputFile).where(OutputFile.run_id == run_id))
+        run.outputs_size = None
+        session.flush()
+        storage.remove(storage.run_outputs_dir(settings, run_id))
+    return run
+
+
+def check_lease(session: Session, *, run_id: int, lease_token: str) -> Run:
+    """The run if `lease_token` holds its lease now, else RunNotFound/LeaseLost."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise RunNotFound(run_id)
+    if run.lease_token != lease_token or RunStatus(run.status) not in LEASED_STATUSES:
+        raise LeaseLost(run_id)
+    return run
+
+
+# --- leases that ran out ----------------------------------------------------------------
+
+def any_expired(session: Session) -> bool:
+    now = utcnow()
+    return session.scalar(
+        select(Run.id).where(Run.status.in_(_LEASED), Run.lease_expires_at < now).limit(1)
+    ) is not None
+
+
+def reap_expired(session: Session, *, settings: Settings) -> list[int]:
+    """Interrupt runs whose lease expired, requeueing those with retries left; their ids."""
+    now = utcnow()
+    expired = list(session.scalars(select(Run.id).where(Run.status.in_(_LEASED), Run.lease_expires_at < now)))
+    reaped = []
+    for run_id in expired:
+        note = f"worker lost: no heartbeat for {settings.lease_seconds:g}s"
+        run = runs.switch_status(session, run=run_id, to=S.INTERRUPTED, note=note, must=False,
+                                 where=(Run.lease_expires_at < now,), values={"reason": note})
+        if run is None:
+            continue
+        reaped.append(run_id)
+        if run.attempt <= run.retries:
+            runs.switch_status(session, run=run_id, to=S.MACHINE_REQUESTED,
+                               note=f"attempt {run.attempt + 1} of {run.retries + 1}")
+    return reaped
+
+
+def extend_leases_after_restart(session: Session, *, settings: Settings) -> int:
+    """Give every leased run a fresh lease period when the server starts.
+
+    Workers could not reach a stopped server, so a lease that ran out while it
+    was down says nothing about the worker; its next heartbeat will tell.
+    """
+    result = session.execute(
+        update(Run).where(Run.status.in_(_LEASED))
+        .values(lease_expires_at=utcnow() + timedelta(seconds=settings.lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount

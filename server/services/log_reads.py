@@ -1,0 +1,77 @@
+"""A user's reads of a run's log: one chunk, the follow stream, the text download.
+
+`read_chunk` is one read in the caller's session. `follow` and `download` run
+for as long as the client reads, so they take the Database and read each chunk
+in its own short read transaction: nothing is held while they wait or send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from cast.server import events
+from cast.server.db import Database
+from cast.server.models import User
+from cast.server.services import logs, runs
+
+# A follower with nothing new still gets an empty chunk this often, so dead
+# connections are noticed and proxies keep the stream open.
+KEEPALIVE_SECONDS = 15.0
+BATCH = 1000
+
+
+def read_chunk(session: Session, *, run_id: int, viewer: User, offset: int, limit: int) -> dict:
+    """`{entries, next_offset, finished}` of a run `viewer` may see (see `logs.read`)."""
+    run = runs.visible_run(session, run_id=run_id, viewer=viewer)
+    return logs.read(session, run=run, offset=offset, limit=limit)
+
+
+def _read(database: Database, *, run_id: int, viewer: User, offset: int) -> dict:
+    with database.transaction(write=False) as session:
+        return read_chunk(session, run_id=run_id, viewer=viewer, offset=offset, limit=BATCH)
+
+
+async def follow(database: Database, *, run_id: int, viewer: User, offset: int) -> AsyncIterator[dict]:
+    """The chunks from `offset` on as they are written, until the run is final and all were sent.
+
+    The first chunk is read before this returns, so an unknown run raises here.
+    A server shutting down ends the stream; the client resumes from its offset.
+    """
+    first = await run_in_threadpool(_read, database, run_id=run_id, viewer=viewer, offset=offset)
+
+    async def chunks() -> AsyncIterator[dict]:
+        with database.notifier.subscribe(events.run_key(run_id)) as changes:
+            chunk = first
+            while True:
+                yield chunk
+                if chunk["finished"]:
+                    return
+                while True:
+                    # Subscribed before this read: a change after it wakes the wait below.
+                    chunk = await run_in_threadpool(
+                        _read, database, run_id=run_id, viewer=viewer, offset=chunk["next_offset"]
+                    )
+                    if chunk["entries"] or chunk["finished"]:
+                        break
+                    if not await changes.wait(KEEPALIVE_SECONDS):
+                        break
+                    if database.notifier.closed:
+                        return
+
+    return chunks()
+
+
+def download(database: Database, *, run_id: int, viewer: User) -> Iterator[bytes]:
+    """The log as text, one line per entry, in pieces; an unknown run raises here."""
+    first = _read(database, run_id=run_id, viewer=viewer, offset=0)
+
+    def pieces() -> Iterator[bytes]:
+        chunk = first
+        while chunk["entries"]:
+            yield "".join(entry["text"] + "\n" for entry in chunk["entries"]).encode("utf-8", "surrogateescape")
+            chunk = _read(database, run_id=run_id, viewer=viewer, offset=chunk["next_offset"])
+
+    return pieces()

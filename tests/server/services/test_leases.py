@@ -1,0 +1,142 @@
+"""cast.server.services.leases: claims (one statement, so racing workers get
+distinct runs), GPUs, status reports, heartbeats carrying stop and kill, the
+reaper and the fresh lease period after a restart."""
+
+from __future__ import annotations
+
+import multiprocessing
+from datetime import datetime, timedelta
+
+from sqlalchemy import update
+
+from cast.server.db import Database
+from cast.server.models import Run, Worker, utcnow
+from cast.server.services import leases
+from cast.server.settings import Settings
+from ..conftest import make_tar
+
+
+def test_status_route_answers_409_for_a_refused_transition(local):
+    run_id = local.create_run()["id"]
+    lease = local.lease(local.register())
+    refused = local.report(run_id, lease["lease_token"], "complete")
+    assert refused.status_code == 409
+    assert refused.json() == {"detail": f"run {run_id} is building; it cannot become complete"}
+    assert local.report(run_id, "not-the-token", "mounting").status_code == 409
+    run = local.advance(lease, "mounting", "running")
+    assert [t["status"] for t in run["transitions"]] == ["machine_requested", "building", "mounting", "running"]
+    assert local.run(run_id)["status"] == "running"
+
+
+def _claim_all(url: str, worker_id: str) -> list[int]:
+    database = Database(url)
+    settings = Settings(lease_seconds=60)
+    claimed = []
+    while True:
+        with database.transaction() as session:
+            worker = session.get(Worker, worker_id)
+            run = leases.claim_next(session, worker=worker, free_gpus=0, settings=settings)
+        if run is None:
+            return claimed
+        claimed.append(run.id)
+
+
+def test_processes_racing_for_queued_runs_each_get_distinct_runs(local, app, settings):
+    expected = {local.create_run()["id"] for _ in range(50)}
+    workers = [local.register(name=f"w{i}") for i in range(3)]
+    app.state.database.dispose()  # the children open their own connections
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        results = pool.starmap(_claim_all, [(settings.sqlalchemy_url, w) for w in workers])
+    claimed = [run_id for result in results for run_id in result]
+    assert sorted(claimed) == sorted(expected)
+    assert {local.run(i)["status"] for i in expected} == {"building"}
+
+
+def test_gpu_runs_wait_for_enough_free_gpus(local):
+    gpu_run = local.create_run(machine_type="gpu:2")["id"]
+    cpu_run = local.create_run()["id"]
+    worker = local.register(gpus=[0, 1])
+    assert local.lease(worker, free_gpus=1)["run_id"] == cpu_run
+    assert local.lease(worker, free_gpus=1) is None
+    lease = local.lease(worker, free_gpus=2)
+    assert lease["run_id"] == gpu_run
+    assert lease["spec"]["gpus"] == 2
+
+
+def test_stop_reaches_the_worker_and_keeps_outputs(local):
+    run_id = local.create_run()["id"]
+    lease = local.lease(local.register())
+    local.advance(lease, "mounting", "running")
+    assert local.user.post(f"/runs/{run_id}/stop").json()["status"] == "stopping"
+    beat = local.worker.post(f"/runs/{run_id}/heartbeat", json={"lease_token": lease["lease_token"]})
+    assert beat.json()["status"] == "stopping"
+    local.advance(lease, "saving", "pushing")
+    assert local.push(lease, make_tar({"kept.txt": b"k"})).status_code == 200
+    run = local.advance(lease, "stopped")
+    assert run["status"] == "stopped" and run["finished_at"]
+    assert [f["path"] for f in local.user.get(f"/runs/{run_id}/outputs").json()["files"]] == ["kept.txt"]
+
+
+def test_kill_drops_outputs(local, settings):
+    run_id = local.create_run()["id"]
+    lease = local.lease(local.register())
+    local.advance(lease, "mounting", "running", "saving", "pushing")
+    assert local.push(lease, make_tar({"gone.txt": b"x"})).status_code == 200
+    assert local.user.post(f"/runs/{run_id}/kill").json()["status"] == "killing"
+    beat = local.worker.post(f"/runs/{run_id}/heartbeat", json={"lease_token": lease["lease_token"]})
+    assert beat.json()["status"] == "killing"
+    assert local.push(lease, make_tar({"late.txt": b"x"})).status_code == 409
+    assert local.advance(lease, "killed")["status"] == "killed"
+    assert local.user.get(f"/runs/{run_id}/outputs").json()["files"] == []
+    assert not (settings.runs_dir / str(run_id)).exists()
+
+
+def _expire(app, run_id: int) -> None:
+    with app.state.database.transaction() as session:
+        session.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+
+
+def test_the_reaper_interrupts_expired_leases_and_requeues_runs_with_retries_left(local, app, settings):
+    once = local.create_run()["id"]
+    twice = local.create_run(retries=1)["id"]
+    live = local.create_run()["id"]
+    worker = local.register()
+    leased = {lease["run_id"]: lease for lease in (local.lease(worker) for _ in range(3))}
+    assert set(leased) == {once, twice, live}
+    _expire(app, once)
+    _expire(app, twice)
+    database = app.state.database
+    with database.transaction(write=False) as session:
+        assert leases.any_expired(session)
+    with database.transaction() as session:
+        assert sorted(leases.reap_expired(session, settings=settings)) == [once, twice]
+    with database.transaction(write=False) as session:
+        assert not leases.any_expired(session)
+    assert local.run(once)["status"] == "interrupted"
+    assert local.run(once)["reason"] == "worker lost: no heartbeat for 2s"
+    assert local.run(twice)["status"] == "machine_requested" and local.run(twice)["attempt"] == 2
+    assert local.run(live)["status"] == "building"
+    beat = local.worker.post(f"/runs/{once}/heartbeat", json={"lease_token": leased[once]["lease_token"]})
+    assert beat.status_code == 409
+
+
+def test_a_restart_gives_every_leased_run_a_fresh_lease_period(local, app, settings):
+    run_id = local.create_run()["id"]
+    queued = local.create_run()["id"]
+    local.lease(local.register())
+    _expire(app, run_id)
+    with app.state.database.transaction() as session:
+        assert leases.extend_leases_after_restart(session, settings=settings) == 1
+    with app.state.database.transaction() as session:
+        assert leases.reap_expired(session, settings=settings) == []
+    assert local.run(run_id)["status"] == "building"
+    assert local.run(queued)["status"] == "machine_requested"
+
+
+def test_a_heartbeat_answers_the_status_and_the_new_end_of_the_lease(local):
+    run_id = local.create_run()["id"]
+    lease = local.lease(local.register())
+    before = utcnow()
+    beat = local.worker.post(f"/runs/{run_id}/heartbeat", json={"lease_token": lease["lease_token"]}).json()
+    assert set(beat) == {"status", "lease_expires_at"} and beat["status"] == "building"
+    assert datetime.fromisoformat(beat["lease_expires_at"]) >= before + timedelta(seconds=lease["lease_seconds"])
