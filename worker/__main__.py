@@ -2,6 +2,7 @@
 
     python -m cast.worker --server URL (--token-file F | CAST_WORKER_TOKEN) [--work-dir W]
         [--name N] [--executor auto|local|docker] [--max-runs K] [--gpus auto|none|0,1]
+        [--max-same-errors N]
         [--base-image I] [--memory M] [--cpus C] [--pids-limit P] [--network N]
         [--image-repository R]
     python -m cast.worker cache ls [--json] [--work-dir W] [--executor E] [--image-repository R]
@@ -52,6 +53,9 @@ def _serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-runs", type=int, default=cpu_count(),
                         help="runs executed at once (default: the number of CPUs)")
     parser.add_argument("--gpus", default="auto", help="auto (from nvidia-smi), none, or indices such as 0,1")
+    parser.add_argument("--max-same-errors", type=int, default=os.environ.get("CAST_WORKER_MAX_SAME_ERRORS", "8"),
+                        help="a run fails once the server gave one of its reports the same 5xx answer this "
+                             "many times in a row (default: $CAST_WORKER_MAX_SAME_ERRORS, else 8)")
     docker = parser.add_argument_group("docker executor", "each defaults to its CAST_WORKER_<NAME> variable")
     docker.add_argument("--base-image", metavar="IMAGE",
                         help="base of runs without --docker-image (default cast-base:bookworm)")
@@ -112,6 +116,8 @@ def serve(argv: list[str]) -> int:
         raise UsageError("no server: pass --server URL or set CAST_SERVER_URL")
     if args.max_runs < 1:
         raise UsageError("--max-runs must be at least 1")
+    if args.max_same_errors < 1:
+        raise UsageError("--max-same-errors must be at least 1")
     try:
         gpus = parse_gpus_option(args.gpus)
     except ValueError as exc:
@@ -133,7 +139,7 @@ def serve(argv: list[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    client = ServerClient(args.server, token)
+    client = ServerClient(args.server, token, max_same_errors=args.max_same_errors)
     agent = Agent(client=client, executor=executor, work_dir=work_dir, name=args.name,
                   max_runs=args.max_runs, gpus=gpus)
     agent.prepare()
