@@ -21,6 +21,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from cast.protocol.messages import LogStream
 from cast.protocol.validate import SpecError, validate_pip_spec
 from cast.worker.executors.base import BuildFailed, BuildResult, CacheEntry, LogSink
 from cast.worker.locking import file_lock
@@ -115,7 +116,7 @@ class EnvCache:
         for raw in process.stdout:
             line = raw.decode(errors="replace").rstrip("\n")
             tail.append(line)
-            log("cast", line)
+            log(LogStream.CAST, line)
         if process.wait() != 0:
             raise BuildFailed("\n".join(tail) or f"{command[2]} exited with {process.returncode}")
 

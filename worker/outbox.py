@@ -56,7 +56,7 @@ def utc_now() -> str:
 
 @dataclass
 class _LogLine:
-    stream: str
+    stream: LogStream
     text: str
     time: str
     queued_at: float = field(default_factory=time.monotonic)
@@ -112,9 +112,10 @@ class Outbox:
 
     # --- producers --------------------------------------------------------
 
-    def log(self, stream: str, text: str) -> None:
+    def log(self, stream: LogStream, text: str) -> None:
+        stream = LogStream(stream)  # an executor's pipes may name theirs as plain strings
         with self._cond:
-            if self._truncated and stream != "cast":
+            if self._truncated and stream is not LogStream.CAST:
                 return
             self._cond.wait_for(lambda: (self._pending_lines < MAX_PENDING_LINES
                                          and self._pending_chars < MAX_PENDING_CHARS)
@@ -277,14 +278,14 @@ class Outbox:
                 return
             self._pending_lines += 1
             self._pending_chars += len(text)
-            self._items.append(_LogLine("cast", text, utc_now()))
+            self._items.append(_LogLine(LogStream.CAST, text, utc_now()))
             self._cond.notify_all()
 
     def _deliver(self, batch: list) -> None:
         first = batch[0]
         if isinstance(first, _LogLine):
             answer = self._client.append_logs(self._run_id, self._token, seq=self._entries_sent, entries=[
-                LogEntry(LogStream(line.stream), line.text, line.time) for line in batch
+                LogEntry(line.stream, line.text, line.time) for line in batch
             ])
             if answer.get("truncated"):
                 self._truncated = True

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cast.protocol.messages import RunSpec
+from cast.protocol.messages import LogStream, RunSpec
 
-# (stream, text): stream is "stdout", "stderr" or "cast" (build output and
-# messages from cast itself); text is one line without its newline.
-LogSink = Callable[[str, str], None]
+# (stream, text): text is one line without its newline; LogStream.CAST is for
+# build output and messages from cast itself.
+LogSink = Callable[[LogStream, str], None]
 
 
 class BuildFailed(Exception):
