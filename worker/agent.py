@@ -283,6 +283,12 @@ class RunController:
 
 
 class Agent:
+    """The worker. Its lease loop (`serve`, on a thread of its own) leases a run
+    whenever a slot is free and starts its RunController on a new thread;
+    `_slots` guards `_active` and wakes the loop when a run ends or the worker
+    stops. `shutdown` (the main thread, on SIGTERM or SIGINT) interrupts every active run.
+    """
+
     def __init__(self, *, client: ServerClient, executor: Executor, work_dir: Path, name: str,
                  max_runs: int, gpus: list[int]):
         self.client = client
