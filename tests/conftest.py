@@ -136,6 +136,7 @@ def base_env(tmp_path) -> dict:
     env["CAST_HOME"] = str(tmp_path / "home")
     env["CAST_LEASE_SECONDS"] = "2"
     env["PYTHONUNBUFFERED"] = "1"
+    env["CAST_ALLOW_LOCAL_GIT"] = "1"  # the tests' repositories are local; their refusal is tested on its own
     return env
 
 

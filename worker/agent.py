@@ -220,7 +220,8 @@ class RunController:
         self._status(RunStatus.MOUNTING, note="cached" if build.cached else None)
         still_running = lambda: not self.outbox.abandoned  # noqa: E731
         try:
-            agent.sources.place(self.spec, self.workdir, agent.client, still_running)
+            agent.sources.place(self.spec, self.workdir, agent.client, still_running,
+                                allow_local_git=self.lease.allow_local_git)
             job.mounts = agent.mounts.prepare(self.lease, agent.client, still_running)
         except (SourceError, MountError, ServerError, OSError) as exc:
             self._status(RunStatus.MOUNT_FAILED, note=_last_line(str(exc)), reason=str(exc))

@@ -3,7 +3,9 @@
 - `git_url` + `commit_sha`: one bare mirror per URL cached under the work dir
   (fetched only when the pinned commit is missing), then that commit's files
   written into the working dir with `git archive` — the pinned sha, whatever
-  the branch points at now. Works for https, ssh, file:// and plain paths.
+  the branch points at now. Works for https, ssh and git; file:// URLs and
+  plain paths only when the lease says the server's operator allows them
+  (git itself is told which transports it may use).
 - `code_bundle`: the tar the client uploaded, fetched once per digest (the
   sha256 the server computed of it, `code_digest`) and extracted with
   tarfile's safety filter.
@@ -21,6 +23,7 @@ import tarfile
 from pathlib import Path
 
 from cast.protocol.messages import RunSpec
+from cast.protocol.validate import git_protocols, is_local_git_url
 from cast.worker.client import ServerClient, with_retries
 from cast.worker.locking import file_lock
 
@@ -31,9 +34,10 @@ class SourceError(Exception):
     """The code could not be placed; the message is shown to the user."""
 
 
-def _git(*args: str, git_dir: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def _git(*args: str, git_dir: Path | None = None, check: bool = True,
+         allow_local: bool = False) -> subprocess.CompletedProcess:
     command = ["git"] + (["--git-dir", str(git_dir)] if git_dir else []) + list(args)
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": git_protocols(allow_local=allow_local)}
     result = subprocess.run(command, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
     if check and result.returncode != 0:
         raise SourceError(f"git {args[0]} failed: {result.stderr.strip()[-800:]}")
@@ -50,27 +54,32 @@ class SourceCache:
     def __init__(self, root: Path):
         self.root = root
 
-    def mirror(self, url: str, sha: str) -> Path:
-        """A bare mirror of `url` that holds commit `sha`."""
+    def mirror(self, url: str, sha: str, *, allow_local: bool = False) -> Path:
+        """A bare mirror of `url` that holds commit `sha`; a URL on this host's
+        filesystem only when `allow_local`."""
         if not _SHA.match(sha):
             raise SourceError(f"commit {sha!r} is not a full commit sha")
+        if is_local_git_url(url) and not allow_local:
+            raise SourceError(f"git URL {url!r} is on this worker's filesystem, and the server does not "
+                              "allow local git sources")
         name = hashlib.sha256(url.encode()).hexdigest()[:24]
         mirror = self.root / "git" / f"{name}.git"
         with file_lock(self.root / "git" / f"{name}.lock"):
             if not (mirror / "HEAD").exists():
                 shutil.rmtree(mirror, ignore_errors=True)
-                _git("clone", "--mirror", "--quiet", "--", url, str(mirror))
+                _git("clone", "--mirror", "--quiet", "--", url, str(mirror), allow_local=allow_local)
             if not _has_commit(mirror, sha):
-                _git("fetch", "--quiet", "--prune", "origin", "+refs/*:refs/*", git_dir=mirror)
+                _git("fetch", "--quiet", "--prune", "origin", "+refs/*:refs/*", git_dir=mirror,
+                     allow_local=allow_local)
             if not _has_commit(mirror, sha):
                 # Not reachable from any ref (e.g. force-pushed away): ask for it by name.
-                _git("fetch", "--quiet", "origin", sha, git_dir=mirror, check=False)
+                _git("fetch", "--quiet", "origin", sha, git_dir=mirror, check=False, allow_local=allow_local)
             if not _has_commit(mirror, sha):
                 raise SourceError(f"commit {sha} is not in {url}")
         return mirror
 
-    def checkout(self, url: str, sha: str, workdir: Path) -> None:
-        mirror = self.mirror(url, sha)
+    def checkout(self, url: str, sha: str, workdir: Path, *, allow_local: bool = False) -> None:
+        mirror = self.mirror(url, sha, allow_local=allow_local)
         archive = subprocess.Popen(["git", "--git-dir", str(mirror), "archive", "--format=tar", sha],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         try:
@@ -97,12 +106,14 @@ class SourceCache:
                 partial.rename(path)
         return path
 
-    def place(self, spec: RunSpec, workdir: Path, client: ServerClient, should_continue=lambda: True) -> None:
-        """Put the run's code into `workdir` (an empty folder)."""
+    def place(self, spec: RunSpec, workdir: Path, client: ServerClient, should_continue=lambda: True, *,
+              allow_local_git: bool = False) -> None:
+        """Put the run's code into `workdir` (an empty folder); `allow_local_git`
+        as the lease says."""
         if spec.git_url:
             if not spec.commit_sha:
                 raise SourceError("the run has a git URL but no resolved commit")
-            self.checkout(spec.git_url, spec.commit_sha, workdir)
+            self.checkout(spec.git_url, spec.commit_sha, workdir, allow_local=allow_local_git)
         elif spec.code_bundle:
             # Runs queued before the server stored bundles by digest carry
             # only the key, which then also named the file.

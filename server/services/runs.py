@@ -183,7 +183,8 @@ def create_run(session: Session, *, owner: User, body: RunCreate, settings: Sett
     # must not hold the write lock.
     commit_sha = None
     if body.git_url:
-        commit_sha = git.resolve_commit(body.git_url, body.commit_ref, timeout=settings.git_timeout_seconds)
+        commit_sha = git.resolve_commit(body.git_url, body.commit_ref, timeout=settings.git_timeout_seconds,
+                                        allow_local=settings.allow_local_git)
     spec = body.to_spec(commit_sha=commit_sha, code_digest=None)
     mount_rows = _check_mounts(session, spec=spec, viewer=owner)
     if spec.code_bundle:

@@ -38,6 +38,7 @@ def module_env(module_dir) -> dict:
     env["CAST_HOME"] = str(module_dir / "home")
     env["CAST_LEASE_SECONDS"] = "2"
     env["PYTHONUNBUFFERED"] = "1"
+    env["CAST_ALLOW_LOCAL_GIT"] = "1"
     return env
 
 

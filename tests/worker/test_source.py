@@ -39,7 +39,7 @@ def test_checks_out_the_pinned_commit_after_the_branch_moved(repo, tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
 
-    cache.checkout(f"file://{repo}", first, workdir)
+    cache.checkout(f"file://{repo}", first, workdir, allow_local=True)
 
     assert (workdir / "train.py").read_text() == "print('v1')\n"
     assert (workdir / "pkg" / "util.py").read_text() == "X = 1\n"
@@ -50,13 +50,13 @@ def test_checks_out_the_pinned_commit_after_the_branch_moved(repo, tmp_path):
 def test_fetches_into_the_cached_mirror_only_when_the_commit_is_missing(repo, tmp_path):
     first = commit(repo, {"a.txt": "1\n"}, "one")
     cache = SourceCache(tmp_path / "cache")
-    mirror = cache.mirror(str(repo), first)  # a plain local path works as a URL
-    assert cache.mirror(str(repo), first) == mirror
+    mirror = cache.mirror(str(repo), first, allow_local=True)  # a plain local path works as a URL
+    assert cache.mirror(str(repo), first, allow_local=True) == mirror
     second = commit(repo, {"a.txt": "2\n"}, "two")
 
     workdir = tmp_path / "run"
     workdir.mkdir()
-    cache.checkout(str(repo), second, workdir)
+    cache.checkout(str(repo), second, workdir, allow_local=True)
 
     assert (workdir / "a.txt").read_text() == "2\n"
     assert len(list((tmp_path / "cache" / "git").glob("*.git"))) == 1
@@ -66,7 +66,7 @@ def test_a_commit_the_repository_lacks_is_a_clear_error(repo, tmp_path):
     commit(repo, {"a.txt": "1\n"}, "one")
     cache = SourceCache(tmp_path / "cache")
     with pytest.raises(SourceError, match="is not in"):
-        cache.checkout(f"file://{repo}", "0" * 40, tmp_path)
+        cache.checkout(f"file://{repo}", "0" * 40, tmp_path, allow_local=True)
 
 
 def test_a_sha_that_is_not_a_sha_is_refused_before_git_sees_it(repo, tmp_path):
@@ -76,7 +76,17 @@ def test_a_sha_that_is_not_a_sha_is_refused_before_git_sees_it(repo, tmp_path):
 
 def test_an_unreachable_url_is_a_clear_error(tmp_path):
     with pytest.raises(SourceError, match="git clone failed"):
-        SourceCache(tmp_path / "cache").mirror(f"file://{tmp_path}/nowhere", "a" * 40)
+        SourceCache(tmp_path / "cache").mirror(f"file://{tmp_path}/nowhere", "a" * 40, allow_local=True)
+
+
+@pytest.mark.parametrize("url", ["file://{repo}", "{repo}", "ext::sh -c touch% {marker}"])
+def test_a_local_or_command_source_the_server_did_not_allow_is_never_cloned(repo, tmp_path, url):
+    commit(repo, {"a.txt": "1\n"}, "one")
+    marker = tmp_path / "ran"
+    with pytest.raises(SourceError, match="does not allow local git sources|not allowed"):
+        SourceCache(tmp_path / "cache").mirror(url.format(repo=repo, marker=marker), "a" * 40)
+    assert not marker.exists()
+    assert not list((tmp_path / "cache" / "git").glob("*.git/objects"))
 
 
 def test_without_git_url_or_bundle_the_working_dir_stays_empty(tmp_path):
