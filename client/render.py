@@ -1,5 +1,5 @@
-"""How the CLI shows things: stage lines, log entries, tables, sizes, times
-and progress bars.
+"""How the CLI shows things: stage lines, log entries, tables, times and
+progress bars (sizes and durations are formatted by cast.protocol.units).
 
 On a terminal the output looks like Spell's (✨ stage lines, 💫/🎉/💥
 headers, a live progress bar); piped, the same lines come out plain, without
@@ -12,7 +12,8 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from cast.protocol.units import format_duration
+from cast.protocol.messages import LogStream
+from cast.protocol.units import format_duration, human_size
 
 CAST_MARK, START_MARK, DONE_MARK, FAIL_MARK = "✨", "💫", "🎉", "💥"
 
@@ -42,7 +43,7 @@ class Printer:
         out = []
         for entry in entries:
             text = entry.get("text", "")
-            if entry.get("stream") == "cast" and self.fancy:
+            if entry.get("stream") == LogStream.CAST and self.fancy:
                 out.append(f"{CAST_MARK} {text}\n")
             else:
                 out.append(f"{text}\n")
@@ -78,21 +79,7 @@ def local_time(text: str | None) -> str:
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
-# --- sizes and tables ---------------------------------------------------
-
-def human_size(size: int | float | None) -> str:
-    """6 B, 1.5 KB, 12 MB, 3.4 GB (powers of 1024)."""
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            if unit == "B":
-                return f"{int(value)} B"
-            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
+# --- tables ---------------------------------------------------------------
 
 def table(headers: list[str] | None, rows: list[list[str]], *, right: set[int] = frozenset(), gap: int = 2) -> str:
     """Columns padded to their widest cell; `right` aligns columns to the right."""

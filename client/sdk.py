@@ -8,8 +8,9 @@ because every `cast` invocation imports it and startup time is part of each
 command's latency.
 
     from cast.client.sdk import Client
+    from cast.protocol.messages import RunSpec
     client = Client("http://127.0.0.1:8750", token)
-    run = client.create_run({"command": "python train.py", "pip": ["tqdm"]})
+    run = client.create_run(RunSpec(command="python train.py", pip=["tqdm"]))
     for chunk in client.follow_logs(run["id"]):
         for entry in chunk["entries"]:
             print(entry["text"])
@@ -23,6 +24,8 @@ import socket
 import time
 from typing import Any, Iterable, Iterator
 from urllib.parse import quote, urlencode, urlsplit
+
+from cast.protocol.messages import RunSpec
 
 API_PREFIX = "/api/v1"
 DEFAULT_TIMEOUT = 60.0
@@ -224,9 +227,9 @@ class Client:
 
     # --- runs ----------------------------------------------------------
 
-    def create_run(self, spec: dict) -> dict:
-        """Submit a run; `spec` is a RunCreate (docs/api.md)."""
-        return self._call("POST", "/runs", json_body=spec)
+    def create_run(self, spec: RunSpec, *, labels: list[str] | None = None) -> dict:
+        """Submit a run with these labels; the server fills in the commit and digests."""
+        return self._call("POST", "/runs", json_body=spec.request_body(labels=labels))
 
     def list_runs(self, *, status: list[str] | None = None, label: str | None = None,
                   limit: int | None = None, before: int | None = None) -> dict:

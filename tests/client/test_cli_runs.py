@@ -1,15 +1,20 @@
-"""The core loop through the real `cast` CLI: the transcript of issue 2, the
-read commands (ps, info, logs, ls, with --json), labels, failures, timeouts,
-stop and kill."""
+"""The verbs about runs (cli_runs) through the real `cast` CLI: the transcript
+of issue 2, the read commands (ps, info, logs, with --json), labels, failures,
+timeouts, stop and kill, ^C, and following a log to its end, also across a
+restart of the server."""
 
 from __future__ import annotations
 
 import json
 import signal
 import subprocess
-import time
 
+from tests.conftest import wait_until
 from tests.factories import get_run, log_texts, run_id_of, wait_for_line, wait_status
+
+FOLLOW_LINES = 60
+# Long enough for the worker to keep its lease while the server is down.
+SLOW_LEASE = {"CAST_LEASE_SECONDS": "20"}
 
 
 def test_transcript_run_ls_mount_ps(cli, worker):
@@ -98,16 +103,14 @@ def test_failed_run_exits_with_its_code_and_keeps_outputs(cli, worker):
     assert cli("ls", "runs/1").stdout == "part.txt    8 B\n"
 
 
-def test_timeout_ends_the_run(cli, worker):
-    started = time.monotonic()
+def test_timeout_stops_the_run(cli, worker):
     result = cli("run", "--timeout", "1", "echo begin; sleep 30; echo never")
-    assert time.monotonic() - started < 25
-    assert result.returncode != 0, result
+    assert result.returncode == 1, result
     assert "begin" in result.stdout and "never" not in result.stdout
+    assert result.stdout.splitlines()[-1] == "Run 1 stopped: timed out after 1s"
     run = get_run(worker.server, 1)
-    assert run["status"] in ("failed", "stopped"), run
+    assert run["status"] == "stopped" and run["reason"] == "timed out after 1s", run
     assert run["spec"]["timeout"] == 1
-    assert "timeout" in (run.get("reason") or "").lower() or "timed out" in (run.get("reason") or "").lower(), run
 
 
 def test_background_stop_keeps_outputs_and_kill_drops_them(cli, worker):
@@ -187,3 +190,42 @@ def test_on_a_terminal_lines_carry_the_marks(worker, base_env, tmp_path):
     assert "✨ Run is running" in lines and "hello" in lines
     assert "✨ Building… done" in [line.split(" (")[0] for line in lines]
     assert lines[-2].startswith("🎉 Total run time: ") and lines[-1] == "🎉 Run 1 complete"
+
+
+def test_logs_follow_resumes_after_the_server_restarts(start_server, start_worker, cast_for, base_env, tmp_path):
+    server = start_server(env=SLOW_LEASE)
+    start_worker(server, env=SLOW_LEASE)
+    cast = cast_for(server)
+    run_id = run_id_of(cast("run", "-d", f"for i in $(seq 1 {FOLLOW_LINES}); do echo line$i; sleep 0.1; done"))
+
+    followed = tmp_path / "followed.txt"
+    env = {**base_env, "CAST_SERVER_URL": server.url, "CAST_TOKEN": server.admin_token}
+    with open(followed, "w") as out, open(tmp_path / "follower-stderr.txt", "w") as err:
+        follower = subprocess.Popen(["cast", "logs", "-f", str(run_id)], cwd=tmp_path, env=env, stdout=out, stderr=err)
+    try:
+        wait_until(lambda: "line5\n" in followed.read_text(), timeout=60, what="the follower to print line5")
+        server.stop(signal.SIGKILL)  # cuts the follow stream mid-run
+        restarted = start_server(data_dir=server.data_dir, port=server.port, env=SLOW_LEASE)
+        follower.wait(timeout=120)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    stderr = (tmp_path / "follower-stderr.txt").read_text()
+    assert follower.returncode == 0, stderr
+    assert "reconnecting" in stderr and "Traceback" not in stderr
+
+    assert wait_status(restarted, run_id, "complete")["status"] == "complete"
+    printed = followed.read_text().splitlines()
+    job_lines = [line for line in printed if line.startswith("line")]
+    assert job_lines == [f"line{i}" for i in range(1, FOLLOW_LINES + 1)]
+    # Everything the log holds was printed exactly once, in order, then the outcome.
+    assert printed[: -2] == log_texts(restarted, run_id)
+    assert printed[-1] == f"Run {run_id} complete"
+
+
+def test_run_follows_to_the_end_and_tail_follow_starts_near_the_end(cli, worker):
+    assert cli("run", "for i in 1 2 3 4 5 6; do echo n$i; done").returncode == 0
+    tail = cli("logs", "-f", "--tail", "3", "1")
+    assert tail.returncode == 0
+    assert tail.stdout.splitlines()[:3] == log_texts(worker.server, 1)[-3:]
+    assert tail.stdout.splitlines()[-1] == "Run 1 complete"

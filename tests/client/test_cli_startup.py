@@ -17,7 +17,7 @@ HEAVY = ("pydantic", "yaml", "httpx", "tarfile", "rich", "fastapi", "sqlalchemy"
 def test_the_run_path_imports_nothing_heavy():
     probe = (
         "import sys, json\n"
-        "from cast.client import cli, config, sdk, render, embedded, code\n"
+        "from cast.client import cli, cli_spec, config, sdk, render, embedded, code\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     loaded = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,

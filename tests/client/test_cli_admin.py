@@ -1,6 +1,8 @@
-"""The embedded default: with no CAST_SERVER_URL, the first command starts a
-control plane and worker under CAST_HOME (only one, even when two commands
-start at once), later commands reuse it, and `cast down` stops it."""
+"""The admin verbs (cli_admin). The embedded default: with no CAST_SERVER_URL,
+the first command starts a control plane and worker under CAST_HOME (only one,
+even when two commands start at once), later commands reuse it, and `cast
+down` stops it. The refusals the CLI makes itself before handing over or
+calling the server. (Users and tokens end to end: tests/reliability/test_access.py.)"""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+from tests.client.helpers import assert_one_line_error
 from tests.conftest import wait_until
 
 
@@ -97,3 +100,16 @@ def test_a_lost_server_json_neither_starts_a_second_server_nor_stops_cast_down(b
     finally:
         for pid in _processes_mentioning(str(home)):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_admin_refusals(cli, server):
+    tokens = cli("token", "ls", "--json").json()
+    for args in (["cache"], ["cache", "purge"]):
+        refused = cli(*args)
+        assert_one_line_error(refused, "cast cache needs ls or prune")
+        assert refused.returncode == 2
+    both = cli("token", "create", "--worker", "--user", "admin")
+    assert_one_line_error(both, "--worker tokens belong to no user")
+    assert both.returncode == 2
+    assert_one_line_error(cli("token", "revoke", "999"), "token 999")
+    assert cli("token", "ls", "--json").json() == tokens  # nothing was created

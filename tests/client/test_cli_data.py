@@ -1,6 +1,6 @@
-"""Files through the real CLI: `cast upload` of a file and a folder, mounting
-them in runs, `cast ls` of runs and uploads, and `cast cp` of files and
-folders with their bytes intact."""
+"""The verbs about files (cli_data) through the real CLI: `cast upload` of a file
+and a folder, mounting them in runs, `cast ls` of runs and uploads, and
+`cast cp` of files and folders with their bytes intact."""
 
 from __future__ import annotations
 

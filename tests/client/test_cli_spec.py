@@ -1,6 +1,8 @@
-"""Where a run's code comes from: a git URL pinned to the commit it resolved
-to when submitted, or the local repository sent as a bundle with its
-uncommitted changes (and not sent again); and `--from-file`."""
+"""What `cast run` asks for (cli_spec): where a run's code comes from (a git
+URL pinned to the commit it resolved to when submitted, or the local
+repository sent as a bundle with its uncommitted changes, and not sent again),
+`--from-file` with flags overriding it, and the refusals of bad flags and
+mounts, each one `cast: error:` line, with nothing created."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from tests.client.helpers import assert_one_line_error
-from tests.factories import get_run, log_texts, wait_status
+from tests.factories import get_run, log_texts, run_id_of, wait_status
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
@@ -115,3 +117,52 @@ def test_from_file_options_with_flags_overriding(cli, worker, tmp_path):
     assert_one_line_error(cli("run", "--from-file", "bad.yaml"), "unknown key 'comand'")
     (tmp_path / "broken.yaml").write_text("command: [unclosed\n")
     assert_one_line_error(cli("run", "--from-file", "broken.yaml"), "not valid YAML")
+
+
+def test_mount_refusals(cli, worker):
+    assert cli("run", "echo x > f.txt").returncode == 0
+    running = run_id_of(cli("run", "-d", "sleep 60"))
+    wait_status(worker.server, running, "running")
+    try:
+        refusals = {
+            "runs/99/f.txt": ["99"],  # unknown run (server)
+            f"runs/{running}": [str(running)],  # not finished (server)
+            "runs/1/nope.txt": ["nope.txt"],  # missing path (server)
+            "runs/1/../../../etc": ["'..'"],  # escape
+            "/etc/passwd": ["absolute"],
+            "uploads/none": ["none"],  # unknown upload (server)
+        }
+        for mount, needles in refusals.items():
+            assert_one_line_error(cli("run", "-m", mount, "true"), *needles)
+        assert_one_line_error(cli("run", "-m", "runs/1/f.txt:x", "-m", "runs/1:x", "true"), "two mounts on one path")
+        assert_one_line_error(cli("run", "-m", "runs/1/f.txt:a", "-m", "runs/1:a/b", "true"), "overlap")
+        # Nothing was created by the refused submissions.
+        assert [r["id"] for r in cli("ps", "--json").json()] == [running, 1]
+    finally:
+        cli("kill", str(running))
+
+
+def test_flag_refusals(cli, server):
+    cases = [
+        (["-t", "tpu"], "machine type"),
+        (["-t", "gpu:99"], "between 1 and 16"),
+        (["-e", "NOVALUE"], "NAME=VALUE"),
+        (["-e", "1BAD=x"], "not valid"),
+        (["--pip", "tqdm; rm -rf /"], "not a package requirement"),
+        (["--pip", "--index-url=http://evil"], "not a package requirement"),
+        (["--apt", "bad pkg"], "Debian package"),
+        (["--label", "no spaces"], "label"),
+        (["--timeout", "soon"], "--timeout 'soon' must be seconds"),
+        (["--timeout", "0"], "--timeout '0' must be more than zero"),
+        (["--commit-ref", "main"], "--commit-ref needs --github-url"),
+        (["--retries", "20"], "between 0 and 10"),
+        (["--pip-req", "missing.txt"], "missing.txt"),
+    ]
+    for flags, needle in cases:
+        result = cli("run", *flags, "true")
+        assert_one_line_error(result, needle)
+        assert result.returncode == 2
+    assert_one_line_error(cli("run"), "no command")
+    assert_one_line_error(cli("run", "-d", "--bogus", "true"), "--bogus")
+    assert_one_line_error(cli("nonsense"), "nonsense")
+    assert cli("ps", "--json").json() == []

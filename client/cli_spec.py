@@ -1,0 +1,156 @@
+"""What `cast run` asks for: its flags and `--from-file` YAML turned into a RunSpec.
+
+Owns: the YAML file's keys, flags overriding the file, every part checked with
+cast.protocol's validators (so that bad input fails before anything is sent),
+and the local repository's code attached when no git URL is given.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from cast.protocol.messages import MountSpec, RunSpec
+
+from .cli_common import UsageProblem
+
+RUN_FILE_KEYS = {
+    "command", "github_url", "git_url", "commit_ref", "pip", "pip_req", "apt", "docker_image",
+    "mount", "mounts", "machine_type", "env", "label", "labels", "timeout", "retries", "background",
+}
+
+
+def _as_list(value, key: str) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (str, int, float)):
+        return [str(value)]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise UsageProblem(f"{key} must be a string or a list")
+
+
+def _as_list_env(value) -> list[str]:
+    if isinstance(value, dict):
+        return [f"{k}={'' if v is None else v}" for k, v in value.items()]
+    return [str(v) for v in _as_list(value, "env")]
+
+
+def load_run_file(path: str) -> dict:
+    """The run options in a YAML file, keys as the flags (`-` or `_`)."""
+    import yaml
+
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle)
+    except OSError as exc:
+        raise UsageProblem(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UsageProblem(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageProblem(f"{path} must hold a mapping of run options (command, pip, mount, ...)")
+    options = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in RUN_FILE_KEYS:
+            raise UsageProblem(f"{path}: unknown key {key!r} (known: {', '.join(sorted(RUN_FILE_KEYS))})")
+        options[{"git_url": "github_url", "mounts": "mount", "labels": "label"}.get(name, name)] = value
+    if "pip_req" in options and options["pip_req"] is not None:
+        options["pip_req"] = str(Path(path).parent / str(options["pip_req"]))
+    return options
+
+
+def _git_url(value: str) -> str:
+    """A local path made absolute; URLs (https, ssh, file://, user@host:path) kept."""
+    import re
+
+    if "://" in value or re.match(r"^[\w.-]+@[\w.-]+:", value):
+        return value
+    return str(Path(value).expanduser().absolute())
+
+
+def _timeout(value) -> float:
+    from cast.protocol.units import parse_duration
+
+    try:
+        return parse_duration(value, what="--timeout")
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+def _retries(value) -> int:
+    try:
+        retries = int(value)
+    except (TypeError, ValueError):
+        raise UsageProblem(f"--retries {value!r} must be a whole number") from None
+    if not 0 <= retries <= 10:
+        raise UsageProblem(f"--retries {retries} must be between 0 and 10")
+    return retries
+
+
+def build_spec(command: tuple[str, ...], file_options: dict, flags: dict) -> tuple[RunSpec, list[str], bool]:
+    """The run's spec, its labels and whether to leave it in the background,
+    from the YAML file's options overridden by flags."""
+    import shlex
+
+    from cast.protocol.validate import (parse_env, parse_machine_type, parse_mount, validate_apt_package,
+                                        validate_label, validate_mounts, validate_pip_spec)
+
+    given = {key: value for key, value in flags.items() if value not in (None, ())}
+    options = {**file_options, **given}
+    if "env" in file_options and "env" in given:
+        options["env"] = [*_as_list_env(file_options["env"]), *given["env"]]
+
+    text = (command[0] if len(command) == 1 else shlex.join(command)) if command else options.get("command")
+    if not text or not str(text).strip():
+        raise UsageProblem('no command given: cast run [OPTIONS] "COMMAND"')
+    spec = RunSpec(command=str(text))
+
+    if options.get("github_url"):
+        spec.git_url = _git_url(str(options["github_url"]))
+    if options.get("commit_ref"):
+        if spec.git_url is None:
+            raise UsageProblem("--commit-ref needs --github-url (the code of a local repository is sent as it is)")
+        spec.commit_ref = str(options["commit_ref"])
+    spec.pip = [validate_pip_spec(str(p)) for p in _as_list(options.get("pip"), "pip")]
+    if options.get("pip_req"):
+        try:
+            spec.pip_req = Path(options["pip_req"]).read_text()
+        except OSError as exc:
+            raise UsageProblem(f"cannot read --pip-req {options['pip_req']}: {exc.strerror}") from None
+    spec.apt = [validate_apt_package(str(a)) for a in _as_list(options.get("apt"), "apt")]
+    if options.get("docker_image"):
+        spec.docker_image = str(options["docker_image"])
+    mounts = []
+    for item in _as_list(options.get("mount"), "mount"):
+        if isinstance(item, dict):
+            item = f"{item.get('resource', '')}" + (f":{item['path']}" if item.get("path") else "")
+        mounts.append(parse_mount(str(item)))
+    validate_mounts(mounts)
+    spec.mounts = [MountSpec(resource=m.resource, path=m.path) for m in mounts]
+    spec.machine_type = str(options.get("machine_type") or "cpu")
+    parse_machine_type(spec.machine_type)
+    spec.env = dict(parse_env(str(e)) for e in _as_list_env(options.get("env")))
+    labels = [validate_label(str(label)) for label in _as_list(options.get("label"), "label")]
+    if options.get("timeout") is not None:
+        spec.timeout = _timeout(options["timeout"])
+    if options.get("retries") is not None:
+        spec.retries = _retries(options["retries"])
+    return spec, labels, bool(options.get("background"))
+
+
+def attach_code(client, spec: RunSpec) -> None:
+    """Without --github-url, send the repository around the current folder."""
+    from .code import bundle_chunks, bundle_for
+
+    bundle = bundle_for(Path.cwd())
+    if bundle is None:
+        return
+    if client.has_code(bundle.key):
+        sys.stderr.write(f"The code of {bundle.describe()} is already on the server\n")
+    else:
+        sys.stderr.write(f"Sending the code of {bundle.describe()}\n")
+        client.put_code(bundle.key, bundle_chunks(bundle))
+    spec.code_bundle = bundle.key
