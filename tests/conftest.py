@@ -23,6 +23,22 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
+# Generous, so that a busy machine's stall never costs a run its lease; tests of
+# lease expiry ask for SHORT_LEASE_SECONDS with @pytest.mark.short_lease.
+LEASE_SECONDS = 30
+SHORT_LEASE_SECONDS = 5
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", f"short_lease: the test's servers lease runs for {SHORT_LEASE_SECONDS} s, not {LEASE_SECONDS} s")
+
+
+def lease_env(node) -> dict:
+    """CAST_LEASE_SECONDS for the processes of a test (or module) `node`."""
+    short = node.get_closest_marker("short_lease") is not None
+    return {"CAST_LEASE_SECONDS": str(SHORT_LEASE_SECONDS if short else LEASE_SECONDS)}
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -129,12 +145,12 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def base_env(tmp_path) -> dict:
+def base_env(tmp_path, request) -> dict:
     """The environment every process of a test gets: its own CAST_HOME, no
-    server from the developer's shell."""
+    server from the developer's shell, the test's lease length."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAST_")}
     env["CAST_HOME"] = str(tmp_path / "home")
-    env["CAST_LEASE_SECONDS"] = "2"
+    env.update(lease_env(request.node))
     env["PYTHONUNBUFFERED"] = "1"
     env["CAST_ALLOW_LOCAL_GIT"] = "1"  # the tests' repositories are local; their refusal is tested on its own
     return env

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CliResult, ServerProcess, WorkerProcess, free_port
+from tests.conftest import CliResult, ServerProcess, WorkerProcess, free_port, lease_env
 from tests.reliability.helpers import CuttableProxy
 # Session fixtures shared with the Docker executor's tests: the engine, the
 # offline base image, and a repository for environment images removed at the end.
@@ -32,11 +32,11 @@ def module_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def module_env(module_dir) -> dict:
+def module_env(module_dir, request) -> dict:
     """As `base_env`, for the module's processes."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAST_")}
     env["CAST_HOME"] = str(module_dir / "home")
-    env["CAST_LEASE_SECONDS"] = "2"
+    env.update(lease_env(request.node))
     env["PYTHONUNBUFFERED"] = "1"
     env["CAST_ALLOW_LOCAL_GIT"] = "1"
     return env

@@ -8,15 +8,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import time
+import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
-import httpx
+from sqlalchemy import event
 
-from tests.conftest import wait_until
-from tests.factories import FINAL, submit
+from cast.server.app import create_app
+from cast.server.settings import Settings
+from tests.conftest import SHORT_LEASE_SECONDS, wait_until
+from tests.factories import FINAL
+from tests.server.conftest import in_process_api
 
 RUNS = 500
 CLIENTS = 20
@@ -76,31 +79,43 @@ def test_twenty_cast_run_processes_at_once_get_distinct_gap_free_numbers(server,
     assert sorted(ids) == list(range(1, CLIENTS + 1))
 
 
-def test_a_status_report_held_up_by_the_write_lock_does_not_cut_short_a_newer_lease(server):
+def test_a_status_report_held_up_by_the_write_lock_does_not_cut_short_a_newer_lease(tmp_path):
     """A worker's report reads the clock, then waits for SQLite's write lock
     (which a busy server's other writers hold); a heartbeat that got the lock
     first has already moved the lease's end further. Once the report lands,
     the lease must still end at the heartbeat's time, not at the report's
-    older one, or the reaper takes the live run for a lost one."""
-    worker = httpx.Client(base_url=f"{server.url}/api/v1", timeout=30,
-                          headers={"Authorization": f"Bearer {server.worker_token}"})
-    with server.api() as api, worker:
-        run_id = submit(api, "true")
-        worker_id = worker.post("/workers", json={"name": "w", "executor": "local"}).json()["id"]
-        token = worker.post(f"/workers/{worker_id}/lease", json={"free_gpus": 0, "wait": 0}).json()["lease_token"]
-        other_writer = sqlite3.connect(server.data_dir / "cast.db", isolation_level=None, timeout=30)
+    older one, or the reaper takes the live run for a lost one.
+
+    In-process, so the test sees the report reach BEGIN IMMEDIATE (its clock
+    already read) and writes the heartbeat only then."""
+    settings = Settings(data_dir=tmp_path / "data", lease_seconds=SHORT_LEASE_SECONDS)
+    app = create_app(settings)
+    api = in_process_api(app, settings)
+    run_id = api.create_run()["id"]
+    token = api.lease(api.register())["lease_token"]
+    waiting_for_the_lock = threading.Event()
+
+    def on_statement(_connection, _cursor, statement, *_):
+        if statement == "BEGIN IMMEDIATE":
+            waiting_for_the_lock.set()
+
+    other_writer = sqlite3.connect(settings.database_file, isolation_level=None, timeout=30)
+    try:
         other_writer.execute("BEGIN IMMEDIATE")
-        report = ThreadPoolExecutor(1).submit(
-            worker.post, f"/runs/{run_id}/status", json={"lease_token": token, "status": "mounting"})
-        time.sleep(1.0)  # the report has read the clock and waits for the lock
-        # The heartbeat's write, as the server makes it: the lease ends 3 s from now.
-        later = (datetime.now(timezone.utc) + timedelta(seconds=3)).replace(tzinfo=None)
-        other_writer.execute("UPDATE runs SET lease_expires_at = ? WHERE id = ?",
-                             (later.strftime("%Y-%m-%d %H:%M:%S.%f"), run_id))
-        other_writer.execute("COMMIT")
+        event.listen(app.state.database.engine, "before_cursor_execute", on_statement)
+        with ThreadPoolExecutor(1) as pool:
+            report = pool.submit(api.report, run_id, token, "mounting")
+            assert waiting_for_the_lock.wait(120), "the report never reached the write lock"
+            # The heartbeat's write, as the server makes it, far past the report's end.
+            heartbeat_end = (datetime.now(timezone.utc) + timedelta(minutes=10)).replace(tzinfo=None)
+            other_writer.execute("UPDATE runs SET lease_expires_at = ? WHERE id = ?",
+                                 (heartbeat_end.strftime("%Y-%m-%d %H:%M:%S.%f"), run_id))
+            other_writer.execute("COMMIT")
+            assert report.result(120).status_code == 200
+        [(status, stored)] = other_writer.execute(
+            "SELECT status, lease_expires_at FROM runs WHERE id = ?", (run_id,)).fetchall()
+    finally:
         other_writer.close()
-        assert report.result().status_code == 200
-        # Past the end the report computed (about 2 s after it began), well
-        # before the heartbeat's; the reaper looks every half second.
-        time.sleep(2.2)
-        assert api.get(f"/runs/{run_id}").json()["status"] == "mounting"
+        app.state.database.dispose()
+    assert status == "mounting"
+    assert datetime.fromisoformat(stored) == heartbeat_end, "the report moved the lease's end back"

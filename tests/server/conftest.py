@@ -123,7 +123,7 @@ def _in_process(app, token: str) -> TestClient:
 
 @pytest.fixture
 def live(server) -> Api:
-    """The real server subprocess (CAST_LEASE_SECONDS=2)."""
+    """The real server subprocess (the lease of tests/conftest.py: short under @pytest.mark.short_lease)."""
     api = Api(_client(f"{server.url}/api/v1", server.admin_token), _client(f"{server.url}/api/v1", server.worker_token))
     yield api
     api.user.close()
