@@ -63,6 +63,9 @@ class Worker(Base):
     memory: Mapped[int] = mapped_column(BigInteger, default=0)
     gpus: Mapped[list] = mapped_column(JSON, default=list)
     max_runs: Mapped[int] = mapped_column(Integer, default=1)
+    # Whether its runs cannot see the host (a container, or the local executor's
+    # sandbox); a multi-user server leases to an unsandboxed worker only if allowed.
+    sandboxed: Mapped[bool] = mapped_column(Boolean, default=False)
     registered_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 

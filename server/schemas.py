@@ -250,6 +250,7 @@ class WorkerRegister(_In):
     memory: int = Field(default=0, ge=0, le=2**62)
     gpus: list[Annotated[int, Field(ge=0, le=1024)]] = Field(default_factory=list, max_length=1024)
     max_runs: int = Field(default=1, ge=1, le=10_000)
+    sandboxed: bool = False  # a worker that does not say so is taken as unsandboxed
 
 
 class WorkerRegistered(BaseModel):

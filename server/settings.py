@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     # that never carries out a stop or kill, still heartbeats).
     stage_timeout_seconds: float = Field(default=1800.0, gt=0)
     halt_timeout_seconds: float = Field(default=300.0, gt=0)  # stopping, killing
+    # Lease runs to workers whose runs are not sandboxed (local executor without
+    # bubblewrap) even when more than one user exists: they could read each
+    # other's runs and the server's files. A one-user server always does.
+    allow_unsandboxed_workers: bool = False
     # The embedded mode's worker (`up`): auto = docker when a Docker engine answers and has the base image, else local.
     executor: Literal["auto", "local", "docker"] = "auto"
 

@@ -309,7 +309,7 @@ class Agent:
     def _register(self) -> None:
         answer = with_retries(lambda: self.client.register(
             name=self.name, executor=self.executor.name, cpus=cpu_count(), memory=memory_bytes(),
-            gpus=self.gpu_pool.all, max_runs=self.max_runs,
+            gpus=self.gpu_pool.all, max_runs=self.max_runs, sandboxed=self.executor.sandboxed,
         ), should_continue=lambda: not self.stopping.is_set())
         self.worker_id = answer["id"]
         log.info("worker %s registered as %s (executor %s, %d slots, GPUs %s)", self.name, self.worker_id,

@@ -130,10 +130,10 @@ class ServerClient:
     # --- worker registration and leases -----------------------------------
 
     def register(self, *, name: str, executor: str, cpus: int, memory: int, gpus: list[int],
-                 max_runs: int) -> dict:
+                 max_runs: int, sandboxed: bool) -> dict:
         return self._request("POST", "/workers", json={
             "name": name, "executor": executor, "cpus": cpus, "memory": memory,
-            "gpus": gpus, "max_runs": max_runs,
+            "gpus": gpus, "max_runs": max_runs, "sandboxed": sandboxed,
         }).json()
 
     def lease(self, worker_id: str, *, free_gpus: int, wait: float) -> Lease | None:

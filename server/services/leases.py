@@ -52,7 +52,8 @@ def claim_next(session: Session, *, worker: Worker, free_gpus: int, settings: Se
     now = utcnow()
     return runs.switch_status(
         session, run=oldest, to=S.BUILDING, must=False,
-        note=lambda r: f"{worker.executor}, {RunSpec.from_dict(r.spec).machine_type}",
+        note=lambda r: f"{worker.executor}, {RunSpec.from_dict(r.spec).machine_type}"
+                       + ("" if worker.sandboxed else ", NOT sandboxed"),
         values={
             "lease_token": secrets.token_hex(16), "lease_expires_at": now + timedelta(seconds=settings.lease_seconds),
             "worker_id": worker.id, "worker_name": worker.name, "executor": worker.executor,
@@ -100,6 +101,7 @@ def resolve_mount_source(session: Session, *, resource: str, settings: Settings)
 def _claim(database: Database, *, worker_id: str, free_gpus: int, settings: Settings, storage_id: str) -> Lease | None:
     with database.transaction() as session:
         worker = workers.get(session, worker_id=worker_id)
+        workers.check_may_lease(session, worker=worker, settings=settings)
         workers.seen(session, worker=worker)
         run = claim_next(session, worker=worker, free_gpus=free_gpus, settings=settings)
     if run is None:

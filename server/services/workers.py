@@ -1,14 +1,17 @@
-"""Workers: registration and the record of when each was last heard from (the caller commits)."""
+"""Workers: registration, the record of when each was last heard from, and
+whether one may be leased runs (the caller commits)."""
 
 from __future__ import annotations
 
 import secrets
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from cast.server.errors import WorkerNotFound
-from cast.server.models import Worker, utcnow
+from cast.server.errors import Forbidden, WorkerNotFound
+from cast.server.models import User, Worker, utcnow
 from cast.server.schemas import WorkerRegister
+from cast.server.settings import Settings
 
 
 def register(session: Session, *, body: WorkerRegister) -> Worker:
@@ -27,3 +30,17 @@ def get(session: Session, *, worker_id: str) -> Worker:
 
 def seen(session: Session, *, worker: Worker) -> None:
     worker.last_seen_at = utcnow()
+
+
+def check_may_lease(session: Session, *, worker: Worker, settings: Settings) -> None:
+    """Forbidden for a worker whose runs are not sandboxed while more than one
+    user exists: one user's run could read another's runs and this server's
+    files. Allowed where the operator said so, and always on a one-user server."""
+    if worker.sandboxed or settings.allow_unsandboxed_workers:
+        return
+    if session.scalar(select(func.count()).select_from(User)) > 1:
+        raise Forbidden(
+            f"worker {worker.name!r} runs its runs unsandboxed and this server has more than one user: install "
+            "bubblewrap on the worker or use the docker executor, or set CAST_ALLOW_UNSANDBOXED_WORKERS=1 "
+            "on the server to allow it"
+        )

@@ -97,6 +97,7 @@ class RunningProcess(abc.ABC):
 
 class Executor(abc.ABC):
     name: str  # "local" or "docker"
+    sandboxed = True  # runs see nothing of the host they were not given (False: the local executor without bwrap)
 
     @abc.abstractmethod
     def build(self, job: Job, log: LogSink) -> BuildResult:
