@@ -156,20 +156,20 @@ def ps(statuses, label, limit, as_json) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 def info(run_id, as_json) -> int:
     """Show a run: its spec, stages with durations, and outcome."""
+    from cast.protocol.messages import RunSpec
     from cast.protocol.validate import looks_secret
 
     run = _client().get_run(run_id)
-    run["spec"]["env"] = {name: ("****" if looks_secret(name) else value)
-                          for name, value in (run["spec"].get("env") or {}).items()}
+    spec = RunSpec.from_dict(run["spec"])
+    spec.env = {name: ("****" if looks_secret(name) else value) for name, value in spec.env.items()}
+    run["spec"]["env"] = spec.env  # --json prints the server's run, masked too
     if as_json:
         print_json(run)
         return 0
-    from cast.protocol.messages import RunSpec
     from cast.protocol.units import format_duration
 
     from .render import local_time, run_duration, table
 
-    spec = RunSpec.from_dict(run["spec"])
     if spec.git_url:
         code = f"{spec.git_url} @ {spec.commit_ref or 'HEAD'} ({(spec.commit_sha or '?')[:12]})"
     elif spec.code_bundle:
