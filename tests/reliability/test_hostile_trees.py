@@ -1,0 +1,356 @@
+"""What a run leaves in its working dir is hostile ground (issue 10, findings 1,
+4, 5, 6 and 8): links out of the run, FIFOs, names the server cannot store,
+chains of folders past PATH_MAX, hardlinks and sparse files. Each is a real
+run through the real CLI, server and worker; the worker never follows a link
+while cleaning up, saves or names every entry, removes the tree and takes the
+next run. Then a property test: hypothesis builds hostile trees and the
+worker's save and cleanup (the very functions the agent calls, feeding the
+server's own tar extraction) hold for each.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shlex
+import stat
+import tarfile
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cast.protocol.names import name_problem, printable
+from cast.server.errors import BadRequest
+from cast.server.services import storage
+from cast.worker.fsops import remove_tree
+from cast.worker.outputs import Outputs, snapshot
+from tests.conftest import wait_until
+from tests.factories import log_texts, output_paths, run_id_of, submit, wait_final
+
+BOUND = 300  # seconds: only guards against a hang
+
+
+def _modes_and_contents(root: Path) -> dict[str, tuple[int, bytes | None]]:
+    found = {".": (os.lstat(root).st_mode, None)}
+    for path in sorted(root.rglob("*")):
+        info = os.lstat(path)
+        found[str(path.relative_to(root))] = (info.st_mode, path.read_bytes() if stat.S_ISREG(info.st_mode) else None)
+    return found
+
+
+def _canary(root: Path) -> Path:
+    """Host folders no run may change: a private one, a sticky one, a file."""
+    (root / "private" / "inner").mkdir(parents=True)
+    (root / "private" / "secret.txt").write_text("secret\n")
+    os.chmod(root / "private" / "secret.txt", 0o600)
+    os.chmod(root / "private" / "inner", 0o700)
+    os.chmod(root / "private", 0o700)
+    (root / "sticky").mkdir()
+    os.chmod(root / "sticky", 0o1777)
+    (root / "file.txt").write_text("host file\n")
+    os.chmod(root / "file.txt", 0o640)
+    return root
+
+
+def _cleaned_up(worker) -> None:
+    """The worker removes a run's working dir after its final status."""
+    wait_until(lambda: not any((worker.work_dir / "runs").iterdir()), timeout=BOUND, what="the working dir removed")
+
+
+# --- finding 1: the worker follows a run's symlinks as root -------------------------
+
+@pytest.mark.parametrize("executor", ["local", "docker"])
+def test_cleanup_never_follows_a_runs_links_to_host_folders_or_stored_outputs(
+        executor, server, start_worker, docker_env, tmp_path):
+    worker = start_worker(server, executor=executor, env=docker_env if executor == "docker" else None)
+    canary = _canary(tmp_path / "canary")
+    with server.api() as api:
+        first = submit(api, "mkdir out && echo kept > out/kept.txt")
+        assert wait_final(api, first, timeout=BOUND)["status"] == "complete"
+        stored = server.data_dir / "runs" / str(first)
+        sealed = _modes_and_contents(stored)
+        before = _modes_and_contents(canary)
+        command = " && ".join([
+            f"ln -s {shlex.quote(str(canary / 'private'))} to-private",
+            f"ln -s {shlex.quote(str(canary / 'sticky'))} to-sticky",
+            f"ln -s {shlex.quote(str(canary / 'file.txt'))} to-file",
+            f"ln -s {shlex.quote(str(stored))} to-stored",
+            "mkdir -p locked/deeper && touch locked/deeper/x && chmod 000 locked/deeper locked",
+        ])
+        run = submit(api, command, mounts=[{"resource": f"runs/{first}", "path": "mounted"}])
+        assert wait_final(api, run, timeout=BOUND)["status"] == "complete", log_texts(api, run)
+        lines = log_texts(api, run, "cast")
+    _cleaned_up(worker)
+
+    assert _modes_and_contents(canary) == before
+    assert _modes_and_contents(stored) == sealed
+    for name in ["to-private", "to-sticky", "to-file", "to-stored"]:
+        assert f"not saved: {name}: a symbolic link (links are not followed)" in lines
+
+
+# --- finding 4: outputs lost without a word past PATH_MAX ---------------------------
+
+DEEP_TREE = (
+    "import os\n"
+    "open('top.txt', 'w').write('top')\n"
+    "for _ in range(25):\n"
+    "    os.mkdir('d' * 200); os.chdir('d' * 200)\n"
+    "open('bottom.txt', 'w').write('bottom')\n"
+    "os.chmod('.', 0o500)\n"
+)
+
+
+def test_a_tree_deeper_than_path_max_is_named_removed_and_the_worker_goes_on(server, start_worker):
+    worker = start_worker(server)
+    with server.api() as api:
+        deep = submit(api, f"python3 -c {shlex.quote(DEEP_TREE)}")
+        assert wait_final(api, deep, timeout=BOUND)["status"] == "complete"
+        lines = log_texts(api, deep, "cast")
+        assert output_paths(api, deep) == ["top.txt"]
+        bottom_path = "/".join(["d" * 200] * 25 + ["bottom.txt"])
+        bottom = [line for line in lines if line.endswith(f"bottom.txt: its path is {len(bottom_path)} bytes long; "
+                                                           "the server stores paths of at most 1024 bytes")]
+        assert len(bottom) == 1 and bottom[0].startswith("not saved: dddd"), lines
+        _cleaned_up(worker)
+        after = submit(api, "echo next > next.txt")
+        assert wait_final(api, after, timeout=BOUND)["status"] == "complete"
+        assert output_paths(api, after) == ["next.txt"]
+
+
+def test_a_worker_starts_cleanly_whatever_a_dead_worker_left_behind(server, start_worker):
+    worker = start_worker(server, name="same")
+    with server.api() as api:
+        leftover = submit(api, f"python3 -c {shlex.quote(DEEP_TREE)} && mkfifo pipe && "
+                               "mkdir -p odd/inner && chmod 000 odd/inner odd && echo ready && sleep 600")
+        wait_until(lambda: "ready" in log_texts(api, leftover, "stdout"), timeout=BOUND, what="the tree made")
+        worker.stop(9)
+        assert any((worker.work_dir / "runs").iterdir())  # left behind, deep tree and all
+
+        again = start_worker(server, name="same")
+        assert again.work_dir == worker.work_dir
+        after = submit(api, "echo next > next.txt")
+        assert wait_final(api, after, timeout=BOUND)["status"] == "complete", again.log_path.read_text()[-3000:]
+    assert [p.name for p in (worker.work_dir / "runs").iterdir()] == []
+
+
+# --- finding 5: a FIFO wedges the worker --------------------------------------------
+
+def test_a_fifo_among_the_outputs_is_named_and_never_opened(server, worker):
+    with server.api() as api:
+        run = submit(api, "mkfifo out.bin && python3 -c 'import socket; socket.socket(socket.AF_UNIX).bind(\"sock\")'"
+                          " && echo data > real.txt")
+        assert wait_final(api, run, timeout=BOUND)["status"] == "complete"
+        assert output_paths(api, run) == ["real.txt"]
+        lines = log_texts(api, run, "cast")
+    assert "not saved: out.bin: a FIFO (never opened)" in lines
+    assert "not saved: sock: a socket (never opened)" in lines
+
+
+# --- findings 3 and 8: names the server cannot store --------------------------------
+
+def test_names_the_server_cannot_store_are_named_and_the_rest_is_saved(server, worker):
+    with server.api() as api:
+        run = submit(api, "touch $'bad\\xffutf8' $'new\\nline' good.txt && mkdir $'dir\\xfe' && touch $'dir\\xfe/in.txt'")
+        assert wait_final(api, run, timeout=BOUND)["status"] == "complete", log_texts(api, run)
+        assert output_paths(api, run) == ["good.txt"]
+        lines = log_texts(api, run, "cast")
+    assert r"not saved: bad\xffutf8: its name is not valid UTF-8" in lines
+    assert r"not saved: new\nline: its name holds a control character (a newline, a tab, ...)" in lines
+    assert r"not saved: dir\xfe: a folder, and its name is not valid UTF-8" in lines
+    assert r"not saved: dir\xfe/in.txt: its name is not valid UTF-8" in lines
+
+
+def _tar_of(names: list[bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tar:
+        for name in names:
+            info = tarfile.TarInfo(os.fsdecode(name))
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    (b"bad\xffutf8.txt", r"'bad\xffutf8.txt' cannot be stored: its name is not valid UTF-8"),
+    (b"new\nline.txt", r"'new\nline.txt' cannot be stored: its name holds a control character"),
+    (b"x" * 300, "cannot be stored: a part of its name is longer than 255 bytes"),
+    (b"/".join([b"d" * 200] * 6), "cannot be stored: its path is 1205 bytes long"),
+])
+def test_an_upload_tar_holding_a_name_the_server_cannot_store_is_refused_by_name(server, name, why):
+    with server.api() as api:
+        response = api.put("/uploads/hostile", params={"kind": "dir"}, content=_tar_of([b"fine.txt", name]))
+        assert response.status_code == 400, response.text
+        assert why in response.json()["detail"]
+        assert api.get("/uploads/hostile").status_code == 404  # nothing half-stored
+
+
+def test_every_name_the_server_stores_can_be_listed_copied_downloaded_and_mounted(cli, worker, server, tmp_path):
+    names = ["with space.txt", "ünï cödé.txt", "per%cent.txt", "hash#frag.txt", "q?uery.txt", "back\\slash.txt",
+             "colon:name.txt", "-dash.txt", "star*.txt", "quote'\"s.txt", "semi;colon.txt", "tilde~.txt"]
+    script = f"import json\nfor n in json.loads({json.dumps(json.dumps(names))}): open(n, 'w').write('content of ' + n)"
+    made = cli("run", f"python3 -c {shlex.quote(script)}")
+    assert made.returncode == 0, made.stderr
+    run = run_id_of(made)
+
+    assert output_paths(server, run) == sorted(names)
+    listed = cli("ls", f"runs/{run}", "--json")
+    assert sorted(entry["name"] for entry in listed.json()) == sorted(names)
+    with server.api() as api:
+        for name in names:
+            response = api.get(f"/runs/{run}/outputs/{urllib.parse.quote(name, safe='')}")
+            assert response.status_code == 200 and response.content == f"content of {name}".encode(), name
+    for index, name in enumerate(names):
+        copied = cli("cp", f"runs/{run}/{name}", f"copy{index}")
+        assert copied.returncode == 0, copied.stderr
+        assert (tmp_path / f"copy{index}").read_text() == f"content of {name}"
+    mounted = cli("run", "--mount", f"runs/{run}:in", "for f in in/*; do printf '%s=' \"$f\"; cat \"$f\"; echo; done")
+    assert mounted.returncode == 0, mounted.stderr
+    assert sorted(line for line in mounted.stdout.splitlines() if line.startswith("in/")) == sorted(
+        f"in/{name}=content of {name}" for name in names)
+
+
+# --- finding 6: hardlinks and sparse files -------------------------------------------
+
+def test_hardlinks_are_saved_as_their_content(server, worker):
+    with server.api() as api:
+        run = submit(api, "echo shared > a.txt && ln a.txt b.txt && mkdir sub && ln a.txt sub/c.txt")
+        assert wait_final(api, run, timeout=BOUND)["status"] == "complete"
+        assert output_paths(api, run) == ["a.txt", "b.txt", "sub/c.txt"]
+        for path in ["a.txt", "b.txt", "sub/c.txt"]:
+            assert api.get(f"/runs/{run}/outputs/{path}").content == b"shared\n"
+
+
+def test_a_sparse_file_is_saved_at_its_full_length_and_counts_so_against_the_cap(start_server, start_worker):
+    server = start_server(env={"CAST_MAX_OUTPUT_BYTES": str(48 * 1024 * 1024)})
+    start_worker(server)
+    with server.api() as api:
+        fits = submit(api, "truncate -s 32M sparse.bin && printf end >> sparse.bin && du -k sparse.bin")
+        assert wait_final(api, fits, timeout=BOUND)["status"] == "complete"
+        used_kib = int(log_texts(api, fits, "stdout")[0].split()[0])
+        assert used_kib < 1024  # sparse on the worker's disk
+        files = api.get(f"/runs/{fits}/outputs").json()["files"]
+        assert [(f["path"], f["size"]) for f in files] == [("sparse.bin", 32 * 1024 * 1024 + 3)]
+        with api.stream("GET", f"/runs/{fits}/outputs/sparse.bin") as response:
+            body = b"".join(response.iter_bytes())
+        assert body == bytes(32 * 1024 * 1024) + b"end"
+
+        too_big = submit(api, "truncate -s 1G huge.bin")
+        run = wait_final(api, too_big, timeout=BOUND)
+    assert run["status"] == "failed"
+    assert f"the output of run {too_big} exceeds the limit of {48 * 1024 * 1024} bytes" in run["reason"]
+
+
+# --- the property: any hostile tree ---------------------------------------------------
+
+NAME_PARTS = st.sampled_from([
+    b"plain", b"with space", b"\xff\xfe", b"new\nline", b"tab\there", b"x" * 255, b"\xc3\xa9t\xc3\xa9",
+    b"-dash", b"dot.", b"UPPER",
+])
+KINDS = ["file", "dir", "link_out_file", "link_out_dir", "link_dangling", "fifo", "socket", "hardlink_host",
+         "sparse", "deep"]
+
+
+@st.composite
+def trees(draw) -> list[tuple[bytes, str]]:
+    """Entries (relative path as bytes, kind), parents before children, unique paths."""
+    entries: list[tuple[bytes, str]] = []
+    folders = [b""]
+    used: set[bytes] = set()
+    for _ in range(draw(st.integers(1, 12))):
+        parent = draw(st.sampled_from(folders))
+        base = draw(NAME_PARTS) + b"-%d" % len(entries)
+        base = base[-255:]  # a component stays within the filesystem's limit
+        path = parent + b"/" + base if parent else base
+        if path in used:
+            continue
+        used.add(path)
+        kind = draw(st.sampled_from(KINDS))
+        entries.append((path, kind))
+        if kind == "dir":
+            folders.append(path)
+    return entries
+
+
+def _build(work: Path, canary: Path, entries: list[tuple[bytes, str]]) -> dict[str, str]:
+    """Make the tree; the path (as os functions name it) → what it is."""
+    made: dict[str, str] = {}
+    for raw, kind in entries:
+        target = Path(os.fsdecode(bytes(work) + b"/" + raw))
+        if kind == "file":
+            target.write_bytes(raw)
+        elif kind == "dir":
+            target.mkdir()
+        elif kind == "link_out_file":
+            target.symlink_to(canary / "file.txt")
+        elif kind == "link_out_dir":
+            target.symlink_to(canary / "private")
+        elif kind == "link_dangling":
+            target.symlink_to(canary / "missing")
+        elif kind == "fifo":
+            os.mkfifo(target)
+        elif kind == "socket":  # what bind() leaves (whose path length is capped at 108 bytes)
+            os.mknod(target, stat.S_IFSOCK | 0o755)
+        elif kind == "hardlink_host":
+            os.link(canary / "file.txt", target)
+        elif kind == "sparse":
+            with open(target, "wb") as handle:
+                handle.seek(1024 * 1024)
+                handle.write(b"end")
+        elif kind == "deep":
+            target.mkdir()
+            fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+            for _ in range(22):
+                os.mkdir("z" * 200, dir_fd=fd)
+                child = os.open("z" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = child
+            os.close(os.open("bottom", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+            os.close(fd)
+            made[os.fsdecode(raw) + "/" + "/".join(["z" * 200] * 22) + "/bottom"] = "file"
+            kind = "dir"
+        made[os.fsdecode(raw)] = kind
+    return made
+
+
+@settings(max_examples=25, derandomize=True, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(entries=trees())
+def test_any_hostile_tree_is_saved_or_named_and_removed_without_touching_the_host(tmp_path_factory, entries):
+    base = tmp_path_factory.mktemp("tree")
+    canary = _canary(base / "canary")
+    work = base / "work"
+    work.mkdir()
+    before = snapshot(work)
+    made = _build(work, canary, entries)
+    canary_before = _modes_and_contents(canary)
+
+    lines: list[str] = []
+    outputs = Outputs.collect(work, before, [], report=lines.append)
+    stored = base / "stored"
+    stored.mkdir()
+    try:
+        saved = {f.path for f in storage.extract_tar(io.BytesIO(b"".join(outputs.tar_chunks())), stored,
+                                                     max_bytes=1 << 30, what="outputs")}
+    except BadRequest as refused:
+        raise AssertionError(f"the server refused what the worker sent: {refused}") from None
+
+    expected_files = {path for path, kind in made.items()
+                      if kind in ("file", "hardlink_host", "sparse") and name_problem(path) is None}
+    assert saved == expected_files
+    for path in expected_files:
+        assert (stored / path).read_bytes() == (work / path).read_bytes()
+    not_saved = {path for path, kind in made.items() if kind != "dir" and path not in expected_files}
+    named = "\n".join(lines)
+    for path in not_saved:
+        assert f"not saved: {printable(path)}" in named, (path, lines)
+    assert len(lines) <= len(made)  # each entry named once at most
+
+    remove_tree(work)
+    remove_tree(stored)
+    assert not work.exists() and not stored.exists()
+    assert _modes_and_contents(canary) == canary_before
