@@ -10,6 +10,14 @@ transaction that reads and then writes can fail with SQLITE_BUSY when another
 writer committed in between (busy_timeout cannot help there); taking the write
 lock up front makes concurrent writers queue instead. Read-only sessions keep
 deferred BEGIN so readers never wait for writers.
+
+Who commits: services take a Session and only flush. Whoever opens a session
+commits it, in one of two places: a request's session is committed by its
+dependency (`api/deps.py` `SessionDep`) once the route returns, and anything
+else (the reaper, start-up, and the steps of work that must not hold a
+transaction for long: a worker's long poll, a log follower, a streamed body)
+runs each step in `Database.transaction()`. Wake-ups (`events`) fire only
+after a commit.
 """
 
 from __future__ import annotations
@@ -95,7 +103,7 @@ class Database:
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Session]:
-        """A session that commits when the block ends without an exception."""
+        """A unit of work: a session that commits when the block ends, and rolls back if it raises."""
         with self.session(write=write) as session:
             with session.begin():
                 yield session
