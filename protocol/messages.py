@@ -130,6 +130,9 @@ class Lease:
     # Whether the server's operator allows git sources on the host's own
     # filesystem; a worker clones a file:// URL or a path only when it says so.
     allow_local_git: bool = False
+    # The server's cap on one run's outputs (CAST_MAX_OUTPUT_BYTES): a worker
+    # whose files add up to more fails the run instead of sending them.
+    max_output_bytes: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Lease":

@@ -261,19 +261,22 @@ class RunController:
 
         outputs = Outputs.collect(self.workdir, before, [mount.path for mount in job.mounts],
                                   report=lambda line: self.outbox.log(LogStream.CAST, line))
+        # Refused here rather than by the server, which would first receive up to the whole size.
+        refused = outputs.over_limit(self.lease.max_output_bytes, what=f"the output of run {self.run_id}")
         self._status(RunStatus.PUSHING)
         with self._lock:
-            if not self._aborted:
+            if not self._aborted and refused is None:
                 self.outbox.push_outputs(outputs.tar_chunks)
         self.outbox.wait_delivered()  # the push's answer decides the final status
+        refused = refused or self.outbox.outputs_refused
         problems = []
         if result.exit_code != 0 and not stopped:
             problems.append(result.reason or f"exit code {result.exit_code}")
             if disk_full:
                 problems.append("the worker's disk is full")
-        if self.outbox.outputs_refused:
-            problems.append(f"outputs not saved: {self.outbox.outputs_refused}")
-        if stopped and not self.outbox.outputs_refused:
+        if refused:
+            problems.append(f"outputs not saved: {refused}")
+        if stopped and not refused:
             self._status(RunStatus.STOPPED, exit_code=result.exit_code, reason=self._stop_reason)
         elif not problems:
             self._status(RunStatus.COMPLETE, exit_code=0)

@@ -11,7 +11,8 @@ socket or device (never opened), a name the server would refuse
 (cast.protocol.names), another filesystem mounted in the working dir, a
 folder that cannot be read. A hardlink is saved as the file's content; a
 sparse file as its full length of bytes, which counts against the server's
-output cap.
+output cap: files over the cap the lease names are not sent at all
+(`over_limit`).
 
 `Outputs.tar_chunks` streams the files as a tar in small chunks, so an output
 of any size is pushed without being held in memory; it is called again for
@@ -77,6 +78,7 @@ class Outputs:
         self.root = root
         self.files = files
         self.folders = folders
+        self.size = 0  # the files' bytes as listed, holes of sparse files included
         self._not_saved = _NotSaved(report)
 
     @classmethod
@@ -99,12 +101,20 @@ class Outputs:
                 outputs._not_saved(entry.path, problem)
             elif entry.kind is Kind.FILE:
                 outputs.files.append(entry.path)
+                outputs.size += entry.info.st_size
             elif entry.kind is Kind.UNREADABLE:
                 outputs._not_saved(entry.path, f"{entry.kind.value}: {entry.error}")
             else:
                 outputs._not_saved(entry.path, entry.kind.value)
         outputs._not_saved.summarise()
         return outputs
+
+    def over_limit(self, limit: int | None, *, what: str) -> str | None:
+        """Why a server that keeps at most `limit` bytes of outputs would refuse
+        these, in its own words, or None."""
+        if limit is None or self.size <= limit:
+            return None
+        return f"{what} exceeds the limit of {limit} bytes"
 
     def tar_chunks(self) -> Iterator[bytes]:
         """A tar of the folders and files as a stream of chunks of at most CHUNK bytes.

@@ -71,6 +71,7 @@ def lease_view(session: Session, *, run: Run, settings: Settings, storage_id: st
         run_id=run.id, lease_token=run.lease_token, lease_seconds=settings.lease_seconds, attempt=run.attempt,
         spec=RunSpec.from_dict(run.spec), mounts=mounts, storage_root=str(settings.resolved_data_dir),
         storage_id=storage_id, allow_local_git=settings.allow_local_git,
+        max_output_bytes=settings.max_output_bytes,
     )
 
 

@@ -239,10 +239,12 @@ def test_a_sparse_file_is_saved_at_its_full_length_and_counts_so_against_the_cap
             body = b"".join(response.iter_bytes())
         assert body == bytes(32 * 1024 * 1024) + b"end"
 
-        too_big = submit(api, "truncate -s 1G huge.bin")
+        # A terabyte of holes: refused by the worker before any byte is sent.
+        too_big = submit(api, "truncate -s 1T huge.bin && echo small > small.txt")
         run = wait_final(api, too_big, timeout=BOUND)
-    assert run["status"] == "failed"
-    assert f"the output of run {too_big} exceeds the limit of {48 * 1024 * 1024} bytes" in run["reason"]
+        assert run["status"] == "failed"
+        assert run["reason"] == f"outputs not saved: the output of run {too_big} exceeds the limit of {48 << 20} bytes"
+        assert output_paths(api, too_big) == []
 
 
 # --- the property: any hostile tree ---------------------------------------------------

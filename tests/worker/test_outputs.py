@@ -170,6 +170,18 @@ def test_a_sparse_file_is_saved_as_its_full_length(tmp_path):
     assert _tar(found) == {"sparse.bin": bytes(8 * 1024 * 1024) + b"end"}
 
 
+def test_files_over_the_servers_cap_are_refused_before_sending_by_their_listed_size(tmp_path):
+    before = snapshot(tmp_path)
+    with open(tmp_path / "sparse.bin", "wb") as handle:
+        handle.truncate(1 << 40)
+    (tmp_path / "small.txt").write_bytes(b"12345")
+    found, _ = _collect(tmp_path, before)
+    assert found.size == (1 << 40) + 5
+    assert found.over_limit(None, what="run 1") is None
+    assert found.over_limit((1 << 40) + 5, what="run 1") is None
+    assert found.over_limit(1 << 40, what="run 1") == f"run 1 exceeds the limit of {1 << 40} bytes"
+
+
 def test_the_tar_stream_holds_the_files_and_comes_in_small_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(outputs, "CHUNK", 4096)
     before = snapshot(tmp_path)
