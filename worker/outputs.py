@@ -85,6 +85,8 @@ class Outputs:
     def collect(cls, root: Path, before: Snapshot, mount_paths: list[str], report: Report) -> "Outputs":
         outputs = cls(root, [], [], report)
         skip = frozenset(p.rstrip("/") for p in mount_paths)
+        # Folders made only to hold a mount are the worker's, not the run's.
+        mount_parents = {path.rsplit("/", n)[0] for path in skip for n in range(1, path.count("/") + 1)}
         refused_folder = None  # named once; below it only what is not a folder is named
         for entry in walk(root, skip=skip):
             if entry.info is not None and before.get(entry.path) == _fingerprint(entry.info):
@@ -92,7 +94,7 @@ class Outputs:
             problem = name_problem(entry.path)
             if entry.kind is Kind.DIR:
                 if problem is None:
-                    if entry.path not in before:
+                    if entry.path not in before and entry.path not in mount_parents:
                         outputs.folders.append(entry.path)
                 elif refused_folder is None or not entry.path.startswith(refused_folder + "/"):
                     refused_folder = entry.path

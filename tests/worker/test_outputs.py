@@ -45,10 +45,12 @@ def test_only_created_or_modified_files_are_outputs(tmp_path):
     (tmp_path / "data").symlink_to(outside)  # a mount: never followed, never named
     (tmp_path / "mounted").mkdir()  # a folder mount placed as a real folder
     (tmp_path / "mounted" / "x.txt").write_text("mounted\n")
+    (tmp_path / "in" / "two" / "levels").mkdir(parents=True)  # folders made to hold a mount
+    (tmp_path / "in" / "two" / "mine.txt").write_text("the run's\n")
 
-    found, lines = _collect(tmp_path, before, ["data", "mounted"])
+    found, lines = _collect(tmp_path, before, ["data", "mounted", "in/two/levels"])
 
-    assert found.files == ["edited.txt", "new.txt", "sub/deep/model.bin"]
+    assert found.files == ["edited.txt", "in/two/mine.txt", "new.txt", "sub/deep/model.bin"]
     assert found.folders == ["empty", "sub/deep"]
     assert lines == []
 
