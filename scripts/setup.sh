@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs cast and, with --system, everything its whole test suite needs on a
-# Debian host: git, the Docker engine (started if not running), Chromium, Firefox ESR, and
+# Debian host: git, bubblewrap, the Docker engine (started if not running), Chromium, Firefox ESR, and
 # the offline base image (built once, reused while its tag exists).
 # Idempotent: each step is skipped when already done.
 set -euo pipefail
@@ -17,6 +17,7 @@ python3 -m pip install -q torch==2.13.0 -r examples/gpt2/requirements.txt
 
 need=()
 command -v git >/dev/null || need+=(git)
+command -v bwrap >/dev/null || need+=(bubblewrap)  # the local executor's sandbox
 command -v dockerd >/dev/null || need+=(docker.io)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/firefox-esr ] || need+=(firefox-esr)
