@@ -40,21 +40,24 @@ S = RunStatus
 # - stop/kill from the API move an active run to stopping/killing (a queued
 #   run has nothing to stop, so it goes straight to stopped/killed);
 # - a stopped run still saves and pushes its outputs, a killed one does not;
-# - a lost lease makes any leased run interrupted, and a retry requeues it.
+# - a lost lease makes any leased run interrupted, and a retry requeues it;
+# - any leased run but a killed one may fail at once: the server refused one
+#   of its worker's reports for good, or the reaper found it in a stage past
+#   the stage's bound (a stuck `killing` ends killed).
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.MACHINE_REQUESTED: frozenset({S.BUILDING, S.STOPPED, S.KILLED}),
     S.BUILDING: frozenset(
-        {S.MOUNTING, S.BUILD_FAILED, S.STOPPING, S.KILLING, S.INTERRUPTED}
+        {S.MOUNTING, S.BUILD_FAILED, S.FAILED, S.STOPPING, S.KILLING, S.INTERRUPTED}
     ),
     S.MOUNTING: frozenset(
-        {S.RUNNING, S.MOUNT_FAILED, S.STOPPING, S.KILLING, S.INTERRUPTED}
+        {S.RUNNING, S.MOUNT_FAILED, S.FAILED, S.STOPPING, S.KILLING, S.INTERRUPTED}
     ),
-    S.RUNNING: frozenset({S.SAVING, S.STOPPING, S.KILLING, S.INTERRUPTED}),
+    S.RUNNING: frozenset({S.SAVING, S.FAILED, S.STOPPING, S.KILLING, S.INTERRUPTED}),
     S.SAVING: frozenset({S.PUSHING, S.FAILED, S.KILLING, S.INTERRUPTED}),
     S.PUSHING: frozenset(
         {S.COMPLETE, S.FAILED, S.STOPPED, S.KILLING, S.INTERRUPTED}
     ),
-    S.STOPPING: frozenset({S.SAVING, S.STOPPED, S.KILLING, S.INTERRUPTED}),
+    S.STOPPING: frozenset({S.SAVING, S.STOPPED, S.FAILED, S.KILLING, S.INTERRUPTED}),
     S.KILLING: frozenset({S.KILLED, S.INTERRUPTED}),
     S.INTERRUPTED: frozenset({S.MACHINE_REQUESTED}),
     S.COMPLETE: frozenset(),
@@ -105,6 +108,8 @@ def stage_lines(previous: RunStatus, new: RunStatus, note: str | None = None) ->
     if new in _FAILED_STAGE:
         lines.append(f"{_STAGE_TITLES[_FAILED_STAGE[new]]}… failed" + (f": {note}" if note else ""))
         return lines
+    if new is S.FAILED and note:  # ended out of turn, with why
+        return [f"{_STAGE_TITLES[previous]}… failed: {note}" if previous in _STAGE_TITLES else f"Run failed: {note}"]
     if previous in _STAGE_TITLES and new not in (S.INTERRUPTED, S.KILLING, S.KILLED):
         lines.append(f"{_STAGE_TITLES[previous]}… done" + (f" ({note})" if note else ""))
     if new is S.RUNNING:

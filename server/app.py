@@ -127,12 +127,18 @@ class BodyLimit:
 def _reap_once(database: Database, settings: Settings) -> None:
     # Most passes find nothing: a read first keeps them off the write lock.
     with database.transaction(write=False) as session:
-        if not leases.any_expired(session):
-            return
-    with database.transaction() as session:
-        reaped = leases.reap_expired(session, settings=settings)
-    if reaped:
-        log.info("interrupted runs whose worker stopped heartbeating: %s", reaped)
+        expired = leases.any_expired(session)
+        overdue = leases.any_overdue(session, settings=settings)
+    if expired:
+        with database.transaction() as session:
+            reaped = leases.reap_expired(session, settings=settings)
+        if reaped:
+            log.info("interrupted runs whose worker stopped heartbeating: %s", reaped)
+    if overdue:
+        with database.transaction() as session:
+            ended = leases.end_overdue(session, settings=settings)
+        if ended:
+            log.info("ended runs that stayed in a stage past its bound: %s", ended)
 
 
 async def _reap_forever(database: Database, settings: Settings) -> None:

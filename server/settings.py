@@ -93,8 +93,9 @@ class Settings(BaseSettings):
 
     @property
     def reaper_interval(self) -> float:
-        # Four checks per lease period: an expired lease is noticed well within two periods.
-        return max(0.05, self.lease_seconds / 4)
+        # Four checks per lease period (and per stage bound): an expired lease
+        # is noticed well within two periods, an overdue stage soon after its bound.
+        return max(0.05, min(self.lease_seconds, self.stage_timeout_seconds, self.halt_timeout_seconds) / 4)
 
     def make_dirs(self) -> None:
         for path in (self.resolved_data_dir, self.runs_dir, self.uploads_dir, self.code_dir, self.tmp_dir):

@@ -4,8 +4,10 @@ Owns the claim (`switch_status` with the run id given as a scalar subquery:
 the oldest queued run that fits the worker's free GPUs, so two workers never
 get the same run), the lease a worker is handed (`cast.protocol.messages.Lease`),
 heartbeats, a worker's status reports, the check every leased call makes, the
-reaper of expired leases, the fresh lease period after a restart, and the
-workers' long poll (`wait_for_lease`).
+reaper of expired leases and of runs overdue in a bounded stage (a worker that
+heartbeats but never gets past building, saving, pushing, stopping or
+killing), the fresh lease period after a restart, and the workers' long poll
+(`wait_for_lease`).
 
 The session functions take the caller's Session and only flush. The long poll
 spans several transactions, so it takes the Database and runs each attempt in
@@ -20,17 +22,18 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, case, delete, literal, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from cast.protocol.messages import Lease, LeaseMount, RunSpec, StatusReport
 from cast.protocol.status import LEASED_STATUSES, RunStatus
+from cast.protocol.units import format_duration
 from cast.protocol.validate import parse_resource
 from cast.server import events
 from cast.server.db import Database
 from cast.server.errors import LeaseLost, PathNotFound, RunNotFound, ShuttingDown
-from cast.server.models import OutputFile, Run, RunMount, Upload, UploadFile, Worker, utcnow
+from cast.server.models import OutputFile, Run, RunMount, RunTransition, Upload, UploadFile, Worker, utcnow
 from cast.server.services import runs, storage, workers
 from cast.server.settings import Settings
 
@@ -184,12 +187,17 @@ def report_status(session: Session, *, run_id: int, report: StatusReport, settin
         values["lease_expires_at"] = _extended_lease(settings)
     run = runs.switch_status(session, run=run_id, to=report.status, note=report.note,
                              lease_token=report.lease_token, values=values)
-    if report.status is S.KILLED:  # a killed run keeps no outputs
-        session.execute(delete(OutputFile).where(OutputFile.run_id == run_id))
-        run.outputs_size = None
-        session.flush()
-        storage.remove(storage.run_outputs_dir(settings, run_id))
+    if report.status is S.KILLED:
+        _drop_outputs(session, run=run, settings=settings)
     return run
+
+
+def _drop_outputs(session: Session, *, run: Run, settings: Settings) -> None:
+    """A killed run keeps no outputs."""
+    session.execute(delete(OutputFile).where(OutputFile.run_id == run.id))
+    run.outputs_size = None
+    session.flush()
+    storage.remove(storage.run_outputs_dir(settings, run.id))
 
 
 def check_lease(session: Session, *, run_id: int, lease_token: str) -> Run:
@@ -227,6 +235,51 @@ def reap_expired(session: Session, *, settings: Settings) -> list[int]:
             runs.switch_status(session, run=run_id, to=S.MACHINE_REQUESTED,
                                note=f"attempt {run.attempt + 1} of {run.retries + 1}")
     return reaped
+
+
+# --- stages that never end -------------------------------------------------------------
+
+def _stage_bounds(settings: Settings) -> dict[RunStatus, tuple[float, str]]:
+    """Each bounded status: its bound in seconds and the setting that sets it."""
+    stage = (settings.stage_timeout_seconds, "CAST_STAGE_TIMEOUT_SECONDS")
+    halt = (settings.halt_timeout_seconds, "CAST_HALT_TIMEOUT_SECONDS")
+    return {S.BUILDING: stage, S.SAVING: stage, S.PUSHING: stage, S.STOPPING: halt, S.KILLING: halt}
+
+
+def _overdue(settings: Settings, now) -> ColumnElement:
+    """Runs in a bounded status entered longer ago than its bound."""
+    entered = select(func.max(RunTransition.at)).where(RunTransition.run_id == Run.id).scalar_subquery()
+    return or_(*(
+        and_(Run.status == status.value, entered < now - timedelta(seconds=seconds))
+        for status, (seconds, _) in _stage_bounds(settings).items()
+    ))
+
+
+def any_overdue(session: Session, *, settings: Settings) -> bool:
+    return session.scalar(select(Run.id).where(_overdue(settings, utcnow())).limit(1)) is not None
+
+
+def end_overdue(session: Session, *, settings: Settings) -> list[int]:
+    """End runs that stayed in a bounded status past its bound, whatever their
+    worker says: `failed`, or `killed` when they were being killed; their ids.
+    A run the worker moved on meanwhile is left alone."""
+    now = utcnow()
+    bounds = _stage_bounds(settings)
+    ended = []
+    for run_id, status in session.execute(select(Run.id, Run.status).where(_overdue(settings, now))).all():
+        status = RunStatus(status)
+        seconds, setting = bounds[status]
+        reason = f"{status.value} for longer than {format_duration(seconds)}, the server's bound ({setting})"
+        to = S.KILLED if status is S.KILLING else S.FAILED
+        run = runs.switch_status(session, run=run_id, to=to, note=reason, must=False,
+                                 where=(Run.status == status.value, _overdue(settings, now)),
+                                 values={"reason": reason})
+        if run is None:
+            continue
+        if to is S.KILLED:
+            _drop_outputs(session, run=run, settings=settings)
+        ended.append(run_id)
+    return ended
 
 
 def extend_leases_after_restart(session: Session, *, settings: Settings) -> int:

@@ -10,11 +10,17 @@ as the buffers fill while heartbeats, on their own connections, go on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 
-from tests.factories import output_paths, statuses, submit, wait_final, wait_status
+import httpx
+import pytest
+
+from tests.factories import log_texts, output_paths, statuses, submit, wait_final, wait_status
 
 STALL_AFTER = 16 << 20  # bytes towards the server: a push carries more, nothing else does
+BOUNDS = {"CAST_STAGE_TIMEOUT_SECONDS": "3", "CAST_HALT_TIMEOUT_SECONDS": "2"}
 
 
 def test_a_kill_does_not_wait_behind_a_stalled_output_push(server, start_worker, proxy_to, cast_via):
@@ -35,3 +41,80 @@ def test_a_kill_does_not_wait_behind_a_stalled_output_push(server, start_worker,
         assert wait_final(api, after, timeout=60)["status"] == "complete"
         assert output_paths(api, after) == ["after.txt"]
         assert wait_final(api, run_id)["status"] == "killed"
+
+
+def test_a_push_stalled_past_the_stage_bound_fails_the_run(start_server, start_worker, proxy_to, cast_via):
+    server = start_server(env=BOUNDS)
+    proxy = proxy_to(server.port)
+    start_worker(dataclasses.replace(server, url=proxy.url))
+    proxy.stall_uploads(STALL_AFTER)
+    result = cast_via(server.url, server.admin_token).run("run", "head -c 256M /dev/zero > big.bin")
+    reason = "pushing for longer than 3.00s, the server's bound (CAST_STAGE_TIMEOUT_SECONDS)"
+    assert result.returncode == 1, result
+    assert result.stdout.splitlines()[-1] == f"Run 1 failed: {reason}"
+    with server.api() as api:
+        run = api.get("/runs/1").json()
+        assert (run["status"], run["reason"]) == ("failed", reason)
+        assert f"Pushing… failed: {reason}" in log_texts(api, 1, "cast")
+        proxy.resume()
+        after = submit(api, "echo fine > after.txt")  # the worker goes on
+        assert wait_final(api, after, timeout=60)["status"] == "complete"
+        assert wait_final(api, 1)["status"] == "failed"  # the late push changed nothing
+
+
+@contextlib.contextmanager
+def _heartbeating(worker: httpx.Client, lease: dict):
+    """Heartbeats for `lease` while the block runs, as a live worker that is stuck elsewhere."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(0.3):
+            worker.post(f"/runs/{lease['run_id']}/heartbeat", json={"lease_token": lease["lease_token"]})
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+# The reports that bring a leased run to the stage, and the user's call that
+# moves it on from there; the status the reaper ends it with.
+STAGES = {
+    "building": ((), None, "failed"),
+    "saving": (("mounting", "running", "saving"), None, "failed"),
+    "pushing": (("mounting", "running", "saving", "pushing"), None, "failed"),
+    "stopping": (("mounting", "running"), "stop", "failed"),
+    "killing": (("mounting", "running"), "kill", "killed"),
+}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_no_run_stays_in_a_stage_past_its_bound_while_its_worker_heartbeats(start_server, stage):
+    reports, action, final = STAGES[stage]
+    server = start_server(env=BOUNDS)
+    bound, setting = (("2.00s", "CAST_HALT_TIMEOUT_SECONDS") if stage in ("stopping", "killing")
+                      else ("3.00s", "CAST_STAGE_TIMEOUT_SECONDS"))
+    worker = httpx.Client(base_url=f"{server.url}/api/v1", timeout=30,
+                          headers={"Authorization": f"Bearer {server.worker_token}"})
+    with server.api() as api, worker:
+        run_id = submit(api, "true")
+        worker_id = worker.post("/workers", json={"name": "stuck", "executor": "local"}).json()["id"]
+        lease = worker.post(f"/workers/{worker_id}/lease", json={"wait": 5}).json()
+        assert lease["run_id"] == run_id
+        with _heartbeating(worker, lease):
+            for status in reports:
+                answer = worker.post(f"/runs/{run_id}/status",
+                                     json={"lease_token": lease["lease_token"], "status": status})
+                assert answer.status_code == 200, answer.text
+            if action:
+                assert api.post(f"/runs/{run_id}/{action}").is_success
+            run = wait_final(api, run_id, timeout=60)
+        reason = f"{stage} for longer than {bound}, the server's bound ({setting})"
+        assert (run["status"], run["reason"]) == (final, reason)
+        assert statuses(run)[-2:] == [stage, final]
+        # The worker's late report is refused: the run's end stands.
+        late = worker.post(f"/runs/{run_id}/status", json={"lease_token": lease["lease_token"], "status": "complete"})
+        assert late.status_code == 409
