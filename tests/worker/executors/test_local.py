@@ -22,15 +22,15 @@ HOST = BuildResult(key=HOST_KEY, cached=True)
 
 class Sink:
     def __init__(self):
-        self.lines: list[tuple[str, str, float]] = []
+        self.lines: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
     def __call__(self, stream: str, text: str) -> None:
         with self._lock:
-            self.lines.append((stream, text, time.monotonic()))
+            self.lines.append((stream, text))
 
     def of(self, stream: str) -> list[str]:
-        return [text for s, text, _ in self.lines if s == stream]
+        return [text for s, text in self.lines if s == stream]
 
 
 @pytest.fixture
@@ -69,12 +69,12 @@ def test_runs_bash_in_the_working_dir_with_the_run_environment(executor, tmp_pat
 
 
 def test_lines_reach_the_sink_while_the_command_runs(executor, tmp_path):
-    job = make_job(tmp_path, "echo first; sleep 1; echo second")
+    job = make_job(tmp_path, "echo first; sleep 1; echo second; sleep 3600")  # ends only when killed
     sink = Sink()
-    started = time.monotonic()
-    executor.start(job, HOST, sink).wait()
-    first, second = [line for line in sink.lines if line[0] == "stdout"]
-    assert first[2] - started < 0.5 and second[2] - first[2] > 0.8
+    process = executor.start(job, HOST, sink)
+    wait_until(lambda: sink.of("stdout") == ["first", "second"], timeout=120, what="both lines, mid-run")
+    process.kill()
+    assert process.wait().exit_code == 137
 
 
 def test_a_pip_environment_is_on_the_path(executor, tmp_path):
@@ -144,7 +144,7 @@ def test_mounts_cannot_be_written_even_by_root(sandboxed, executor, unsandboxed,
 def start_until_ready(executor: LocalExecutor, job: Job, sink: Sink):
     """Start `job`, whose command prints `ready` once its traps are set."""
     process = executor.start(job, HOST, sink)
-    wait_until(lambda: sink.of("stdout") == ["ready"], timeout=10, interval=0.02, what="the command to start")
+    wait_until(lambda: sink.of("stdout") == ["ready"], timeout=120, interval=0.02, what="the command to start")
     return process
 
 
@@ -152,10 +152,9 @@ def test_terminate_sends_sigterm_to_the_group_and_waits_for_a_clean_exit(executo
     job = make_job(tmp_path, "trap 'echo got TERM; exit 7' TERM; echo ready; sleep 30 & wait")
     sink = Sink()
     process = start_until_ready(executor, job, sink)
-    started = time.monotonic()
-    process.terminate(grace=10)
+    process.terminate(grace=120)
     result = process.wait()
-    assert result.exit_code == 7 and time.monotonic() - started < 2
+    assert result.exit_code == 7  # the trap's: not waited out (0), not killed (137)
     assert sink.of("stdout") == ["ready", "got TERM"]
 
 
@@ -166,15 +165,14 @@ def test_terminate_kills_after_the_grace_period(executor, tmp_path):
     started = time.monotonic()
     process.terminate(grace=0.5)
     result = process.wait()
-    assert result.exit_code == 137 and 0.4 < time.monotonic() - started < 3
+    assert result.exit_code == 137 and time.monotonic() - started > 0.4, "killed, but only after the grace"
     assert "never" not in sink.of("stdout")
 
 
 def test_kill_ends_the_whole_group_at_once(executor, tmp_path):
-    job = make_job(tmp_path, "sleep 30 & sleep 30; echo never")
-    process = executor.start(job, HOST, Sink())
-    time.sleep(0.2)
-    started = time.monotonic()
+    job = make_job(tmp_path, "trap '' TERM; sleep 3600 & echo ready; sleep 3600; echo never")
+    sink = Sink()
+    process = start_until_ready(executor, job, sink)
     process.kill()
-    assert process.wait().exit_code == 137
-    assert time.monotonic() - started < 2
+    assert process.wait().exit_code == 137  # else an hour later: the suite's per-test timeout fails it
+    assert "never" not in sink.of("stdout")
