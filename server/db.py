@@ -11,13 +11,12 @@ writer committed in between (busy_timeout cannot help there); taking the write
 lock up front makes concurrent writers queue instead. Read-only sessions keep
 deferred BEGIN so readers never wait for writers.
 
-Who commits: services take a Session and only flush. Whoever opens a session
-commits it, in one of two places: a request's session is committed by its
-dependency (`api/deps.py` `SessionDep`) once the route returns, and anything
-else (the reaper, start-up, and the steps of work that must not hold a
-transaction for long: a worker's long poll, a log follower, a streamed body)
-runs each step in `Database.transaction()`. Wake-ups (`events`) fire only
-after a commit.
+Who commits: services take a Session and only flush; the session is committed
+in one of two places. A request's session (`api/deps.py` `SessionDep`) is
+committed by its `SessionRoute` once the route returns. Anything else (the
+reaper, start-up, and the steps of work that must not hold a transaction for
+long: a worker's long poll, a log follower, a streamed body) runs each step in
+`Database.transaction()`. Wake-ups (`events`) fire only after a commit.
 """
 
 from __future__ import annotations

@@ -9,11 +9,11 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from cast.server.api.bodies import body_reader
-from cast.server.api.deps import CurrentUser, DatabaseDep, SessionDep, SettingsDep
+from cast.server.api.deps import CurrentUser, DatabaseDep, SessionDep, SessionRoute, SettingsDep
 from cast.server.schemas import CODE_KEY_PATTERN
 from cast.server.services import code
 
-router = APIRouter(prefix="/code", tags=["code"])
+router = APIRouter(prefix="/code", tags=["code"], route_class=SessionRoute)
 CodeKey = Annotated[str, Path(pattern=CODE_KEY_PATTERN, description="the client's sha256 of the bundle")]
 
 

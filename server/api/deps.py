@@ -2,25 +2,30 @@
 settings, and who is calling (`CurrentUser` for user tokens, `WorkerAuth`
 for worker tokens).
 
-`SessionDep` owns a request's transaction: services only flush, and the
-session commits once when the route function returns (before the answer is
-sent, so a client that reads its own write sees it) or rolls back when it
-raises. Routes that change things get a write session (BEGIN IMMEDIATE on
-SQLite); GET and HEAD get a read session. A token is checked in its own short
-read transaction, so a route's own session starts its transaction only when
-the route first touches the database (a run creation resolves its git ref
-before that).
+`SessionDep` is a request's transaction: services only flush, and routes of
+a `SessionRoute` router commit it once when the route function returns, in the
+route's own thread, before the answer is shaped and sent (a client that reads
+its own write sees it); a route that raises leaves it to the dependency, which
+rolls back. Committing in the route's thread keeps the write lock no longer
+than the route runs: a commit that waited for a thread of its own could wait
+behind requests that wait for that lock. Routes that change things get a write
+session (BEGIN IMMEDIATE on SQLite); GET and HEAD get a read session. A token is
+checked in its own short read transaction, so a route's own session starts its
+transaction only when the route first touches the database (a run creation
+resolves its git ref before that).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from cast.server.db import Database
 from cast.server.errors import Forbidden, NotAuthenticated
@@ -43,17 +48,42 @@ async def get_settings(request: Request) -> Settings:
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
     database: Database = request.app.state.database
-    write = request.method not in ("GET", "HEAD")
-    with database.session(write=write) as session:
+    # Closing rolls back whatever the route did not commit (it raised).
+    with database.session(write=request.method not in ("GET", "HEAD")) as session:
         yield session
-        if write and session.in_transaction():
-            await run_in_threadpool(session.commit)
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-# "function" scope: the commit runs when the route returns, before the answer is sent.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def _committing(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(endpoint)
+    def run(**arguments: Any) -> Any:
+        answer = endpoint(**arguments)
+        for value in arguments.values():
+            if isinstance(value, Session) and value.in_transaction():
+                value.commit()
+        return answer
+
+    run.commits = True
+    return run
+
+
+class SessionRoute(APIRoute):
+    """A route that commits its `SessionDep` when it returns; a route taking one must be sync."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if not inspect.iscoroutinefunction(endpoint) and not getattr(endpoint, "commits", False):
+            endpoint = _committing(endpoint)
+        super().__init__(path, endpoint, **kwargs)
+        if inspect.iscoroutinefunction(endpoint) and uses_session(self):
+            raise TypeError(f"{path}: an async route cannot take SessionDep (its commit would wait for a thread)")
+
+
+def uses_session(route: APIRoute) -> bool:
+    return any(dependency.call is get_session for dependency in route.dependant.dependencies)
 
 
 def _caller(

@@ -8,11 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from cast.server.api.deps import CurrentUser, DatabaseDep, RunId, SessionDep, SettingsDep, WorkerAuth
+from cast.server.api.deps import CurrentUser, DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth
 from cast.server.schemas import LogAppend, LogAppended, LogChunk
 from cast.server.services import log_reads, logs
 
-router = APIRouter(prefix="/runs", tags=["logs"])
+router = APIRouter(prefix="/runs", tags=["logs"], route_class=SessionRoute)
 
 Offset = Annotated[int, Query(ge=-(2**62), le=2**62, description="first entry; -N = the last N entries")]
 

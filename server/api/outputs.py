@@ -9,12 +9,12 @@ from fastapi import APIRouter, Header, Request
 from starlette.concurrency import run_in_threadpool
 
 from cast.server.api.bodies import body_reader
-from cast.server.api.deps import CurrentUser, DatabaseDep, RunId, SessionDep, SettingsDep, WorkerAuth
+from cast.server.api.deps import CurrentUser, DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth
 from cast.server.api.files import file_or_tar
 from cast.server.schemas import FileList, OutputsPushed
 from cast.server.services import files
 
-router = APIRouter(prefix="/runs", tags=["outputs"])
+router = APIRouter(prefix="/runs", tags=["outputs"], route_class=SessionRoute)
 _BYTES = {200: {"content": {"application/octet-stream": {}, "application/x-tar": {}}}}
 
 

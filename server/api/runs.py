@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from cast.protocol.status import RunStatus
-from cast.server.api.deps import CurrentUser, RunId, SessionDep, SettingsDep
+from cast.server.api.deps import CurrentUser, RunId, SessionDep, SessionRoute, SettingsDep
 from cast.server.schemas import LabelIn, RunCreate, RunList, RunOut
 from cast.server.services import runs
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+router = APIRouter(prefix="/runs", tags=["runs"], route_class=SessionRoute)
 
 
 @router.post("", status_code=201, response_model=RunOut)

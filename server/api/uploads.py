@@ -9,12 +9,12 @@ from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from cast.server.api.bodies import body_reader
-from cast.server.api.deps import CurrentUser, DatabaseDep, SessionDep, SettingsDep
+from cast.server.api.deps import CurrentUser, DatabaseDep, SessionDep, SessionRoute, SettingsDep
 from cast.server.api.files import file_or_tar
 from cast.server.schemas import FileList, UploadList, UploadOut
 from cast.server.services import files
 
-router = APIRouter(prefix="/uploads", tags=["uploads"])
+router = APIRouter(prefix="/uploads", tags=["uploads"], route_class=SessionRoute)
 UploadName = Annotated[str, Path(min_length=1, max_length=200)]
 _BYTES = {200: {"content": {"application/octet-stream": {}, "application/x-tar": {}, "application/json": {}}}}
 

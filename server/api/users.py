@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from cast.server.api.deps import CurrentUser, SessionDep
+from cast.server.api.deps import CurrentUser, SessionDep, SessionRoute
 from cast.server.schemas import TokenCreate, TokenCreated, TokenList, TokenOut, UserCreate, UserCreated, UserList, UserOut
 from cast.server.services import users
 
-router = APIRouter(tags=["users"])
+router = APIRouter(tags=["users"], route_class=SessionRoute)
 
 
 def _user(user) -> dict:

@@ -10,12 +10,12 @@ from fastapi.responses import FileResponse
 
 from cast.protocol.messages import HeartbeatReply, Lease
 from cast.protocol.status import RunStatus
-from cast.server.api.deps import DatabaseDep, RunId, SessionDep, SettingsDep, WorkerAuth
+from cast.server.api.deps import DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth
 from cast.server.api.files import file_or_tar
 from cast.server.schemas import CODE_KEY_PATTERN, HeartbeatIn, LeaseRequest, RunOut, StatusIn, WorkerRegister, WorkerRegistered
 from cast.server.services import code, leases, runs, workers
 
-router = APIRouter(tags=["workers"])
+router = APIRouter(tags=["workers"], route_class=SessionRoute)
 
 
 @router.post("/workers", response_model=WorkerRegistered)

@@ -69,6 +69,13 @@ def test_every_route_refuses_a_missing_or_wrong_kind_of_token(app, settings):
     assert len(checked) >= 30
 
 
+def test_every_route_that_takes_a_session_commits_it(app):
+    routes = [route.original_route for _, route in _api_routes(app) if deps.uses_session(route.original_route)]
+    assert len(routes) >= 20
+    assert all(isinstance(route, deps.SessionRoute) for route in routes), [
+        route.path for route in routes if not isinstance(route, deps.SessionRoute)]
+
+
 def test_revoked_token_is_refused(local):
     created = local.user.post("/tokens", json={"name": "laptop"}).json()
     mine = {"Authorization": f"Bearer {created['token']}"}

@@ -1,8 +1,10 @@
 """cast.server.api.deps: a request's session commits once when its route
-returns, and a route that raises leaves nothing behind (nor the write lock)."""
+returns, a route that raises leaves nothing behind (nor the write lock), and
+an async route cannot take a session."""
 
 from __future__ import annotations
 
+import pytest
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -15,7 +17,7 @@ from cast.server.services import workers
 
 
 def test_a_route_commits_when_it_returns_and_rolls_back_when_it_raises(app):
-    router = APIRouter()
+    router = APIRouter(route_class=deps.SessionRoute)
 
     @router.post("/probe/{name}")
     def probe(name: str, session: deps.SessionDep, fail: bool = False) -> dict:
@@ -31,3 +33,11 @@ def test_a_route_commits_when_it_returns_and_rolls_back_when_it_raises(app):
     assert client.post("/probe/after").status_code == 200  # the failed request released the write lock
     with app.state.database.transaction(write=False) as session:
         assert set(session.scalars(select(Worker.name))) == {"kept", "after"}
+
+
+def test_an_async_route_cannot_take_a_session():
+    router = APIRouter(route_class=deps.SessionRoute)
+    with pytest.raises(TypeError, match="async route cannot take SessionDep"):
+        @router.get("/probe")
+        async def probe(session: deps.SessionDep) -> dict:
+            return {}
