@@ -137,20 +137,23 @@ def make_mount_point(workdir: Path, target: Path, source: Path) -> None:
 
 
 class Sandbox:
-    """bwrap on this host, known to work (see `probe`)."""
+    """bwrap on this host, known to work (see `probe`). `hidden`: the worker's
+    own folders (its work dir, CAST_HOME), covered by an empty tmpfs where they
+    lie inside a system tree that runs see (CAST_HOME under /opt, say)."""
 
-    def __init__(self, bwrap: str):
+    def __init__(self, bwrap: str, hidden: list[Path]):
         self.bwrap = bwrap
+        self.hidden = [Path(os.path.realpath(path)) for path in hidden]
         self.as_root = os.geteuid() == 0
 
     @classmethod
-    def probe(cls, binary: str, scratch: Path) -> "Sandbox":
+    def probe(cls, binary: str, scratch: Path, *, hidden: list[Path]) -> "Sandbox":
         """A sandbox made with `binary` once, in `scratch`, the way runs are;
         SandboxUnavailable with the reason when that fails."""
         found = shutil.which(binary)
         if not found:
             raise SandboxUnavailable(f"bubblewrap ({binary}) is not installed (Debian: apt-get install bubblewrap)")
-        sandbox = cls(found)
+        sandbox = cls(found, hidden)
         workdir, area, hidden = scratch / "work", scratch / "area", scratch / "hidden"
         shutil.rmtree(scratch, ignore_errors=True)
         workdir.mkdir(parents=True)
@@ -203,6 +206,9 @@ class Sandbox:
         if info_fd is not None:
             argv += ["--info-fd", str(info_fd)]
         argv += _system_view()
+        for path in self.hidden:
+            if _inside_system(path) and path.is_dir():
+                argv += ["--tmpfs", str(path)]
         argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm"]
         if run.gpus:
             for device in sorted(_GPU_DEVICES.glob("nvidia*")):

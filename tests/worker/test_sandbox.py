@@ -25,17 +25,17 @@ HOST = BuildResult(key=HOST_KEY, cached=True)
 
 @pytest.fixture
 def sandbox(tmp_path) -> Sandbox:
-    return Sandbox.probe("bwrap", tmp_path / "probe")
+    return Sandbox.probe("bwrap", tmp_path / "probe", hidden=[])
 
 
 def test_the_probe_names_what_is_missing(tmp_path):
     with pytest.raises(SandboxUnavailable, match=r"bubblewrap \(.*no-bwrap\) is not installed"):
-        Sandbox.probe(str(tmp_path / "no-bwrap"), tmp_path / "probe")
+        Sandbox.probe(str(tmp_path / "no-bwrap"), tmp_path / "probe", hidden=[])
     failing = tmp_path / "failing-bwrap"
     failing.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
     failing.chmod(0o755)
     with pytest.raises(SandboxUnavailable, match="cannot make a sandbox here: bwrap: No permissions to create new"):
-        Sandbox.probe(str(failing), tmp_path / "probe")
+        Sandbox.probe(str(failing), tmp_path / "probe", hidden=[])
     assert not (tmp_path / "probe").exists()
 
 
@@ -137,3 +137,16 @@ def test_a_mount_is_a_real_read_only_folder_inside(tmp_path):
     assert executor.start(job, HOST, lambda stream, text: lines.append((stream, text))).wait().exit_code == 0
     assert [text for stream, text in lines if stream == "stdout"] == [
         "data/part/a.bin", "5000", "data/ data/part/ data/part/a.bin "]
+
+
+def test_the_workers_own_folders_are_hidden_even_inside_a_system_tree(tmp_path):
+    """CAST_HOME under /opt, say: the system tree is seen, the worker's folder in it is empty."""
+    sandbox = Sandbox.probe("bwrap", tmp_path / "probe", hidden=[Path("/usr/share")])
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    run = sandbox.prepare(run_id=5, workdir=workdir, area=tmp_path / "area", read_only=[], mounts=[], gpus=False,
+                          limits=Limits(1 << 30, 64))
+    seen = subprocess.run(sandbox.argv(run, "ls -A /usr/share | wc -l; test -x /usr/bin/bash && echo system"),
+                          capture_output=True, text=True, timeout=300)
+    assert seen.stdout.split() == ["0", "system"], seen.stderr
+    assert any(os.scandir("/usr/share"))  # hidden inside the run only

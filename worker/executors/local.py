@@ -239,7 +239,9 @@ class LocalExecutor(Executor):
         with self._sandbox_checked:
             if self._sandbox is None and self.unsandboxed_reason is None:
                 try:
-                    self._sandbox = Sandbox.probe(self.bwrap, self.work_dir / "sandbox-probe")
+                    cast_home = Path(os.environ.get("CAST_HOME") or Path.home() / ".cast")
+                    self._sandbox = Sandbox.probe(self.bwrap, self.work_dir / "sandbox-probe",
+                                                  hidden=[self.work_dir, cast_home])
                 except SandboxUnavailable as exc:
                     self.unsandboxed_reason = str(exc)
                     log.warning("RUNS ON THIS WORKER ARE NOT SANDBOXED: %s. Each run can read and write "
