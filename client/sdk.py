@@ -22,10 +22,11 @@ import http.client
 import json
 import socket
 import time
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from urllib.parse import quote, urlencode, urlsplit
 
-from cast.protocol.messages import RunSpec
+if TYPE_CHECKING:  # only `run` builds one; the other verbs need not import it
+    from cast.protocol.messages import RunSpec
 
 API_PREFIX = "/api/v1"
 DEFAULT_TIMEOUT = 60.0
