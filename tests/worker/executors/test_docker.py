@@ -191,13 +191,14 @@ def test_the_command_runs_unprivileged_with_the_job_env(packaged, tmp_path):
 
 def test_output_is_streamed_live_and_split_by_stream(packaged, tmp_path):
     executor, _, _ = packaged
-    job = make_job(tmp_path, "echo first; echo oops >&2; sleep 3; echo last", **PACKAGES)
+    # The command goes on only once the test has seen its first lines.
+    job = make_job(tmp_path, "echo first; echo oops >&2; until [ -e go ]; do sleep 0.1; done; echo last", **PACKAGES)
     lines = Lines()
     process = executor.start(job, executor.build(job, lines), lines)
-    started = time.monotonic()
-    wait_until(lambda: "first" in lines.of("stdout") and "oops" in lines.of("stderr"), timeout=2.5,
+    wait_until(lambda: "first" in lines.of("stdout") and "oops" in lines.of("stderr"), timeout=120,
                what="the first lines while the command still runs")
-    assert time.monotonic() - started < 2.5 and "last" not in lines.of("stdout")
+    assert "last" not in lines.of("stdout")
+    (job.workdir / "go").touch()
     assert finish(process).exit_code == 0
     assert lines.of("stdout") == ["first", "last"]
 
@@ -214,12 +215,10 @@ def test_terminate_sends_sigterm_to_the_command(packaged, tmp_path):
     job = make_job(tmp_path, "trap 'echo got TERM; exit 3' TERM; echo ready; sleep 60 & wait", **PACKAGES)
     lines = Lines()
     process = executor.start(job, executor.build(job, lines), lines)
-    wait_until(lambda: "ready" in lines.of("stdout"), what="the command to start")
-    started = time.monotonic()
-    process.terminate(grace=20)
+    wait_until(lambda: "ready" in lines.of("stdout"), timeout=120, what="the command to start")
+    process.terminate(grace=120)
     result = finish(process)
-    assert time.monotonic() - started < 5
-    assert result.exit_code == 3 and "got TERM" in lines.of("stdout")
+    assert result.exit_code == 3 and "got TERM" in lines.of("stdout")  # the trap's: not killed after the grace
 
 
 def test_terminate_kills_after_the_grace_and_kill_is_at_once(packaged, tmp_path, engine):
@@ -227,21 +226,19 @@ def test_terminate_kills_after_the_grace_and_kill_is_at_once(packaged, tmp_path,
     stubborn = make_job(tmp_path, "trap '' TERM; echo ready; while true; do sleep 0.1; done", run_id=11, **PACKAGES)
     lines = Lines()
     process = executor.start(stubborn, executor.build(stubborn, lines), lines)
-    wait_until(lambda: "ready" in lines.of("stdout"), what="the command to start")
+    wait_until(lambda: "ready" in lines.of("stdout"), timeout=120, what="the command to start")
     started = time.monotonic()
     process.terminate(grace=1.0)
     result = finish(process)
-    assert 1.0 <= time.monotonic() - started < 6
+    assert time.monotonic() - started >= 1.0, "killed, but only after the grace"
     assert (result.exit_code, result.reason) == (137, "ended by SIGKILL")
 
-    sleeper = make_job(tmp_path, "echo ready; sleep 60", run_id=12, **PACKAGES)
+    sleeper = make_job(tmp_path, "echo ready; sleep 3600", run_id=12, **PACKAGES)  # ends only when killed
     lines = Lines()
     process = executor.start(sleeper, executor.build(sleeper, lines), lines)
-    wait_until(lambda: "ready" in lines.of("stdout"), what="the command to start")
-    started = time.monotonic()
+    wait_until(lambda: "ready" in lines.of("stdout"), timeout=120, what="the command to start")
     process.kill()
     assert process.wait().exit_code == 137
-    assert time.monotonic() - started < 3
     # A container is removed when the agent releases it, after the run's final status.
     by_dir = {"label": f"{LABEL_WORK_DIR}={executor.work_dir}"}
     assert [c.id for c in engine.containers.list(all=True, filters=by_dir)] == [process.container.id]
