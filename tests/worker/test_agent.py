@@ -10,14 +10,15 @@ import os
 import subprocess
 import sys
 import tarfile
-import time
-from datetime import datetime, timezone
 
 import pytest
 
 from tests.factories import (get_run, log_entries, log_texts, output_paths, statuses,
                              submit, wait_final, wait_for_line)
 from .test_source import commit, git
+
+# Far longer than any bound below: only a command that was ended lets its run finish in time.
+FOREVER = "sleep 3600"
 
 
 @pytest.fixture
@@ -73,24 +74,21 @@ def test_a_later_run_mounts_an_earlier_runs_output_read_only(api, worker):
 
 
 def test_stop_terminates_the_command_and_keeps_its_outputs(api, worker):
-    run_id = submit(api, "echo partial > partial.txt; echo started; sleep 60")
-    wait_for_line(api, run_id, "started")
-    asked = time.monotonic()
+    run_id = submit(api, f"echo partial > partial.txt; echo started; {FOREVER}")
+    wait_for_line(api, run_id, "started", timeout=120)
     assert api.post(f"/runs/{run_id}/stop").status_code == 202
-    run = wait_final(api, run_id)
-    assert time.monotonic() - asked < 3
+    run = wait_final(api, run_id, timeout=300)
     assert run["status"] == "stopped"
     assert statuses(run)[-4:] == ["stopping", "saving", "pushing", "stopped"]
     assert output_paths(api, run_id) == ["partial.txt"]
 
 
 def test_kill_ends_the_command_at_once_and_drops_its_outputs(api, worker):
-    run_id = submit(api, "trap '' TERM; echo partial > partial.txt; echo started; sleep 60")
-    wait_for_line(api, run_id, "started")
-    asked = time.monotonic()
+    # Ignored TERM is inherited by the sleep: only SIGKILL ends it.
+    run_id = submit(api, f"trap '' TERM; echo partial > partial.txt; echo started; {FOREVER}")
+    wait_for_line(api, run_id, "started", timeout=120)
     assert api.post(f"/runs/{run_id}/kill").status_code == 202
-    run = wait_final(api, run_id)
-    assert time.monotonic() - asked < 3
+    run = wait_final(api, run_id, timeout=300)
     assert run["status"] == "killed" and statuses(run)[-2:] == ["killing", "killed"]
     assert output_paths(api, run_id) == []
 
@@ -142,20 +140,22 @@ def test_code_bundles_are_fetched_and_extracted(api, worker):
     assert output_paths(api, run_id) == []
 
 
-def test_a_printed_line_reaches_a_follower_within_a_fifth_of_a_second(api, worker):
-    run_id = submit(api, "echo first; sleep 1; echo second; sleep 1; echo third")
-    arrivals = {}
-    with api.stream("GET", f"/runs/{run_id}/logs/follow", params={"offset": 0}, timeout=60) as stream:
+def test_printed_lines_reach_a_follower_while_the_run_goes_on(api, worker):
+    """Each line while the command still runs (it would run for an hour), in
+    the order printed. How fast is for a benchmark to say, not a test."""
+    run_id = submit(api, f"echo first; sleep 1; echo second; {FOREVER}")
+    seen = []
+    with api.stream("GET", f"/runs/{run_id}/logs/follow", params={"offset": 0}, timeout=300) as stream:
         for line in stream.iter_lines():
             chunk = json.loads(line)
-            for entry in chunk["entries"]:
-                arrivals[entry["text"]] = (datetime.now(timezone.utc), entry["time"])
-            if chunk["finished"]:
+            assert not chunk["finished"], f"the run ended before its lines arrived: {seen}"
+            seen += [entry["text"] for entry in chunk["entries"] if entry["stream"] == "stdout"]
+            if "second" in seen:
                 break
-    for text in ("second", "third"):
-        arrived, printed = arrivals[text]
-        delay = (arrived - datetime.fromisoformat(printed.replace("Z", "+00:00"))).total_seconds()
-        assert delay < 0.2, f"{text!r} took {delay:.3f}s"
+    assert seen == ["first", "second"]
+    assert get_run(api, run_id)["status"] == "running"
+    assert api.post(f"/runs/{run_id}/kill").status_code == 202
+    assert wait_final(api, run_id, timeout=300)["status"] == "killed"
 
 
 def test_gpu_runs_get_their_own_devices(server, start_worker, tmp_path):
