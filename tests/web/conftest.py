@@ -30,7 +30,7 @@ def browser():
 def _open_page(browser, watch: PageWatch, width: int, height: int):
     context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
     page = context.new_page()
-    page.set_default_timeout(20_000)
+    page.set_default_timeout(60_000)  # a guard against hangs, generous for a busy machine
 
     def on_dialog(dialog):
         watch.dialogs.append(f"{dialog.type}: {dialog.message}")
