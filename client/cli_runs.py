@@ -38,7 +38,7 @@ _OWN_NOTE = frozenset({RunStatus.MACHINE_REQUESTED, RunStatus.STOPPING, RunStatu
 @click.option("-t", "--machine-type", metavar="TYPE", help="cpu (default), gpu or gpu:N.")
 @click.option("-e", "--env", multiple=True, metavar="NAME=VALUE", help="Environment variable (repeatable).")
 @click.option("--label", multiple=True, metavar="LABEL", help="Label for the run (repeatable).")
-@click.option("--timeout", metavar="DURATION", help="Stop the run after this long (90, 90s, 5m, 2h).")
+@click.option("--timeout", metavar="DURATION", help="Stop the run after this long (90, 90s, 5m, 2h, 7d).")
 @click.option("--retries", type=int, help="Requeue this many times if its worker is lost (0-10).")
 @click.option("-d", "--background", is_flag=True, default=None, help="Submit and return; do not follow.")
 @click.option("--from-file", metavar="YAML", help="Run options as YAML (keys as the flags); flags override.")
