@@ -8,7 +8,9 @@ import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 
+from cast.server import app as app_module
 from cast.server.api import deps
+from cast.server.settings import Settings
 
 PUBLIC = {"/api/v1/health", "/api/v1/protocol/statuses"}
 WORKER_ROUTES = {
@@ -121,15 +123,18 @@ def test_openapi_document_lists_the_api(app):
 
 
 def test_web_viewer_is_served_at_root(app):
-    from cast.server.app import WEB_DIR
-
     response = TestClient(app).get("/")
-    if (WEB_DIR / "index.html").is_file():
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/html")
-    else:
-        assert response.status_code == 404
-        assert response.json() == {"detail": "the web viewer is not installed"}
+    assert response.status_code == 200, "the package ships server/web/index.html"
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.text == (app_module.WEB_DIR / "index.html").read_text()
+    assert TestClient(app).get("/static/app.js").status_code == 200
+
+
+def test_a_viewer_missing_from_the_install_is_a_clear_404(tmp_path, monkeypatch):
+    monkeypatch.setattr(app_module, "WEB_DIR", tmp_path / "no-web")
+    response = TestClient(app_module.create_app(Settings(data_dir=tmp_path / "data"))).get("/")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "the web viewer is not installed"}
 
 
 @pytest.mark.parametrize("path", ["/static/../app.py", "/static/%2e%2e/app.py"])
