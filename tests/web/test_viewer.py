@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 from playwright.sync_api import expect
 
+from cast.protocol.status import RunStatus
 from tests.conftest import REPO_ROOT
 from tests.factories import create_run, get_run, wait_status
 from tests.web.helpers import screenshot, sign_in
@@ -107,6 +108,18 @@ def test_the_viewer_takes_its_statuses_from_the_api_once_per_page_load(server, p
     with page.expect_request(lambda request: "/api/v1/runs?" in request.url and "status=" in request.url) as listed:
         page.select_option("#status-filter", "active")
     assert parse_qs(urlsplit(listed.value.url).query)["status"] == ["mounting"]
+
+
+def test_without_the_status_table_the_viewer_says_so_and_tries_again(server, page):
+    page.route("**/api/v1/protocol/statuses", lambda route: route.abort())
+    page.goto(f"{server.url}/#/runs")
+    expect(page.locator(".page-error")).to_contain_text("Cannot load the run statuses from the server")
+    expect(page.locator("form.login")).to_have_count(0)
+    page.unroute("**/api/v1/protocol/statuses")
+    page.click("text=Try again")
+    page.fill("#token", server.admin_token)
+    page.click("form.login button[type=submit]")
+    expect(page.locator("#status-filter option")).to_have_count(2 + len(RunStatus))
 
 
 def test_runs_page_shows_new_runs_and_status_changes_live_and_filters(server, worker, page, narrow_page):
