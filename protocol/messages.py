@@ -160,6 +160,10 @@ class HeartbeatReply:
                    lease_expires_at=datetime.fromisoformat(expires) if expires else None)
 
 
+# Characters of a status report's note and reason the server keeps.
+MAX_REASON_LENGTH = 4096
+
+
 @dataclass
 class StatusReport:
     """A worker's report that its run moved to `status`."""

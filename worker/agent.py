@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from cast.protocol.messages import Lease, LogStream
-from cast.protocol.status import RunStatus
+from cast.protocol.status import RunStatus, is_final
 from cast.protocol.validate import parse_machine_type
 from cast.worker.client import Conflict, Refused, ServerClient, ServerError, ServerUnavailable, with_retries
 from cast.worker.executors.base import BuildFailed, Executor, Job, RunningProcess
@@ -115,12 +115,16 @@ class RunController:
             self.request_stop(None, from_server=True)
         elif status is RunStatus.KILLING:
             self.request_kill()
+        elif is_final(status):
+            # Ended by the server (its reaper: a stage past its bound), or by
+            # this worker's own last report a moment ago: nothing more to do.
+            self._lose_lease(f"the server has it {status}")
 
-    def _lose_lease(self) -> None:
+    def _lose_lease(self, why: str = "lease lost") -> None:
         with self._lock:
             if self._finished.is_set():
                 return
-            log.warning("run %s: lease lost; abandoning it", self.run_id)
+            log.warning("run %s: %s; abandoning it", self.run_id, why)
             self._aborted = True
             if self._process is not None and not self._exited:
                 self._process.kill()

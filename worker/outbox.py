@@ -174,12 +174,15 @@ class Outbox:
             self._cond.notify_all()
 
     def close(self) -> None:
-        """Stop the sender once the queue is empty (a detached one is not waited for)."""
+        """Stop the sender once the queue is empty. A detached sender, or one of
+        an abandoned outbox, is not waited for: its call may block for long, and
+        it leaves the queue alone once it returns."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-            thread = self._thread
-        thread.join()
+            thread = None if self._abandoned else self._thread
+        if thread is not None:
+            thread.join()
 
     # --- the sender -------------------------------------------------------
 

@@ -46,7 +46,7 @@ def test_a_kill_does_not_wait_behind_a_stalled_output_push(server, start_worker,
 def test_a_push_stalled_past_the_stage_bound_fails_the_run(start_server, start_worker, proxy_to, cast_via):
     server = start_server(env=BOUNDS)
     proxy = proxy_to(server.port)
-    start_worker(dataclasses.replace(server, url=proxy.url))
+    start_worker(dataclasses.replace(server, url=proxy.url), extra_args=["--max-runs", "1"])
     proxy.stall_uploads(STALL_AFTER)
     result = cast_via(server.url, server.admin_token).run("run", "head -c 256M /dev/zero > big.bin")
     reason = "pushing for longer than 3.00s, the server's bound (CAST_STAGE_TIMEOUT_SECONDS)"
@@ -56,10 +56,12 @@ def test_a_push_stalled_past_the_stage_bound_fails_the_run(start_server, start_w
         run = api.get("/runs/1").json()
         assert (run["status"], run["reason"]) == ("failed", reason)
         assert f"Pushing… failed: {reason}" in log_texts(api, 1, "cast")
-        proxy.resume()
-        after = submit(api, "echo fine > after.txt")  # the worker goes on
+        # Its one slot is free again while the push is still stalled: the
+        # worker let go of the run the server ended.
+        after = submit(api, "echo fine > after.txt")
         assert wait_final(api, after, timeout=60)["status"] == "complete"
-        assert wait_final(api, 1)["status"] == "failed"  # the late push changed nothing
+        proxy.resume()
+        assert wait_final(api, 1)["status"] == "failed"
 
 
 @contextlib.contextmanager

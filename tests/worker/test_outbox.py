@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cast.protocol.messages import PERMANENT_HEADER
+from cast.protocol.messages import MAX_REASON_LENGTH, PERMANENT_HEADER
 from cast.worker.client import ServerClient
 from cast.worker.outbox import Outbox
 from tests.conftest import wait_until
@@ -200,3 +200,12 @@ def test_a_kill_does_not_wait_behind_a_push_that_blocks(server, run):
         assert [e["text"] for b in server.of_kind("logs") for e in b["entries"]] == ["last words"]
     finally:
         released.set()
+
+
+def test_a_long_reason_is_cut_to_what_the_server_keeps_from_its_end(server, run):
+    made = run()
+    made.outbox.status("build_failed", reason="x" * 10_000 + "the last line")
+    made.finish()
+    [report] = server.of_kind("status")
+    assert len(report["reason"]) == MAX_REASON_LENGTH and report["reason"].endswith("xthe last line")
+    assert report["reason"].startswith("…")
