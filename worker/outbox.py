@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
-from cast.protocol.messages import LogEntry, LogStream, StatusReport
+from cast.protocol.messages import MAX_REASON_LENGTH, LogEntry, LogStream, StatusReport
 from cast.protocol.status import RunStatus
 from cast.worker.client import Conflict, Refused, ServerClient, with_retries
 
@@ -48,6 +48,14 @@ MAX_BATCH_CHARS = 1 << 20
 # growing without bound.
 MAX_PENDING_LINES = 50_000
 MAX_PENDING_CHARS = 64 << 20
+
+
+def _clip(text: str | None) -> str | None:
+    """A note or reason cut to what the server keeps; its end says most (the
+    last lines of a failed build)."""
+    if text is None or len(text) <= MAX_REASON_LENGTH:
+        return text
+    return "…" + text[-(MAX_REASON_LENGTH - 1):]
 
 
 def utc_now() -> str:
@@ -129,7 +137,7 @@ class Outbox:
 
     def status(self, status: RunStatus, *, note: str | None = None, exit_code: int | None = None,
                reason: str | None = None) -> None:
-        self._put(_StatusChange(status, note, exit_code, reason))
+        self._put(_StatusChange(status, _clip(note), exit_code, _clip(reason)))
 
     def push_outputs(self, tar_chunks: Callable[[], Iterable[bytes]]) -> None:
         self._put(_OutputPush(tar_chunks))
