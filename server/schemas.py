@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cast.protocol import validate as wire
-from cast.protocol.messages import LogStream, MountSpec, RunSpec, StatusReport
+from cast.protocol.messages import MAX_REASON_LENGTH, LogStream, MountSpec, RunSpec, StatusReport
 from cast.protocol.status import RunStatus
 
 _NO_CONTROL = re.compile(r"^[^\x00-\x1f\x7f]*$")
@@ -69,12 +69,14 @@ class RunCreate(_In):
     code_bundle: str | None = Field(default=None, pattern=CODE_KEY_PATTERN)
     pip: list[str] = Field(default_factory=list, max_length=500)
     pip_req: str | None = Field(default=None, max_length=1024 * 1024)
-    apt: list[str] = Field(default_factory=list, max_length=500)
+    apt: list[Annotated[str, Field(max_length=wire.MAX_APT_PACKAGE_LENGTH)]] = Field(default_factory=list,
+                                                                                      max_length=500)
     docker_image: str | None = Field(default=None, min_length=1, max_length=512)
     mounts: list[MountIn] = Field(default_factory=list, max_length=200)
-    machine_type: str = "cpu"
+    machine_type: str = Field(default="cpu", max_length=16)
     env: dict[str, str] = Field(default_factory=dict, max_length=500)
-    labels: list[str] = Field(default_factory=list, max_length=100)
+    labels: list[Annotated[str, Field(max_length=wire.MAX_LABEL_LENGTH)]] = Field(default_factory=list,
+                                                                                 max_length=100)
     timeout: float | None = Field(default=None, gt=0, le=366 * 24 * 3600)
     retries: int = Field(default=0, ge=0, le=10)
 
@@ -136,10 +138,9 @@ class RunCreate(_In):
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         for name, text in value.items():
-            wire.validate_env_name(name)
             if "\x00" in text:
-                raise ValueError(f"environment variable {name} must not contain a NUL byte")
-        return value
+                raise ValueError(f"environment variable {name[:256]} must not contain a NUL byte")
+        return wire.validate_env(value)
 
     @field_validator("labels")
     @classmethod
@@ -200,7 +201,7 @@ class RunList(BaseModel):
 
 
 class LabelIn(_In):
-    label: str
+    label: str = Field(max_length=wire.MAX_LABEL_LENGTH)
 
     @field_validator("label")
     @classmethod
@@ -212,7 +213,7 @@ class LabelIn(_In):
 
 class LogEntryIn(_In):
     stream: LogStream
-    text: str
+    text: str = Field(max_length=1024 * 1024)  # the server keeps CAST_MAX_LOG_LINE_CHARS of it
     time: datetime | None = None
 
 
@@ -270,9 +271,9 @@ class HeartbeatIn(_In):
 class StatusIn(_In):
     lease_token: LeaseToken
     status: RunStatus
-    note: str | None = Field(default=None, max_length=4096)
+    note: str | None = Field(default=None, max_length=MAX_REASON_LENGTH)
     exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31)
-    reason: str | None = Field(default=None, max_length=4096)
+    reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH)
 
     def to_report(self) -> StatusReport:
         return StatusReport(**self.model_dump())
@@ -328,7 +329,7 @@ _USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class UserCreate(_In):
-    name: str
+    name: str = Field(max_length=64)
     admin: bool = False
 
     @field_validator("name")
@@ -344,7 +345,7 @@ class TokenCreate(_In):
     kind: Literal["user", "worker"] = "user"
     name: str = Field(default="", max_length=200)
     # Admins may make a token for another user; defaults to the caller.
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=64)
 
 
 class TokenOut(BaseModel):

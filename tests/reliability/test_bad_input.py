@@ -131,6 +131,11 @@ API_INPUTS = [
              content=_tar(_member("passwd", tarfile.LNKTYPE, "/etc/passwd")), params={"kind": "dir"}),
     ApiInput("folder upload with a device", "PUT", "/uploads/new", 400, "devices",
              content=_tar(_member("null", tarfile.CHRTYPE)), params={"kind": "dir"}),
+    ApiInput("folder upload with a name that is not UTF-8", "PUT", "/uploads/new", 400,
+             "'bad\\xffname.txt' cannot be stored: its name is not valid UTF-8",
+             content=_tar(_member("bad\udcffname.txt")), params={"kind": "dir"}),
+    ApiInput("folder upload with a name too long to store", "PUT", "/uploads/new", 400,
+             "longer than 255 bytes", content=_tar(_member("x" * 300)), params={"kind": "dir"}),
     # --- mounts
     ApiInput("mount leaving runs/ with ..", "POST", "/runs", 400, "must be runs/N",
              json=_run(mounts=[{"resource": "runs/{done}/../../etc"}])),
@@ -184,6 +189,37 @@ API_INPUTS = [
     # --- commands and bodies
     ApiInput("empty command", "POST", "/runs", 422, "command", json={"command": ""}),
     ApiInput("oversized command", "POST", "/runs", 422, "65536", json={"command": "x" * 65537}),
+    # --- size bounds on every field: 422 naming the field and the limit
+    ApiInput("pip entry of 100,000 characters", "POST", "/runs", 422,
+             "pip: --pip entry of 100000 characters exceeds the limit of 256", json=_run(pip=["a" * 100_000])),
+    ApiInput("requirements line of 100,000 characters", "POST", "/runs", 422, "exceeds the limit of 256",
+             json=_run(pip_req="six\n" + "a" * 100_000 + "\n")),
+    ApiInput("apt entry of 100,000 characters", "POST", "/runs", 422, "apt.0: String should have at most 201",
+             json=_run(apt=["a" * 100_000])),
+    ApiInput("env name of 300 characters", "POST", "/runs", 422, "exceeds the limit of 256",
+             json=_run(env={"A" * 300: "x"})),
+    ApiInput("env value of 100,000 characters", "POST", "/runs", 422, "A: its value of 100000 characters exceeds the limit of 65536",
+             json=_run(env={"A": "x" * 100_000})),
+    ApiInput("env of 300,000 characters in all", "POST", "/runs", 422, "exceed the limit of 262144",
+             json=_run(env={f"V{i}": "x" * 60_000 for i in range(5)})),
+    ApiInput("machine type of 100,000 characters", "POST", "/runs", 422, "machine_type: String should have at most 16",
+             json=_run(machine_type="gpu" * 33_333)),
+    ApiInput("run label of 100,000 characters", "POST", "/runs", 422, "labels.0: String should have at most 63",
+             json=_run(labels=["x" * 100_000])),
+    ApiInput("label of 100,000 characters", "POST", "/runs/{done}/labels", 422, "label: String should have at most 63",
+             json={"label": "x" * 100_000}),
+    ApiInput("mount path of 5,000 characters", "POST", "/runs", 422, "4096",
+             json=_run(mounts=[{"resource": "uploads/data", "path": "a/" * 2500}])),
+    ApiInput("user name of 100,000 characters", "POST", "/users", 422, "name: String should have at most 64",
+             json={"name": "u" * 100_000}),
+    ApiInput("token for a user named with 100,000 characters", "POST", "/tokens", 422,
+             "user: String should have at most 64", json={"user": "u" * 100_000}),
+    ApiInput("worker log line of 2 MiB", "POST", "/runs/{queued}/logs", 422, "text: String should have at most 1048576",
+             json={"lease_token": "x", "seq": 0, "entries": [{"stream": "stdout", "text": "x" * (2 << 20)}]},
+             token="worker"),
+    ApiInput("worker status reason over 4096 characters", "POST", "/runs/{queued}/status", 422,
+             "reason: String should have at most 4096", token="worker",
+             json={"lease_token": "x", "status": "failed", "reason": "x" * 5000}),
     ApiInput("command with a NUL byte", "POST", "/runs", 422, "NUL", json={"command": "echo a\x00b"}),
     ApiInput("oversized body", "POST", "/runs", 413, "limit", json={"command": "true", "pip_req": "#" * (17 * 1024 * 1024)}),
     ApiInput("invalid UTF-8 in the body", "POST", "/runs", 400, "parsing the body",
@@ -217,7 +253,8 @@ API_INPUTS = [
     ApiInput("empty env name", "POST", "/runs", 400, "not valid", json=_run(env={"": "x"})),
     ApiInput("env value with a NUL byte", "POST", "/runs", 422, "NUL", json=_run(env={"A": "a\x00b"})),
     ApiInput("run label with a space", "POST", "/runs", 400, "label", json=_run(labels=["a b"])),
-    ApiInput("run label too long", "POST", "/runs", 400, "label", json=_run(labels=["x" * 64])),
+    ApiInput("run label too long", "POST", "/runs", 422, "labels.0: String should have at most 63",
+             json=_run(labels=["x" * 64])),
     # --- tokens
     ApiInput("no token", "GET", "/runs", 401, "missing bearer token", token="none"),
     ApiInput("unknown token", "GET", "/runs", 401, "unknown token", token="cast_u_nope"),
@@ -293,6 +330,7 @@ CLI_INPUTS = [
     CliInput("git ref without a git URL", ("run", "--commit-ref", "main", "true"), 2, "--github-url"),
     # --- commands, encodings, numbers
     CliInput("oversized command", ("run", "x" * 70000), 1, "65536"),
+    CliInput("pip entry of 100,000 characters", ("run", "--pip", "a" * 100_000, "true"), 2, "exceeds the limit of 256"),
     CliInput("invalid UTF-8 in the command", ("run", b"echo \xff\xfe"), 1, "unicode"),
     CliInput("invalid UTF-8 in an env value", ("run", "-e", b"A=\xff", "true"), 1, "unicode"),
     CliInput("negative timeout", ("run", "--timeout", "-5", "true"), 2, "--timeout"),
@@ -468,3 +506,20 @@ def test_the_queued_run_is_still_waiting(module_server, world):
         assert done["status"] == "complete" and done["labels"] == ["keep"]
         paths = [f["path"] for f in api.get(f"/runs/{world['done']}/outputs").json()["files"]]
         assert paths == ["d/f.txt", "out.txt"]
+
+
+def test_a_multi_user_server_refuses_local_git_sources_in_one_line(start_server, cast_via, tmp_path):
+    """Unless its operator allows them (CAST_ALLOW_LOCAL_GIT), a server does not
+    let a run read a repository on its host: another user's, say."""
+    secret = tmp_path / "secret-repo"
+    subprocess.run(["git", "init", "-q", str(secret)], check=True)
+    server = start_server(env={"CAST_ALLOW_LOCAL_GIT": "0"})
+    cast = cast_via(server.url, server.admin_token)
+    for url in (f"file://{secret}", str(secret)):
+        result = cast.run("run", "--github-url", url, "cat .git/config")
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr.splitlines() == [
+            f"cast: error: git URL {url!r} is on the server's own filesystem; this server does not allow local "
+            "git sources (its operator can, with CAST_ALLOW_LOCAL_GIT=1)"]
+    with server.api() as api:
+        assert api.get("/runs").json()["runs"] == []
