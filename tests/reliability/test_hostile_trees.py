@@ -320,7 +320,7 @@ def _build(work: Path, canary: Path, entries: list[tuple[bytes, str]]) -> dict[s
 
 
 @settings(max_examples=25, derandomize=True, database=None, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+          suppress_health_check=[HealthCheck.too_slow])
 @given(entries=trees())
 def test_any_hostile_tree_is_saved_or_named_and_removed_without_touching_the_host(tmp_path_factory, entries):
     base = tmp_path_factory.mktemp("tree")
