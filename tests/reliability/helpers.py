@@ -1,9 +1,12 @@
 """Helpers for the fault-injection tests: a TCP proxy whose connections can be
-cut at will, and a look at which processes of a group still run."""
+cut at will, a look at which processes of a group (or naming a marker) still
+run, and a canary folder of host files that no run may change."""
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 import struct
 import threading
 from pathlib import Path
@@ -103,3 +106,42 @@ def live_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry.name))
     return members
+
+
+def processes_naming(marker: str) -> list[int]:
+    """The live processes whose command line holds `marker` (zombies excluded)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def canary_tree(root: Path) -> Path:
+    """Host folders no run may change: a private one (0700), a sticky one (1777), a file."""
+    (root / "private" / "inner").mkdir(parents=True)
+    (root / "private" / "secret.txt").write_text("secret\n")
+    os.chmod(root / "private" / "secret.txt", 0o600)
+    os.chmod(root / "private" / "inner", 0o700)
+    os.chmod(root / "private", 0o700)
+    (root / "sticky").mkdir()
+    os.chmod(root / "sticky", 0o1777)
+    (root / "file.txt").write_text("host file\n")
+    os.chmod(root / "file.txt", 0o640)
+    return root
+
+
+def modes_and_contents(root: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every entry under `root` (itself included): its mode, and a file's bytes."""
+    found = {".": (os.lstat(root).st_mode, None)}
+    for path in sorted(root.rglob("*")):
+        info = os.lstat(path)
+        found[str(path.relative_to(root))] = (info.st_mode, path.read_bytes() if stat.S_ISREG(info.st_mode) else None)
+    return found

@@ -30,30 +30,9 @@ from cast.worker.fsops import remove_tree
 from cast.worker.outputs import Outputs, snapshot
 from tests.conftest import wait_until
 from tests.factories import log_texts, output_paths, run_id_of, submit, wait_final
+from tests.reliability.helpers import canary_tree, modes_and_contents
 
 BOUND = 300  # seconds: only guards against a hang
-
-
-def _modes_and_contents(root: Path) -> dict[str, tuple[int, bytes | None]]:
-    found = {".": (os.lstat(root).st_mode, None)}
-    for path in sorted(root.rglob("*")):
-        info = os.lstat(path)
-        found[str(path.relative_to(root))] = (info.st_mode, path.read_bytes() if stat.S_ISREG(info.st_mode) else None)
-    return found
-
-
-def _canary(root: Path) -> Path:
-    """Host folders no run may change: a private one, a sticky one, a file."""
-    (root / "private" / "inner").mkdir(parents=True)
-    (root / "private" / "secret.txt").write_text("secret\n")
-    os.chmod(root / "private" / "secret.txt", 0o600)
-    os.chmod(root / "private" / "inner", 0o700)
-    os.chmod(root / "private", 0o700)
-    (root / "sticky").mkdir()
-    os.chmod(root / "sticky", 0o1777)
-    (root / "file.txt").write_text("host file\n")
-    os.chmod(root / "file.txt", 0o640)
-    return root
 
 
 def _cleaned_up(worker) -> None:
@@ -67,13 +46,13 @@ def _cleaned_up(worker) -> None:
 def test_cleanup_never_follows_a_runs_links_to_host_folders_or_stored_outputs(
         executor, server, start_worker, docker_env, tmp_path):
     worker = start_worker(server, executor=executor, env=docker_env if executor == "docker" else None)
-    canary = _canary(tmp_path / "canary")
+    canary = canary_tree(tmp_path / "canary")
     with server.api() as api:
         first = submit(api, "mkdir out && echo kept > out/kept.txt")
         assert wait_final(api, first, timeout=BOUND)["status"] == "complete"
         stored = server.data_dir / "runs" / str(first)
-        sealed = _modes_and_contents(stored)
-        before = _modes_and_contents(canary)
+        sealed = modes_and_contents(stored)
+        before = modes_and_contents(canary)
         command = " && ".join([
             f"ln -s {shlex.quote(str(canary / 'private'))} to-private",
             f"ln -s {shlex.quote(str(canary / 'sticky'))} to-sticky",
@@ -86,8 +65,8 @@ def test_cleanup_never_follows_a_runs_links_to_host_folders_or_stored_outputs(
         lines = log_texts(api, run, "cast")
     _cleaned_up(worker)
 
-    assert _modes_and_contents(canary) == before
-    assert _modes_and_contents(stored) == sealed
+    assert modes_and_contents(canary) == before
+    assert modes_and_contents(stored) == sealed
     for name in ["to-private", "to-sticky", "to-file", "to-stored"]:
         assert f"not saved: {name}: a symbolic link (links are not followed)" in lines
 
@@ -324,12 +303,12 @@ def _build(work: Path, canary: Path, entries: list[tuple[bytes, str]]) -> dict[s
 @given(entries=trees())
 def test_any_hostile_tree_is_saved_or_named_and_removed_without_touching_the_host(tmp_path_factory, entries):
     base = tmp_path_factory.mktemp("tree")
-    canary = _canary(base / "canary")
+    canary = canary_tree(base / "canary")
     work = base / "work"
     work.mkdir()
     before = snapshot(work)
     made = _build(work, canary, entries)
-    canary_before = _modes_and_contents(canary)
+    canary_before = modes_and_contents(canary)
 
     lines: list[str] = []
     outputs = Outputs.collect(work, before, [], report=lines.append)
@@ -355,4 +334,4 @@ def test_any_hostile_tree_is_saved_or_named_and_removed_without_touching_the_hos
     remove_tree(work)
     remove_tree(stored)
     assert not work.exists() and not stored.exists()
-    assert _modes_and_contents(canary) == canary_before
+    assert modes_and_contents(canary) == canary_before
