@@ -21,8 +21,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
