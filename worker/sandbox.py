@@ -51,7 +51,7 @@ DEFAULT_PROCESSES = 4096  # the Docker executor's pids limit
 _SYSTEM_TREES = ("/usr", "/etc", "/opt", "/sys")
 _TOP_LEVEL = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # links into /usr on merged systems
 _SECRETS = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-")
-_GPU_DEVICES = Path("/dev")
+_DEVICES = Path("/dev")
 
 
 class SandboxUnavailable(Exception):
@@ -211,7 +211,7 @@ class Sandbox:
                 argv += ["--tmpfs", str(path)]
         argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm"]
         if run.gpus:
-            for device in sorted(_GPU_DEVICES.glob("nvidia*")):
+            for device in sorted(_DEVICES.glob("nvidia*")):
                 argv += ["--dev-bind", str(device), str(device)]
         argv += ["--bind", str(run.tmp), "/tmp", *_folders_above(Path(SANDBOX_HOME)),
                  "--bind", str(run.home), SANDBOX_HOME]

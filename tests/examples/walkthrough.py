@@ -54,8 +54,10 @@ def completed(result: CliResult, run_id: int) -> list[str]:
     lines = result.stdout.splitlines()
     assert lines[0] == f"Casting run #{run_id}…"
     assert lines[-1] == f"Run {run_id} complete"
-    start, end = lines.index("Run is running"), lines.index("Saving… done")
-    return lines[start + 1:end]
+    start, end = lines.index("Run is running") + 1, lines.index("Saving… done")
+    if lines[start].startswith("Sandbox: "):  # the local executor's line on how the run is held
+        start += 1
+    return lines[start:end]
 
 
 def failed(result: CliResult, run_id: int) -> str:
