@@ -7,7 +7,8 @@ of its command's section, and nothing documented is missing from the CLI.
 docs/api.md against the OpenAPI document of a real app: every operation is a
 row of a route table, no row names a route that does not exist, and the routes
 it says need no token are exactly those that answer without one.
-docs/reliability.md's operation counts against the same document.
+docs/reliability.md's operation counts against the same document, and
+docs/deployment.md's settings table against the server's `Settings`.
 
 The docs' format this relies on: a command's section has a heading naming it
 in backquotes (`cast token create`; several commands may share a section
@@ -241,3 +242,15 @@ def test_reliability_md_counts_the_operations_of_the_openapi_document(operations
     guarded = sum("security" in operation for operation in operations.values())
     said = [int(n) for n in re.findall(r"the (\d+) that need a token", text)]
     assert said == [guarded], f"docs/reliability.md says {said} operations need a token; the OpenAPI document has {guarded}"
+
+
+def test_deployment_md_lists_every_server_setting_and_nothing_else():
+    listed = {row[0].strip("`")
+              for _heading, lines in _sections((DOCS / "deployment.md").read_text())
+              for header, rows in _tables(lines) if header[:1] == ["setting"] for row in rows}
+    prefix = Settings.model_config["env_prefix"]
+    actual = {prefix + name.upper() for name in Settings.model_fields}
+    problems = [f"docs/deployment.md's settings table has no row for `{name}`" for name in sorted(actual - listed)]
+    problems += [f"docs/deployment.md lists `{name}`, which the server's Settings do not have"
+                 for name in sorted(listed - actual)]
+    assert not problems, "\n".join(problems)
