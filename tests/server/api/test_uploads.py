@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import tarfile
 import threading
-import time
 
 import httpx
 import pytest
@@ -70,25 +69,31 @@ def test_paths_outside_an_upload_are_refused(local, path):
 def test_a_partial_upload_is_never_visible(live, server):
     release = threading.Event()
     result = {}
+    # Larger than the server's read chunk: some of it is on its disk before the rest comes.
+    first, rest = b"a" * (4 << 20), b"b" * 65536
 
     def slow_body():
-        yield b"a" * 65536
-        release.wait(10)
-        yield b"b" * 65536
+        yield first
+        release.wait(120)
+        yield rest
 
     def upload():
         result["response"] = live.user.put("/uploads/slow.bin", content=slow_body())
 
+    def staged_bytes() -> int:
+        return sum(path.stat().st_size for path in (server.data_dir / "tmp").rglob("*") if path.is_file())
+
     uploader = threading.Thread(target=upload)
     uploader.start()
-    time.sleep(0.5)
+    # Part of it is on the server's disk, in its staging folder: the upload is under way.
+    wait_until(lambda: staged_bytes() > 0, timeout=120, what="the first bytes to reach the server")
     assert live.user.get("/uploads").json()["uploads"] == []
     assert live.user.get("/uploads/slow.bin").status_code == 404
     assert live.user.put("/uploads/other", content=b"not blocked").status_code == 201
     release.set()
-    uploader.join(10)
+    uploader.join(120)
     assert result["response"].status_code == 201
-    assert live.user.get("/uploads/slow.bin").content == b"a" * 65536 + b"b" * 65536
+    assert live.user.get("/uploads/slow.bin").content == first + rest
 
 
 def test_an_aborted_upload_leaves_nothing(live, server):
