@@ -68,11 +68,15 @@ def test_labels_filter_and_paging(local):
     assert local.user.delete(f"/runs/{ids[0]}/labels/exp").json()["labels"] == []
     assert local.user.delete(f"/runs/{ids[0]}/labels/exp").status_code == 404
     assert local.user.post(f"/runs/{ids[0]}/labels", json={"label": "no spaces"}).status_code == 400
+    # Three statuses among the five: building (the oldest queued, leased), stopped, machine_requested.
     local.user.post(f"/runs/{ids[1]}/stop")
-    queued = local.user.get("/runs", params={"status": ["machine_requested"]}).json()["runs"]
-    assert [r["id"] for r in queued] == [ids[4], ids[3], ids[2], ids[0]]
-    both = local.user.get("/runs", params={"status": ["machine_requested", "stopped"]}).json()["runs"]
-    assert len(both) == 5
+    assert local.lease(local.register())["run_id"] == ids[0]
+    by_status = lambda *statuses: [  # noqa: E731
+        r["id"] for r in local.user.get("/runs", params={"status": list(statuses)}).json()["runs"]]
+    assert by_status("machine_requested") == [ids[4], ids[3], ids[2]]
+    assert by_status("machine_requested", "stopped") == [ids[4], ids[3], ids[2], ids[1]]
+    assert by_status("building") == [ids[0]]
+    assert by_status("complete") == []
 
 
 def test_the_request_body_of_a_run_spec_is_what_the_create_route_takes():
