@@ -141,12 +141,13 @@ def test_background_stop_keeps_outputs_and_kill_drops_them(cli, worker):
 
 def test_ctrl_c_detaches_and_the_run_keeps_going(cli, worker, base_env, tmp_path):
     env = {**base_env, "CAST_SERVER_URL": worker.server.url, "CAST_TOKEN": worker.server.admin_token}
-    process = subprocess.Popen(["cast", "run", "echo started; sleep 60"], cwd=tmp_path, env=env,
+    # The run would go on for an hour: only the kill below ends it.
+    process = subprocess.Popen(["cast", "run", "echo started; sleep 3600"], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_line(worker.server, 1, "started", timeout=60)
+        wait_for_line(worker.server, 1, "started", timeout=120)
         process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=20)
+        stdout, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
@@ -155,7 +156,7 @@ def test_ctrl_c_detaches_and_the_run_keeps_going(cli, worker, base_env, tmp_path
     assert "Traceback" not in stderr
     assert get_run(worker.server, 1)["status"] == "running"
     assert cli("kill", "1").returncode == 0
-    wait_status(worker.server, 1, "killed")
+    wait_status(worker.server, 1, "killed", timeout=120)
 
 
 def test_json_of_background_run_is_the_run(cli, worker):
