@@ -134,7 +134,8 @@ def live(server) -> Api:
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", lease_seconds=2)
+    # The tests' git repositories are local; their refusal is tested on its own.
+    return Settings(data_dir=tmp_path / "data", lease_seconds=2, allow_local_git=True)
 
 
 @pytest.fixture

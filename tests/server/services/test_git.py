@@ -18,12 +18,6 @@ from .conftest import git
 REFUSED = "is on the server's own filesystem; this server does not allow local git sources"
 
 
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    """The repositories of these tests are local: allowed, as an operator would."""
-    return settings.model_copy(update={"allow_local_git": True})
-
-
 def test_ref_resolves_to_the_commit_at_creation(local, repo):
     first = git(repo, "rev-parse", "HEAD")
     run = local.create_run(git_url=f"file://{repo}", commit_ref="main")
