@@ -19,6 +19,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -82,6 +83,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _domain_response(mapped)
 
     app.add_exception_handler(OSError, filesystem_error)
+
+    async def database_error(_request: Request, error: OperationalError) -> JSONResponse:
+        # SQLite's own ENOSPC: the data dir's disk is full, as for a file.
+        if "database or disk is full" not in str(error.orig):
+            raise error
+        return _domain_response(errors.StorageFull())
+
+    app.add_exception_handler(OperationalError, database_error)
 
     async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
         # One sentence for the first problem; a SpecError from our validators

@@ -13,6 +13,7 @@ as the server's data dir (a real ENOSPC: the server answers 507).
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import httpx
@@ -119,6 +120,23 @@ def test_a_full_server_disk_fails_the_run_with_507_and_leaves_nothing_half_writt
     # Space came back with them: a run that fits is saved.
     assert cast.run("run", "head -c 1M /dev/urandom > small.bin").returncode == 0
     assert cast.run("ls", "runs/2").stdout.split()[0] == "small.bin"
+
+
+def test_a_database_write_on_a_full_server_disk_answers_507_and_changes_nothing(start_server, small_disk, tmp_path):
+    data_dir = small_disk(tmp_path / "server-data", megabytes=8)
+    server = start_server(data_dir=data_dir)
+    with server.api() as api:
+        first = submit(api, "true")
+        filler = data_dir / "filler"
+        subprocess.run(["sh", "-c", f"head -c 16M /dev/zero > {filler}"], check=False, stderr=subprocess.DEVNULL)
+        # SQLite meets ENOSPC when it commits a run of 60 KB.
+        refused = api.post("/runs", json={"command": "echo " + "x" * 60_000})
+        assert (refused.status_code, refused.json()) == (507, {"detail": "server storage full"})
+        assert refused.headers["X-Cast-Permanent"] == "1"
+        assert [run["id"] for run in api.get("/runs").json()["runs"]] == [first]
+        filler.unlink()
+        assert submit(api, "true") == first + 1
+    assert "Traceback" not in server.log_path.read_text()
 
 
 def test_a_fork_bomb_is_killed_at_its_pids_limit_while_another_run_goes_on(server, start_worker, docker_env):
