@@ -5,7 +5,8 @@ run through the real CLI, server and worker; the worker never follows a link
 while cleaning up, saves or names every entry, removes the tree and takes the
 next run. Then a property test: hypothesis builds hostile trees and the
 worker's save and cleanup (the very functions the agent calls, feeding the
-server's own tar extraction) hold for each.
+server's own tar extraction) hold for each; test_hostile_trees_live.py holds
+the same property through live parts, a real run per tree.
 """
 
 from __future__ import annotations

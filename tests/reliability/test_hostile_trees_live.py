@@ -170,8 +170,13 @@ EVERY_KIND = {
 }
 
 
-def os_name(path: bytes) -> str:
+def _os_name(path: bytes) -> str:
     return path.decode("utf-8", "surrogateescape")
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:n]) for n in range(1, len(parts))]
 
 
 def _files_of(plan: dict, canary_file_size: int, refused: set[str]) -> dict[str, int]:
@@ -189,7 +194,7 @@ def _files_of(plan: dict, canary_file_size: int, refused: set[str]) -> dict[str,
             sizes[path] = canary_file_size
         elif entry["kind"] == "deep":
             sizes[b"/".join([path, *[DEEP_NAME.encode()] * DEEP_LEVELS, b"bottom"])] = len(b"bottom")
-    return {os_name(path): size for path, size in sizes.items()}
+    return {_os_name(path): size for path, size in sizes.items()}
 
 
 @pytest.mark.timeout(30 * 60)  # a dozen real runs on a loaded machine; each wait has its own BOUND
@@ -231,7 +236,7 @@ def test_any_hostile_tree_through_the_cli_a_server_and_a_worker(module_cli, modu
     for path in files.keys() - storable.keys():
         assert is_named(path), (path, named)
     for entry in plan["entries"]:
-        path = os_name(bytes.fromhex(entry["path"]))
+        path = _os_name(bytes.fromhex(entry["path"]))
         if entry["kind"] in ("link_out", "fifo", "socket"):
             assert is_named(path), (entry, named)
         elif entry["kind"] == "dir" and name_problem(path) is not None:
@@ -244,8 +249,3 @@ def test_any_hostile_tree_through_the_cli_a_server_and_a_worker(module_cli, modu
     wait_until(lambda: not any((module_worker.work_dir / "runs").iterdir()), timeout=BOUND,
                what="the working dirs removed")
     assert modes_and_contents(canary) == canary_before
-
-
-def _parents(path: str) -> list[str]:
-    parts = path.split("/")
-    return ["/".join(parts[:n]) for n in range(1, len(parts))]
