@@ -40,6 +40,12 @@ def lease_env(node) -> dict:
     return {"CAST_LEASE_SECONDS": str(SHORT_LEASE_SECONDS if short else LEASE_SECONDS)}
 
 
+def unsandboxed(tmp_path: Path) -> dict:
+    """Environment for a local worker without bubblewrap (a one-user server leases
+    to it): for tests whose runs must leave a mark on the host, such as a ledger."""
+    return {"CAST_WORKER_BWRAP": str(tmp_path / "no-bwrap")}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

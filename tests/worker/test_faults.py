@@ -8,14 +8,9 @@ import time
 
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import unsandboxed, wait_until
 
 from tests.factories import log_entries, log_texts, submit, wait_final, wait_for_line
-
-
-def _unsandboxed(tmp_path) -> dict:
-    """A local worker without bubblewrap (a one-user server leases to it)."""
-    return {"CAST_WORKER_BWRAP": str(tmp_path / "no-bwrap")}
 
 
 @pytest.mark.short_lease
@@ -47,7 +42,7 @@ def test_two_workers_racing_for_fifty_runs_execute_each_exactly_once(server, sta
         run_ids = [submit(api, f'echo "$CAST_RUN_ID" >> {ledger}') for _ in range(50)]
         for name in ("racer-a", "racer-b"):
             # Unsandboxed, so every run can write to the one ledger on the host.
-            start_worker(server, name=name, extra_args=["--max-runs", "2"], env=_unsandboxed(tmp_path))
+            start_worker(server, name=name, extra_args=["--max-runs", "2"], env=unsandboxed(tmp_path))
         runs = [wait_final(api, run_id, timeout=120) for run_id in run_ids]
     assert [run["status"] for run in runs] == ["complete"] * 50
     executed = ledger.read_text().split()
@@ -78,14 +73,14 @@ def test_a_worker_coming_back_ends_the_processes_its_dead_predecessor_left(serve
     # Unsandboxed: a sandboxed run dies with its worker (test_worker_dies), and
     # only outside a sandbox can it touch a marker on the host.
     marker = tmp_path / "still-running"
-    worker = start_worker(server, name="phoenix", env=_unsandboxed(tmp_path))
+    worker = start_worker(server, name="phoenix", env=unsandboxed(tmp_path))
     with server.api() as api:
         run_id = submit(api, f"echo started; while true; do touch {marker}; sleep 0.1; done")
         wait_for_line(api, run_id, "started")
         worker.stop(signal.SIGKILL)
         marker.unlink()
         wait_until(marker.exists, timeout=120, what="the orphaned run to keep going")
-        start_worker(server, name="phoenix", env=_unsandboxed(tmp_path))  # the same work dir
+        start_worker(server, name="phoenix", env=unsandboxed(tmp_path))  # the same work dir
 
         def orphan_gone() -> bool:
             marker.unlink(missing_ok=True)
