@@ -74,18 +74,19 @@ def test_a_failed_build_ends_the_run_as_build_failed(cli, docker_worker):
 
 def test_stop_kill_and_timeout(cli, docker_worker):
     server = docker_worker.server
-    command = "echo saved > before.txt; trap 'echo got TERM; exit 0' TERM; echo ready; sleep 60 & wait"
+    # Commands that would run for an hour: only the stop, kill or timeout ends them.
+    command = "echo saved > before.txt; trap 'echo got TERM; exit 0' TERM; echo ready; sleep 3600 & wait"
     stopped = run_id_of(cli("run", "-d", command))
-    killed = run_id_of(cli("run", "-d", "echo dropped > before.txt; echo ready; sleep 60"))
+    killed = run_id_of(cli("run", "-d", "echo dropped > before.txt; echo ready; sleep 3600"))
     for run_id in (stopped, killed):
-        wait_until(lambda: "ready" in log_texts(server, run_id, "stdout"), timeout=60, what=f"run {run_id} to start")
+        wait_until(lambda: "ready" in log_texts(server, run_id, "stdout"), timeout=120, what=f"run {run_id} to start")
 
     assert cli("stop", str(stopped)).returncode == 0
     assert cli("kill", str(killed)).returncode == 0
-    wait_status(server, stopped, "stopped", timeout=30)
+    wait_status(server, stopped, "stopped", timeout=300)
     assert "got TERM" in log_texts(server, stopped, "stdout")
     assert cli("ls", f"runs/{stopped}").stdout == "before.txt    6 B\n"
-    wait_status(server, killed, "killed", timeout=30)
+    wait_status(server, killed, "killed", timeout=300)
     assert cli("ls", f"runs/{killed}").stdout.strip() == ""
 
     timed_out = cli("run", "--timeout", "2", command)
