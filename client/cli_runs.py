@@ -186,6 +186,7 @@ def info(run_id, as_json) -> int:
         ("Mounts", ", ".join(f"{m.resource} → {m.path}" for m in spec.mounts)),
         ("Machine", spec.machine_type + (f" on {run['worker']}" if run.get("worker") else "")
          + (f" ({run['executor']})" if run.get("executor") else "")),
+        ("Limits", run.get("limits") or ""),
         ("Env", ", ".join(f"{k}={v}" for k, v in spec.env.items())),
         ("Labels", ", ".join(run.get("labels") or [])),
         ("Owner", run.get("owner") or ""),

@@ -166,13 +166,16 @@ MAX_REASON_LENGTH = 4096
 
 @dataclass
 class StatusReport:
-    """A worker's report that its run moved to `status`."""
+    """A worker's report that its run moved to `status`. `limits` (with
+    `running`) says what isolation and limits the command runs under, e.g.
+    "container, memory 8.0 GB, 4.0 CPUs, 4096 processes"; older workers omit it."""
 
     lease_token: str
     status: RunStatus
     note: str | None = None
     exit_code: int | None = None
     reason: str | None = None
+    limits: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (v.value if isinstance(v, RunStatus) else v) for k, v in asdict(self).items() if v is not None}

@@ -93,6 +93,8 @@ class Run(Base):
     worker_id: Mapped[str | None] = mapped_column(ForeignKey("workers.id", ondelete="SET NULL"))
     worker_name: Mapped[str | None] = mapped_column(String(200))
     executor: Mapped[str | None] = mapped_column(String(32))
+    # The isolation and limits the command ran under, as its worker reported them.
+    limits: Mapped[str | None] = mapped_column(Text)
     lease_token: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
     # Number of log entries stored (the next offset), and how many entries of

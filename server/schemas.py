@@ -188,6 +188,7 @@ class RunSummary(BaseModel):
     attempt: int
     worker: str | None
     executor: str | None
+    limits: str | None  # the isolation and limits of its command, once running
     mounted_by: list[int]
 
 
@@ -274,6 +275,7 @@ class StatusIn(_In):
     note: str | None = Field(default=None, max_length=MAX_REASON_LENGTH)
     exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31)
     reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH)
+    limits: str | None = Field(default=None, max_length=MAX_REASON_LENGTH)
 
     def to_report(self) -> StatusReport:
         return StatusReport(**self.model_dump())

@@ -235,7 +235,7 @@ class RunController:
         with self._lock:
             if self._aborted:
                 return
-            self._status(RunStatus.RUNNING)
+            self._status(RunStatus.RUNNING, limits=executor.describe_limits(job))
             try:
                 self._process = executor.start(job, build, self.outbox.log)
             except Exception as exc:

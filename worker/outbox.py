@@ -76,6 +76,7 @@ class _StatusChange:
     note: str | None
     exit_code: int | None
     reason: str | None
+    limits: str | None
 
 
 @dataclass
@@ -136,8 +137,8 @@ class Outbox:
             self._cond.notify_all()
 
     def status(self, status: RunStatus, *, note: str | None = None, exit_code: int | None = None,
-               reason: str | None = None) -> None:
-        self._put(_StatusChange(status, _clip(note), exit_code, _clip(reason)))
+               reason: str | None = None, limits: str | None = None) -> None:
+        self._put(_StatusChange(status, _clip(note), exit_code, _clip(reason), _clip(limits)))
 
     def push_outputs(self, tar_chunks: Callable[[], Iterable[bytes]]) -> None:
         self._put(_OutputPush(tar_chunks))
@@ -303,7 +304,7 @@ class Outbox:
         elif isinstance(first, _StatusChange):
             self._client.set_status(self._run_id, StatusReport(
                 lease_token=self._token, status=first.status, note=first.note,
-                exit_code=first.exit_code, reason=first.reason))
+                exit_code=first.exit_code, reason=first.reason, limits=first.limits))
         else:
             self._client.push_outputs(self._run_id, self._token, first.tar_chunks())
 

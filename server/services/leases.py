@@ -183,6 +183,8 @@ def report_status(session: Session, *, run_id: int, report: StatusReport, settin
         values["exit_code"] = report.exit_code
     if report.reason is not None:
         values["reason"] = report.reason
+    if report.limits is not None:
+        values["limits"] = report.limits
     if report.status in LEASED_STATUSES:
         values["lease_expires_at"] = _extended_lease(settings)
     run = runs.switch_status(session, run=run_id, to=report.status, note=report.note,

@@ -84,7 +84,7 @@ def describe(session: Session, runs: list[Run], *, with_transitions: bool) -> li
             "labels": labels[run.id], "created_at": run.created_at, "started_at": run.started_at,
             "finished_at": run.finished_at, "exit_code": run.exit_code, "reason": run.reason,
             "attempt": run.attempt, "worker": run.worker_name, "executor": run.executor,
-            "mounted_by": mounted_by[run.id],
+            "limits": run.limits, "mounted_by": mounted_by[run.id],
         }
         if with_transitions:
             view["transitions"] = transitions[run.id]
@@ -136,7 +136,7 @@ def switch_status(
     if to is S.MACHINE_REQUESTED:  # a requeue: the next attempt starts from scratch
         changes.update(
             attempt=Run.attempt + 1, lease_token=None, lease_expires_at=None, worker_id=None,
-            worker_name=None, executor=None, started_at=None, finished_at=None, exit_code=None,
+            worker_name=None, executor=None, limits=None, started_at=None, finished_at=None, exit_code=None,
         )
     statement = (
         update(Run)

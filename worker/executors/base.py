@@ -110,6 +110,11 @@ class Executor(abc.ABC):
         """Run `job.spec.command` with bash in the working directory, the mounts
         placed read-only, `job.env` set and only `job.gpus` visible."""
 
+    @abc.abstractmethod
+    def describe_limits(self, job: Job) -> str:
+        """The isolation and limits `start` gives `job`, as the run records
+        them (`cast info`'s Limits row)."""
+
     def cleanup_stale(self) -> None:
         """Remove what runs of an earlier, crashed worker left behind."""
 

@@ -32,7 +32,7 @@ from docker.types import DeviceRequest, Mount
 from requests.exceptions import RequestException
 
 from cast.protocol.messages import LogStream
-from cast.protocol.units import parse_size
+from cast.protocol.units import human_size, parse_size
 from cast.protocol.validate import parse_machine_type
 from cast.worker.docker_images import (
     CONTAINER_HOME,
@@ -163,6 +163,11 @@ class DockerExecutor(Executor):
                   else int(self.engine_memory * 0.9 * share))
         cpus = self.options.cpus or max(1.0, round(self.engine_cpus * share, 2))
         return {"memory": memory, "cpus": cpus, "pids": self.options.pids_limit}
+
+    def describe_limits(self, job: Job) -> str:
+        limits = self.limits(job.spec.machine_type or "cpu")
+        memory = f"memory {human_size(limits['memory'])}" if limits["memory"] else "memory unlimited"
+        return f"container, {memory}, {limits['cpus']:g} CPUs, {limits['pids']} processes"
 
     def container_settings(self, job: Job, image: str) -> dict:
         """The keyword arguments of `containers.create` for a run."""

@@ -324,6 +324,11 @@ class LocalExecutor(Executor):
             os.close(info_write)
         return SandboxProcess(popen, log, self.work_dir / "process-groups", info_read, run)
 
+    def describe_limits(self, job: Job) -> str:
+        if not self.sandboxed:
+            return "NOT sandboxed, no limits"
+        return f"sandboxed (bubblewrap), {self._limits(job).describe()}"
+
     def _limits(self, job: Job) -> Limits:
         # No process of a run with a timeout can need more CPU time than all
         # the host's CPUs give in that time.

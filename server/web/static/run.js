@@ -79,6 +79,7 @@ function specSection(run) {
         ["Type", spec.gpus ? `${spec.machine_type} (${spec.gpus} GPU)` : spec.machine_type],
         ["Executor", run.executor],
         ["Worker", run.worker],
+        ["Limits", run.limits],
         ["Timeout", spec.timeout ? formatDuration(spec.timeout) : null],
         ["Retries", spec.retries ? `${spec.retries} (attempt ${run.attempt})` : null],
         ["Owner", run.owner],
@@ -203,7 +204,7 @@ export function runPage(main, runId, { notify }) {
 
   function showRun() {
     if (!killArmed) heading.replaceChildren(...headingContent());
-    const specKey = JSON.stringify([run.spec, run.mounted_by, run.executor, run.worker, run.attempt, run.owner]);
+    const specKey = JSON.stringify([run.spec, run.mounted_by, run.executor, run.worker, run.limits, run.attempt, run.owner]);
     if (specSlot.dataset.key !== specKey) {
       specSlot.dataset.key = specKey;
       specSlot.replaceChildren(specSection(run));
