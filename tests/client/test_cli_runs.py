@@ -6,9 +6,13 @@ restart of the server."""
 from __future__ import annotations
 
 import json
+import math
+import re
 import signal
 import subprocess
 
+from cast.protocol.units import format_duration
+from cast.worker.resources import cpu_count
 from tests.conftest import wait_until
 from tests.factories import get_run, log_texts, run_id_of, wait_for_line, wait_status
 
@@ -92,6 +96,22 @@ def test_info_logs_labels_and_secret_env(cli, worker):
     assert cli("ps", "--label", "best", "--json").json() == []
     assert [r["id"] for r in cli("ps", "--status", "complete", "--json").json()] == [1]
     assert cli("ps", "--status", "failed").stdout == "No runs.\n"
+
+
+def test_info_shows_the_sandbox_and_limits_the_run_ran_under(cli, server, start_worker):
+    """The Limits row and --json's `limits` are the worker's settings, as the
+    command itself reads them back: memory per process and processes from
+    CAST_WORKER_MEMORY and CAST_WORKER_PIDS_LIMIT, CPU time from the timeout
+    over the worker's CPUs."""
+    start_worker(server, env={"CAST_WORKER_MEMORY": "300m", "CAST_WORKER_PIDS_LIMIT": "40"})
+    result = cli("run", "--timeout", "600", "ulimit -d; ulimit -u; ulimit -t")
+    assert result.returncode == 0, result
+    cpu_seconds = math.ceil(600 * cpu_count())
+    assert log_texts(server, 1, "stdout") == [str(300 * 1024), "40", str(cpu_seconds)]
+    limits = (f"sandboxed (bubblewrap), memory 300 MB per process, 40 processes, "
+              f"{format_duration(cpu_seconds)} CPU time per process")
+    assert re.search(r"^Limits:\s+(.*)$", cli("info", "1").stdout, re.M)[1] == limits
+    assert cli("info", "1", "--json").json()["limits"] == limits
 
 
 def test_failed_run_exits_with_its_code_and_keeps_outputs(cli, worker):

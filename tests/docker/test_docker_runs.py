@@ -5,6 +5,7 @@ images go to a repository unique to the test and are removed after it."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -138,6 +139,9 @@ def test_the_workers_docker_flags_reach_the_container_and_its_image(cli, server,
         result = cli("run", LIMITS_COMMAND)
         assert result.returncode == 0, result
         assert log_texts(server, 1, "stdout") == ["123", str(300 << 20), "150000 100000", "lo"]
+        limits = "container, memory 300 MB, 1.5 CPUs, 123 processes"
+        assert re.search(r"^Limits:\s+(.*)$", cli("info", "1").stdout, re.M)[1] == limits
+        assert cli("info", "1", "--json").json()["limits"] == limits
         [image] = engine.images.list(name=repository)
         assert image.labels[LABEL_HOLDS] == f"base: {base}"
         listed = subprocess.run(

@@ -107,6 +107,7 @@ def test_a_worker_without_bubblewrap_warns_and_a_multi_user_server_leases_it_not
         alone = submit(api, "echo hello")
         assert wait_final(api, alone, timeout=120)["status"] == "complete"
         assert "Machine_Requested… done (local, cpu, NOT sandboxed)" in log_texts(api, alone, "cast")
+        assert get_run(api, alone)["limits"] == "NOT sandboxed, no limits"
         assert "RUNS ON THIS WORKER ARE NOT SANDBOXED" in worker.log_path.read_text()
 
         assert api.post("/users", json={"name": "bob"}).status_code in (200, 201)
