@@ -16,6 +16,8 @@ def parse_duration(text: str | float | int, *, what: str = "duration") -> float:
     seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if not seconds > 0:
         raise ValueError(f"{what} {text!r} must be more than zero")
+    if seconds == float("inf"):
+        raise ValueError(f"{what} {text!r} must be a finite duration")
     return seconds
 
 

@@ -29,6 +29,11 @@ def test_a_duration_is_more_than_zero(text):
         parse_duration(text)
 
 
+def test_a_duration_too_long_for_a_float_is_refused():
+    with pytest.raises(ValueError, match="must be a finite duration$"):
+        parse_duration("9" * 400, what="--timeout")
+
+
 @pytest.mark.parametrize("size, shown", [
     (None, "-"), (0, "0 B"), (6, "6 B"), (1023, "1023 B"), (1.9, "1 B"), (1024, "1.0 KB"), (1536, "1.5 KB"),
     (3000, "2.9 KB"), (100 * 1024, "100 KB"), (12 * 1024**2, "12.0 MB"), (int(3.4 * 1024**3), "3.4 GB"),
