@@ -69,3 +69,23 @@ def test_a_run_queued_on_a_code_bundle_before_0002_still_gets_its_code(local, ap
     assert local.user.head(f"/code/{key}").status_code == 200
     with app.state.database.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+
+
+def test_the_way_down_and_up_again_keeps_every_runs_worker_and_history(local, app):
+    """A downgrade that rebuilds a table (SQLite's batch copy) would cascade
+    into runs: their transitions deleted, their worker forgotten."""
+    run_id = local.create_run()["id"]
+    lease = local.lease(local.register())
+    assert lease["run_id"] == run_id
+    before = local.user.get(f"/runs/{run_id}").json()
+
+    _migrate(app, "0002", down=True)
+    _migrate(app, "head")
+
+    after = local.user.get(f"/runs/{run_id}").json()
+    assert after["worker"] == before["worker"] is not None
+    with app.state.database.engine.connect() as connection:
+        runs = sa.table("runs", sa.column("id"), sa.column("worker_id"))
+        assert connection.execute(sa.select(runs.c.worker_id).where(runs.c.id == run_id)).scalar_one() is not None
+    assert [t["status"] for t in after["transitions"]] == [t["status"] for t in before["transitions"]] == [
+        "machine_requested", "building"]

@@ -19,10 +19,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('workers') as batch:
-        batch.add_column(sa.Column('sandboxed', sa.Boolean(), nullable=False, server_default=sa.false()))
+    # Not a batch: SQLite would rebuild `workers`, and dropping the old table
+    # sets every run's worker_id to NULL (ON DELETE SET NULL).
+    op.add_column('workers', sa.Column('sandboxed', sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('workers') as batch:
-        batch.drop_column('sandboxed')
+    # Not a batch: a batch drop copies `workers` and drops the old table, which
+    # (ON DELETE SET NULL) would forget the worker of every run. SQLite (3.35+)
+    # drops the column in place.
+    op.drop_column('workers', 'sandboxed')

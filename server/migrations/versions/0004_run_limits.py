@@ -18,8 +18,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('runs') as batch:
-        batch.add_column(sa.Column('limits', sa.Text(), nullable=True))
+    # Not a batch, as in 0003: a rebuilt `runs` would cascade into its children.
+    op.add_column('runs', sa.Column('limits', sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
