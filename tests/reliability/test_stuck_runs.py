@@ -10,14 +10,13 @@ as the buffers fill while heartbeats, on their own connections, go on.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import threading
 
 import httpx
 import pytest
 
 from tests.factories import log_texts, output_paths, statuses, submit, wait_final, wait_status
+from tests.server.conftest import Api
 
 STALL_AFTER = 16 << 20  # bytes towards the server: a push carries more, nothing else does
 BOUNDS = {"CAST_STAGE_TIMEOUT_SECONDS": "3", "CAST_HALT_TIMEOUT_SECONDS": "2"}
@@ -64,24 +63,6 @@ def test_a_push_stalled_past_the_stage_bound_fails_the_run(start_server, start_w
         assert wait_final(api, 1)["status"] == "failed"
 
 
-@contextlib.contextmanager
-def _heartbeating(worker: httpx.Client, lease: dict):
-    """Heartbeats for `lease` while the block runs, as a live worker that is stuck elsewhere."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(0.3):
-            worker.post(f"/runs/{lease['run_id']}/heartbeat", json={"lease_token": lease["lease_token"]})
-
-    thread = threading.Thread(target=beat, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 # The reports that bring a leased run to the stage, and the user's call that
 # moves it on from there; the status the reaper ends it with.
 STAGES = {
@@ -102,15 +83,12 @@ def test_no_run_stays_in_a_stage_past_its_bound_while_its_worker_heartbeats(star
     worker = httpx.Client(base_url=f"{server.url}/api/v1", timeout=30,
                           headers={"Authorization": f"Bearer {server.worker_token}"})
     with server.api() as api, worker:
+        stuck = Api(user=api, worker=worker)  # a live worker that is stuck elsewhere
         run_id = submit(api, "true")
-        worker_id = worker.post("/workers", json={"name": "stuck", "executor": "local"}).json()["id"]
-        lease = worker.post(f"/workers/{worker_id}/lease", json={"wait": 5}).json()
+        lease = stuck.lease(stuck.register(name="stuck"), wait=5)
         assert lease["run_id"] == run_id
-        with _heartbeating(worker, lease):
-            for status in reports:
-                answer = worker.post(f"/runs/{run_id}/status",
-                                     json={"lease_token": lease["lease_token"], "status": status})
-                assert answer.status_code == 200, answer.text
+        with stuck.heartbeats(lease):
+            stuck.advance(lease, *reports)
             if action:
                 assert api.post(f"/runs/{run_id}/{action}").is_success
             run = wait_final(api, run_id, timeout=60)

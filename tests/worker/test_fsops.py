@@ -13,33 +13,15 @@ from pathlib import Path
 import pytest
 
 from cast.worker.fsops import DirCursor, Kind, open_regular, remove_tree, walk
+from tests.reliability.helpers import canary_tree, modes_and_contents
 
 NOBODY = 65534
 LONG_NAME = "d" * 200  # 25 levels of these make a path past PATH_MAX (4096)
 
 
-def _modes_and_contents(root: Path) -> dict[str, tuple[int, bytes | None]]:
-    found = {".": (os.lstat(root).st_mode, None)}
-    for path in root.rglob("*"):
-        info = os.lstat(path)
-        found[str(path.relative_to(root))] = (info.st_mode, path.read_bytes() if stat.S_ISREG(info.st_mode) else None)
-    return found
-
-
 @pytest.fixture
 def canary(tmp_path) -> Path:
-    """Host folders a run must not be able to touch: a private one and a sticky one."""
-    root = tmp_path / "canary"
-    (root / "private").mkdir(parents=True)
-    (root / "private" / "secret.txt").write_text("secret\n")
-    (root / "private" / "inner").mkdir()
-    os.chmod(root / "private" / "secret.txt", 0o600)
-    os.chmod(root / "private", 0o700)
-    (root / "sticky").mkdir()
-    os.chmod(root / "sticky", 0o1777)
-    (root / "file.txt").write_text("host file\n")
-    os.chmod(root / "file.txt", 0o640)
-    return root
+    return canary_tree(tmp_path / "canary")
 
 
 def _deep_chain(top: Path, levels: int) -> str:
@@ -61,7 +43,7 @@ def _deep_chain(top: Path, levels: int) -> str:
 
 
 def test_removing_never_follows_or_chmods_through_a_link(tmp_path, canary):
-    before = _modes_and_contents(canary)
+    before = modes_and_contents(canary)
     tree = tmp_path / "run"
     (tree / "sub").mkdir(parents=True)
     (tree / "to-private").symlink_to(canary / "private")
@@ -76,7 +58,7 @@ def test_removing_never_follows_or_chmods_through_a_link(tmp_path, canary):
     remove_tree(tree)
 
     assert not tree.exists() and not tree.is_symlink()
-    assert _modes_and_contents(canary) == before
+    assert modes_and_contents(canary) == before
 
 
 def test_a_tree_deeper_than_path_max_is_removed(tmp_path):
