@@ -5,6 +5,8 @@ against the real server."""
 from __future__ import annotations
 
 import hashlib
+import io
+import tarfile
 
 import httpx
 import pytest
@@ -138,7 +140,10 @@ def test_requests_against_the_real_server(server, tmp_path):
         with pytest.raises(Conflict):
             client.heartbeat(run_id, "not-the-lease")
 
-        bundle = b"a code bundle"
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            tar.addfile(tarfile.TarInfo("empty.py"), io.BytesIO(b""))
+        bundle = buffer.getvalue()
         digest = hashlib.sha256(bundle).hexdigest()
         with server.api() as api:
             assert api.put(f"/code/{digest}", content=bundle).status_code in (200, 201)
