@@ -7,8 +7,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
-import sys
 import tarfile
 
 import pytest
@@ -183,37 +181,6 @@ def test_the_worker_does_not_leak_its_token_into_runs(api, server, start_worker)
     wait_final(api, run_id)
     assert log_texts(api, run_id, "stdout") == ["0"]
     assert all(server.worker_token not in e["text"] for e in log_entries(api, run_id))
-
-
-def test_the_cache_command_lists_and_prunes_environments(api, worker):
-    assert wait_final(api, submit(api, "true", pip=["termcolor"]), timeout=120)["status"] == "complete"
-
-    def cache(*args):
-        return subprocess.run([sys.executable, "-m", "cast.worker", "cache", *args, "--work-dir", str(worker.work_dir),
-                               "--executor", "local"], capture_output=True, text=True, timeout=60)
-
-    listed = cache("ls", "--json")
-    assert listed.returncode == 0, listed.stderr
-    [entry] = json.loads(listed.stdout)
-    assert entry["executor"] == "local" and entry["holds"] == "pip: termcolor" and entry["size"] > 0
-    assert cache("prune", "--older-than", "1d").stdout.strip() == "removed 0 environments"
-    pruned = cache("prune", "--all")
-    assert pruned.returncode == 0 and "removed 1 environment" in pruned.stdout
-    assert json.loads(cache("ls", "--json").stdout) == []
-    refused = cache("prune")
-    assert refused.returncode == 2 and "--older-than" in refused.stderr
-    misread = cache("prune", "--older-than", "7x")
-    assert misread.returncode == 2
-    assert misread.stderr.strip() == ("cast worker: --older-than '7x' must be seconds, "
-                                      "or a number with s, m, h or d (90, 90s, 5m, 2h, 7d)")
-
-
-def test_bad_worker_arguments_are_one_clear_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "cast.worker", "--server", "http://127.0.0.1:9",
-                             "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=30,
-                            env={k: v for k, v in os.environ.items() if k != "CAST_WORKER_TOKEN"})
-    assert result.returncode == 2
-    assert result.stderr.strip() == "cast worker: no worker token: pass --token-file FILE or set CAST_WORKER_TOKEN"
 
 
 def test_the_mount_cache_downloads_once_and_makes_it_read_only(api, server, worker, tmp_path):
