@@ -1,0 +1,116 @@
+"""cast.server.services.log_reads: a user's reads of a run's log (one chunk,
+the follow stream, the text download), each only of a run the user may see."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import select
+
+from cast.server.errors import RunNotFound
+from cast.server.models import Run, User
+from cast.server.services import log_reads, logs, users
+
+TIMEOUT = 120  # guards against a hang only
+
+
+def _people(app) -> tuple[User, User]:
+    with app.state.database.transaction() as session:
+        admin = session.scalar(select(User).where(User.name == users.ADMIN_NAME))
+        alice, _, _ = users.create_user(session, viewer=admin, name="alice", admin=False)
+        return admin, alice
+
+
+def _write(app, run_id: int, *lines: str) -> None:
+    with app.state.database.transaction() as session:
+        logs.append_cast_lines(session, session.get(Run, run_id), list(lines))
+
+
+def test_a_chunk_is_read_only_by_who_may_see_the_run(local, app):
+    admin, alice = _people(app)
+    run_id = local.create_run()["id"]
+    _write(app, run_id, "secret")
+    with app.state.database.transaction(write=False) as session:
+        chunk = log_reads.read_chunk(session, run_id=run_id, viewer=admin, offset=-1, limit=10)
+        assert [e["text"] for e in chunk["entries"]] == ["secret"]
+        with pytest.raises(RunNotFound, match=f"run {run_id} not found"):
+            log_reads.read_chunk(session, run_id=run_id, viewer=alice, offset=0, limit=10)
+
+
+def test_download_sends_every_entry_as_a_line_in_batches(local, app, monkeypatch):
+    monkeypatch.setattr(log_reads, "BATCH", 3)
+    admin, alice = _people(app)
+    run_id = local.create_run()["id"]
+    _write(app, run_id, *[f"line {i}" for i in range(7)], "café")
+    with pytest.raises(RunNotFound):
+        log_reads.download(app.state.database, run_id=run_id, viewer=alice)
+    pieces = list(log_reads.download(app.state.database, run_id=run_id, viewer=admin))
+    assert all(piece.count(b"\n") <= 3 for piece in pieces)
+    text = b"".join(pieces)
+    assert text.endswith(b"line 0\nline 1\nline 2\nline 3\nline 4\nline 5\nline 6\ncaf\xc3\xa9\n")
+    with app.state.database.transaction(write=False) as session:
+        assert text.count(b"\n") == session.get(Run, run_id).log_size
+
+
+def test_follow_sends_lines_as_they_are_committed_and_ends_when_the_run_is_final(local, app):
+    local.create_run()
+    lease = local.lease(local.register())
+    admin, alice = _people(app)
+    run_id = lease["run_id"]
+    database = app.state.database
+
+    async def follow() -> list[str]:
+        with pytest.raises(RunNotFound):
+            await log_reads.follow(database, run_id=run_id, viewer=alice, offset=0)
+        stream = await log_reads.follow(database, run_id=run_id, viewer=admin, offset=-1)
+        seen = [e["text"] for e in (await anext(stream))["entries"]]
+        # Written while the follower waits: only a wake-up brings it before the keepalive's empty chunk.
+        waiting = asyncio.create_task(anext(stream))
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(_write, app, run_id, "live")
+        seen += [e["text"] for e in (await waiting)["entries"]]
+        await asyncio.to_thread(local.advance, lease, "mounting", "running", "saving", "pushing", "failed",
+                                exit_code=1)
+        async for chunk in stream:
+            seen += [e["text"] for e in chunk["entries"]]
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(follow(), TIMEOUT))
+    assert seen[1] == "live" and len(seen) > 3
+    with database.transaction(write=False) as session:
+        assert logs.read(session, run=session.get(Run, run_id), offset=-1, limit=1)["entries"][0]["text"] == seen[-1]
+
+
+def test_follow_ends_when_the_server_shuts_down(local, app):
+    run_id = local.create_run()["id"]
+    database = app.state.database
+    with database.transaction(write=False) as session:
+        admin = session.scalar(select(User).where(User.name == users.ADMIN_NAME))
+
+    async def follow() -> int:
+        stream = await log_reads.follow(database, run_id=run_id, viewer=admin, offset=0)
+        chunks = 0
+        async for _chunk in stream:
+            chunks += 1
+            if chunks == 1:
+                asyncio.get_running_loop().call_later(0.2, database.notifier.close)
+        return chunks
+
+    assert asyncio.run(asyncio.wait_for(follow(), TIMEOUT)) == 1
+
+
+def test_a_follower_with_nothing_new_gets_an_empty_chunk_to_keep_the_stream_alive(local, app, monkeypatch):
+    monkeypatch.setattr(log_reads, "KEEPALIVE_SECONDS", 0.2)
+    run_id = local.create_run()["id"]
+    _write(app, run_id, "queued")
+    database = app.state.database
+    with database.transaction(write=False) as session:
+        admin = session.scalar(select(User).where(User.name == users.ADMIN_NAME))
+
+    async def follow() -> list[dict]:
+        stream = await log_reads.follow(database, run_id=run_id, viewer=admin, offset=0)
+        return [await anext(stream), await anext(stream)]
+
+    first, second = asyncio.run(asyncio.wait_for(follow(), TIMEOUT))
+    assert first["entries"] and second == {"entries": [], "next_offset": first["next_offset"], "finished": False}
