@@ -1,0 +1,186 @@
+"""cast.worker.docker_images: what an environment image holds and its key, the
+build script, the splitting of a container's output into lines, and the image
+cache on the real Docker engine (builds, reuse, failures, listing, pruning).
+
+The engine and the offline base image are required, as in the Docker
+executor's tests whose session fixtures these share; images go to a repository
+unique to the test and are removed after it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+
+import pytest
+
+from cast.protocol.messages import LogStream, RunSpec
+from cast.worker.docker_images import (BUILD_RECIPE, DEFAULT_BASE_IMAGE, LABEL_HOLDS, LABEL_KEY, LABEL_RUN_ID,
+                                       LABEL_WORK_DIR, EnvironmentSpec, ImageCache, LineSplitter, _timestamp,
+                                       pump_output)
+from cast.worker.executors.base import BuildFailed, BuildResult
+from tests.worker.executors.test_docker import base_image, engine  # noqa: F401  (session fixtures)
+
+
+def spec(**fields) -> RunSpec:
+    return RunSpec.from_dict({"command": "true", **fields})
+
+
+# --- what an environment holds ---------------------------------------------
+
+def test_the_spec_is_sorted_deduplicated_and_based_on_the_runs_image_or_the_default():
+    env = EnvironmentSpec.of(spec(apt=["jq", "curl", "jq"], pip=["six", "attrs", "six"]), "base:1")
+    assert (env.base_image, env.apt, env.pip, env.pip_req) == ("base:1", ("curl", "jq"), ("attrs", "six"), "")
+    assert EnvironmentSpec.of(spec(docker_image="mine:2"), "base:1").base_image == "mine:2"
+
+
+@pytest.mark.parametrize("fields", [{"pip": ["--index-url=http://evil"]}, {"apt": ["jq; rm -rf /"]}])
+def test_a_package_that_is_not_one_fails_the_build(fields):
+    with pytest.raises(BuildFailed):
+        EnvironmentSpec.of(spec(**fields), "base:1")
+
+
+def test_the_key_depends_on_the_content_not_its_order():
+    one = EnvironmentSpec.of(spec(pip=["six", "attrs"], apt=["jq"]), "base:1")
+    same = EnvironmentSpec.of(spec(pip=["attrs", "six"], apt=["jq"]), "base:1")
+    assert one.key("sha256:a") == same.key("sha256:a")
+    assert len(one.key("sha256:a")) == 24
+    others = [one.key("sha256:b"),  # the base image was rebuilt
+              EnvironmentSpec.of(spec(pip=["six"], apt=["jq"]), "base:1").key("sha256:a"),
+              EnvironmentSpec.of(spec(pip=["six", "attrs"]), "base:1").key("sha256:a"),
+              EnvironmentSpec.of(spec(pip=["six", "attrs"], apt=["jq"], pip_req="tqdm\n"), "base:1").key("sha256:a")]
+    assert len({one.key("sha256:a"), *others}) == 5
+
+
+def test_the_key_changes_with_the_build_recipe(monkeypatch):
+    env = EnvironmentSpec.of(spec(pip=["six"]), "base:1")
+    before = env.key("sha256:a")
+    monkeypatch.setattr("cast.worker.docker_images.BUILD_RECIPE", BUILD_RECIPE + "-next")
+    assert env.key("sha256:a") != before
+
+
+def test_holds_names_the_base_packages_and_counts_requirement_lines():
+    assert EnvironmentSpec.of(spec(), "base:1").holds() == "base: base:1"
+    env = EnvironmentSpec.of(spec(apt=["jq"], pip=["six"], pip_req="# pinned\ntqdm\n\n  attrs\n"), "base:1")
+    assert env.holds() == "base: base:1; apt: jq; pip: six; pip-req: 2 lines"
+    assert EnvironmentSpec.of(spec(pip_req="tqdm"), "b").holds() == "base: b; pip-req: 1 line"
+
+
+def test_the_build_script_runs_only_the_steps_it_needs_and_is_valid_shell():
+    bare = EnvironmentSpec.of(spec(), "b").build_script(preamble="export A=1")
+    assert bare.startswith("set -eu\nexport A=1\n") and "apt-get" not in bare and "pip install" not in bare
+    full = EnvironmentSpec.of(spec(apt=["jq"], pip=["six>=1.0"], pip_req="tqdm\n"), "b").build_script(preamble=":")
+    steps = [line for line in full.splitlines() if line.startswith('echo "==> ')]
+    assert [step.split(":")[0] for step in steps] == ['echo "==> setup', 'echo "==> apt', 'echo "==> pip']
+    assert "apt-get install -y -q --no-install-recommends jq" in full
+    assert "python3 -m pip install 'six>=1.0' -r /cast/host/build/requirements.txt" in full
+    for script in (bare, full):
+        checked = subprocess.run(["sh", "-n"], input=script, capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0, checked.stderr
+
+
+# --- output into lines ------------------------------------------------------
+
+def test_lines_are_split_across_chunks_with_carriage_returns_dropped():
+    lines: list[str] = []
+    splitter = LineSplitter(lines.append)
+    for chunk in (b"one\r\ntw", b"o\n\nthr", b"ee"):
+        splitter.feed(chunk)
+    assert lines == ["one", "two", ""]
+    splitter.close()
+    assert lines == ["one", "two", "", "three"]
+    splitter.close()
+    assert lines[-1] == "three" and len(lines) == 4  # nothing left to flush twice
+
+
+def test_a_character_split_between_chunks_survives_and_bad_bytes_are_replaced():
+    lines: list[str] = []
+    splitter = LineSplitter(lines.append)
+    euro = "€".encode()
+    splitter.feed(b"price " + euro[:1])
+    splitter.feed(euro[1:] + b"\n\xff\xfeend\n")
+    assert lines == ["price €", "\ufffd\ufffdend"]
+
+
+def test_a_line_without_end_is_cut_into_pieces_rather_than_held_whole():
+    lines: list[str] = []
+    splitter = LineSplitter(lines.append)
+    for _ in range(10):
+        splitter.feed(b"x" * 16 * 1024)
+    splitter.close()
+    assert "".join(lines) == "x" * 160 * 1024
+    assert len(lines) > 1 and max(len(line) for line in lines) <= 80 * 1024
+
+
+def test_pump_output_keeps_the_two_streams_apart():
+    out: list[str] = []
+    err: list[str] = []
+    pump_output(iter([(b"a\nb", None), (None, b"oops"), (b"c\n", b"!\n")]), out.append, err.append)
+    assert out == ["a", "bc"] and err == ["oops!"]
+
+
+def test_docker_times_with_nanoseconds_read_as_unix_time():
+    assert _timestamp("2024-01-02T03:04:05Z") == 1704164645.0
+    assert _timestamp("2024-01-02T03:04:05.123456789Z") == pytest.approx(1704164645.123456)
+
+
+# --- the image cache on the engine ------------------------------------------
+
+class Log:
+    """A LogSink keeping every line; the image cache logs only to LogStream.CAST."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def __call__(self, stream: LogStream, text: str) -> None:
+        assert stream == LogStream.CAST
+        self.lines.append(text)
+
+
+@pytest.fixture
+def make_cache(engine, base_image, tmp_path):  # noqa: F811
+    """ImageCache factory on a repository of this test's own, removed after it."""
+    repositories = []
+
+    def make(work_dir=None, *, base=base_image) -> ImageCache:
+        repository = f"cast-env-images-{uuid.uuid4().hex[:8]}"
+        repositories.append(repository)
+        return ImageCache(engine, work_dir or tmp_path / "worker", base_image=base, repository=repository,
+                          network="bridge")
+
+    yield make
+    for repository in repositories:
+        for image in engine.images.list(name=repository):
+            engine.images.remove(image.id, force=True)
+
+
+def test_an_image_is_built_once_then_reused_and_holds_its_labels(make_cache, engine, tmp_path):
+    cache = make_cache()
+    log = Log()
+    first = cache.ensure(spec(), 5, log)
+    assert not first.cached and first.description == f"{cache.repository}:{first.key}"
+    assert log.lines[0] == f"Building environment {first.description} (base: {DEFAULT_BASE_IMAGE})"
+    config = engine.api.inspect_image(first.description)["Config"]
+    assert config["WorkingDir"] == "/cast/work"
+    assert (config["Labels"][LABEL_KEY], config["Labels"][LABEL_HOLDS]) == (first.key, f"base: {DEFAULT_BASE_IMAGE}")
+    again = Log()
+    assert cache.ensure(spec(), 6, again) == BuildResult(key=first.key, cached=True, description=first.description)
+    assert again.lines == []
+    # The build container is gone and so is its scratch folder.
+    by_run = {"label": [f"{LABEL_WORK_DIR}={cache.work_dir}", f"{LABEL_RUN_ID}=5"]}
+    assert engine.containers.list(all=True, filters=by_run) == []
+    assert list((cache.work_dir / "docker-scratch").iterdir()) == []
+
+
+def test_has_base_image_says_whether_the_base_is_here(make_cache):
+    assert make_cache().has_base_image()
+    assert not make_cache(base=f"cast-base:missing-{uuid.uuid4().hex[:8]}").has_base_image()
+
+
+def test_remove_scratch_takes_what_a_dead_build_left(make_cache):
+    cache = make_cache()
+    leftover = cache.work_dir / "docker-scratch" / "build-x-1" / "build.sh"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text("echo half made\n")
+    cache.remove_scratch()
+    assert not (cache.work_dir / "docker-scratch").exists()
