@@ -95,8 +95,8 @@ def build_spec(command: tuple[str, ...], file_options: dict, flags: dict) -> tup
     from the YAML file's options overridden by flags."""
     import shlex
 
-    from cast.protocol.validate import (parse_env, parse_machine_type, parse_mount, validate_apt_package,
-                                        validate_label, validate_mounts, validate_pip_spec)
+    from cast.protocol.validate import (make_mount, parse_env, parse_machine_type, parse_mount,
+                                        validate_apt_package, validate_label, validate_mounts, validate_pip_spec)
 
     given = {key: value for key, value in flags.items() if value not in (None, ())}
     options = {**file_options, **given}
@@ -126,8 +126,9 @@ def build_spec(command: tuple[str, ...], file_options: dict, flags: dict) -> tup
     mounts = []
     for item in _as_list(options.get("mount"), "mount"):
         if isinstance(item, dict):
-            item = f"{item.get('resource', '')}" + (f":{item['path']}" if item.get("path") else "")
-        mounts.append(parse_mount(str(item)))
+            mounts.append(make_mount(str(item.get("resource", "")), item.get("path") and str(item["path"])))
+        else:
+            mounts.append(parse_mount(str(item)))
     validate_mounts(mounts)
     spec.mounts = [MountSpec(resource=m.resource, path=m.path) for m in mounts]
     spec.machine_type = str(options.get("machine_type") or "cpu")

@@ -111,8 +111,18 @@ class Mount:
 
 
 def parse_mount(text: str) -> Mount:
-    """`RESOURCE[:PATH]`; PATH defaults to the resource's basename."""
+    """`RESOURCE[:PATH]` as typed after `-m`: the first ':' ends the resource.
+
+    A stored name may hold ':' itself; such a file is mounted with the
+    resource and path given apart (`make_mount`: the API's and --from-file's
+    mapping form), where nothing needs splitting.
+    """
     resource_text, _, path = text.partition(":")
+    return make_mount(resource_text, path or None)
+
+
+def make_mount(resource_text: str, path: str | None) -> Mount:
+    """A mount of `resource_text` at `path` (default: the resource's basename)."""
     resource = parse_resource(resource_text)
     if not path:
         path = posixpath.basename(str(resource))

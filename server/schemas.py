@@ -49,12 +49,11 @@ class MountIn(_In):
     path: str | None = Field(default=None, max_length=4096)
 
     def to_mount(self) -> wire.Mount:
-        return wire.parse_mount(self.resource + (f":{self.path}" if self.path else ""))
+        # Resource and path come apart, so a stored name holding ':' mounts too.
+        return wire.make_mount(self.resource, self.path)
 
     @model_validator(mode="after")
     def _valid(self) -> "MountIn":
-        if self.path is not None and ":" in self.resource:
-            raise ValueError(f"resource {self.resource!r} must not contain ':'")
         mount = self.to_mount()
         self.resource, self.path = mount.resource, mount.path
         return self

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from cast.protocol.validate import (Mount, Resource, SpecError, looks_secret, normalize_relative_path, parse_env,
+from cast.protocol.validate import (Mount, Resource, SpecError, looks_secret, make_mount, normalize_relative_path,
+                                    parse_env,
                                     parse_machine_type, parse_mount, parse_resource, validate_apt_package,
                                     validate_env_name, validate_label, validate_mounts, validate_pip_spec,
                                     validate_upload_name)
@@ -64,6 +65,14 @@ def test_mounts():
     refused(parse_mount, "runs/1:../x", "mount path '../x' escapes its root")
     refused(parse_mount, "runs/1:/abs", "mount path '/abs' must be relative")
     refused(parse_mount, "nowhere/1:x", "must be runs/N")
+
+
+def test_a_name_holding_a_colon_mounts_when_resource_and_path_come_apart():
+    assert parse_mount("runs/1/a:b.txt") == Mount("runs/1/a", "b.txt")  # typed after -m: the first ':' splits
+    assert make_mount("runs/1/a:b.txt", None) == Mount("runs/1/a:b.txt", "a:b.txt")
+    assert make_mount("runs/1/a:b.txt", "in/one") == Mount("runs/1/a:b.txt", "in/one")
+    with pytest.raises(SpecError, match="mount path '../up' escapes its root"):
+        make_mount("runs/1/a:b.txt", "../up")
 
 
 def test_mount_paths_may_not_meet():

@@ -21,6 +21,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -192,6 +193,17 @@ def test_every_name_the_server_stores_can_be_listed_copied_downloaded_and_mounte
     assert mounted.returncode == 0, mounted.stderr
     assert sorted(line for line in mounted.stdout.splitlines() if line.startswith("in/")) == sorted(
         f"in/{name}=content of {name}" for name in names)
+    # One file on its own, its name holding ':': resource and path given apart,
+    # by --from-file's mapping form and by the API, where nothing is split.
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(
+        {"mount": [{"resource": f"runs/{run}/colon:name.txt", "path": "one.txt"}], "command": "cat one.txt"}))
+    alone = cli("run", "--from-file", "run.yaml")
+    assert alone.returncode == 0, alone.stderr
+    assert "content of colon:name.txt" in alone.stdout
+    with server.api() as api:
+        by_api = submit(api, "cat colon:name.txt", mounts=[{"resource": f"runs/{run}/colon:name.txt"}])
+        assert wait_final(api, by_api)["status"] == "complete"
+        assert "content of colon:name.txt" in log_texts(api, by_api, "stdout")
 
 
 # --- finding 6: hardlinks and sparse files -------------------------------------------
