@@ -1,10 +1,16 @@
-"""Service fixtures: a real git repository to resolve refs in."""
+"""Service fixtures: a real git repository to resolve refs in, and the users
+(the bootstrap admin, more made by it) that services take as owner or viewer."""
 
 from __future__ import annotations
 
 import subprocess
 
 import pytest
+from sqlalchemy import select
+
+from cast.server.db import Database
+from cast.server.models import User
+from cast.server.services import users
 
 
 def git(repo, *args: str) -> str:
@@ -20,3 +26,14 @@ def repo(tmp_path):
     git(path, "add", ".")
     git(path, "commit", "-q", "-m", "v1")
     return path
+
+
+def admin_of(database: Database) -> User:
+    with database.transaction(write=False) as session:
+        return session.scalar(select(User).where(User.name == users.ADMIN_NAME))
+
+
+def add_user(database: Database, name: str) -> User:
+    """A non-admin user (once one exists, unsandboxed workers are leased nothing)."""
+    with database.transaction() as session:
+        return users.create_user(session, viewer=admin_of(database), name=name, admin=False)[0]

@@ -6,20 +6,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import select
-
 from cast.server.errors import RunNotFound
-from cast.server.models import Run, User
-from cast.server.services import log_reads, logs, users
+from cast.server.models import Run
+from cast.server.services import log_reads, logs
+from .conftest import add_user, admin_of
 
 TIMEOUT = 120  # guards against a hang only
 
 
-def _people(app) -> tuple[User, User]:
-    with app.state.database.transaction() as session:
-        admin = session.scalar(select(User).where(User.name == users.ADMIN_NAME))
-        alice, _, _ = users.create_user(session, viewer=admin, name="alice", admin=False)
-        return admin, alice
+def _people(app):
+    return admin_of(app.state.database), add_user(app.state.database, "alice")
 
 
 def _write(app, run_id: int, *lines: str) -> None:
@@ -85,8 +81,7 @@ def test_follow_sends_lines_as_they_are_committed_and_ends_when_the_run_is_final
 def test_follow_ends_when_the_server_shuts_down(local, app):
     run_id = local.create_run()["id"]
     database = app.state.database
-    with database.transaction(write=False) as session:
-        admin = session.scalar(select(User).where(User.name == users.ADMIN_NAME))
+    admin = admin_of(database)
 
     async def follow() -> int:
         stream = await log_reads.follow(database, run_id=run_id, viewer=admin, offset=0)
@@ -105,8 +100,7 @@ def test_a_follower_with_nothing_new_gets_an_empty_chunk_to_keep_the_stream_aliv
     run_id = local.create_run()["id"]
     _write(app, run_id, "queued")
     database = app.state.database
-    with database.transaction(write=False) as session:
-        admin = session.scalar(select(User).where(User.name == users.ADMIN_NAME))
+    admin = admin_of(database)
 
     async def follow() -> list[dict]:
         stream = await log_reads.follow(database, run_id=run_id, viewer=admin, offset=0)
