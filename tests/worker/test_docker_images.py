@@ -10,6 +10,8 @@ unique to the test and are removed after it.
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 import uuid
 
 import pytest
@@ -184,3 +186,60 @@ def test_remove_scratch_takes_what_a_dead_build_left(make_cache):
     leftover.write_text("echo half made\n")
     cache.remove_scratch()
     assert not (cache.work_dir / "docker-scratch").exists()
+
+
+def test_a_failing_build_reports_the_step_and_hides_secrets(make_cache, monkeypatch, engine):  # noqa: F811
+    # An extra index with a password in its URL (unreachable: port 9 in the container).
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://cast:s3cret-token@127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    cache = make_cache()  # reads the host's settings now
+    log = Log()
+    with pytest.raises(BuildFailed) as failure:
+        cache.ensure(spec(pip=["cast-no-such-package-4f1c"]), 1, log)
+    message = str(failure.value)
+    assert message.startswith("pip step failed (exit 1): ")
+    assert "No matching distribution found for cast-no-such-package-4f1c" in message
+    logged = "\n".join(log.lines)
+    assert "127.0.0.1:9" in logged  # the setting reached the build…
+    assert "s3cret-token" not in logged + message  # …and its secret did not reach the log
+    assert not [entry for entry in cache.entries() if "cast-no-such" in entry.holds]
+    assert engine.containers.list(all=True, filters={"label": f"{LABEL_WORK_DIR}={cache.work_dir}"}) == []
+
+
+def test_a_missing_docker_image_fails_the_build_clearly(make_cache):
+    with pytest.raises(BuildFailed, match="docker image cast-test-absent:1 is not on this worker and cannot be pulled"):
+        make_cache().ensure(spec(docker_image="cast-test-absent:1"), 1, Log())
+
+
+def test_concurrent_builds_of_a_new_environment_build_once(make_cache):
+    cache = make_cache()
+    barrier = threading.Barrier(2)
+    results, logs = [], []
+
+    def build() -> None:
+        log = Log()
+        barrier.wait()
+        results.append(cache.ensure(spec(pip=["six"]), 1, log))
+        logs.append(log)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(result.cached for result in results) == [False, True]
+    assert len({result.key for result in results}) == 1
+    assert sum(any(text.startswith("Building environment") for text in log.lines) for log in logs) == 1
+
+
+def test_cache_entries_and_prune(make_cache):
+    cache = make_cache()
+    first = cache.ensure(spec(), 1, Log())
+    assert not first.cached
+    [entry] = cache.entries()
+    assert entry.key == first.key and entry.holds == f"base: {DEFAULT_BASE_IMAGE}"
+    assert entry.size > 0 and abs(entry.last_used - time.time()) < 120
+    assert cache.prune(older_than=3600, everything=False) == []
+    assert cache.prune(older_than=None, everything=True) == [entry]
+    assert cache.entries() == []
+    assert not cache.ensure(spec(), 1, Log()).cached

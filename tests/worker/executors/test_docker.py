@@ -1,6 +1,8 @@
 """The Docker executor against the real Docker engine: environment images built
 from pip/apt packages and cached, the run container's mounts, user, limits and
-lifecycle, the host's package settings reaching builds, and the image cache.
+lifecycle, and the host's package settings reaching builds. The image cache's
+own behaviour (keys, reuse, failures, listing, pruning) is tested in
+tests/worker/test_docker_images.py.
 
 Images go to a repository unique to the test session and are removed at its
 end. The engine and the offline base image are required: without them these
@@ -12,7 +14,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from dataclasses import fields
@@ -246,30 +247,6 @@ def test_terminate_kills_after_the_grace_and_kill_is_at_once(packaged, tmp_path,
     assert engine.containers.list(all=True, filters=by_dir) == []
 
 
-def test_a_failing_build_reports_the_step_and_hides_secrets(make_executor, tmp_path, monkeypatch, engine):
-    # An extra index with a password in its URL (unreachable: port 9 in the container).
-    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://cast:s3cret-token@127.0.0.1:9/simple")
-    monkeypatch.setenv("PIP_RETRIES", "0")
-    executor = make_executor()
-    lines = Lines()
-    job = make_job(tmp_path, "true", pip=["cast-no-such-package-4f1c"])
-    with pytest.raises(BuildFailed) as failure:
-        executor.build(job, lines)
-    message = str(failure.value)
-    assert message.startswith("pip step failed (exit 1): ")
-    assert "No matching distribution found for cast-no-such-package-4f1c" in message
-    logged = "\n".join(text for _, text in lines.entries)
-    assert "127.0.0.1:9" in logged  # the setting reached the build…
-    assert "s3cret-token" not in logged + message  # …and its secret did not reach the log
-    assert not [entry for entry in executor.cache_entries() if "cast-no-such" in entry.holds]
-    assert engine.containers.list(all=True, filters={"label": f"{LABEL_WORK_DIR}={executor.work_dir}"}) == []
-
-
-def test_a_missing_docker_image_fails_the_build_clearly(make_executor, tmp_path):
-    with pytest.raises(BuildFailed, match="docker image cast-test-absent:1 is not on this worker and cannot be pulled"):
-        make_executor().build(make_job(tmp_path, "true", docker_image="cast-test-absent:1"), Lines())
-
-
 def test_auto_uses_docker_only_where_the_base_image_is_there(tmp_path, engine, base_image):
     assert make_named_executor("auto", tmp_path / "with", base_image=base_image).name == "docker"
     missing = f"cast-base:missing-{uuid.uuid4().hex[:8]}"
@@ -288,28 +265,6 @@ def test_a_run_s_docker_image_is_its_base(make_executor, tmp_path, engine, base_
         assert f"base: {other}" in [entry.holds for entry in executor.cache_entries()]
     finally:
         engine.images.remove(other)
-
-
-def test_concurrent_builds_of_a_new_environment_build_once(make_executor, tmp_path):
-    executor = make_executor()
-    barrier = threading.Barrier(2)
-    results, logs = [], []
-
-    def build() -> None:
-        lines = Lines()
-        job = make_job(tmp_path, "true", pip=["six"])
-        barrier.wait()
-        results.append(executor.build(job, lines))
-        logs.append(lines)
-
-    threads = [threading.Thread(target=build) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert sorted(result.cached for result in results) == [False, True]
-    assert len({result.key for result in results}) == 1
-    assert sum(any(text.startswith("Building environment") for _, text in lines.entries) for lines in logs) == 1
 
 
 def _host_network_index() -> str:
@@ -380,24 +335,6 @@ def test_cleanup_stale_removes_containers_of_the_same_work_dir(make_executor, pa
     processes[1].kill()
     finish(processes[1])
     assert by_dir(other) == []
-
-
-def test_cache_entries_and_prune(tmp_path, engine, base_image):
-    executor = DockerExecutor(tmp_path / "worker", image_repository=f"cast-env-prune-{uuid.uuid4().hex[:8]}")
-    job = make_job(tmp_path, "true")
-    try:
-        first = executor.build(job, Lines())
-        assert not first.cached
-        [entry] = executor.cache_entries()
-        assert entry.key == first.key and entry.holds == "base: cast-base:bookworm"
-        assert entry.size > 0 and abs(entry.last_used - time.time()) < 120
-        assert executor.prune_cache(older_than=3600, everything=False) == []
-        assert executor.prune_cache(older_than=None, everything=True) == [entry]
-        assert executor.cache_entries() == []
-        assert not executor.build(job, Lines()).cached
-    finally:
-        for image in engine.images.list(name=executor.options.image_repository):
-            engine.images.remove(image.id, force=True)
 
 
 def test_container_settings_give_a_run_its_own_gpus_and_limits(make_executor, tmp_path):
