@@ -1,4 +1,5 @@
-"""`python -m cast.server up`: the embedded control plane with one worker."""
+"""`python -m cast.server`: the embedded control plane with one worker (`up`),
+its home lock and server.json, and a bad setting refused in one line."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
+from cast.server import __main__ as server_main
 from tests.conftest import wait_until
 
 
@@ -73,3 +76,34 @@ def test_up_serves_with_one_worker_refuses_a_second_up_and_cleans_up_on_sigterm(
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def test_a_bad_setting_is_one_line_and_exit_code_2(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("CAST_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CAST_LEASE_SECONDS", "0")
+    with pytest.raises(SystemExit) as stopped:
+        server_main.main([])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == "cast.server: setting lease_seconds: Input should be greater than 0\n"
+
+
+def test_the_home_lock_is_held_by_one_holder_at_a_time(tmp_path):
+    home = tmp_path / "home"
+    holder = server_main._hold_home(home)
+    try:
+        assert home.stat().st_mode & 0o777 == 0o700
+        assert (home / "server.lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(SystemExit, match=f"another embedded server \\(pid {os.getpid()}\\) is serving {home}"):
+            server_main._hold_home(home)
+    finally:
+        holder.close()
+    server_main._hold_home(home).close()  # free again once its holder closed it
+
+
+def test_server_json_is_replaced_private(tmp_path):
+    path = tmp_path / "server.json"
+    path.write_text("old")
+    path.chmod(0o644)
+    server_main._write_private_json(path, {"url": "http://127.0.0.1:1", "pid": 1})
+    assert json.loads(path.read_text()) == {"url": "http://127.0.0.1:1", "pid": 1}
+    assert path.stat().st_mode & 0o777 == 0o600 and [p.name for p in tmp_path.iterdir()] == ["server.json"]
