@@ -163,7 +163,7 @@ API_INPUTS = [
              json=_run(mounts=[{"resource": "runs/{done}/out.txt", "path": "x"}, {"resource": "uploads/data", "path": "x"}])),
     ApiInput("mount inside another mount", "POST", "/runs", 400, "overlap",
              json=_run(mounts=[{"resource": "uploads/data", "path": "a"}, {"resource": "runs/{done}/out.txt", "path": "a/b"}])),
-    ApiInput("mount resource with a path and a colon", "POST", "/runs", 422, "':'",
+    ApiInput("mount resource with a path and a colon", "POST", "/runs", 400, "is not a run number",
              json=_run(mounts=[{"resource": "runs/{done}:x", "path": "y"}])),
     # --- packages: option and shell injection
     ApiInput("pip spec with a shell command", "POST", "/runs", 400, "not a package requirement", json=_run(pip=["six; rm -rf /"])),
