@@ -66,15 +66,24 @@ def append_worker_batch(
     fresh = entries[max(0, run.worker_log_seq - seq):]
     run.worker_log_seq = max(run.worker_log_seq, seq + len(entries))
     room = max(0, settings.max_log_entries_per_run - run.worker_log_lines)
-    kept = fresh[:room]
     now = utcnow()
     limit = settings.max_log_line_chars
-    rows = [(LogStream(e.stream).value, e.text if len(e.text) <= limit else e.text[:limit] + "…", e.time or now)
-            for e in kept]
-    if len(fresh) > room and not run.log_truncated:
-        rows.append((LogStream.CAST.value, f"[cast] log truncated after {settings.max_log_entries_per_run} lines", now))
-        run.log_truncated = True
-    run.worker_log_lines += len(kept)
+    rows = []
+    # Only the run's own output counts against the cap: the worker's `cast`
+    # lines (the sandbox, what was not saved and why) are few and always kept.
+    for entry in fresh:
+        stream = LogStream(entry.stream)
+        if stream is not LogStream.CAST:
+            if room == 0:
+                if not run.log_truncated:
+                    rows.append((LogStream.CAST.value,
+                                 f"[cast] log truncated after {settings.max_log_entries_per_run} lines", now))
+                    run.log_truncated = True
+                continue
+            room -= 1
+            run.worker_log_lines += 1
+        text = entry.text if len(entry.text) <= limit else entry.text[:limit] + "…"
+        rows.append((stream.value, text, entry.time or now))
     append(session, run, rows)
     session.flush()
     return run.log_size, run.log_truncated

@@ -85,6 +85,13 @@ def test_the_caps_cut_long_lines_and_drop_lines_past_one_marker(local, app, sett
         # The server's own lines are not capped: a run's end is always visible.
         logs.append_cast_lines(session, session.get(Run, run_id), ["Saving…"])
         assert _texts(session, run_id)[-1][2] == "Saving…"
+        # Nor are the worker's: what was not saved, and why, survives a flood.
+        assert store(6, "7", "8") == (start + 5, True)
+        logs.append_worker_batch(session, run_id=run_id, lease_token=token, seq=8,
+                                 entries=_batch("kept", stream=LogStream.CAST.value),
+                                 settings=capped)
+        assert _texts(session, run_id)[-1][1:] == (LogStream.CAST.value, "kept")
+        assert len(_texts(session, run_id)) == start + 6
 
 
 def test_reads_page_from_an_offset_and_finish_only_on_a_final_run_read_to_its_end(local, app):
