@@ -122,7 +122,6 @@ class Outbox:
     # --- producers --------------------------------------------------------
 
     def log(self, stream: LogStream, text: str) -> None:
-        stream = LogStream(stream)  # an executor's pipes may name theirs as plain strings
         with self._cond:
             if self._truncated and stream is not LogStream.CAST:
                 return

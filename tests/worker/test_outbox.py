@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cast.protocol.messages import MAX_REASON_LENGTH, PERMANENT_HEADER
+from cast.protocol.messages import MAX_REASON_LENGTH, PERMANENT_HEADER, LogStream
 from cast.worker.client import ServerClient
 from cast.worker.outbox import Outbox
 from tests.conftest import wait_until
@@ -188,7 +188,7 @@ def test_a_kill_does_not_wait_behind_a_push_that_blocks(server, run):
         yield b"\0" * 1024
 
     made = run()
-    made.outbox.log("stdout", "last words")
+    made.outbox.log(LogStream.STDOUT, "last words")
     made.outbox.push_outputs(blocked_tar)
     made.outbox.status("complete")
     wait_until(lambda: server.of_kind("logs"), timeout=60, what="the log line")

@@ -34,6 +34,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from cast.protocol.messages import LogStream
 from cast.protocol.units import parse_size
 from cast.worker.envs import HOST_KEY, EnvCache
 from cast.worker.executors.base import (
@@ -104,14 +105,14 @@ class LocalProcess(RunningProcess):
         self._record = records / str(self._pgid)
         self._record.write_text(_start_time(self._pgid) or "")
         self._readers = [
-            threading.Thread(target=self._pump, args=(popen.stdout, "stdout", log), daemon=True),
-            threading.Thread(target=self._pump, args=(popen.stderr, "stderr", log), daemon=True),
+            threading.Thread(target=self._pump, args=(popen.stdout, LogStream.STDOUT, log), daemon=True),
+            threading.Thread(target=self._pump, args=(popen.stderr, LogStream.STDERR, log), daemon=True),
         ]
         for reader in self._readers:
             reader.start()
 
     @staticmethod
-    def _pump(pipe, stream: str, log: LogSink) -> None:
+    def _pump(pipe, stream: LogStream, log: LogSink) -> None:
         with pipe:
             for raw in iter(lambda: pipe.readline(MAX_LINE), b""):
                 log(stream, raw.decode("utf-8", errors="replace").rstrip("\n").rstrip("\r"))
@@ -304,7 +305,7 @@ class LocalExecutor(Executor):
         except ValueError as exc:
             remove_tree(area)
             raise BuildFailed(str(exc)) from None
-        log("cast", sandbox.describe(run))
+        log(LogStream.CAST, sandbox.describe(run))
         env = self._environment(job, build)
         if build.key == HOST_KEY:  # the worker's interpreter, which a PATH of shims may not reach inside
             interpreter = os.path.dirname(os.path.realpath(sys.executable))
