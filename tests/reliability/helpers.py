@@ -93,9 +93,8 @@ class CuttableProxy:
         self.cut()
 
 
-def live_members(pgid: int) -> list[int]:
-    """The processes of group `pgid` that still run (zombies excluded)."""
-    members = []
+def _live_processes():
+    """(pid, fields of /proc/PID/stat after the command name, /proc/PID) of each process not a zombie."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -103,24 +102,24 @@ def live_members(pgid: int) -> list[int]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
+        if fields[0] != "Z":
+            yield int(entry.name), fields, entry
+
+
+def live_members(pgid: int) -> list[int]:
+    """The processes of group `pgid` that still run (zombies excluded)."""
+    return [pid for pid, fields, _ in _live_processes() if int(fields[2]) == pgid]
 
 
 def processes_naming(marker: str) -> list[int]:
     """The live processes whose command line holds `marker` (zombies excluded)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid, _, entry in _live_processes():
         try:
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmdline = (entry / "cmdline").read_bytes()
+            if marker.encode() in (entry / "cmdline").read_bytes():
+                found.append(pid)
         except OSError:
             continue
-        if marker.encode() in cmdline and state != "Z":
-            found.append(int(entry.name))
     return found
 
 
