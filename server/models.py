@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -46,12 +46,14 @@ class Token(Base):
     __tablename__ = "tokens"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    kind: Mapped[str] = mapped_column(String(16))  # "user" or "worker"
+    kind: Mapped[str] = mapped_column(String(16))  # "user", "worker" or "sign-in"
     # Worker tokens belong to no user.
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Only sign-in links expire; they are also revoked at their first use.
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class Worker(Base):
@@ -104,6 +106,15 @@ class Run(Base):
     worker_log_lines: Mapped[int] = mapped_column(Integer, default=0)
     log_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     outputs_size: Mapped[int | None] = mapped_column(BigInteger)
+    # When its stored outputs were freed (`cast rm`, prune); the record stays.
+    deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # The hash of what decides the result (command, environment, code, mounted
+    # contents), by which `--idempotent` finds an earlier run that did the same.
+    reuse_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Number of metric points stored (the next offset), and the worker's
+    # metric `seq` high-water mark for the current attempt, as for logs.
+    metrics_size: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    worker_metric_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class RunTransition(Base):
@@ -156,6 +167,8 @@ class Upload(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     files: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    # When its stored files were freed; the record stays for the runs that mounted it.
+    deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class UploadFile(Base):
@@ -177,4 +190,47 @@ class CodeBundle(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     digest: Mapped[str] = mapped_column(String(64), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class MetricPoint(Base):
+    """One metric value a run reported, numbered per run like its log entries."""
+
+    __tablename__ = "metric_points"
+    __table_args__ = (Index("ix_metric_points_run_name", "run_id", "name", "offset"),)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    offset: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    step: Mapped[int | None] = mapped_column(BigInteger)
+    value: Mapped[float] = mapped_column(Float)
+    time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Search(Base):
+    """A hyperparameter search: its kind (grid, random, bayes), what it asks
+    for (`spec`: the command template, parameters, run options, metric, goal,
+    budget) and where it stands."""
+
+    __tablename__ = "searches"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    spec: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class SearchTrial(Base):
+    """One point of a search: its parameters, its run once submitted, and the
+    metric value read from that run once it ended."""
+
+    __tablename__ = "search_trials"
+    search_id: Mapped[int] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    params: Mapped[dict] = mapped_column(JSON)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    value: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
