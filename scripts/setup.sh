@@ -1,14 +1,31 @@
 #!/usr/bin/env bash
-# Installs cast and, with --system, everything its whole test suite needs on a
-# Debian host: git, bubblewrap, the Docker engine (started if not running), Chromium, Firefox ESR, and
-# the offline base image (built once, reused while its tag exists).
+# Installs cast and the web viewer's npm packages (when npm is there) and, with
+# --system, everything its whole test suite needs on a Debian host: git,
+# bubblewrap, the Docker engine (started if not running), Chromium, Firefox ESR,
+# npm, and the offline base image (built once, reused while its tag exists).
 # Idempotent: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python3 -m pip install -q -e '.[all]'
 
-[ "${1:-}" = "--system" ] || exit 0
+# The web viewer's charts: uPlot at the version server/web/package-lock.json
+# pins, from the registry in the host's npm configuration. Without npm the
+# viewer works and says its charts are unavailable; --system installs npm.
+web_packages() {
+    local lock=server/web/package-lock.json installed=server/web/node_modules/.package-lock.json
+    [ "$installed" -nt "$lock" ] && return 0
+    echo "setup: installing the web viewer's npm packages (npm ci)"
+    npm ci --prefix server/web --no-audit --no-fund --silent
+}
+if [ "${1:-}" != "--system" ]; then
+    if command -v npm >/dev/null; then
+        web_packages
+    else
+        echo "setup: npm not found: the web viewer's charts stay unavailable until npm is installed (scripts/setup.sh --system)"
+    fi
+    exit 0
+fi
 
 # The GPT-2 example's tests import torch and transformers on the host. torch is
 # pinned: that release's CPU wheel is what this machine's pip settings find; a
@@ -21,6 +38,7 @@ command -v bwrap >/dev/null || need+=(bubblewrap)  # the local executor's sandbo
 command -v dockerd >/dev/null || need+=(docker.io)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/firefox-esr ] || need+=(firefox-esr)
+command -v npm >/dev/null || need+=(npm)  # brings nodejs
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
 if [ ${#need[@]} -gt 0 ]; then
@@ -36,4 +54,5 @@ if ! docker info >/dev/null 2>&1; then
     docker info >/dev/null 2>&1 || { echo "setup: dockerd did not start; see /var/log/dockerd.log" >&2; exit 1; }
 fi
 
+web_packages
 bash docker/build-base-image.sh

@@ -34,6 +34,7 @@ from cast.server.settings import Settings
 
 log = logging.getLogger("cast.server")
 WEB_DIR = Path(__file__).resolve().parent / "web"
+UPLOT_DIR = WEB_DIR / "node_modules" / "uplot" / "dist"
 THREADS = 100
 
 # Domain error → HTTP status; subclasses inherit their base's code.
@@ -167,6 +168,11 @@ def _mount_web(app: FastAPI) -> None:
             raise errors.NotFound("the web viewer is not installed")
         return FileResponse(page, media_type="text/html")
 
+    # uPlot, installed by `npm ci` (scripts/setup.sh) from web/package-lock.json;
+    # without it the viewer says charts are unavailable. Mounted before /static,
+    # which would otherwise take the path.
+    if UPLOT_DIR.is_dir():
+        app.mount("/static/vendor/uplot", StaticFiles(directory=UPLOT_DIR), name="uplot")
     if (WEB_DIR / "static").is_dir():
         app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
 
