@@ -1,11 +1,14 @@
 // The cast web viewer: the login form, the hash router (#/runs, #/runs/N,
-// #/uploads, #/uploads/NAME) and notices. Each page is a function that fills
-// <main> and returns a function that stops its timers and requests. Nothing
-// is drawn before the server's status table is here (status.js).
+// #/compare, #/searches, #/searches/N, #/uploads, #/uploads/NAME) and
+// notices. Each page is a function that fills <main> and returns a function
+// that stops its timers and requests. Nothing is drawn before the server's
+// status table is here (status.js).
 
 import { apiFetch, clearToken, getToken, setAuthErrorHandler, setToken, AuthError } from "./api.js";
 import { runsPage } from "./runs.js";
 import { runPage } from "./run.js";
+import { comparePage } from "./compare.js";
+import { searchesPage, searchPage } from "./search.js";
 import { loadStatuses } from "./status.js";
 import { uploadsPage, uploadPage } from "./uploads.js";
 import { h } from "./util.js";
@@ -28,6 +31,9 @@ export function notify(message, tone = "info") {
 const ROUTES = [
   [/^#\/runs\/(\d+)$/, (m) => runPage(main, Number(m[1]), { notify }), "runs"],
   [/^#\/runs(?:\?(.*))?$/, (m) => runsPage(main, new URLSearchParams(m[1] || "")), "runs"],
+  [/^#\/compare(?:\?(.*))?$/, (m) => comparePage(main, new URLSearchParams(m[1] || "")), "runs"],
+  [/^#\/searches\/(\d+)$/, (m) => searchPage(main, Number(m[1]), { notify }), "searches"],
+  [/^#\/searches$/, () => searchesPage(main), "searches"],
   [/^#\/uploads\/([^/?]+)$/, (m) => uploadPage(main, decodeURIComponent(m[1]), { notify }), "uploads"],
   [/^#\/uploads$/, () => uploadsPage(main, { notify }), "uploads"],
 ];

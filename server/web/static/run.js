@@ -1,9 +1,11 @@
 // A run's page: status with stop and kill, its spec (code, packages,
 // environment with secret-looking values masked, mounts and the runs that
-// mounted it), a stage timeline, the live log and the outputs tree.
+// mounted it), a stage timeline, its metrics' charts (metrics.js), the live
+// log and the outputs tree.
 
 import { apiJson, downloadWithToken, encodePath, AuthError } from "./api.js";
 import { LogView } from "./logview.js";
+import { MetricsView } from "./metrics.js";
 import { isFinal, statusBadge, statusLabel, statusTone } from "./status.js";
 import { fileTree } from "./tree.js";
 import { formatDuration, formatTime, h, looksSecret, secondsBetween, sleep } from "./util.js";
@@ -136,6 +138,7 @@ export function runPage(main, runId, { notify }) {
   const controller = new AbortController();
   const { signal } = controller;
   const logView = new LogView(runId, notify);
+  const metrics = new MetricsView(runId);
   let run = null;
   let outputsLoaded = false;
 
@@ -149,7 +152,7 @@ export function runPage(main, runId, { notify }) {
   document.title = `cast · run ${runId}`;
   main.append(
     h("p", { className: "crumbs" }, h("a", { href: "#/runs" }, "← Runs")),
-    heading, error, specSlot, timelineSlot, logView.element, outputs);
+    heading, error, specSlot, timelineSlot, metrics.element, logView.element, outputs);
 
   const act = async (action, button) => {
     button.disabled = true;
@@ -244,6 +247,7 @@ export function runPage(main, runId, { notify }) {
 
   (async () => {
     logView.start();
+    metrics.start();
     while (!signal.aborted) {
       try {
         const wasFinal = run && isFinal(run.status);
@@ -254,6 +258,7 @@ export function runPage(main, runId, { notify }) {
         if (wasFinal && !isFinal(run.status)) {
           outputsLoaded = false;
           logView.start();
+          metrics.start();
         }
       } catch (err) {
         if (signal.aborted || err instanceof AuthError) return;
@@ -262,6 +267,8 @@ export function runPage(main, runId, { notify }) {
         if (err.status === 404) {
           logView.dispose();
           logView.element.hidden = true;
+          metrics.dispose();
+          metrics.element.hidden = true;
           return;
         }
       }
@@ -273,5 +280,6 @@ export function runPage(main, runId, { notify }) {
     controller.abort();
     clearTimeout(killArmed);
     logView.dispose();
+    metrics.dispose();
   };
 }

@@ -1,7 +1,9 @@
 // The runs page: every run, newest first, refreshed every second so new runs
-// and status changes appear without reloading; filters by status and label.
+// and status changes appear without reloading; filters by status and label;
+// runs chosen with their checkboxes are compared (compare.js).
 
 import { apiJson, AuthError } from "./api.js";
+import { RunPicker } from "./compare.js";
 import { activeStatuses, isFinal, statusBadge, statusLabel, statusNames } from "./status.js";
 import { formatDuration, formatTime, h, secondsBetween, sleep } from "./util.js";
 
@@ -21,10 +23,11 @@ function cell(label, className, ...content) {
   return h("td", { className, dataset: { label } }, ...content);
 }
 
-function runRow(run) {
+function runRow(run, picker) {
   const href = `#/runs/${run.id}`;
   const machine = run.spec.gpus ? `${run.spec.machine_type} (${run.spec.gpus} GPU)` : run.spec.machine_type;
   return h("tr", { dataset: { runId: run.id, status: run.status } },
+    cell("Select", "select", picker.box(run.id)),
     cell("Run", "num", h("a", { href, className: "run-link" }, `#${run.id}`)),
     cell("Status", "status", statusBadge(run.status)),
     cell("Command", "command", h("a", { href, className: "command-link", title: run.spec.command }, run.spec.command)),
@@ -41,6 +44,7 @@ export function runsPage(main, query) {
   const { signal } = controller;
   const state = { status: query.get("status") || "", label: query.get("label") || "", limit: PAGE };
   const rows = new Map(); // run id -> {row, key, run}
+  const picker = new RunPicker();
 
   const statusSelect = h("select", { id: "status-filter", "aria-label": "Filter by status" },
     h("option", { value: "" }, "all statuses"),
@@ -80,11 +84,13 @@ export function runsPage(main, query) {
       h("h1", {}, "Runs"),
       h("div", { className: "filters" },
         h("label", {}, "Status ", statusSelect),
-        h("label", {}, "Label ", labelInput))),
+        h("label", {}, "Label ", labelInput)),
+      h("div", { className: "compare-bar" }, picker.button)),
     error,
     h("div", { className: "table-wrap" },
       h("table", { className: "runs" },
         h("thead", {}, h("tr", {},
+          h("th", { scope: "col", className: "select" }, h("span", { className: "visually-hidden" }, "Select")),
           ["Run", "Status", "Command", "Labels", "Machine", "Executor", "Created", "Duration"].map((t) => h("th", { scope: "col" }, t)))),
         tbody)),
     empty,
@@ -98,7 +104,7 @@ export function runsPage(main, query) {
       const key = JSON.stringify(run);
       let entry = rows.get(run.id);
       if (!entry || entry.key !== key) {
-        const row = runRow(run);
+        const row = runRow(run, picker);
         if (entry) entry.row.replaceWith(row);
         entry = { row, key, run };
         rows.set(run.id, entry);
@@ -154,7 +160,7 @@ export function runsPage(main, query) {
   // A click anywhere on a row opens the run (unless it selected text).
   tbody.addEventListener("click", (event) => {
     const row = event.target.closest("tr[data-run-id]");
-    if (!row || event.target.closest("a") || String(getSelection())) return;
+    if (!row || event.target.closest("a, td.select") || String(getSelection())) return;
     location.hash = `#/runs/${row.dataset.runId}`;
   });
 
