@@ -308,11 +308,17 @@ class Client:
     def download_output(self, run_id: int, path: str) -> "Download":
         return self._stream("GET", f"/runs/{int(run_id)}/outputs/{quote(path)}")
 
+    def delete_outputs(self, run_id: int, *, force: bool = False) -> dict:
+        """Free a run's outputs, keeping its record: `{resource, deleted_at, freed, already}`."""
+        return self._call("DELETE", f"/runs/{int(run_id)}/outputs", query={"force": "true" if force else None})
+
     # --- uploads -------------------------------------------------------
 
-    def upload(self, name: str, kind: str, chunks: Iterable[bytes]) -> dict:
-        """Stream an upload; `kind` is "file" (raw bytes) or "dir" (a tar)."""
-        return self._call("PUT", f"/uploads/{quote(name, safe='')}", query={"kind": kind}, body=chunks,
+    def upload(self, name: str, kind: str, chunks: Iterable[bytes], *, replace: bool = False) -> dict:
+        """Stream an upload; `kind` is "file" (raw bytes) or "dir" (a tar); `replace`
+        takes the place of an upload of that name that no run mounted."""
+        return self._call("PUT", f"/uploads/{quote(name, safe='')}",
+                          query={"kind": kind, "replace": "true" if replace else None}, body=chunks,
                           headers={"Content-Type": "application/x-tar" if kind == "dir" else "application/octet-stream"},
                           dedicated=True)
 
@@ -324,6 +330,23 @@ class Client:
 
     def download_upload(self, name: str, path: str = "") -> "Download":
         return self._stream("GET", self._upload_path(name, path))
+
+    def delete_upload(self, name: str, *, force: bool = False) -> dict:
+        """Free an upload's files, keeping its record: `{resource, deleted_at, freed, already}`."""
+        return self._call("DELETE", self._upload_path(name, ""), query={"force": "true" if force else None})
+
+    # --- retention -----------------------------------------------------
+
+    def prune(self, *, older_than: float, keep_labeled: bool = False, user: str | None = None,
+              dry_run: bool = False) -> dict:
+        """Free the outputs of finished runs that ended `older_than` seconds ago: `{runs, freed, dry_run}`."""
+        return self._call("POST", "/prune", json_body={"older_than": older_than, "keep_labeled": keep_labeled,
+                                                       "user": user, "dry_run": dry_run})
+
+    def usage(self, *, user: str | None = None) -> dict:
+        """What each user's runs and uploads hold: `{"users": [{user, runs, uploads, total, ...}]}`."""
+        return self._call("GET", "/usage", query={"user": user})
+
 
     @staticmethod
     def _upload_path(name: str, path: str) -> str:

@@ -117,14 +117,17 @@ def walk_folder(root: Path) -> tuple[list[tuple[str, str]], int, list[str]]:
     return members, total, skipped
 
 
-def extract_stream(source, destination: Path) -> int:
+def extract_stream(source, destination: Path, *, on_bytes: Callable[[int], None] | None = None) -> int:
     """Extract a streamed tar into `destination`, refusing anything unsafe
     (absolute names, `..`, links leaving the folder, devices): the "data"
-    filter of tarfile. Returns the number of members extracted."""
+    filter of tarfile. `on_bytes` hears each file's size once it is written.
+    Returns the number of members extracted."""
     destination.mkdir(parents=True, exist_ok=True)
     count = 0
     with tarfile.open(fileobj=source, mode="r|") as archive:
         for member in archive:
             archive.extract(member, destination, filter="data")
             count += 1
+            if on_bytes and member.isfile():
+                on_bytes(member.size)
     return count

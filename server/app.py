@@ -2,7 +2,8 @@
 
 Owns wiring: settings, database (migrated at creation), bootstrap tokens,
 routers under /api/v1, the ONE set of exception handlers that turns domain
-errors into HTTP codes, the request body cap, the reaper task, and the web
+errors into HTTP codes, the request body cap, the reaper task, the retention
+task (when CAST_RETENTION_DAYS is set), and the web
 log viewer (`web/index.html` at `/`, `web/static/` at `/static`).
 """
 
@@ -26,9 +27,9 @@ from starlette.requests import ClientDisconnect
 from cast.protocol.messages import PERMANENT_HEADER
 from cast.protocol.validate import SpecError, SpecTooLarge
 from cast.server import errors
-from cast.server.api import code, health, logs, outputs, protocol, runs, uploads, users, workers
+from cast.server.api import code, health, logs, outputs, protocol, retention, runs, uploads, users, workers
 from cast.server.db import Database
-from cast.server.services import leases, storage
+from cast.server.services import deletion, leases, storage
 from cast.server.services import users as user_service
 from cast.server.settings import Settings
 
@@ -46,6 +47,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
+    errors.Gone: 410,
     errors.TooLarge: 413,
     errors.ShuttingDown: 503,
     errors.StorageFull: 507,
@@ -160,6 +162,22 @@ async def _reap_forever(database: Database, settings: Settings) -> None:
             log.exception("reaper pass failed")
 
 
+def _retain_once(database: Database, settings: Settings) -> None:
+    with database.transaction() as session:
+        pruned = deletion.retention_pass(session, settings=settings)
+    if pruned.runs:
+        log.info("retention freed the outputs of runs %s (%d bytes)", pruned.runs, pruned.freed)
+
+
+async def _retain_forever(database: Database, settings: Settings) -> None:
+    while True:
+        try:
+            await run_in_threadpool(_retain_once, database, settings)
+        except Exception:  # like the reaper, it must survive a bad moment
+            log.exception("retention pass failed")
+        await asyncio.sleep(settings.retention_interval)
+
+
 def _mount_web(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -195,12 +213,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # transfer; leave plenty for the short database calls of everyone else.
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         reaper = asyncio.create_task(_reap_forever(database, settings))
+        retainer = (asyncio.create_task(_retain_forever(database, settings))
+                    if settings.retention_days is not None else None)
         try:
             yield
         finally:
-            reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reaper
+            for task in (reaper, retainer):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             database.dispose()
 
     app = FastAPI(
@@ -211,7 +233,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database = database
     app.state.storage_id = storage.ensure_storage_id(settings)
     api = APIRouter(prefix="/api/v1")
-    for module in (health, protocol, runs, logs, outputs, uploads, code, workers, users):
+    for module in (health, protocol, runs, logs, outputs, uploads, code, workers, users, retention):
         api.include_router(module.router)
     app.include_router(api)
     _install_error_handlers(app)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+from datetime import datetime
 
 
 class DomainError(Exception):
@@ -84,6 +85,17 @@ class LeaseLost(Conflict):
 
 class NameTaken(Conflict):
     """An upload, user or similar name already exists."""
+
+
+class InUse(Conflict):
+    """What a queued or active run mounts cannot be deleted or replaced."""
+
+
+class Gone(DomainError):
+    """Stored data that was deleted; its record stays (410)."""
+
+    def __init__(self, what: str, at: datetime):
+        super().__init__(f"{what} deleted at {at:%Y-%m-%d %H:%M:%S} UTC")
 
 
 class TooLarge(DomainError):

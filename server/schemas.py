@@ -189,6 +189,7 @@ class RunSummary(BaseModel):
     executor: str | None
     limits: str | None  # the isolation and limits of its command, once running
     mounted_by: list[int]
+    deleted_at: datetime | None  # when its stored outputs were freed (`cast rm`, prune)
 
 
 class RunOut(RunSummary):
@@ -303,10 +304,57 @@ class UploadOut(BaseModel):
     size: int
     files: int
     created_at: datetime
+    deleted_at: datetime | None = None  # when its files were freed; the record stays
 
 
 class UploadList(BaseModel):
     uploads: list[UploadOut]
+
+
+class Deleted(BaseModel):
+    resource: str
+    deleted_at: datetime
+    freed: int  # bytes
+    # True when it had been deleted before: nothing more was freed.
+    already: bool
+
+
+class PruneIn(_In):
+    older_than: float = Field(gt=0, le=100 * 366 * 24 * 3600)  # seconds since the run finished
+    keep_labeled: bool = False
+    user: str | None = Field(default=None, max_length=64)
+    dry_run: bool = False
+
+
+class Pruned(BaseModel):
+    runs: list[int]
+    freed: int  # bytes, or what would be freed on a dry run
+    dry_run: bool
+
+
+class RunUsage(BaseModel):
+    id: int
+    status: RunStatus
+    size: int
+
+
+class UploadUsage(BaseModel):
+    name: str
+    kind: Literal["file", "dir"]
+    size: int
+
+
+class UserUsage(BaseModel):
+    user: str
+    runs: list[RunUsage]
+    uploads: list[UploadUsage]
+    runs_size: int
+    uploads_size: int
+    total: int
+
+
+class Usage(BaseModel):
+    users: list[UserUsage]
 
 
 class CodeStored(BaseModel):

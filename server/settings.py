@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     # bubblewrap) even when more than one user exists: they could read each
     # other's runs and the server's files. A one-user server always does.
     allow_unsandboxed_workers: bool = False
+    # Automatic retention: the outputs of finished runs that ended more than
+    # this many days ago are freed (their records stay), as `cast prune` does;
+    # unset, nothing is freed unasked. Labeled runs are kept if asked.
+    retention_days: float | None = Field(default=None, gt=0)
+    retention_keep_labeled: bool = False
     # The embedded mode's worker (`up`): auto = docker when a Docker engine answers and has the base image, else local.
     executor: Literal["auto", "local", "docker"] = "auto"
 
@@ -96,6 +101,12 @@ class Settings(BaseSettings):
         # Four checks per lease period (and per stage bound): an expired lease
         # is noticed well within two periods, an overdue stage soon after its bound.
         return max(0.05, min(self.lease_seconds, self.stage_timeout_seconds, self.halt_timeout_seconds) / 4)
+
+    @property
+    def retention_interval(self) -> float:
+        # Four passes per retention period, at most one an hour: a run is freed
+        # soon after it falls due without the pass costing anything meanwhile.
+        return max(0.5, min(3600.0, (self.retention_days or 1.0) * 86400 / 4))
 
     def make_dirs(self) -> None:
         for path in (self.resolved_data_dir, self.runs_dir, self.uploads_dir, self.code_dir, self.tmp_dir):

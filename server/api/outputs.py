@@ -1,18 +1,18 @@
-"""Output routes: the manifest and the bytes of a run's outputs (users); the
-push of a run's outputs as a tar stream (workers)."""
+"""Output routes: the manifest and the bytes of a run's outputs, and freeing
+them (users); the push of a run's outputs as a tar stream (workers)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from cast.server.api.bodies import body_reader
 from cast.server.api.deps import CurrentUser, DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth
 from cast.server.api.files import file_or_tar
-from cast.server.schemas import FileList, OutputsPushed
-from cast.server.services import files
+from cast.server.schemas import Deleted, FileList, OutputsPushed
+from cast.server.services import deletion, files
 
 router = APIRouter(prefix="/runs", tags=["outputs"], route_class=SessionRoute)
 _BYTES = {200: {"content": {"application/octet-stream": {}, "application/x-tar": {}}}}
@@ -40,3 +40,10 @@ async def push_outputs(
         source=body_reader(request),
     )
     return {"files": count, "size": size}
+
+
+@router.delete("/{run_id}/outputs", response_model=Deleted)
+def delete_outputs(run_id: RunId, user: CurrentUser, session: SessionDep, settings: SettingsDep,
+                   force: Annotated[bool, Query()] = False) -> dict:
+    result = deletion.delete_run_outputs(session, settings=settings, run_id=run_id, viewer=user, force=force)
+    return vars(result)

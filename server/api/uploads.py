@@ -1,5 +1,5 @@
 """Upload routes: `uploads/NAME` from a file or a folder (a tar stream),
-listed, and read back as bytes or a tar."""
+replaced, listed, read back as bytes or a tar, and deleted."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from starlette.concurrency import run_in_threadpool
 from cast.server.api.bodies import body_reader
 from cast.server.api.deps import CurrentUser, DatabaseDep, SessionDep, SessionRoute, SettingsDep
 from cast.server.api.files import file_or_tar
-from cast.server.schemas import FileList, UploadList, UploadOut
-from cast.server.services import files
+from cast.server.schemas import Deleted, FileList, UploadList, UploadOut
+from cast.server.services import deletion, files
 
 router = APIRouter(prefix="/uploads", tags=["uploads"], route_class=SessionRoute)
 UploadName = Annotated[str, Path(min_length=1, max_length=200)]
@@ -21,17 +21,18 @@ _BYTES = {200: {"content": {"application/octet-stream": {}, "application/x-tar":
 
 def _view(upload) -> dict:
     return {"name": upload.name, "kind": upload.kind, "size": upload.size, "files": upload.files,
-            "created_at": upload.created_at}
+            "created_at": upload.created_at, "deleted_at": upload.deleted_at}
 
 
 @router.put("/{name}", status_code=201, response_model=UploadOut,
             openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def put_upload(
     name: UploadName, request: Request, user: CurrentUser, database: DatabaseDep, settings: SettingsDep,
-    kind: Literal["file", "dir"] = "file",
+    kind: Literal["file", "dir"] = "file", replace: bool = False,
 ) -> dict:
     upload = await run_in_threadpool(
-        files.store_upload, database, settings=settings, owner=user, name=name, kind=kind, source=body_reader(request)
+        files.store_upload, database, settings=settings, owner=user, name=name, kind=kind,
+        source=body_reader(request), replace=replace,
     )
     return _view(upload)
 
@@ -59,3 +60,9 @@ def get_upload(name: UploadName, user: CurrentUser, session: SessionDep, setting
 def get_upload_path(name: UploadName, path: str, user: CurrentUser, session: SessionDep, settings: SettingsDep,
                     listing: Annotated[bool, Query(alias="list")] = False):
     return _get(name, path, listing, user, session, settings)
+
+
+@router.delete("/{name}", response_model=Deleted)
+def delete_upload(name: UploadName, user: CurrentUser, session: SessionDep, settings: SettingsDep,
+                  force: Annotated[bool, Query()] = False) -> dict:
+    return vars(deletion.delete_upload(session, settings=settings, name=name, viewer=user, force=force))

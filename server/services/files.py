@@ -12,14 +12,14 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from cast.protocol.status import RunStatus
 from cast.protocol.validate import normalize_relative_path, validate_upload_name
 from cast.server.db import Database
-from cast.server.errors import Conflict, NameTaken, PathNotFound, UploadNotFound
-from cast.server.models import OutputFile, Upload, UploadFile, User
+from cast.server.errors import Conflict, Gone, InUse, NameTaken, PathNotFound, UploadNotFound
+from cast.server.models import OutputFile, RunMount, Upload, UploadFile, User
 from cast.server.services import leases, runs, storage
 from cast.server.settings import Settings
 
@@ -57,13 +57,20 @@ def store_outputs(database: Database, *, settings: Settings, run_id: int, lease_
         storage.remove(staging)
 
 
+def _stored_run(session: Session, *, run_id: int, viewer: User):
+    run = runs.visible_run(session, run_id=run_id, viewer=viewer)
+    if run.deleted_at is not None:
+        raise Gone(f"run {run_id}'s outputs were", run.deleted_at)
+    return run
+
+
 def output_manifest(session: Session, *, run_id: int, viewer: User) -> list[OutputFile]:
-    runs.visible_run(session, run_id=run_id, viewer=viewer)
+    _stored_run(session, run_id=run_id, viewer=viewer)
     return list(session.scalars(select(OutputFile).where(OutputFile.run_id == run_id).order_by(OutputFile.path)))
 
 
 def output_path(session: Session, *, settings: Settings, run_id: int, viewer: User, path: str) -> Path:
-    runs.visible_run(session, run_id=run_id, viewer=viewer)
+    _stored_run(session, run_id=run_id, viewer=viewer)
     found = storage.resolve_inside(storage.run_outputs_dir(settings, run_id), path, what="output path")
     if not found.exists():
         raise PathNotFound(f"runs/{run_id}/{path}")
@@ -72,14 +79,50 @@ def output_path(session: Session, *, settings: Settings, run_id: int, viewer: Us
 
 # --- uploads ------------------------------------------------------------------------
 
+def upload_mounts(name: str):
+    """The condition on RunMount rows that mount upload `name` or a path inside it."""
+    return or_(RunMount.resource == f"uploads/{name}",
+               RunMount.resource.startswith(f"uploads/{name}/", autoescape=True))
+
+
+def runs_that_mounted(session: Session, name: str) -> list[int]:
+    """Every run that mounted upload `name`, in any status: their lineage names it."""
+    query = select(RunMount.run_id).where(upload_mounts(name)).distinct().order_by(RunMount.run_id)
+    return list(session.scalars(query))
+
+
+def _taken_name(session: Session, *, name: str, owner: User, replace: bool) -> Upload | None:
+    """The upload a new `uploads/NAME` would take the place of, if it may; else the refusal."""
+    existing = session.get(Upload, name)
+    if existing is None:
+        return None
+    mounted = runs_that_mounted(session, name)
+    named = ", ".join(str(run_id) for run_id in mounted)
+    if existing.deleted_at is not None:
+        if mounted:
+            raise NameTaken(f"upload {name!r} was deleted, but runs {named} mounted it, so its name stays with it "
+                            "(their lineage names it); upload under a new name")
+        return existing
+    if not replace:
+        raise NameTaken(f"upload {name!r} already exists")
+    if not (owner.is_admin or existing.owner_id == owner.id):
+        raise NameTaken(f"upload {name!r} already exists and belongs to another user; upload under a new name")
+    if mounted:
+        raise InUse(f"upload {name!r} cannot be replaced: runs {named} mounted it; upload under a new name")
+    return existing
+
+
 def store_upload(
-    database: Database, *, settings: Settings, owner: User, name: str, kind: str, source: BinaryIO
+    database: Database, *, settings: Settings, owner: User, name: str, kind: str, source: BinaryIO,
+    replace: bool = False,
 ) -> Upload:
-    """Receive `uploads/NAME` (a file, or a folder as a tar stream); visible only once complete."""
+    """Receive `uploads/NAME` (a file, or a folder as a tar stream); visible only once complete.
+
+    It takes the place of an upload of that name only if no run ever mounted
+    that one: a deleted upload's name when asked or not, a stored one with `replace`."""
     validate_upload_name(name)
     with database.transaction(write=False) as session:
-        if session.get(Upload, name) is not None:
-            raise NameTaken(f"upload {name!r} already exists")
+        _taken_name(session, name=name, owner=owner, replace=replace)
     staging = storage.new_temp_dir(settings)
     try:
         content = staging / "content"
@@ -91,24 +134,36 @@ def store_upload(
             content.mkdir()
             stored = storage.extract_tar(source, content, max_bytes=settings.max_upload_bytes, what=what)
         final = storage.upload_path(settings, name)
+        previous = staging / "previous"
         placed = False
         try:
             with database.transaction() as session:
-                if session.get(Upload, name) is not None:
-                    raise NameTaken(f"upload {name!r} already exists")
+                # Checked again under the write lock: a run may have mounted it meanwhile.
+                if (existing := _taken_name(session, name=name, owner=owner, replace=replace)) is not None:
+                    session.execute(delete(UploadFile).where(UploadFile.upload_name == name))
+                    session.delete(existing)
+                    session.flush()
                 upload = Upload(name=name, owner_id=owner.id, kind=kind, size=sum(f.size for f in stored),
                                 files=len(stored))
                 session.add(upload)
                 session.flush()
                 session.add_all(UploadFile(upload_name=name, path=f.path, size=f.size, sha256=f.sha256) for f in stored)
                 session.flush()
-                storage.remove(final)  # left by a crash between rename and commit: no row names it
+                if existing is not None and existing.deleted_at is None and os.path.lexists(final):
+                    if final.is_dir():
+                        os.chmod(final, 0o755)  # moving a folder to another parent rewrites its `..`
+                    os.rename(final, previous)  # put back below if this does not commit
+                else:
+                    storage.remove(final)  # left by a crash between rename and commit: no row names it
                 os.rename(content, final)
                 placed = True
                 storage.seal(final)
         except BaseException:
             if placed:  # not committed: no row names it
                 storage.remove(final)
+            if os.path.lexists(previous):
+                os.rename(previous, final)
+                storage.seal(final)
             raise
         return upload
     finally:
@@ -122,6 +177,13 @@ def visible_upload(session: Session, *, name: str, viewer: User) -> Upload:
     return upload
 
 
+def _stored_upload(session: Session, *, name: str, viewer: User) -> Upload:
+    upload = visible_upload(session, name=name, viewer=viewer)
+    if upload.deleted_at is not None:
+        raise Gone(f"uploads/{name} was", upload.deleted_at)
+    return upload
+
+
 def list_uploads(session: Session, *, viewer: User) -> list[Upload]:
     query = select(Upload).order_by(Upload.created_at, Upload.name)
     if not viewer.is_admin:
@@ -130,7 +192,7 @@ def list_uploads(session: Session, *, viewer: User) -> list[Upload]:
 
 
 def upload_manifest(session: Session, *, name: str, viewer: User, under: str = "") -> list[UploadFile]:
-    upload = visible_upload(session, name=name, viewer=viewer)
+    upload = _stored_upload(session, name=name, viewer=viewer)
     query = select(UploadFile).where(UploadFile.upload_name == upload.name).order_by(UploadFile.path)
     files = list(session.scalars(query))
     if under:
@@ -142,7 +204,7 @@ def upload_manifest(session: Session, *, name: str, viewer: User, under: str = "
 
 
 def upload_file_path(session: Session, *, settings: Settings, name: str, viewer: User, path: str) -> Path:
-    upload = visible_upload(session, name=name, viewer=viewer)
+    upload = _stored_upload(session, name=name, viewer=viewer)
     root = storage.upload_path(settings, upload.name)
     if not path:
         return root

@@ -84,7 +84,7 @@ def describe(session: Session, runs: list[Run], *, with_transitions: bool) -> li
             "labels": labels[run.id], "created_at": run.created_at, "started_at": run.started_at,
             "finished_at": run.finished_at, "exit_code": run.exit_code, "reason": run.reason,
             "attempt": run.attempt, "worker": run.worker_name, "executor": run.executor,
-            "limits": run.limits, "mounted_by": mounted_by[run.id],
+            "limits": run.limits, "mounted_by": mounted_by[run.id], "deleted_at": run.deleted_at,
         }
         if with_transitions:
             view["transitions"] = transitions[run.id]
@@ -213,6 +213,9 @@ def _check_mounts(session: Session, *, spec: RunSpec, viewer: User) -> list[dict
             source = session.get(Run, resource.run_id)
             if source is None or not (viewer.is_admin or source.owner_id == viewer.id):
                 raise BadRequest(f"mount {resource}: run {resource.name} does not exist")
+            if source.deleted_at is not None:
+                raise BadRequest(f"mount {resource}: run {resource.name}'s outputs were deleted "
+                                 f"at {source.deleted_at:%Y-%m-%d %H:%M:%S} UTC")
             if RunStatus(source.status) not in MOUNTABLE_STATUSES:
                 raise BadRequest(
                     f"mount {resource}: run {resource.name} is {source.status}; only {_MOUNTABLE_TEXT} runs can be mounted"
@@ -224,6 +227,9 @@ def _check_mounts(session: Session, *, spec: RunSpec, viewer: User) -> list[dict
             upload = session.get(Upload, resource.name)
             if upload is None or not (viewer.is_admin or upload.owner_id == viewer.id):
                 raise BadRequest(f"mount {resource}: upload {resource.name!r} does not exist")
+            if upload.deleted_at is not None:
+                raise BadRequest(f"mount {resource}: upload {resource.name!r} was deleted "
+                                 f"at {upload.deleted_at:%Y-%m-%d %H:%M:%S} UTC")
             if resource.subpath and (
                 upload.kind == "file"
                 or manifest_kind(session, UploadFile, UploadFile.upload_name == upload.name, resource.subpath) is None
