@@ -20,7 +20,7 @@ import click
 
 from cast.protocol.validate import SpecError
 
-from . import cli_admin, cli_data, cli_runs
+from . import cli_admin, cli_data, cli_hyper, cli_runs
 from .cli_common import CONTEXT
 from .sdk import CastError
 
@@ -35,7 +35,7 @@ def cli() -> None:
     """
 
 
-for _command in (*cli_runs.COMMANDS, *cli_data.COMMANDS, *cli_admin.COMMANDS):
+for _command in (*cli_runs.COMMANDS, *cli_data.COMMANDS, *cli_hyper.COMMANDS, *cli_admin.COMMANDS):
     cli.add_command(_command)
 
 

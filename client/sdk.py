@@ -251,6 +251,24 @@ class Client:
     def remove_label(self, run_id: int, label: str) -> dict:
         return self._call("DELETE", f"/runs/{int(run_id)}/labels/{quote(label, safe='')}")
 
+    # --- hyperparameter searches ------------------------------------------
+
+    def create_search(self, body: dict) -> dict:
+        """Start a search; `body` as `POST /searches` takes it (docs/api.md)."""
+        return self._call("POST", "/searches", json_body=body)
+
+    def list_searches(self) -> dict:
+        return self._call("GET", "/searches")
+
+    def get_search(self, search_id: int) -> dict:
+        return self._call("GET", f"/searches/{int(search_id)}")
+
+    def stop_search(self, search_id: int) -> dict:
+        return self._call("POST", f"/searches/{int(search_id)}/stop")
+
+    def kill_search(self, search_id: int) -> dict:
+        return self._call("POST", f"/searches/{int(search_id)}/kill")
+
     # --- logs ----------------------------------------------------------
 
     def get_logs(self, run_id: int, *, offset: int = 0, limit: int | None = None) -> dict:

@@ -3,7 +3,7 @@
 Owns wiring: settings, database (migrated at creation), bootstrap tokens,
 routers under /api/v1, the ONE set of exception handlers that turns domain
 errors into HTTP codes, the request body cap, the reaper task, the retention
-task (when CAST_RETENTION_DAYS is set), and the web
+task (when CAST_RETENTION_DAYS is set), the hyperparameter search driver, and the web
 log viewer (`web/index.html` at `/`, `web/static/` at `/static`).
 """
 
@@ -27,9 +27,9 @@ from starlette.requests import ClientDisconnect
 from cast.protocol.messages import PERMANENT_HEADER
 from cast.protocol.validate import SpecError, SpecTooLarge
 from cast.server import errors
-from cast.server.api import code, health, logs, outputs, protocol, retention, runs, uploads, users, workers
+from cast.server.api import code, health, hyper, logs, outputs, protocol, retention, runs, uploads, users, workers
 from cast.server.db import Database
-from cast.server.services import deletion, leases, storage
+from cast.server.services import deletion, hyper_driver, leases, storage
 from cast.server.services import users as user_service
 from cast.server.settings import Settings
 
@@ -178,6 +178,15 @@ async def _retain_forever(database: Database, settings: Settings) -> None:
         await asyncio.sleep(settings.retention_interval)
 
 
+async def _drive_searches_forever(database: Database, settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(settings.search_interval_seconds)
+        try:
+            await run_in_threadpool(hyper_driver.drive_once, database, settings)
+        except Exception:  # like the reaper, it must survive a bad moment
+            log.exception("search driver pass failed")
+
+
 def _mount_web(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -213,12 +222,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # transfer; leave plenty for the short database calls of everyone else.
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         reaper = asyncio.create_task(_reap_forever(database, settings))
+        driver = asyncio.create_task(_drive_searches_forever(database, settings))
         retainer = (asyncio.create_task(_retain_forever(database, settings))
                     if settings.retention_days is not None else None)
         try:
             yield
         finally:
-            for task in (reaper, retainer):
+            for task in (reaper, driver, retainer):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -233,7 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database = database
     app.state.storage_id = storage.ensure_storage_id(settings)
     api = APIRouter(prefix="/api/v1")
-    for module in (health, protocol, runs, logs, outputs, uploads, code, workers, users, retention):
+    for module in (health, protocol, runs, logs, outputs, uploads, code, workers, users, retention, hyper):
         api.include_router(module.router)
     app.include_router(api)
     _install_error_handlers(app)

@@ -69,8 +69,18 @@ class UserNotFound(NotFound):
         super().__init__(f"user {name!r} not found")
 
 
+class SearchNotFound(NotFound):
+    def __init__(self, search_id: int):
+        super().__init__(f"search {search_id} not found")
+
+
 class Conflict(DomainError):
     """Base of the 409s."""
+
+
+class SearchEnded(Conflict):
+    def __init__(self, search_id: int, current: str, wanted: str):
+        super().__init__(f"search {search_id} is {current}; it cannot be {wanted}")
 
 
 class InvalidTransition(Conflict):

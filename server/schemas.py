@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cast.protocol import hyper
 from cast.protocol import validate as wire
+from cast.protocol.hyper import Goal, MetricAgg, SearchKind, SearchStatus
 from cast.protocol.messages import MAX_REASON_LENGTH, LogStream, MountSpec, RunSpec, StatusReport
 from cast.protocol.status import RunStatus
 
@@ -189,6 +191,10 @@ class RunSummary(BaseModel):
     executor: str | None
     limits: str | None  # the isolation and limits of its command, once running
     mounted_by: list[int]
+    # The hyperparameter search that made it, its trial number and parameters.
+    search_id: int | None = None
+    trial: int | None = None
+    search_params: dict[str, Any] | None = None
     deleted_at: datetime | None  # when its stored outputs were freed (`cast rm`, prune)
 
 
@@ -360,6 +366,86 @@ class Usage(BaseModel):
 class CodeStored(BaseModel):
     key: str
     size: int
+
+
+# --- hyperparameter searches ---------------------------------------------------
+
+class SearchCreate(_In):
+    """The body of `POST /searches`; `run` holds the other fields of a run's body
+    (as `RunCreate` takes them, without command and labels), checked per run."""
+
+    kind: SearchKind
+    command: str = Field(min_length=1, max_length=wire.MAX_COMMAND_LENGTH)
+    params: dict[str, Annotated[str, Field(max_length=hyper.MAX_PARAM_TEXT)]] = Field(max_length=hyper.MAX_PARAMS)
+    run: dict[str, Any] = Field(default_factory=dict, max_length=100)
+    # One label fewer than a run may carry: each run also gets `hyper:ID`.
+    labels: list[Annotated[str, Field(max_length=wire.MAX_LABEL_LENGTH)]] = Field(default_factory=list,
+                                                                                 max_length=99)
+    num_runs: int | None = Field(default=None, ge=1, le=hyper.MAX_SEARCH_RUNS)
+    parallel: int = Field(default=1, ge=1, le=hyper.MAX_PARALLEL)
+    metric: str | None = Field(default=None, max_length=hyper.MAX_METRIC_NAME_LENGTH)
+    goal: Goal = Goal.MINIMIZE
+    metric_agg: MetricAgg = MetricAgg.LAST
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(wire.validate_label(label) for label in value))
+
+    @field_validator("run")
+    @classmethod
+    def _run(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in ("command", "labels"):
+            if key in value:
+                raise ValueError(f"give the search's {key} outside run")
+        return value
+
+    @model_validator(mode="after")
+    def _whole(self) -> "SearchCreate":
+        self.plan()
+        return self
+
+    def plan(self) -> hyper.SearchPlan:
+        return hyper.check_search(kind=self.kind, command=self.command, params=self.params,
+                                  num_runs=self.num_runs, metric=self.metric)
+
+
+class TrialOut(BaseModel):
+    number: int
+    params: dict[str, Any]
+    run_id: int | None
+    status: RunStatus | None  # its run's; None once the run is gone
+    value: float | None
+
+
+class SearchSummary(BaseModel):
+    id: int
+    kind: SearchKind
+    status: SearchStatus
+    command: str
+    params: dict[str, str]
+    labels: list[str]
+    metric: str | None
+    goal: Goal
+    metric_agg: MetricAgg
+    num_runs: int
+    parallel: int
+    seed: int
+    created_at: datetime
+    finished_at: datetime | None
+    reason: str | None
+    owner: str
+    trials_started: int
+    best: TrialOut | None
+
+
+class SearchOut(SearchSummary):
+    trials: list[TrialOut]
+
+
+class SearchList(BaseModel):
+    searches: list[SearchSummary]
 
 
 # --- users and tokens ---------------------------------------------------------

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # bubblewrap) even when more than one user exists: they could read each
     # other's runs and the server's files. A one-user server always does.
     allow_unsandboxed_workers: bool = False
+    # How often the control plane's search driver records finished trials and
+    # starts the next ones of each running hyperparameter search.
+    search_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
     # Automatic retention: the outputs of finished runs that ended more than
     # this many days ago are freed (their records stay), as `cast prune` does;
     # unset, nothing is freed unasked. Labeled runs are kept if asked.

@@ -118,3 +118,4 @@ WorkerAuth = Annotated[Token, Depends(worker_auth)]
 
 # SQLite integers are 64-bit: bounding ids keeps a huge number a 422, not a 500.
 RunId = Annotated[int, Path(ge=1, le=2**62, description="run number")]
+SearchId = Annotated[int, Path(ge=1, le=2**62, description="search number")]

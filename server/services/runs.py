@@ -30,6 +30,7 @@ from cast.server.models import (
     RunLabel,
     RunMount,
     RunTransition,
+    SearchTrial,
     Upload,
     UploadFile,
     User,
@@ -76,6 +77,7 @@ def describe(session: Session, runs: list[Run], *, with_transitions: bool) -> li
             select(RunTransition).where(RunTransition.run_id.in_(ids)).order_by(RunTransition.id)
         ):
             transitions[row.run_id].append({"status": row.status, "at": row.at, "note": row.note})
+    trials = {row.run_id: row for row in session.scalars(select(SearchTrial).where(SearchTrial.run_id.in_(ids)))}
     views = []
     for run in runs:
         view = {
@@ -86,6 +88,8 @@ def describe(session: Session, runs: list[Run], *, with_transitions: bool) -> li
             "attempt": run.attempt, "worker": run.worker_name, "executor": run.executor,
             "limits": run.limits, "mounted_by": mounted_by[run.id], "deleted_at": run.deleted_at,
         }
+        if (trial := trials.get(run.id)) is not None:
+            view.update(search_id=trial.search_id, trial=trial.number, search_params=trial.params)
         if with_transitions:
             view["transitions"] = transitions[run.id]
         views.append(view)
