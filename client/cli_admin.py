@@ -123,12 +123,17 @@ def up(args) -> int:
 
 
 @click.command(context_settings=CONTEXT)
-def down() -> int:
-    """Stop the embedded control plane and worker."""
+@click.option("--kill", is_flag=True, help="Kill active runs (outputs not saved) instead of stopping them.")
+def down(kill) -> int:
+    """Stop the embedded control plane and worker; active runs are stopped, their outputs saved."""
     from .config import cast_home
     from .embedded import stop
 
-    sys.stdout.write(stop(cast_home()) + "\n")
+    def say(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    say(stop(cast_home(), kill=kill, say=say))
     return 0
 
 

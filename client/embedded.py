@@ -6,7 +6,9 @@ Owns: finding a running embedded server from `CAST_HOME/server.json`
 is healthy), starting one detached under a file lock so that two concurrent
 first commands start only one, and stopping it (`cast down`), found by
 server.json or, if that was lost, by the lock a running server holds on
-HOME/server.lock. The server and worker themselves live in cast.server; this
+HOME/server.lock. Stopping names the active runs and follows them to their
+end: the server's worker stops them (outputs saved and pushed), or, asked to
+kill, they are killed first through the API. The server and worker themselves live in cast.server; this
 module only runs them as a subprocess, so the CLI never imports server code.
 """
 
@@ -21,15 +23,20 @@ import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
+from typing import Callable
 
 from .sdk import CastError
+from cast.protocol.status import LEASED_STATUSES, RunStatus, is_final
+
 
 STATE_FILE = "server.json"
 LOCK_FILE = "embedded.lock"
 SERVER_LOCK_FILE = "server.lock"  # held by the running server, holding its pid
 LOG_FILE = "server.log"
 START_TIMEOUT = 90.0
-STOP_TIMEOUT = 30.0
+# Past the server's own bound on its worker (60 s), which stops runs within its grace.
+STOP_TIMEOUT = 90.0
+PROGRESS_INTERVAL = 0.5  # seconds between looks at the stopping runs
 
 
 def server_command(home: Path, *extra: str) -> list[str]:
@@ -153,8 +160,63 @@ def _server_lock_holder(home: Path) -> int | None:
         return None
 
 
-def stop(home: Path) -> str:
-    """Stop the embedded server; returns what happened, for the user."""
+def _runs_client(home: Path, url: str):
+    from .sdk import Client
+
+    try:
+        return Client(url, (home / "admin-token").read_text().strip(), timeout=10)
+    except (OSError, CastError):
+        return None
+
+
+def _active_runs(client) -> dict[int, RunStatus]:
+    """The runs a worker holds now, by id; empty when the server cannot say."""
+    if client is None:
+        return {}
+    try:
+        runs = client.list_runs(status=[s.value for s in LEASED_STATUSES], limit=500)["runs"]
+    except CastError:
+        return {}
+    return {run["id"]: RunStatus(run["status"]) for run in runs}
+
+
+def _wind_down(client, runs: dict[int, RunStatus], *, kill: bool, say: Callable[[str], None]) -> None:
+    """Name the active runs and what will become of them; with `kill`, kill them now."""
+    if not runs:
+        return
+    listed = ", ".join(f"{run_id} ({status.value})" for run_id, status in sorted(runs.items()))
+    count = f"{len(runs)} active run{'s' if len(runs) != 1 else ''}"
+    if not kill:
+        say(f"Stopping {count}: {listed}; their outputs are saved (cast down --kill skips that)")
+        return
+    say(f"Killing {count}: {listed}; their outputs are not saved")
+    for run_id in runs:
+        try:
+            runs[run_id] = RunStatus(client.kill_run(run_id)["status"])
+        except CastError as exc:  # ended meanwhile: the worker's report says how
+            say(f"  run {run_id}: {exc}")
+
+
+def _follow(client, runs: dict[int, RunStatus], say: Callable[[str], None]) -> None:
+    """Say each change of the runs' statuses, while the server still answers."""
+    for run_id in list(runs):
+        if is_final(runs[run_id]):
+            continue
+        try:
+            run = client.get_run(run_id)
+        except CastError:
+            continue
+        status = RunStatus(run["status"])
+        if status is not runs[run_id]:
+            runs[run_id] = status
+            ending = f": {run['reason']}" if is_final(status) and run.get("reason") else ""
+            say(f"  run {run_id} {status.value}{ending}")
+
+
+def stop(home: Path, *, kill: bool = False, say: Callable[[str], None] = lambda line: None) -> str:
+    """Stop the embedded server, its worker first, which stops its runs (or,
+    with `kill`, after they were killed); `say` hears the progress. Returns what
+    happened, for the user."""
     if not home.is_dir():
         return f"No embedded server in {home}."
     with _Lock(home):
@@ -171,12 +233,23 @@ def stop(home: Path) -> str:
         deadline = time.monotonic() + STOP_TIMEOUT
         while pid_alive(pid) and not _is_zombie(pid):
             if time.monotonic() > deadline:
+        client = _runs_client(home, state["url"]) if state else None
+        runs = _active_runs(client)
+        _wind_down(client, runs, kill=kill, say=say)
                 raise CastError(f"the embedded server (pid {pid}) did not stop within {STOP_TIMEOUT:.0f}s of SIGTERM")
             time.sleep(0.05)
+        next_look = time.monotonic()
         state = read_state(home)
         if state and int(state["pid"]) == pid:
             (home / STATE_FILE).unlink(missing_ok=True)
+            if runs and time.monotonic() >= next_look:
+                _follow(client, runs, say)
+                next_look = time.monotonic() + PROGRESS_INTERVAL
         return f"Stopped the embedded server at {url} (pid {pid})."
+        unseen = sorted(run_id for run_id, status in runs.items() if not is_final(status))
+        if unseen:  # ended as the server went away, before a last look
+            say(f"  run{'s' if len(unseen) > 1 else ''} {', '.join(map(str, unseen))}: "
+                "see how it ended with `cast ps` once cast is up again")
 
 
 def _is_zombie(pid: int) -> bool:

@@ -37,7 +37,10 @@ from cast.server.app import create_app
 from cast.server.settings import Settings
 
 log = logging.getLogger("cast.server")
-WORKER_STOP_SECONDS = 20
+# The worker stops its runs (outputs pushed) within its --shutdown-grace (30 s
+# by default) and reports for a few seconds more; past this it is killed.
+WORKER_STOP_SECONDS = 60
+PORT_FILE = "port"  # the port of the last start, tried first at the next
 
 
 def _settings(args: argparse.Namespace, **overrides) -> Settings:
@@ -128,7 +131,11 @@ async def _up(args: argparse.Namespace) -> None:
     executor = settings.executor  # the worker resolves auto: it knows what it can build on
     worker = subprocess.Popen(
         [sys.executable, "-m", "cast.worker", "--server", url, "--token-file", str(settings.worker_token_file),
-         "--work-dir", str(home / "worker"), "--name", "embedded", "--executor", executor],
+         "--work-dir", str(home / "worker"), "--name", "embedded", "--executor", executor,
+         "--shutdown-reason", "server shut down"],
+        # Its own process group: a ^C in the terminal reaches only this process,
+        # whose one SIGTERM lets the worker stop its runs; a second would kill them.
+        process_group=0,
     )
     server_file = home / "server.json"
     _write_private_json(server_file, {"url": url, "pid": os.getpid()})

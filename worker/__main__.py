@@ -2,7 +2,7 @@
 
     python -m cast.worker --server URL (--token-file F | CAST_WORKER_TOKEN) [--work-dir W]
         [--name N] [--executor auto|local|docker] [--max-runs K] [--gpus auto|none|0,1]
-        [--max-same-errors N]
+        [--max-same-errors N] [--shutdown-grace SECONDS] [--shutdown-reason TEXT]
         [--base-image I] [--memory M] [--cpus C] [--pids-limit P] [--network N]
         [--image-repository R]
     python -m cast.worker cache ls [--json] [--work-dir W] [--executor E] [--image-repository R]
@@ -11,6 +11,11 @@
 
 The Docker executor's options (--base-image … --image-repository) default to
 their `CAST_WORKER_*` variables; see docs/deployment.md.
+
+SIGTERM or SIGINT shuts the worker down without losing work: it leases no
+more runs and stops its active ones as `cast stop` does (outputs saved and
+pushed), then exits. A second signal, or runs still going after
+--shutdown-grace seconds, kill them instead (outputs dropped).
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from cast.worker.executors.base import Executor, ExecutorUnavailable
 from cast.worker.locking import try_lock
 from cast.worker.resources import cpu_count, parse_gpus_option
 
-SHUTDOWN_WAIT = 8.0  # seconds to report interrupted runs before exiting
+SHUTDOWN_WAIT = 8.0  # seconds to report killed runs before exiting
+DEFAULT_SHUTDOWN_GRACE = "30"  # seconds; the embedded server waits longer for its worker
 
 class UsageError(Exception):
     """Bad arguments or setup: one line for the user, exit code 2."""
@@ -56,6 +62,13 @@ def _serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-same-errors", type=int, default=os.environ.get("CAST_WORKER_MAX_SAME_ERRORS", "8"),
                         help="a run fails once the server gave one of its reports the same 5xx answer this "
                              "many times in a row (default: $CAST_WORKER_MAX_SAME_ERRORS, else 8)")
+    parser.add_argument("--shutdown-grace", type=float,
+                        default=os.environ.get("CAST_WORKER_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
+                        metavar="SECONDS",
+                        help="on SIGTERM, how long runs may take to stop and push their outputs before they "
+                             "are killed (default: $CAST_WORKER_SHUTDOWN_GRACE, else 30)")
+    parser.add_argument("--shutdown-reason", default="worker shut down", metavar="TEXT",
+                        help="the reason runs stopped by this worker's shutdown record (default: worker shut down)")
     docker = parser.add_argument_group("docker executor", "each defaults to its CAST_WORKER_<NAME> variable")
     docker.add_argument("--base-image", metavar="IMAGE",
                         help="base of runs without --docker-image (default cast-base:bookworm)")
@@ -118,6 +131,11 @@ def serve(argv: list[str]) -> int:
         raise UsageError("--max-runs must be at least 1")
     if args.max_same_errors < 1:
         raise UsageError("--max-same-errors must be at least 1")
+    if not 0 <= args.shutdown_grace <= 86400:
+        raise UsageError("--shutdown-grace must be between 0 and 86400 seconds")
+    reason = args.shutdown_reason.strip()
+    if not reason or len(reason) > 200 or not reason.isprintable():
+        raise UsageError("--shutdown-reason must be one printable line of at most 200 characters")
     try:
         gpus = parse_gpus_option(args.gpus)
     except ValueError as exc:
@@ -144,9 +162,13 @@ def serve(argv: list[str]) -> int:
                   max_runs=args.max_runs, gpus=gpus)
     agent.prepare()
 
-    stop = threading.Event()
+    stop, kill_now = threading.Event(), threading.Event()
+
+    def on_signal(*_) -> None:
+        (kill_now if stop.is_set() else stop).set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     failure: list[BaseException] = []
 
     def serve_until_stopped() -> None:
@@ -161,7 +183,7 @@ def serve(argv: list[str]) -> int:
     threading.Thread(target=serve_until_stopped, name="lease-loop", daemon=True).start()
     while not stop.wait(0.5):
         pass
-    agent.shutdown(wait=SHUTDOWN_WAIT)
+    agent.shutdown(reason=reason, grace=args.shutdown_grace, wait=SHUTDOWN_WAIT, kill_now=kill_now)
     if failure:
         logging.getLogger(__name__).error("worker failed", exc_info=failure[0])
         return 1

@@ -4,9 +4,10 @@ a free slot, and carries each leased run through its lifecycle.
 Per run (`RunController`, in its own thread): building → mounting → running →
 saving → pushing → complete / failed, with `stopped` (SIGTERM, a grace period,
 outputs saved), `killed` (SIGKILL, outputs dropped), `build_failed` and
-`mount_failed` on the way. A heartbeat thread holds the lease and carries out
-stop and kill within about a second; a lost lease kills the process and
-abandons the run. Everything the server is told goes through the run's ordered
+`mount_failed` on the way. A worker told to shut down stops its runs the same
+way (outputs saved and pushed) and kills those still going past its bound.
+A heartbeat thread holds the lease and carries out stop and kill within
+about a second; a lost lease kills the process and abandons the run. Everything the server is told goes through the run's ordered
 outbox (cast.worker.outbox), so nothing is lost while the server is away.
 """
 
@@ -54,12 +55,14 @@ class RunController:
     - the outbox's sender asks `_lease_still_held` after a 409 (which may find
       the lease lost, or a stop or kill) and ends the run `failed` when the
       server refuses one of its reports for good;
-    - the agent calls `interrupt` when the worker shuts down.
+    - the agent calls `request_stop` and then, past its bound, `request_kill`
+      when the worker shuts down (`interrupt` for a run leased meanwhile).
     `_lock` guards the process handle and the flags declared with it, and makes
     "look at the flags, then queue a status" one step: once a final status was
     queued out of turn (`_abort`: kill, a stop before the command started,
     shutdown, a refused report, a lost lease), the run thread queues nothing
-    more. It is re-entrant because `request_stop` may abort. `_finished` is set
+    more; once the run thread queued the final status, nothing else is. It is
+    re-entrant because `request_stop` may abort. `_finished` is set
     once every report was delivered: it ends the heartbeats and turns every
     later request into a no-op.
     """
@@ -86,6 +89,7 @@ class RunController:
 
     # --- the heartbeat thread and the outbox's sender: what the server says ---
 
+        self._final_queued = False  # the run thread queued the final status (its outputs were pushed)
     def _heartbeats(self) -> None:
         while not self._finished.wait(HEARTBEAT_INTERVAL):
             try:
@@ -114,7 +118,7 @@ class RunController:
         if status is RunStatus.STOPPING:
             self.request_stop(None, from_server=True)
         elif status is RunStatus.KILLING:
-            self.request_kill()
+            self.request_kill(None, from_server=True)
         elif is_final(status):
             # Ended by the server (its reaper: a stage past its bound), or by
             # this worker's own last report a moment ago: nothing more to do.
@@ -138,21 +142,28 @@ class RunController:
                 return
             self._stop_requested = True
             self._stop_reason = reason
-            if not from_server:
-                self.outbox.status(RunStatus.STOPPING, note=reason, reason=reason)
-            if self._process is None:
-                self._abort(RunStatus.STOPPED, reason)  # nothing ran, nothing to save
-            else:
-                self._process.terminate(STOP_GRACE)
+            via = None if from_server else RunStatus.STOPPING
+            if self._process is None:  # nothing ran, nothing to save
+                self._abort(RunStatus.STOPPED, reason, via=via)
+                return
+            if via is not None:
+                self.outbox.status(via, note=reason, reason=reason)
+            self._process.terminate(STOP_GRACE)
 
-    def request_kill(self) -> None:
-        self._abort(RunStatus.KILLED, None)
+    def request_kill(self, reason: str | None, *, from_server: bool) -> None:
+        """Kill the run, dropping its outputs; `from_server` False: the worker's
+        own decision (its shutdown), which it reports as `killing` first."""
+        with self._lock:
+            if self._final_queued and not from_server:  # its outputs are pushed: nothing to cut short
+                return
+            self._abort(RunStatus.KILLED, reason, via=None if from_server else RunStatus.KILLING)
 
     def interrupt(self, reason: str) -> None:
         self._abort(RunStatus.INTERRUPTED, reason)
 
-    def _abort(self, final_status: RunStatus, reason: str | None) -> None:
-        """End the run now with `final_status`, dropping what it had not yet reported
+    def _abort(self, final_status: RunStatus, reason: str | None, *, via: RunStatus | None = None) -> None:
+        """End the run now with `final_status` (reported after `via`, when the
+        table asks for a step between), dropping what it had not yet reported
         (its outputs included)."""
         with self._lock:
             if self._aborted or self._finished.is_set():
@@ -165,13 +176,21 @@ class RunController:
 
     # --- the run's own thread -----------------------------------------------
 
+            if via is not None:
+                self.outbox.status(via, note=reason, reason=reason)
     def _status(self, status: RunStatus, **fields) -> None:
         with self._lock:
+    @property
+    def done(self) -> bool:
+        """Every report of the run was delivered (or given up)."""
+        return self._finished.is_set()
+
             if not self._aborted:
                 self.outbox.status(status, **fields)
 
     def _job_env(self) -> dict[str, str]:
         env = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+                self._final_queued = is_final(status)
         env.update(self.spec.env)
         env["CAST_RUN_ID"] = str(self.run_id)
         return env
@@ -294,7 +313,8 @@ class Agent:
     """The worker. Its lease loop (`serve`, on a thread of its own) leases a run
     whenever a slot is free and starts its RunController on a new thread;
     `_slots` guards `_active` and wakes the loop when a run ends or the worker
-    stops. `shutdown` (the main thread, on SIGTERM or SIGINT) interrupts every active run.
+    stops. `shutdown` (the main thread, on SIGTERM or SIGINT) stops every active
+    run as `cast stop` would, and kills what is still going past its bound.
     """
 
     def __init__(self, *, client: ServerClient, executor: Executor, work_dir: Path, name: str,
@@ -381,15 +401,27 @@ class Agent:
                 self._slots.notify_all()
             log.info("run %s done", controller.run_id)
 
-    def shutdown(self, *, wait: float) -> None:
-        """Stop leasing; end active runs as interrupted and report it, waiting at
-        most `wait` seconds for the reports to be delivered."""
+    def shutdown(self, *, reason: str, grace: float, wait: float, kill_now: threading.Event) -> None:
+        """Stop leasing and stop every active run with `reason`: its command gets
+        SIGTERM, its outputs are saved and pushed. Runs still going after `grace`
+        seconds, or once `kill_now` is set, are killed (outputs dropped); then
+        wait at most `wait` seconds more for their reports to be delivered."""
         self.stopping.set()
         with self._slots:
             self._slots.notify_all()
             active = list(self._active.values())
         for controller in active:
-            controller.interrupt("the worker shut down")
+            log.info("run %s: stopping it (%s)", controller.run_id, reason)
+            controller.request_stop(reason, from_server=False)
+        deadline = time.monotonic() + grace
+        while any(not c.done for c in active) and time.monotonic() < deadline:
+            if kill_now.wait(0.1):
+                break
+        for controller in active:
+            if not controller.done:
+                log.warning("run %s: killing it (%s; outputs not saved)", controller.run_id,
+                            "asked again" if kill_now.is_set() else f"still going after {grace:g}s")
+                controller.request_kill(reason, from_server=False)
         deadline = time.monotonic() + wait
         for controller in active:
             controller.thread.join(max(0.0, deadline - time.monotonic()))

@@ -267,7 +267,7 @@ def _halt(session: Session, *, run_id: int, viewer: User, queued_to: RunStatus, 
     # A queued run has nothing to wind down; it ends at once.
     target = queued_to if run.status == S.MACHINE_REQUESTED.value else active_to
     return switch_status(session, run=run_id, to=target, note=f"by {viewer.name}",
-                         values={"reason": f"{target.value} by {viewer.name}"})
+                         values={"reason": f"{queued_to.value} by {viewer.name}"})
 
 
 def add_label(session: Session, *, run_id: int, viewer: User, label: str) -> Run:

@@ -1,5 +1,6 @@
 """Faults injected for real: a worker SIGKILLed mid-run, a server killed and
-restarted mid-run, and workers racing for one queue."""
+restarted mid-run, and workers racing for one queue. (A worker shut down on
+purpose stops its runs: test_shutdown.py.)"""
 
 from __future__ import annotations
 
@@ -23,17 +24,6 @@ def test_a_worker_killed_mid_run_leaves_the_run_interrupted(server, start_worker
         run = wait_final(api, run_id, timeout=120)
         assert run["status"] == "interrupted" and run["reason"].startswith("worker lost")
         assert "started" in log_texts(api, run_id)
-
-
-def test_a_worker_shut_down_reports_its_runs_interrupted(server, start_worker):
-    worker = start_worker(server)
-    with server.api() as api:
-        run_id = submit(api, "echo started; sleep 60")
-        wait_for_line(api, run_id, "started")
-        worker.stop(signal.SIGTERM)
-        assert worker.process.returncode == 0
-        run = wait_final(api, run_id, timeout=120)
-        assert run["status"] == "interrupted" and run["reason"] == "the worker shut down"
 
 
 def test_two_workers_racing_for_fifty_runs_execute_each_exactly_once(server, start_worker, tmp_path):
