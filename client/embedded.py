@@ -22,12 +22,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Callable
+from urllib.parse import urlsplit
 
-from .sdk import CastError
 from cast.protocol.status import LEASED_STATUSES, RunStatus, is_final
 
+from .sdk import CastError
 
 STATE_FILE = "server.json"
 LOCK_FILE = "embedded.lock"
@@ -229,27 +229,27 @@ def stop(home: Path, *, kill: bool = False, say: Callable[[str], None] = lambda 
             if pid is None:
                 return f"No embedded server is running in {home}."
             url = f"an unknown address (its {STATE_FILE} is gone)"
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while pid_alive(pid) and not _is_zombie(pid):
-            if time.monotonic() > deadline:
         client = _runs_client(home, state["url"]) if state else None
         runs = _active_runs(client)
         _wind_down(client, runs, kill=kill, say=say)
-                raise CastError(f"the embedded server (pid {pid}) did not stop within {STOP_TIMEOUT:.0f}s of SIGTERM")
-            time.sleep(0.05)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
         next_look = time.monotonic()
-        state = read_state(home)
-        if state and int(state["pid"]) == pid:
-            (home / STATE_FILE).unlink(missing_ok=True)
+        while pid_alive(pid) and not _is_zombie(pid):
+            if time.monotonic() > deadline:
+                raise CastError(f"the embedded server (pid {pid}) did not stop within {STOP_TIMEOUT:.0f}s of SIGTERM")
             if runs and time.monotonic() >= next_look:
                 _follow(client, runs, say)
                 next_look = time.monotonic() + PROGRESS_INTERVAL
-        return f"Stopped the embedded server at {url} (pid {pid})."
+            time.sleep(0.05)
         unseen = sorted(run_id for run_id, status in runs.items() if not is_final(status))
         if unseen:  # ended as the server went away, before a last look
             say(f"  run{'s' if len(unseen) > 1 else ''} {', '.join(map(str, unseen))}: "
                 "see how it ended with `cast ps` once cast is up again")
+        state = read_state(home)
+        if state and int(state["pid"]) == pid:
+            (home / STATE_FILE).unlink(missing_ok=True)
+        return f"Stopped the embedded server at {url} (pid {pid})."
 
 
 def _is_zombie(pid: int) -> bool:

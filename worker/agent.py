@@ -85,11 +85,11 @@ class RunController:
         self._stop_requested = False
         self._stop_reason: str | None = None
         self._aborted = False  # a final status was queued out of turn; the run thread only cleans up
+        self._final_queued = False  # the run thread queued the final status (its outputs were pushed)
         self._finished = threading.Event()
 
     # --- the heartbeat thread and the outbox's sender: what the server says ---
 
-        self._final_queued = False  # the run thread queued the final status (its outputs were pushed)
     def _heartbeats(self) -> None:
         while not self._finished.wait(HEARTBEAT_INTERVAL):
             try:
@@ -172,25 +172,25 @@ class RunController:
             if self._process is not None and not self._exited:
                 self._process.kill()
             self.outbox.drop_pending_results()
-            self.outbox.status(final_status, note=reason, reason=reason)
-
-    # --- the run's own thread -----------------------------------------------
-
             if via is not None:
                 self.outbox.status(via, note=reason, reason=reason)
-    def _status(self, status: RunStatus, **fields) -> None:
-        with self._lock:
+            self.outbox.status(final_status, note=reason, reason=reason)
+
     @property
     def done(self) -> bool:
         """Every report of the run was delivered (or given up)."""
         return self._finished.is_set()
 
+    # --- the run's own thread -----------------------------------------------
+
+    def _status(self, status: RunStatus, **fields) -> None:
+        with self._lock:
             if not self._aborted:
+                self._final_queued = is_final(status)
                 self.outbox.status(status, **fields)
 
     def _job_env(self) -> dict[str, str]:
         env = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-                self._final_queued = is_final(status)
         env.update(self.spec.env)
         env["CAST_RUN_ID"] = str(self.run_id)
         return env
