@@ -260,8 +260,10 @@ def logs(run_id, follow, tail, as_json) -> int:
     return 0
 
 
-def _for_each_run(run_ids, action, asked: RunStatus) -> int:
-    """Ask the server to move each run to `asked`; say where each one is now."""
+def _for_each_run(run_ids, action) -> int:
+    """Ask the server to stop or kill each run; say where each one is now."""
+    from cast.protocol.status import halting_line
+
     client = _client()
     failures = 0
     for run_id in run_ids:
@@ -271,7 +273,7 @@ def _for_each_run(run_ids, action, asked: RunStatus) -> int:
             sys.stderr.write(f"cast: error: run {run_id}: {exc.detail}\n")
             failures += 1
             continue
-        sys.stdout.write(f"Run {run_id} is {asked.value}\n" if status is asked else f"Run {run_id}: {status.value}\n")
+        sys.stdout.write(halting_line(run_id, status) + "\n")
     return 1 if failures else 0
 
 
@@ -279,14 +281,14 @@ def _for_each_run(run_ids, action, asked: RunStatus) -> int:
 @click.argument("run_ids", type=int, nargs=-1, required=True, metavar="N...")
 def stop(run_ids) -> int:
     """Stop runs: the command is ended and its outputs are saved."""
-    return _for_each_run(run_ids, "stop_run", RunStatus.STOPPING)
+    return _for_each_run(run_ids, "stop_run")
 
 
 @click.command(context_settings=CONTEXT)
 @click.argument("run_ids", type=int, nargs=-1, required=True, metavar="N...")
 def kill(run_ids) -> int:
     """Kill runs: the command is ended and its outputs are dropped."""
-    return _for_each_run(run_ids, "kill_run", RunStatus.KILLING)
+    return _for_each_run(run_ids, "kill_run")
 
 
 @click.command(context_settings=CONTEXT)

@@ -125,6 +125,25 @@ def stage_lines(previous: RunStatus, new: RunStatus, note: str | None = None) ->
     return lines
 
 
+# The participle of a user's stop or kill, for the messages that name one:
+# one place, so the CLI's "Run 3 is being killed" and the server's "run 1 is
+# complete; it cannot be stopped" speak alike.
+_HALTED_AS = {S.STOPPING: "stopped", S.STOPPED: "stopped", S.KILLING: "killed", S.KILLED: "killed"}
+
+
+def halting_line(run_id: int, status: RunStatus) -> str:
+    """What a stop or kill just did to a run: "Run 3 is being killed", "Run 4 is stopped"."""
+    if status in (S.STOPPING, S.KILLING):
+        return f"Run {run_id} is being {_HALTED_AS[status]}"
+    return f"Run {run_id} is {status.value}"
+
+
+def refusal(run_id: int, current: str, wanted: RunStatus) -> str:
+    """Why a run cannot move to `wanted`: "run 1 is complete; it cannot be stopped"."""
+    halted = _HALTED_AS.get(wanted)
+    return f"run {run_id} is {current}; " + (f"it cannot be {halted}" if halted else f"it cannot become {wanted.value}")
+
+
 @dataclass(frozen=True)
 class StatusInfo:
     """One status as a client that shows statuses sees it."""

@@ -10,6 +10,8 @@ import errno
 import os
 from datetime import datetime
 
+from cast.protocol.status import RunStatus, refusal
+
 
 class DomainError(Exception):
     """Base of every domain error; `str(error)` is the message shown to the client."""
@@ -85,7 +87,7 @@ class SearchEnded(Conflict):
 
 class InvalidTransition(Conflict):
     def __init__(self, run_id: int, current: str, wanted: str):
-        super().__init__(f"run {run_id} is {current}; it cannot become {wanted}")
+        super().__init__(refusal(run_id, current, RunStatus(wanted)))
 
 
 class LeaseLost(Conflict):

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import pytest
 
-from cast.protocol.status import (FINAL_STATUSES, LEASED_STATUSES, MOUNTABLE_STATUSES, TRANSITIONS, RunStatus,
+from cast.protocol.status import (FINAL_STATUSES, LEASED_STATUSES, MOUNTABLE_STATUSES, TRANSITIONS, RunStatus, halting_line, refusal,
                                   is_final, sources_of, stage_lines, status_table)
 
 S = RunStatus
@@ -105,3 +105,12 @@ def test_status_table_is_the_table_in_order():
     stages = {row["name"]: row["stage"] for row in rows}
     assert stages["building"] == "Building" and stages["machine_requested"] == "Machine_Requested"
     assert stages["running"] is None and stages["complete"] is None
+
+
+def test_stop_and_kill_read_as_what_they_do_to_a_run():
+    assert halting_line(10, S.KILLING) == "Run 10 is being killed"
+    assert halting_line(10, S.STOPPING) == "Run 10 is being stopped"
+    assert halting_line(4, S.STOPPED) == "Run 4 is stopped"  # a queued run ends at once
+    assert refusal(1, "complete", S.STOPPING) == "run 1 is complete; it cannot be stopped"
+    assert refusal(1, "killed", S.KILLED) == "run 1 is killed; it cannot be killed"
+    assert refusal(3, "building", S.COMPLETE) == "run 3 is building; it cannot become complete"

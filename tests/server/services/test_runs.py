@@ -40,7 +40,7 @@ def test_every_transition_outside_the_table_is_refused(local, app):
                                        .order_by(RunTransition.id.desc())).first()
                 assert last.status == target.value and last.at is not None
             else:
-                with pytest.raises(InvalidTransition, match=f"is {source.value}; it cannot become {target.value}"):
+                with pytest.raises(InvalidTransition, match=f"^run {run_id} is {source.value}; it cannot "):
                     runs.switch_status(session, run=run_id, to=target)
 
 
@@ -52,7 +52,16 @@ def test_stop_and_kill_a_queued_run_end_it_at_once(local):
     assert local.lease(local.register()) is None
     again = local.user.post(f"/runs/{stopped}/stop")
     assert again.status_code == 409
-    assert again.json()["detail"] == f"run {stopped} is stopped; it cannot become stopping"
+    assert again.json()["detail"] == f"run {stopped} is stopped; it cannot be stopped"
+    assert local.user.post(f"/runs/{killed}/kill").json()["detail"] == f"run {killed} is killed; it cannot be killed"
+
+
+def test_a_stop_or_kill_records_who_asked(local):
+    stopped, killed = local.create_run()["id"], local.create_run()["id"]
+    local.user.post(f"/runs/{stopped}/stop")
+    local.user.post(f"/runs/{killed}/kill")
+    reasons = {run["id"]: (run["reason"], run["owner"]) for run in local.user.get("/runs").json()["runs"]}
+    assert reasons[stopped] == ("stopped by admin", "admin") and reasons[killed] == ("killed by admin", "admin")
 
 
 def test_labels_filter_and_paging(local):
