@@ -10,7 +10,9 @@ container as read-only mounts under a tmpfs, so no secret and no host folder
 ends up in the image, and every line the build logs is masked of them. An
 existing tag is reused and re-tagged, which stamps its last use
 (`LastTagTime`); one build per key at a time, across the worker's threads and
-processes. The images' listing and pruning are here too, as is the splitting
+processes. An engine may be shared by several workers and homes: each image
+is tagged and labelled with its owner, a stable id kept in the worker's work
+dir (`owner_id`), and a cache lists and prunes only its own. The images' listing and pruning are here too, as is the splitting
 of a container's output into lines, which builds and run containers share.
 """
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import os
+import secrets
 import shlex
 import shutil
 import tempfile
@@ -33,9 +37,11 @@ from docker import DockerClient
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import LogConfig, Mount
 
+from cast.protocol.environment import build_summary, requirements_text
 from cast.protocol.messages import LogStream, RunSpec
 from cast.protocol.validate import SpecError, validate_apt_package, validate_pip_spec
 from cast.worker.dockerenv import HOST_INPUTS, HostPackageSettings
+from cast.worker.envs import failure_reason
 from cast.worker.executors.base import BuildFailed, BuildResult, CacheEntry, LogSink
 from cast.worker.locking import file_lock
 
@@ -48,6 +54,8 @@ BUILD_RECIPE = "1"
 
 LABEL_KEY = "cast.env.key"
 LABEL_HOLDS = "cast.env.holds"
+LABEL_OWNER = "cast.env.owner"
+OWNER_FILE = "owner-id"
 LABEL_WORK_DIR = "cast.work_dir"
 LABEL_RUN_ID = "cast.run_id"
 LABEL_ROLE = "cast.role"
@@ -55,13 +63,35 @@ LABEL_ROLE = "cast.role"
 LOG_CONFIG = LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"})
 
 _STEP_MARK = "==> "  # lines of the build script that start a step
-_FAILURE_LINES = 3
+_TAIL_LINES = 50  # of a step's output, searched for its error lines
 _MAX_PARTIAL_LINE = 64 * 1024
 
 
 def labels(work_dir: Path, run_id: int, role: str) -> dict[str, str]:
     """The labels of a container a worker starts: its work dir finds it again after a crash."""
     return {LABEL_WORK_DIR: str(work_dir), LABEL_RUN_ID: str(run_id), LABEL_ROLE: role}
+
+
+def owner_id(work_dir: Path) -> str:
+    """The stable id of the worker (or home) that owns `work_dir`'s images, made on first use."""
+    path = work_dir / OWNER_FILE
+    try:
+        found = path.read_text().strip()
+    except FileNotFoundError:
+        found = ""
+    if len(found) == 12 and all(c in "0123456789abcdef" for c in found):
+        return found
+    work_dir.mkdir(parents=True, exist_ok=True)
+    made = secrets.token_hex(6)
+    staged = path.with_name(f".{OWNER_FILE}.{made}")
+    staged.write_text(made + "\n")
+    try:
+        os.link(staged, path)  # the first of two racing makers wins; the other reads its id
+    except FileExistsError:
+        return path.read_text().strip()
+    finally:
+        staged.unlink()
+    return made
 
 
 def explain(exc: DockerException) -> str:
@@ -101,9 +131,12 @@ class EnvironmentSpec:
         if self.pip:
             parts.append("pip: " + " ".join(self.pip))
         if self.pip_req:
-            count = sum(1 for line in self.pip_req.splitlines() if line.strip() and not line.lstrip().startswith("#"))
-            parts.append(f"pip-req: {count} line{'s' if count != 1 else ''}")
+            parts.append(requirements_text(self.pip_req))
         return "; ".join(parts)
+
+    def summary(self) -> str:
+        """What a build installs, by count, for its first line."""
+        return build_summary(pip=list(self.pip), pip_req=self.pip_req, apt=list(self.apt), base_image=self.base_image)
 
     def build_script(self, *, preamble: str) -> str:
         """The shell script a build container runs; each step announces itself."""
@@ -131,14 +164,15 @@ class EnvironmentSpec:
                 "apt-get clean && rm -rf /var/lib/apt/lists/*",
             ]
         if self.pip or self.pip_req:
-            specs = " ".join(shlex.quote(p) for p in self.pip)
-            requirements = f" -r {HOST_INPUTS}/build/requirements.txt" if self.pip_req else ""
+            # Joined so an empty part leaves no double space: "pip install -r requirements.txt".
+            requirements = ["-r", f"{HOST_INPUTS}/build/requirements.txt"] if self.pip_req else []
+            arguments = " ".join([*(shlex.quote(p) for p in self.pip), *requirements])
             lines += [
-                f'echo "{_STEP_MARK}pip: pip install {specs}{requirements.replace(HOST_INPUTS + "/build/", "")}"',
+                f'echo "{_STEP_MARK}pip: pip install {arguments.replace(HOST_INPUTS + "/build/", "")}"',
                 f"export PIP_CONFIG_FILE={HOST_INPUTS}/build/pip.conf PIP_BREAK_SYSTEM_PACKAGES=1"
                 " PIP_ROOT_USER_ACTION=ignore PIP_NO_CACHE_DIR=1 PIP_PROGRESS_BAR=off"
                 " PIP_DISABLE_PIP_VERSION_CHECK=1",
-                f"python3 -m pip install {specs}{requirements}",
+                f"python3 -m pip install {arguments}",
             ]
         return "\n".join(lines) + "\n"
 
@@ -180,7 +214,7 @@ def pump_output(attach_stream, on_stdout, on_stderr) -> None:
 
 
 class ImageCache:
-    """The environment images of one worker: `<repository>:<key>` on its engine."""
+    """The environment images of one worker: `<repository>:<owner>-<key>` on its engine."""
 
     def __init__(self, client: DockerClient, work_dir: Path, *, base_image: str, repository: str, network: str):
         self.client = client
@@ -188,6 +222,7 @@ class ImageCache:
         self.base_image = base_image
         self.repository = repository
         self.network = network
+        self.owner = owner_id(work_dir)
         self.host_settings = HostPackageSettings.from_host()
         self._building: set[str] = set()
         self._building_lock = threading.Lock()
@@ -197,7 +232,7 @@ class ImageCache:
         env = EnvironmentSpec.of(spec, self.base_image)
         base_id = self._base_image_id(env.base_image, log)
         key = env.key(base_id)
-        tag = f"{self.repository}:{key}"
+        tag = self.owned_tag(key)
         if self._touch(tag):
             return BuildResult(key=key, cached=True, description=tag)
         with self._building_lock:
@@ -214,6 +249,9 @@ class ImageCache:
             with self._building_lock:
                 self._building.discard(key)
         return BuildResult(key=key, cached=False, description=tag)
+
+    def owned_tag(self, key: str) -> str:
+        return f"{self.repository}:{self.owner}-{key}"
 
     def has_base_image(self) -> bool:
         """Whether the configured base image is on this host already."""
@@ -248,7 +286,7 @@ class ImageCache:
     def _build_image(self, run_id: int, env: EnvironmentSpec, base_id: str, key: str, log: LogSink) -> None:
         settings = self.host_settings
         inputs = settings.build_inputs()
-        log(LogStream.CAST, f"Building environment {self.repository}:{key} ({env.holds()})")
+        log(LogStream.CAST, f"Building environment {self.owned_tag(key)} ({env.summary()})")
         staging = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=self._scratch_dir()))
         try:
             (staging / "build.sh").write_text(env.build_script(preamble=inputs.shell_preamble))
@@ -271,15 +309,14 @@ class ImageCache:
                 step, tail = self._stream_build(container, log)
                 code = container.wait()["StatusCode"]
                 if code != 0:
-                    detail = " | ".join(tail) or "no output"
-                    raise BuildFailed(f"{step} step failed (exit {code}): {detail}")
+                    raise BuildFailed(f"{step} step failed (exit {code}): {failure_reason(tail) or 'no output'}")
                 base = self.client.api.inspect_image(base_id)["Config"] or {}
                 container.commit(
-                    repository=self.repository, tag=key,
+                    repository=self.repository, tag=f"{self.owner}-{key}",
                     conf={"Cmd": base.get("Cmd") or ["bash"], "Entrypoint": base.get("Entrypoint") or [],
                           "Env": base.get("Env") or [], "WorkingDir": CONTAINER_WORKDIR, "User": "",
                           "Labels": {**(base.get("Labels") or {}), LABEL_KEY: key, LABEL_HOLDS: env.holds(),
-                                     LABEL_ROLE: "env"}},
+                                     LABEL_OWNER: self.owner, LABEL_ROLE: "env"}},
                 )
             finally:
                 container.remove(force=True)
@@ -291,7 +328,7 @@ class ImageCache:
     def _stream_build(self, container, log: LogSink) -> tuple[str, list[str]]:
         """Send the build's output to the log; return the last step's name and last lines."""
         state = {"step": "setup"}
-        tail: deque[str] = deque(maxlen=_FAILURE_LINES)
+        tail: deque[str] = deque(maxlen=_TAIL_LINES)
 
         def line(text: str) -> None:
             text = self.host_settings.redact(text)
@@ -299,7 +336,7 @@ class ImageCache:
                 state["step"] = text[len(_STEP_MARK):].partition(":")[0]
                 tail.clear()
             elif text.strip():
-                tail.append(text.strip()[:300])
+                tail.append(text.strip())
             log(LogStream.CAST, text)
 
         stream = container.attach(stdout=True, stderr=True, stream=True, demux=True, logs=True)
@@ -318,8 +355,8 @@ class ImageCache:
 
     def entries(self) -> list[CacheEntry]:
         entries = []
-        prefix = f"{self.repository}:"
-        for image in self.client.images.list(filters={"label": LABEL_KEY}):
+        prefix = f"{self.repository}:{self.owner}-"
+        for image in self.client.images.list(filters={"label": [LABEL_KEY, f"{LABEL_OWNER}={self.owner}"]}):
             if not any(tag.startswith(prefix) for tag in image.tags):
                 continue
             details = self.client.api.inspect_image(image.id)
@@ -337,7 +374,7 @@ class ImageCache:
             if not everything and (older_than is None or now - entry.last_used < older_than):
                 continue
             try:
-                self.client.images.remove(f"{self.repository}:{entry.key}")
+                self.client.images.remove(self.owned_tag(entry.key))
             except APIError:  # in use by a running container: kept
                 continue
             removed.append(entry)

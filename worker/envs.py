@@ -7,7 +7,10 @@ installed by the host's pip (which honours the host's pip configuration).
 Its key is a sha256 of (interpreter, sorted pip specs, requirements file
 contents); an environment is built once under a file lock, marked complete
 only when the build succeeded, and reused by every later run with that key.
-A run without packages needs no environment at all.
+A run without packages needs no environment at all. A build first says in one
+line what it installs; a failed one is explained by the installer's own last
+error lines (`failure_reason`, which the Docker builds share), while its whole
+output stays in the run's log.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from cast.protocol.environment import build_summary, requirements_text
 from cast.protocol.messages import LogStream
 from cast.protocol.validate import SpecError, validate_pip_spec
 from cast.worker.executors.base import BuildFailed, BuildResult, CacheEntry, LogSink
@@ -30,7 +34,10 @@ from cast.worker.fsops import remove_tree
 HOST_KEY = "host"  # the BuildResult key of a run that needs no environment
 _METADATA = ".cast-env.json"
 _LAST_USED = ".cast-last-used"
-_FAILURE_LINES = 15
+_TAIL_LINES = 50  # of a build's output, searched for its error lines
+FAILURE_CHARS = 400  # of a failed build's reason; the log keeps the rest
+# How pip (`ERROR: …`) and apt (`E: …`) start the lines that say why they failed.
+_ERROR_PREFIXES = ("ERROR:", "E: ")
 
 
 def env_key(pip: list[str], pip_req: str | None) -> str:
@@ -43,12 +50,21 @@ def env_key(pip: list[str], pip_req: str | None) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
+def failure_reason(lines: list[str]) -> str:
+    """Why a build failed, in one bounded line: the installer's last error lines
+    (pip's `ERROR:`, apt's `E:`), else its last lines."""
+    lines = [line.strip() for line in lines if line.strip()]
+    errors = [line for line in lines if line.startswith(_ERROR_PREFIXES)]
+    text = " | ".join((errors or lines)[-3:])
+    return text if len(text) <= FAILURE_CHARS else "…" + text[-(FAILURE_CHARS - 1):]
+
+
 def _describe(pip: list[str], pip_req: str | None) -> str:
     parts = []
     if pip:
         parts.append("pip: " + " ".join(sorted(pip)))
     if pip_req:
-        parts.append(f"requirements: {len(pip_req.splitlines())} lines")
+        parts.append(requirements_text(pip_req))
     return "; ".join(parts)
 
 
@@ -82,6 +98,8 @@ class EnvCache:
         with file_lock(self.root / f"{key}.lock"):
             cached = (env / _METADATA).exists()
             if not cached:
+                log(LogStream.CAST, f"Building environment virtualenv {key[:12]} "
+                                    f"({build_summary(pip=pip, pip_req=pip_req)})")
                 try:
                     self._build(env, pip, pip_req, log)
                 except BaseException:
@@ -109,7 +127,7 @@ class EnvCache:
     def _step(self, command: list[str], log: LogSink) -> None:
         """Run one build command, its output going to the log; BuildFailed with its
         last lines when it fails."""
-        tail: deque[str] = deque(maxlen=_FAILURE_LINES)
+        tail: deque[str] = deque(maxlen=_TAIL_LINES)
         env = {**os.environ, "PIP_NO_INPUT": "1", "PYTHONUNBUFFERED": "1"}
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env=env)
@@ -118,7 +136,9 @@ class EnvCache:
             tail.append(line)
             log(LogStream.CAST, line)
         if process.wait() != 0:
-            raise BuildFailed("\n".join(tail) or f"{command[2]} exited with {process.returncode}")
+            step = command[2]  # venv or pip
+            raise BuildFailed(f"{step} failed (exit {process.returncode})"
+                              + (f": {failure_reason(list(tail))}" if any(line.strip() for line in tail) else ""))
 
     def entries(self) -> list[CacheEntry]:
         found = []

@@ -64,8 +64,9 @@ def test_the_key_changes_with_the_build_recipe(monkeypatch):
 def test_holds_names_the_base_packages_and_counts_requirement_lines():
     assert EnvironmentSpec.of(spec(), "base:1").holds() == "base: base:1"
     env = EnvironmentSpec.of(spec(apt=["jq"], pip=["six"], pip_req="# pinned\ntqdm\n\n  attrs\n"), "base:1")
-    assert env.holds() == "base: base:1; apt: jq; pip: six; pip-req: 2 lines"
-    assert EnvironmentSpec.of(spec(pip_req="tqdm"), "b").holds() == "base: b; pip-req: 1 line"
+    assert env.holds() == "base: base:1; apt: jq; pip: six; requirements file (2 lines)"
+    assert EnvironmentSpec.of(spec(pip_req="tqdm"), "b").holds() == "base: b; requirements file (1 line)"
+    assert env.summary() == "base image base:1; apt: 1 package; pip: 1 package, requirements file (2 lines)"
 
 
 def test_the_build_script_runs_only_the_steps_it_needs_and_is_valid_shell():
@@ -76,6 +77,10 @@ def test_the_build_script_runs_only_the_steps_it_needs_and_is_valid_shell():
     assert [step.split(":")[0] for step in steps] == ['echo "==> setup', 'echo "==> apt', 'echo "==> pip']
     assert "apt-get install -y -q --no-install-recommends jq" in full
     assert "python3 -m pip install 'six>=1.0' -r /cast/host/build/requirements.txt" in full
+    only_requirements = EnvironmentSpec.of(spec(pip_req="tqdm\n"), "b").build_script(preamble=":")
+    assert 'echo "==> pip: pip install -r requirements.txt"' in only_requirements
+    assert "python3 -m pip install -r /cast/host/build/requirements.txt" in only_requirements
+    assert "install  " not in only_requirements + full
     for script in (bare, full):
         checked = subprocess.run(["sh", "-n"], input=script, capture_output=True, text=True, timeout=60)
         assert checked.returncode == 0, checked.stderr
@@ -160,8 +165,9 @@ def test_an_image_is_built_once_then_reused_and_holds_its_labels(make_cache, eng
     cache = make_cache()
     log = Log()
     first = cache.ensure(spec(), 5, log)
-    assert not first.cached and first.description == f"{cache.repository}:{first.key}"
-    assert log.lines[0] == f"Building environment {first.description} (base: {DEFAULT_BASE_IMAGE})"
+    assert not first.cached
+    assert first.description == f"{cache.repository}:{cache.owner}-{first.key}"
+    assert log.lines[0] == f"Building environment {first.description} (base image {DEFAULT_BASE_IMAGE})"
     config = engine.api.inspect_image(first.description)["Config"]
     assert config["WorkingDir"] == "/cast/work"
     assert (config["Labels"][LABEL_KEY], config["Labels"][LABEL_HOLDS]) == (first.key, f"base: {DEFAULT_BASE_IMAGE}")
@@ -198,7 +204,10 @@ def test_a_failing_build_reports_the_step_and_hides_secrets(make_cache, monkeypa
         cache.ensure(spec(pip=["cast-no-such-package-4f1c"]), 1, log)
     message = str(failure.value)
     assert message.startswith("pip step failed (exit 1): ")
-    assert "No matching distribution found for cast-no-such-package-4f1c" in message
+    # pip's own last error lines, bounded; the rest of its output is in the log only.
+    assert message.endswith("ERROR: No matching distribution found for cast-no-such-package-4f1c")
+    assert len(message) < 500 and all(part.startswith("ERROR:") for part in message.split(": ", 1)[1].split(" | "))
+    assert log.lines.index(next(line for line in log.lines if line.startswith("Building environment"))) == 0
     logged = "\n".join(log.lines)
     assert "127.0.0.1:9" in logged  # the setting reached the build…
     assert "s3cret-token" not in logged + message  # …and its secret did not reach the log
@@ -243,3 +252,27 @@ def test_cache_entries_and_prune(make_cache):
     assert cache.prune(older_than=None, everything=True) == [entry]
     assert cache.entries() == []
     assert not cache.ensure(spec(), 1, Log()).cached
+
+
+def test_two_homes_on_one_engine_see_and_prune_only_their_own_images(engine, base_image, tmp_path):  # noqa: F811
+    repository = f"cast-env-shared-{uuid.uuid4().hex[:8]}"
+    ours, theirs = (ImageCache(engine, tmp_path / home / "worker", base_image=base_image, repository=repository,
+                               network="bridge") for home in ("ours", "theirs"))
+    try:
+        assert ours.owner != theirs.owner
+        assert ImageCache(engine, tmp_path / "ours" / "worker", base_image=base_image, repository=repository,
+                          network="bridge").owner == ours.owner  # stable: kept in the work dir
+        mine = ours.ensure(spec(pip=["six"]), 1, Log())
+        same_content = theirs.ensure(spec(pip=["six"]), 2, Log())
+        assert not same_content.cached  # never reuses an image another home owns
+        other = theirs.ensure(spec(), 3, Log())
+        assert [e.key for e in ours.entries()] == [mine.key]
+        assert sorted(e.key for e in theirs.entries()) == sorted([same_content.key, other.key])
+
+        assert [e.key for e in ours.prune(older_than=None, everything=True)] == [mine.key]
+        assert ours.entries() == []
+        assert sorted(e.key for e in theirs.entries()) == sorted([same_content.key, other.key])
+        engine.api.inspect_image(same_content.description)  # still there
+    finally:
+        for image in engine.images.list(name=repository):
+            engine.images.remove(image.id, force=True)

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from cast.worker.envs import HOST_KEY, EnvCache, env_key
+from cast.worker.envs import FAILURE_CHARS, HOST_KEY, EnvCache, env_key, failure_reason
 from cast.worker.executors.base import BuildFailed
 
 
@@ -35,7 +35,9 @@ def test_builds_over_the_host_python_and_reuses_the_cache(tmp_path):
     first = cache.ensure(["termcolor"], None, log)
 
     assert not first.cached
-    assert any("termcolor" in text for stream, text in lines if stream == "cast")
+    # Said before any of the build's own output.
+    assert lines[0] == ("cast", f"Building environment virtualenv {first.key[:12]} (pip: 1 package)")
+    assert any("termcolor" in text for stream, text in lines[1:] if stream == "cast")
     python = cache.path(first.key) / "bin" / "python"
     # The package is in the environment and the host's own packages (six) still import.
     probe = subprocess.run([str(python), "-c", "import termcolor, six; print(termcolor.__file__)"],
@@ -67,8 +69,14 @@ def test_concurrent_builds_of_one_environment_build_it_once(tmp_path):
 
 def test_a_failed_build_says_why_and_leaves_no_environment(tmp_path):
     cache = EnvCache(tmp_path)
-    with pytest.raises(BuildFailed, match="cast-no-such-package"):
-        cache.ensure(["cast-no-such-package-zz"], None, lambda *_: None)
+    lines, log = collect()
+    with pytest.raises(BuildFailed) as failure:
+        cache.ensure(["cast-no-such-package-zz"], None, log)
+    # pip's own last error lines, bounded, not its whole output (which is in the log).
+    reason = str(failure.value)
+    assert reason.startswith("pip failed (exit 1): ERROR: ")
+    assert reason.endswith("ERROR: No matching distribution found for cast-no-such-package-zz")
+    assert len(reason) <= 450 and len(lines) > 1
     assert cache.entries() == []
     assert not cache.path(env_key(["cast-no-such-package-zz"], None)).exists()
 
@@ -84,3 +92,15 @@ def test_prune_removes_environments_unused_for_long_enough(tmp_path):
     assert cache.prune(older_than=3600, everything=False) == []
     [removed] = cache.prune(older_than=0, everything=False)
     assert removed.key == built.key and not cache.path(built.key).exists()
+
+
+def test_the_failure_reason_is_the_installers_last_error_lines_bounded():
+    pip = ["Collecting x", "  Downloading ...", "ERROR: Could not find a version that satisfies x",
+           "ERROR: No matching distribution found for x", ""]
+    assert failure_reason(pip) == ("ERROR: Could not find a version that satisfies x | "
+                                   "ERROR: No matching distribution found for x")
+    assert failure_reason(["Reading package lists...", "E: Unable to locate package nope"]) == \
+        "E: Unable to locate package nope"
+    assert failure_reason(["a", "b", "c", "d"]) == "b | c | d"
+    long = failure_reason(["ERROR: " + "x" * 1000])
+    assert len(long) == FAILURE_CHARS and long.startswith("…")

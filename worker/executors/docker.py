@@ -75,7 +75,7 @@ class DockerOptions:
     cpus: float | None = None  # per-run limit; default: from the machine type
     pids_limit: int = 4096
     network: str = "bridge"  # for runs and builds; "host" only if set explicitly
-    image_repository: str = "cast-env"  # environment images are <repository>:<key>
+    image_repository: str = "cast-env"  # environment images are <repository>:<owner>-<key>
 
     @classmethod
     def resolve(cls, **given) -> "DockerOptions":
