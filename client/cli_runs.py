@@ -145,7 +145,8 @@ def ps(statuses, label, limit, as_json) -> int:
     if not runs:
         sys.stdout.write("No runs.\n")
         return 0
-    rows = [[str(r["id"]), RunStatus(r["status"]).value, shorten(RunSpec.from_dict(r["spec"]).command, 48),
+    rows = [[str(r["id"]), RunStatus(r["status"]).value + (", deleted" if r.get("deleted_at") else ""),
+             shorten(RunSpec.from_dict(r["spec"]).command, 48),
              run_duration(r), ",".join(r.get("labels") or [])] for r in runs]
     sys.stdout.write(table(["ID", "STATUS", "COMMAND", "DURATION", "LABELS"], rows, right={0, 3}) + "\n")
     return 0
@@ -197,6 +198,7 @@ def info(run_id, as_json) -> int:
         ("Exit code", "" if run.get("exit_code") is None else str(run["exit_code"])),
         ("Reason", run.get("reason") or ""),
         ("Mounted by", ", ".join(f"run {n}" for n in run.get("mounted_by") or [])),
+        ("Deleted", f"{local_time(run['deleted_at'])} (its outputs were freed)" if run.get("deleted_at") else ""),
     ]
     lines = [table(None, [[f"{name}:", value] for name, value in fields if value])]
     if run.get("transitions"):
