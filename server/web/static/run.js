@@ -6,7 +6,7 @@
 import { apiJson, downloadWithToken, encodePath, AuthError } from "./api.js";
 import { LogView } from "./logview.js";
 import { MetricsView } from "./metrics.js";
-import { isFinal, statusBadge, statusLabel, statusTone } from "./status.js";
+import { deletedBadge, isFinal, statusBadge, statusLabel, statusTone } from "./status.js";
 import { fileTree } from "./tree.js";
 import { formatDuration, formatTime, h, looksSecret, secondsBetween, sleep } from "./util.js";
 
@@ -194,7 +194,7 @@ export function runPage(main, runId, { notify }) {
     const exit = run.exit_code !== null && run.exit_code !== undefined ? `exit code ${run.exit_code}` : null;
     return [
       h("h1", {}, `Run #${run.id}`),
-      h("span", { id: "run-status" }, statusBadge(run.status)),
+      h("span", { id: "run-status" }, statusBadge(run.status), run.deleted_at ? deletedBadge(run.deleted_at) : null),
       h("span", { className: "run-meta muted" },
         [`created ${formatTime(run.created_at)}`,
           `total ${formatDuration(secondsBetween(run.created_at, run.finished_at))}`,

@@ -4,7 +4,7 @@
 
 import { apiJson, AuthError } from "./api.js";
 import { RunPicker } from "./compare.js";
-import { activeStatuses, isFinal, statusBadge, statusLabel, statusNames } from "./status.js";
+import { activeStatuses, deletedBadge, isFinal, statusBadge, statusLabel, statusNames } from "./status.js";
 import { formatDuration, formatTime, h, secondsBetween, sleep } from "./util.js";
 
 const POLL_MS = 1_000;
@@ -29,7 +29,7 @@ function runRow(run, picker) {
   return h("tr", { dataset: { runId: run.id, status: run.status } },
     cell("Select", "select", picker.box(run.id)),
     cell("Run", "num", h("a", { href, className: "run-link" }, `#${run.id}`)),
-    cell("Status", "status", statusBadge(run.status)),
+    cell("Status", "status", statusBadge(run.status), run.deleted_at ? deletedBadge(run.deleted_at) : null),
     cell("Command", "command", h("a", { href, className: "command-link", title: run.spec.command }, run.spec.command)),
     cell("Labels", "labels", labelChips(run.labels)),
     cell("Machine", "machine", machine),

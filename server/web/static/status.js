@@ -58,6 +58,15 @@ export function statusLabel(status) {
 // The badge: the status word, with a pulsing dot while the run is in it
 // (an active run's status is the stage it is in). `current` is false for
 // stages a run has left, as listed in its timeline.
+// A run whose stored outputs were freed (`cast rm`, prune): its record stays.
+export function deletedBadge(deletedAt) {
+  const badge = document.createElement("span");
+  badge.className = "badge deleted";
+  badge.textContent = "deleted";
+  badge.title = `outputs deleted at ${deletedAt}`;
+  return badge;
+}
+
 export function statusBadge(status, current = true) {
   const badge = document.createElement("span");
   badge.className = `badge tone-${statusTone(status)}${current && !isFinal(status) ? " active" : ""}`;
