@@ -139,3 +139,29 @@ class Progress:
             self._draw()
             self.stream.write("\n")
             self.stream.flush()
+
+
+# --- metrics ----------------------------------------------------------------
+
+SPARK_BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 40) -> str:
+    """`values` as at most `width` bars, each the mean of its share of the values,
+    scaled from the smallest to the largest (a flat series is a flat line)."""
+    if not values:
+        return ""
+    width = max(1, width)
+    if len(values) > width:
+        size = len(values) / width
+        values = [_mean(values[int(i * size):max(int((i + 1) * size), int(i * size) + 1)]) for i in range(width)]
+    low, high = min(values), max(values)
+    if high == low:
+        return SPARK_BARS[0] * len(values)
+    top = len(SPARK_BARS) - 1
+    span = high / 2 - low / 2  # halves: the difference of two large doubles may overflow
+    return "".join(SPARK_BARS[round((v / 2 - low / 2) / span * top)] for v in values)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)

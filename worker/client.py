@@ -20,6 +20,7 @@ from typing import Callable, Iterable, TypeVar
 import httpx
 
 from cast.protocol.messages import PERMANENT_HEADER, HeartbeatReply, Lease, LogEntry, StatusReport
+from cast.protocol.metrics import MetricPoint
 
 T = TypeVar("T")
 # 4xx answers that mean "not now" rather than "never".
@@ -157,6 +158,11 @@ class ServerClient:
     def append_logs(self, run_id: int, lease_token: str, *, seq: int, entries: list[LogEntry]) -> dict:
         return self._request("POST", f"/runs/{run_id}/logs", json={
             "lease_token": lease_token, "seq": seq, "entries": [entry.to_dict() for entry in entries],
+        }).json()
+
+    def append_metrics(self, run_id: int, lease_token: str, *, seq: int, points: list[MetricPoint]) -> dict:
+        return self._request("POST", f"/runs/{run_id}/metrics", json={
+            "lease_token": lease_token, "seq": seq, "points": [point.to_dict() for point in points],
         }).json()
 
     def push_outputs(self, run_id: int, lease_token: str, tar_chunks: Iterable[bytes]) -> dict:

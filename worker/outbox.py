@@ -2,7 +2,9 @@
 
 Log lines, status changes and the output push are queued in the order they
 happen and delivered by one sender thread in that order, so a follower sees
-"Run is running", then the job's lines, then "Saving… done". Log lines go in
+"Run is running", then the job's lines, then "Saving… done". Metric points
+(cast.worker.metrics) travel in the same queue, in batches of their own with
+their own `seq` counter, under the same rules. Log lines go in
 small batches (a line waits at most LINGER seconds; a batch stays far below
 the server's body cap however long its lines) carrying the API's `seq`
 counter, so a batch retried after a lost answer is stored once. While the
@@ -33,6 +35,8 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from cast.protocol.messages import MAX_REASON_LENGTH, LogEntry, LogStream, StatusReport
+from cast.protocol.metrics import MAX_BATCH as MAX_POINT_BATCH
+from cast.protocol.metrics import MetricPoint
 from cast.protocol.status import RunStatus
 from cast.worker.client import Conflict, Refused, ServerClient, with_retries
 
@@ -48,6 +52,7 @@ MAX_BATCH_CHARS = 1 << 20
 # growing without bound.
 MAX_PENDING_LINES = 50_000
 MAX_PENDING_CHARS = 64 << 20
+MAX_PENDING_POINTS = 100_000  # past this the metrics reader waits (the run's file keeps them)
 
 
 def _clip(text: str | None) -> str | None:
@@ -67,6 +72,12 @@ class _LogLine:
     stream: LogStream
     text: str
     time: str
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _Point:
+    point: MetricPoint
     queued_at: float = field(default_factory=time.monotonic)
 
 
@@ -100,6 +111,8 @@ class Outbox:
         self._items: list = []
         self._in_flight = 0  # items at the head of _items being delivered now
         self._entries_sent = 0  # the API's `seq`
+        self._points_sent = 0  # the metrics API's `seq`
+        self._pending_points = 0
         self._pending_lines = 0
         self._pending_chars = 0
         self._truncated = False  # the server keeps no more stdout/stderr lines of this run
@@ -135,6 +148,17 @@ class Outbox:
             self._items.append(_LogLine(stream, text, utc_now()))
             self._cond.notify_all()
 
+    def metrics(self, points: list[MetricPoint]) -> None:
+        """Queue points (already checked) behind what was queued before them."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._pending_points < MAX_PENDING_POINTS
+                                or self._abandoned or self._closed)
+            if self._abandoned or self._closed:
+                return
+            self._pending_points += len(points)
+            self._items.extend(_Point(point) for point in points)
+            self._cond.notify_all()
+
     def status(self, status: RunStatus, *, note: str | None = None, exit_code: int | None = None,
                reason: str | None = None, limits: str | None = None) -> None:
         self._put(_StatusChange(status, _clip(note), exit_code, _clip(reason), _clip(limits)))
@@ -151,7 +175,7 @@ class Outbox:
 
     def drop_pending_results(self) -> None:
         """Forget queued status changes and output pushes (a kill overrides them),
-        the push being sent included; log lines stay."""
+        the push being sent included; log lines and metric points stay."""
         with self._cond:
             head, rest = self._items[: self._in_flight], self._items[self._in_flight:]
             if head and isinstance(head[0], _OutputPush) and not self._abandoned:
@@ -159,7 +183,7 @@ class Outbox:
                 head, self._in_flight = [], 0
                 self._generation += 1
                 self._thread = self._start_sender()
-            self._items = head + [item for item in rest if isinstance(item, _LogLine)]
+            self._items = head + [item for item in rest if isinstance(item, (_LogLine, _Point))]
             self._cond.notify_all()
 
     # --- the run's end ----------------------------------------------------
@@ -178,7 +202,7 @@ class Outbox:
         with self._cond:
             self._abandoned = True
             self._items.clear()
-            self._pending_lines = self._pending_chars = 0
+            self._pending_lines = self._pending_chars = self._pending_points = 0
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -196,8 +220,8 @@ class Outbox:
 
     def _next_batch(self, generation: int) -> list | None:
         """Wait for the next thing to send: one status change or output push, or a
-        run of log lines. None when the outbox is finished (or this sender was
-        replaced)."""
+        run of log lines or of metric points. None when the outbox is finished
+        (or this sender was replaced)."""
         with self._cond:
             while True:
                 if self._abandoned or (self._closed and not self._items) or generation != self._generation:
@@ -206,19 +230,22 @@ class Outbox:
                     self._cond.wait()
                     continue
                 head = self._items[0]
-                if not isinstance(head, _LogLine):
+                if not isinstance(head, (_LogLine, _Point)):
                     self._in_flight = 1
                     return [head]
+                kind = type(head)
+                most = MAX_BATCH if kind is _LogLine else MAX_POINT_BATCH
                 lines, chars = [], 0
                 for item in self._items:
-                    if not isinstance(item, _LogLine) or len(lines) == MAX_BATCH:
+                    if type(item) is not kind or len(lines) == most:
                         break
-                    if lines and chars + len(item.text) > MAX_BATCH_CHARS:
-                        break
+                    if kind is _LogLine:
+                        if lines and chars + len(item.text) > MAX_BATCH_CHARS:
+                            break
+                        chars += len(item.text)
                     lines.append(item)
-                    chars += len(item.text)
                 # Linger for company only while nothing else waits behind the lines.
-                only_lines = len(lines) == len(self._items) and len(lines) < MAX_BATCH
+                only_lines = len(lines) == len(self._items) and len(lines) < most
                 remaining = head.queued_at + LINGER - time.monotonic()
                 if only_lines and remaining > 0 and not self._closed:
                     self._cond.wait(remaining)
@@ -264,6 +291,11 @@ class Outbox:
                     if not self._abandoned:
                         self._pending_lines -= len(batch)
                         self._pending_chars -= sum(len(line.text) for line in batch)
+                elif isinstance(batch[0], _Point):
+                    if delivered:
+                        self._points_sent += len(batch)
+                    if not self._abandoned:
+                        self._pending_points -= len(batch)
                 del self._items[: self._in_flight]
                 self._in_flight = 0
                 self._cond.notify_all()
@@ -300,6 +332,9 @@ class Outbox:
             ])
             if answer.get("truncated"):
                 self._truncated = True
+        elif isinstance(first, _Point):
+            self._client.append_metrics(self._run_id, self._token, seq=self._points_sent,
+                                        points=[item.point for item in batch])
         elif isinstance(first, _StatusChange):
             self._client.set_status(self._run_id, StatusReport(
                 lease_token=self._token, status=first.status, note=first.note,
@@ -313,6 +348,8 @@ def _describe(batch: list) -> str:
     first = batch[0]
     if isinstance(first, _LogLine):
         return f"a batch of {len(batch)} log lines"
+    if isinstance(first, _Point):
+        return f"a batch of {len(batch)} metric points"
     if isinstance(first, _StatusChange):
         return f"the '{first.status}' status report"
     return "the output push"

@@ -60,7 +60,7 @@ def claim_next(session: Session, *, worker: Worker, free_gpus: int, settings: Se
         values={
             "lease_token": secrets.token_hex(16), "lease_expires_at": now + timedelta(seconds=settings.lease_seconds),
             "worker_id": worker.id, "worker_name": worker.name, "executor": worker.executor,
-            "started_at": now, "worker_log_seq": 0,
+            "started_at": now, "worker_log_seq": 0, "worker_metric_seq": 0,
         },
     )
 
