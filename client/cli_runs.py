@@ -24,7 +24,17 @@ _OWN_NOTE = frozenset({RunStatus.MACHINE_REQUESTED, RunStatus.STOPPING, RunStatu
                        RunStatus.KILLING, RunStatus.KILLED, RunStatus.INTERRUPTED})
 
 
-@click.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
+class _RunCommand(click.Command):
+    """`cast run`, which counts the `--` words it was given: click drops the
+    one that comes before the command, and with it the need to check the
+    command's words for cast's own options."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["cast.dashes"] = args.count("--")
+        return super().parse_args(ctx, args)
+
+
+@click.command(cls=_RunCommand, context_settings={**CONTEXT, "allow_interspersed_args": False})
 @click.argument("command", nargs=-1)
 @click.option("--github-url", "--git-url", "github_url", metavar="URL",
               help="Git repository to run (https, ssh, file:// or a local path).")
@@ -40,40 +50,75 @@ _OWN_NOTE = frozenset({RunStatus.MACHINE_REQUESTED, RunStatus.STOPPING, RunStatu
 @click.option("--label", multiple=True, metavar="LABEL", help="Label for the run (repeatable).")
 @click.option("--timeout", metavar="DURATION", help="Stop the run after this long (90, 90s, 5m, 2h, 7d).")
 @click.option("--retries", type=int, help="Requeue this many times if its worker is lost (0-10).")
+@click.option("--workdir", metavar="PATH",
+              help="Start in this folder of the code (relative to its root; default: the folder you are in).")
+@click.option("--idempotent", is_flag=True, default=None,
+              help="Reuse the newest complete run that did exactly this instead of running again.")
+@click.option("--pull", metavar="DIR", help="Download the run's outputs into DIR when it completes.")
 @click.option("-d", "--background", is_flag=True, default=None, help="Submit and return; do not follow.")
 @click.option("--from-file", metavar="YAML", help="Run options as YAML (keys as the flags); flags override.")
 @click.option("--json", "as_json", is_flag=True, help="With -d: print the run as JSON.")
-def run(command, from_file, as_json, **flags) -> int:
+@click.pass_context
+def run(ctx, command, from_file, as_json, **flags) -> int:
     """Run COMMAND (a bash command line) remotely and follow its logs.
 
-    Options go before the command: everything after it belongs to it.
-    Exits with the run's exit code when it follows the run to its end.
+    COMMAND is one quoted argument ("python train.py --lr 3") or everything
+    after -- (cast run -t gpu -- python train.py --lr 3). cast's options go
+    before it: one of them after the command is refused (use -- to pass it to
+    your command). Exits with the run's exit code when it follows the run to
+    its end.
     """
-    from .cli_spec import attach_code, build_spec, load_run_file
+    from .cli_spec import attach_code, build_spec, load_run_file, refuse_options_in_command
 
+    if ctx.meta.get("cast.dashes", 0) == command.count("--"):  # no `--` before the command
+        refuse_options_in_command(command, {name for param in ctx.command.params if isinstance(param, click.Option)
+                                            for name in param.opts + param.secondary_opts})
     file_options = load_run_file(from_file) if from_file else {}
-    spec, labels, background = build_spec(command, file_options, flags)
-    if as_json and not background:
+    request = build_spec(command, file_options, flags)
+    spec = request.spec
+    if as_json and not request.background:
         raise UsageProblem("--json needs -d/--background (a followed run prints its logs)")
     client = _client()
     if spec.git_url is None:
-        attach_code(client, spec)
-    created = client.create_run(spec, labels=labels)
+        attach_code(client, spec, workdir_given=request.workdir_given)
+    if spec.workdir:
+        sys.stderr.write(f"Running in {spec.workdir}/\n")
+    created = client.create_run(spec, labels=request.labels, idempotent=request.idempotent)
     run_id = created["id"]
     from .render import START_MARK, Printer
 
-    if background:
+    printer = Printer()
+    if created.get("reused"):
         if as_json:
             print_json(created)
         else:
-            printer = Printer()
+            printer.line(f"Run {run_id} already did this; reusing it", START_MARK)
+        return _pull(client, run_id, request.pull) if request.pull else 0
+    if request.background:
+        if as_json:
+            print_json(created)
+        else:
             printer.line(f"Casting run #{run_id}…", START_MARK)
             printer.line(f"Follow its logs with: cast logs -f {run_id}")
         return 0
-    printer = Printer()
     printer.line(f"Casting run #{run_id}…", START_MARK)
     printer.line("Stop viewing logs with ^C")
-    return _follow_to_end(client, run_id, 0, printer)
+    code = _follow_to_end(client, run_id, 0, printer)
+    if request.pull and code == 0:
+        return _pull(client, run_id, request.pull)
+    if request.pull and code != 130:
+        sys.stderr.write(f"Nothing pulled into {request.pull}: run {run_id} did not complete\n")
+    return code
+
+
+def _pull(client, run_id: int, target) -> int:
+    """The run's outputs downloaded into `target`, as `cast cp` copies them."""
+    from cast.protocol.validate import parse_resource
+
+    from .cli_data import download
+
+    sys.stdout.write(download(client, parse_resource(f"runs/{run_id}"), target) + "\n")
+    return 0
 
 
 def _follow_to_end(client, run_id: int, offset: int, printer) -> int:
@@ -174,13 +219,17 @@ def info(run_id, as_json) -> int:
     if spec.git_url:
         code = f"{spec.git_url} @ {spec.commit_ref or 'HEAD'} ({(spec.commit_sha or '?')[:12]})"
     elif spec.code_bundle:
-        code = f"local code bundle {spec.code_bundle[:12]}"
+        code = f"bundle {(spec.code_digest or spec.code_bundle)[:12]}…"
+        code += f" from commit {spec.commit_sha[:7]}" if spec.commit_sha else ""
+        code += f" on {spec.branch}" if spec.branch else ""
+        code += " (uncommitted changes)" if spec.dirty else ""
     else:
         code = "none"
     fields = [
         ("Run", f"{run['id']} · {RunStatus(run['status']).value}"),
         ("Command", spec.command),
         ("Code", code),
+        ("Workdir", f"{spec.workdir}/" if spec.workdir else ""),
         ("Pip", " ".join(spec.pip) + (" + requirements file" if spec.pip_req else "")),
         ("Apt", " ".join(spec.apt)),
         ("Docker image", spec.docker_image or ""),

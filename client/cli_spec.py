@@ -2,12 +2,16 @@
 
 Owns: the YAML file's keys, flags overriding the file, every part checked with
 cast.protocol's validators (so that bad input fails before anything is sent),
-and the local repository's code attached when no git URL is given.
+the command line's rule (the command is one quoted argument or everything
+after `--`; cast's own options after it are refused, not passed on), and the
+local repository's code attached when no git URL is given: its commit, branch,
+uncommitted changes and the subfolder the command was typed in.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from cast.protocol.messages import MountSpec, RunSpec
@@ -17,7 +21,33 @@ from .cli_common import UsageProblem
 RUN_FILE_KEYS = {
     "command", "github_url", "git_url", "commit_ref", "pip", "pip_req", "apt", "docker_image",
     "mount", "mounts", "machine_type", "env", "label", "labels", "timeout", "retries", "background",
+    "workdir", "idempotent", "pull", "log_metrics",
 }
+
+
+@dataclass
+class RunRequest:
+    """What `cast run` was asked: the spec, and how to submit and follow it."""
+
+    spec: RunSpec
+    labels: list[str]
+    background: bool
+    idempotent: bool
+    pull: Path | None  # where the outputs go once the run completes
+    workdir_given: bool  # --workdir (even `.`) wins over the folder the command is typed in
+
+
+def refuse_options_in_command(words: tuple[str, ...], option_names: set[str]) -> None:
+    """Refuse a word of the command (not the first) that is one of `cast run`'s
+    own options: typed after the command, it would silently become part of it.
+    Called only when the command did not follow `--`."""
+    for word in words[1:]:
+        if word == "--":  # what follows a literal `--` is clearly the command's
+            return
+        name = word.split("=", 1)[0] if word.startswith("--") else word
+        if name in option_names:
+            raise UsageProblem(f"option {name} after the command; put cast's options before it, "
+                               "or use -- to pass it to your command")
 
 
 def _as_list(value, key: str) -> list:
@@ -90,13 +120,14 @@ def _retries(value) -> int:
     return retries
 
 
-def build_spec(command: tuple[str, ...], file_options: dict, flags: dict) -> tuple[RunSpec, list[str], bool]:
-    """The run's spec, its labels and whether to leave it in the background,
-    from the YAML file's options overridden by flags."""
+def build_spec(command: tuple[str, ...], file_options: dict, flags: dict) -> RunRequest:
+    """The run's spec, its labels and how to submit and follow it, from the
+    YAML file's options overridden by flags."""
     import shlex
 
     from cast.protocol.validate import (make_mount, parse_env, parse_machine_type, parse_mount,
-                                        validate_apt_package, validate_label, validate_mounts, validate_pip_spec)
+                                        validate_apt_package, validate_label, validate_mounts, validate_pip_spec,
+                                        validate_workdir)
 
     given = {key: value for key, value in flags.items() if value not in (None, ())}
     options = {**file_options, **given}
@@ -139,11 +170,24 @@ def build_spec(command: tuple[str, ...], file_options: dict, flags: dict) -> tup
         spec.timeout = _timeout(options["timeout"])
     if options.get("retries") is not None:
         spec.retries = _retries(options["retries"])
-    return spec, labels, bool(options.get("background"))
+    if options.get("log_metrics") is not None:
+        if not isinstance(options["log_metrics"], bool):
+            raise UsageProblem("log_metrics must be true or false")
+        spec.log_metrics = options["log_metrics"]
+    workdir_given = bool(options.get("workdir"))
+    if workdir_given:
+        spec.workdir = validate_workdir(str(options["workdir"]))
+    background, pull = bool(options.get("background")), options.get("pull")
+    if pull and background:
+        raise UsageProblem("--pull waits for the run to complete; it cannot be combined with -d/--background")
+    return RunRequest(spec=spec, labels=labels, background=background, idempotent=bool(options.get("idempotent")),
+                      pull=Path(str(pull)) if pull else None, workdir_given=workdir_given)
 
 
-def attach_code(client, spec: RunSpec) -> None:
-    """Without --github-url, send the repository around the current folder."""
+def attach_code(client, spec: RunSpec, *, workdir_given: bool = False) -> None:
+    """Without --github-url, send the repository around the current folder,
+    recording what it is on; the run starts in the subfolder the command was
+    typed in unless --workdir says otherwise."""
     from .code import bundle_chunks, bundle_for
 
     bundle = bundle_for(Path.cwd())
@@ -155,3 +199,8 @@ def attach_code(client, spec: RunSpec) -> None:
         sys.stderr.write(f"Sending the code of {bundle.describe()}\n")
         client.put_code(bundle.key, bundle_chunks(bundle))
     spec.code_bundle = bundle.key
+    spec.commit_sha = bundle.head_sha or None
+    spec.branch = bundle.branch
+    spec.dirty = bundle.dirty
+    if not workdir_given:
+        spec.workdir = bundle.subdir

@@ -1,7 +1,9 @@
 """The code a run gets when no `--github-url` is given: the git repository the
 command is typed in, as its tracked files are in the working tree.
 
-Owns: finding the repository, the bundle's content key (sha256 of the HEAD
+Owns: finding the repository (and where in it the command is typed, the
+folder the run starts in), what it is on (commit, branch, uncommitted
+changes), the bundle's content key (sha256 of the HEAD
 sha and `git diff HEAD --binary`, so the same commit with the same uncommitted
 changes always gives the same key) and the bundle itself, a tar of the
 tracked files streamed from disk. The server keeps bundles by key, so code it
@@ -26,6 +28,8 @@ class CodeBundle:
     head_sha: str  # "" in a repository without commits
     dirty: bool  # tracked files differ from HEAD
     key: str
+    branch: str | None = None  # None when HEAD is detached or has no commit
+    subdir: str | None = None  # the folder of the repository the command was typed in; None at its root
 
     def describe(self) -> str:
         where = f"{self.root.name} at {self.head_sha[:12]}" if self.head_sha else f"{self.root.name} (no commits yet)"
@@ -56,11 +60,13 @@ def bundle_for(cwd: Path) -> CodeBundle | None:
     found = find_repo_root(cwd)
     if found is None:
         return None
-    # One git call for both in the usual case; a repository without commits has no HEAD.
-    answer = subprocess.run(["git", "-C", str(found), "rev-parse", "--show-toplevel", "HEAD"],
+    # One git call for all three in the usual case; a repository without commits has no HEAD.
+    answer = subprocess.run(["git", "-C", str(found), "rev-parse", "--show-toplevel", "HEAD", "--abbrev-ref", "HEAD"],
                             capture_output=True, check=False).stdout.decode().split("\n")
-    if len(answer) >= 2 and len(answer[1]) == 40:
+    branch = None
+    if len(answer) >= 3 and len(answer[1]) in (40, 64):
         root, head = Path(answer[0]), answer[1]
+        branch = answer[2] if answer[2] and answer[2] != "HEAD" else None  # "HEAD": detached
     else:
         root, head = Path(_git(found, "rev-parse", "--show-toplevel").decode().strip()), ""
     diff_options = ("--binary", "--no-ext-diff", "--no-textconv", "--no-color")
@@ -69,7 +75,9 @@ def bundle_for(cwd: Path) -> CodeBundle | None:
     else:  # no commit yet: the index against nothing, then the working tree against the index
         diff = _git(root, "diff", "--cached", *diff_options) + _git(root, "diff", *diff_options)
     key = hashlib.sha256(head.encode() + b"\0" + diff).hexdigest()
-    return CodeBundle(root=root, head_sha=head, dirty=bool(diff), key=key)
+    inside = Path(os.path.realpath(cwd)).relative_to(os.path.realpath(root)).as_posix()
+    return CodeBundle(root=root, head_sha=head, dirty=bool(diff), key=key, branch=branch,
+                      subdir=None if inside == "." else inside)
 
 
 def tracked_files(root: Path) -> list[tuple[str, str]]:

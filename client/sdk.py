@@ -228,9 +228,11 @@ class Client:
 
     # --- runs ----------------------------------------------------------
 
-    def create_run(self, spec: RunSpec, *, labels: list[str] | None = None) -> dict:
-        """Submit a run with these labels; the server fills in the commit and digests."""
-        return self._call("POST", "/runs", json_body=spec.request_body(labels=labels))
+    def create_run(self, spec: RunSpec, *, labels: list[str] | None = None, idempotent: bool = False) -> dict:
+        """Submit a run with these labels; the server fills in the commit and digests.
+        `idempotent`: the answer may be an earlier complete run that did the same
+        (`reused` says so)."""
+        return self._call("POST", "/runs", json_body=spec.request_body(labels=labels, idempotent=idempotent))
 
     def list_runs(self, *, status: list[str] | None = None, label: str | None = None,
                   limit: int | None = None, before: int | None = None) -> dict:

@@ -73,6 +73,12 @@ class RunSpec:
     env: dict[str, str] = field(default_factory=dict)
     timeout: float | None = None
     retries: int = 0
+    # The folder the command starts in, relative to the code's root (None: the root).
+    workdir: str | None = None
+    # For a code bundle, what the client's repository was on: its branch (None
+    # when detached) and whether tracked files differed from `commit_sha`.
+    branch: str | None = None
+    dirty: bool | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunSpec":
@@ -86,16 +92,23 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def request_body(self, *, labels: list[str] | None = None) -> dict[str, Any]:
-        """The body of `POST /api/v1/runs` for this spec: what a user may set, plus labels."""
+    def request_body(self, *, labels: list[str] | None = None, idempotent: bool = False) -> dict[str, Any]:
+        """The body of `POST /api/v1/runs` for this spec: what a user may set,
+        plus labels and whether an earlier run that did the same may answer."""
         body = {k: v for k, v in self.to_dict().items() if k not in SERVER_FILLED and v is not None}
+        if self.git_url:  # the server resolves the commit of a git URL itself
+            body.pop("commit_sha", None)
         if labels:
             body["labels"] = list(labels)
+        if idempotent:
+            body["idempotent"] = True
         return body
 
 
-# Fields of a RunSpec that the server fills in; a request that sets them is refused.
-SERVER_FILLED = frozenset({"commit_sha", "code_digest", "gpus"})
+# Fields of a RunSpec that the server fills in; a request that sets them is
+# refused. `commit_sha` is the client's HEAD for a code bundle, and resolved
+# by the server (never taken from a request) for a git URL.
+SERVER_FILLED = frozenset({"code_digest", "gpus"})
 
 
 @dataclass

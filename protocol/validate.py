@@ -61,6 +61,12 @@ def normalize_relative_path(path: str, *, what: str = "path") -> str:
     return norm
 
 
+def validate_workdir(path: str) -> str | None:
+    """The folder a run starts in, relative to its code's root; None for the root itself."""
+    norm = normalize_relative_path(path, what="workdir")
+    return None if norm == "." else norm
+
+
 @dataclass(frozen=True)
 class Resource:
     """`runs/N[/sub/path]` or `uploads/NAME[/sub/path]`."""

@@ -80,6 +80,14 @@ class RunCreate(_In):
                                                                                  max_length=100)
     timeout: float | None = Field(default=None, gt=0, le=366 * 24 * 3600)
     retries: int = Field(default=0, ge=0, le=10)
+    workdir: str | None = Field(default=None, max_length=wire.MAX_PATH_LENGTH)
+    # What the client's repository was on, for a code bundle only: a git
+    # URL's commit is resolved by the server, never taken from the request.
+    commit_sha: str | None = Field(default=None, pattern=r"^([0-9a-f]{40}|[0-9a-f]{64})$")
+    branch: str | None = Field(default=None, min_length=1, max_length=256)
+    dirty: bool | None = None
+    # Answer with the newest complete run that did exactly this, if there is one.
+    idempotent: bool = False
 
     @field_validator("command")
     @classmethod
@@ -148,22 +156,36 @@ class RunCreate(_In):
     def _labels(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(wire.validate_label(label) for label in value))
 
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, value: str | None) -> str | None:
+        return None if value is None else wire.validate_workdir(value)
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, value: str | None) -> str | None:
+        return _one_line(value, "branch")
+
     @model_validator(mode="after")
     def _whole(self) -> "RunCreate":
         if self.git_url and self.code_bundle:
             raise ValueError("give git_url or code_bundle, not both")
         if self.commit_ref and not self.git_url:
             raise ValueError("commit_ref needs git_url")
+        if not self.code_bundle and (self.commit_sha or self.branch or self.dirty is not None):
+            raise ValueError("commit_sha, branch and dirty describe a code_bundle; a git_url's commit is "
+                             "resolved by the server (give commit_ref)")
         wire.validate_mounts([m.to_mount() for m in self.mounts])
         return self
 
     def to_spec(self, *, commit_sha: str | None, code_digest: str | None) -> RunSpec:
-        """The spec to store, with what the server resolved (the commit, the bundle's digest)."""
-        given = self.model_dump(exclude={"labels", "mounts"})
+        """The spec to store, with what the server resolved (a git URL's commit, the
+        bundle's digest); a bundle's commit is the client's HEAD, as given."""
+        given = self.model_dump(exclude={"labels", "mounts", "idempotent", "commit_sha"})
         if self.git_url:  # no ref: the remote's HEAD, recorded as such
             given["commit_ref"] = self.commit_ref or "HEAD"
         return RunSpec(
-            **given, commit_sha=commit_sha, code_digest=code_digest,
+            **given, commit_sha=commit_sha or self.commit_sha, code_digest=code_digest,
             gpus=wire.parse_machine_type(self.machine_type),
             mounts=[MountSpec(resource=m.resource, path=m.path) for m in self.mounts],
         )
@@ -200,6 +222,11 @@ class RunSummary(BaseModel):
 
 class RunOut(RunSummary):
     transitions: list[TransitionOut]
+
+
+class RunCreated(RunOut):
+    # True when `idempotent` found an earlier complete run that did the same (HTTP 200, not 201).
+    reused: bool
 
 
 class RunList(BaseModel):

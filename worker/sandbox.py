@@ -198,8 +198,10 @@ class Sandbox:
             _lchown_tree(workdir, uid)
         return run
 
-    def argv(self, run: SandboxedRun, command: str, *, info_fd: int | None = None) -> list[str]:
-        """The bwrap command line that runs `command` with bash in `run`'s sandbox."""
+    def argv(self, run: SandboxedRun, command: str, *, info_fd: int | None = None,
+             start_dir: Path | None = None) -> list[str]:
+        """The bwrap command line that runs `command` with bash in `run`'s
+        sandbox, in `start_dir` (a folder of its working dir; default the working dir)."""
         argv = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session"]
         if not self.as_root:
             argv.append("--unshare-user")
@@ -225,7 +227,7 @@ class Sandbox:
         argv += [*_folders_above(run.workdir), "--bind", str(run.workdir), str(run.workdir)]
         for source, target in run.mounts:
             argv += ["--ro-bind", str(source), str(target)]
-        argv += ["--chdir", str(run.workdir), "--setenv", "HOME", SANDBOX_HOME, "--setenv", "TMPDIR", "/tmp"]
+        argv += ["--chdir", str(start_dir or run.workdir), "--setenv", "HOME", SANDBOX_HOME, "--setenv", "TMPDIR", "/tmp"]
         if self.as_root:
             argv += ["--setenv", "USER", SANDBOX_USER, "--setenv", "LOGNAME", SANDBOX_USER]
         argv += ["--", *run.limits.prlimit()]

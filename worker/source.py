@@ -10,6 +10,9 @@
   sha256 the server computed of it, `code_digest`) and extracted with
   tarfile's safety filter.
 - neither: the working dir stays empty.
+
+Then the spec's `workdir`, where the command starts, must be a folder of
+what was placed (not a link out of it); else the run fails saying so.
 """
 
 from __future__ import annotations
@@ -124,3 +127,14 @@ class SourceCache:
                     tar.extractall(workdir, filter="tar")
             except (tarfile.TarError, OSError) as exc:
                 raise SourceError(f"the code bundle cannot be extracted: {exc}") from exc
+        if spec.workdir:
+            _check_start_dir(workdir, spec.workdir)
+
+
+def _check_start_dir(workdir: Path, relative: str) -> None:
+    root = os.path.realpath(workdir)
+    start = os.path.realpath(workdir / relative)
+    if os.path.commonpath([root, start]) != root:
+        raise SourceError(f"workdir {relative!r} leads outside the run's code")
+    if not os.path.isdir(start):
+        raise SourceError(f"workdir {relative!r} is not a folder of the run's code")

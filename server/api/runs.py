@@ -4,20 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from cast.protocol.status import RunStatus
 from cast.server.api.deps import CurrentUser, RunId, SessionDep, SessionRoute, SettingsDep
-from cast.server.schemas import LabelIn, RunCreate, RunList, RunOut
+from cast.server.schemas import LabelIn, RunCreate, RunCreated, RunList, RunOut
 from cast.server.services import runs
 
 router = APIRouter(prefix="/runs", tags=["runs"], route_class=SessionRoute)
 
 
-@router.post("", status_code=201, response_model=RunOut)
-def create_run(body: RunCreate, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> dict:
-    run = runs.create_run(session, owner=user, body=body, settings=settings)
-    return runs.describe(session, [run], with_transitions=True)[0]
+@router.post("", status_code=201, response_model=RunCreated,
+             responses={200: {"model": RunCreated, "description": "An earlier complete run did the same (idempotent)"}})
+def create_run(body: RunCreate, user: CurrentUser, session: SessionDep, settings: SettingsDep,
+               response: Response) -> dict:
+    run, reused = runs.create_run(session, owner=user, body=body, settings=settings)
+    if reused:
+        response.status_code = 200
+    return {**runs.describe(session, [run], with_transitions=True)[0], "reused": reused}
 
 
 @router.get("", response_model=RunList)

@@ -37,7 +37,7 @@ from cast.server.models import (
     utcnow,
 )
 from cast.server.schemas import RunCreate
-from cast.server.services import git, logs
+from cast.server.services import git, logs, reuse
 from cast.server.settings import Settings
 
 S = RunStatus
@@ -182,7 +182,9 @@ def _explain_refusal(session: Session, *, run_id: int, to: RunStatus, lease_toke
 
 # --- creating ---------------------------------------------------------------------
 
-def create_run(session: Session, *, owner: User, body: RunCreate, settings: Settings) -> Run:
+def create_run(session: Session, *, owner: User, body: RunCreate, settings: Settings) -> tuple[Run, bool]:
+    """The new run, with its reuse key; or, when `body.idempotent` and an
+    earlier complete run did the same, that run. The flag says which."""
     # Resolved before touching the database: ls-remote may take seconds and
     # must not hold the write lock.
     commit_sha = None
@@ -196,8 +198,11 @@ def create_run(session: Session, *, owner: User, body: RunCreate, settings: Sett
         if bundle is None:
             raise BadRequest(f"code bundle {spec.code_bundle} is unknown; upload it first (PUT /api/v1/code/KEY)")
         spec.code_digest = bundle.digest
+    key = reuse.reuse_key(session, spec)
+    if body.idempotent and (earlier := reuse.find_reusable(session, key=key, viewer=owner)) is not None:
+        return earlier, True
     run = Run(owner_id=owner.id, status=S.MACHINE_REQUESTED.value, spec=spec.to_dict(), gpus=spec.gpus,
-              retries=spec.retries, attempt=1, created_at=utcnow())
+              retries=spec.retries, attempt=1, created_at=utcnow(), reuse_key=key)
     session.add(run)
     session.flush()
     session.add(RunTransition(run_id=run.id, status=run.status, at=run.created_at, note=None))
@@ -205,7 +210,7 @@ def create_run(session: Session, *, owner: User, body: RunCreate, settings: Sett
     session.add_all(RunMount(run_id=run.id, position=i, **row) for i, row in enumerate(mount_rows))
     events.changed(session, events.QUEUE)
     session.flush()
-    return run
+    return run, False
 
 
 def _check_mounts(session: Session, *, spec: RunSpec, viewer: User) -> list[dict]:

@@ -78,8 +78,9 @@ def test_local_repo_is_sent_with_uncommitted_changes_once(cli, worker, tmp_path)
     assert "version 1, edited" in output and "staged.txt" in output and "kept" in output
     assert "untracked.txt" not in output
 
-    again = cli("run", "python train.py", cwd=repo / "data")  # from a subfolder: the same repository
+    again = cli("run", "python ../train.py", cwd=repo / "data")  # from a subfolder: the same repository
     assert again.returncode == 0, again
+    assert "Running in data/" in again.stderr
     assert f"The code of proj at {sha[:12]}, with uncommitted changes is already on the server" in again.stderr
     assert get_run(worker.server, 2)["spec"]["code_bundle"] == get_run(worker.server, 1)["spec"]["code_bundle"]
 
@@ -166,3 +167,84 @@ def test_flag_refusals(cli, server):
     assert_one_line_error(cli("run", "-d", "--bogus", "true"), "--bogus")
     assert_one_line_error(cli("nonsense"), "nonsense")
     assert cli("ps", "--json").json() == []
+
+
+def test_options_after_the_command_are_refused_with_a_hint(cli, worker):
+    hint = "put cast's options before it, or use -- to pass it to your command"
+    for words, option in ((["--pip", "tqdm"], "--pip"), (["--pip=tqdm"], "--pip"), (["-e", "A=1"], "-e"),
+                          (["-d"], "-d"), (["--idempotent"], "--idempotent")):
+        refused = cli("run", "python -c 'import tqdm'", *words)
+        assert_one_line_error(refused, f"option {option} after the command; {hint}")
+        assert refused.returncode == 2
+    assert_one_line_error(cli("run", "echo", "x", "--workdir", "sub"), "option --workdir after the command")
+    assert cli("ps", "--json").json() == []
+
+    # After `--` (before the command, or after its first words) every word is the command's.
+    passed = cli("run", "-e", "A=1", "--", "echo", "--pip", "tqdm", "-d")
+    assert passed.returncode == 0, passed
+    assert "--pip tqdm -d" in passed.stdout.splitlines()
+    literal = cli("run", "echo", "x", "--", "--pip")
+    assert literal.returncode == 0, literal
+    assert "x -- --pip" in literal.stdout.splitlines()
+    # A word that is not one of cast's options still belongs to the command, as before.
+    unquoted = cli("run", "echo", "train", "--lr", "3")
+    assert unquoted.returncode == 0 and "train --lr 3" in unquoted.stdout.splitlines()
+    assert "(use -- to pass it to your command)" in " ".join(cli("run", "--help").stdout.split())
+
+
+def test_a_run_starts_in_the_subfolder_it_was_launched_from(cli, worker, tmp_path):
+    repo = make_repo(tmp_path / "proj", "1")
+    (repo / "sub").mkdir()
+    (repo / "sub" / "s.py").write_text("import os; print('in', os.path.basename(os.getcwd()))\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "sub")
+
+    below = cli("run", "python s.py", cwd=repo / "sub")
+    assert below.returncode == 0, below
+    assert "Running in sub/" in below.stderr and "in sub" in below.stdout.splitlines()
+    assert get_run(worker.server, 1)["spec"]["workdir"] == "sub"
+
+    at_root = cli("run", "--workdir", ".", "python sub/s.py && cat train.py", cwd=repo / "sub")
+    assert at_root.returncode == 0, at_root
+    assert "Running in" not in at_root.stderr and "print('version 1')" in at_root.stdout
+    chosen = cli("run", "--workdir", "data/", "cat keep.txt", cwd=repo)
+    assert chosen.returncode == 0 and "kept" in chosen.stdout.splitlines()
+    assert "Running in data/" in chosen.stderr
+    from_git = cli("run", "--github-url", str(repo), "--workdir", "sub", "python s.py")
+    assert from_git.returncode == 0 and "in sub" in from_git.stdout.splitlines()
+
+    # A folder that holds no tracked file is not in the code sent: the run fails saying so.
+    (repo / "scratch").mkdir()
+    missing = cli("run", "true", cwd=repo / "scratch")
+    assert missing.returncode == 1, missing
+    failed = get_run(worker.server, run_id_of(missing))
+    assert failed["status"] == "mount_failed"
+    assert failed["reason"] == "workdir 'scratch' is not a folder of the run's code"
+    assert "workdir 'scratch' is not a folder of the run's code" in missing.stdout
+    assert_one_line_error(cli("run", "--workdir", "../up", "true", cwd=repo), "workdir '../up' escapes its root")
+    assert_one_line_error(cli("run", "--workdir", "/etc", "true", cwd=repo), "must be relative")
+
+
+def test_local_code_records_its_commit_branch_and_uncommitted_changes(cli, worker, tmp_path):
+    repo = make_repo(tmp_path / "proj", "1")
+    sha = git(repo, "rev-parse", "HEAD")
+    clean = cli("run", "-d", "--json", "python train.py", cwd=repo)
+    assert clean.returncode == 0, clean
+    spec = clean.json()["spec"]
+    assert (spec["commit_sha"], spec["branch"], spec["dirty"]) == (sha, "main", False)
+
+    (repo / "train.py").write_text("print('edited')\n")
+    dirty = cli("run", "-d", "--json", "python train.py", cwd=repo).json()
+    assert (dirty["spec"]["commit_sha"], dirty["spec"]["branch"], dirty["spec"]["dirty"]) == (sha, "main", True)
+    wait_status(worker.server, dirty["id"], "complete")
+    info = cli("info", str(dirty["id"]))
+    digest = dirty["spec"]["code_digest"]
+    code_line = next(line for line in info.stdout.splitlines() if line.startswith("Code:"))
+    assert code_line.split(None, 1)[1] == f"bundle {digest[:12]}… from commit {sha[:7]} on main (uncommitted changes)"
+    shown = cli("info", str(dirty["id"]), "--json").json()["spec"]
+    assert (shown["commit_sha"], shown["branch"], shown["dirty"]) == (sha, "main", True)
+
+    git(repo, "checkout", "-q", "--", "train.py")
+    git(repo, "checkout", "-q", "--detach")
+    detached = cli("run", "-d", "--json", "true", cwd=repo).json()["spec"]
+    assert (detached["commit_sha"], detached["branch"], detached["dirty"]) == (sha, None, False)

@@ -54,9 +54,10 @@ def test_run_spec_does_not_share_the_lists_it_was_read_from():
 
 
 def test_request_body_leaves_out_what_the_server_fills_and_none():
-    assert SERVER_FILLED == {"commit_sha", "code_digest", "gpus"}
+    assert SERVER_FILLED == {"code_digest", "gpus"}
     body = full_spec().request_body(labels=["exp", "best"])
     assert not SERVER_FILLED & set(body)
+    assert "commit_sha" not in body  # a git URL's commit is the server's to resolve
     assert body == {
         "command": "python train.py", "git_url": "https://host/repo.git", "commit_ref": "main",
         "pip": ["tqdm==4.66.1"], "pip_req": "numpy\n", "apt": ["curl"], "docker_image": "python:3.11-slim",
@@ -67,6 +68,20 @@ def test_request_body_leaves_out_what_the_server_fills_and_none():
     assert plain == {"command": "true", "pip": [], "apt": [], "mounts": [], "machine_type": "cpu", "env": {},
                      "retries": 0}
     assert "labels" not in RunSpec(command="true").request_body(labels=[])
+
+
+def test_a_bundle_run_sends_what_the_repository_was_on():
+    spec = RunSpec(command="true", code_bundle="c" * 64, commit_sha="a" * 40, branch="main", dirty=True,
+                   workdir="sub")
+    body = spec.request_body(idempotent=True)
+    assert {k: body[k] for k in ("commit_sha", "branch", "dirty", "workdir", "idempotent")} == {
+        "commit_sha": "a" * 40, "branch": "main", "dirty": True, "workdir": "sub", "idempotent": True}
+    assert "idempotent" not in spec.request_body()
+
+
+def test_from_dict_reads_specs_stored_before_workdir_branch_and_dirty():
+    old = RunSpec.from_dict({"command": "true", "code_bundle": "c" * 64, "unknown_later_field": 1})
+    assert (old.workdir, old.branch, old.dirty) == (None, None, None)
 
 
 def lease_data() -> dict:

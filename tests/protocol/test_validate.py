@@ -10,7 +10,7 @@ from cast.protocol.validate import (Mount, Resource, SpecError, looks_secret, ma
                                     parse_env,
                                     parse_machine_type, parse_mount, parse_resource, validate_apt_package,
                                     validate_env_name, validate_label, validate_mounts, validate_pip_spec,
-                                    validate_upload_name)
+                                    validate_upload_name, validate_workdir)
 
 
 def refused(function, value, message: str) -> None:
@@ -32,6 +32,14 @@ def test_relative_paths():
     refused(normalize_relative_path, "\\windows", "must be relative, not absolute")
     for escape in ("..", "../x", "a/../../b"):
         refused(normalize_relative_path, escape, "escapes its root with '..'")
+
+
+def test_workdirs():
+    assert validate_workdir("sub/./deep/") == "sub/deep"
+    assert validate_workdir(".") is None and validate_workdir("sub/..") is None  # the code's root
+    refused(validate_workdir, "/abs", "workdir '/abs' must be relative, not absolute")
+    refused(validate_workdir, "../up", "workdir '../up' escapes its root with '..'")
+    refused(validate_workdir, "x" * 5000, "workdir of 5000 characters exceeds the limit")
 
 
 def test_resources():

@@ -28,6 +28,12 @@ KEY = "0" * 64
     ({"timeout": 0}, "greater than 0"),
     ({"retries": 11}, "less than or equal to 10"),
     ({"surprise": 1}, "Extra inputs are not permitted"),
+    ({"git_url": "https://x", "commit_sha": "a" * 40}, "a git_url's commit is resolved by the server"),
+    ({"branch": "main"}, "commit_sha, branch and dirty describe a code_bundle"),
+    ({"code_bundle": KEY, "commit_sha": "HEAD"}, "should match pattern"),
+    ({"code_bundle": KEY, "branch": "-x"}, "branch '-x' must not start with '-'"),
+    ({"workdir": "../up"}, "workdir '../up' escapes its root"),
+    ({"workdir": "/abs"}, "workdir '/abs' must be relative"),
     ({"command": "echo \udcff"}, "unable to parse raw data as a unicode string"),
 ], ids=lambda value: repr(value)[:40] if isinstance(value, dict) else None)
 def test_a_run_body_is_refused_with_its_reason(fields, message):
@@ -58,6 +64,10 @@ def test_a_run_body_becomes_the_spec_to_store():
     assert pinned.to_spec(commit_sha=None, code_digest=None).commit_ref == "v1"
     bundled = RunCreate(command="true", code_bundle=KEY).to_spec(commit_sha=None, code_digest="d" * 64)
     assert (bundled.commit_ref, bundled.code_digest) == (None, "d" * 64)
+    described = RunCreate(command="true", code_bundle=KEY, commit_sha="a" * 40, branch="main", dirty=False,
+                          workdir="sub/./x", idempotent=True).to_spec(commit_sha=None, code_digest="d" * 64)
+    assert (described.commit_sha, described.branch, described.dirty, described.workdir) == ("a" * 40, "main",
+                                                                                               False, "sub/x")
 
 
 def test_a_mount_is_normalised_as_the_protocol_parses_it():

@@ -52,6 +52,12 @@ class Job:
     gpus: list[int] = field(default_factory=list)  # device indices given to this run
     env: dict[str, str] = field(default_factory=dict)  # CAST_RUN_ID, the user's --env, ...
 
+    @property
+    def start_dir(self) -> Path:
+        """Where the command starts: the spec's workdir in the checkout (which
+        placing the code checked), else the working dir itself."""
+        return self.workdir / self.spec.workdir if self.spec.workdir else self.workdir
+
 
 @dataclass(frozen=True)
 class BuildResult:

@@ -182,7 +182,8 @@ class DockerExecutor(Executor):
                    for m in job.mounts]
         settings = dict(
             image=image, entrypoint=["bash", "-c"], command=[job.spec.command],
-            user=f"{uid}:{gid}", working_dir=CONTAINER_WORKDIR, environment=env, mounts=mounts,
+            user=f"{uid}:{gid}", environment=env, mounts=mounts,
+            working_dir=f"{CONTAINER_WORKDIR}/{job.spec.workdir}" if job.spec.workdir else CONTAINER_WORKDIR,
             init=True, labels=labels(self.work_dir, job.run_id, "run"), name=f"cast-run-{job.run_id}-{uuid.uuid4().hex[:8]}",
             network_mode=self.options.network, cap_drop=["ALL"], security_opt=["no-new-privileges"],
             mem_limit=limits["memory"], memswap_limit=limits["memory"],

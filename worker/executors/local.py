@@ -313,7 +313,7 @@ class LocalExecutor(Executor):
         info_read, info_write = os.pipe()
         try:
             popen = subprocess.Popen(
-                sandbox.argv(run, job.spec.command, info_fd=info_write), cwd=job.workdir, env=env,
+                sandbox.argv(run, job.spec.command, info_fd=info_write, start_dir=job.start_dir), cwd=job.workdir, env=env,
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                 pass_fds=(info_write,),
             )
@@ -347,7 +347,7 @@ class LocalExecutor(Executor):
         else:
             argv = ["bash", "-c", command]
         popen = subprocess.Popen(
-            argv, cwd=job.workdir, env=self._environment(job, build), stdin=subprocess.DEVNULL,
+            argv, cwd=job.start_dir, env=self._environment(job, build), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
         )
         return LocalProcess(popen, log, self.work_dir / "process-groups")

@@ -90,7 +90,7 @@ def test_labels_filter_and_paging(local):
 
 def test_the_request_body_of_a_run_spec_is_what_the_create_route_takes():
     takes = set(RunCreate.model_fields)
-    assert takes == {f.name for f in fields(RunSpec)} - SERVER_FILLED | {"labels"}
+    assert takes == {f.name for f in fields(RunSpec)} - SERVER_FILLED | {"labels", "idempotent"}
     assert set(RunSpec(command="x", git_url="u", pip=["a"]).request_body(labels=["l"])) <= takes
 
 
