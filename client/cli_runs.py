@@ -239,6 +239,7 @@ def info(run_id, as_json) -> int:
         ("Limits", run.get("limits") or ""),
         ("Env", ", ".join(f"{k}={v}" for k, v in spec.env.items())),
         ("Labels", ", ".join(run.get("labels") or [])),
+        ("Search", _search_text(run)),
         ("Owner", run.get("owner") or ""),
         ("Created", local_time(run.get("created_at"))),
         ("Duration", run_duration(run) + ("" if run.get("finished_at") else " so far")),
@@ -255,6 +256,15 @@ def info(run_id, as_json) -> int:
         lines.append(_stages_table(run["transitions"]))
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
+
+
+def _search_text(run: dict) -> str:
+    """`3, trial 2 (lr=0.01, bs=8)` for a run a hyperparameter search made."""
+    if run.get("search_id") is None:
+        return ""
+    from cast.protocol.hyper import describe_params
+
+    return f"{run['search_id']}, trial {run['trial']} ({describe_params(run.get('search_params') or {})})"
 
 
 def _stages_table(transitions: list[dict]) -> str:

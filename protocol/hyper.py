@@ -145,6 +145,9 @@ def parse_param(name: str, text: str) -> Distribution:
         if kind == "loguniform" and low <= 0:
             raise SpecError(f"param {name}: {text!r} needs LOW above 0 (it is sampled on a log scale)")
         return Uniform(low, high, log=kind == "loguniform")
+    if ":" in text:  # a value may not hold ':', so a misspelt range is no value list
+        raise SpecError(f"param {name}: {text[:80]!r} is not uniform:, loguniform: or int:LOW:HIGH "
+                        "(a listed value may not hold ':')")
     items = [item.strip() for item in text.split(",")]
     if not text.strip() or not all(items):
         raise SpecError(f"param {name}: {text!r} must list values (a,b,c) or be uniform:, loguniform: or int:LOW:HIGH")
