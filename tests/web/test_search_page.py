@@ -82,3 +82,31 @@ def test_a_search_page_lists_trials_sorts_them_and_charts_the_metric_by_paramete
     page.click(f'table.trials a[href="#/runs/{first_run}"]')
     expect(page.locator(".run-head h1")).to_have_text(f"Run #{first_run}")
     expect(page.locator('figure.metric[data-metric="loss"]')).to_have_attribute("data-points", "1")
+
+
+def test_a_search_is_stopped_then_killed_from_its_page(server, worker, page):
+    with server.api() as api:
+        created = api.post("/searches", json={
+            "kind": "grid", "command": "sleep :seconds:", "params": {"seconds": "120,121"}, "parallel": 1,
+        })
+        assert created.status_code == 201, created.text
+        search_id = created.json()["id"]
+
+    sign_in(page, server, f"#/searches/{search_id}")
+    first = page.locator('table.trials tr[data-trial="0"]')
+    expect(first.locator(".badge")).to_have_attribute("data-status", "running", timeout=120_000)
+    expect(page.locator("table.trials tbody tr")).to_have_count(1)  # one at a time
+
+    # Stop: no new trials, the running one goes on (and the page follows it).
+    page.click("#stop-search")
+    expect(page.locator("#search-status .badge")).to_have_attribute("data-status", "stopped")
+    expect(page.locator("#stop-search")).to_be_disabled()
+    expect(first.locator(".badge")).to_have_attribute("data-status", "running")
+
+    # Kill: the running trial is killed too.
+    page.click("#kill-search")
+    expect(page.locator("#search-status .badge")).to_have_attribute("data-status", "killed")
+    expect(page.locator("#kill-search")).to_be_disabled()
+    expect(first.locator(".badge")).to_have_attribute("data-status", "killed", timeout=60_000)
+    expect(page.locator("table.trials tbody tr")).to_have_count(1)  # and no other began
+    expect(page.locator(".run-meta")).to_contain_text("killed by")

@@ -1,18 +1,24 @@
 // Hyperparameter searches: the list (#/searches) and a search's page
 // (#/searches/N) with its trials in a table sorted by a clicked column (best
 // first until one is clicked) and, per parameter, a scatter chart of the
-// metric against that parameter's values. Both refresh while the search runs.
+// metric against that parameter's values. The list refreshes all the time, a
+// search's page while the search runs or any of its trials is active.
 
 import { apiJson, AuthError } from "./api.js";
 import { chartsUnavailable, loadUplot, scatterChart } from "./charts.js";
 import { formatValue } from "./metrics.js";
-import { statusBadge } from "./status.js";
+import { isFinal, statusBadge } from "./status.js";
 import { formatTime, h, sleep } from "./util.js";
 
 const POLL_MS = 2_000;
 
 function isRunning(search) {
   return search.status === "running";
+}
+
+// A stopped search's trials may still be running: the page follows them.
+function isLive(search) {
+  return isRunning(search) || (search.trials || []).some((t) => t.status && !isFinal(t.status));
 }
 
 function metricText(search) {
@@ -250,9 +256,10 @@ export function searchPage(main, searchId, { notify }) {
       h("span", { className: "run-meta muted" },
         [`${search.kind} search`, `created ${formatTime(search.created_at)}`, search.reason].filter(Boolean).join(" · ")),
       h("span", { className: "actions" },
-        h("button", { type: "button", className: "button", disabled: !running,
+        h("button", { type: "button", className: "button", id: "stop-search", disabled: !running,
           title: "Stop: no new trials; running trials finish", onclick: (e) => act("stop", e.currentTarget) }, "Stop"),
-        h("button", { type: "button", className: "button danger", disabled: !running,
+        h("button", { type: "button", className: "button danger", id: "kill-search",
+          disabled: !running && search.status !== "stopped",
           title: "Kill: no new trials; running trials are killed", onclick: (e) => act("kill", e.currentTarget) }, "Kill")));
     facts.replaceChildren(
       h("pre", { className: "command" }, search.command),
@@ -285,7 +292,7 @@ export function searchPage(main, searchId, { notify }) {
           shown = key;
           show();
         }
-        if (!isRunning(search)) return;
+        if (!isLive(search)) return;
       } catch (err) {
         if (signal.aborted || err instanceof AuthError) return;
         error.textContent = err.status === 404 ? `There is no search ${searchId}.` : err.message;
