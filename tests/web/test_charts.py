@@ -193,6 +193,17 @@ def test_compare_overlays_a_metric_of_the_runs_chosen_on_the_runs_list(server, p
     expect(page.locator(".run-head h1")).to_have_text(f"Run #{first}")
 
 
+def test_a_run_with_many_metrics_gets_charts_for_the_first_sixty_and_numbers_for_all(server, page):
+    run_id = run_with_points(server, [point for i in range(61) for point in points(f"m{i:02d}", 2)])
+    sign_in(page, server, f"#/runs/{run_id}")
+    expect(page.locator("figure.metric")).to_have_count(61)
+    expect(page.locator(".metrics-state")).to_have_text("finished")
+    assert page.locator("figure.metric canvas").count() == 60
+    expect(page.locator(".metrics")).to_contain_text("Charts are drawn for the first 60 metrics")
+    expect(page.locator('figure.metric[data-metric="m60"] .metric-summary')).to_have_text(
+        "2 points · last 1 · min 0 · max 1")
+
+
 def test_without_uplot_the_pages_say_charts_are_unavailable(server, page):
     run_id = run_with_points(server, points("loss", 3))
     page.route("**/static/vendor/uplot/**", lambda route: route.fulfill(status=404, body="not installed"))

@@ -9,6 +9,9 @@ import { h, sleep } from "./util.js";
 
 const POLL_MS = 1_000;
 const PAGE = 100_000; // the most the API answers at once
+// A run may record up to 1,000 names; past this many charts the page would
+// crawl, so later metrics keep their numbers but get no chart.
+const MAX_CHARTS = 60;
 
 export function formatValue(value) {
   if (value === null || value === undefined || Number.isNaN(value)) return "—";
@@ -59,6 +62,7 @@ export class MetricsView {
     this.series = new Map(); // name -> Series
     this.figures = new Map(); // name -> {figure, summary, box, chart}
     this.offset = 0;
+    this.charts = 0;
     this.running = false;
     this.uPlot = undefined; // undefined: not tried yet; null: unavailable
 
@@ -141,9 +145,15 @@ export class MetricsView {
       + `min ${formatValue(series.min)} · max ${formatValue(series.max)}`;
     entry.figure.dataset.points = String(series.xs.length);
     if (!this.uPlot) return;
+    if (!entry.chart && this.charts >= MAX_CHARTS) {
+      this.note.replaceChildren(h("p", { className: "muted" },
+        `Charts are drawn for the first ${MAX_CHARTS} metrics; the others show their numbers only.`));
+      return;
+    }
     if (entry.chart) {
       entry.chart.setData(series.data());
     } else {
+      this.charts += 1;
       entry.chart = lineChart(this.uPlot, entry.box, {
         // The caption names the metric; a long name would not fit beside the axis.
         xLabel: series.byStep ? "step" : "time", yLabel: null, series: [series.name],
