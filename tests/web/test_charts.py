@@ -100,7 +100,7 @@ def test_a_run_page_charts_each_metric_with_all_its_points_and_markup_names_as_t
     expect(markup.locator(".metric-name")).to_have_text(MARKUP)
     expect(markup.locator(".u-legend")).to_contain_text(MARKUP)
     assert page.locator("main img").count() == 0
-    screenshot(page, "run-metrics")
+    screenshot(page, "run-metrics", for_docs=True)
 
 
 def test_a_running_runs_charts_grow_live_without_a_reload(server, worker, page):
@@ -182,7 +182,7 @@ def test_compare_overlays_a_metric_of_the_runs_chosen_on_the_runs_list(server, p
     legend = chart.locator(".u-legend")
     expect(legend).to_contain_text(f"#{first}")
     expect(legend).to_contain_text(f"#{second}")
-    screenshot(page, "compare")
+    screenshot(page, "compare", for_docs=True)
 
     # Another metric: only the run that has it is drawn; the address follows.
     page.select_option("#compare-metric", "acc")

@@ -75,7 +75,7 @@ def test_a_search_page_lists_trials_sorts_them_and_charts_the_metric_by_paramete
         chart = page.locator(f'figure.param-chart[data-param="{name}"]')
         expect(chart).to_have_attribute("data-points", str(len(LR) * len(WIDTH)))
         expect(chart.locator("canvas")).to_be_visible()
-    screenshot(page, "search-page")
+    screenshot(page, "search-page", for_docs=True)
 
     # A trial's run is a link to its page.
     first_run = by_value[0]["run_id"]
