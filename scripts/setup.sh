@@ -19,8 +19,9 @@ web_packages() {
     npm ci --prefix server/web --no-audit --no-fund --silent
 }
 if [ "${1:-}" != "--system" ]; then
+    # Charts are optional here: the quickstart goes on without them.
     if command -v npm >/dev/null; then
-        web_packages
+        web_packages || echo "setup: npm ci failed: the web viewer's charts stay unavailable until it succeeds" >&2
     else
         echo "setup: npm not found: the web viewer's charts stay unavailable until npm is installed (scripts/setup.sh --system)"
     fi
