@@ -73,8 +73,9 @@ def _refuse_while_mounted(resource: str, mounters: list[Run], *, viewer: User, f
     if not mounters or (force and viewer.is_admin):
         return
     named = ", ".join(f"run {r.id} ({r.status})" for r in mounters)
-    raise InUse(f"{resource} is mounted by {named}; wait for {'it' if len(mounters) == 1 else 'them'} "
-                "to finish or stop them" + (", or force it with --force" if viewer.is_admin else ""))
+    them = "it" if len(mounters) == 1 else "them"
+    raise InUse(f"{resource} is mounted by {named}; wait for {them} to finish or stop {them}"
+                + (", or delete it anyway with --force" if viewer.is_admin else ""))
 
 
 # --- rm -------------------------------------------------------------------------

@@ -97,10 +97,10 @@ def _taken_name(session: Session, *, name: str, owner: User, replace: bool) -> U
     if existing is None:
         return None
     mounted = runs_that_mounted(session, name)
-    named = ", ".join(str(run_id) for run_id in mounted)
+    named = ("runs " if len(mounted) > 1 else "run ") + ", ".join(str(run_id) for run_id in mounted)
     if existing.deleted_at is not None:
         if mounted:
-            raise NameTaken(f"upload {name!r} was deleted, but runs {named} mounted it, so its name stays with it "
+            raise NameTaken(f"upload {name!r} was deleted, but {named} mounted it, so its name stays with it "
                             "(their lineage names it); upload under a new name")
         return existing
     if not replace:
@@ -108,7 +108,7 @@ def _taken_name(session: Session, *, name: str, owner: User, replace: bool) -> U
     if not (owner.is_admin or existing.owner_id == owner.id):
         raise NameTaken(f"upload {name!r} already exists and belongs to another user; upload under a new name")
     if mounted:
-        raise InUse(f"upload {name!r} cannot be replaced: runs {named} mounted it; upload under a new name")
+        raise InUse(f"upload {name!r} cannot be replaced: {named} mounted it; upload under a new name")
     return existing
 
 

@@ -160,10 +160,10 @@ def test_rm_is_refused_while_a_live_run_mounts_it(cli, worker, server, tmp_path)
     refused = cli("rm", "runs/1", "uploads/data.txt")
     assert refused.returncode == 1 and refused.stdout == ""
     assert refused.stderr.splitlines() == [
-        f"cast: error: runs/1: runs/1 is mounted by run {live} (running); wait for it to finish or stop them, "
-        "or force it with --force",
+        f"cast: error: runs/1: runs/1 is mounted by run {live} (running); wait for it to finish or stop it, "
+        "or delete it anyway with --force",
         f"cast: error: uploads/data.txt: uploads/data.txt is mounted by run {live} (running); wait for it to "
-        "finish or stop them, or force it with --force",
+        "finish or stop it, or delete it anyway with --force",
     ]
     assert_one_line_error(cli("rm", f"runs/{live}"), f"run {live} is running; stop it first (cast stop {live})")
     assert (server.data_dir / "runs" / "1" / "x.txt").exists()
@@ -194,10 +194,10 @@ def test_an_upload_is_replaced_only_until_a_run_mounts_it(cli, worker, tmp_path)
     assert replaced.stdout == "Uploaded uploads/data.txt (9 B)\n", replaced
     assert "version 2" in cli("run", "-m", "uploads/data.txt", "cat data.txt").stdout
     assert_one_line_error(cli("upload", "data.txt", "--replace"),
-                          "upload 'data.txt' cannot be replaced: runs 1 mounted it; upload under a new name")
+                          "upload 'data.txt' cannot be replaced: run 1 mounted it; upload under a new name")
 
     assert cli("rm", "uploads/data.txt").returncode == 0
-    assert_one_line_error(cli("upload", "data.txt"), "was deleted, but runs 1 mounted it, so its name stays "
+    assert_one_line_error(cli("upload", "data.txt"), "was deleted, but run 1 mounted it, so its name stays "
                                                      "with it (their lineage names it); upload under a new name")
     # A name no run ever mounted is free again once deleted.
     (tmp_path / "scratch.txt").write_text("s")

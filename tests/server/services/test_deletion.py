@@ -67,7 +67,7 @@ def test_what_a_live_run_mounts_or_runs_is_refused_and_only_admins_force(local, 
     lease = _active_run(local, mounts=[{"resource": f"runs/{source}"}, {"resource": "uploads/data.csv"}])
     with database.transaction() as session:
         with pytest.raises(InUse, match=rf"runs/{source} is mounted by run {lease['run_id']} \(running\); "
-                                        "wait for it to finish or stop them, or force it with --force"):
+                                        "wait for it to finish or stop it, or delete it anyway with --force"):
             deletion.delete_run_outputs(session, settings=settings, run_id=source, viewer=admin)
         with pytest.raises(InUse, match=rf"uploads/data.csv is mounted by run {lease['run_id']} \(running\)"):
             deletion.delete_upload(session, settings=settings, name="data.csv", viewer=admin)
@@ -92,12 +92,12 @@ def test_an_upload_is_replaced_only_while_no_run_mounted_it(local, app, settings
     assert _upload(app, settings, admin, "w.bin", b"newer", replace=True).size == 5
     assert storage.upload_path(settings, "w.bin").read_bytes() == b"newer"
     local.complete_run(mounts=[{"resource": "uploads/w.bin"}])
-    with pytest.raises(InUse, match=r"upload 'w.bin' cannot be replaced: runs 1 mounted it; upload under a new name"):
+    with pytest.raises(InUse, match=r"upload 'w.bin' cannot be replaced: run 1 mounted it; upload under a new name"):
         _upload(app, settings, admin, "w.bin", b"x", replace=True)
     assert storage.upload_path(settings, "w.bin").read_bytes() == b"newer"
     with database.transaction() as session:
         deletion.delete_upload(session, settings=settings, name="w.bin", viewer=admin)
-    with pytest.raises(NameTaken, match="was deleted, but runs 1 mounted it, so its name stays with it"):
+    with pytest.raises(NameTaken, match="was deleted, but run 1 mounted it, so its name stays with it"):
         _upload(app, settings, admin, "w.bin", b"x")
     # Never mounted: once deleted, its name is free again, for anyone.
     _upload(app, settings, admin, "scratch", b"1")
