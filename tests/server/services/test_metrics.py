@@ -1,0 +1,80 @@
+"""The metrics service: `aggregate` (last by offset, min, max, none), batches
+by seq, a new attempt's points numbered after the last, the per-run point cap."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from cast.protocol.metrics import MetricPoint
+from cast.server.db import Database
+from cast.server.errors import BadRequest, LeaseLost
+from cast.server.models import Run, utcnow
+from cast.server.services import leases, metrics
+
+
+@pytest.fixture
+def database(app) -> Database:
+    return app.state.database
+
+
+@pytest.fixture
+def leased(local) -> tuple[int, str]:
+    """A run leased to a worker: (its id, the lease token)."""
+    local.create_run()
+    lease = local.lease(local.register())
+    return lease["run_id"], lease["lease_token"]
+
+
+def send(database: Database, leased: tuple[int, str], seq: int, *points: tuple) -> int:
+    run_id, token = leased
+    with database.transaction() as session:
+        return metrics.append_worker_batch(session, run_id=run_id, lease_token=token, seq=seq,
+                                           points=[MetricPoint(n, v, s) for n, v, s in points])
+
+
+def test_aggregate_is_the_last_by_offset_the_min_or_the_max(database, leased):
+    run_id = leased[0]
+    send(database, leased, 0, ("loss", 3.0, 5), ("loss", 1.0, 6), ("loss", 2.0, 2), ("acc", 9.0, 0))
+    with database.transaction(write=False) as session:
+        assert metrics.aggregate(session, run_id=run_id, name="loss", agg="last") == 2.0  # the step does not order
+        assert metrics.aggregate(session, run_id=run_id, name="loss", agg="min") == 1.0
+        assert metrics.aggregate(session, run_id=run_id, name="loss", agg="max") == 3.0
+        assert metrics.aggregate(session, run_id=run_id, name="none", agg="last") is None
+        assert metrics.aggregate(session, run_id=run_id, name="none", agg="max") is None
+        with pytest.raises(BadRequest):
+            metrics.aggregate(session, run_id=run_id, name="loss", agg="mean")
+
+
+def test_a_batch_from_beyond_what_was_stored_is_kept_and_a_repeat_is_not(database, leased):
+    assert send(database, leased, 0, ("a", 1.0, None)) == 1
+    assert send(database, leased, 0, ("a", 1.0, None), ("a", 2.0, None)) == 2
+    assert send(database, leased, 2, ("a", 3.0, None)) == 3
+
+
+def test_points_past_the_run_cap_are_dropped(database, leased, monkeypatch):
+    monkeypatch.setattr(metrics, "MAX_POINTS_PER_RUN", 5)
+    assert send(database, leased, 0, *[("a", float(i), i) for i in range(4)]) == 4
+    assert send(database, leased, 4, *[("a", float(i), i) for i in range(4, 8)]) == 5
+    with database.transaction(write=False) as session:
+        assert metrics.aggregate(session, run_id=leased[0], name="a", agg="last") == 4.0
+
+
+def test_a_new_attempt_starts_at_seq_0_and_its_points_follow_the_last(local, app, settings, database):
+    run_id = local.create_run(retries=1)["id"]
+    worker_id = local.register()
+    first = local.lease(worker_id)
+    assert send(database, (run_id, first["lease_token"]), 0, ("loss", 1.0, 0), ("loss", 0.5, 1)) == 2
+    with database.transaction() as session:  # the worker died: its lease runs out and the reaper requeues
+        session.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    with database.transaction() as session:
+        assert leases.reap_expired(session, settings=settings) == [run_id]
+    second = local.lease(worker_id)
+    assert second["run_id"] == run_id and second["attempt"] == 2
+    assert send(database, (run_id, second["lease_token"]), 0, ("loss", 0.9, 0)) == 3
+    with pytest.raises(LeaseLost):  # the dead attempt's late retry
+        send(database, (run_id, first["lease_token"]), 0, ("loss", 1.0, 0))
+    points = local.user.get(f"/runs/{run_id}/metrics/points").json()["points"]
+    assert [(p["offset"], p["step"], p["value"]) for p in points] == [(0, 0, 1.0), (1, 1, 0.5), (2, 0, 0.9)]
