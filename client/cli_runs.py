@@ -18,6 +18,7 @@ from .config import client as _client
 from .sdk import ApiError
 
 LOG_PAGE = 1000
+PS_LIMIT = 50  # runs `cast ps` shows without --limit or --all
 # Statuses whose transition note says why that move happened; any other
 # status's note qualifies the stage that just ended ("Building… done (cached)").
 _OWN_NOTE = frozenset({RunStatus.MACHINE_REQUESTED, RunStatus.STOPPING, RunStatus.STOPPED,
@@ -175,11 +176,19 @@ def _print_outcome(printer, run: dict) -> int:
 @click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in RunStatus]),
               help="Only runs in this status (repeatable).")
 @click.option("--label", help="Only runs with this label.")
-@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True, help="How many runs.")
+@click.option("--limit", type=click.IntRange(1, 500), metavar="N", help="How many runs (default 50).")
+@click.option("--all", "everything", is_flag=True, help="Every run, however many.")
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
-def ps(statuses, label, limit, as_json) -> int:
+def ps(statuses, label, limit, everything, as_json) -> int:
     """List runs, newest first."""
-    runs = _client().list_runs(status=list(statuses), label=label, limit=limit)["runs"]
+    if everything and limit:
+        raise UsageProblem("--all lists every run; leave out --limit")
+    client = _client()
+    page = client.list_runs(status=list(statuses), label=label, limit=500 if everything else limit or PS_LIMIT)
+    runs, total = page["runs"], page["total"]
+    while everything and page["next_before"] is not None:
+        page = client.list_runs(status=list(statuses), label=label, limit=500, before=page["next_before"])
+        runs += page["runs"]
     if as_json:
         print_json(runs)
         return 0
@@ -188,12 +197,14 @@ def ps(statuses, label, limit, as_json) -> int:
     from .render import run_duration, shorten, table
 
     if not runs:
-        sys.stdout.write("No runs.\n")
+        sys.stdout.write("no runs match\n" if statuses or label else "no runs yet\n")
         return 0
     rows = [[str(r["id"]), RunStatus(r["status"]).value + (", deleted" if r.get("deleted_at") else ""),
              shorten(RunSpec.from_dict(r["spec"]).command, 48),
              run_duration(r), ",".join(r.get("labels") or [])] for r in runs]
     sys.stdout.write(table(["ID", "STATUS", "COMMAND", "DURATION", "LABELS"], rows, right={0, 3}) + "\n")
+    if len(runs) < total:
+        sys.stderr.write(f"showing {len(runs)} of {total} runs; --limit N or --all\n")
     return 0
 
 
@@ -212,6 +223,7 @@ def info(run_id, as_json) -> int:
     if as_json:
         print_json(run)
         return 0
+    from cast.protocol.environment import pip_text
     from cast.protocol.units import format_duration
 
     from .render import local_time, run_duration, table
@@ -230,7 +242,7 @@ def info(run_id, as_json) -> int:
         ("Command", spec.command),
         ("Code", code),
         ("Workdir", f"{spec.workdir}/" if spec.workdir else ""),
-        ("Pip", " ".join(spec.pip) + (" + requirements file" if spec.pip_req else "")),
+        ("Pip", pip_text(spec.pip, spec.pip_req)),
         ("Apt", " ".join(spec.apt)),
         ("Docker image", spec.docker_image or ""),
         ("Mounts", ", ".join(f"{m.resource} → {m.path}" for m in spec.mounts)),
@@ -306,18 +318,21 @@ def logs(run_id, follow, tail, as_json) -> int:
     printer = Printer()
     if follow:
         return _follow_to_end(client, run_id, offset, printer)
-    entries, finished = [], False
+    entries, finished, printed = [], False, 0
     while True:  # page through the log; only the first offset may be negative (--tail)
         page = client.get_logs(run_id, offset=offset, limit=LOG_PAGE)
         if as_json:
             entries.extend(page["entries"])
         else:
             printer.entries(page["entries"])
+        printed += len(page["entries"])
         finished, offset = page["finished"], page["next_offset"]
         if len(page["entries"]) < LOG_PAGE:
             break
     if as_json:
         print_json({"entries": entries, "next_offset": offset, "finished": finished})
+    elif not printed:
+        sys.stderr.write(f"run {run_id} logged nothing\n" if finished else f"run {run_id} has no log lines yet\n")
     return 0
 
 

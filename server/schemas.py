@@ -232,6 +232,7 @@ class RunCreated(RunOut):
 class RunList(BaseModel):
     runs: list[RunSummary]
     next_before: int | None
+    total: int  # runs matching the filters, over every page
 
 
 class LabelIn(_In):

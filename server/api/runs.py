@@ -34,7 +34,8 @@ def list_runs(
     before: Annotated[int | None, Query(ge=1, le=2**62)] = None,
 ) -> dict:
     found, next_before = runs.list_runs(session, viewer=user, statuses=status, label=label, limit=limit, before=before)
-    return {"runs": runs.describe(session, found, with_transitions=False), "next_before": next_before}
+    total = runs.count_runs(session, viewer=user, statuses=status, label=label)
+    return {"runs": runs.describe(session, found, with_transitions=False), "next_before": next_before, "total": total}
 
 
 @router.get("/{run_id}", response_model=RunOut)

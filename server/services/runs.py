@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from cast.protocol.messages import RunSpec
@@ -96,22 +96,34 @@ def describe(session: Session, runs: list[Run], *, with_transitions: bool) -> li
     return views
 
 
+def _listed(*, viewer: User, statuses: list[RunStatus], label: str | None) -> list[ColumnElement]:
+    """Which runs a listing holds: the viewer's (an admin: everyone's), filtered."""
+    clauses = []
+    if not viewer.is_admin:
+        clauses.append(Run.owner_id == viewer.id)
+    if statuses:
+        clauses.append(Run.status.in_([s.value for s in statuses]))
+    if label:
+        clauses.append(Run.id.in_(select(RunLabel.run_id).where(RunLabel.label == label)))
+    return clauses
+
+
 def list_runs(
     session: Session, *, viewer: User, statuses: list[RunStatus], label: str | None, limit: int, before: int | None
 ) -> tuple[list[Run], int | None]:
-    query = select(Run).order_by(Run.id.desc()).limit(limit + 1)
-    if not viewer.is_admin:
-        query = query.where(Run.owner_id == viewer.id)
-    if statuses:
-        query = query.where(Run.status.in_([s.value for s in statuses]))
-    if label:
-        query = query.where(Run.id.in_(select(RunLabel.run_id).where(RunLabel.label == label)))
+    query = select(Run).where(*_listed(viewer=viewer, statuses=statuses, label=label))
     if before is not None:
         query = query.where(Run.id < before)
-    runs = list(session.scalars(query))
+    runs = list(session.scalars(query.order_by(Run.id.desc()).limit(limit + 1)))
     if len(runs) > limit:
         return runs[:limit], runs[limit - 1].id
     return runs, None
+
+
+def count_runs(session: Session, *, viewer: User, statuses: list[RunStatus], label: str | None) -> int:
+    """How many runs the listing with these filters holds, over all its pages."""
+    clauses = _listed(viewer=viewer, statuses=statuses, label=label)
+    return session.scalar(select(func.count()).select_from(Run).where(*clauses))
 
 
 # --- the status machine -----------------------------------------------------------

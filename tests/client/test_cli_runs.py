@@ -95,7 +95,7 @@ def test_info_logs_labels_and_secret_env(cli, worker):
     assert cli("label", "1", "best", "--remove").returncode == 0
     assert cli("ps", "--label", "best", "--json").json() == []
     assert [r["id"] for r in cli("ps", "--status", "complete", "--json").json()] == [1]
-    assert cli("ps", "--status", "failed").stdout == "No runs.\n"
+    assert cli("ps", "--status", "failed").stdout == "no runs match\n"
 
 
 def test_info_shows_the_sandbox_and_limits_the_run_ran_under(cli, server, start_worker):
@@ -142,8 +142,8 @@ def test_background_stop_keeps_outputs_and_kill_drops_them(cli, worker):
     for run_id in (stopped_id, killed_id):
         wait_for_line(worker.server, run_id, "ready", timeout=60)
 
-    assert cli("stop", str(stopped_id)).returncode == 0
-    assert cli("kill", str(killed_id)).returncode == 0
+    assert cli("stop", str(stopped_id)).stdout == f"Run {stopped_id} is being stopped\n"
+    assert cli("kill", str(killed_id)).stdout == f"Run {killed_id} is being killed\n"
     assert wait_status(worker.server, stopped_id, "stopped")["status"] == "stopped"
     assert wait_status(worker.server, killed_id, "killed")["status"] == "killed"
     assert cli("ls", f"runs/{stopped_id}").stdout == "out.txt    5 B\n"
@@ -152,6 +152,7 @@ def test_background_stop_keeps_outputs_and_kill_drops_them(cli, worker):
     # Stopping a finished run is refused with the server's reason, one line.
     again = cli("stop", str(stopped_id))
     assert again.returncode != 0 and again.stderr.startswith(f"cast: error: run {stopped_id}: ")
+    assert again.stderr.rstrip().endswith(f"run {stopped_id} is stopped; it cannot be stopped")
     assert len(again.stderr.strip().splitlines()) == 1
 
     follow = cli("logs", "-f", str(killed_id))
