@@ -1,7 +1,8 @@
 """The worker's metrics: the metrics file read as it grows (partial lines, long
 lines, a file the run replaces), Trainer lines of the log, and real runs on a
-sandboxed local worker that report through the file, the helper and their
-log; hostile lines are refused, counted and named in the run's log."""
+sandboxed local worker and a Docker worker that report through the file, the
+helper and their log; hostile lines are refused, counted and named in the
+run's log."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from cast.protocol import cast_metrics
 from cast.protocol.metrics import MAX_LINE_BYTES, MAX_NAMES_PER_RUN, Problem
 from cast.worker.metrics import FILE_NAME, HELPER_NAME, Gate, MetricsFile, parse_line, run_env, trainer_metrics
 from tests.factories import log_texts, output_paths, submit, wait_final
+from tests.worker.executors.test_docker import base_image, engine  # noqa: F401  (session fixtures)
 
 
 def metric_points(server, run_id: int, **params) -> list[dict]:
@@ -242,3 +244,36 @@ def test_hostile_lines_are_refused_and_named_and_the_run_completes(server, worke
     assert replaced == (os.geteuid() != 0)
     assert ("replaced or removed its metrics file" in said) == replaced
     assert "root:" not in said
+
+
+# --- a real run on a Docker worker ------------------------------------------------
+
+@pytest.fixture
+def docker_worker(server, start_worker, engine, base_image):  # noqa: F811
+    repository = f"cast-env-metrics-{os.getpid()}"
+    worker = start_worker(server, executor="docker", env={"CAST_WORKER_IMAGE_REPOSITORY": repository})
+    yield worker
+    worker.stop()
+    for image in engine.images.list(name=repository):
+        engine.images.remove(image.id, force=True)
+
+
+def test_a_docker_run_reports_through_the_helper_and_the_file(server, docker_worker):
+    script = ("import cast_metrics, os\n"
+              "for i in range(20):\n    cast_metrics.log('loss', 1.0 / (i + 1), step=i)\n"
+              "open(os.environ['CAST_METRICS'], 'a').write('{\"name\": \"raw\", \"value\": 7}\\nnot json\\n')\n"
+              "print(os.environ['CAST_METRICS'], os.path.exists('metrics.jsonl'))\n"
+              "print({'loss': 0.25, 'epoch': 1.0})")
+    run_id = submit(server, f"python3 -c {shlex.quote(script)}")
+    run = wait_final(server, run_id, timeout=300)
+    assert run["status"] == "complete", (run.get("reason"), log_texts(server, run_id)[-8:])
+    points = metric_points(server, run_id)
+    # The file's points in their order, the log's in theirs; the two sources are read side by side.
+    seen = [(p["name"], p["step"], p["value"]) for p in points]
+    trainer_line = [("loss", 1, 0.25), ("epoch", 1, 1.0)]  # the file's loss at step 1 is 0.5
+    assert [point for point in seen if point in trainer_line] == trainer_line
+    from_file = [point for point in seen if point not in trainer_line]
+    assert from_file == [*[("loss", i, 1.0 / (i + 1)) for i in range(20)], ("raw", None, 7.0)]
+    assert log_texts(server, run_id, "stdout")[0] == "/cast/metrics/metrics.jsonl False"
+    assert any(f"refused, {Problem.NOT_JSON} (the first: 'not json'" in line for line in log_texts(server, run_id, "cast"))
+    assert output_paths(server, run_id) == []
