@@ -139,7 +139,7 @@ def test_a_repeat_build_is_a_cache_hit_and_stamps_its_use(packaged, tmp_path, en
     assert lines.entries == []  # nothing built, nothing logged
     entry = {entry.key: entry for entry in executor.cache_entries()}[first.key]
     assert entry.last_used > before
-    assert entry.holds == "base: cast-base:bookworm; apt: jq; pip: six; pip-req: 1 line"
+    assert entry.holds == "base: cast-base:bookworm; apt: jq; pip: six; requirements file (1 line)"
     # The build's settings (pip.conf, index URLs) stayed out of the image.
     config = engine.api.inspect_image(first.description)["Config"]
     assert not [var for var in config["Env"] if var.startswith("PIP_")]
