@@ -1,7 +1,8 @@
 """The `cast` command.
 
 Owns: the click group that gathers the verbs (runs in `cli_runs`, files in
-`cli_data`, users, tokens and servers in `cli_admin`; what `cast run` asks for
+`cli_data`, where you are and signing in in `cli_account`, users, tokens and
+servers in `cli_admin`; what `cast run` asks for
 is built in `cli_spec`), and `main()`, which reports every error as one line
 (`cast: error: ...`) with a non-zero exit code. The verbs talk to the control
 plane only through `cast.client.sdk`; they start the embedded server,
@@ -20,7 +21,7 @@ import click
 
 from cast.protocol.validate import SpecError
 
-from . import cli_admin, cli_data, cli_hyper, cli_runs
+from . import cli_account, cli_admin, cli_data, cli_hyper, cli_metrics, cli_runs
 from .cli_common import CONTEXT
 from .sdk import CastError
 
@@ -35,7 +36,8 @@ def cli() -> None:
     """
 
 
-for _command in (*cli_runs.COMMANDS, *cli_data.COMMANDS, *cli_hyper.COMMANDS, *cli_admin.COMMANDS):
+for _command in (*cli_runs.COMMANDS, *cli_metrics.COMMANDS, *cli_hyper.COMMANDS, *cli_data.COMMANDS,
+                 *cli_account.COMMANDS, *cli_admin.COMMANDS):
     cli.add_command(_command)
 
 

@@ -56,11 +56,13 @@ class _RunCommand(click.Command):
 @click.option("--idempotent", is_flag=True, default=None,
               help="Reuse the newest complete run that did exactly this instead of running again.")
 @click.option("--pull", metavar="DIR", help="Download the run's outputs into DIR when it completes.")
+@click.option("--queue-anyway", is_flag=True,
+              help="Queue it even if no connected worker could run it (it waits for one that can).")
 @click.option("-d", "--background", is_flag=True, default=None, help="Submit and return; do not follow.")
 @click.option("--from-file", metavar="YAML", help="Run options as YAML (keys as the flags); flags override.")
 @click.option("--json", "as_json", is_flag=True, help="With -d: print the run as JSON.")
 @click.pass_context
-def run(ctx, command, from_file, as_json, **flags) -> int:
+def run(ctx, command, from_file, as_json, queue_anyway, **flags) -> int:
     """Run COMMAND (a bash command line) remotely and follow its logs.
 
     COMMAND is one quoted argument ("python train.py --lr 3") or everything
@@ -84,7 +86,8 @@ def run(ctx, command, from_file, as_json, **flags) -> int:
         attach_code(client, spec, workdir_given=request.workdir_given)
     if spec.workdir:
         sys.stderr.write(f"Running in {spec.workdir}/\n")
-    created = client.create_run(spec, labels=request.labels, idempotent=request.idempotent)
+    created = client.create_run(spec, labels=request.labels, idempotent=request.idempotent,
+                                queue_anyway=queue_anyway)
     run_id = created["id"]
     from .render import START_MARK, Printer
 

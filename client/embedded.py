@@ -3,7 +3,8 @@ by the first `cast` command that needs them and shared by every later one.
 
 Owns: finding a running embedded server from `CAST_HOME/server.json`
 (`{"url", "pid"}`, written by `python -m cast.server up --home HOME` once it
-is healthy), starting one detached under a file lock so that two concurrent
+is healthy, with `wanted_port` when the port it tried first was taken: it
+listens on the port of its last start in HOME, else 8470), starting one detached under a file lock so that two concurrent
 first commands start only one, and stopping it (`cast down`), found by
 server.json or, if that was lost, by the lock a running server holds on
 HOME/server.lock. Stopping names the active runs and follows them to their
@@ -131,6 +132,9 @@ def _start(home: Path) -> str:
             raise CastError(f"the embedded server exited with code {code} while starting; see {log_path}{_last_line(log_path)}")
         state = read_state(home)
         if state and healthy(state["url"]):
+            if state.get("wanted_port"):
+                sys.stderr.write(f"cast: port {state['wanted_port']} is in use; the embedded server is at "
+                                 f"{state['url']} (its port is kept for the next start)\n")
             return state["url"]
         time.sleep(0.1)
     raise CastError(f"the embedded server did not become healthy within {START_TIMEOUT:.0f}s; see {log_path}")

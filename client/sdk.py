@@ -9,7 +9,7 @@ command's latency.
 
     from cast.client.sdk import Client
     from cast.protocol.messages import RunSpec
-    client = Client("http://127.0.0.1:8750", token)
+    client = Client("http://127.0.0.1:8470", token)
     run = client.create_run(RunSpec(command="python train.py", pip=["tqdm"]))
     for chunk in client.follow_logs(run["id"]):
         for entry in chunk["entries"]:
@@ -228,11 +228,16 @@ class Client:
 
     # --- runs ----------------------------------------------------------
 
-    def create_run(self, spec: RunSpec, *, labels: list[str] | None = None, idempotent: bool = False) -> dict:
+    def create_run(self, spec: RunSpec, *, labels: list[str] | None = None, idempotent: bool = False,
+                   queue_anyway: bool = False) -> dict:
         """Submit a run with these labels; the server fills in the commit and digests.
         `idempotent`: the answer may be an earlier complete run that did the same
-        (`reused` says so)."""
-        return self._call("POST", "/runs", json_body=spec.request_body(labels=labels, idempotent=idempotent))
+        (`reused` says so). A run no connected worker could ever run is refused
+        (409) unless `queue_anyway`."""
+        body = spec.request_body(labels=labels, idempotent=idempotent)
+        if queue_anyway:
+            body["queue_anyway"] = True
+        return self._call("POST", "/runs", json_body=body)
 
     def list_runs(self, *, status: list[str] | None = None, label: str | None = None,
                   limit: int | None = None, before: int | None = None) -> dict:
@@ -372,10 +377,20 @@ class Client:
     def _upload_path(name: str, path: str) -> str:
         return f"/uploads/{quote(name, safe='')}" + (f"/{quote(path)}" if path else "")
 
+    # --- where you are -------------------------------------------------
+
+    def status(self) -> dict:
+        """The server, its present workers (capacities, runs) and the queue by machine type."""
+        return self._call("GET", "/status")
+
     # --- users and tokens ----------------------------------------------
 
     def whoami(self) -> dict:
         return self._call("GET", "/users/me")
+
+    def create_sign_in_link(self) -> dict:
+        """A one-time link that signs a browser in as this user: `{"token", "path", "expires_at"}`."""
+        return self._call("POST", "/users/me/sign-in-links")
 
     def list_users(self) -> dict:
         """Admins only: `{"users": [{"name", "admin", "created_at"}]}`."""

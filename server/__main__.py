@@ -1,12 +1,13 @@
 """`python -m cast.server`: serve the control plane (one uvicorn process).
 
     python -m cast.server [--host H] [--port P] [--data-dir D]
-    python -m cast.server up --home HOME [--port 0] [--executor auto|local|docker]
+    python -m cast.server up --home HOME [--port P] [--executor auto|local|docker]
 
 Every setting also reads CAST_* variables (see settings.py); flags win.
 
-`up` is the embedded mode the CLI starts: data dir = HOME, a free port when
---port is 0, ONE worker subprocess using HOME/worker-token, and HOME/server.json
+`up` is the embedded mode the CLI starts: data dir = HOME, the port of the
+last start in HOME (HOME/port), else CAST_PORT or 8470, a free one when that
+is taken (remembered for the next start) or --port is 0, ONE worker subprocess using HOME/worker-token, and HOME/server.json
 (`{"url", "pid"}`, mode 0600) written once healthy. SIGTERM or SIGINT stops the
 worker first (while the server can still hear its last reports), then the
 server, and removes server.json. While it runs it holds an exclusive lock on
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -102,6 +104,32 @@ def _hold_home(home: Path):
     return holder
 
 
+def _last_port(home: Path) -> int | None:
+    try:
+        text = (home / PORT_FILE).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and 0 < int(text) < 65536 else None
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on `port`, or on a free one if `port` is taken (0: a free one)."""
+    for attempt in (port, 0):
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP,
+        # and without it every kept-alive answer waits ~40 ms for a delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, attempt))
+        except OSError as error:
+            sock.close()
+            if error.errno != errno.EADDRINUSE or attempt == 0:
+                raise
+            continue
+        return sock
+    raise AssertionError("unreachable")
+
+
 async def _up(args: argparse.Namespace) -> None:
     home = Path(args.home).expanduser().resolve()
     # One user on their own machine: their local repositories are theirs to run,
@@ -109,13 +137,15 @@ async def _up(args: argparse.Namespace) -> None:
     settings = _settings(args, host=args.host, data_dir=home, executor=args.executor,
                          allow_local_git=None if "CAST_ALLOW_LOCAL_GIT" in os.environ else True)
     app = create_app(settings)
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP,
-    # and without it every kept-alive answer waits ~40 ms for a delayed ACK.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, args.port))
+    wanted = args.port if args.port is not None else _last_port(home) or settings.port
+    sock = _bind(settings.host, wanted)
     port = sock.getsockname()[1]
     url = f"http://{settings.host}:{port}"
+    moved = {}
+    if wanted and port != wanted:
+        log.warning("port %d is in use; serving on %d instead (kept for the next start)", wanted, port)
+        moved = {"wanted_port": wanted}
+    (home / PORT_FILE).write_text(f"{port}\n")
     server = _EmbeddedServer(uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
                                             timeout_graceful_shutdown=5))
     stop = asyncio.Event()
@@ -138,7 +168,7 @@ async def _up(args: argparse.Namespace) -> None:
         process_group=0,
     )
     server_file = home / "server.json"
-    _write_private_json(server_file, {"url": url, "pid": os.getpid()})
+    _write_private_json(server_file, {"url": url, "pid": os.getpid(), **moved})
     log.info("cast is up at %s (data in %s, %s worker pid %s)", url, home, executor, worker.pid)
     try:
         stopped = asyncio.create_task(stop.wait())
@@ -159,14 +189,17 @@ async def _up(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cast.server", description="the cast control plane")
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None, help="port to listen on")
+    parser.add_argument("--port", type=int, default=None,
+                        help=f"port to listen on (default $CAST_PORT, else {Settings.model_fields['port'].default})")
     parser.add_argument("--data-dir", type=Path, default=None, help="where the database and files live")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False)
     commands = parser.add_subparsers(dest="command")
     up = commands.add_parser("up", help="embedded mode: server plus one worker, data in HOME")
     up.add_argument("--home", required=True, type=Path)
-    up.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    up.add_argument("--port", type=int, default=None,
+                    help="port to try first (default: the one of the last start in HOME, else $CAST_PORT, else "
+                         f"{Settings.model_fields['port'].default}); taken, a free one is used and kept; 0 picks a free one")
     up.add_argument("--host", default=None)
     up.add_argument("--executor", choices=["auto", "local", "docker"], default=None,
                     help="the embedded worker's executor (default: $CAST_EXECUTOR, else auto: docker if "

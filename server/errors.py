@@ -142,3 +142,12 @@ class ShuttingDown(DomainError):
 
     def __init__(self) -> None:
         super().__init__("the server is shutting down; try again")
+
+
+class NoWorkerCan(Conflict):
+    """No present worker could ever run what a run asks for (a GPU, an image
+    build); the message names the workers and their capacities."""
+
+
+class TooMany(Conflict):
+    """A user holds too many of something open at once (sign-in links)."""

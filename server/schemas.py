@@ -88,6 +88,8 @@ class RunCreate(_In):
     dirty: bool | None = None
     # Answer with the newest complete run that did exactly this, if there is one.
     idempotent: bool = False
+    # Queue it even when no present worker could run it (it waits for one that can).
+    queue_anyway: bool = False
 
     @field_validator("command")
     @classmethod
@@ -181,7 +183,7 @@ class RunCreate(_In):
     def to_spec(self, *, commit_sha: str | None, code_digest: str | None) -> RunSpec:
         """The spec to store, with what the server resolved (a git URL's commit, the
         bundle's digest); a bundle's commit is the client's HEAD, as given."""
-        given = self.model_dump(exclude={"labels", "mounts", "idempotent", "commit_sha"})
+        given = self.model_dump(exclude={"labels", "mounts", "idempotent", "queue_anyway", "commit_sha"})
         if self.git_url:  # no ref: the remote's HEAD, recorded as such
             given["commit_ref"] = self.commit_ref or "HEAD"
         return RunSpec(
@@ -292,6 +294,43 @@ class WorkerRegister(_In):
 class WorkerRegistered(BaseModel):
     id: str
     lease_seconds: float
+
+
+class WorkerStatus(BaseModel):
+    name: str
+    id: str
+    executor: str
+    sandboxed: bool
+    cpus: int
+    memory: int  # bytes
+    gpus: int
+    max_runs: int
+    last_seen_at: datetime
+    # The runs it holds now that the caller may see, and how many it holds in all.
+    runs: list[int]
+    busy: int
+
+
+class QueueStatus(BaseModel):
+    total: int
+    by_machine_type: dict[str, int]
+
+
+class ServerInfo(BaseModel):
+    url: str
+    version: str
+    # Where its records and files are; shown to admins only.
+    database: str | None
+    storage: str | None
+    lease_seconds: float
+    # A worker counts as present if seen within this long (docs/deployment.md).
+    presence_seconds: float
+
+
+class ServerStatus(BaseModel):
+    server: ServerInfo
+    workers: list[WorkerStatus]
+    queue: QueueStatus
 
 
 class LeaseRequest(_In):
@@ -530,6 +569,23 @@ class TokenList(BaseModel):
 
 class UserCreated(UserOut):
     token: TokenCreated
+
+
+class SignInLink(BaseModel):
+    # The one-time secret; the viewer takes it at `path` (a fragment, kept out of server logs).
+    token: str
+    path: str
+    expires_at: datetime
+
+
+class SignInIn(_In):
+    token: str = Field(min_length=1, max_length=256)
+
+
+class SignedIn(BaseModel):
+    # A new user token (named "web sign-in") for the browser to keep.
+    token: str
+    user: UserOut
 
 
 class Health(BaseModel):

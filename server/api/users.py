@@ -1,4 +1,5 @@
-"""User and token routes: who am I, users (admin), tokens (create, list, revoke)."""
+"""User and token routes: who am I, users (admin), tokens (create, list, revoke),
+one-time sign-in links for the web viewer and their exchange (public)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from cast.server.api.deps import CurrentUser, SessionDep, SessionRoute
-from cast.server.schemas import TokenCreate, TokenCreated, TokenList, TokenOut, UserCreate, UserCreated, UserList, UserOut
+from cast.server.schemas import (SignedIn, SignInIn, SignInLink, TokenCreate, TokenCreated, TokenList, TokenOut,
+                                 UserCreate, UserCreated, UserList, UserOut)
 from cast.server.services import users
 
 router = APIRouter(tags=["users"], route_class=SessionRoute)
@@ -26,6 +28,18 @@ def _token(token, user_name: str | None, secret: str | None = None) -> dict:
 @router.get("/users/me", response_model=UserOut)
 def whoami(user: CurrentUser) -> dict:
     return _user(user)
+
+
+@router.post("/users/me/sign-in-links", status_code=201, response_model=SignInLink)
+def create_sign_in_link(user: CurrentUser, session: SessionDep) -> dict:
+    token, secret = users.create_sign_in_link(session, viewer=user)
+    return {"token": secret, "path": f"/#sign-in={secret}", "expires_at": token.expires_at}
+
+
+@router.post("/sign-in", response_model=SignedIn)
+def sign_in(body: SignInIn, session: SessionDep) -> dict:
+    user, _token, secret = users.redeem_sign_in_link(session, secret=body.token)
+    return {"token": secret, "user": _user(user)}
 
 
 @router.get("/users", response_model=UserList)

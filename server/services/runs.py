@@ -37,7 +37,7 @@ from cast.server.models import (
     utcnow,
 )
 from cast.server.schemas import RunCreate
-from cast.server.services import git, logs, reuse
+from cast.server.services import capacity, git, logs, reuse
 from cast.server.settings import Settings
 
 S = RunStatus
@@ -213,6 +213,7 @@ def create_run(session: Session, *, owner: User, body: RunCreate, settings: Sett
     key = reuse.reuse_key(session, spec)
     if body.idempotent and (earlier := reuse.find_reusable(session, key=key, viewer=owner)) is not None:
         return earlier, True
+    waiting = capacity.check_runnable(session, spec=spec, settings=settings, queue_anyway=body.queue_anyway)
     run = Run(owner_id=owner.id, status=S.MACHINE_REQUESTED.value, spec=spec.to_dict(), gpus=spec.gpus,
               retries=spec.retries, attempt=1, created_at=utcnow(), reuse_key=key)
     session.add(run)
@@ -220,6 +221,8 @@ def create_run(session: Session, *, owner: User, body: RunCreate, settings: Sett
     session.add(RunTransition(run_id=run.id, status=run.status, at=run.created_at, note=None))
     session.add_all(RunLabel(run_id=run.id, label=label) for label in body.labels)
     session.add_all(RunMount(run_id=run.id, position=i, **row) for i, row in enumerate(mount_rows))
+    if waiting:
+        logs.append_cast_lines(session, run, [waiting])
     events.changed(session, events.QUEUE)
     session.flush()
     return run, False

@@ -2,8 +2,10 @@
 
 Owns authentication (a token is looked up by its sha256; the secret itself is
 never stored), the bootstrap of an empty database (an admin user plus one user
-token and one worker token, written 0600 into the data dir), and creating,
-listing and revoking tokens and users.
+token and one worker token, written 0600 into the data dir), creating,
+listing and revoking tokens and users, and one-time sign-in links (a token of
+kind "sign-in" that expires within minutes, is never a bearer token, and is
+spent once for a new user token named "web sign-in").
 """
 
 from __future__ import annotations
@@ -11,16 +13,22 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import exists, select
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from cast.server.errors import Forbidden, NameTaken, NotAuthenticated, TokenNotFound, UserNotFound
+from cast.server.errors import Forbidden, NameTaken, NotAuthenticated, TokenNotFound, TooMany, UserNotFound
 from cast.server.models import Token, User, utcnow
 from cast.server.settings import Settings
 
 ADMIN_NAME = "admin"
+SIGN_IN = "sign-in"  # the kind of a one-time sign-in link's token
+SIGN_IN_SECONDS = 300
+# Unused, unexpired links a user may hold at once: each is a row until it expires.
+MAX_OPEN_SIGN_IN_LINKS = 20
+WEB_TOKEN_NAME = "web sign-in"
 
 
 def hash_token(secret: str) -> str:
@@ -63,6 +71,8 @@ def authenticate(session: Session, *, secret: str) -> tuple[Token, User | None]:
     token = session.scalar(select(Token).where(Token.token_hash == hash_token(secret)))
     if token is None:
         raise NotAuthenticated("unknown token")
+    if token.kind == SIGN_IN:
+        raise NotAuthenticated("a sign-in link is not a token: open it in a browser")
     if token.revoked_at is not None:
         raise NotAuthenticated("token revoked")
     user = session.get(User, token.user_id) if token.user_id is not None else None
@@ -110,10 +120,47 @@ def create_token(session: Session, *, viewer: User, kind: str, name: str, user_n
 
 
 def list_tokens(session: Session, *, viewer: User) -> list[tuple[Token, str | None]]:
-    query = select(Token, User.name).outerjoin(User, Token.user_id == User.id).order_by(Token.id)
+    query = (select(Token, User.name).outerjoin(User, Token.user_id == User.id)
+             .where(Token.kind != SIGN_IN).order_by(Token.id))
     if not viewer.is_admin:
         query = query.where(Token.user_id == viewer.id)
     return [(token, user_name) for token, user_name in session.execute(query)]
+
+
+def create_sign_in_link(session: Session, *, viewer: User) -> tuple[Token, str]:
+    """A one-time secret that signs a browser in as `viewer` within SIGN_IN_SECONDS."""
+    now = utcnow()
+    mine = (Token.kind == SIGN_IN, Token.user_id == viewer.id)
+    # Used and expired links are of no more use: each new one sweeps its owner's.
+    session.execute(delete(Token).where(*mine, (Token.revoked_at.is_not(None)) | (Token.expires_at <= now)))
+    open_links = session.scalar(select(func.count()).select_from(Token).where(*mine))
+    if open_links >= MAX_OPEN_SIGN_IN_LINKS:
+        raise TooMany(f"{open_links} sign-in links are still open; use one or wait {SIGN_IN_SECONDS // 60} minutes")
+    token, secret = _new_token(session, kind=SIGN_IN, user=viewer, name="sign-in link")
+    token.expires_at = now + timedelta(seconds=SIGN_IN_SECONDS)
+    session.flush()
+    return token, secret
+
+
+def redeem_sign_in_link(session: Session, *, secret: str) -> tuple[User, Token, str]:
+    """Spend a sign-in link, once: a new user token for the browser."""
+    link = session.scalar(select(Token).where(Token.token_hash == hash_token(secret), Token.kind == SIGN_IN))
+    again = "run `cast web` for a new one"
+    if link is None:
+        raise NotAuthenticated(f"this sign-in link is not valid; {again}")
+    if link.revoked_at is not None:
+        raise NotAuthenticated(f"this sign-in link was already used; {again}")
+    now = utcnow()
+    if link.expires_at is None or link.expires_at <= now:
+        raise NotAuthenticated(f"this sign-in link expired; {again}")
+    # Conditional, so two browsers racing for one link get one token between them.
+    spent = session.execute(update(Token).where(Token.id == link.id, Token.revoked_at.is_(None))
+                            .values(revoked_at=now).execution_options(synchronize_session=False))
+    if spent.rowcount != 1:
+        raise NotAuthenticated(f"this sign-in link was already used; {again}")
+    user = session.get(User, link.user_id)
+    token, token_secret = _new_token(session, kind="user", user=user, name=WEB_TOKEN_NAME)
+    return user, token, token_secret
 
 
 def revoke_token(session: Session, *, viewer: User, token_id: int) -> tuple[Token, str | None]:

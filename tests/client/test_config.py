@@ -73,3 +73,29 @@ def test_without_a_url_the_running_embedded_server_is_used(env, server, tmp_path
     assert resolve_target() == Target(url=server.url, token=server.admin_token, embedded=True)
     assert client().whoami()["name"] == "admin"
     assert not (home / "server.log").exists()  # found running, not started
+
+
+def test_a_saved_login_is_used_without_a_url_and_the_environment_wins_over_it(env, tmp_path):
+    from cast.client.config import config_path, forget_login, read_login, save_login
+
+    path = save_login("http://cast.example:8470", "saved")
+    assert path == config_path() == tmp_path / "user" / ".cast" / "config.json"
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    target = resolve_target()
+    assert target == Target(url="http://cast.example:8470", token="saved", embedded=False)
+    assert target.source == str(path)
+
+    env.setenv("CAST_TOKEN", "from-env")  # a token in the environment wins over the saved one
+    assert (resolve_target().token, resolve_target().source) == ("from-env", "CAST_TOKEN")
+    env.setenv("CAST_SERVER_URL", "http://other.example:8470")  # and a URL wins over the saved login
+    assert resolve_target().url == "http://other.example:8470"
+
+    env.delenv("CAST_SERVER_URL")
+    path.write_text('{"url": "http://cast.example:8470"}')
+    with pytest.raises(CastError, match="lacks a url or a token; `cast logout` removes it"):
+        resolve_target()
+    path.write_text("{not json")
+    with pytest.raises(CastError, match="cannot read the saved login"):
+        read_login()
+    assert forget_login() is not None and not path.exists()
+    assert forget_login() is None

@@ -180,3 +180,43 @@ def test_stop_finds_a_server_whose_state_file_was_lost_by_its_lock(tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+def test_the_embedded_port_stays_the_same_across_restarts_and_a_taken_one_is_replaced_aloud(base_env, tmp_path):
+    import socket
+
+    home = Path(base_env["CAST_HOME"])
+
+    def cast(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["cast", *args], cwd=tmp_path, env=base_env, capture_output=True, text=True, timeout=180)
+
+    def port() -> int:
+        return int(json.loads((home / "server.json").read_text())["url"].rsplit(":", 1)[1])
+
+    with socket.socket() as probe:  # the default, 8470, unless a neighbour (another test's server) holds it
+        default_free = probe.connect_ex(("127.0.0.1", 8470)) != 0
+    try:
+        assert cast("ps").returncode == 0
+        first = port()
+        assert first == 8470 or not default_free
+        assert cast("down").returncode == 0
+        assert cast("ps").returncode == 0
+        assert port() == first
+        assert cast("down").returncode == 0
+
+        with socket.socket() as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", first))
+            squatter.listen()
+            taken = cast("ps")
+            assert taken.returncode == 0, taken.stderr
+            moved = port()
+            assert moved != first
+            assert f"cast: port {first} is in use; the embedded server is at http://127.0.0.1:{moved}" in taken.stderr
+        assert cast("down").returncode == 0
+        assert cast("ps").returncode == 0
+        assert port() == moved  # the port it moved to is kept
+        assert cast("down").returncode == 0
+    finally:
+        for pid in _processes_mentioning(str(home)):
+            os.kill(pid, signal.SIGKILL)

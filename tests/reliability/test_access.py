@@ -197,8 +197,8 @@ def test_every_route_of_the_live_server_checks_the_kind_and_life_of_its_token(se
 
         for method, template in routes:
             path = re.sub(r"\{(\w+)\}", lambda m: SAMPLE_PARAMS[m.group(1)], template)
-            if template in PUBLIC:
-                assert call(method, path, None).status_code == 200
+            if template in PUBLIC:  # a POST without its body is refused for the body, not a token
+                assert call(method, path, None).status_code == (422 if method == "POST" else 200), template
                 continue
             for token, detail in [(None, "missing bearer token"), ("cast_u_unknown", "unknown token"),
                                   (revoked_user["token"], "token revoked"), (revoked_worker["token"], "token revoked")]:

@@ -299,6 +299,10 @@ API_INPUTS = [
     ApiInput("revoke an unknown token", "DELETE", "/tokens/424242", 404, "token 424242 not found"),
     ApiInput("revoke a token id beyond 64 bits", "DELETE", f"/tokens/{BIG}", 422, "token_id"),
     ApiInput("revoke token zero", "DELETE", "/tokens/0", 422, "token_id"),
+    ApiInput("unknown sign-in link", "POST", "/sign-in", 401, "sign-in link is not valid",
+             json={"token": "cast_s_nope"}, token="none"),
+    ApiInput("sign-in link of 100,000 characters", "POST", "/sign-in", 422, "token",
+             json={"token": "x" * 100_000}, token="none"),
     # --- worker routes
     ApiInput("lease for an unknown worker", "POST", "/workers/w-nobody/lease", 404, "register again", json={}, token="worker"),
     ApiInput("negative lease wait", "POST", "/workers/w-nobody/lease", 422, "wait", json={"wait": -1}, token="worker"),
@@ -331,6 +335,9 @@ CLI_INPUTS = [
     CliInput("label with a space", ("label", "{done}", "a b"), 2, "label"),
     CliInput("ls of a run id beyond 64 bits", ("ls", f"runs/{BIG}"), 2, "not a run number"),
     CliInput("ps with limit zero", ("ps", "--limit", "0"), 2, "--limit"),
+    CliInput("login to something that is no URL", ("login", "cast.lab:8470", "--token", "x"), 1, "http"),
+    CliInput("login with an empty token", ("login", "http://127.0.0.1:9", "--token", " "), 2, "no token given"),
+    CliInput("web with an extra argument", ("web", "--no-open", "now"), 2, "unexpected extra argument"),
     CliInput("ps with a huge limit", ("ps", "--limit", BIG), 2, "--limit"),
     CliInput("ps with an unknown status", ("ps", "--status", "sleeping"), 2, "sleeping"),
     # --- mounts

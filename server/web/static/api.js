@@ -33,6 +33,32 @@ export function clearToken() {
   localStorage.removeItem(TOKEN_KEY);
 }
 
+// A one-time sign-in link (`cast web`): spend it for a user token of our own,
+// kept like a pasted one. Throws ApiError with the server's reason (used,
+// expired) when the link is refused.
+export async function redeemSignIn(secret) {
+  let response;
+  try {
+    response = await fetch(`${API_ROOT}/sign-in`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token: secret }),
+    });
+  } catch (err) {
+    throw new ApiError(0, `Cannot reach the cast server (${err.message}).`);
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // Not JSON: reported below with the status.
+  }
+  if (!response.ok || !body || typeof body.token !== "string") {
+    const detail = body && typeof body.detail === "string" ? body.detail : `HTTP ${response.status}`;
+    throw new ApiError(response.status, `This sign-in link does not work: ${detail}.`);
+  }
+  setToken(body.token);
+  return body.user;
+}
+
 function authMessage(status, detail) {
   if (status === 401) {
     return `The server refused this token (401 Unauthorized: ${detail}). `

@@ -4,7 +4,7 @@
 // that stops its timers and requests. Nothing is drawn before the server's
 // status table is here (status.js).
 
-import { apiFetch, clearToken, getToken, setAuthErrorHandler, setToken, AuthError } from "./api.js";
+import { apiFetch, clearToken, getToken, redeemSignIn, setAuthErrorHandler, setToken, AuthError } from "./api.js";
 import { runsPage } from "./runs.js";
 import { runPage } from "./run.js";
 import { comparePage } from "./compare.js";
@@ -121,6 +121,23 @@ async function start() {
       h("p", { className: "page-error", role: "alert" }, `Cannot load the run statuses from the server: ${err.message}`),
       h("button", { type: "button", className: "button", onclick: start }, "Try again")));
     return;
+  }
+  const signIn = location.hash.match(/^#sign-in=([A-Za-z0-9_-]+)$/);
+  if (signIn) {
+    // Out of the address bar and the history at once: the link works only once anyway.
+    history.replaceState(null, "", `${location.pathname}#/runs`);
+    try {
+      await redeemSignIn(signIn[1]);
+    } catch (err) {
+      window.addEventListener("hashchange", route);
+      if (getToken()) {  // this browser is signed in already: keep that, say why the link failed
+        route();
+        notify(err.message, "error");
+      } else {
+        showLogin(err.message);
+      }
+      return;
+    }
   }
   window.addEventListener("hashchange", route);
   route();

@@ -51,3 +51,46 @@ def test_tokens_are_listed_without_secrets_and_revoked(local, settings):
     assert local.user.delete(f"/tokens/{worker['id']}", headers=_as(bob["token"]["token"])).status_code == 404
     assert local.user.delete(f"/tokens/{worker['id']}").status_code == 200
     assert local.user.post("/workers", json={"name": "w", "executor": "local"}, headers=_as(worker["token"])).status_code == 401
+
+
+def test_a_sign_in_link_is_spent_once_for_a_new_user_token(local):
+    link = local.user.post("/users/me/sign-in-links")
+    assert link.status_code == 201, link.text
+    secret = link.json()["token"]
+    assert link.json()["path"] == f"/#sign-in={secret}"
+    assert local.user.get("/users/me", headers=_as(secret)).json()["detail"] == (
+        "a sign-in link is not a token: open it in a browser")
+    signed_in = local.user.post("/sign-in", json={"token": secret}, headers={"Authorization": ""})
+    assert signed_in.status_code == 200, signed_in.text
+    assert signed_in.json()["user"]["name"] == "admin"
+    assert local.user.get("/users/me", headers=_as(signed_in.json()["token"])).json()["name"] == "admin"
+    again = local.user.post("/sign-in", json={"token": secret})
+    assert again.status_code == 401
+    assert again.json()["detail"] == "this sign-in link was already used; run `cast web` for a new one"
+    unknown = local.user.post("/sign-in", json={"token": "cast_s_nope"})
+    assert unknown.json()["detail"] == "this sign-in link is not valid; run `cast web` for a new one"
+    names = [t["name"] for t in local.user.get("/tokens").json()["tokens"]]
+    assert names == ["bootstrap", "bootstrap", "web sign-in"]  # the link itself is no token to list
+
+
+def test_an_expired_sign_in_link_is_refused(local, app):
+    from sqlalchemy import update
+
+    from cast.server.models import Token, utcnow
+
+    secret = local.user.post("/users/me/sign-in-links").json()["token"]
+    with app.state.database.transaction() as session:
+        session.execute(update(Token).where(Token.kind == "sign-in").values(expires_at=utcnow()))
+    refused = local.user.post("/sign-in", json={"token": secret})
+    assert refused.status_code == 401
+    assert refused.json()["detail"] == "this sign-in link expired; run `cast web` for a new one"
+
+
+def test_open_sign_in_links_are_bounded_and_spent_ones_swept(local):
+    from cast.server.services.users import MAX_OPEN_SIGN_IN_LINKS
+
+    secrets = [local.user.post("/users/me/sign-in-links").json()["token"] for _ in range(MAX_OPEN_SIGN_IN_LINKS)]
+    too_many = local.user.post("/users/me/sign-in-links")
+    assert too_many.status_code == 409 and "sign-in links are still open" in too_many.json()["detail"]
+    assert local.user.post("/sign-in", json={"token": secrets[0]}).status_code == 200
+    assert local.user.post("/users/me/sign-in-links").status_code == 201  # the spent one made room

@@ -90,7 +90,7 @@ def test_labels_filter_and_paging(local):
 
 def test_the_request_body_of_a_run_spec_is_what_the_create_route_takes():
     takes = set(RunCreate.model_fields)
-    assert takes == {f.name for f in fields(RunSpec)} - SERVER_FILLED | {"labels", "idempotent"}
+    assert takes == {f.name for f in fields(RunSpec)} - SERVER_FILLED | {"labels", "idempotent", "queue_anyway"}
     assert set(RunSpec(command="x", git_url="u", pip=["a"]).request_body(labels=["l"])) <= takes
 
 
@@ -100,7 +100,8 @@ def test_a_run_stores_the_spec_it_was_given_with_what_the_server_resolved(local,
                     apt=["curl"], mounts=[MountSpec(resource=f"runs/{source}/data", path="in")],
                     machine_type="gpu:2", env={"A": "1"}, timeout=60.0, retries=1)
     sha = git(repo, "rev-parse", "HEAD")
-    run = local.user.post("/runs", json=asked.request_body(labels=["exp"]))
+    # complete_run's worker is local, without GPUs: this run waits for one that can run it.
+    run = local.user.post("/runs", json={**asked.request_body(labels=["exp"]), "queue_anyway": True})
     assert run.status_code == 201, run.text
     stored = RunSpec.from_dict(run.json()["spec"])
     assert stored == RunSpec(**{**asked.to_dict(), "mounts": asked.mounts, "commit_ref": "HEAD",

@@ -1,0 +1,47 @@
+"""`cast web`'s one-time sign-in link in a real browser (Debian's Chromium):
+it signs a fresh browser in once (the runs list shows, the link leaves the
+address bar), a second use and an expired link are refused on the page."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+from playwright.sync_api import expect
+
+from tests.factories import create_run
+
+
+def _link(cli) -> str:
+    result = cli("web", "--no-open")
+    assert result.returncode == 0, result.stderr
+    return re.search(r"^Sign in: (\S+)$", result.stdout, re.M).group(1)
+
+
+def test_a_sign_in_link_works_once(server, cli, page, browser):
+    create_run(server, "echo signed-in-marker")  # no worker: it stays queued, listed
+    link = _link(cli)
+    assert link.startswith(f"{server.url}/#sign-in=cast_s_")
+
+    page.goto(link)
+    expect(page.locator("table.runs")).to_contain_text("signed-in-marker")
+    expect(page.locator("form.login")).to_have_count(0)
+    assert "sign-in" not in page.url  # the spent secret left the address bar
+    assert page.evaluate("localStorage.getItem('cast.token')").startswith("cast_u_")
+
+    second = browser.new_context().new_page()
+    try:
+        second.goto(link)
+        expect(second.locator(".login-error")).to_contain_text("this sign-in link was already used")
+        expect(second.locator("table.runs")).to_have_count(0)
+    finally:
+        second.context.close()
+
+
+def test_an_expired_sign_in_link_is_refused_on_the_page(server, cli, page):
+    link = _link(cli)
+    with sqlite3.connect(server.data_dir / "cast.db") as db:
+        db.execute("UPDATE tokens SET expires_at = '2000-01-01 00:00:00' WHERE kind = 'sign-in'")
+    page.goto(link)
+    expect(page.locator(".login-error")).to_contain_text("this sign-in link expired; run `cast web` for a new one")
+    expect(page.locator("form.login")).to_be_visible()
