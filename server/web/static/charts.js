@@ -68,14 +68,16 @@ function mount(uPlot, box, options, data) {
 }
 
 // x is a step, or seconds since the epoch (uPlot's time axis) when `time`;
-// `colors` gives each series its colour (else the palette in order).
+// `colors` gives each series its colour (else the palette in order). Point
+// marks are left to uPlot, which draws them only where they are sparse, so a
+// metric of one point is still seen.
 export function lineChart(uPlot, box, { xLabel, yLabel, series, data, time = false, colors = null }) {
   return mount(uPlot, box, {
     scales: { x: { time } },
     axes: axes(xLabel, yLabel),
     cursor: { drag: { x: true, y: false } },
     series: [{ label: xLabel }, ...series.map((label, i) => ({
-      label, stroke: colors?.[i] ?? seriesColor(i), width: 1.5, spanGaps: true, points: { show: false },
+      label, stroke: colors?.[i] ?? seriesColor(i), width: 1.5, spanGaps: true,
     }))],
   }, data);
 }
