@@ -125,7 +125,8 @@ def _follow(client, run_id: int, name: str | None, as_json: bool, spark: bool) -
                 sys.stdout.write(json.dumps(p) + "\n")
             else:
                 step = "-" if p["step"] is None else str(p["step"])
-                sys.stdout.write(f"{step} {p['value']!r}\n" if name else f"{step} {p['name']} {p['value']!r}\n")
+                value = _value(p["value"])
+                sys.stdout.write(f"{step} {value}\n" if name else f"{step} {p['name']} {value}\n")
         sys.stdout.flush()
         points += chunk["points"]
     if as_json or not points:

@@ -101,3 +101,14 @@ def test_progress_draws_on_a_terminal_and_is_silent_piped():
     quiet.advance(10)
     quiet.finish()
     assert piped.getvalue() == "" and quiet.done == 10
+
+
+def test_sparkline_scales_between_the_extremes_and_averages_down_to_its_width():
+    from cast.client.render import sparkline
+
+    assert sparkline([]) == ""
+    assert sparkline([3.0, 3.0]) == "▁▁"
+    assert sparkline([0, 7, 3.5]) == "▁█▅"
+    assert sparkline(list(range(100)), width=4) == "▁▃▆█"
+    assert len(sparkline(list(range(1000)), width=30)) == 30
+    assert sparkline([-1.7e308, 1.7e308]) == "▁█"  # no overflow between the extremes
