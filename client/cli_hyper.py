@@ -107,10 +107,12 @@ def _submit(kind: SearchKind, *, command, params, num_runs, parallel, metric, go
         print_json(search)
         return 0
     scored = f", scored by the {metric_agg} {metric} ({goal})" if metric else ""
-    sys.stdout.write(f"Search {search['id']}: {kind.value}, {plan.num_runs} runs, {parallel} at a time"
-                     f"{scored}, seed {search['seed']}\n"
-                     f"  cast hyper info {search['id']}      its runs, best first\n"
-                     f"  cast ps --label hyper:{search['id']}   its runs as runs\n")
+    seeded = f", seed {search['seed']}" if kind is not SearchKind.GRID else ""
+    hints = [f"cast hyper info {search['id']}", f"cast ps --label hyper:{search['id']}"]
+    width = max(map(len, hints)) + 3
+    sys.stdout.write(f"Search {search['id']}: {kind.value}, {plan.num_runs} runs, {parallel} at a time{scored}{seeded}\n"
+                     f"  {hints[0]:<{width}}its runs, best first\n"
+                     f"  {hints[1]:<{width}}its runs as runs\n")
     return 0
 
 
@@ -158,7 +160,7 @@ def info(search_id, as_json) -> int:
     if as_json:
         print_json(search)
         return 0
-    from cast.protocol.hyper import format_value
+    from cast.protocol.hyper import display_value
     from cast.protocol.status import is_final
 
     from .render import local_time, table
@@ -187,12 +189,14 @@ def info(search_id, as_json) -> int:
         status = RunStatus(trial["status"]) if trial["status"] else None
         if not metric or trial["value"] is not None:
             score = "" if not metric else f"{trial['value']:.6g}"
-        elif status is None or is_final(status):
-            score = "failed" if status is not RunStatus.COMPLETE else f"failed: no {metric}"
-        else:
-            score = "…"
+        elif status is RunStatus.COMPLETE:
+            score = f"failed: no {metric}"
+        elif status is RunStatus.FAILED:
+            score = "failed"
+        else:  # still to come, or ended by a stop, a kill or a lost run
+            score = "-" if status is None or is_final(status) else "…"
         rows.append([str(trial["number"]), str(trial["run_id"] or "-"), status.value if status else "gone",
-                     *(format_value(trial["params"][n]) for n in names), *([score] if metric else [])])
+                     *(display_value(trial["params"][n]) for n in names), *([score] if metric else [])])
     headers = ["TRIAL", "RUN", "STATUS", *names, *([metric] if metric else [])]
     if rows:
         lines.append(table(headers, rows, right={0, 1}))

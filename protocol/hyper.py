@@ -208,9 +208,14 @@ def substitute(command: str, values: dict[str, Value]) -> str:
     )
 
 
+def display_value(value: Value) -> str:
+    """A value as a person reads it in a table: floats to 6 significant digits."""
+    return f"{value:.6g}" if isinstance(value, float) else format_value(value)
+
+
 def describe_params(values: dict[str, Value]) -> str:
     """`lr=0.01, bs=8`, as `cast info` and `cast hyper info` show a trial."""
-    return ", ".join(f"{name}={format_value(value)}" for name, value in values.items())
+    return ", ".join(f"{name}={display_value(value)}" for name, value in values.items())
 
 
 # --- making trials --------------------------------------------------------------------

@@ -24,7 +24,7 @@ WORKER_ROUTES = {
     ("GET", "/api/v1/workers/code/{digest}"),
 }
 SAMPLE_PARAMS = {"run_id": "1", "worker_id": "w-1", "name": "data", "path": "a.txt", "label": "x",
-                 "key": "0" * 64, "digest": "0" * 64, "token_id": "1", "resource": "runs/1"}
+                 "key": "0" * 64, "digest": "0" * 64, "token_id": "1", "resource": "runs/1", "search_id": "1"}
 
 
 def _auth_dependencies(route: APIRoute) -> set:
