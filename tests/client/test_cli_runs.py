@@ -13,6 +13,7 @@ import subprocess
 
 from cast.protocol.units import format_duration
 from cast.worker.resources import cpu_count
+from tests.client.helpers import assert_one_line_error
 from tests.conftest import wait_until
 from tests.factories import get_run, log_texts, run_id_of, wait_for_line, wait_status
 
@@ -251,3 +252,74 @@ def test_run_follows_to_the_end_and_tail_follow_starts_near_the_end(cli, worker)
     assert tail.returncode == 0
     assert tail.stdout.splitlines()[:3] == log_texts(worker.server, 1)[-3:]
     assert tail.stdout.splitlines()[-1] == "Run 1 complete"
+
+
+def _tree_sha256s(root) -> dict[str, str]:
+    """sha256 of every file below `root`, by its path relative to it."""
+    import hashlib
+
+    return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def _manifest(server, run_id: int) -> dict[str, str]:
+    with server.api() as api:
+        files = api.get(f"/runs/{run_id}/outputs").json()["files"]
+    return {f["path"]: f["sha256"] for f in files}
+
+
+def test_idempotent_reuses_the_complete_run_and_pull_downloads_its_outputs(cli, worker, tmp_path):
+    command = "mkdir -p d && echo hi > d/a.txt && head -c 300000 /dev/urandom > b.bin"
+    first = cli("run", "--idempotent", "--pull", "out", command)
+    assert first.returncode == 0, first
+    assert "Copied runs/1 to out/" in first.stdout
+    manifest = _manifest(worker.server, 1)
+    assert set(manifest) == {"d/a.txt", "b.bin"}
+    assert _tree_sha256s(tmp_path / "out") == manifest
+
+    again = cli("run", "--idempotent", "--pull", "again", command)
+    assert again.returncode == 0, again
+    assert again.stdout.splitlines()[0] == "Run 1 already did this; reusing it"
+    assert _tree_sha256s(tmp_path / "again") == manifest
+    shown = cli("run", "-d", "--json", "--idempotent", command)
+    assert (shown.json()["id"], shown.json()["reused"], shown.json()["status"]) == (1, True, "complete")
+    assert [r["id"] for r in cli("ps", "--json").json()] == [1]
+
+    # Without --idempotent, or with anything different, it runs again.
+    fresh = cli("run", "-d", "--json", command)
+    assert (fresh.json()["id"], fresh.json()["reused"]) == (2, False)
+    other = cli("run", "-d", "--json", "--idempotent", "-e", "SEED=2", command)
+    assert (other.json()["id"], other.json()["reused"]) == (3, False)
+
+
+def test_idempotent_looks_at_the_local_code_and_its_uncommitted_changes(cli, worker, tmp_path):
+    from tests.client.test_cli_spec import git, make_repo
+
+    repo = make_repo(tmp_path / "proj", "1")
+    ask = ("run", "-d", "--json", "--idempotent", "python train.py")
+    first = cli(*ask, cwd=repo).json()
+    wait_status(worker.server, first["id"], "complete")
+    assert cli(*ask, cwd=repo).json()["id"] == first["id"]
+
+    (repo / "train.py").write_text("print('edited')\n")  # an uncommitted change
+    edited = cli(*ask, cwd=repo).json()
+    assert edited["reused"] is False
+    wait_status(worker.server, edited["id"], "complete")
+    assert cli(*ask, cwd=repo).json()["id"] == edited["id"]
+
+    (repo / "train.py").write_text("print('version 2')\n")
+    git(repo, "commit", "-q", "-am", "2")  # another commit
+    assert cli(*ask, cwd=repo).json()["reused"] is False
+    from_data = cli(*ask, cwd=repo / "data").json()  # another workdir, same code
+    assert from_data["reused"] is False and from_data["spec"]["workdir"] == "data"
+
+
+def test_pull_downloads_nothing_when_the_run_does_not_complete(cli, worker, tmp_path):
+    failed = cli("run", "--pull", "out", "echo x > f.txt; exit 3")
+    assert failed.returncode == 3, failed
+    assert "Nothing pulled into out: run 1 did not complete" in failed.stderr
+    assert not (tmp_path / "out").exists()
+    assert cli("run", "--idempotent", "-d", "--json", "echo x > f.txt; exit 3").json()["reused"] is False
+
+    refused = cli("run", "-d", "--pull", "out", "true")
+    assert_one_line_error(refused, "--pull waits for the run to complete; it cannot be combined with -d/--background")

@@ -94,3 +94,21 @@ def test_without_git_url_or_bundle_the_working_dir_stays_empty(tmp_path):
     workdir.mkdir()
     SourceCache(tmp_path / "cache").place(RunSpec(command="true"), workdir, client=None)
     assert list(workdir.iterdir()) == []
+
+
+def test_the_workdir_must_be_a_folder_of_the_placed_code(repo, tmp_path):
+    (repo / "out").symlink_to(tmp_path)  # a link out of the code, committed
+    sha = commit(repo, {"sub/s.py": "print(1)\n", "file.txt": "x\n"}, "one")
+    cache = SourceCache(tmp_path / "cache")
+    for workdir, problem in (("sub", None), ("missing", "workdir 'missing' is not a folder of the run's code"),
+                             ("file.txt", "workdir 'file.txt' is not a folder of the run's code"),
+                             ("out", "workdir 'out' leads outside the run's code")):
+        run = tmp_path / f"run-{workdir}"
+        run.mkdir()
+        spec = RunSpec(command="true", git_url=f"file://{repo}", commit_sha=sha, workdir=workdir)
+        if problem is None:
+            cache.place(spec, run, client=None, allow_local_git=True)
+            assert (run / "sub" / "s.py").exists()
+        else:
+            with pytest.raises(SourceError, match=problem):
+                cache.place(spec, run, client=None, allow_local_git=True)

@@ -67,7 +67,10 @@ function specSection(run) {
         ["Git URL", spec.git_url ? gitUrl(spec.git_url) : null],
         ["Ref", spec.commit_ref],
         ["Commit", spec.commit_sha ? h("code", { className: "sha", title: spec.commit_sha }, spec.commit_sha) : null],
+        ["Branch", spec.branch],
+        ["Uncommitted changes", spec.dirty === true ? "yes (the bundle holds them)" : spec.dirty === false ? "none" : null],
         ["Code bundle", spec.code_bundle ? h("code", { className: "sha" }, spec.code_bundle) : null],
+        ["Starts in", spec.workdir ? h("code", {}, `${spec.workdir}/`) : null],
         ["Source", spec.git_url || spec.code_bundle ? null : "none (empty working directory)"],
       ])),
       h("div", {}, h("h3", {}, "Environment"), definitionList([

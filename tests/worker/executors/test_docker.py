@@ -371,3 +371,13 @@ def test_the_worker_flags_are_the_options_and_bad_values_are_one_line(tmp_path, 
                             capture_output=True, text=True, timeout=60,
                             env={k: v for k, v in os.environ.items() if not k.startswith("CAST_")})
     assert (result.returncode, result.stderr.strip()) == (2, f"cast worker: {message}")
+
+
+def test_the_command_starts_in_the_spec_workdir_of_its_checkout(make_executor, tmp_path):
+    job = make_job(tmp_path, "pwd; cat ../top.txt; echo made > here.txt", workdir="sub/deep")
+    (job.workdir / "sub" / "deep").mkdir(parents=True)
+    (job.workdir / "sub" / "top.txt").write_text("top\n")
+    result, lines = run(make_executor(), job)
+    assert result.exit_code == 0, lines.entries
+    assert lines.of("stdout") == ["/cast/work/sub/deep", "top"]
+    assert (job.workdir / "sub" / "deep" / "here.txt").read_text() == "made\n"

@@ -176,3 +176,13 @@ def test_kill_ends_the_whole_group_at_once(executor, tmp_path):
     process.kill()
     assert process.wait().exit_code == 137  # else an hour later: the suite's per-test timeout fails it
     assert "never" not in sink.of("stdout")
+
+
+def test_the_command_starts_in_the_spec_workdir_sandboxed_or_not(executor, unsandboxed, tmp_path):
+    for local in (executor, unsandboxed):
+        job = make_job(tmp_path, "pwd; cat ../top.txt", spec={"workdir": "sub/deep"})
+        (job.workdir / "sub" / "deep").mkdir(parents=True, exist_ok=True)
+        (job.workdir / "sub" / "top.txt").write_text("top\n")
+        sink = Sink()
+        assert local.start(job, HOST, sink).wait().exit_code == 0, sink.lines
+        assert sink.of("stdout") == [str(job.workdir / "sub" / "deep"), "top"]
