@@ -6,7 +6,9 @@ tokens, so the model also learns the line breaks between jokes. Training is a
 plain AdamW loop with a linearly decaying learning rate, on the GPU when there
 is one. Progress goes to stdout as JSON lines: one per step
 (`{"step", "epoch", "loss"}`), one per epoch (`{"epoch", "mean_loss"}`), and a
-last one with the training time (`{"train_seconds"}`).
+last one with the training time (`{"train_seconds"}`). Inside a cast run the
+loss, learning rate and each epoch's mean loss are also reported as metrics,
+one JSON line each to the file $CAST_METRICS names (`cast metrics N`).
 
     python finetune.py --init tiny --train_data_file=data.txt --output_dir=output
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -55,6 +58,15 @@ def parse_args() -> argparse.Namespace:
 
 def log(**fields) -> None:
     print(json.dumps(fields), flush=True)
+
+
+def metric(name: str, value: float, step: int) -> None:
+    """One point for `cast metrics` (docs/metrics.md): a JSON line appended to the
+    file $CAST_METRICS names inside a cast run; nothing elsewhere."""
+    path = os.environ.get("CAST_METRICS")
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"name": name, "value": value, "step": step}) + "\n")
 
 
 def token_blocks(tokenizer, text: str, block_size: int) -> torch.Tensor:
@@ -114,9 +126,12 @@ def main() -> None:
             epoch_loss += loss.detach()
             if step % args.logging_steps == 0 or step == total_steps:
                 log(step=step, epoch=epoch, loss=round(loss.item(), 4))
+                metric("loss", loss.item(), step)
+                metric("learning_rate", schedule.get_last_lr()[0], step)
             if step == total_steps:
                 break
         log(epoch=epoch, mean_loss=round(epoch_loss.item() / epoch_steps, 4), steps=epoch_steps)
+        metric("mean_loss", epoch_loss.item() / epoch_steps, step)
         if step == total_steps:
             break
     if device.type == "cuda":

@@ -41,7 +41,7 @@ def json_lines(stdout: str) -> list[dict]:
 def finetuned(tmp_path_factory):
     """data.txt from the jokes CSV, and a tiny GPT-2 fine-tuned on it."""
     workdir = tmp_path_factory.mktemp("gpt2")
-    env = script_env(workdir)
+    env = script_env(workdir, CAST_METRICS=str(workdir / "metrics.jsonl"))
     prepared = run_script("prepare_data.py", "--csv_file", str(JOKES_CSV), "--output_file", "data.txt",
                           cwd=workdir, env=env)
     assert prepared.returncode == 0, prepared.stderr
@@ -49,6 +49,16 @@ def finetuned(tmp_path_factory):
                          "--output_dir", "output", cwd=workdir, env=env)
     assert trained.returncode == 0, trained.stderr
     return workdir, env, prepared, trained
+
+
+def test_finetune_reports_its_loss_through_the_metrics_file(finetuned):
+    workdir, _, _, trained = finetuned
+    points = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    losses = [p for p in points if p["name"] == "loss"]
+    printed = [line for line in json_lines(trained.stdout) if "loss" in line and "step" in line]
+    assert [p["step"] for p in losses] == [line["step"] for line in printed] == list(range(1, 61))
+    assert [round(p["value"], 4) for p in losses] == [line["loss"] for line in printed]
+    assert {p["name"] for p in points} == {"loss", "learning_rate", "mean_loss"}
 
 
 def test_prepare_data_writes_each_of_the_2950_jokes_on_its_own_line(finetuned):
