@@ -110,7 +110,8 @@ def _submit(kind: SearchKind, *, command, params, num_runs, parallel, metric, go
     seeded = f", seed {search['seed']}" if kind is not SearchKind.GRID else ""
     hints = [f"cast hyper info {search['id']}", f"cast ps --label hyper:{search['id']}"]
     width = max(map(len, hints)) + 3
-    sys.stdout.write(f"Search {search['id']}: {kind.value}, {plan.num_runs} runs, {parallel} at a time{scored}{seeded}\n"
+    sys.stdout.write(f"Search {search['id']}: {kind.value}, {plan.num_runs} runs, {parallel} at a time"
+                     f"{scored}{seeded}\n"
                      f"  {hints[0]:<{width}}its runs, best first\n"
                      f"  {hints[1]:<{width}}its runs as runs\n")
     return 0
