@@ -8,4 +8,5 @@ the CLI imports it on every call and must start fast.
 - `validate`: validation of everything a user can put in a run spec.
 - `messages`: the typed messages that cross HTTP (`RunSpec`, `Lease`, ...).
 - `units`: the one duration parser and the one size formatter.
+- `hyper`: hyperparameter searches' statuses, params, placeholders and sampling.
 """
