@@ -22,6 +22,8 @@ COLUMN = "(key) => [...document.querySelectorAll(`table.trials tbody td.${key}`)
 
 
 def test_a_search_page_lists_trials_sorts_them_and_charts_the_metric_by_parameter(server, worker, page):
+    sign_in(page, server, "#/searches")
+    expect(page.locator(".empty")).to_contain_text("No searches yet. Start one with: cast hyper grid")
     with server.api() as api:
         created = api.post("/searches", json={
             "kind": "grid", "command": COMMAND,
@@ -35,7 +37,7 @@ def test_a_search_page_lists_trials_sorts_them_and_charts_the_metric_by_paramete
             search = api.get(f"/searches/{search_id}").json()
             return search if search["status"] != "running" else None
 
-        sign_in(page, server, "#/searches")
+        # The list refreshes by itself: the new search appears.
         row = page.locator(f'tr[data-search-id="{search_id}"]')
         expect(row).to_contain_text("grid")
         expect(row).to_contain_text("loss (last, minimize)")

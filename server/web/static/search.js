@@ -36,7 +36,7 @@ export function searchesPage(main) {
   const { signal } = controller;
   const tbody = h("tbody");
   const empty = h("p", { className: "empty", hidden: true },
-    "No searches yet. A search runs one command over a grid or a sample of parameters; start one with the CLI (docs/cli.md).");
+    "No searches yet. Start one with: cast hyper grid -p lr=0.1,0.01 --metric loss \"python train.py --lr :lr:\"");
   const error = h("p", { className: "page-error", role: "alert", hidden: true });
   document.title = "cast · searches";
   main.append(
