@@ -19,7 +19,7 @@ def test_file_and_folder_uploads(local, settings):
     created = local.user.put("/uploads/weights.bin", params={"kind": "file"}, content=b"w" * 1000)
     assert created.status_code == 201
     assert created.json() | {"created_at": None} == {"name": "weights.bin", "kind": "file", "size": 1000,
-                                                    "files": 1, "created_at": None}
+                                                    "files": 1, "created_at": None, "deleted_at": None}
     folder = local.user.put("/uploads/data set", params={"kind": "dir"},
                             content=make_tar({"train/a.txt": b"a", "test/b.txt": b"bb"}))
     assert folder.status_code == 201 and folder.json()["files"] == 2 and folder.json()["size"] == 3
