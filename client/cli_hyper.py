@@ -16,6 +16,7 @@ from cast.protocol.hyper import Goal, MetricAgg, SearchKind, SearchStatus
 from cast.protocol.status import RunStatus
 
 from .cli_common import CONTEXT, UsageProblem, print_json
+from .cli_runs import _RunCommand
 from .cli_runs import run as _run_verb
 from .config import client as _client
 
@@ -66,7 +67,8 @@ def _search_command(kind: SearchKind, help_text: str):
     options.append(click.Option(["--json", "as_json"], is_flag=True, help="Print the search as JSON."))
     options += [p for p in _run_verb.params if p.name not in _NOT_FOR_SEARCHES]
     defaults = {"num_runs": None, "seed": None}
-    command = click.Command(kind.value, params=options, help=help_text,
+    # `cast run`'s command class: it counts the `--` words, so an option typed after the command is refused.
+    command = _RunCommand(kind.value, params=options, help=help_text,
                             context_settings={**CONTEXT, "allow_interspersed_args": False},
                             callback=lambda **kw: submit(**{**defaults, **kw}))
     return command
@@ -77,8 +79,12 @@ def _submit(kind: SearchKind, *, command, params, num_runs, parallel, metric, go
     from cast.protocol import hyper as rules
     from cast.protocol.validate import SpecError
 
-    from .cli_spec import attach_code, build_spec, load_run_file
+    from .cli_spec import attach_code, build_spec, load_run_file, refuse_options_in_command
 
+    context = click.get_current_context()
+    if context.meta.get("cast.dashes", 0) == command.count("--"):  # no `--` before the command
+        refuse_options_in_command(command, {name for param in context.command.params
+                                            if isinstance(param, click.Option) for name in param.opts})
     given: dict[str, str] = {}
     for text in params:
         name, values = rules.parse_param_option(text)

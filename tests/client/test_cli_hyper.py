@@ -189,6 +189,7 @@ BAD_INPUT = [
     (["grid", "-p", "a=1,2,3,4,5,6,7,8,9,10", "-p", "b=1,2,3,4,5,6,7,8,9,10", "-p", "c=int:1:11",
       "python toy.py :a: :b: :c:"], "the grid has more than 1000 combinations"),
     (["grid", "-p", "x", "python toy.py :x:"], "must be NAME=VALUES"),
+    (["grid", "-p", "x=1", "python toy.py :x:", "--parallel", "2"], "option --parallel after the command"),
     (["random", "-n", "5000", "-p", "x=1,2", "python toy.py :x:"], "--num-runs 5000 must be between 1 and 1000"),
 ]
 
