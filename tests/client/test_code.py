@@ -105,3 +105,20 @@ def test_a_submodule_folder_is_left_out(repo):
     git(repo, "update-index", "--add", "--cacheinfo", f"160000,{head},sub")  # a gitlink, as a submodule is
 
     assert [name for _, name in tracked_files(repo)] == ["top.txt"]
+
+
+def test_the_branch_and_the_subfolder_the_command_is_typed_in(repo):
+    head = commit(repo, {"sub/deep/s.py": "print(1)\n"})
+    git(repo, "branch", "-M", "trunk")
+    at_root = bundle_for(repo)
+    assert (at_root.branch, at_root.subdir) == ("trunk", None)
+    below = bundle_for(repo / "sub" / "deep")
+    assert (below.root, below.branch, below.subdir) == (repo, "trunk", "sub/deep")
+    assert below.key == at_root.key  # the same code, wherever it is typed
+    (repo / "link").symlink_to(repo / "sub")
+    assert bundle_for(repo / "link").subdir == "sub"  # the real folder, not the link's name
+
+    git(repo, "checkout", "-q", "--detach")
+    detached = bundle_for(repo)
+    assert (detached.head_sha, detached.branch) == (head, None)
+    assert bundle_for(repo / "sub").branch is None
