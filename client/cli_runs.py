@@ -56,6 +56,8 @@ class _RunCommand(click.Command):
 @click.option("--idempotent", is_flag=True, default=None,
               help="Reuse the newest complete run that did exactly this instead of running again.")
 @click.option("--pull", metavar="DIR", help="Download the run's outputs into DIR when it completes.")
+@click.option("--no-log-metrics", "log_metrics", is_flag=True, flag_value=False, default=None,
+              help="Do not turn the log lines a Hugging Face Trainer prints into metrics.")
 @click.option("--queue-anyway", is_flag=True,
               help="Queue it even if no connected worker could run it (it waits for one that can).")
 @click.option("-d", "--background", is_flag=True, default=None, help="Submit and return; do not follow.")

@@ -293,12 +293,16 @@ class Client:
         `next_offset`, with backoff, so no entry is yielded twice or missed.
         `on_reconnect(error_text)` is called before each retry.
         """
+        return self._follow(f"/runs/{int(run_id)}/logs/follow", {}, offset, f"the log stream of run {run_id}",
+                            on_reconnect)
+
+    def _follow(self, path: str, query: dict, offset: int, what: str, on_reconnect) -> Iterator[dict]:
+        """The NDJSON chunks of a follow route, resumed from `next_offset` (see follow_logs)."""
         backoff = 0.1
         failing_since: float | None = None
         while True:
             try:
-                download = self._stream("GET", f"/runs/{int(run_id)}/logs/follow",
-                                        query={"offset": offset}, timeout=FOLLOW_READ_TIMEOUT)
+                download = self._stream("GET", path, query={**query, "offset": offset}, timeout=FOLLOW_READ_TIMEOUT)
                 with download:
                     for line in download.response:
                         if not line.strip():
@@ -309,7 +313,7 @@ class Client:
                         yield chunk
                         if chunk.get("finished"):
                             return
-                problem = "the log stream ended early"
+                problem = f"{what} ended early"
             except ApiError as exc:
                 if exc.status < 500:
                     raise
@@ -319,13 +323,32 @@ class Client:
             now = time.monotonic()
             failing_since = failing_since or now
             if now - failing_since > FOLLOW_GIVE_UP_SECONDS:
-                raise Unreachable(f"lost the log stream of run {run_id} from {self.url}: {problem}")
+                raise Unreachable(f"lost {what} from {self.url}: {problem}")
             if on_reconnect:
                 on_reconnect(problem)
             time.sleep(backoff)
             backoff = min(backoff * 2, 3.0)
 
     # --- outputs -------------------------------------------------------
+
+    # --- metrics ----------------------------------------------------------
+
+    def get_metrics(self, run_id: int) -> dict:
+        """`{metrics: [{name, count, last, min, max, last_step, last_time}], next_offset, finished}`."""
+        return self._call("GET", f"/runs/{int(run_id)}/metrics")
+
+    def get_metric_points(self, run_id: int, *, offset: int = 0, name: str | None = None,
+                          limit: int | None = None) -> dict:
+        """`{points: [{offset, name, step, value, time}], next_offset, finished}` from `offset`."""
+        return self._call("GET", f"/runs/{int(run_id)}/metrics/points",
+                          query={"offset": offset, "name": name, "limit": limit})
+
+    def follow_metrics(self, run_id: int, offset: int = 0, *, name: str | None = None,
+                       on_reconnect=None) -> Iterator[dict]:
+        """Yield the chunks `{points, next_offset, finished}` as points arrive,
+        until the run is final and every point was yielded (resumed as follow_logs)."""
+        return self._follow(f"/runs/{int(run_id)}/metrics/follow", {"name": name}, offset,
+                            f"the metrics of run {run_id}", on_reconnect)
 
     def list_outputs(self, run_id: int) -> dict:
         return self._call("GET", f"/runs/{int(run_id)}/outputs")
@@ -371,7 +394,6 @@ class Client:
     def usage(self, *, user: str | None = None) -> dict:
         """What each user's runs and uploads hold: `{"users": [{user, runs, uploads, total, ...}]}`."""
         return self._call("GET", "/usage", query={"user": user})
-
 
     @staticmethod
     def _upload_path(name: str, path: str) -> str:

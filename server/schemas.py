@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cast.protocol import hyper
+from cast.protocol import metrics as metric_rules
 from cast.protocol import validate as wire
 from cast.protocol.hyper import Goal, MetricAgg, SearchKind, SearchStatus
 from cast.protocol.messages import MAX_REASON_LENGTH, LogStream, MountSpec, RunSpec, StatusReport
@@ -70,6 +71,7 @@ class RunCreate(_In):
     code_bundle: str | None = Field(default=None, pattern=CODE_KEY_PATTERN)
     pip: list[str] = Field(default_factory=list, max_length=500)
     pip_req: str | None = Field(default=None, max_length=1024 * 1024)
+    pip_req_name: str | None = Field(default=None, min_length=1, max_length=255, pattern=r"^[^/\x00-\x1f\x7f]+$")
     apt: list[Annotated[str, Field(max_length=wire.MAX_APT_PACKAGE_LENGTH)]] = Field(default_factory=list,
                                                                                       max_length=500)
     docker_image: str | None = Field(default=None, min_length=1, max_length=512)
@@ -86,6 +88,8 @@ class RunCreate(_In):
     commit_sha: str | None = Field(default=None, pattern=r"^([0-9a-f]{40}|[0-9a-f]{64})$")
     branch: str | None = Field(default=None, min_length=1, max_length=256)
     dirty: bool | None = None
+    # Lines a Hugging Face Trainer prints become metrics (docs/metrics.md).
+    log_metrics: bool = True
     # Answer with the newest complete run that did exactly this, if there is one.
     idempotent: bool = False
     # Queue it even when no present worker could run it (it waits for one that can).
@@ -275,6 +279,66 @@ class LogEntryOut(BaseModel):
 
 class LogChunk(BaseModel):
     entries: list[LogEntryOut]
+    next_offset: int
+    finished: bool
+
+
+# --- metrics ---------------------------------------------------------------
+
+class MetricPointIn(_In):
+    """A point as the worker sends it, checked again with cast.protocol.metrics."""
+
+    name: str = Field(max_length=metric_rules.MAX_NAME_LENGTH)
+    # Strict: `true` and "0.5" are no measurements, "5" no step.
+    value: float = Field(strict=True)
+    step: int | None = Field(default=None, strict=True)
+    time: datetime | None = None
+
+    @model_validator(mode="after")
+    def _point(self) -> "MetricPointIn":
+        try:
+            metric_rules.check_point(self.name, self.value, self.step)
+        except metric_rules.PointRefused as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class MetricAppend(_In):
+    lease_token: LeaseToken
+    seq: int = Field(ge=0, le=2**62)
+    points: list[MetricPointIn] = Field(max_length=metric_rules.MAX_BATCH)
+
+
+class MetricAppended(BaseModel):
+    next_offset: int
+
+
+class MetricSummary(BaseModel):
+    name: str
+    count: int
+    last: float
+    min: float
+    max: float
+    last_step: int | None
+    last_time: datetime
+
+
+class MetricSummaries(BaseModel):
+    metrics: list[MetricSummary]
+    next_offset: int
+    finished: bool
+
+
+class MetricPointOut(BaseModel):
+    offset: int
+    name: str
+    step: int | None
+    value: float
+    time: datetime
+
+
+class MetricChunk(BaseModel):
+    points: list[MetricPointOut]
     next_offset: int
     finished: bool
 

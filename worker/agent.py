@@ -25,6 +25,7 @@ from cast.protocol.validate import parse_machine_type
 from cast.worker.client import Conflict, Refused, ServerClient, ServerError, ServerUnavailable, with_retries
 from cast.worker.executors.base import BuildFailed, Executor, Job, RunningProcess
 from cast.worker.fsops import remove_tree
+from cast.worker.metrics import RunMetrics
 from cast.worker.mounts import MountCache, MountError
 from cast.worker.outbox import Outbox
 from cast.worker.outputs import Outputs, snapshot
@@ -77,6 +78,9 @@ class RunController:
         self.workdir = agent.runs_dir / f"{self.run_id}-{self.token[:8]}"
         self.outbox = Outbox(agent.client, self.run_id, self.token, on_conflict=self._lease_still_held,
                              on_refused=lambda reason: self._abort(RunStatus.FAILED, reason))
+        # Beside the working dir, not in it: the metrics file is no output.
+        self.metrics = RunMetrics(agent.runs_dir / f"{self.run_id}-{self.token[:8]}.metrics", self.outbox,
+                                  log_metrics=self.spec.log_metrics)
         self.thread: threading.Thread | None = None  # set by the agent
         self._lock = threading.RLock()
         # Guarded by _lock:
@@ -204,6 +208,7 @@ class RunController:
             log.exception("run %s: worker error", self.run_id)
             self._abort(RunStatus.INTERRUPTED, f"worker error: {exc}")
         finally:
+            self.metrics.finish()  # a no-op when the command ended as it should
             self.outbox.wait_delivered()
             with self._lock:
                 self._finished.set()
@@ -212,6 +217,7 @@ class RunController:
             if self._process is not None:
                 self._release_process()
             try:
+                self.metrics.close()
                 remove_tree(self.workdir)
             except OSError:  # the next worker's prepare() tries again
                 log.exception("run %s: could not remove its working dir", self.run_id)
@@ -229,7 +235,9 @@ class RunController:
             return
         remove_tree(self.workdir)
         self.workdir.mkdir(parents=True)
-        job = Job(run_id=self.run_id, spec=self.spec, workdir=self.workdir, gpus=self.gpus, env=self._job_env())
+        self.metrics.prepare()
+        job = Job(run_id=self.run_id, spec=self.spec, workdir=self.workdir, gpus=self.gpus, env=self._job_env(),
+                  metrics_dir=self.metrics.folder)
 
         try:
             build = executor.build(job, self.outbox.log)
@@ -256,7 +264,8 @@ class RunController:
                 return
             self._status(RunStatus.RUNNING, limits=executor.describe_limits(job))
             try:
-                self._process = executor.start(job, build, self.outbox.log)
+                self._process = executor.start(job, build, self.metrics.log_sink)
+                self.metrics.start()
             except Exception as exc:
                 log.exception("run %s: could not start", self.run_id)
                 self._status(RunStatus.SAVING)
@@ -272,6 +281,7 @@ class RunController:
         result = self._process.wait()
         if timer:
             timer.cancel()
+        self.metrics.finish()  # every point the run wrote is queued before `saving`
         # Checked before the outputs are read or the working dir removed: a
         # command that filled the disk fails with that, not a bare exit code.
         disk_full = result.exit_code != 0 and disk_nearly_full(self.workdir)

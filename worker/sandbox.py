@@ -87,6 +87,7 @@ class SandboxedRun:
     mounts: tuple[tuple[Path, Path], ...]  # (source, target in the working dir)
     gpus: bool
     limits: Limits
+    metrics: Path | None = None  # the metrics folder, bound read-write at its host path
 
     @property
     def home(self) -> Path:
@@ -176,15 +177,17 @@ class Sandbox:
         return sandbox
 
     def prepare(self, *, run_id: int, workdir: Path, area: Path, read_only: list[Path],
-                mounts: list[tuple[Path, Path]], gpus: bool, limits: Limits) -> SandboxedRun:
+                mounts: list[tuple[Path, Path]], gpus: bool, limits: Limits,
+                metrics: Path | None = None) -> SandboxedRun:
         """Make the run's area (HOME, /tmp), its mount points, and under root
-        hand the working dir to the run's uid. ValueError for a mount path
-        that leads out of the working dir."""
+        hand the working dir and the files of the metrics folder (not the
+        folder: the run may write its metrics file, never replace it) to the
+        run's uid. ValueError for a mount path that leads out of the working dir."""
         uid = run_uid(run_id)
         for source, target in mounts:
             make_mount_point(workdir, target, source)
         run = SandboxedRun(workdir=workdir, area=area, uid=uid, read_only=tuple(read_only),
-                           mounts=tuple(mounts), gpus=gpus, limits=limits)
+                           mounts=tuple(mounts), gpus=gpus, limits=limits, metrics=metrics)
         area.mkdir(mode=0o700, parents=True)
         for private in (run.home, run.tmp):
             private.mkdir(mode=0o700)
@@ -196,6 +199,9 @@ class Sandbox:
             for private in (run.home, run.tmp):
                 os.lchown(private, uid, uid)
             _lchown_tree(workdir, uid)
+            if metrics is not None:
+                for entry in metrics.iterdir():
+                    os.lchown(entry, uid, uid)
         return run
 
     def argv(self, run: SandboxedRun, command: str, *, info_fd: int | None = None,
@@ -227,6 +233,8 @@ class Sandbox:
         argv += [*_folders_above(run.workdir), "--bind", str(run.workdir), str(run.workdir)]
         for source, target in run.mounts:
             argv += ["--ro-bind", str(source), str(target)]
+        if run.metrics is not None:
+            argv += [*_folders_above(run.metrics), "--bind", str(run.metrics), str(run.metrics)]
         argv += ["--chdir", str(start_dir or run.workdir), "--setenv", "HOME", SANDBOX_HOME, "--setenv", "TMPDIR", "/tmp"]
         if self.as_root:
             argv += ["--setenv", "USER", SANDBOX_USER, "--setenv", "LOGNAME", SANDBOX_USER]

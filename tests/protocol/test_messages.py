@@ -63,10 +63,11 @@ def test_request_body_leaves_out_what_the_server_fills_and_none():
         "pip": ["tqdm==4.66.1"], "pip_req": "numpy\n", "apt": ["curl"], "docker_image": "python:3.11-slim",
         "mounts": [{"resource": "runs/1/out", "path": "out"}, {"resource": "uploads/ds", "path": "ds"}],
         "machine_type": "gpu:2", "env": {"SEED": "7"}, "timeout": 90.0, "retries": 2, "labels": ["exp", "best"],
+        "log_metrics": True,
     }
     plain = RunSpec(command="true").request_body()
     assert plain == {"command": "true", "pip": [], "apt": [], "mounts": [], "machine_type": "cpu", "env": {},
-                     "retries": 0}
+                     "retries": 0, "log_metrics": True}
     assert "labels" not in RunSpec(command="true").request_body(labels=[])
 
 

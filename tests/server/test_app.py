@@ -19,6 +19,7 @@ WORKER_ROUTES = {
     ("POST", "/api/v1/runs/{run_id}/heartbeat"),
     ("POST", "/api/v1/runs/{run_id}/status"),
     ("POST", "/api/v1/runs/{run_id}/logs"),
+    ("POST", "/api/v1/runs/{run_id}/metrics"),
     ("PUT", "/api/v1/runs/{run_id}/outputs"),
     ("GET", "/api/v1/workers/mounts/{resource}"),
     ("GET", "/api/v1/workers/code/{digest}"),

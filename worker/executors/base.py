@@ -57,6 +57,9 @@ class Job:
         """Where the command starts: the spec's workdir in the checkout (which
         placing the code checked), else the working dir itself."""
         return self.workdir / self.spec.workdir if self.spec.workdir else self.workdir
+    # Host folder of the run's metrics file and helper (cast.worker.metrics),
+    # beside the working dir; the executor makes it writable by the run.
+    metrics_dir: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -58,11 +58,13 @@ from cast.worker.executors.base import (
     LogSink,
     RunningProcess,
 )
+from cast.worker.metrics import run_env
 from cast.worker.resources import detect_gpus
 
 _SIGNAL_NAMES = {sig.value: sig.name for sig in signal.Signals}
 PIDS_CHECK_INTERVAL = 1.0  # seconds between looks at a run's process count
 PIDS_CHECKS_AT_LIMIT = 2  # looks in a row at the limit before the run is killed
+CONTAINER_METRICS = "/cast/metrics"  # where a run's metrics folder appears
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,9 @@ class DockerExecutor(Executor):
         mounts = [Mount(CONTAINER_WORKDIR, str(job.workdir), type="bind")]
         mounts += [Mount(f"{CONTAINER_WORKDIR}/{m.path}", str(m.source), type="bind", read_only=True)
                    for m in job.mounts]
+        if job.metrics_dir is not None:
+            mounts.append(Mount(CONTAINER_METRICS, str(job.metrics_dir), type="bind"))
+            env.update(run_env(CONTAINER_METRICS, env))
         settings = dict(
             image=image, entrypoint=["bash", "-c"], command=[job.spec.command],
             user=f"{uid}:{gid}", environment=env, mounts=mounts,
@@ -200,6 +205,9 @@ class DockerExecutor(Executor):
         uid, gid = container_user()
         if os.geteuid() == 0:
             _chown_tree(job.workdir, uid, gid)
+            if job.metrics_dir is not None:  # its files, not the folder: the run writes the file, never replaces it
+                for entry in job.metrics_dir.iterdir():
+                    os.lchown(entry, uid, gid)
         stubs = _make_mount_points(job, uid, gid)
         container = events = None
         try:

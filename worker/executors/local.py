@@ -50,6 +50,7 @@ from cast.worker.executors.base import (
     RunningProcess,
 )
 from cast.worker.fsops import remove_tree
+from cast.worker.metrics import run_env
 from cast.worker.resources import cpu_count, memory_bytes
 from cast.worker.sandbox import (
     BWRAP,
@@ -300,7 +301,7 @@ class LocalExecutor(Executor):
             run = sandbox.prepare(
                 run_id=job.run_id, workdir=job.workdir, area=area, read_only=environment + interpreter_dirs(),
                 mounts=[(m.source.resolve(), job.workdir / m.path) for m in job.mounts], gpus=bool(job.gpus),
-                limits=self._limits(job),
+                limits=self._limits(job), metrics=job.metrics_dir,
             )
         except ValueError as exc:
             remove_tree(area)
@@ -357,6 +358,8 @@ class LocalExecutor(Executor):
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAST_")}
         env.pop("VIRTUAL_ENV", None)
         env.update(job.env)
+        if job.metrics_dir is not None:
+            env.update(run_env(str(job.metrics_dir), env))
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(index) for index in job.gpus)
         if build.key != HOST_KEY:
             venv = self.envs.path(build.key)
