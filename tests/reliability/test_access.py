@@ -111,12 +111,12 @@ def test_users_see_and_touch_only_their_own_runs_and_uploads(module_cli, module_
     finished = module_cli("run", "echo secret > s.txt && echo ann-log", env=alice)
     assert finished.returncode == 0, finished
     done = int(re.search(r"Casting run #(\d+)", finished.stdout).group(1))
-    queued = module_cli("run", "-d", "--json", "-t", "gpu:2", "true", env=alice).json()["id"]  # no GPU: stays queued
+    queued = module_cli("run", "-d", "--json", "--queue-anyway", "-t", "gpu:2", "true", env=alice).json()["id"]  # no GPU
     assert module_cli("label", str(done), "keep", env=alice).returncode == 0
     (module_dir / "ann-data").mkdir()
     (module_dir / "ann-data" / "a.txt").write_text("a\n")
     assert module_cli("upload", "ann-data", env=alice).returncode == 0
-    bens = module_cli("run", "-d", "--json", "-t", "gpu:2", "true", env=bob).json()["id"]
+    bens = module_cli("run", "-d", "--json", "--queue-anyway", "-t", "gpu:2", "true", env=bob).json()["id"]
     try:
         # Ben does not see Ann's runs or uploads...
         assert [r["id"] for r in module_cli("ps", "--json", env=bob).json()] == [bens]
@@ -136,6 +136,10 @@ def test_users_see_and_touch_only_their_own_runs_and_uploads(module_cli, module_
             ("ls", "uploads/ann-data"): "not found",
             ("cp", "uploads/ann-data", "stolen"): "not found",
             ("run", "-m", "uploads/ann-data", "ls"): "does not exist",
+            ("rm", f"runs/{done}"): "not found",
+            ("rm", "uploads/ann-data"): "not found",
+            ("prune", "--older-than", "1s", "--user", "ann"): "only admins",
+            ("du", "--user", "ann"): "only admins",
         }
         for args, needle in refusals.items():
             _one_error(module_cli(*args, env=bob), needle)
@@ -143,12 +147,14 @@ def test_users_see_and_touch_only_their_own_runs_and_uploads(module_cli, module_
             for method, path in [("GET", f"/runs/{done}/logs/download"), ("GET", f"/runs/{done}/logs/follow"),
                                  ("GET", f"/runs/{done}/outputs"), ("GET", f"/runs/{done}/outputs/s.txt"),
                                  ("DELETE", f"/runs/{done}/labels/keep"), ("GET", "/uploads/ann-data/a.txt"),
-                                 ("GET", "/uploads/ann-data")]:
+                                 ("GET", "/uploads/ann-data"), ("DELETE", f"/runs/{done}/outputs"),
+                                 ("DELETE", "/uploads/ann-data")]:
                 answer = api.request(method, path)
                 assert answer.status_code == 404, (method, path, answer.text)
                 assert "secret" not in answer.text
             # Upload names are shared: Ben cannot take Ann's, nor overwrite it.
             assert api.put("/uploads/ann-data", content=b"mine").status_code == 409
+            assert api.put("/uploads/ann-data", params={"replace": "true"}, content=b"mine").status_code == 409
         assert not (module_dir / "stolen.txt").exists() and not (module_dir / "stolen").exists()
 
         # Nothing of Ann's changed; she sees her own things and not Ben's.
