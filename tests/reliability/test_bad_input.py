@@ -476,7 +476,7 @@ def world(module_server, module_worker, module_cli, module_dir) -> dict:
     assert done.returncode == 0, done
     done_id = int(re.search(r"Casting run #(\d+)", done.stdout).group(1))
     assert module_cli("upload", "data").returncode == 0
-    queued = module_cli("run", "-d", "--json", "-t", "gpu:2", "true")  # the worker has no GPU: it stays queued
+    queued = module_cli("run", "-d", "--json", "--queue-anyway", "-t", "gpu:2", "true")  # no GPU: stays queued
     assert queued.returncode == 0, queued
     queued_id = queued.json()["id"]
     module_cli("label", str(done_id), "keep")
