@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import wait_until
+from tests.conftest import LEASE_SECONDS, wait_until
 from tests.factories import get_run, submit, wait_status
 
 
@@ -52,6 +52,9 @@ def test_status_lists_workers_with_capacities_their_runs_and_the_queue(server, s
 
 
 def test_whoami_says_who_where_and_where_the_token_came_from(server, cli):
+    presence = max(60, 4 * LEASE_SECONDS)
+    assert f"Workers: none connected (none asked for work in the last {presence} s); queued runs wait for one" in (
+        cli("status").stdout)  # this server has no worker
     shown = cli("whoami")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == f"admin (admin) on {server.url}\ntoken from CAST_TOKEN\n"

@@ -107,3 +107,10 @@ def test_server_json_is_replaced_private(tmp_path):
     server_main._write_private_json(path, {"url": "http://127.0.0.1:1", "pid": 1})
     assert json.loads(path.read_text()) == {"url": "http://127.0.0.1:1", "pid": 1}
     assert path.stat().st_mode & 0o777 == 0o600 and [p.name for p in tmp_path.iterdir()] == ["server.json"]
+
+
+def test_help_names_the_default_port():
+    shown = subprocess.run([sys.executable, "-m", "cast.server", "--help"], capture_output=True, text=True, check=True)
+    assert "(default $CAST_PORT, else 8470)" in " ".join(shown.stdout.split())
+    up = subprocess.run([sys.executable, "-m", "cast.server", "up", "--help"], capture_output=True, text=True, check=True)
+    assert "the one of the last start in HOME, else $CAST_PORT, else 8470" in " ".join(up.stdout.split())
