@@ -28,8 +28,9 @@ def pip_text(pip: list[str], pip_req: str | None) -> str:
 
 
 def build_summary(*, pip: list[str], pip_req: str | None, apt: list[str] = (), base_image: str | None = None,
-                  installer: str = "pip") -> str:
-    """What a build is about to install, by count: "pip: 5 packages, requirements file (3 lines); apt: 1 package"."""
+                  installer_note: str | None = None) -> str:
+    """What a build is about to install, by count, and with what when it installs pip packages:
+    "apt: 1 package; pip: 5 packages, requirements file (3 lines), with uv"."""
     parts = []
     if base_image:
         parts.append(f"base image {base_image}")
@@ -39,5 +40,7 @@ def build_summary(*, pip: list[str], pip_req: str | None, apt: list[str] = (), b
         asked = [_count(len(pip), "package")] if pip else []
         if pip_req:
             asked.append(requirements_text(pip_req))
-        parts.append(f"{installer}: " + ", ".join(asked))
+        if installer_note:
+            asked.append(installer_note)
+        parts.append("pip: " + ", ".join(asked))
     return "; ".join(parts)

@@ -1,7 +1,10 @@
 """Environment images for the Docker executor, cached by content.
 
 An environment image is a base image (the worker's, or the run's
-`docker_image`) plus the run's `apt` packages, `pip` specs and `pip_req` file,
+`docker_image`) plus the run's `apt` packages, `pip` specs and `pip_req` file
+(installed by the worker's own uv, mounted read-only, from the worker's one
+package cache, mounted too, so a package is fetched once per host; by pip
+where the worker has no uv or the image cannot run it; cast.worker.installer),
 tagged `<repository>:<key>` where the key hashes all of them (and the base
 image's id, and this module's build recipe). It is built by running a
 container from the base that executes a generated script, then committing it;
@@ -42,7 +45,8 @@ from cast.protocol.messages import LogStream, RunSpec
 from cast.protocol.validate import SpecError, validate_apt_package, validate_pip_spec
 from cast.worker.dockerenv import HOST_INPUTS, HostPackageSettings
 from cast.worker.envs import failure_reason
-from cast.worker.executors.base import BuildFailed, BuildResult, CacheEntry, LogSink
+from cast.worker.installer import Installer, UvSettings, choose_installer
+from cast.worker.executors.base import BuildFailed, BuildResult, CacheEntry, InvalidExecutorOption, LogSink
 from cast.worker.locking import file_lock
 
 DEFAULT_BASE_IMAGE = "cast-base:bookworm"
@@ -62,6 +66,8 @@ LABEL_ROLE = "cast.role"
 # Keeps the engine's copy of a build's or a run's output small; cast streams it live.
 LOG_CONFIG = LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"})
 
+UV_BINARY = f"{HOST_INPUTS}/uv"  # the worker's uv, mounted read-only into a build container
+UV_CACHE = f"{HOST_INPUTS}/uv-cache"  # the worker's package cache, mounted into a build container
 _STEP_MARK = "==> "  # lines of the build script that start a step
 _TAIL_LINES = 50  # of a step's output, searched for its error lines
 _MAX_PARTIAL_LINE = 64 * 1024
@@ -134,12 +140,15 @@ class EnvironmentSpec:
             parts.append(requirements_text(self.pip_req))
         return "; ".join(parts)
 
-    def summary(self) -> str:
-        """What a build installs, by count, for its first line."""
-        return build_summary(pip=list(self.pip), pip_req=self.pip_req, apt=list(self.apt), base_image=self.base_image)
+    def summary(self, installer_note: str | None = None) -> str:
+        """What a build installs, by count, and with what, for its first line."""
+        return build_summary(pip=list(self.pip), pip_req=self.pip_req, apt=list(self.apt), base_image=self.base_image,
+                             installer_note=installer_note)
 
-    def build_script(self, *, preamble: str) -> str:
-        """The shell script a build container runs; each step announces itself."""
+    def build_script(self, *, preamble: str, uv: UvSettings | None = None) -> str:
+        """The shell script a build container runs; each step announces itself. With `uv`
+        (its binary mounted at UV_BINARY, its cache at UV_CACHE) uv installs the pip
+        packages, or pip where uv cannot run in the image (one line says so)."""
         uid, gid = RUN_UID, RUN_UID
         lines = [
             "set -eu",
@@ -167,13 +176,33 @@ class EnvironmentSpec:
             # Joined so an empty part leaves no double space: "pip install -r requirements.txt".
             requirements = ["-r", f"{HOST_INPUTS}/build/requirements.txt"] if self.pip_req else []
             arguments = " ".join([*(shlex.quote(p) for p in self.pip), *requirements])
-            lines += [
-                f'echo "{_STEP_MARK}pip: pip install {arguments.replace(HOST_INPUTS + "/build/", "")}"',
+            shown = arguments.replace(HOST_INPUTS + "/build/", "")
+            pip_lines = [
                 f"export PIP_CONFIG_FILE={HOST_INPUTS}/build/pip.conf PIP_BREAK_SYSTEM_PACKAGES=1"
                 " PIP_ROOT_USER_ACTION=ignore PIP_NO_CACHE_DIR=1 PIP_PROGRESS_BAR=off"
                 " PIP_DISABLE_PIP_VERSION_CHECK=1",
                 f"python3 -m pip install {arguments}",
             ]
+            if uv is None:
+                lines += [f'echo "{_STEP_MARK}pip: pip install {shown}"', *pip_lines]
+            else:
+                # The image's files are copied from the cache: a hardlink cannot cross into the container's layer.
+                install = " ".join([
+                    UV_BINARY, "pip", "install", "--system", "--break-system-packages", "--config-file",
+                    f"{HOST_INPUTS}/build/uv.toml", "--cache-dir", UV_CACHE, "--link-mode", "copy",
+                    *(shlex.quote(a) for a in uv.arguments), arguments,
+                ])
+                exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in sorted(uv.environment.items()))
+                lines += [
+                    f"if {UV_BINARY} --version >/dev/null 2>&1 && command -v python3 >/dev/null; then",
+                    f'  echo "{_STEP_MARK}pip: uv pip install {shown}"',
+                    *([f"  export {exports} NO_COLOR=1"] if exports else ["  export NO_COLOR=1"]),
+                    f"  {install}",
+                    "else",
+                    f'  echo "{_STEP_MARK}pip: pip install {shown} (uv cannot run in this image)"',
+                    *(f"  {line}" for line in pip_lines),
+                    "fi",
+                ]
         return "\n".join(lines) + "\n"
 
 
@@ -216,9 +245,17 @@ def pump_output(attach_stream, on_stdout, on_stderr) -> None:
 class ImageCache:
     """The environment images of one worker: `<repository>:<owner>-<key>` on its engine."""
 
-    def __init__(self, client: DockerClient, work_dir: Path, *, base_image: str, repository: str, network: str):
+    def __init__(self, client: DockerClient, work_dir: Path, *, base_image: str, repository: str, network: str,
+                 installer: Installer | None = None):
+        """`installer` defaults to what CAST_WORKER_INSTALLER asks for (InvalidExecutorOption if it
+        cannot be had)."""
         self.client = client
         self.work_dir = work_dir
+        try:
+            self.installer = installer or choose_installer()
+        except ValueError as exc:
+            raise InvalidExecutorOption(str(exc)) from None
+        self.package_cache = work_dir / "uv-cache"
         self.base_image = base_image
         self.repository = repository
         self.network = network
@@ -286,11 +323,14 @@ class ImageCache:
     def _build_image(self, run_id: int, env: EnvironmentSpec, base_id: str, key: str, log: LogSink) -> None:
         settings = self.host_settings
         inputs = settings.build_inputs()
-        log(LogStream.CAST, f"Building environment {self.owned_tag(key)} ({env.summary()})")
+        uv = self.installer.uv
+        log(LogStream.CAST, f"Building environment {self.owned_tag(key)} ({env.summary(self.installer.note)})")
         staging = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=self._scratch_dir()))
         try:
-            (staging / "build.sh").write_text(env.build_script(preamble=inputs.shell_preamble))
+            (staging / "build.sh").write_text(env.build_script(preamble=inputs.shell_preamble,
+                                                               uv=inputs.uv if uv else None))
             (staging / "pip.conf").write_text(inputs.pip_conf)
+            (staging / "uv.toml").write_text(inputs.uv.config)
             (staging / "apt.conf").write_text(inputs.apt_conf)
             if env.pip_req:
                 (staging / "requirements.txt").write_text(env.pip_req)
@@ -300,6 +340,10 @@ class ImageCache:
             mounts = [Mount(HOST_INPUTS, None, type="tmpfs"),
                       Mount(f"{HOST_INPUTS}/build", str(staging), type="bind", read_only=True)]
             mounts += [Mount(target, source, type="bind", read_only=True) for source, target in inputs.mounts]
+            if uv:
+                self.package_cache.mkdir(parents=True, exist_ok=True)
+                mounts += [Mount(UV_BINARY, uv, type="bind", read_only=True),
+                           Mount(UV_CACHE, str(self.package_cache), type="bind")]
             container = self.client.containers.create(
                 base_id, ["/bin/sh", f"{HOST_INPUTS}/build/build.sh"], entrypoint=[], user="0:0",
                 mounts=mounts, network_mode=self.network, labels=labels(self.work_dir, run_id, "build"),

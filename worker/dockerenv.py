@@ -2,8 +2,9 @@
 
 Owns: reading the host's pip configuration (files and `PIP_*` variables, as
 `pip config list` reports them), its proxy variables and apt proxy settings;
-turning them into what a build container needs — a pip.conf, an apt.conf and
-a proxy preamble written into the build's input folder, and read-only bind
+turning them into what a build container needs — a pip.conf (and the same
+settings for uv, cast.worker.installer), an apt.conf and a proxy preamble
+written into the build's input folder, and read-only bind
 mounts of the local folders and files they name (file:// indexes, find-links
 folders, the CA bundle, constraints files), each under the build's tmpfs at
 /cast/host so nothing of them is committed into the image; and redacting the
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlsplit
+
+from cast.worker.installer import UvSettings, uv_settings
 
 HOST_INPUTS = "/cast/host"  # a tmpfs in the build container
 
@@ -135,6 +138,7 @@ class BuildInputs:
     pip_conf: str = ""
     apt_conf: str = ""
     shell_preamble: str = ""  # `export ...` lines for proxies
+    uv: UvSettings = field(default_factory=UvSettings)  # the same settings for a uv install
 
 
 @dataclass
@@ -216,6 +220,8 @@ class HostPackageSettings:
             if self.pip.get(option):
                 lines.append(f"{option} = {self.pip[option]}")
         inputs.pip_conf = "\n".join(lines) + "\n"
+        inputs.uv = uv_settings(self.pip, place=carry_location,
+                                place_file=lambda location: mount(Path(location)))
         inputs.apt_conf = "".join(
             f'Acquire::{scheme}::Proxy "{url}";\n' for scheme, url in sorted(self.apt_proxies.items())
         )

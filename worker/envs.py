@@ -1,10 +1,15 @@
 """Virtualenvs for the local executor, cached by content.
 
 A run's environment is a virtualenv layered over the worker's own interpreter
-(`--system-site-packages`, so a framework installed on the host such as torch
-is reused, as a framework base image would be) with the run's pip packages
-installed by the host's pip (which honours the host's pip configuration).
-Its key is a sha256 of (interpreter, sorted pip specs, requirements file
+(`--system-site-packages`, so the host's packages still import) with the run's
+pip packages installed by uv, else by the host's pip (cast.worker.installer
+chooses, and carries the host's pip configuration over to uv). uv keeps one
+package cache per worker (`uv-cache` beside the environments, on the same
+filesystem) and hardlinks every environment's files from it, so a package
+such as torch is unpacked once per host and a new environment that adds one
+line to a requirements file fetches only that line's package. (uv installs a
+package the host has, such as torch, into the environment too, from that
+cache; pip would reuse the host's copy.) Its key is a sha256 of (interpreter, sorted pip specs, requirements file
 contents); an environment is built once under a file lock, marked complete
 only when the build succeeded, and reused by every later run with that key.
 A run without packages needs no environment at all. A build first says in one
@@ -22,12 +27,15 @@ import subprocess
 import sys
 import time
 from collections import deque
+from functools import cached_property
 from pathlib import Path
 
 from cast.protocol.environment import build_summary, requirements_text
 from cast.protocol.messages import LogStream
 from cast.protocol.validate import SpecError, validate_pip_spec
+from cast.worker.dockerenv import read_pip_config
 from cast.worker.executors.base import BuildFailed, BuildResult, CacheEntry, LogSink
+from cast.worker.installer import Installer, UvSettings, choose_installer, uv_settings
 from cast.worker.locking import file_lock
 from cast.worker.fsops import remove_tree
 
@@ -36,8 +44,9 @@ _METADATA = ".cast-env.json"
 _LAST_USED = ".cast-last-used"
 _TAIL_LINES = 50  # of a build's output, searched for its error lines
 FAILURE_CHARS = 400  # of a failed build's reason; the log keeps the rest
-# How pip (`ERROR: …`) and apt (`E: …`) start the lines that say why they failed.
-_ERROR_PREFIXES = ("ERROR:", "E: ")
+# How pip (`ERROR: …`), uv (`error: …` and its `cause:` lines) and apt (`E: …`)
+# start the lines that say why they failed.
+_ERROR_PREFIXES = ("ERROR:", "error:", "cause:", "Caused by:", "E: ")
 
 
 def env_key(pip: list[str], pip_req: str | None) -> str:
@@ -52,7 +61,7 @@ def env_key(pip: list[str], pip_req: str | None) -> str:
 
 def failure_reason(lines: list[str]) -> str:
     """Why a build failed, in one bounded line: the installer's last error lines
-    (pip's `ERROR:`, apt's `E:`), else its last lines."""
+    (pip's `ERROR:`, uv's `error:` and `cause:`, apt's `E:`), else its last lines."""
     lines = [line.strip() for line in lines if line.strip()]
     errors = [line for line in lines if line.startswith(_ERROR_PREFIXES)]
     text = " | ".join((errors or lines)[-3:])
@@ -80,8 +89,17 @@ def _tree_size(path: Path) -> int:
 
 
 class EnvCache:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, installer: Installer | None = None, package_cache: Path | None = None):
+        """`installer` defaults to what CAST_WORKER_INSTALLER asks for (ValueError if it cannot be
+        had); `package_cache`, uv's cache, to `uv-cache` beside `root`."""
         self.root = root
+        self.installer = installer or choose_installer()
+        self.package_cache = package_cache or root.parent / "uv-cache"
+
+    @cached_property
+    def _uv_settings(self) -> UvSettings:
+        """The host's pip settings as uv's, read once (asking pip takes a fraction of a second)."""
+        return uv_settings(read_pip_config())
 
     def path(self, key: str) -> Path:
         return self.root / key
@@ -98,8 +116,8 @@ class EnvCache:
         with file_lock(self.root / f"{key}.lock"):
             cached = (env / _METADATA).exists()
             if not cached:
-                log(LogStream.CAST, f"Building environment virtualenv {key[:12]} "
-                                    f"({build_summary(pip=pip, pip_req=pip_req)})")
+                summary = build_summary(pip=pip, pip_req=pip_req, installer_note=self.installer.note)
+                log(LogStream.CAST, f"Building environment virtualenv {key[:12]} ({summary})")
                 try:
                     self._build(env, pip, pip_req, log)
                 except BaseException:
@@ -111,24 +129,46 @@ class EnvCache:
     def _build(self, env: Path, pip: list[str], pip_req: str | None, log: LogSink) -> None:
         remove_tree(env)
         started = time.monotonic()
-        self._step([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(env)], log)
-        install = [sys.executable, "-m", "pip", "--python", str(env / "bin" / "python"), "install",
-                   "--no-input", "--disable-pip-version-check", "--progress-bar", "off"]
+        if self.installer.uv:  # uv makes a virtualenv in milliseconds, python's venv module in about a second
+            self._step("venv", [self.installer.uv, "venv", "--quiet", "--no-project", "--no-config",
+                                "--system-site-packages", "--python", sys.executable, str(env)], log)
+        else:
+            self._step("venv", [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(env)],
+                       log)
+        python = str(env / "bin" / "python")
+        extra_env: dict[str, str] = {}
+        if self.installer.uv:
+            settings = self._uv_settings
+            # Written where only the build reads it (it may hold index passwords); not a run's business.
+            config = self.root / f"{env.name}.uv.toml"
+            config.touch(mode=0o600)
+            config.write_text(settings.config)
+            install = [self.installer.uv, "pip", "install", "--python", python, "--config-file", str(config),
+                       "--cache-dir", str(self.package_cache), "--link-mode", "hardlink", *settings.arguments]
+            extra_env = settings.environment
+        else:
+            config = None
+            install = [sys.executable, "-m", "pip", "--python", python, "install",
+                       "--no-input", "--disable-pip-version-check", "--progress-bar", "off"]
         if pip_req:
             requirements = env / "cast-requirements.txt"
             requirements.write_text(pip_req)
             install += ["-r", str(requirements)]
-        self._step(install + ["--", *pip] if pip else install, log)
+        try:
+            self._step(self.installer.name, install + ["--", *pip] if pip else install, log, extra_env)
+        finally:
+            if config is not None:
+                config.unlink(missing_ok=True)
         (env / _METADATA).write_text(json.dumps({
-            "holds": _describe(pip, pip_req), "python": sys.version.split()[0],
+            "holds": _describe(pip, pip_req), "python": sys.version.split()[0], "installer": self.installer.name,
             "built_in": round(time.monotonic() - started, 2),
         }))
 
-    def _step(self, command: list[str], log: LogSink) -> None:
+    def _step(self, step: str, command: list[str], log: LogSink, extra_env: dict[str, str] | None = None) -> None:
         """Run one build command, its output going to the log; BuildFailed with its
         last lines when it fails."""
         tail: deque[str] = deque(maxlen=_TAIL_LINES)
-        env = {**os.environ, "PIP_NO_INPUT": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PIP_NO_INPUT": "1", "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", **(extra_env or {})}
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env=env)
         for raw in process.stdout:
@@ -136,7 +176,6 @@ class EnvCache:
             tail.append(line)
             log(LogStream.CAST, line)
         if process.wait() != 0:
-            step = command[2]  # venv or pip
             raise BuildFailed(f"{step} failed (exit {process.returncode})"
                               + (f": {failure_reason(list(tail))}" if any(line.strip() for line in tail) else ""))
 

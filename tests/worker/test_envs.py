@@ -3,13 +3,20 @@ cached by content, built once when runs race for one, never half-made."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import threading
 
 import pytest
 
 from cast.worker.envs import FAILURE_CHARS, HOST_KEY, EnvCache, env_key, failure_reason
 from cast.worker.executors.base import BuildFailed
+from cast.worker.installer import choose_installer
+from tests.worker.pipconfig import EXPECTED, PACKAGES, PROBE, host_pip_config  # noqa: F401  (fixture)
+
+UV = choose_installer("uv")  # the worker's pinned dependency
+PIP = choose_installer("pip")
 
 
 def collect():
@@ -36,7 +43,7 @@ def test_builds_over_the_host_python_and_reuses_the_cache(tmp_path):
 
     assert not first.cached
     # Said before any of the build's own output.
-    assert lines[0] == ("cast", f"Building environment virtualenv {first.key[:12]} (pip: 1 package)")
+    assert lines[0] == ("cast", f"Building environment virtualenv {first.key[:12]} (pip: 1 package, with uv)")
     assert any("termcolor" in text for stream, text in lines[1:] if stream == "cast")
     python = cache.path(first.key) / "bin" / "python"
     # The package is in the environment and the host's own packages (six) still import.
@@ -68,7 +75,7 @@ def test_concurrent_builds_of_one_environment_build_it_once(tmp_path):
 
 
 def test_a_failed_build_says_why_and_leaves_no_environment(tmp_path):
-    cache = EnvCache(tmp_path)
+    cache = EnvCache(tmp_path, installer=PIP)
     lines, log = collect()
     with pytest.raises(BuildFailed) as failure:
         cache.ensure(["cast-no-such-package-zz"], None, log)
@@ -104,3 +111,59 @@ def test_the_failure_reason_is_the_installers_last_error_lines_bounded():
     assert failure_reason(["a", "b", "c", "d"]) == "b | c | d"
     long = failure_reason(["ERROR: " + "x" * 1000])
     assert len(long) == FAILURE_CHARS and long.startswith("…")
+
+
+def test_a_failed_uv_build_gives_uvs_last_error_lines(tmp_path):
+    cache = EnvCache(tmp_path / "envs", installer=UV)
+    lines, log = collect()
+    with pytest.raises(BuildFailed) as failure:
+        cache.ensure(["cast-no-such-package-zz"], None, log)
+    reason = str(failure.value)
+    assert reason.startswith("uv failed (exit 1): error: No solution found when resolving dependencies | cause: ")
+    assert "cast-no-such-package-zz" in reason and len(reason) <= 450
+    assert cache.entries() == [] and not list((tmp_path / "envs").glob("*.uv.toml"))
+
+
+@pytest.mark.parametrize("installer", [UV, PIP], ids=["uv", "pip"])
+def test_a_build_honours_the_hosts_index_find_links_and_constraint(tmp_path, host_pip_config, installer):
+    cache = EnvCache(tmp_path / "envs", installer=installer)
+    lines, log = collect()
+    built = cache.ensure(PACKAGES, None, log)
+    assert lines[0][1] == f"Building environment virtualenv {built.key[:12]} (pip: 2 packages, {installer.note})"
+    python = cache.path(built.key) / "bin" / "python"
+    probe = subprocess.run([str(python), "-c", PROBE], capture_output=True, text=True, check=True)
+    # 1.0 of cast-probe although 2.0 lies beside it: the constraint held.
+    assert probe.stdout.split() == [EXPECTED["cast_probe"], EXPECTED["cast_probe_index"]]
+
+
+def test_two_environments_share_one_package_cache(tmp_path, host_pip_config):
+    cache = EnvCache(tmp_path / "envs", installer=UV, package_cache=tmp_path / "uv-cache")
+    lines, log = collect()
+    first = cache.ensure([], "cast-probe\n", log)
+    lines.clear()
+    second = cache.ensure([], "cast-probe\ncast-probe-index\n", log)  # one line added
+    # Only the added line's package was fetched and unpacked; the other came from the cache…
+    assert ("cast", "Prepared 1 package") in [(stream, text.partition(" in ")[0]) for stream, text in lines]
+    # …and both environments hold the same file: hardlinks to the one in the cache.
+    module = "lib/python{}.{}/site-packages/cast_probe/__init__.py".format(*sys.version_info[:2])
+    one, two = (os.stat(cache.path(built.key) / module) for built in (first, second))
+    assert (one.st_ino, one.st_dev) == (two.st_ino, two.st_dev) and one.st_nlink >= 3
+
+
+def test_without_uv_the_build_falls_back_to_pip_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "uv", None)  # the worker's uv package cannot be imported…
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # …and there is none on PATH
+    cache = EnvCache(tmp_path / "envs")
+    assert cache.installer.name == "pip"
+    lines, log = collect()
+    built = cache.ensure(["termcolor"], None, log)
+    assert lines[0][1] == f"Building environment virtualenv {built.key[:12]} (pip: 1 package, with pip (uv not found))"
+    with pytest.raises(ValueError, match="CAST_WORKER_INSTALLER=uv but uv is not installed"):
+        choose_installer("uv")
+
+
+def test_the_installer_setting_is_checked():
+    assert choose_installer("pip").note == "with pip (CAST_WORKER_INSTALLER=pip)"
+    assert choose_installer("auto") == UV and UV.note == "with uv"
+    with pytest.raises(ValueError, match="CAST_WORKER_INSTALLER='conda': expected one of auto, uv, pip"):
+        choose_installer("conda")

@@ -1,8 +1,8 @@
 """The local executor: a run is a process on the worker's own host, in a
 sandbox wherever one can be made.
 
-The environment is a cached virtualenv over the worker's interpreter
-(cast.worker.envs).
+The environment is a cached virtualenv over the worker's interpreter, built
+with uv (else pip) from one package cache per worker (cast.worker.envs).
 
 Sandboxed (cast.worker.sandbox: bubblewrap): the run sees its working dir, its
 environment, the system and its mounts (read-only bind mounts) and nothing else
@@ -37,6 +37,7 @@ from pathlib import Path
 from cast.protocol.messages import LogStream
 from cast.protocol.units import parse_size
 from cast.worker.envs import HOST_KEY, EnvCache
+from cast.worker.installer import choose_installer
 from cast.worker.executors.base import (
     BuildFailed,
     BuildResult,
@@ -226,7 +227,10 @@ class LocalExecutor(Executor):
 
     def __init__(self, work_dir: Path, **options):
         self.work_dir = Path(work_dir)
-        self.envs = EnvCache(self.work_dir / "envs")
+        try:
+            self.envs = EnvCache(self.work_dir / "envs", installer=choose_installer())
+        except ValueError as exc:
+            raise InvalidExecutorOption(str(exc)) from None
         self._namespace_checked = threading.Lock()
         self._private_mounts: bool | None = None
         self.bwrap = os.environ.get("CAST_WORKER_BWRAP") or BWRAP
