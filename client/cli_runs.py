@@ -247,7 +247,7 @@ def info(run_id, as_json) -> int:
         ("Command", spec.command),
         ("Code", code),
         ("Workdir", f"{spec.workdir}/" if spec.workdir else ""),
-        ("Pip", pip_text(spec.pip, spec.pip_req)),
+        ("Pip", pip_text(spec.pip, spec.pip_req, spec.pip_req_name)),
         ("Apt", " ".join(spec.apt)),
         ("Docker image", spec.docker_image or ""),
         ("Mounts", ", ".join(f"{m.resource} → {m.path}" for m in spec.mounts)),

@@ -149,6 +149,7 @@ def build_spec(command: tuple[str, ...], file_options: dict, flags: dict) -> Run
     if options.get("pip_req"):
         try:
             spec.pip_req = Path(options["pip_req"]).read_text()
+            spec.pip_req_name = Path(options["pip_req"]).name
         except OSError as exc:
             raise UsageProblem(f"cannot read --pip-req {options['pip_req']}: {exc.strerror}") from None
     spec.apt = [validate_apt_package(str(a)) for a in _as_list(options.get("apt"), "apt")]

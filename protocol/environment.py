@@ -1,6 +1,6 @@
 """What a run's environment holds, said one way wherever it is said: the
 worker's build line ("Building environment … (pip: 5 packages, requirements
-file)") and `cast info`'s Pip row ("requirements file (3 lines)").
+file (3 lines))") and `cast info`'s Pip row ("requirements file req.txt (3 lines)").
 """
 
 from __future__ import annotations
@@ -15,15 +15,17 @@ def _count(n: int, what: str) -> str:
     return f"{n} {what}{'s' if n != 1 else ''}"
 
 
-def requirements_text(pip_req: str) -> str:
-    return f"requirements file ({_count(requirement_lines(pip_req), 'line')})"
+def requirements_text(pip_req: str, name: str | None = None) -> str:
+    named = f" {name}" if name else ""
+    return f"requirements file{named} ({_count(requirement_lines(pip_req), 'line')})"
 
 
-def pip_text(pip: list[str], pip_req: str | None) -> str:
-    """The pip packages by name and the requirements file, if any: "numpy + requirements file (2 lines)"."""
+def pip_text(pip: list[str], pip_req: str | None, pip_req_name: str | None = None) -> str:
+    """The pip packages by name and the requirements file, if any:
+    "numpy + requirements file requirements.txt (2 lines)"."""
     parts = [" ".join(pip)] if pip else []
     if pip_req:
-        parts.append(requirements_text(pip_req))
+        parts.append(requirements_text(pip_req, pip_req_name))
     return " + ".join(parts)
 
 

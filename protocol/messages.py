@@ -65,6 +65,8 @@ class RunSpec:
     code_digest: str | None = None
     pip: list[str] = field(default_factory=list)
     pip_req: str | None = None
+    # The requirements file's name as the user gave it (its base name), shown by `cast info`.
+    pip_req_name: str | None = None
     apt: list[str] = field(default_factory=list)
     docker_image: str | None = None
     mounts: list[MountSpec] = field(default_factory=list)

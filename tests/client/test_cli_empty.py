@@ -5,6 +5,7 @@ run without lines, and `cast info`'s Pip row for a requirements file alone."""
 
 from __future__ import annotations
 
+from cast.client.cli_spec import build_spec
 from tests.client.helpers import assert_one_line_error
 from tests.factories import submit
 
@@ -47,11 +48,20 @@ def test_logs_of_a_run_without_lines_says_so(cli, server):
     assert cli("logs", "--json", str(queued)).json()["entries"] == []
 
 
-def test_info_names_a_requirements_file_given_alone(cli, server):
-    only_file = submit(server, "true", pip_req="# pinned\ntqdm\nsix\n")
-    both = submit(server, "true", pip=["numpy"], pip_req="tqdm\n")
-    assert _row(cli("info", str(only_file)).stdout, "Pip") == "requirements file (2 lines)"
+def test_info_names_a_requirements_file_given_alone(cli, server, tmp_path):
+    requirements = tmp_path / "conf" / "reqs.txt"
+    requirements.parent.mkdir()
+    requirements.write_text("# pinned\ntqdm\nsix\n")
+    spec = build_spec(("true",), {}, {"pip_req": str(requirements)}).spec
+    assert (spec.pip_req_name, spec.pip_req) == ("reqs.txt", requirements.read_text())
+    only_file = submit(server, "true", pip_req=spec.pip_req, pip_req_name=spec.pip_req_name)
+    both = submit(server, "true", pip=["numpy"], pip_req="tqdm\n")  # an API client may leave out the name
+    assert _row(cli("info", str(only_file)).stdout, "Pip") == "requirements file reqs.txt (2 lines)"
     assert _row(cli("info", str(both)).stdout, "Pip") == "numpy + requirements file (1 line)"
+    for bad in ("", "a/b.txt", "line\nbreak", "x" * 256):
+        with server.api() as api:
+            refused = api.post("/runs", json={"command": "true", "pip_req": "tqdm\n", "pip_req_name": bad})
+        assert refused.status_code == 422 and "pip_req_name" in refused.text, bad
 
 
 def _row(info: str, name: str) -> str:
