@@ -81,8 +81,6 @@ class RunSpec:
     # when detached) and whether tracked files differed from `commit_sha`.
     branch: str | None = None
     dirty: bool | None = None
-
-    @classmethod
     # Lines a Hugging Face Trainer prints become metrics (docs/metrics.md).
     log_metrics: bool = True
     def from_dict(cls, data: dict[str, Any]) -> "RunSpec":
