@@ -83,6 +83,8 @@ class RunSpec:
     dirty: bool | None = None
     # Lines a Hugging Face Trainer prints become metrics (docs/metrics.md).
     log_metrics: bool = True
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunSpec":
         known = _known(cls, data)
         known["mounts"] = [m if isinstance(m, MountSpec) else MountSpec.from_dict(m) for m in known.get("mounts") or []]
