@@ -14,6 +14,8 @@ base="$(bash docker/build-base-image.sh)"
 context="$(mktemp -d /tmp/cast-images.XXXXXX)"
 trap 'rm -rf "$context"' EXIT
 
+# The viewer's charts (uPlot) ship in cast's wheel only once npm installed them.
+[ -d server/web/node_modules/uplot/dist ] || npm ci --prefix server/web --no-audit --no-fund >&2
 echo "making wheels of cast and its dependencies" >&2
 # A fixed timestamp makes cast's own wheel byte-identical while its sources
 # are, so an unchanged tree reuses every cached image layer.
