@@ -18,6 +18,7 @@ import pytest
 from cast.protocol import cast_metrics
 from cast.protocol.metrics import MAX_LINE_BYTES, MAX_NAMES_PER_RUN, Problem
 from cast.worker.metrics import FILE_NAME, HELPER_NAME, Gate, MetricsFile, parse_line, run_env, trainer_metrics
+from tests.conftest import unsandboxed
 from tests.factories import log_texts, output_paths, submit, wait_final
 from tests.worker.executors.test_docker import base_image, engine  # noqa: F401  (session fixtures)
 
@@ -276,4 +277,13 @@ def test_a_docker_run_reports_through_the_helper_and_the_file(server, docker_wor
     assert from_file == [*[("loss", i, 1.0 / (i + 1)) for i in range(20)], ("raw", None, 7.0)]
     assert log_texts(server, run_id, "stdout")[0] == "/cast/metrics/metrics.jsonl False"
     assert any(f"refused, {Problem.NOT_JSON} (the first: 'not json'" in line for line in log_texts(server, run_id, "cast"))
+    assert output_paths(server, run_id) == []
+
+
+def test_an_unsandboxed_local_run_reports_too(server, start_worker, tmp_path):
+    start_worker(server, env=unsandboxed(tmp_path))
+    script = "import cast_metrics\nfor i in range(5):\n    cast_metrics.log('loss', float(i), step=i)\n"
+    run_id = submit(server, f"python3 -c {shlex.quote(script)}")
+    assert wait_final(server, run_id)["status"] == "complete"
+    assert [(p["step"], p["value"]) for p in metric_points(server, run_id)] == [(i, float(i)) for i in range(5)]
     assert output_paths(server, run_id) == []
