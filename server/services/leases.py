@@ -84,7 +84,10 @@ def resolve_mount_source(session: Session, *, resource: str, settings: Settings)
     if parsed.kind == "runs":
         root = storage.run_outputs_dir(settings, parsed.run_id)
         if not parsed.subpath:
-            if not root.exists():  # a run that saved nothing mounts as an empty folder, sealed as any other
+            source = session.get(Run, parsed.run_id)
+            # A run that saved nothing mounts as an empty folder, sealed as any
+            # other; one whose outputs were deleted (forced) mounts nothing.
+            if not root.exists() and source is not None and source.deleted_at is None:
                 root.mkdir(parents=True, exist_ok=True)
                 storage.seal(root)
             return root, "dir"

@@ -10,7 +10,7 @@ import pytest
 
 from cast.server.errors import Conflict, Forbidden, Gone, InUse, NameTaken
 from cast.server.models import Run, Upload
-from cast.server.services import deletion, files, storage
+from cast.server.services import deletion, files, leases, storage
 from cast.server.settings import Settings
 from .conftest import add_user, admin_of
 
@@ -148,3 +148,20 @@ def test_usage_per_user_and_who_may_ask(local, app, settings):
         assert [u["user"] for u in deletion.usage(session, viewer=admin, user="alice")] == ["alice"]
         with pytest.raises(Forbidden):
             deletion.usage(session, viewer=alice, user="admin")
+
+
+def test_a_forced_deletion_leaves_the_queued_run_that_mounts_it_nothing_to_mount(local, app, settings):
+    database = app.state.database
+    admin = admin_of(database)
+    source = local.complete_run({"a.txt": b"a"})
+    local.create_run(mounts=[{"resource": f"runs/{source}"}])  # queued: no worker claims it here
+    with database.transaction() as session:
+        with pytest.raises(InUse):
+            deletion.delete_run_outputs(session, settings=settings, run_id=source, viewer=admin)
+        deletion.delete_run_outputs(session, settings=settings, run_id=source, viewer=admin, force=True)
+    with database.transaction(write=False) as session:
+        path, kind = leases.resolve_mount_source(session, resource=f"runs/{source}", settings=settings)
+    # Not recreated as an empty folder: the worker finds nothing and the mount fails.
+    assert (path, kind) == (storage.run_outputs_dir(settings, source), "dir") and not path.exists()
+    fetched = local.worker.get(f"/workers/mounts/runs/{source}")
+    assert fetched.status_code == 404, fetched.text
