@@ -123,7 +123,11 @@ def _pull(client, run_id: int, target) -> int:
 
     from .cli_data import download
 
-    sys.stdout.write(download(client, parse_resource(f"runs/{run_id}"), target) + "\n")
+    files = client.list_outputs(run_id)["files"]
+    if not files:
+        sys.stderr.write(f"Nothing pulled into {target}: run {run_id} saved no outputs\n")
+        return 0
+    sys.stdout.write(download(client, parse_resource(f"runs/{run_id}"), target, entries=files, is_file=False) + "\n")
     return 0
 
 

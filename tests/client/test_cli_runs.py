@@ -321,5 +321,10 @@ def test_pull_downloads_nothing_when_the_run_does_not_complete(cli, worker, tmp_
     assert not (tmp_path / "out").exists()
     assert cli("run", "--idempotent", "-d", "--json", "echo x > f.txt; exit 3").json()["reused"] is False
 
+    nothing = cli("run", "--pull", "empty", "true")  # complete, but it saved no outputs
+    assert nothing.returncode == 0, nothing
+    assert "Nothing pulled into empty: run 3 saved no outputs" in nothing.stderr
+    assert not (tmp_path / "empty").exists()
+
     refused = cli("run", "-d", "--pull", "out", "true")
     assert_one_line_error(refused, "--pull waits for the run to complete; it cannot be combined with -d/--background")
