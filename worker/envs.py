@@ -44,9 +44,10 @@ _METADATA = ".cast-env.json"
 _LAST_USED = ".cast-last-used"
 _TAIL_LINES = 50  # of a build's output, searched for its error lines
 FAILURE_CHARS = 400  # of a failed build's reason; the log keeps the rest
-# How pip (`ERROR: …`), uv (`error: …` and its `cause:` lines) and apt (`E: …`)
-# start the lines that say why they failed.
-_ERROR_PREFIXES = ("ERROR:", "error:", "cause:", "Caused by:", "E: ")
+# How pip (`ERROR: …`), uv (`error: …`, then its `cause:` lines, innermost last)
+# and apt (`E: …`) start the lines that say why they failed.
+_CAUSE_PREFIXES = ("cause:", "Caused by:")
+_ERROR_PREFIXES = ("ERROR:", "error:", "E: ", *_CAUSE_PREFIXES)
 
 
 def env_key(pip: list[str], pip_req: str | None) -> str:
@@ -64,7 +65,13 @@ def failure_reason(lines: list[str]) -> str:
     (pip's `ERROR:`, uv's `error:` and `cause:`, apt's `E:`), else its last lines."""
     lines = [line.strip() for line in lines if line.strip()]
     errors = [line for line in lines if line.startswith(_ERROR_PREFIXES)]
-    text = " | ".join((errors or lines)[-3:])
+    chosen = (errors or lines)[-3:]
+    if errors and errors[-1].startswith(_CAUSE_PREFIXES):
+        # uv's error and its innermost causes: what failed, then why.
+        headline = next((i for i in range(len(errors) - 1, -1, -1) if not errors[i].startswith(_CAUSE_PREFIXES)), None)
+        if headline is not None:
+            chosen = [errors[headline], *errors[headline + 1:][-2:]]
+    text = " | ".join(chosen)
     return text if len(text) <= FAILURE_CHARS else "…" + text[-(FAILURE_CHARS - 1):]
 
 

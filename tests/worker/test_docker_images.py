@@ -10,6 +10,7 @@ unique to the test and are removed after it.
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -20,8 +21,14 @@ from cast.protocol.messages import LogStream, RunSpec
 from cast.worker.docker_images import (BUILD_RECIPE, DEFAULT_BASE_IMAGE, LABEL_HOLDS, LABEL_KEY, LABEL_RUN_ID,
                                        LABEL_WORK_DIR, EnvironmentSpec, ImageCache, LineSplitter, _timestamp,
                                        pump_output)
-from cast.worker.executors.base import BuildFailed, BuildResult
+from cast.worker.dockerenv import HostPackageSettings
+from cast.worker.executors.base import BuildFailed, BuildResult, InvalidExecutorOption
+from cast.worker.installer import choose_installer
 from tests.worker.executors.test_docker import base_image, engine  # noqa: F401  (session fixtures)
+from tests.worker.pipconfig import EXPECTED, PACKAGES, PROBE, host_pip_config  # noqa: F401  (fixture)
+
+UV = choose_installer("uv")  # the worker's pinned dependency
+PIP = choose_installer("pip")
 
 
 def spec(**fields) -> RunSpec:
@@ -67,6 +74,9 @@ def test_holds_names_the_base_packages_and_counts_requirement_lines():
     assert env.holds() == "base: base:1; apt: jq; pip: six; requirements file (2 lines)"
     assert EnvironmentSpec.of(spec(pip_req="tqdm"), "b").holds() == "base: b; requirements file (1 line)"
     assert env.summary() == "base image base:1; apt: 1 package; pip: 1 package, requirements file (2 lines)"
+    assert env.summary("with uv") == ("base image base:1; apt: 1 package; pip: 1 package, requirements file (2 lines), "
+                                      "with uv")
+    assert EnvironmentSpec.of(spec(), "b").summary("with uv") == "base image b"  # nothing for pip to install
 
 
 def test_the_build_script_runs_only_the_steps_it_needs_and_is_valid_shell():
@@ -81,7 +91,15 @@ def test_the_build_script_runs_only_the_steps_it_needs_and_is_valid_shell():
     assert 'echo "==> pip: pip install -r requirements.txt"' in only_requirements
     assert "python3 -m pip install -r /cast/host/build/requirements.txt" in only_requirements
     assert "install  " not in only_requirements + full
-    for script in (bare, full):
+    settings = HostPackageSettings(pip={"constraint": "/etc/hostname", "timeout": "30"}).build_inputs().uv
+    with_uv = EnvironmentSpec.of(spec(pip=["six>=1.0"], pip_req="tqdm\n"), "b").build_script(preamble=":", uv=settings)
+    # uv from the worker's cache, with the host's settings; pip where uv cannot run in the image.
+    assert ("/cast/host/uv pip install --system --break-system-packages --config-file /cast/host/build/uv.toml "
+            "--cache-dir /cast/host/uv-cache --link-mode copy --constraints /cast/host/0-hostname "
+            "'six>=1.0' -r /cast/host/build/requirements.txt") in with_uv
+    assert "export UV_HTTP_TIMEOUT=30 NO_COLOR=1" in with_uv
+    assert 'echo "==> pip: pip install \'six>=1.0\' -r requirements.txt (uv cannot run in this image)"' in with_uv
+    for script in (bare, full, with_uv):
         checked = subprocess.run(["sh", "-n"], input=script, capture_output=True, text=True, timeout=60)
         assert checked.returncode == 0, checked.stderr
 
@@ -149,11 +167,11 @@ def make_cache(engine, base_image, tmp_path):  # noqa: F811
     """ImageCache factory on a repository of this test's own, removed after it."""
     repositories = []
 
-    def make(work_dir=None, *, base=base_image) -> ImageCache:
+    def make(work_dir=None, *, base=base_image, installer=None) -> ImageCache:
         repository = f"cast-env-images-{uuid.uuid4().hex[:8]}"
         repositories.append(repository)
         return ImageCache(engine, work_dir or tmp_path / "worker", base_image=base, repository=repository,
-                          network="bridge")
+                          network="bridge", installer=installer)
 
     yield make
     for repository in repositories:
@@ -198,7 +216,7 @@ def test_a_failing_build_reports_the_step_and_hides_secrets(make_cache, monkeypa
     # An extra index with a password in its URL (unreachable: port 9 in the container).
     monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://cast:s3cret-token@127.0.0.1:9/simple")
     monkeypatch.setenv("PIP_RETRIES", "0")
-    cache = make_cache()  # reads the host's settings now
+    cache = make_cache(installer=PIP)  # reads the host's settings now
     log = Log()
     with pytest.raises(BuildFailed) as failure:
         cache.ensure(spec(pip=["cast-no-such-package-4f1c"]), 1, log)
@@ -213,6 +231,58 @@ def test_a_failing_build_reports_the_step_and_hides_secrets(make_cache, monkeypa
     assert "s3cret-token" not in logged + message  # …and its secret did not reach the log
     assert not [entry for entry in cache.entries() if "cast-no-such" in entry.holds]
     assert engine.containers.list(all=True, filters={"label": f"{LABEL_WORK_DIR}={cache.work_dir}"}) == []
+
+
+def test_a_failing_uv_build_gives_uvs_error_lines_and_hides_secrets(make_cache, monkeypatch, engine):  # noqa: F811
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://cast:s3cret-token@127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    cache = make_cache(installer=UV)
+    log = Log()
+    with pytest.raises(BuildFailed) as failure:
+        cache.ensure(spec(pip=["cast-no-such-package-4f1c"]), 1, log)
+    message = str(failure.value)
+    # uv's error, then its innermost causes.
+    assert message.startswith("pip step failed (exit 2): error: ") and len(message) < 500
+    assert message.endswith("Connection refused (os error 111)")
+    assert log.lines[0].endswith("(base image cast-base:bookworm; pip: 1 package, with uv)")
+    logged = "\n".join(log.lines)
+    assert "==> pip: uv pip install cast-no-such-package-4f1c" in logged
+    assert "127.0.0.1:9" in logged + message  # the setting reached uv…
+    assert "s3cret-token" not in logged + message  # …and its secret did not reach the log
+    assert engine.containers.list(all=True, filters={"label": f"{LABEL_WORK_DIR}={cache.work_dir}"}) == []
+
+
+def test_a_uv_build_honours_the_hosts_pip_settings_and_shares_its_cache(make_cache, host_pip_config, engine):  # noqa: F811
+    cache = make_cache(installer=UV)  # reads this test's pip settings
+    first_log, second_log = Log(), Log()
+    cache.ensure(spec(pip_req="cast-probe\n"), 1, first_log)
+    built = cache.ensure(spec(pip_req="cast-probe\ncast-probe-index\n"), 2, second_log)  # one line added
+    assert second_log.lines[0] == (f"Building environment {built.description} (base image {DEFAULT_BASE_IMAGE}; "
+                                   "pip: requirements file (2 lines), with uv)")
+    # The worker's cache already held cast-probe: only the added line's package was fetched.
+    assert any(line.startswith("Prepared 1 package in ") for line in second_log.lines), second_log.lines
+    assert any(path.is_file() for path in (cache.work_dir / "uv-cache").rglob("*"))
+    probe = engine.containers.run(built.description, ["python3", "-c", PROBE], remove=True)
+    # 1.0 of cast-probe although 2.0 lies beside it: the constraint held (and the index and find-links were read).
+    assert probe.decode().split() == [EXPECTED["cast_probe"], EXPECTED["cast_probe_index"]]
+    # Neither the worker's uv nor its cache was committed into the image.
+    left = engine.containers.run(built.description, ["sh", "-c", "ls -A /cast/host 2>/dev/null; true"], remove=True)
+    assert left.decode().split() == []
+
+
+def test_without_uv_a_docker_build_uses_pip_and_says_so(make_cache, host_pip_config, monkeypatch, engine):  # noqa: F811
+    monkeypatch.setitem(sys.modules, "uv", None)  # the worker's uv package cannot be imported…
+    monkeypatch.setenv("PATH", "/nonexistent")  # …and there is none on PATH
+    cache = make_cache()
+    log = Log()
+    built = cache.ensure(spec(pip=PACKAGES), 1, log)
+    assert log.lines[0].endswith("pip: 2 packages, with pip (uv not found))")
+    assert "==> pip: pip install cast-probe cast-probe-index" in log.lines
+    probe = engine.containers.run(built.description, ["python3", "-c", PROBE], remove=True)
+    assert probe.decode().split() == [EXPECTED["cast_probe"], EXPECTED["cast_probe_index"]]
+    monkeypatch.setenv("CAST_WORKER_INSTALLER", "uv")
+    with pytest.raises(InvalidExecutorOption, match="uv is not installed on this worker"):
+        make_cache()
 
 
 def test_a_missing_docker_image_fails_the_build_clearly(make_cache):

@@ -109,6 +109,10 @@ def test_the_failure_reason_is_the_installers_last_error_lines_bounded():
     assert failure_reason(["Reading package lists...", "E: Unable to locate package nope"]) == \
         "E: Unable to locate package nope"
     assert failure_reason(["a", "b", "c", "d"]) == "b | c | d"
+    uv = ["Resolved 3 packages", "error: Request failed after 0 retries", "  cause: Failed to fetch: https://x/",
+          "  cause: tcp connect error", "  cause: Connection refused (os error 111)"]
+    assert failure_reason(uv) == ("error: Request failed after 0 retries | cause: tcp connect error | "
+                                  "cause: Connection refused (os error 111)")
     long = failure_reason(["ERROR: " + "x" * 1000])
     assert len(long) == FAILURE_CHARS and long.startswith("…")
 

@@ -12,10 +12,11 @@ import pytest
 
 from cast.protocol.messages import RunSpec
 from cast.worker.envs import HOST_KEY
-from cast.worker.executors.base import BuildFailed, BuildResult, Job, PreparedMount
+from cast.worker.executors.base import BuildFailed, BuildResult, InvalidExecutorOption, Job, PreparedMount
 from cast.worker.executors.local import LocalExecutor
 from cast.worker.mounts import make_read_only
 from tests.conftest import wait_until
+from tests.worker.pipconfig import EXPECTED, PACKAGES, PROBE, host_pip_config  # noqa: F401  (fixture)
 
 HOST = BuildResult(key=HOST_KEY, cached=True)
 
@@ -86,6 +87,28 @@ def test_a_pip_environment_is_on_the_path(executor, tmp_path):
     assert sink.of("stdout") == [str(executor.envs.path(build.key))]
     assert executor.build(job, Sink()).cached
     assert [entry.key for entry in executor.cache_entries()] == [build.key]
+
+
+def test_a_uv_environment_honours_the_hosts_pip_settings_and_runs_in_the_sandbox(host_pip_config, tmp_path):
+    executor = LocalExecutor(tmp_path / "work")  # reads this test's pip settings on its first build
+    assert executor.sandboxed and executor.envs.installer.name == "uv"
+    job = make_job(tmp_path, f'python -c "{PROBE}"', spec={"pip": PACKAGES})
+    log = Sink()
+    build = executor.build(job, log)
+    assert log.of("cast")[0].endswith("(pip: 2 packages, with uv)")
+    sink = Sink()
+    assert executor.start(job, build, sink).wait().exit_code == 0
+    # 1.0 of cast-probe although 2.0 lies beside it: the constraint held.
+    assert sink.of("stdout") == [f"{EXPECTED['cast_probe']} {EXPECTED['cast_probe_index']}"]
+    # The environment's files are the worker's cache's, linked.
+    module = next(executor.envs.path(build.key).glob("lib/python*/site-packages/cast_probe/__init__.py"))
+    assert module.stat().st_nlink >= 2 and (tmp_path / "work" / "uv-cache").is_dir()
+
+
+def test_an_installer_setting_that_cannot_be_had_stops_the_executor(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAST_WORKER_INSTALLER", "conda")
+    with pytest.raises(InvalidExecutorOption, match="CAST_WORKER_INSTALLER='conda': expected one of auto, uv, pip"):
+        LocalExecutor(tmp_path / "work")
 
 
 def test_apt_packages_are_refused_clearly(executor, tmp_path):
