@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -157,6 +157,19 @@ def test_the_helper_appends_lines_and_does_nothing_outside_a_run(tmp_path, monke
         thread.join()
     lines = path.read_bytes().splitlines()
     assert len(lines) == 800 and all(parse_line(line).name == "t" for line in lines)
+
+
+def test_the_folder_holds_an_empty_file_and_the_helper_beside_the_working_dir(tmp_path):
+    from cast.worker.metrics import RunMetrics
+
+    outbox = SimpleNamespace(metrics=lambda points: None, log=lambda stream, text: None)
+    metrics = RunMetrics(tmp_path / "1-abc.metrics", outbox, log_metrics=True)
+    metrics.prepare()
+    assert sorted(os.listdir(metrics.folder)) == sorted([FILE_NAME, HELPER_NAME])
+    assert (metrics.folder / FILE_NAME).read_bytes() == b""
+    assert (metrics.folder / HELPER_NAME).read_bytes() == Path(cast_metrics.__file__).read_bytes()
+    metrics.close()
+    assert not metrics.folder.exists()
 
 
 def test_run_env_puts_the_helper_first_on_pythonpath():
