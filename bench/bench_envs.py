@@ -1,0 +1,83 @@
+"""Benchmark: environment builds of the local executor (cast.worker.envs)
+against a bare `pip install` in a new virtualenv, in the same process run.
+
+Each round, alternating so load on a shared machine falls on all of them:
+
+- bare:  `python -m venv` + `pip install torch six` (pip as a user runs it, its own cache as it is)
+- uv cold: cast's build of torch + six with uv and an empty package cache
+- uv +1 line: the same requirements file with one line added (tqdm), torch unchanged
+- pip +1 line: the same two builds with CAST_WORKER_INSTALLER=pip (second timed)
+
+Prints the medians and the ratios against the goals of issue #14 (a cold build
+at most 0.5x the bare pip install; one line added at most 1 s). The torch
+version comes from --torch (default: the host's cap, 2.13.0); every package
+comes from the host's pip settings.
+
+    python bench/bench_envs.py [--rounds 3] [--torch 2.13.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cast.worker.envs import EnvCache
+from cast.worker.installer import choose_installer
+
+
+def bare_pip(folder: Path, packages: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+    subprocess.run([str(folder / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", *packages],
+                   check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def cast_build(cache: EnvCache, requirements: str) -> float:
+    start = time.perf_counter()
+    result = cache.ensure([], requirements, lambda stream, text: None)
+    assert not result.cached
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--torch", default="2.13.0")
+    args = parser.parse_args()
+    base = f"torch=={args.torch}\nsix\n"
+    added = base + "tqdm\n"
+    uv, pip = choose_installer("uv"), choose_installer("pip")
+    times: dict[str, list[float]] = {"bare": [], "uv cold": [], "uv +1 line": [], "pip +1 line": []}
+    print(f"load before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    for round_number in range(args.rounds):
+        with tempfile.TemporaryDirectory(prefix="bench-envs-") as scratch:
+            root = Path(scratch)
+            times["bare"].append(bare_pip(root / "bare", [f"torch=={args.torch}", "six"]))
+            with_uv = EnvCache(root / "uv" / "envs", installer=uv, package_cache=root / "uv" / "cache")
+            times["uv cold"].append(cast_build(with_uv, base))
+            times["uv +1 line"].append(cast_build(with_uv, added))
+            with_pip = EnvCache(root / "pip" / "envs", installer=pip)
+            cast_build(with_pip, base)
+            times["pip +1 line"].append(cast_build(with_pip, added))
+            shutil.rmtree(root / "bare")
+        print(f"round {round_number + 1}: " + ", ".join(f"{name} {values[-1]:.2f} s" for name, values in times.items()),
+              flush=True)
+    print(f"load after: {os.getloadavg()[0]:.1f}")
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    for name, value in medians.items():
+        print(f"{name:12}: median {value:6.2f} s over {args.rounds} rounds")
+    print(f"uv cold / bare pip   : {medians['uv cold'] / medians['bare']:.2f}x  (goal: at most 0.5x)")
+    print(f"uv +1 line           : {medians['uv +1 line']:.2f} s  (goal: at most 1 s)")
+    print(f"pip +1 line / uv     : {medians['pip +1 line'] / medians['uv +1 line']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
