@@ -112,34 +112,30 @@ def check_runnable(session: Session, *, spec: RunSpec, settings: Settings, queue
     worker able to run it has room now."""
     loads = leased_load(session)
     present = present_workers(session, settings=settings, loads=loads)
-    if not present:
-        return waiting_line(session, spec=spec, settings=settings, present=present, loads=loads)
-    unsandboxed_refused = not settings.allow_unsandboxed_workers and _several_users(session)
+    unsandboxed_refused = bool(present) and not settings.allow_unsandboxed_workers and _several_users(session)
     reasons = {w.id: why_unable(w, spec, unsandboxed_refused=unsandboxed_refused) for w in present}
-    if all(reasons.values()) and not queue_anyway:
+    if present and all(reasons.values()) and not queue_anyway:
         needs = list(dict.fromkeys(reasons.values()))
         raise NoWorkerCan(
             f"no worker can run this: it asks for {' or '.join(needs)}; workers: "
             + ", ".join(describe_worker(w) for w in present)
             + " (--queue-anyway waits for a worker that can)"
         )
-    return waiting_line(session, spec=spec, settings=settings, present=present, loads=loads)
+    able = [w for w in present if reasons[w.id] is None]
+    return waiting_line(session, spec=spec, settings=settings, present=present, able=able, loads=loads)
 
 
 def waiting_line(session: Session, *, spec: RunSpec, settings: Settings, present: list[Worker],
-                 loads: dict[str, Load]) -> str | None:
+                 able: list[Worker], loads: dict[str, Load]) -> str | None:
     """What a newly queued run waits for, in one line; None if nothing (a worker has room)."""
     if not present:
         if session.scalar(select(func.count()).select_from(Worker)):
             return "waiting: no worker is connected (none asked for work in the last " \
                    f"{presence_seconds(settings):.0f} s); it runs once one does"
         return "waiting: no worker registered yet; it runs once one does"
-    unsandboxed_refused = not settings.allow_unsandboxed_workers and _several_users(session)
-    able = [w for w in present if why_unable(w, spec, unsandboxed_refused=unsandboxed_refused) is None]
     if not able:
         return "waiting: no connected worker can run this (queued anyway); it runs once one that can connects"
-    busy = [w for w in able if not _has_room(w, spec, loads.get(w.id, Load()))]
-    if len(busy) < len(able):
+    if any(_has_room(w, spec, loads.get(w.id, Load())) for w in able):
         return None
     kind = "GPU " if spec.gpus else ""
     if len(able) == 1:
