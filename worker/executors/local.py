@@ -318,7 +318,8 @@ class LocalExecutor(Executor):
         info_read, info_write = os.pipe()
         try:
             popen = subprocess.Popen(
-                sandbox.argv(run, job.spec.command, info_fd=info_write, start_dir=job.start_dir), cwd=job.workdir, env=env,
+                sandbox.argv(run, job.spec.command, info_fd=info_write, start_dir=job.start_dir),
+                cwd=job.workdir, env=env,
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                 pass_fds=(info_write,),
             )
