@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from cast.protocol.hyper import Goal, MetricAgg, SearchKind, SearchStatus
+from cast.protocol.hyper import MAX_PARALLEL, Goal, MetricAgg, SearchKind, SearchStatus
 from cast.protocol.status import RunStatus
 
 from .cli_common import CONTEXT, UsageProblem, print_json
@@ -36,13 +36,6 @@ def hyper() -> None:
 def _search_command(kind: SearchKind, help_text: str):
     """A submitting verb: the search's own options and every option of `cast run`."""
 
-    def submit(command, params, num_runs, parallel, metric, goal, metric_agg, seed, as_json, from_file,
-               queue_anyway, **flags) -> int:
-        return _submit(kind, command=command, params=params, num_runs=num_runs, parallel=parallel,
-                       metric=metric, goal=goal, metric_agg=metric_agg, seed=seed, as_json=as_json,
-                       from_file=from_file, queue_anyway=queue_anyway, flags=flags)
-
-    submit.__doc__ = help_text
     options = [
         click.Argument(["command"], nargs=-1),
         click.Option(["-p", "--param", "params"], multiple=True, metavar="NAME=VALUES",
@@ -51,7 +44,7 @@ def _search_command(kind: SearchKind, help_text: str):
     if kind is not SearchKind.GRID:
         options.append(click.Option(["-n", "--num-runs"], type=int, metavar="N", help="How many runs (required)."))
     options += [
-        click.Option(["--parallel"], type=click.IntRange(1, 100), default=1, show_default=True,
+        click.Option(["--parallel"], type=click.IntRange(1, MAX_PARALLEL), default=1, show_default=True,
                      help="At most this many of its runs queued or active at once."),
         click.Option(["--metric"], metavar="NAME",
                      help="The metric a run reports that scores it" + (" (required)." if kind is SearchKind.BAYES
@@ -66,16 +59,15 @@ def _search_command(kind: SearchKind, help_text: str):
                                     help="Seed of the sampler (default: chosen by the server and shown)."))
     options.append(click.Option(["--json", "as_json"], is_flag=True, help="Print the search as JSON."))
     options += [p for p in _run_verb.params if p.name not in _NOT_FOR_SEARCHES]
-    defaults = {"num_runs": None, "seed": None}
     # `cast run`'s command class: it counts the `--` words, so an option typed after the command is refused.
-    command = _RunCommand(kind.value, params=options, help=help_text,
-                            context_settings={**CONTEXT, "allow_interspersed_args": False},
-                            callback=lambda **kw: submit(**{**defaults, **kw}))
-    return command
+    return _RunCommand(kind.value, params=options, help=help_text,
+                       context_settings={**CONTEXT, "allow_interspersed_args": False},
+                       # grid has no --num-runs and no --seed
+                       callback=lambda **given: _submit(kind, **{"num_runs": None, "seed": None, **given}))
 
 
 def _submit(kind: SearchKind, *, command, params, num_runs, parallel, metric, goal, metric_agg, seed, as_json,
-            from_file, queue_anyway, flags) -> int:
+            from_file, queue_anyway, **flags) -> int:
     from cast.protocol import hyper as rules
     from cast.protocol.validate import SpecError
 
