@@ -293,9 +293,16 @@ def _container_needs_the_host_ca(engine, base_image, index: str) -> bool:
     return False
 
 
-def test_the_host_pip_ca_bundle_reaches_the_build(make_executor, tmp_path, monkeypatch, engine, base_image):
+# What each installer says when it cannot verify the index, and once it installed six.
+_UNVERIFIED = {"pip": "CERTIFICATE_VERIFY_FAILED", "uv": "invalid peer certificate"}
+_INSTALLED = {"pip": "Downloading six-1.17.0", "uv": "+ six==1.17.0"}
+
+
+@pytest.mark.parametrize("installer", ["pip", "uv"])
+def test_the_host_pip_ca_bundle_reaches_the_build(make_executor, tmp_path, monkeypatch, engine, base_image, installer):
     """Only the host's network index, through the network: the host's CA bundle
-    is what lets pip verify it behind a TLS-intercepting proxy."""
+    is what lets pip (or uv) verify it behind a TLS-intercepting proxy."""
+    monkeypatch.setenv("CAST_WORKER_INSTALLER", installer)
     bundle = "/etc/ssl/certs/ca-certificates.crt"
     index = _host_network_index()
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no index folders, no find-links
@@ -308,14 +315,14 @@ def test_the_host_pip_ca_bundle_reaches_the_build(make_executor, tmp_path, monke
         lines = Lines()
         with pytest.raises(BuildFailed, match="pip step failed"):
             make_executor(tmp_path / "no-ca").build(make_job(tmp_path, "true", **spec), lines)
-        assert any("CERTIFICATE_VERIFY_FAILED" in text for _, text in lines.entries)
+        assert any(_UNVERIFIED[installer] in text for _, text in lines.entries), lines.entries
     monkeypatch.setenv("PIP_CERT", bundle)
     executor = make_executor(tmp_path / "with-ca")
     assert executor.images.host_settings.pip["cert"] == bundle
     lines = Lines()
     build = executor.build(make_job(tmp_path, "true", **spec), lines)
     assert not build.cached
-    assert any(text.strip().startswith("Downloading six-1.17.0") for _, text in lines.entries), lines.entries
+    assert any(text.strip().startswith(_INSTALLED[installer]) for _, text in lines.entries), lines.entries
     result, run_lines = run(executor, make_job(tmp_path, "python -c 'import six; print(six.__version__)'", **spec))
     assert run_lines.of("stdout") == ["1.17.0"]
 
