@@ -19,6 +19,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from . import metrics
 from .validate import SpecError, SpecTooLarge
 
 # Bounds: far above a real search, far below what costs the server time.
@@ -28,7 +29,7 @@ MAX_PARAMS = 32
 MAX_CHOICES = 1000
 MAX_PARAM_TEXT = 16 * 1024
 MAX_VALUE_LENGTH = 256
-MAX_METRIC_NAME_LENGTH = 128
+MAX_METRIC_NAME_LENGTH = metrics.MAX_NAME_LENGTH
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 # `:lr:` — a name between colons. `http://h:8080/` has none (a digit follows ':').
 _PLACEHOLDER = re.compile(r":([A-Za-z_][A-Za-z0-9_]*):")
@@ -268,8 +269,11 @@ def check_search(*, kind: SearchKind, command: str, params: dict[str, str], num_
     """Everything about a search that can be refused before it starts."""
     parsed = parse_params(params)
     check_template(command, list(parsed))
-    if metric is not None and (not metric or len(metric) > MAX_METRIC_NAME_LENGTH or not metric.isprintable()):
-        raise SpecError(f"metric name {metric[:40]!r} must be 1-{MAX_METRIC_NAME_LENGTH} printable characters")
+    if metric is not None:
+        try:
+            metrics.check_name(metric)  # a name no run could report scores nothing
+        except metrics.PointRefused as error:
+            raise SpecError(str(error)) from None
     if kind is SearchKind.GRID:
         size = grid_size(parsed)
         if num_runs is not None and num_runs != size:
