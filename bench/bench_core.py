@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -36,10 +37,20 @@ from pathlib import Path
 CAST = str(Path(sys.executable).with_name("cast"))
 
 
-def timed(cmd: list[str], env: dict) -> float:
+CPU: dict[str, list[float]] = {}  # the command's own CPU seconds (user + system), by its name
+
+
+def timed(cmd: list[str], env: dict, name: str = "") -> float:
+    """Wall seconds of `cmd`; its CPU seconds go to CPU[name], a figure that
+    a busy machine's queueing for the cores does not inflate as it does the wall time."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, cwd=tempfile.gettempdir())
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if name:
+        CPU.setdefault(name, []).append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return wall
 
 
 def run_times(home: str, run_id: int) -> tuple[float, dict[str, float]]:
@@ -75,10 +86,10 @@ def main() -> None:
         try:
             subprocess.run([CAST, "run", "true"], env=env, check=True, stdout=subprocess.DEVNULL)  # warm-up: starts the embedded default
             for _ in range(args.runs):
-                times["cast"].append(timed([CAST, "run", "true"], env))
+                times["cast"].append(timed([CAST, "run", "true"], env, "cast run true"))
                 times["bare"].append(timed(["bash", "-c", "true"], env))
-                times["cli"].append(timed([CAST, "--help"], env))
-                times["python"].append(timed([sys.executable, "-c", "pass"], env))
+                times["cli"].append(timed([CAST, "--help"], env, "cast --help"))
+                times["python"].append(timed([sys.executable, "-c", "pass"], env, "python -c pass"))
             server = [run_times(home, run_id) for run_id in range(2, args.runs + 2)]
         finally:
             subprocess.run([CAST, "down"], env=env, stdout=subprocess.DEVNULL)
@@ -97,6 +108,9 @@ def main() -> None:
         print(f"    {stage:<16}: {ms([stages.get(stage, 0.0) for _, stages in server])}")
     rest = [total - cli - run for total, cli, run in zip(times["cast"], times["cli"], on_server)]
     print(f"  the rest (create and follow round trips, the outcome): {ms(rest)}")
+    print("CPU time of the client's process (user + system), medians:")
+    for name, seconds in CPU.items():
+        print(f"  {name:<16}: {ms(seconds)}")
 
 
 if __name__ == "__main__":
