@@ -68,14 +68,14 @@ def test_a_failed_build_ends_the_run_as_build_failed(cli, docker_worker):
     result = cli("run", "--pip", "cast-no-such-package-4f1c", "true")
     assert result.returncode != 0
     run = wait_status(docker_worker.server, 1, "build_failed")
-    # pip's own last error lines, not its whole output (which is in the log).
-    assert run["reason"].startswith("pip step failed (exit 1): ERROR: ")
-    assert run["reason"].endswith("ERROR: No matching distribution found for cast-no-such-package-4f1c")
+    # uv's own error and its cause, not its whole output (which is in the log).
+    assert run["reason"].startswith("pip step failed (exit 1): error: No solution found when resolving dependencies")
+    assert "cast-no-such-package-4f1c was not found" in run["reason"]
     assert len(run["reason"]) < 500
     lines = log_texts(docker_worker.server, 1, "cast")
     # What is built is said before any of the build's own output.
     building = next(i for i, line in enumerate(lines) if line.startswith("Building environment"))
-    assert " (base image " in lines[building] and lines[building].endswith("; pip: 1 package)"), lines[building]
+    assert " (base image " in lines[building] and lines[building].endswith("; pip: 1 package, with uv)"), lines[building]
     assert building < lines.index("==> setup: user 1000 and /cast/work")
     assert any("Building… failed" in line for line in lines)
 

@@ -103,13 +103,14 @@ def test_a_failing_build_reports_why(api, worker):
     run_id = submit(api, "true", pip=["cast-no-such-package-zz"])
     run = wait_final(api, run_id)
     assert run["status"] == "build_failed"
-    assert run["reason"].startswith("pip failed (exit 1): ERROR: ")
-    assert run["reason"].endswith("ERROR: No matching distribution found for cast-no-such-package-zz")
+    # uv's own error and its cause, not its whole output (which is in the log).
+    assert run["reason"].startswith("uv failed (exit 1): error: No solution found when resolving dependencies | cause: ")
+    assert "cast-no-such-package-zz was not found" in run["reason"]
     texts = log_texts(api, run_id)
     building = next(i for i, text in enumerate(texts) if text.startswith("Building environment virtualenv"))
-    assert texts[building].endswith("(pip: 1 package)")
+    assert texts[building].endswith("(pip: 1 package, with uv)")
     assert building < next(i for i, text in enumerate(texts) if "cast-no-such-package-zz" in text)
-    assert any(text.startswith("Building… failed: pip failed (exit 1): ERROR: ") for text in texts)
+    assert any(text.startswith("Building… failed: uv failed (exit 1): error: ") for text in texts)
 
 
 def test_apt_packages_are_refused_by_the_local_executor(api, worker):
