@@ -50,11 +50,9 @@ ROWS = ("fixed", "pip", "lines", "latency", "logs")
 CAST = str(Path(sys.executable).with_name("cast"))
 CLOCK_PRINTER = ("python3 -u -c 'import time\nfor _ in range(30):\n    print(\"T\", time.time())\n"
                  "    time.sleep(0.2)'")
-# Fixed ports (the namespace is Ray's alone): with port 0 the raylet waits about 15 s for
-# its agents to write the ports they picked, which a busy machine misses, and the head fails.
-FIXED_PORTS = ("--dashboard-agent-grpc-port", "52366", "--dashboard-agent-listen-port", "52365",
-               "--metrics-export-port", "52370", "--runtime-env-agent-port", "52367",
-               "--node-manager-port", "52368", "--object-manager-port", "52369")
+# Ray's raylet gives its agents about 15 s to start and write their ports; on a busy machine
+# they miss that and the head fails to start, so it is tried again.
+START_ATTEMPTS = 4
 NS_NET = "10.213.77"  # the veth pair's /30: .1 on the host, .2 in the namespace
 
 
@@ -123,11 +121,16 @@ class RayHead:
                 rest = rule[3:] if table else rule[1:]
                 sh("iptables", *table, "-I", chain, *rest)
                 self.rules.append([*table, "-D", chain, *rest])
-            started = subprocess.run(self.cmd(str(self.ray), "start", "--head", "--node-ip-address", "127.0.0.1",
-                                              "--dashboard-host", "127.0.0.1", "--num-cpus", "2",
-                                              "--disable-usage-stats", *FIXED_PORTS),
-                                     env=self.env, capture_output=True, text=True)
-            if started.returncode:
+            for attempt in range(1, START_ATTEMPTS + 1):
+                started = subprocess.run(self.cmd(str(self.ray), "start", "--head", "--node-ip-address",
+                                                  "127.0.0.1", "--dashboard-host", "127.0.0.1", "--num-cpus", "2",
+                                                  "--disable-usage-stats"),
+                                         env=self.env, capture_output=True, text=True)
+                if started.returncode == 0:
+                    break
+                subprocess.run(self.cmd(str(self.ray), "stop", "--force"), env=self.env, capture_output=True)
+                print(f"ray start --head failed (attempt {attempt} of {START_ATTEMPTS})", file=sys.stderr)
+            else:
                 raise SystemExit(f"ray start --head failed:\n{started.stdout[-3000:]}{started.stderr[-3000:]}")
         except BaseException:
             self.__exit__()
