@@ -21,6 +21,7 @@ from cast.protocol import metrics as metric_rules
 from cast.protocol import validate as wire
 from cast.protocol.hyper import Goal, MetricAgg, SearchKind, SearchStatus
 from cast.protocol.messages import MAX_REASON_LENGTH, LogStream, MountSpec, RunSpec, StatusReport
+from cast.protocol.outputs import StagedOutputs
 from cast.protocol.status import RunStatus
 
 _NO_CONTROL = re.compile(r"^[^\x00-\x1f\x7f]*$")
@@ -419,6 +420,22 @@ class StatusIn(_In):
 
 
 # --- outputs, uploads, code -----------------------------------------------------
+
+class StagedFileIn(_In):
+    path: str = Field(min_length=1, max_length=4096)
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=CODE_KEY_PATTERN)
+
+
+class StagedOutputsIn(_In):
+    lease_token: LeaseToken
+    staging: str = Field(min_length=1, max_length=128)
+    files: list[StagedFileIn]
+    folders: list[Annotated[str, Field(min_length=1, max_length=4096)]] = []
+
+    def to_staged(self) -> StagedOutputs:
+        return StagedOutputs.from_dict(self.model_dump())
+
 
 class FileOut(BaseModel):
     path: str

@@ -299,7 +299,7 @@ class RunController:
         self._status(RunStatus.PUSHING)
         with self._lock:
             if not self._aborted and refused is None:
-                self.outbox.push_outputs(outputs.tar_chunks)
+                self.outbox.push_outputs(outputs.sender(self.lease))
         self.outbox.wait_delivered()  # the push's answer decides the final status
         refused = refused or self.outbox.outputs_refused
         problems = []

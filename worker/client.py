@@ -21,6 +21,7 @@ import httpx
 
 from cast.protocol.messages import PERMANENT_HEADER, HeartbeatReply, Lease, LogEntry, StatusReport
 from cast.protocol.metrics import MetricPoint
+from cast.protocol.outputs import StagedOutputs
 
 T = TypeVar("T")
 # 4xx answers that mean "not now" rather than "never".
@@ -171,6 +172,10 @@ class ServerClient:
             headers={"X-Lease-Token": lease_token, "Content-Type": "application/x-tar"},
             timeout=httpx.Timeout(600.0, connect=5.0),
         ).json()
+
+    def adopt_outputs(self, run_id: int, staged: StagedOutputs) -> dict:
+        return self._request("POST", f"/runs/{run_id}/outputs/staged", json=staged.to_dict(),
+                             timeout=httpx.Timeout(600.0, connect=5.0)).json()
 
     # --- data the run needs -----------------------------------------------
 

@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable
 
 from cast.protocol.messages import MAX_REASON_LENGTH, LogEntry, LogStream, StatusReport
 from cast.protocol.metrics import MAX_BATCH as MAX_POINT_BATCH
@@ -92,7 +92,7 @@ class _StatusChange:
 
 @dataclass
 class _OutputPush:
-    tar_chunks: Callable[[], Iterable[bytes]]  # called again for each attempt
+    send: Callable[[ServerClient, int, str], object]  # called again for each attempt
 
 
 class Outbox:
@@ -163,8 +163,8 @@ class Outbox:
                reason: str | None = None, limits: str | None = None) -> None:
         self._put(_StatusChange(status, _clip(note), exit_code, _clip(reason), _clip(limits)))
 
-    def push_outputs(self, tar_chunks: Callable[[], Iterable[bytes]]) -> None:
-        self._put(_OutputPush(tar_chunks))
+    def push_outputs(self, send: Callable[[ServerClient, int, str], object]) -> None:
+        self._put(_OutputPush(send))
 
     def _put(self, item) -> None:
         with self._cond:
@@ -340,7 +340,7 @@ class Outbox:
                 lease_token=self._token, status=first.status, note=first.note,
                 exit_code=first.exit_code, reason=first.reason, limits=first.limits))
         else:
-            self._client.push_outputs(self._run_id, self._token, first.tar_chunks())
+            first.send(self._client, self._run_id, self._token)
 
 
 def _describe(batch: list) -> str:

@@ -19,23 +19,39 @@ of any size is pushed without being held in memory; it is called again for
 each push attempt. Each file is opened with cast.worker.fsops.open_regular, so
 one swapped for a FIFO or a link after the walk is named in the log and left
 out rather than blocking or leading out of the run.
+
+Where the worker shares the server's storage on the working dir's filesystem,
+`Outputs.sender` stages instead of streaming: each file is hashed in place
+(one read) and renamed into `<storage_root>/tmp/staged-…` through descriptors
+(no link followed, a swapped entry is found and dropped), and the server adopts
+that folder (cast.protocol.outputs). A file with another link to its inode (a
+hardlink to a file outside the run) or owned by another user is copied
+instead (a reflink where the filesystem has them), hashed as it is copied.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import os
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from cast.protocol.messages import Lease
 from cast.protocol.names import name_problem, printable
-from cast.worker.fsops import DirCursor, Kind, open_regular, walk
+from cast.protocol.outputs import STAGING_FOLDER, StagedFile, StagedOutputs, staging_name
+from cast.worker.client import ServerClient
+from cast.worker.fsops import DirCursor, Kind, open_regular, remove_tree, walk
+from cast.worker.mounts import shares_server_storage
 
 Snapshot = dict[str, tuple[int, int, int]]  # relative path → (file type, size, mtime_ns)
 Report = Callable[[str], None]  # writes one line to the run's log
 
 CHUNK = 1 << 20
+FICLONE = 0x40049409  # linux/fs.h: share a file's blocks with another file (btrfs, XFS)
 MAX_NAMED = 100  # entries named one by one in the log; the rest are counted
 _BLOCK = tarfile.BLOCKSIZE
 
@@ -79,6 +95,8 @@ class Outputs:
         self.files = files
         self.folders = folders
         self.size = 0  # the files' bytes as listed, holes of sparse files included
+        self._staged: list[StagedFile] = []  # what `stage` moved or copied so far
+        self._next = 0  # the index in `files` that `stage` goes on from
         self._not_saved = _NotSaved(report)
 
     @classmethod
@@ -118,6 +136,30 @@ class Outputs:
             return None
         return f"{what} exceeds the limit of {limit} bytes"
 
+    def sender(self, lease: Lease) -> Callable[[ServerClient, int, str], dict]:
+        """What pushes these outputs to the server of `lease` (the outbox calls it)."""
+        return _Push(self, lease)
+
+    def stage(self, staging: Path, lease_token: str) -> StagedOutputs:
+        """Move or copy the files into the folder `staging` on the server's
+        filesystem; the manifest to send. Called again after a failed attempt,
+        it carries on where it stopped."""
+        with DirCursor(self.root) as cursor:
+            for folder in self.folders:
+                (staging / folder).mkdir(parents=True, exist_ok=True)
+            while self._next < len(self.files):
+                rel = self.files[self._next]
+                try:
+                    self._staged.append(_stage_file(cursor, rel, staging))
+                except FileNotFoundError:
+                    self._not_saved(rel, "removed before it could be saved")
+                except OSError as error:
+                    self._not_saved(rel, error.strerror or str(error))
+                self._next += 1
+            self._not_saved.summarise()
+        return StagedOutputs(lease_token=lease_token, staging=staging.name, files=list(self._staged),
+                             folders=list(self.folders))
+
     def tar_chunks(self) -> Iterator[bytes]:
         """A tar of the folders and files as a stream of chunks of at most CHUNK bytes.
 
@@ -143,6 +185,110 @@ class Outputs:
                     yield from _file_blocks(rel, handle)
             self._not_saved.summarise()
         yield bytes(2 * _BLOCK)
+
+
+class _Push:
+    """The push of one run's outputs, called again for each attempt: staged on
+    the server's filesystem when the worker shares it, else a tar over HTTP.
+    Files are staged once; a retry only asks the server again."""
+
+    def __init__(self, outputs: Outputs, lease: Lease):
+        self._outputs, self._lease = outputs, lease
+        self._staging: Path | None = None
+        self._decided = False
+
+    def __call__(self, client: ServerClient, run_id: int, lease_token: str) -> dict:
+        if not self._decided:
+            self._staging, self._decided = _new_staging_folder(self._lease, self._outputs.root), True
+        if self._staging is None:
+            return client.push_outputs(run_id, lease_token, self._outputs.tar_chunks())
+        return client.adopt_outputs(run_id, self._outputs.stage(self._staging, lease_token))
+
+
+def _new_staging_folder(lease: Lease, root: Path) -> Path | None:
+    """A new folder in the server's temporary folder, or None when the worker
+    does not share the server's storage or it lies on another filesystem than
+    the working dir (a rename could not move a file there)."""
+    if not shares_server_storage(lease):
+        return None
+    parent = Path(lease.storage_root) / STAGING_FOLDER
+    folder = parent / staging_name(lease.run_id)
+    try:
+        if os.stat(parent).st_dev != os.stat(root).st_dev:
+            return None
+        os.mkdir(folder, 0o700)
+    except OSError:
+        return None
+    return folder
+
+
+def _sha256(fd: int) -> str:
+    digest = hashlib.sha256()
+    view = memoryview(bytearray(CHUNK))
+    os.lseek(fd, 0, os.SEEK_SET)
+    while count := os.readv(fd, [view]):
+        digest.update(view[:count])
+    return digest.hexdigest()
+
+
+def _stage_file(cursor: DirCursor, rel: str, staging: Path) -> StagedFile:
+    """Move the run's file `rel` into `staging` (one read: its hash), or copy it
+    when it may not be moved: another link to its inode (a hardlink to a file
+    outside the working dir must not be sealed and kept), or another owner
+    when the worker is not root (the server could not seal it; a root worker
+    hands the moved file to itself, as its runs have uids of their own)."""
+    folder, _, name = rel.rpartition("/")
+    with open_regular(cursor, rel) as handle:
+        info = os.fstat(handle.fileno())
+        target = staging / folder
+        target.mkdir(parents=True, exist_ok=True)
+        dest = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if info.st_nlink == 1 and os.geteuid() in (0, info.st_uid):
+                return _move(handle.fileno(), info, cursor.folder(folder), dest, rel, name, staging)
+            return _copy(handle.fileno(), dest, rel, name)
+        finally:
+            os.close(dest)
+
+
+def _move(fd: int, info: os.stat_result, source_dir: int, dest_dir: int, rel: str, name: str,
+          staging: Path) -> StagedFile:
+    sha = _sha256(fd)
+    os.rename(name, name, src_dir_fd=source_dir, dst_dir_fd=dest_dir)
+    after = os.stat(name, dir_fd=dest_dir, follow_symlinks=False)
+    if (after.st_dev, after.st_ino) != (info.st_dev, info.st_ino):
+        remove_tree(staging / rel)  # whatever the run put in its place, it is not kept
+        raise OSError(errno.ESTALE, "it was replaced while being saved")
+    if after.st_uid != os.geteuid():
+        os.fchown(fd, os.geteuid(), os.getegid())
+    if (after.st_size, after.st_mtime_ns) != (info.st_size, info.st_mtime_ns):
+        sha = _sha256(fd)  # written to through a descriptor still open: hash what was moved
+    return StagedFile(rel, after.st_size, sha)
+
+
+def _copy(fd: int, dest_dir: int, rel: str, name: str) -> StagedFile:
+    out = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dest_dir)
+    try:
+        try:
+            fcntl.ioctl(out, FICLONE, fd)  # shares the blocks; hashed below from the clone, which cannot change
+            return StagedFile(rel, os.fstat(out).st_size, _sha256(out))
+        except OSError:
+            os.ftruncate(out, 0)
+        digest, size = hashlib.sha256(), 0
+        view = memoryview(bytearray(CHUNK))
+        os.lseek(fd, 0, os.SEEK_SET)
+        while count := os.readv(fd, [view]):
+            digest.update(view[:count])
+            _write_all(out, view[:count])
+            size += count
+        return StagedFile(rel, size, digest.hexdigest())
+    finally:
+        os.close(out)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data):]
 
 
 def _file_blocks(rel: str, handle) -> Iterator[bytes]:

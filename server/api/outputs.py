@@ -1,5 +1,6 @@
 """Output routes: the manifest and the bytes of a run's outputs, and freeing
-them (users); the push of a run's outputs as a tar stream (workers)."""
+them (users); the push of a run's outputs as a tar stream, or the adoption of
+outputs a worker staged on the server's own filesystem (workers)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from cast.server.api.bodies import body_reader
 from cast.server.api.deps import CurrentUser, DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth
 from cast.server.api.files import file_or_tar
-from cast.server.schemas import Deleted, FileList, OutputsPushed
+from cast.server.schemas import Deleted, FileList, OutputsPushed, StagedOutputsIn
 from cast.server.services import deletion, files
 
 router = APIRouter(prefix="/runs", tags=["outputs"], route_class=SessionRoute)
@@ -38,6 +39,15 @@ async def push_outputs(
     count, size = await run_in_threadpool(
         files.store_outputs, database, settings=settings, run_id=run_id, lease_token=x_lease_token,
         source=body_reader(request),
+    )
+    return {"files": count, "size": size}
+
+
+@router.post("/{run_id}/outputs/staged", response_model=OutputsPushed)
+async def adopt_staged_outputs(run_id: RunId, body: StagedOutputsIn, _: WorkerAuth, database: DatabaseDep,
+                               settings: SettingsDep) -> dict:
+    count, size = await run_in_threadpool(
+        files.adopt_outputs, database, settings=settings, run_id=run_id, staged=body.to_staged(),
     )
     return {"files": count, "size": size}
 

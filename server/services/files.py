@@ -1,8 +1,9 @@
 """Stored file sets: run outputs (pushed by workers) and uploads (pushed by users).
 
-Owns receiving them (streamed into a temporary folder, recorded with a
-manifest, renamed into place and committed together so a partial body is never
-visible) and finding a path inside them. Receiving takes the Database rather
+Owns receiving them (streamed into a temporary folder, or for outputs staged
+there by a worker that shares this filesystem and then checked, recorded with
+a manifest, renamed into place and committed together so a partial body is
+never visible) and finding a path inside them. Receiving takes the Database rather
 than a session: a transfer may take minutes and must not hold a transaction.
 """
 
@@ -15,10 +16,11 @@ from typing import BinaryIO
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
+from cast.protocol.outputs import StagedOutputs, is_staging_name
 from cast.protocol.status import RunStatus
 from cast.protocol.validate import normalize_relative_path, validate_upload_name
 from cast.server.db import Database
-from cast.server.errors import Conflict, Gone, InUse, NameTaken, PathNotFound, UploadNotFound
+from cast.server.errors import BadRequest, Conflict, DomainError, Gone, InUse, NameTaken, PathNotFound, UploadNotFound
 from cast.server.models import OutputFile, RunMount, Upload, UploadFile, User
 from cast.server.services import leases, runs, storage
 from cast.server.settings import Settings
@@ -42,19 +44,51 @@ def store_outputs(database: Database, *, settings: Settings, run_id: int, lease_
         folder = staging / "outputs"
         folder.mkdir()
         stored = storage.extract_tar(source, folder, max_bytes=settings.max_output_bytes, what=f"the output of run {run_id}")
-        total = sum(f.size for f in stored)
-        with database.transaction() as session:
-            run = _check_push(session, run_id=run_id, lease_token=lease_token)
-            session.execute(delete(OutputFile).where(OutputFile.run_id == run_id))
-            session.add_all(OutputFile(run_id=run_id, path=f.path, size=f.size, sha256=f.sha256) for f in stored)
-            run.outputs_size = total
-            session.flush()
-            final = storage.run_outputs_dir(settings, run_id)
-            storage.replace_into_place(folder, final, settings)
-            storage.seal(final)
-        return len(stored), total
+        return _place_outputs(database, settings=settings, run_id=run_id, lease_token=lease_token,
+                              folder=folder, stored=stored)
     finally:
         storage.remove(staging)
+
+
+def _place_outputs(database: Database, *, settings: Settings, run_id: int, lease_token: str, folder: Path,
+                   stored: list[storage.StoredFile]) -> tuple[int, int]:
+    total = sum(f.size for f in stored)
+    with database.transaction() as session:
+        run = _check_push(session, run_id=run_id, lease_token=lease_token)
+        session.execute(delete(OutputFile).where(OutputFile.run_id == run_id))
+        session.add_all(OutputFile(run_id=run_id, path=f.path, size=f.size, sha256=f.sha256) for f in stored)
+        run.outputs_size = total
+        session.flush()
+        final = storage.run_outputs_dir(settings, run_id)
+        storage.replace_into_place(folder, final, settings)
+        storage.seal(final)
+    return len(stored), total
+
+
+def adopt_outputs(database: Database, *, settings: Settings, run_id: int, staged: StagedOutputs) -> tuple[int, int]:
+    """Make the tree a worker staged in the server's temporary folder run
+    `run_id`'s outputs, once every entry is checked; (files, bytes). The
+    staging folder is removed whatever the answer but a transient failure
+    (the worker retries the same request)."""
+    if not is_staging_name(staged.staging, run_id):
+        raise BadRequest(f"{staged.staging!r} is not a staging folder of run {run_id}")
+    folder = settings.tmp_dir / staged.staging
+    if not folder.is_dir() or folder.is_symlink():
+        raise BadRequest(f"the staging folder {staged.staging!r} does not exist on the server's storage")
+    what = f"the output of run {run_id}"
+    try:
+        with database.transaction(write=False) as session:
+            _check_push(session, run_id=run_id, lease_token=staged.lease_token)
+        for name in [*(f.path for f in staged.files), *staged.folders]:
+            storage.resolve_inside(folder, name, what=f"{what} member")
+        manifest = {f.path: (f.size, f.sha256) for f in staged.files}
+        stored = storage.verify_staged(folder, manifest, set(staged.folders),
+                                       max_bytes=settings.max_output_bytes, what=what)
+        return _place_outputs(database, settings=settings, run_id=run_id, lease_token=staged.lease_token,
+                              folder=folder, stored=stored)
+    except DomainError:
+        storage.remove(folder)
+        raise
 
 
 def _stored_run(session: Session, *, run_id: int, viewer: User):

@@ -236,6 +236,7 @@ def reap_expired(session: Session, *, settings: Settings) -> list[int]:
         if run is None:
             continue
         reaped.append(run_id)
+        storage.drop_staged(settings, run_id)  # a worker that died mid-move left it half-staged
         if run.attempt <= run.retries:
             runs.switch_status(session, run=run_id, to=S.MACHINE_REQUESTED,
                                note=f"attempt {run.attempt + 1} of {run.retries + 1}")

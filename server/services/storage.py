@@ -5,7 +5,9 @@ THE one place that turns a path from a request into a filesystem path
 one place that reads and writes tar streams: extraction accepts regular files
 and folders only (no links, devices, absolute or `..` names, no name
 cast.protocol.names refuses: not UTF-8, a control character, too long; each
-refused by name with 400) and computes each file's sha256 while writing it;
+refused by name with 400) and computes each file's sha256 while writing it (one pass: the bytes are read
+once, from the request); a tree a worker staged on this filesystem is checked
+entry by entry (`verify_staged`) and then renamed into place like a tar's;
 folders are sent as tar streams built on the fly, never held whole in memory.
 Everything arrives in a temporary folder on the same filesystem and is renamed
 into place only once complete, so a partial body is never visible. Once in
@@ -86,6 +88,13 @@ def clear_temp(settings: Settings) -> None:
     if settings.tmp_dir.is_dir():
         remove(settings.tmp_dir)
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+
+def drop_staged(settings: Settings, run_id: int) -> None:
+    """Remove what a worker staged for run `run_id` and never had adopted (it
+    died or lost its lease mid-move): no row names it."""
+    for folder in settings.tmp_dir.glob(f"staged-{run_id}-*"):
+        remove(folder)
 
 
 def new_temp_dir(settings: Settings) -> Path:
@@ -196,6 +205,46 @@ def extract_tar(source: BinaryIO, dest: Path, *, max_bytes: int, what: str) -> l
                 stored.append(StoredFile(rel, size, sha))
         except tarfile.TarError as error:
             raise BadRequest(f"{what} is not a valid tar stream: {error}") from None
+    stored.sort(key=lambda f: f.path)
+    return stored
+
+
+def verify_staged(folder: Path, files: dict[str, tuple[int, str]], folders: set[str], *,
+                  max_bytes: int, what: str) -> list[StoredFile]:
+    """The stored files of a tree a worker staged in `folder`, refusing (400) any
+    entry but the folders and files its manifest `files` (path → (size,
+    sha256)) and `folders` name: no link, FIFO or device, no refused name, no
+    file with another link to its inode (a hardlink to a file outside would be
+    sealed and kept with it), none owned by another user, none whose size
+    differs. The sha256 is the worker's: see docs/reliability.md."""
+    budget = _Budget(max_bytes, what)
+    device, uid = os.lstat(folder).st_dev, os.geteuid()
+    stored: list[StoredFile] = []
+    pending = [""]
+    while pending:
+        prefix = pending.pop()
+        with os.scandir(folder / prefix if prefix else folder) as entries:
+            for entry in entries:
+                rel = prefix + entry.name
+                info = entry.stat(follow_symlinks=False)
+                if problem := name_problem(rel):
+                    raise BadRequest(f"{what}: '{printable(rel)}' cannot be stored: {problem}")
+                if stat.S_ISDIR(info.st_mode) and info.st_dev == device:
+                    pending.append(rel + "/")
+                    continue
+                expected = files.get(rel)
+                if not stat.S_ISREG(info.st_mode) or expected is None:
+                    raise BadRequest(f"{what}: '{printable(rel)}' is not a file the manifest names")
+                if info.st_nlink != 1 or info.st_uid != uid:
+                    raise BadRequest(f"{what}: '{printable(rel)}' is linked elsewhere or owned by another user")
+                if info.st_size != expected[0]:
+                    raise BadRequest(f"{what}: '{printable(rel)}' holds {info.st_size} bytes, not {expected[0]}")
+                budget.spend(info.st_size)
+                stored.append(StoredFile(rel, info.st_size, expected[1]))
+    missing = set(files) - {f.path for f in stored}
+    missing |= {name for name in folders if not (folder / name).is_dir() or (folder / name).is_symlink()}
+    if missing:
+        raise BadRequest(f"{what}: '{printable(min(missing))}' is named but was not staged")
     stored.sort(key=lambda f: f.path)
     return stored
 

@@ -11,10 +11,12 @@ the same property through live parts, a real run per tree.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import shlex
+import signal
 import stat
 import tarfile
 import urllib.parse
@@ -31,7 +33,7 @@ from cast.server.services import storage
 from cast.worker.fsops import remove_tree
 from cast.worker.outputs import Outputs, snapshot
 from tests.conftest import wait_until
-from tests.factories import log_texts, output_paths, run_id_of, submit, wait_final
+from tests.factories import log_texts, output_paths, run_id_of, submit, wait_final, wait_status
 from tests.reliability.helpers import canary_tree, modes_and_contents
 
 BOUND = 300  # seconds: only guards against a hang
@@ -217,6 +219,41 @@ def test_hardlinks_are_saved_as_their_content(server, worker):
             assert api.get(f"/runs/{run}/outputs/{path}").content == b"shared\n"
 
 
+# --- outputs staged on the server's own filesystem (a worker that shares its storage) ---
+
+def test_a_shared_storage_worker_moves_outputs_in_whole_read_only_and_with_their_hash(server, worker):
+    with server.api() as api:
+        run = submit(api, "head -c 3000000 /dev/urandom > model.bin && stat -c %i model.bin > inode.txt")
+        assert wait_final(api, run, timeout=BOUND)["status"] == "complete"
+        manifest = {f["path"]: f for f in api.get(f"/runs/{run}/outputs").json()["files"]}
+        stored = server.data_dir / "runs" / str(run) / "model.bin"
+        assert stored.stat().st_ino == int((stored.parent / "inode.txt").read_text())  # moved, not copied
+        data = api.get(f"/runs/{run}/outputs/model.bin").content
+        assert manifest["model.bin"]["size"] == len(data) == 3_000_000
+        assert manifest["model.bin"]["sha256"] == hashlib.sha256(stored.read_bytes()).hexdigest()
+        assert stat.S_IMODE(stored.stat().st_mode) == 0o444 and stat.S_IMODE(stored.parent.stat().st_mode) == 0o555
+    assert list((server.data_dir / "tmp").iterdir()) == []
+    _cleaned_up(worker)
+
+
+@pytest.mark.short_lease
+def test_a_worker_killed_mid_move_leaves_no_half_adopted_output_and_its_staging_is_dropped(server, start_worker):
+    worker = start_worker(server)
+    staging = server.data_dir / "tmp"
+    # Small files first (outputs are staged in name order), then one whose hash takes seconds.
+    command = "for i in $(seq 20); do echo $i > a-$i.txt; done; truncate -s 6G z.bin"
+    with server.api() as api:
+        run = submit(api, command)
+        wait_until(lambda: any(any(folder.iterdir()) for folder in staging.glob(f"staged-{run}-*")),
+                   timeout=BOUND, interval=0.01, what="the worker to stage the first files")
+        worker.stop(signal.SIGKILL)
+        final = wait_status(api, run, "interrupted", "failed", timeout=BOUND)
+        assert final["status"] == "interrupted"
+        assert output_paths(api, run) == []
+    assert list(staging.glob(f"staged-{run}-*")) == []
+    assert not (server.data_dir / "runs" / str(run)).exists()
+
+
 def test_a_sparse_file_is_saved_at_its_full_length_and_counts_so_against_the_cap(start_server, start_worker):
     server = start_server(env={"CAST_MAX_OUTPUT_BYTES": str(48 * 1024 * 1024)})
     start_worker(server)
@@ -314,7 +351,8 @@ def _build(work: Path, canary: Path, entries: list[tuple[bytes, str]]) -> dict[s
 @settings(max_examples=25, derandomize=True, database=None, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(entries=trees())
-def test_any_hostile_tree_is_saved_or_named_and_removed_without_touching_the_host(tmp_path_factory, entries):
+@pytest.mark.parametrize("push", ["tar", "staged"])
+def test_any_hostile_tree_is_saved_or_named_and_removed_without_touching_the_host(tmp_path_factory, push, entries):
     base = tmp_path_factory.mktemp("tree")
     canary = canary_tree(base / "canary")
     work = base / "work"
@@ -327,17 +365,25 @@ def test_any_hostile_tree_is_saved_or_named_and_removed_without_touching_the_hos
     outputs = Outputs.collect(work, before, [], report=lines.append)
     stored = base / "stored"
     stored.mkdir()
+    expected_files = {path for path, kind in made.items()
+                      if kind in ("file", "hardlink_host", "sparse") and name_problem(path) is None}
+    contents = {path: (work / path).read_bytes() for path in expected_files}
     try:
-        saved = {f.path for f in storage.extract_tar(io.BytesIO(b"".join(outputs.tar_chunks())), stored,
-                                                     max_bytes=1 << 30, what="outputs")}
+        if push == "tar":
+            saved = storage.extract_tar(io.BytesIO(b"".join(outputs.tar_chunks())), stored,
+                                        max_bytes=1 << 30, what="outputs")
+        else:  # moved or copied into the server's storage, then checked there as the server does
+            staged = outputs.stage(stored, "token")
+            saved = storage.verify_staged(stored, {f.path: (f.size, f.sha256) for f in staged.files},
+                                          set(staged.folders), max_bytes=1 << 30, what="outputs")
     except BadRequest as refused:
         raise AssertionError(f"the server refused what the worker sent: {refused}") from None
 
-    expected_files = {path for path, kind in made.items()
-                      if kind in ("file", "hardlink_host", "sparse") and name_problem(path) is None}
-    assert saved == expected_files
-    for path in expected_files:
-        assert (stored / path).read_bytes() == (work / path).read_bytes()
+    assert {f.path for f in saved} == expected_files
+    for stored_file in saved:
+        data = (stored / stored_file.path).read_bytes()
+        assert data == contents[stored_file.path]
+        assert stored_file.sha256 == hashlib.sha256(data).hexdigest()
     not_saved = {path for path, kind in made.items() if kind != "dir" and path not in expected_files}
     named = "\n".join(lines)
     for path in not_saved:

@@ -118,6 +118,11 @@ def _tar() -> Iterator[bytes]:
     yield b"\0" * 1024
 
 
+def _over_http(tar_chunks):
+    """An output push as a worker that does not share the server's storage sends it."""
+    return lambda client, run_id, token: client.push_outputs(run_id, token, tar_chunks())
+
+
 def _statuses(server: ScriptedServer) -> list[str]:
     return [body["status"] for body in server.of_kind("status")]
 
@@ -136,7 +141,7 @@ def test_a_4xx_ends_the_run_at_once_and_the_log_names_the_request(server, run):
 def test_the_same_server_error_n_times_refuses_the_push_for_good(server, run):
     server.script["outputs"] = [(500, {"Content-Type": "text/plain"}, "Internal Server Error")]
     made = run(max_same_errors=4)
-    made.outbox.push_outputs(_tar)
+    made.outbox.push_outputs(_over_http(_tar))
     made.finish()
     assert len(server.of_kind("outputs")) == 4
     assert made.outbox.outputs_refused == "Internal Server Error (the same answer 4 times in a row)"
@@ -146,7 +151,7 @@ def test_the_same_server_error_n_times_refuses_the_push_for_good(server, run):
 def test_a_5xx_marked_permanent_is_not_retried(server, run):
     server.script["outputs"] = [(507, {PERMANENT_HEADER: "1"}, {"detail": "server storage full"})]
     made = run()
-    made.outbox.push_outputs(_tar)
+    made.outbox.push_outputs(_over_http(_tar))
     made.finish()
     assert len(server.of_kind("outputs")) == 1
     assert made.outbox.outputs_refused == "server storage full"
@@ -189,7 +194,7 @@ def test_a_kill_does_not_wait_behind_a_push_that_blocks(server, run):
 
     made = run()
     made.outbox.log(LogStream.STDOUT, "last words")
-    made.outbox.push_outputs(blocked_tar)
+    made.outbox.push_outputs(_over_http(blocked_tar))
     made.outbox.status("complete")
     wait_until(lambda: server.of_kind("logs"), timeout=60, what="the log line")
     made.outbox.drop_pending_results()  # what the worker does on a kill

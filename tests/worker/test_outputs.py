@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import socket
@@ -209,3 +210,82 @@ def test_each_file_fills_whole_blocks(tmp_path, size):
     data = b"".join(_collect(tmp_path, before)[0].tar_chunks())
     assert len(data) % 512 == 0
     assert _tar(_collect(tmp_path, before)[0]) == {"f.bin": b"z" * size}
+
+
+# --- staged on the server's filesystem ----------------------------------------------
+
+def _stage(found: Outputs, staging: Path) -> dict[str, tuple[int, str]]:
+    staging.mkdir(exist_ok=True)
+    staged = found.stage(staging, "token")
+    return {f.path: (f.size, f.sha256) for f in staged.files}
+
+
+def _listing(root: Path) -> dict[str, bytes | None]:
+    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(root.rglob("*"))}
+
+
+def test_staging_moves_each_file_hashed_once_and_keeps_new_folders(tmp_path):
+    work, staging = tmp_path / "work", tmp_path / "staged"
+    work.mkdir()
+    (work / "kept.txt").write_text("checkout")
+    before = snapshot(work)
+    (work / "sub").mkdir()
+    (work / "sub" / "model.bin").write_bytes(os.urandom(3 * outputs.CHUNK + 5))
+    (work / "empty").mkdir()
+    inode = (work / "sub" / "model.bin").stat().st_ino
+    data = (work / "sub" / "model.bin").read_bytes()
+    found, lines = _collect(work, before)
+    assert _stage(found, staging) == {"sub/model.bin": (len(data), hashlib.sha256(data).hexdigest())}
+    assert (staging / "sub" / "model.bin").stat().st_ino == inode  # renamed: no byte copied
+    assert (staging / "empty").is_dir() and not (work / "sub" / "model.bin").exists()
+    assert (work / "kept.txt").read_text() == "checkout" and lines == []
+    assert found.stage(staging, "token").files == [outputs.StagedFile("sub/model.bin", len(data),
+                                                                      hashlib.sha256(data).hexdigest())]
+
+
+def test_staging_copies_a_hardlink_to_a_host_file_and_leaves_the_host_file_alone(tmp_path):
+    host = tmp_path / "host-secret.txt"
+    host.write_text("host\n")
+    os.chmod(host, 0o600)
+    work, staging = tmp_path / "work", tmp_path / "staged"
+    work.mkdir()
+    before = snapshot(work)
+    os.link(host, work / "linked.txt")
+    found, _ = _collect(work, before)
+    assert _stage(found, staging) == {"linked.txt": (5, hashlib.sha256(b"host\n").hexdigest())}
+    copy = staging / "linked.txt"
+    assert copy.read_bytes() == b"host\n" and copy.stat().st_ino != host.stat().st_ino
+    assert copy.stat().st_nlink == 1
+    assert host.stat().st_nlink == 2 and oct(host.stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_staging_names_and_leaves_entries_swapped_after_the_walk(tmp_path):
+    work, staging = tmp_path / "work", tmp_path / "staged"
+    work.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("outside")
+    before = snapshot(work)
+    for name in ["fifo.bin", "link.bin", "gone.bin", "ok.bin"]:
+        (work / name).write_bytes(b"x")
+    os.symlink(outside, work / "symlink")
+    os.mkfifo(work / "fifo")
+    found, lines = _collect(work, before)
+    (work / "fifo.bin").unlink()
+    os.mkfifo(work / "fifo.bin")
+    (work / "link.bin").unlink()
+    os.symlink(outside, work / "link.bin")
+    (work / "gone.bin").unlink()
+
+    done = threading.Event()
+    threading.Thread(target=lambda: (_stage(found, staging), done.set()), daemon=True).start()
+    assert done.wait(120), "staging blocked on a FIFO"
+    assert _listing(staging) == {"ok.bin": b"x"}
+    assert sorted(lines) == [
+        "not saved: fifo.bin: it became a FIFO (never opened) after it was listed",
+        "not saved: fifo: a FIFO (never opened)",
+        "not saved: gone.bin: removed before it could be saved",
+        "not saved: link.bin: it became a symbolic link (links are not followed) after it was listed",
+        "not saved: symlink: a symbolic link (links are not followed)",
+    ]
+    assert outside.read_text() == "outside" and (work / "link.bin").is_symlink()

@@ -4,10 +4,15 @@ may see them and only inside their own folder."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
+import stat
+from pathlib import Path
 
 import pytest
 
+from cast.protocol.outputs import StagedFile, StagedOutputs, staging_name
 from cast.protocol.validate import SpecError
 from cast.server.errors import BadRequest, Conflict, LeaseLost, NameTaken, PathNotFound, RunNotFound, UploadNotFound
 from cast.server.models import Run
@@ -119,3 +124,85 @@ def test_a_refused_upload_leaves_nothing_behind(app, settings):
     with app.state.database.transaction(write=False) as session:
         assert [u.name for u in files.list_uploads(session, viewer=admin)] == ["empty"]
     assert not (settings.uploads_dir / "broken").exists() and list(settings.tmp_dir.iterdir()) == []
+
+
+# --- outputs staged by a worker that shares this filesystem -----------------------------
+
+def _staged(settings, run_id: int, contents: dict[str, bytes]) -> tuple[StagedOutputs, Path]:
+    """A staging folder as the worker leaves it, and the manifest it sends."""
+    name = staging_name(run_id)
+    folder = settings.tmp_dir / name
+    folder.mkdir()
+    for path, data in contents.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(data)
+    listed = [StagedFile(path, len(data), hashlib.sha256(data).hexdigest()) for path, data in contents.items()]
+    return StagedOutputs(lease_token="", staging=name, files=listed, folders=[]), folder
+
+
+def _pushing(local) -> dict:
+    local.create_run()
+    lease = local.lease(local.register())
+    local.advance(lease, "mounting", "running", "saving", "pushing")
+    return lease
+
+
+def test_a_staged_tree_is_adopted_in_place_sealed_with_its_manifest(local, app, settings):
+    lease = _pushing(local)
+    run_id = lease["run_id"]
+    staged, folder = _staged(settings, run_id, {"a.txt": b"aa", "sub/b.bin": b"bbb"})
+    staged.lease_token, staged.folders = lease["lease_token"], ["empty"]
+    (folder / "empty").mkdir()
+    inode = (folder / "sub/b.bin").stat().st_ino
+    assert files.adopt_outputs(app.state.database, settings=settings, run_id=run_id, staged=staged) == (2, 5)
+    admin = admin_of(app.state.database)
+    with app.state.database.transaction(write=False) as session:
+        manifest = files.output_manifest(session, run_id=run_id, viewer=admin)
+        stored = files.output_path(session, settings=settings, run_id=run_id, viewer=admin, path="sub/b.bin")
+    assert [(f.path, f.size, f.sha256) for f in manifest] == [
+        ("a.txt", 2, hashlib.sha256(b"aa").hexdigest()), ("sub/b.bin", 3, hashlib.sha256(b"bbb").hexdigest())]
+    assert stored.stat().st_ino == inode  # renamed, not copied
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o444 and stat.S_IMODE(stored.parent.stat().st_mode) == 0o555
+    assert (stored.parent.parent / "empty").is_dir()
+    assert list(settings.tmp_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("spoil, why", [
+    (lambda folder, outside: os.symlink(outside, folder / "link"), "'link' is not a file the manifest names"),
+    (lambda folder, outside: os.mkfifo(folder / "fifo"), "'fifo' is not a file the manifest names"),
+    (lambda folder, outside: (folder / "extra.txt").write_bytes(b"x"), "'extra.txt' is not a file the manifest names"),
+    (lambda folder, outside: os.link(outside, folder / "a.txt") if not (folder / "a.txt").unlink() else None,
+     "'a.txt' is linked elsewhere"),
+    (lambda folder, outside: (folder / "a.txt").write_bytes(b"longer"), "'a.txt' holds 6 bytes, not 2"),
+    (lambda folder, outside: (folder / "a.txt").unlink(), "'a.txt' is named but was not staged"),
+    (lambda folder, outside: (folder / "bad\nname").write_bytes(b""), "cannot be stored"),
+], ids=["symlink", "fifo", "unlisted", "hardlink-outside", "size", "missing", "name"])
+def test_a_staged_tree_that_differs_from_its_manifest_is_refused_and_removed(local, app, settings, tmp_path,
+                                                                             spoil, why):
+    lease = _pushing(local)
+    outside = tmp_path / "host-file"
+    outside.write_bytes(b"hh")
+    staged, folder = _staged(settings, lease["run_id"], {"a.txt": b"aa"})
+    staged.lease_token = lease["lease_token"]
+    spoil(folder, outside)
+    with pytest.raises(BadRequest, match=why):
+        files.adopt_outputs(app.state.database, settings=settings, run_id=lease["run_id"], staged=staged)
+    assert list(settings.tmp_dir.iterdir()) == []
+    assert stat.S_IMODE(outside.stat().st_mode) != 0o444 and outside.read_bytes() == b"hh"
+    with app.state.database.transaction(write=False) as session:
+        assert files.output_manifest(session, run_id=lease["run_id"], viewer=admin_of(app.state.database)) == []
+
+
+def test_only_a_staging_folder_of_the_run_itself_is_adopted(local, app, settings):
+    lease = _pushing(local)
+    run_id = lease["run_id"]
+    staged, folder = _staged(settings, run_id, {"a.txt": b"aa"})
+    staged.lease_token = lease["lease_token"]
+    for name in ["../runs", f"staged-{run_id + 1}-{'0' * 32}", "."]:
+        with pytest.raises(BadRequest, match="is not a staging folder of run"):
+            files.adopt_outputs(app.state.database, settings=settings, run_id=run_id,
+                                staged=StagedOutputs(lease["lease_token"], name, staged.files))
+    with pytest.raises(LeaseLost):
+        files.adopt_outputs(app.state.database, settings=settings, run_id=run_id,
+                            staged=StagedOutputs("stolen", staged.staging, staged.files))
+    assert not folder.exists()  # a push refused for good leaves nothing behind
