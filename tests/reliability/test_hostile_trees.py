@@ -19,6 +19,7 @@ import shlex
 import signal
 import stat
 import tarfile
+import tempfile
 import urllib.parse
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from cast.server.errors import BadRequest
 from cast.server.services import storage
 from cast.worker.fsops import remove_tree
 from cast.worker.outputs import Outputs, snapshot
-from tests.conftest import wait_until
+from tests.conftest import WorkerProcess, wait_until
 from tests.factories import log_texts, output_paths, run_id_of, submit, wait_final, wait_status
 from tests.reliability.helpers import canary_tree, modes_and_contents
 
@@ -234,6 +235,27 @@ def test_a_shared_storage_worker_moves_outputs_in_whole_read_only_and_with_their
         assert stat.S_IMODE(stored.stat().st_mode) == 0o444 and stat.S_IMODE(stored.parent.stat().st_mode) == 0o555
     assert list((server.data_dir / "tmp").iterdir()) == []
     _cleaned_up(worker)
+
+
+def test_a_worker_on_another_filesystem_streams_its_outputs_over_http(server, base_env):
+    # /dev/shm is a tmpfs: a rename could not carry a file from there into the server's storage.
+    work = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    worker = WorkerProcess(server=server, work_dir=work / "worker", name="elsewhere", executor="local",
+                           env=base_env).start()
+    try:
+        with server.api() as api:
+            run = submit(api, "head -c 3000000 /dev/urandom > model.bin && mkdir empty")
+            assert wait_final(api, run, timeout=BOUND)["status"] == "complete"
+            files = api.get(f"/runs/{run}/outputs").json()["files"]
+        stored = server.data_dir / "runs" / str(run) / "model.bin"
+        assert [(f["path"], f["size"], f["sha256"]) for f in files] == [
+            ("model.bin", 3_000_000, hashlib.sha256(stored.read_bytes()).hexdigest())]
+        assert stat.S_IMODE(stored.stat().st_mode) == 0o444 and (stored.parent / "empty").is_dir()
+        assert list((server.data_dir / "tmp").iterdir()) == []
+        _cleaned_up(worker)
+    finally:
+        worker.stop()
+        remove_tree(work)
 
 
 @pytest.mark.short_lease
