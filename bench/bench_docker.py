@@ -54,7 +54,7 @@ def free_port() -> int:
 
 
 def wait_healthy(url: str) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a guard against a hang; a busy machine starts it slowly
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
