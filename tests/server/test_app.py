@@ -21,6 +21,7 @@ WORKER_ROUTES = {
     ("POST", "/api/v1/runs/{run_id}/logs"),
     ("POST", "/api/v1/runs/{run_id}/metrics"),
     ("PUT", "/api/v1/runs/{run_id}/outputs"),
+    ("POST", "/api/v1/runs/{run_id}/outputs/staged"),
     ("GET", "/api/v1/workers/mounts/{resource}"),
     ("GET", "/api/v1/workers/code/{digest}"),
 }
