@@ -222,7 +222,11 @@ def test_hardlinks_are_saved_as_their_content(server, worker):
 
 # --- outputs staged on the server's own filesystem (a worker that shares its storage) ---
 
-def test_a_shared_storage_worker_moves_outputs_in_whole_read_only_and_with_their_hash(server, worker):
+@pytest.mark.parametrize("executor", ["local", "docker"])
+def test_a_shared_storage_worker_moves_outputs_in_whole_read_only_and_with_their_hash(
+        executor, server, start_worker, docker_env):
+    # The Docker executor's working dir is a bind mount of a host folder: moved from there the same way.
+    worker = start_worker(server, executor=executor, env=docker_env if executor == "docker" else None)
     with server.api() as api:
         run = submit(api, "head -c 3000000 /dev/urandom > model.bin && stat -c %i model.bin > inode.txt")
         assert wait_final(api, run, timeout=BOUND)["status"] == "complete"
