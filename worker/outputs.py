@@ -51,6 +51,9 @@ Snapshot = dict[str, tuple[int, int, int]]  # relative path → (file type, size
 Report = Callable[[str], None]  # writes one line to the run's log
 
 CHUNK = 1 << 20
+# A staged manifest longer than this goes as a tar instead: the server caps JSON
+# bodies (CAST_MAX_JSON_BODY_BYTES, 16 MiB by default), not tar streams.
+MAX_MANIFEST_BYTES = 8 << 20
 FICLONE = 0x40049409  # linux/fs.h: share a file's blocks with another file (btrfs, XFS)
 MAX_NAMED = 100  # entries named one by one in the log; the rest are counted
 _BLOCK = tarfile.BLOCKSIZE
@@ -136,6 +139,10 @@ class Outputs:
             return None
         return f"{what} exceeds the limit of {limit} bytes"
 
+    def manifest_bytes(self) -> int:
+        """About how long the staged manifest's JSON would be (escapes aside)."""
+        return sum(len(path) + 120 for path in self.files) + sum(len(path) + 4 for path in self.folders)
+
     def sender(self, lease: Lease) -> Callable[[ServerClient, int, str], dict]:
         """What pushes these outputs to the server of `lease` (the outbox calls it)."""
         return _Push(self, lease)
@@ -199,7 +206,9 @@ class _Push:
 
     def __call__(self, client: ServerClient, run_id: int, lease_token: str) -> dict:
         if not self._decided:
-            self._staging, self._decided = _new_staging_folder(self._lease, self._outputs.root), True
+            self._decided = True
+            if self._outputs.manifest_bytes() <= MAX_MANIFEST_BYTES:
+                self._staging = _new_staging_folder(self._lease, self._outputs.root)
         if self._staging is None:
             return client.push_outputs(run_id, lease_token, self._outputs.tar_chunks())
         return client.adopt_outputs(run_id, self._outputs.stage(self._staging, lease_token))

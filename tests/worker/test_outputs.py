@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cast.protocol.messages import Lease, RunSpec
 from cast.protocol.names import printable
 from cast.worker import outputs
 from cast.worker.outputs import Outputs, snapshot
@@ -289,3 +290,36 @@ def test_staging_names_and_leaves_entries_swapped_after_the_walk(tmp_path):
         "not saved: symlink: a symbolic link (links are not followed)",
     ]
     assert outside.read_text() == "outside" and (work / "link.bin").is_symlink()
+
+
+def test_outputs_whose_manifest_would_pass_the_json_cap_go_as_a_tar(tmp_path, monkeypatch):
+    storage_root = tmp_path / "storage"
+    (storage_root / "tmp").mkdir(parents=True)
+    (storage_root / "storage-id").write_text("here\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    before = snapshot(work)
+    (work / "a.txt").write_text("a")
+    found, _ = _collect(work, before)
+    lease = Lease(run_id=3, lease_token="t", lease_seconds=2, attempt=1, spec=RunSpec(command="true"), mounts=[],
+                  storage_root=str(storage_root), storage_id="here")
+    sent: list[str] = []
+
+    class Client:  # records which route the push took
+        def push_outputs(self, run_id, token, chunks):
+            sent.append(("tar", sorted(_tar_bytes(b"".join(chunks)))))
+
+        def adopt_outputs(self, run_id, staged):
+            sent.append(("staged", [f.path for f in staged.files]))
+
+    monkeypatch.setattr(outputs, "MAX_MANIFEST_BYTES", 10)
+    found.sender(lease)(Client(), 3, "t")
+    assert sent == [("tar", ["a.txt"])] and list((storage_root / "tmp").iterdir()) == []
+    monkeypatch.setattr(outputs, "MAX_MANIFEST_BYTES", 1 << 20)
+    found.sender(lease)(Client(), 3, "t")
+    assert sent[1] == ("staged", ["a.txt"]) and not (work / "a.txt").exists()
+
+
+def _tar_bytes(data: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        return tar.getnames()
