@@ -17,7 +17,7 @@ from .cli_common import CONTEXT, UsageProblem, print_json
 from .config import client as _client
 from .sdk import ApiError
 
-LOG_PAGE = 1000
+LOG_PAGE = 10_000  # the server's largest read: fewer round trips for a long log
 PS_LIMIT = 50  # runs `cast ps` shows without --limit or --all
 # Statuses whose transition note says why that move happened; any other
 # status's note qualifies the stage that just ended ("Building… done (cached)").

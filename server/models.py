@@ -142,13 +142,17 @@ class RunMount(Base):
     source_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
 
 
-class LogEntry(Base):
-    __tablename__ = "log_entries"
+class LogChunk(Base):
+    """Consecutive log lines of one stream, offsets first_offset.. first_offset+count-1,
+    stored as one JSON array of strings with one time (see services/logs.py)."""
+
+    __tablename__ = "log_chunks"
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
-    offset: Mapped[int] = mapped_column(Integer, primary_key=True)
+    first_offset: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
     time: Mapped[datetime] = mapped_column(UtcDateTime)
     stream: Mapped[str] = mapped_column(String(8))
-    text: Mapped[str] = mapped_column(Text)
+    lines: Mapped[str] = mapped_column(Text)
 
 
 class OutputFile(Base):

@@ -29,9 +29,9 @@ def read_chunk(session: Session, *, run_id: int, viewer: User, offset: int, limi
     return logs.read(session, run=run, offset=offset, limit=limit)
 
 
-def _read(database: Database, *, run_id: int, viewer: User, offset: int) -> dict:
+def _read(database: Database, *, run_id: int, viewer: User, offset: int, limit: int = BATCH) -> dict:
     with database.transaction(write=False) as session:
-        return read_chunk(session, run_id=run_id, viewer=viewer, offset=offset, limit=BATCH)
+        return read_chunk(session, run_id=run_id, viewer=viewer, offset=offset, limit=limit)
 
 
 async def follow(database: Database, *, run_id: int, viewer: User, offset: int) -> AsyncIterator[dict]:
@@ -66,12 +66,13 @@ async def follow(database: Database, *, run_id: int, viewer: User, offset: int) 
 
 def download(database: Database, *, run_id: int, viewer: User) -> Iterator[bytes]:
     """The log as text, one line per entry, in pieces; an unknown run raises here."""
-    first = _read(database, run_id=run_id, viewer=viewer, offset=0)
+    # Pages as large as a read allows: nobody waits on the first line here.
+    first = _read(database, run_id=run_id, viewer=viewer, offset=0, limit=logs.MAX_READ)
 
     def pieces() -> Iterator[bytes]:
         chunk = first
         while chunk["entries"]:
             yield "".join(entry["text"] + "\n" for entry in chunk["entries"]).encode("utf-8", "surrogateescape")
-            chunk = _read(database, run_id=run_id, viewer=viewer, offset=chunk["next_offset"])
+            chunk = _read(database, run_id=run_id, viewer=viewer, offset=chunk["next_offset"], limit=logs.MAX_READ)
 
     return pieces()

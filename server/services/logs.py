@@ -1,4 +1,10 @@
-"""Run logs: append-only entries numbered from 0, read from an offset.
+"""Run logs: append-only entries numbered from 0, stored in chunks, read from an offset.
+
+A chunk (`LogChunk`) holds consecutive lines of one stream as one JSON array
+with one time, the time of its first line: a batch of N lines is a few rows,
+not N. A chunk ends where the stream changes or a line comes a second or more
+after the chunk's first, so a line's time is never more than a second early.
+Readers still see single entries with exact offsets: a read slices chunks.
 
 Owns the worker's batch protocol (`seq` = entries the worker sent before this
 batch, so a retried batch is never stored twice), the server's own `cast`
@@ -8,11 +14,12 @@ one visible marker is written and later lines are dropped.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -20,11 +27,12 @@ from cast.protocol.messages import LogStream
 from cast.protocol.status import is_final
 from cast.server import events
 from cast.server.errors import LeaseLost, RunNotFound
-from cast.server.models import LogEntry, Run, utcnow
+from cast.server.models import LogChunk, Run, utcnow
 from cast.server.settings import Settings
 
 log = logging.getLogger(__name__)
 MAX_READ = 10_000
+CHUNK_SPAN = timedelta(seconds=1)
 
 
 def append(session: Session, run: Run, entries: Iterable[tuple[str, str, datetime]]) -> None:
@@ -39,12 +47,21 @@ def append(session: Session, run: Run, entries: Iterable[tuple[str, str, datetim
         .execution_options(synchronize_session=False)
     ).scalar_one()
     start = end - len(entries)
-    session.execute(insert(LogEntry), [
-        {"run_id": run.id, "offset": start + i, "stream": stream, "text": text, "time": time}
-        for i, (stream, text, time) in enumerate(entries)
-    ])
+    session.execute(insert(LogChunk), list(_chunks(run.id, start, entries)))
     set_committed_value(run, "log_size", end)
     events.changed(session, events.run_key(run.id))
+
+
+def _chunks(run_id: int, start: int, entries: list[tuple[str, str, datetime]]) -> Iterable[dict]:
+    """Rows for `entries` numbered from `start`: one per run of one stream within CHUNK_SPAN."""
+    first = 0
+    for i in range(1, len(entries) + 1):
+        if i < len(entries) and entries[i][0] == entries[first][0] and entries[i][2] - entries[first][2] < CHUNK_SPAN:
+            continue
+        # ensure_ascii: a lone surrogate in a line cannot break the column's UTF-8.
+        yield {"run_id": run_id, "first_offset": start + first, "count": i - first, "stream": entries[first][0],
+               "time": entries[first][2], "lines": json.dumps([text for _, text, _ in entries[first:i]])}
+        first = i
 
 
 def append_cast_lines(session: Session, run: Run, lines: list[str]) -> None:
@@ -83,7 +100,9 @@ def append_worker_batch(
             room -= 1
             run.worker_log_lines += 1
         text = entry.text if len(entry.text) <= limit else entry.text[:limit] + "…"
-        rows.append((stream.value, text, entry.time or now))
+        time = entry.time or now
+        # Naive times are taken as UTC, as the database stores them: chunks compare times.
+        rows.append((stream.value, text, time if time.tzinfo else time.replace(tzinfo=timezone.utc)))
     append(session, run, rows)
     session.flush()
     return run.log_size, run.log_truncated
@@ -93,17 +112,24 @@ def read(session: Session, *, run: Run, offset: int, limit: int) -> dict:
     """A chunk `{entries, next_offset, finished}`; a negative offset counts back from the end."""
     size = run.log_size
     start = max(0, size + offset) if offset < 0 else min(offset, size)
-    rows = session.scalars(
-        select(LogEntry)
-        .where(LogEntry.run_id == run.id, LogEntry.offset >= start)
-        .order_by(LogEntry.offset)
-        .limit(min(limit, MAX_READ))
+    end = min(size, start + min(limit, MAX_READ))
+    # The chunk holding `start`, then every chunk that begins before `end`.
+    first = session.scalar(
+        select(func.max(LogChunk.first_offset)).where(LogChunk.run_id == run.id, LogChunk.first_offset <= start)
+    ) or 0
+    chunks = session.execute(
+        select(LogChunk.first_offset, LogChunk.time, LogChunk.stream, LogChunk.lines)
+        .where(LogChunk.run_id == run.id, LogChunk.first_offset >= first, LogChunk.first_offset < end)
+        .order_by(LogChunk.first_offset)
     ).all()
+    rows = []
+    for first_offset, time, stream, lines in chunks:
+        texts = json.loads(lines)
+        for i in range(max(0, start - first_offset), min(len(texts), end - first_offset)):
+            rows.append({"offset": first_offset + i, "time": time, "stream": stream, "text": texts[i]})
     next_offset = start + len(rows)
     return {
-        "entries": [
-            {"offset": r.offset, "time": r.time, "stream": r.stream, "text": r.text} for r in rows
-        ],
+        "entries": rows,
         "next_offset": next_offset,
         "finished": is_final(run.status) and next_offset >= size,
     }

@@ -89,3 +89,33 @@ def test_the_way_down_and_up_again_keeps_every_runs_worker_and_history(local, ap
         assert connection.execute(sa.select(runs.c.worker_id).where(runs.c.id == run_id)).scalar_one() is not None
     assert [t["status"] for t in after["transitions"]] == [t["status"] for t in before["transitions"]] == [
         "machine_requested", "building"]
+
+
+def test_logs_kept_per_line_before_0006_read_the_same_after_it_and_back(local, app):
+    """0006 moves `log_entries` into `log_chunks` (one chunk per old line) and
+    the way down expands chunks back into lines: offsets, streams, times and
+    text survive both ways, and later appends continue the numbering."""
+    local.create_run()
+    lease = local.lease(local.register())
+    run_id, token = lease["run_id"], lease["lease_token"]
+    batch = [{"stream": "stdout", "text": f"out {i}"} for i in range(5)] + [
+        {"stream": "stderr", "text": "ünïcode \\ \"quoted\""}, {"stream": "stdout", "text": ""}]
+    assert local.worker.post(f"/runs/{run_id}/logs",
+                             json={"lease_token": token, "seq": 0, "entries": batch}).status_code == 200
+    before = local.user.get(f"/runs/{run_id}/logs").json()
+
+    _migrate(app, "0005", down=True)
+    with app.state.database.engine.begin() as connection:
+        entries = sa.table("log_entries", sa.column("run_id"), sa.column("offset"), sa.column("text"))
+        texts = connection.execute(sa.select(entries.c.text).where(entries.c.run_id == run_id)
+                                   .order_by(entries.c.offset)).scalars().all()
+    assert texts == [entry["text"] for entry in before["entries"]]
+    _migrate(app, "head")
+
+    assert local.user.get(f"/runs/{run_id}/logs").json() == before
+    assert local.worker.post(f"/runs/{run_id}/logs", json={
+        "lease_token": token, "seq": len(batch), "entries": [{"stream": "stdout", "text": "after"}]}).json()[
+        "next_offset"] == before["next_offset"] + 1
+    tail = local.user.get(f"/runs/{run_id}/logs", params={"offset": -2}).json()["entries"]
+    assert [(e["offset"], e["text"]) for e in tail] == [(before["next_offset"] - 1, ""),
+                                                        (before["next_offset"], "after")]

@@ -35,7 +35,7 @@ def test_a_chunk_is_read_only_by_who_may_see_the_run(local, app):
 
 
 def test_download_sends_every_entry_as_a_line_in_batches(local, app, monkeypatch):
-    monkeypatch.setattr(log_reads, "BATCH", 3)
+    monkeypatch.setattr(logs, "MAX_READ", 3)  # the download reads the largest pages a read allows
     admin, alice = _people(app)
     run_id = local.create_run()["id"]
     _write(app, run_id, *[f"line {i}" for i in range(7)], "café")

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from cast.protocol.messages import LogStream
 from cast.server.errors import LeaseLost, RunNotFound
-from cast.server.models import LogEntry, Run
+from cast.server.models import LogChunk, Run
 from cast.server.schemas import LogEntryIn
 from cast.server.services import logs
 
@@ -26,8 +26,9 @@ def _batch(*texts: str, stream: str = "stdout") -> list[LogEntryIn]:
 
 
 def _texts(session, run_id: int) -> list[tuple[int, str, str]]:
-    rows = session.scalars(select(LogEntry).where(LogEntry.run_id == run_id).order_by(LogEntry.offset))
-    return [(row.offset, row.stream, row.text) for row in rows]
+    run = session.get(Run, run_id)
+    entries = logs.read(session, run=run, offset=0, limit=logs.MAX_READ)["entries"]
+    return [(entry["offset"], entry["stream"], entry["text"]) for entry in entries]
 
 
 def test_appends_take_the_next_offsets_whatever_the_session_holds(local, app):
@@ -45,7 +46,7 @@ def test_appends_take_the_next_offsets_whatever_the_session_holds(local, app):
         assert _texts(session, run_id)[start:] == [(start, "stdout", "a"), (start + 1, "stderr", "b"),
                                                    (start + 2, LogStream.CAST.value, "[cast] hello")]
         assert session.get(Run, run_id).log_size == start + 3
-        assert session.scalar(select(LogEntry.time).where(LogEntry.offset == start)) == at
+        assert logs.read(session, run=session.get(Run, run_id), offset=start, limit=1)["entries"][0]["time"] == at
 
 
 def test_a_worker_batch_is_stored_once_from_its_seq(local, app, settings):
@@ -124,3 +125,35 @@ def test_reads_return_at_most_max_read_entries(local, app, monkeypatch):
         logs.append_cast_lines(session, run, [str(i) for i in range(10)])
         chunk = logs.read(session, run=run, offset=0, limit=100)
         assert len(chunk["entries"]) == 4 and chunk["next_offset"] == 4
+
+
+def test_chunks_split_at_a_stream_change_and_a_second_and_reads_slice_them_at_every_offset(local, app):
+    """A reader cut off anywhere (any offset, any page size) resumes at its
+    next_offset with no line lost or repeated, across chunk boundaries."""
+    run_id = local.create_run()["id"]
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    later = at.replace(second=6)
+    with app.state.database.transaction() as session:
+        run = session.get(Run, run_id)
+        start = run.log_size
+        written = [("stdout", "a", at), ("stdout", "b", at), ("stderr", "c", at), ("stdout", "d", at),
+                   ("stdout", "e", later), ("stdout", "f", later)]
+        logs.append(session, run, written)
+        logs.append(session, run, [("stdout", "g", later)])
+        written.append(("stdout", "g", later))
+        chunks = session.execute(select(LogChunk.first_offset, LogChunk.count).where(LogChunk.run_id == run_id)
+                                 .order_by(LogChunk.first_offset)).all()
+        assert [(first - start, count) for first, count in chunks if first >= start] == [
+            (0, 2), (2, 1), (3, 1), (4, 2), (6, 1)]
+        expected = [(start + i, stream, text, time) for i, (stream, text, time) in enumerate(written)]
+        for offset in range(start, run.log_size + 1):
+            for limit in range(1, 8):
+                seen, next_offset = [], offset
+                while True:
+                    page = logs.read(session, run=run, offset=next_offset, limit=limit)
+                    seen += [(e["offset"], e["stream"], e["text"], e["time"]) for e in page["entries"]]
+                    if not page["entries"]:
+                        break
+                    assert page["next_offset"] == seen[-1][0] + 1
+                    next_offset = page["next_offset"]
+                assert seen == expected[offset - start:]
