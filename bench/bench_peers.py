@@ -50,7 +50,7 @@ ROWS = ("fixed", "pip", "lines", "latency", "logs")
 CAST = str(Path(sys.executable).with_name("cast"))
 CLOCK_PRINTER = ("python3 -u -c 'import time\nfor _ in range(30):\n    print(\"T\", time.time())\n"
                  "    time.sleep(0.2)'")
-# Ray's raylet gives its agents about 15 s to start and write their ports; on a busy machine
+# Ray's raylet gives its agents about 18 s to start and write their ports; on a busy machine
 # they miss that and the head fails to start, so it is tried again.
 START_ATTEMPTS = 4
 NS_NET = "10.213.77"  # the veth pair's /30: .1 on the host, .2 in the namespace
