@@ -23,7 +23,8 @@ def _kill_and_restart(server, worker) -> None:
     running has finished its command: their last lines, status changes and
     outputs can only be delivered from the worker's outbox."""
     server.stop(signal.SIGKILL)
-    running = list((worker.work_dir / "runs").iterdir())
+    # Each run's metrics folder sits beside its working dir; only the working dirs get out.txt.
+    running = [path for path in (worker.work_dir / "runs").iterdir() if not path.name.endswith(".metrics")]
     assert running
     wait_until(lambda: all((workdir / "out.txt").exists() for workdir in running), timeout=20,
                what="the running runs to finish while the server is dead")
