@@ -371,7 +371,7 @@ CLI_INPUTS = [
     CliInput("ps with limit zero", ("ps", "--limit", "0"), 2, "--limit"),
     CliInput("login to something that is no URL", ("login", "cast.lab:8470", "--token", "x"), 1, "http"),
     CliInput("login with an empty token", ("login", "http://127.0.0.1:9", "--token", " "), 2, "no token given"),
-    CliInput("web with an extra argument", ("web", "--no-open", "now"), 2, "unexpected extra argument"),
+    CliInput("web with an unknown option", ("web", "--no-open", "--now"), 2, "no such option"),
     CliInput("ps with a huge limit", ("ps", "--limit", BIG), 2, "--limit"),
     CliInput("ps with an unknown status", ("ps", "--status", "sleeping"), 2, "sleeping"),
     # --- mounts
