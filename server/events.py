@@ -13,6 +13,9 @@ When the server begins to shut down, `Notifier.close()` wakes every waiter and
 makes every later wait return at once; a waiter that sees `closed` ends its
 request (a long-poll answers 503, a follow stream ends), so shutdown does not
 wait out a long-poll's timeout.
+
+`follow_run` is the one loop that streams a run's append-only records (its
+log, its metrics) to a follower on these wake-ups.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import asyncio
 import contextlib
 import threading
 from collections import defaultdict
-from collections.abc import Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 
 from sqlalchemy.orm import Session
 
@@ -131,3 +134,41 @@ def fire_pending(session: Session, notifier: Notifier) -> None:
 
 def drop_pending(session: Session) -> None:
     session.info.pop(_PENDING, None)
+
+
+# A follower with nothing new still gets an empty chunk this often, so dead
+# connections are noticed and proxies keep the stream open.
+KEEPALIVE_SECONDS = 15.0
+
+
+async def follow_run(notifier: "Notifier", *, run_id: int, read: Callable[[int], dict], offset: int,
+                     items: str) -> AsyncIterator[dict]:
+    """A run's chunks from `offset` on as they are written, until the run is
+    final and all were sent. `read(offset)` reads one chunk (in a worker
+    thread): `{items: [...], "next_offset": int, "finished": bool}`.
+
+    The first chunk is read before this returns, so an unknown run raises here.
+    A server shutting down ends the stream; the client resumes from its offset.
+    """
+    from starlette.concurrency import run_in_threadpool
+
+    first = await run_in_threadpool(read, offset)
+
+    async def chunks() -> AsyncIterator[dict]:
+        with notifier.subscribe(run_key(run_id)) as changes:
+            chunk = first
+            while True:
+                yield chunk
+                if chunk["finished"]:
+                    return
+                while True:
+                    # Subscribed before this read: a change after it wakes the wait below.
+                    chunk = await run_in_threadpool(read, chunk["next_offset"])
+                    if chunk[items] or chunk["finished"]:
+                        break
+                    if not await changes.wait(KEEPALIVE_SECONDS):
+                        break
+                    if notifier.closed:
+                        return
+
+    return chunks()

@@ -10,16 +10,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from cast.server import events
 from cast.server.db import Database
 from cast.server.models import User
 from cast.server.services import logs, runs
 
-# A follower with nothing new still gets an empty chunk this often, so dead
-# connections are noticed and proxies keep the stream open.
-KEEPALIVE_SECONDS = 15.0
 BATCH = 1000
 
 
@@ -35,33 +31,11 @@ def _read(database: Database, *, run_id: int, viewer: User, offset: int, limit: 
 
 
 async def follow(database: Database, *, run_id: int, viewer: User, offset: int) -> AsyncIterator[dict]:
-    """The chunks from `offset` on as they are written, until the run is final and all were sent.
-
-    The first chunk is read before this returns, so an unknown run raises here.
-    A server shutting down ends the stream; the client resumes from its offset.
-    """
-    first = await run_in_threadpool(_read, database, run_id=run_id, viewer=viewer, offset=offset)
-
-    async def chunks() -> AsyncIterator[dict]:
-        with database.notifier.subscribe(events.run_key(run_id)) as changes:
-            chunk = first
-            while True:
-                yield chunk
-                if chunk["finished"]:
-                    return
-                while True:
-                    # Subscribed before this read: a change after it wakes the wait below.
-                    chunk = await run_in_threadpool(
-                        _read, database, run_id=run_id, viewer=viewer, offset=chunk["next_offset"]
-                    )
-                    if chunk["entries"] or chunk["finished"]:
-                        break
-                    if not await changes.wait(KEEPALIVE_SECONDS):
-                        break
-                    if database.notifier.closed:
-                        return
-
-    return chunks()
+    """The chunks from `offset` on as they are written (`events.follow_run`)."""
+    return await events.follow_run(
+        database.notifier, run_id=run_id, offset=offset, items="entries",
+        read=lambda at: _read(database, run_id=run_id, viewer=viewer, offset=at),
+    )
 
 
 def download(database: Database, *, run_id: int, viewer: User) -> Iterator[bytes]:

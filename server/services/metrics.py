@@ -19,7 +19,6 @@ from datetime import datetime
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
-from starlette.concurrency import run_in_threadpool
 
 from cast.protocol.metrics import MAX_NAMES_PER_RUN, MAX_POINTS_PER_RUN
 from cast.protocol.status import is_final
@@ -32,7 +31,6 @@ from cast.server.services import runs
 log = logging.getLogger(__name__)
 MAX_READ = 100_000
 FOLLOW_BATCH = 10_000
-KEEPALIVE_SECONDS = 15.0
 AGGREGATES = ("last", "min", "max")
 
 
@@ -141,29 +139,11 @@ def _read(database: Database, *, run_id: int, viewer: User, offset: int, name: s
 
 async def follow(database: Database, *, run_id: int, viewer: User, offset: int,
                  name: str | None = None) -> AsyncIterator[dict]:
-    """The chunks from `offset` on as points arrive, until the run is final and
-    every point was sent. The first chunk is read before this returns, so an
-    unknown run raises here."""
-    first = await run_in_threadpool(_read, database, run_id=run_id, viewer=viewer, offset=offset, name=name)
-
-    async def chunks() -> AsyncIterator[dict]:
-        with database.notifier.subscribe(events.run_key(run_id)) as changes:
-            chunk = first
-            while True:
-                yield chunk
-                if chunk["finished"]:
-                    return
-                while True:
-                    chunk = await run_in_threadpool(_read, database, run_id=run_id, viewer=viewer,
-                                                    offset=chunk["next_offset"], name=name)
-                    if chunk["points"] or chunk["finished"]:
-                        break
-                    if not await changes.wait(KEEPALIVE_SECONDS):
-                        break
-                    if database.notifier.closed:
-                        return
-
-    return chunks()
+    """The chunks from `offset` on as points arrive (`events.follow_run`)."""
+    return await events.follow_run(
+        database.notifier, run_id=run_id, offset=offset, items="points",
+        read=lambda at: _read(database, run_id=run_id, viewer=viewer, offset=at, name=name),
+    )
 
 
 def aggregate(session: Session, *, run_id: int, name: str, agg: str) -> float | None:

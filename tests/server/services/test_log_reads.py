@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from cast.server import events
 from cast.server.errors import RunNotFound
 from cast.server.models import Run
 from cast.server.services import log_reads, logs
@@ -96,7 +97,7 @@ def test_follow_ends_when_the_server_shuts_down(local, app):
 
 
 def test_a_follower_with_nothing_new_gets_an_empty_chunk_to_keep_the_stream_alive(local, app, monkeypatch):
-    monkeypatch.setattr(log_reads, "KEEPALIVE_SECONDS", 0.2)
+    monkeypatch.setattr(events, "KEEPALIVE_SECONDS", 0.2)
     run_id = local.create_run()["id"]
     _write(app, run_id, "queued")
     database = app.state.database
