@@ -20,6 +20,7 @@ def test_create_answers_201_with_the_run_and_its_history(local):
     run = created.json()
     assert (run["status"], run["spec"]["command"], run["labels"]) == ("machine_requested", "echo hi", ["a", "b"])
     assert [t["status"] for t in run["transitions"]] == ["machine_requested"]
+    assert run.pop("reused") is False  # only a create answers whether it reused an earlier run
     assert local.user.get(f"/runs/{run['id']}").json() == run
     listed = local.user.get("/runs").json()
     assert listed["next_before"] is None and [r["id"] for r in listed["runs"]] == [run["id"]]
