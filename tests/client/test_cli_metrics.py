@@ -15,12 +15,14 @@ SCRIPT = ("import cast_metrics, time\n"
           "    cast_metrics.log('loss', 8 - i, step=i)\n"
           "    cast_metrics.log('lr', 0.5, step=i)\n"
           "print('half way', flush=True)\n"
-          "time.sleep({pause})\n"
+          "while {gated} and not os.path.exists('go'):\n"
+          "    time.sleep(0.05)\n"
           "cast_metrics.log('loss', 0.5, step=8)\n")
 
 
-def _run(server, pause: float = 0) -> int:
-    return submit(server, f"python3 -c {shlex.quote(SCRIPT.format(pause=pause))}")
+def _run(server, *, gated: bool = False) -> int:
+    """The run; a gated one waits, half way, for a file `go` in its working dir."""
+    return submit(server, f"python3 -c {shlex.quote('import os; ' + SCRIPT.format(gated=gated))}")
 
 
 def test_the_table_the_series_and_json(cli, server, worker):
@@ -49,7 +51,7 @@ def test_the_table_the_series_and_json(cli, server, worker):
 
 
 def test_follow_prints_points_as_they_arrive_until_the_run_ends(cli, server, worker, base_env, tmp_path):
-    run_id = _run(server, pause=3)
+    run_id = _run(server, gated=True)
     wait_for_line(server, run_id, "half way")
     env = {**base_env, "CAST_SERVER_URL": server.url, "CAST_TOKEN": server.admin_token}
     follower = subprocess.Popen(["cast", "metrics", str(run_id), "loss", "-f"], env=env, cwd=tmp_path,
@@ -57,8 +59,11 @@ def test_follow_prints_points_as_they_arrive_until_the_run_ends(cli, server, wor
     first = follower.stdout.readline()
     assert first == "0 8\n"
     assert get_run(server, run_id)["status"] == "running"  # printed while the run goes on
-    out, err = follower.communicate(timeout=120)
-    assert follower.returncode == 0, err
+    (workdir,) = [p for p in (worker.work_dir / "runs").glob(f"{run_id}-*") if not p.name.endswith(".metrics")]
+    (workdir / "go").touch()
+    # Read on through the same buffered pipe: readline above may have buffered later lines.
+    out, err = follower.stdout.read(), follower.stderr.read()
+    assert follower.wait(timeout=120) == 0, err
     lines = (first + out).splitlines()
     assert lines[:9] == [f"{i} {8 - i}" for i in range(8)] + ["8 0.5"]
     assert lines[-1] == "█▇▆▅▄▃▂▁▁  last 0.5, min 0.5, max 8, 9 points"
