@@ -342,7 +342,7 @@ class ImageCache:
             mounts += [Mount(target, source, type="bind", read_only=True) for source, target in inputs.mounts]
             if uv:
                 self.package_cache.mkdir(parents=True, exist_ok=True)
-                mounts += [Mount(UV_BINARY, uv, type="bind", read_only=True),
+                mounts += [Mount(UV_BINARY, self._uv_in_work_dir(uv), type="bind", read_only=True),
                            Mount(UV_CACHE, str(self.package_cache), type="bind")]
             container = self.client.containers.create(
                 base_id, ["/bin/sh", f"{HOST_INPUTS}/build/build.sh"], entrypoint=[], user="0:0",
@@ -368,6 +368,25 @@ class ImageCache:
             raise BuildFailed(f"the Docker engine refused the build: {settings.redact(explain(exc))}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _uv_in_work_dir(self, uv: str) -> str:
+        """The worker's uv as a file of its work dir, which a worker that runs in a
+        container shares with the engine at the same path (docker/compose.yaml):
+        the engine resolves a bind mount's source on its own host, where the
+        worker's own binary path may not exist."""
+        source, target = Path(uv), self.work_dir / "bin" / "uv"
+        wanted = source.stat()
+        try:
+            have = target.stat()
+            if (have.st_size, have.st_mtime_ns) == (wanted.st_size, wanted.st_mtime_ns):
+                return str(target)
+        except FileNotFoundError:
+            pass
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = target.with_name(f".uv-{os.getpid()}-{threading.get_ident()}")
+        shutil.copy2(source, staged)  # keeps the mtime the check above compares
+        os.replace(staged, target)
+        return str(target)
 
     def _stream_build(self, container, log: LogSink) -> tuple[str, list[str]]:
         """Send the build's output to the log; return the last step's name and last lines."""

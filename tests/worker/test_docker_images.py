@@ -9,6 +9,8 @@ unique to the test and are removed after it.
 
 from __future__ import annotations
 
+import filecmp
+
 import subprocess
 import sys
 import threading
@@ -268,6 +270,12 @@ def test_a_uv_build_honours_the_hosts_pip_settings_and_shares_its_cache(make_cac
     # Neither the worker's uv nor its cache was committed into the image.
     left = engine.containers.run(built.description, ["sh", "-c", "ls -A /cast/host 2>/dev/null; true"], remove=True)
     assert left.decode().split() == []
+    # The engine was handed uv from the worker's work dir, the one path a worker in a
+    # container shares with it (docker/compose.yaml); copied once, not per build.
+    copied = cache.work_dir / "bin" / "uv"
+    assert filecmp.cmp(copied, UV.uv, shallow=False)
+    inode = copied.stat().st_ino
+    assert cache._uv_in_work_dir(UV.uv) == str(copied) and copied.stat().st_ino == inode
 
 
 def test_without_uv_a_docker_build_uses_pip_and_says_so(make_cache, host_pip_config, monkeypatch, engine):  # noqa: F811
