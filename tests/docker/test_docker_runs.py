@@ -96,7 +96,7 @@ def test_stop_kill_and_timeout(cli, docker_worker):
     assert "got TERM" in log_texts(server, stopped, "stdout")
     assert cli("ls", f"runs/{stopped}").stdout == "before.txt    6 B\n"
     wait_status(server, killed, "killed", timeout=300)
-    assert cli("ls", f"runs/{killed}").stdout.strip() == ""
+    assert cli("ls", f"runs/{killed}").stdout == f"run {killed} saved no outputs (it was killed).\n"
 
     timed_out = cli("run", "--timeout", "2", command)
     assert "got TERM" in timed_out.stdout.splitlines()
