@@ -70,6 +70,8 @@ def targets(module_server) -> dict:
     assert user.put(f"/code/{CODE_KEY}", content=bundle).status_code == 201
     search = user.post("/searches", json={"kind": "grid", "command": "echo :x:", "params": {"x": "1,2"}})
     assert search.status_code == 201, search.text
+    # Killed, so its queued run ends: a follower of a run that never ends would never return.
+    assert user.post(f"/searches/{search.json()['id']}/kill").status_code == 200
     spare = user.post("/tokens", json={"name": "spare"}).json()["id"]
     # The tokens the fuzzer calls with: revoking them would turn the rest into 401s.
     own = {t["id"] for t in user.get("/tokens").json()["tokens"] if t["name"] == "bootstrap"}
@@ -142,6 +144,9 @@ def test_no_request_makes_a_server_error(module_server, targets):
                 if key == ("POST", "/api/v1/runs") and response.status_code == 201:
                     # No worker runs these: end them, so log followers see them finished.
                     session.post(f"{module_server.url}/api/v1/runs/{response.json()['id']}/kill", headers=admin)
+                if key == ("POST", "/api/v1/searches") and response.status_code == 201:
+                    # Nor its runs: killing the search kills them and starts no more.
+                    session.post(f"{module_server.url}/api/v1/searches/{response.json()['id']}/kill", headers=admin)
 
             exercise()
 
