@@ -26,7 +26,7 @@ check no-server-data-dir test ! -e "$DATA_DIR"
 check no-database test ! -e "$DATA_DIR/cast.db"
 check no-tokens bash -c '! cat "$DATA_DIR/worker-token" "$DATA_DIR/admin-token"'
 check no-cast-home test ! -e "$CAST_HOME_DIR"
-check no-worker-files bash -c 'test ! -e "$WORKER_DIR/worker.lock" && [ -z "$(ls "$WORKER_DIR/runs" | grep -v "^$(basename "$PWD")$")" ]'
+check no-worker-files bash -c 'b=$(basename "$PWD"); test ! -e "$WORKER_DIR/worker.lock" && [ -z "$(ls "$WORKER_DIR/runs" | grep -v -x -e "$b" -e "$b.metrics")" ]'
 check no-other-run-dir test ! -e "$VICTIM_DIR"
 check no-stored-output-write bash -c '! echo overwritten >> "$DATA_DIR/runs/$OUTPUT_RUN/saved.txt"'
 check mount-not-writable bash -c '! echo overwritten >> prev/saved.txt'
@@ -111,7 +111,10 @@ def test_a_worker_without_bubblewrap_warns_and_a_multi_user_server_leases_it_not
         assert "RUNS ON THIS WORKER ARE NOT SANDBOXED" in worker.log_path.read_text()
 
         assert api.post("/users", json={"name": "bob"}).status_code in (200, 201)
-        refused = submit(api, "echo after bob")
+        # Refused at submit, since no worker could run it; queued anyway on request.
+        at_submit = api.post("/runs", json={"command": "echo after bob"})
+        assert at_submit.status_code == 409 and "CAST_ALLOW_UNSANDBOXED_WORKERS" in at_submit.json()["detail"]
+        refused = submit(api, "echo after bob", queue_anyway=True)
         wait_until(lambda: "CAST_ALLOW_UNSANDBOXED_WORKERS" in worker.log_path.read_text().split("NOT SANDBOXED")[-1],
                    timeout=60, what="the worker to log the refusal")
         assert get_run(api, refused)["status"] == "machine_requested"
