@@ -11,10 +11,14 @@ as the buffers fill while heartbeats, on their own connections, go on.
 from __future__ import annotations
 
 import dataclasses
+import tempfile
+from pathlib import Path
 
 import httpx
 import pytest
 
+from cast.worker.fsops import remove_tree
+from tests.conftest import WorkerProcess
 from tests.factories import log_texts, output_paths, statuses, submit, wait_final, wait_status
 from tests.server.conftest import Api
 
@@ -42,12 +46,24 @@ def test_a_kill_does_not_wait_behind_a_stalled_output_push(server, start_worker,
         assert wait_final(api, run_id)["status"] == "killed"
 
 
-def test_a_push_stalled_past_the_stage_bound_fails_the_run(start_server, start_worker, proxy_to, cast_via):
+def test_a_push_stalled_past_the_stage_bound_fails_the_run(start_server, proxy_to, cast_via, base_env):
     server = start_server(env=BOUNDS)
     proxy = proxy_to(server.port)
-    start_worker(dataclasses.replace(server, url=proxy.url), extra_args=["--max-runs", "1"])
+    # Its work dir on another filesystem (a tmpfs), so the push goes over HTTP through the proxy
+    # rather than being moved into the server's storage.
+    work = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    worker = WorkerProcess(server=dataclasses.replace(server, url=proxy.url), work_dir=work / "worker",
+                           name="stalled", executor="local", extra_args=["--max-runs", "1"], env=base_env).start()
+    try:
+        _stalled_push_fails_the_run(server, proxy, cast_via)
+    finally:
+        worker.stop()
+        remove_tree(work)
+
+
+def _stalled_push_fails_the_run(server, proxy, cast_via) -> None:
     proxy.stall_uploads(STALL_AFTER)
-    result = cast_via(server.url, server.admin_token).run("run", "head -c 256M /dev/zero > big.bin")
+    result = cast_via(server.url, server.admin_token).run("run", "head -c 64M /dev/zero > big.bin")
     reason = "pushing for longer than 3.00s, the server's bound (CAST_STAGE_TIMEOUT_SECONDS)"
     assert result.returncode == 1, result
     assert result.stdout.splitlines()[-1] == f"Run 1 failed: {reason}"
