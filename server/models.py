@@ -105,6 +105,10 @@ class Run(Base):
     worker_log_seq: Mapped[int] = mapped_column(Integer, default=0)
     worker_log_lines: Mapped[int] = mapped_column(Integer, default=0)
     log_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Bytes of the run's own output stored (the per-run log cap counts these),
+    # and the object store key of its log once archived there (migration 0007).
+    log_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    log_archive: Mapped[str | None] = mapped_column(Text)
     outputs_size: Mapped[int | None] = mapped_column(BigInteger)
     # When its stored outputs were freed (`cast rm`, prune); the record stays.
     deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
