@@ -84,6 +84,12 @@ def _describe(pip: list[str], pip_req: str | None) -> str:
     return "; ".join(parts)
 
 
+def _wanted_lines(pip: list[str], pip_req: str | None) -> list[str]:
+    """What an environment asks for, one requirement a line (comments dropped), sorted."""
+    lines = [line.split(" #")[0].strip() for line in (pip_req or "").splitlines()]
+    return sorted({*(spec.strip() for spec in pip), *(line for line in lines if line and not line.startswith("#"))})
+
+
 def _tree_size(path: Path) -> int:
     total = 0
     for folder, _, files in os.walk(path):
@@ -157,23 +163,63 @@ class EnvCache:
             config = None
             install = [sys.executable, "-m", "pip", "--python", python, "install",
                        "--no-input", "--disable-pip-version-check", "--progress-bar", "off"]
+        wanted = ["--", *pip] if pip else []
         if pip_req:
             requirements = env / "cast-requirements.txt"
             requirements.write_text(pip_req)
-            install += ["-r", str(requirements)]
+            wanted = ["-r", str(requirements), *wanted]
+        lines = _wanted_lines(pip, pip_req)
         try:
-            self._step(self.installer.name, install + ["--", *pip] if pip else install, log, extra_env)
+            if not (self.installer.uv and self._extends_a_built_environment(lines)
+                    and self._offline([*install, "--offline", *wanted], log, extra_env)):
+                self._step(self.installer.name, [*install, *wanted], log, extra_env)
         finally:
             if config is not None:
                 config.unlink(missing_ok=True)
         (env / _METADATA).write_text(json.dumps({
             "holds": _describe(pip, pip_req), "python": sys.version.split()[0], "installer": self.installer.name,
-            "built_in": round(time.monotonic() - started, 2),
+            "built_in": round(time.monotonic() - started, 2), "wants": lines,
         }))
 
-    def _step(self, step: str, command: list[str], log: LogSink, extra_env: dict[str, str] | None = None) -> None:
-        """Run one build command, its output going to the log; BuildFailed with its
-        last lines when it fails."""
+    def _extends_a_built_environment(self, lines: list[str]) -> bool:
+        """Whether uv built an environment that asked for some of `lines` and nothing else:
+        then the package cache holds what the indexes answered about those, and a
+        build from it alone resolves them as that one did (one line added to a
+        requirements file). An option line (`--index-url`, `-r`) always asks the indexes."""
+        if any(line.startswith("-") for line in lines):
+            return False
+        wanted = set(lines)
+        for metadata in self.root.glob(f"*/{_METADATA}"):
+            try:
+                built = json.loads(metadata.read_text())
+            except (OSError, ValueError):
+                continue
+            if built.get("installer") == "uv" and built.get("wants") and set(built["wants"]) <= wanted:
+                return True
+        return False
+
+    def _offline(self, command: list[str], log: LogSink, extra_env: dict[str, str]) -> bool:
+        """Run uv's `--offline` install `command` (from the package cache and the
+        local indexes alone); whether that was enough.
+
+        Asking the indexes again about every package (torch's dependencies too)
+        was most of the time of a build whose packages are all in the cache. An
+        unpinned requirement thus gets the version this worker resolved before,
+        as a built environment keeps it. Its output is logged only if it
+        succeeded: a miss leaves the environment as it was and says so in one
+        line, and the indexes decide."""
+        said: list[str] = []
+        if self._step("uv", command, lambda _, line: said.append(line), extra_env, check=False):
+            for line in said:
+                log(LogStream.CAST, line)
+            return True
+        log(LogStream.CAST, "Not all of it is in the package cache: asking the package indexes")
+        return False
+
+    def _step(self, step: str, command: list[str], log: LogSink, extra_env: dict[str, str] | None = None, *,
+              check: bool = True) -> bool:
+        """Run one build command, its output going to the log; whether it succeeded,
+        or with `check` BuildFailed with its last lines when it failed."""
         tail: deque[str] = deque(maxlen=_TAIL_LINES)
         env = {**os.environ, "PIP_NO_INPUT": "1", "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", **(extra_env or {})}
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -182,9 +228,10 @@ class EnvCache:
             line = raw.decode(errors="replace").rstrip("\n")
             tail.append(line)
             log(LogStream.CAST, line)
-        if process.wait() != 0:
+        if process.wait() != 0 and check:
             raise BuildFailed(f"{step} failed (exit {process.returncode})"
                               + (f": {failure_reason(list(tail))}" if any(line.strip() for line in tail) else ""))
+        return process.returncode == 0
 
     def entries(self) -> list[CacheEntry]:
         found = []

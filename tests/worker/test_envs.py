@@ -3,17 +3,20 @@ cached by content, built once when runs race for one, never half-made."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 
 import pytest
 
 from cast.worker.envs import FAILURE_CHARS, HOST_KEY, EnvCache, env_key, failure_reason
 from cast.worker.executors.base import BuildFailed
 from cast.worker.installer import choose_installer
-from tests.worker.pipconfig import EXPECTED, PACKAGES, PROBE, host_pip_config  # noqa: F401  (fixture)
+from tests.worker.pipconfig import EXPECTED, PACKAGES, PROBE, host_pip_config, make_wheel  # noqa: F401  (fixture)
 
 UV = choose_installer("uv")  # the worker's pinned dependency
 PIP = choose_installer("pip")
@@ -171,3 +174,55 @@ def test_the_installer_setting_is_checked():
     assert choose_installer("auto") == UV and UV.note == "with uv"
     with pytest.raises(ValueError, match="CAST_WORKER_INSTALLER='conda': expected one of auto, uv, pip"):
         choose_installer("conda")
+
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def served(folder, port=0):
+    """`folder` over HTTP on loopback for as long as the block runs: an index that can be gone."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(_Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_one_line_added_is_built_from_the_package_cache_alone(tmp_path, host_pip_config, monkeypatch):
+    root = host_pip_config.root
+    (root / "pip.conf").write_text(f"[global]\nconstraint = {host_pip_config.constraints}\n")
+    make_wheel(root / "files", "cast-probe-late", "1.0")  # listed on the index only for the third build
+    cache = EnvCache(tmp_path / "envs", installer=UV, package_cache=tmp_path / "uv-cache")
+    lines, log = collect()
+    with served(root) as port:
+        monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{port}/simple")
+        cache.ensure([], "cast-probe-index\n", log)  # nothing built yet: the index is asked
+    assert not any("package cache" in text for _, text in lines)
+
+    # The index is gone: what the first build fetched, and the find-links folder, are enough.
+    lines.clear()
+    second = cache.ensure([], "cast-probe-index\ncast-probe\n", log)
+    assert not any("package cache" in text for _, text in lines)
+    python = cache.path(second.key) / "bin" / "python"
+    probe = subprocess.run([str(python), "-c", PROBE], capture_output=True, text=True, check=True)
+    assert probe.stdout.split() == [EXPECTED["cast_probe"], EXPECTED["cast_probe_index"]]  # the constraint held
+
+    # A package the cache has never seen: one line says so and the index is asked after all.
+    page = root / "simple" / "cast-probe-late" / "index.html"
+    page.parent.mkdir()
+    page.write_text('<a href="../../files/cast_probe_late-1.0-py3-none-any.whl">cast_probe_late-1.0</a>\n')
+    lines.clear()
+    with served(root, port):
+        third = cache.ensure([], "cast-probe-index\ncast-probe-late\n", log)
+    said = [text for _, text in lines]
+    assert said[1] == "Not all of it is in the package cache: asking the package indexes"
+    assert any("cast-probe-late==1.0" in text for text in said[2:])
+    assert not third.cached and (cache.path(third.key) / ".cast-env.json").exists()
