@@ -150,6 +150,9 @@ class Lease:
     # The server's cap on one run's outputs (CAST_MAX_OUTPUT_BYTES): a worker
     # whose files add up to more fails the run instead of sending them.
     max_output_bytes: int | None = None
+    # The server keeps files in an S3 object store: the worker pushes outputs
+    # and fetches mounts by presigned URL (cast.protocol.objects).
+    object_store: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Lease":

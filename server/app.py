@@ -27,8 +27,8 @@ from starlette.requests import ClientDisconnect
 from cast.protocol.messages import PERMANENT_HEADER
 from cast.protocol.validate import SpecError, SpecTooLarge
 from cast.server import errors
-from cast.server.api import (code, health, hyper, logs, metrics, outputs, protocol, retention, runs, status, uploads,
-                             users, workers)
+from cast.server.api import (code, health, hyper, logs, metrics, objects, outputs, protocol, retention, runs, status,
+                             uploads, users, workers)
 from cast.server.db import Database
 from cast.server.services import deletion, hyper_driver, leases, storage
 from cast.server.services import users as user_service
@@ -51,6 +51,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     errors.Gone: 410,
     errors.TooLarge: 413,
     errors.ShuttingDown: 503,
+    errors.StoreUnavailable: 503,
     errors.StorageFull: 507,
     # A client that left mid-body: nobody reads this answer, but it is no server error.
     ClientDisconnect: 400,
@@ -244,8 +245,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database = database
     app.state.storage_id = storage.ensure_storage_id(settings)
     api = APIRouter(prefix="/api/v1")
-    for module in (health, protocol, runs, logs, metrics, outputs, uploads, code, workers, users, status, retention,
-                   hyper):
+    for module in (health, protocol, runs, logs, metrics, objects, outputs, uploads, code, workers, users, status,
+                   retention, hyper):
         api.include_router(module.router)
     app.include_router(api)
     _install_error_handlers(app)

@@ -144,6 +144,14 @@ class ShuttingDown(DomainError):
         super().__init__("the server is shutting down; try again")
 
 
+class StoreUnavailable(DomainError):
+    """The S3 object store did not answer, or answered with a 5xx (503): the
+    client sends the request again."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the object store is unavailable ({detail}); try again")
+
+
 class NoWorkerCan(Conflict):
     """No present worker could ever run what a run asks for (a GPU, an image
     build); the message names the workers and their capacities."""

@@ -437,6 +437,41 @@ class StagedOutputsIn(_In):
         return StagedOutputs.from_dict(self.model_dump())
 
 
+class ObjectManifestIn(_In):
+    """An output push to the object store (cast.protocol.objects.ObjectManifest)."""
+
+    lease_token: LeaseToken
+    files: list[StagedFileIn]
+    folders: list[Annotated[str, Field(min_length=1, max_length=4096)]] = []
+
+
+class PartUploadOut(BaseModel):
+    number: int
+    url: str
+
+
+class FileUploadOut(BaseModel):
+    path: str
+    url: str | None = None
+    part_size: int = 0
+    parts: list[PartUploadOut] = []
+
+
+class ObjectPlanOut(BaseModel):
+    uploads: list[FileUploadOut]
+
+
+class ObjectFileOut(BaseModel):
+    path: str
+    size: int
+    sha256: str
+    url: str
+
+
+class ObjectMountOut(BaseModel):
+    files: list[ObjectFileOut]
+
+
 class FileOut(BaseModel):
     path: str
     size: int

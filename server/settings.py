@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".cast" / "server")
     # Empty means SQLite in data_dir; any SQLAlchemy URL otherwise.
     database_url: str = ""
+    # s3://bucket[/prefix]: outputs and uploads in that S3 bucket (endpoint,
+    # region and credentials the usual AWS way); empty: under data_dir.
+    storage_url: str = Field(default="", pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._/-]*)?)?$")
+    # How long a presigned URL of the object store stays valid.
+    presign_seconds: int = Field(default=3600, ge=60, le=7 * 86400)
     host: str = "127.0.0.1"
     port: int = 8470
     lease_seconds: float = Field(default=15.0, gt=0)

@@ -7,7 +7,10 @@ as it is: O(1) whatever its size. The server keeps what it stores read-only
 root one look at the copy's top decides: sealed, and not owned by the worker's
 user (an owner could change the modes back). Otherwise the resource is
 downloaded once into a cache keyed by the resource name (a finished run's
-outputs and an upload never change) and made read-only the same way.
+outputs and an upload never change) and made read-only the same way. Where
+the server keeps its files in an object store (`lease.object_store`), each
+file is fetched by presigned URL into the content-addressed cache of
+worker/objects.py, so a file many mounts hold is fetched once per host.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import tarfile
 from pathlib import Path
 
 from cast.protocol.messages import Lease, LeaseMount
-from cast.worker.client import ServerClient, with_retries
+from cast.worker.client import ServerClient, ServerError, with_retries
 from cast.worker.executors.base import PreparedMount
 from cast.worker.fsops import remove_tree
 from cast.worker.locking import file_lock
+from cast.worker.objects import ObjectCache
 
 
 class MountError(Exception):
@@ -73,6 +77,7 @@ def _usable_in_place(path: Path) -> bool:
 class MountCache:
     def __init__(self, root: Path):
         self.root = root
+        self.objects = ObjectCache(root / "objects")
 
     def prepare(self, lease: Lease, client: ServerClient, should_continue=lambda: True) -> list[PreparedMount]:
         shared = shares_server_storage(lease)
@@ -81,10 +86,19 @@ class MountCache:
             local = Path(mount.local_path) if shared and mount.local_path else None
             if local is not None and _usable_in_place(local):
                 source = local
+            elif lease.object_store:
+                source = self._from_objects(mount, client, should_continue)
             else:
                 source = self._download(mount, client, should_continue)
             prepared.append(PreparedMount(source=source, path=mount.path))
         return prepared
+
+    def _from_objects(self, mount: LeaseMount, client: ServerClient, should_continue) -> Path:
+        with file_lock(self.root / "objects.lock"):
+            try:
+                return self.objects.mount(mount, client, should_continue)[0]
+            except (ServerError, OSError) as exc:
+                raise MountError(f"cannot fetch {mount.resource}: {exc}") from exc
 
     def _download(self, mount: LeaseMount, client: ServerClient, should_continue) -> Path:
         resource = mount.resource

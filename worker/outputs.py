@@ -46,6 +46,7 @@ from cast.protocol.outputs import STAGING_FOLDER, StagedFile, StagedOutputs, sta
 from cast.worker.client import ServerClient
 from cast.worker.fsops import DirCursor, Kind, open_regular, remove_tree, walk
 from cast.worker.mounts import shares_server_storage
+from cast.worker.objects import ObjectPush
 
 Snapshot = dict[str, tuple[int, int, int]]  # relative path → (file type, size, mtime_ns)
 Report = Callable[[str], None]  # writes one line to the run's log
@@ -203,8 +204,14 @@ class _Push:
         self._outputs, self._lease = outputs, lease
         self._staging: Path | None = None
         self._decided = False
+        self._objects: ObjectPush | None = None  # the push straight to the server's object store
 
     def __call__(self, client: ServerClient, run_id: int, lease_token: str) -> dict:
+        if self._lease.object_store:
+            if self._objects is None:
+                outputs = self._outputs
+                self._objects = ObjectPush(outputs.root, outputs.files, outputs.folders, outputs._not_saved)
+            return self._objects(client, run_id, lease_token)
         if not self._decided:
             self._decided = True
             if self._outputs.manifest_bytes() <= MAX_MANIFEST_BYTES:

@@ -5,10 +5,28 @@ from __future__ import annotations
 import posixpath
 from pathlib import Path
 
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from sqlalchemy.orm import Session
 
 from cast.server.errors import PathNotFound
-from cast.server.services import storage
+from cast.server.services import object_files, storage
+from cast.server.services.objectstore import object_store
+from cast.server.settings import Settings
+
+
+def object_answer(session: Session, settings: Settings, *, resource: str, name: str):
+    """With an object store, a file as a redirect to a presigned GET (the bytes
+    do not pass through the server) and a folder as a tar the server streams
+    from the store; None with the filesystem store. The caller checked access."""
+    store = object_store(settings)
+    if store is None:
+        return None
+    found = object_files.download(session, store=store, resource=resource, name=name)
+    if isinstance(found, str):
+        return RedirectResponse(found, status_code=307)
+    base = posixpath.basename(name.rstrip("/")) or "folder"
+    return StreamingResponse(store.tar(found), media_type="application/x-tar",
+                             headers={"Content-Disposition": f'attachment; filename="{base}.tar"'})
 
 
 def file_or_tar(path: Path, *, name: str):

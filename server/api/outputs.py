@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cast.server.api.bodies import body_reader
 from cast.server.api.deps import CurrentUser, DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth
-from cast.server.api.files import file_or_tar
+from cast.server.api.files import file_or_tar, object_answer
 from cast.server.schemas import Deleted, FileList, OutputsPushed, StagedOutputsIn
 from cast.server.services import deletion, files
 
@@ -26,6 +26,9 @@ def list_outputs(run_id: RunId, user: CurrentUser, session: SessionDep) -> dict:
 
 @router.get("/{run_id}/outputs/{path:path}", responses=_BYTES)
 def download_output(run_id: RunId, path: str, user: CurrentUser, session: SessionDep, settings: SettingsDep):
+    files.output_manifest(session, run_id=run_id, viewer=user)  # the access check
+    if (answer := object_answer(session, settings, resource=f"runs/{run_id}/{path}".rstrip("/"), name=path)) is not None:
+        return answer
     found = files.output_path(session, settings=settings, run_id=run_id, viewer=user, path=path)
     return file_or_tar(found, name=path)
 

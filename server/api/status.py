@@ -19,7 +19,7 @@ def status(user: CurrentUser, session: SessionDep, settings: SettingsDep, reques
     server = {
         "url": str(request.base_url).rstrip("/"), "version": VERSION,
         "database": make_url(settings.sqlalchemy_url).render_as_string(hide_password=True) if admin else None,
-        "storage": str(settings.resolved_data_dir) if admin else None,
+        "storage": (settings.storage_url or str(settings.resolved_data_dir)) if admin else None,
         "lease_seconds": settings.lease_seconds, "presence_seconds": capacity.presence_seconds(settings),
     }
     return {"server": server, **capacity.overview(session, settings=settings, viewer=user)}

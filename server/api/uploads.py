@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cast.server.api.bodies import body_reader
 from cast.server.api.deps import CurrentUser, DatabaseDep, SessionDep, SessionRoute, SettingsDep
-from cast.server.api.files import file_or_tar
+from cast.server.api.files import file_or_tar, object_answer
 from cast.server.schemas import Deleted, FileList, UploadList, UploadOut
 from cast.server.services import deletion, files
 
@@ -46,6 +46,10 @@ def _get(name: str, path: str, listing: bool, user, session, settings):
     if listing:
         return {"files": [{"path": f.path, "size": f.size, "sha256": f.sha256}
                           for f in files.upload_manifest(session, name=name, viewer=user, under=path)]}
+    files.upload_manifest(session, name=name, viewer=user)  # the access check
+    if (answer := object_answer(session, settings, resource=f"uploads/{name}/{path}".rstrip("/"),
+                                name=path or name)) is not None:
+        return answer
     found = files.upload_file_path(session, settings=settings, name=name, viewer=user, path=path)
     return file_or_tar(found, name=path or name)
 

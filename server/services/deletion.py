@@ -11,6 +11,7 @@ files behind a deleted record, which deleting again removes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from cast.protocol.status import FINAL_STATUSES
 from cast.server.errors import Conflict, Forbidden, InUse, UserNotFound
 from cast.server.models import OutputFile, Run, RunLabel, RunMount, Upload, UploadFile, User, utcnow
 from cast.server.services import files, runs, storage
+from cast.server.services.objectstore import ObjectStore, object_store
 from cast.server.settings import Settings
 
 _FINAL = [s.value for s in FINAL_STATUSES]
@@ -46,7 +48,7 @@ class Pruned:
 
 # --- removing files once the record is committed -------------------------------------
 
-def _remove_after_commit(session: Session, path: Path) -> None:
+def _remove_after_commit(session: Session, path: Path | Callable[[], None]) -> None:
     pending = session.info.get(_REMOVE_AFTER_COMMIT)
     if pending is None:
         pending = session.info[_REMOVE_AFTER_COMMIT] = []
@@ -55,9 +57,18 @@ def _remove_after_commit(session: Session, path: Path) -> None:
     pending.append(path)
 
 
+def _remove_objects_after_commit(session: Session, settings: Settings, prefix: Callable[[ObjectStore], str]) -> None:
+    """With an object store, its objects under `prefix(store)` go once the deletion commits."""
+    if (store := object_store(settings)) is not None:
+        _remove_after_commit(session, lambda: store.delete_prefix(prefix(store)))
+
+
 def _remove_pending(session: Session) -> None:
-    for path in session.info.pop(_REMOVE_AFTER_COMMIT, None) or ():
-        storage.remove(path)
+    for item in session.info.pop(_REMOVE_AFTER_COMMIT, None) or ():
+        if callable(item):
+            item()
+        else:
+            storage.remove(item)
 
 
 # --- who mounts what --------------------------------------------------------------
@@ -92,6 +103,7 @@ def delete_run_outputs(session: Session, *, settings: Settings, run_id: int, vie
     resource = f"runs/{run_id}"
     if run.deleted_at is not None:
         _remove_after_commit(session, storage.run_outputs_dir(settings, run_id))  # left by a crash, if any
+        _remove_objects_after_commit(session, settings, lambda store: store.run_prefix(run_id))
         return Deleted(resource, run.deleted_at, already=True)
     if run.status not in _FINAL:
         raise Conflict(f"run {run_id} is {run.status}; stop it first (cast stop {run_id}), then delete its outputs")
@@ -106,6 +118,7 @@ def _free_run(session: Session, *, settings: Settings, run: Run) -> Deleted:
     session.execute(delete(OutputFile).where(OutputFile.run_id == run.id))
     session.flush()
     _remove_after_commit(session, storage.run_outputs_dir(settings, run.id))
+    _remove_objects_after_commit(session, settings, lambda store: store.run_prefix(run.id))
     return Deleted(f"runs/{run.id}", run.deleted_at, freed=freed)
 
 
@@ -117,12 +130,14 @@ def delete_upload(session: Session, *, settings: Settings, name: str, viewer: Us
     path = storage.upload_path(settings, name)
     if upload.deleted_at is not None:
         _remove_after_commit(session, path)
+        _remove_objects_after_commit(session, settings, lambda store: store.upload_prefix(name))
         return Deleted(resource, upload.deleted_at, already=True)
     _refuse_while_mounted(resource, _live_mounters(session, files.upload_mounts(name)), viewer=viewer, force=force)
     upload.deleted_at = utcnow()
     session.execute(delete(UploadFile).where(UploadFile.upload_name == name))
     session.flush()
     _remove_after_commit(session, path)
+    _remove_objects_after_commit(session, settings, lambda store: store.upload_prefix(name))
     return Deleted(resource, upload.deleted_at, freed=upload.size)
 
 

@@ -23,6 +23,7 @@ from cast.server.db import Database
 from cast.server.errors import BadRequest, Conflict, DomainError, Gone, InUse, NameTaken, PathNotFound, UploadNotFound
 from cast.server.models import OutputFile, RunMount, Upload, UploadFile, User
 from cast.server.services import leases, runs, storage
+from cast.server.services.objectstore import object_store
 from cast.server.settings import Settings
 
 
@@ -167,6 +168,11 @@ def store_upload(
         else:
             content.mkdir()
             stored = storage.extract_tar(source, content, max_bytes=settings.max_upload_bytes, what=what)
+        if (store := object_store(settings)) is not None:
+            from cast.server.services import object_files  # it builds on this module
+
+            return object_files.store_upload(database, store=store, owner=owner, name=name, kind=kind,
+                                             stored=stored, content=content, replace=replace)
         final = storage.upload_path(settings, name)
         previous = staging / "previous"
         placed = False

@@ -73,7 +73,9 @@ def lease_view(session: Session, *, run: Run, settings: Settings, storage_id: st
     return Lease(
         run_id=run.id, lease_token=run.lease_token, lease_seconds=settings.lease_seconds, attempt=run.attempt,
         spec=RunSpec.from_dict(run.spec), mounts=mounts, storage_root=str(settings.resolved_data_dir),
-        storage_id=storage_id, allow_local_git=settings.allow_local_git,
+        # With an object store no worker shares the storage: every byte goes by presigned URL.
+        storage_id="" if settings.storage_url else storage_id, object_store=bool(settings.storage_url),
+        allow_local_git=settings.allow_local_git,
         max_output_bytes=settings.max_output_bytes,
     )
 

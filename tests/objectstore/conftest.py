@@ -1,0 +1,55 @@
+"""The object store's tests: one real SeaweedFS for the session (its files
+removed at the end, pass or fail), a fresh bucket for each test, and the
+`server` of the shared fixtures started on it."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.realservers.seaweed import SeaweedServer
+
+_buckets = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def seaweed():
+    root = Path(tempfile.mkdtemp(prefix="cast-test-s3-"))
+    server = SeaweedServer(root)
+    try:
+        yield server.start()
+    finally:
+        server.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def bucket(seaweed) -> str:
+    name = f"cast-test-{os.getpid()}-{next(_buckets)}"
+    seaweed.create_bucket(name)
+    return name
+
+
+@pytest.fixture
+def s3_env(seaweed, bucket) -> dict:
+    return seaweed.env(bucket, prefix="cast")
+
+
+@pytest.fixture
+def server(start_server, s3_env):
+    return start_server(env=s3_env)
+
+
+@pytest.fixture
+def store(s3_env, monkeypatch):
+    """The server's ObjectStore, made in this process with the server's settings."""
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    from cast.server.services.objectstore import ObjectStore
+
+    return ObjectStore(s3_env["CAST_STORAGE_URL"], presign_seconds=600)
