@@ -1,10 +1,17 @@
-"""In-process change notifications.
+"""Change notifications, within a process and across server processes.
 
 Owns the wake-ups that let a log follower and a worker's lease long-poll answer
 as soon as something changes instead of polling: service code marks a key as
 changed on its session (`changed(session, key)`), and once that transaction
 commits every coroutine waiting on the key wakes up. Keys are `run_key(id)`
 (a run's log or status changed) and `QUEUE` (a run was queued).
+
+On PostgreSQL the keys also travel to the other server processes on the same
+database: the transaction sends them with `pg_notify` (`send_pending`, so they
+are delivered when it commits and dropped if it rolls back), and each process's
+`Listener` thread LISTENs and wakes its own waiters. A listener that lost its
+connection may have missed notifications, so on reconnecting it wakes every
+waiter: each re-reads the database, which is the truth.
 
 Waiters subscribe *before* reading the database and wait afterwards, so a
 change committed between the read and the wait is never missed.
@@ -22,17 +29,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Hashable
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+log = logging.getLogger("cast.server")
 QUEUE = "queue"
+CHANNEL = "cast"
+# PostgreSQL's limit on a notification's payload is 8000 bytes.
+_PAYLOAD_BYTES = 7900
 
 
 def run_key(run_id: int) -> tuple[str, int]:
     return ("run", run_id)
+
+
+def _encode(key: Hashable) -> str:
+    return QUEUE if key == QUEUE else f"run:{key[1]}"
+
+
+def _decode(word: str) -> Hashable | None:
+    if word == QUEUE:
+        return QUEUE
+    kind, _, number = word.partition(":")
+    return run_key(int(number)) if kind == "run" and number.isdigit() else None
 
 
 class Subscription:
@@ -93,6 +117,14 @@ class Notifier:
         for sub in fired:
             sub._fire()
 
+    def wake_all(self) -> None:
+        """Wake every waiter (each re-reads and waits again): after changes may have gone unheard."""
+        with self._lock:
+            fired = [sub for subs in self._waiters.values() for sub in subs]
+            self._waiters.clear()
+        for sub in fired:
+            sub._fire()
+
     def close(self) -> None:
         """The server is shutting down: wake every waiter now and every later one at once."""
         with self._lock:
@@ -124,6 +156,68 @@ _PENDING = "cast_changed_keys"
 def changed(session: Session, *keys: Hashable) -> None:
     """Mark `keys` as changed by this session's transaction; waiters wake after it commits."""
     session.info.setdefault(_PENDING, set()).update(keys)
+
+
+def send_pending(session: Session) -> None:
+    """PostgreSQL: send this transaction's changed keys to every listening process
+    (delivered on commit), a few notifications of space-separated keys."""
+    keys = sorted(_encode(key) for key in session.info.get(_PENDING, ()))
+    payloads, current = [], ""
+    for word in keys:
+        if current and len(current) + 1 + len(word) > _PAYLOAD_BYTES:
+            payloads.append(current)
+            current = ""
+        current = f"{current} {word}" if current else word
+    if current:
+        payloads.append(current)
+    for payload in payloads:
+        session.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload})
+
+
+class Listener:
+    """A thread with its own PostgreSQL connection that LISTENs for the keys
+    other processes (and this one) commit and wakes this process's waiters."""
+
+    RECONNECT_SECONDS = 1.0
+
+    def __init__(self, dsn: str, notifier: Notifier):
+        self._dsn = dsn
+        self._notifier = notifier
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cast-listener", daemon=True)
+        self.listening = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        import psycopg
+
+        lost = False
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._dsn, autocommit=True, connect_timeout=10) as connection:
+                    connection.execute(f"LISTEN {CHANNEL}")
+                    self.listening.set()
+                    if lost:
+                        log.info("listening for changes again; waking every waiter")
+                        self._notifier.wake_all()
+                    while not self._stop.is_set():
+                        for notification in connection.notifies(timeout=1.0):
+                            keys = [key for word in notification.payload.split()
+                                    if (key := _decode(word)) is not None]
+                            self._notifier.notify(*keys)
+            except psycopg.Error as error:
+                if not lost:
+                    log.warning("lost the database connection that listens for changes (%s); reconnecting",
+                                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+                lost = True
+                self.listening.clear()
+                self._stop.wait(self.RECONNECT_SECONDS)
 
 
 def fire_pending(session: Session, notifier: Notifier) -> None:

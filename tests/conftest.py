@@ -3,16 +3,26 @@ with its own data dir, and the real `cast` CLI run as a subprocess.
 
 Factories (`start_server`, `start_worker`) let a test start several of each,
 restart them, or kill them with SIGKILL.
+
+The database: SQLite in each server's data dir by default. With
+CAST_TEST_DATABASE=postgresql the suite starts one real PostgreSQL server for
+the session, and every test's servers, in-process or not, get a fresh database
+on it (CREATE DATABASE from a template already migrated, so it is quick): the
+in-process ones through CAST_DATABASE_URL in the test's environment, each
+server subprocess one per data dir (a restart on the same data dir keeps it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import itertools
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +32,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+TEST_DATABASE = os.environ.get("CAST_TEST_DATABASE", "sqlite")
+if TEST_DATABASE not in ("sqlite", "postgresql"):
+    raise pytest.UsageError(f"CAST_TEST_DATABASE must be sqlite or postgresql, not {TEST_DATABASE!r}")
+_TEMPLATE = "cast_template"
 
 # Generous, so that a busy machine's stall never costs a run its lease; tests of
 # lease expiry ask for SHORT_LEASE_SECONDS with @pytest.mark.short_lease.
@@ -61,6 +76,64 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """The suite's PostgreSQL server, its template database migrated to head;
+    stopped and its files removed when the session ends."""
+    from cast.server.db import Database
+
+    from .realservers.postgres import PostgresServer
+
+    root = Path(tempfile.mkdtemp(prefix="cast-test-pg-"))
+    server = PostgresServer(root / "data", port=free_port())
+    try:
+        server.start()
+        database = Database(server.create_database(_TEMPLATE))
+        database.migrate()
+        database.dispose()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_database_numbers = itertools.count()
+
+
+@pytest.fixture
+def postgres_databases(postgres):
+    """A factory of fresh, migrated databases on the suite's PostgreSQL: their
+    SQLAlchemy URLs, dropped when the test ends. For tests of PostgreSQL itself,
+    whatever CAST_TEST_DATABASE says."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"cast_test_{os.getpid()}_{next(_database_numbers)}"
+        made.append(name)
+        return postgres.create_database(name, template=_TEMPLATE)
+
+    yield make
+    for name in made:
+        postgres.drop_database(name)
+
+
+@pytest.fixture
+def new_database(request):
+    """A factory of fresh databases for this test's servers: PostgreSQL URLs
+    under CAST_TEST_DATABASE=postgresql, else None (each data dir has its SQLite)."""
+    if TEST_DATABASE != "postgresql":
+        return lambda: None
+    return request.getfixturevalue("postgres_databases")
+
+
+@pytest.fixture(autouse=True)
+def _test_database(new_database, monkeypatch):
+    """Under PostgreSQL, the in-process apps and Settings of a test share one fresh database."""
+    url = new_database()
+    if url is not None:
+        monkeypatch.setenv("CAST_DATABASE_URL", url)
 
 
 @dataclass
@@ -163,15 +236,19 @@ def base_env(tmp_path, request) -> dict:
 
 
 @pytest.fixture
-def start_server(tmp_path, base_env):
+def start_server(tmp_path, base_env, new_database):
     started: list[ServerProcess] = []
+    databases: dict[Path, str] = {}
 
     def factory(*, data_dir: Path | None = None, port: int | None = None, env: dict | None = None) -> ServerProcess:
         port = port or free_port()
+        data_dir = data_dir or tmp_path / f"server{len(started)}"
+        if data_dir not in databases and (url := new_database()) is not None:
+            databases[data_dir] = url
+        database = {"CAST_DATABASE_URL": databases[data_dir]} if data_dir in databases else {}
         server = ServerProcess(
-            url=f"http://127.0.0.1:{port}", port=port,
-            data_dir=data_dir or tmp_path / f"server{len(started)}",
-            env={**base_env, **(env or {})},
+            url=f"http://127.0.0.1:{port}", port=port, data_dir=data_dir,
+            env={**base_env, **database, **(env or {})},
             log_path=tmp_path / f"server{len(started)}.log",
         )
         started.append(server)

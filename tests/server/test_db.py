@@ -115,3 +115,111 @@ def test_wake_ups_fire_after_a_commit_and_never_after_a_rollback(database):
     with database.transaction():
         pass
     assert notified == [(events.run_key(1),)]
+
+
+# --- PostgreSQL (the suite's real server, whatever CAST_TEST_DATABASE says) ---
+
+def _pg_app(tmp_path, url: str):
+    from cast.server.app import create_app
+    from cast.server.settings import Settings
+
+    from .conftest import in_process_api
+
+    settings = Settings(data_dir=tmp_path / "data", database_url=url, lease_seconds=60)
+    app = create_app(settings)
+    return app, settings, in_process_api(app, settings)
+
+
+def test_postgresql_is_named_and_pings_its_connections(postgres_databases):
+    database = Database(postgres_databases())
+    try:
+        assert (database.kind, database.is_postgresql, database.is_sqlite) == ("PostgreSQL", True, False)
+        assert database.engine.pool._pre_ping
+        with database.transaction(write=False) as session:
+            assert session.execute(text("SHOW transaction_isolation")).scalar() == "read committed"
+    finally:
+        database.dispose()
+
+
+def test_a_claim_on_postgresql_skips_the_run_another_claimer_holds(tmp_path, postgres_databases):
+    """The claim's subquery locks with SKIP LOCKED: while one claimer's
+    transaction holds the oldest queued run, another gets the next one at once
+    (without it, the second would wait for the first and then find nothing)."""
+    from cast.server.models import Worker
+    from cast.server.services import leases
+
+    app, settings, api = _pg_app(tmp_path, postgres_databases())
+    database = app.state.database
+    first, second = api.create_run()["id"], api.create_run()["id"]
+    a, b = api.register(name="a"), api.register(name="b")
+    with database.transaction() as holding:
+        held = leases.claim_next(holding, worker=holding.get(Worker, a), free_gpus=0, settings=settings)
+        assert held.id == first
+        claimed = []
+
+        def claim() -> None:
+            with database.transaction() as session:
+                claimed.append(leases.claim_next(session, worker=session.get(Worker, b), free_gpus=0,
+                                                 settings=settings).id)
+
+        thread = threading.Thread(target=claim)
+        thread.start()
+        thread.join(timeout=10)
+        assert not thread.is_alive() and claimed == [second]
+    assert (api.run(first)["status"], api.run(second)["status"]) == ("building", "building")
+    database.dispose()
+
+
+def _claim_until_empty(url: str, worker_id: str) -> list[int]:
+    from cast.server.models import Worker
+    from cast.server.services import leases
+    from cast.server.settings import Settings
+
+    database = Database(url)
+    settings = Settings(lease_seconds=60)
+    claimed = []
+    while True:
+        with database.transaction() as session:
+            run = leases.claim_next(session, worker=session.get(Worker, worker_id), free_gpus=0, settings=settings)
+        if run is None:
+            database.dispose()
+            return claimed
+        claimed.append(run.id)
+
+
+def test_many_processes_claiming_on_postgresql_never_claim_a_run_twice(tmp_path, postgres_databases):
+    import multiprocessing
+
+    url = postgres_databases()
+    app, _settings, api = _pg_app(tmp_path, url)
+    expected = [api.create_run()["id"] for _ in range(300)]
+    workers = [api.register(name=f"w{i}") for i in range(8)]
+    app.state.database.dispose()  # the children open their own connections
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        results = pool.starmap(_claim_until_empty, [(url, worker) for worker in workers])
+    claimed = [run_id for result in results for run_id in result]
+    assert sorted(claimed) == expected
+    with app.state.database.transaction(write=False) as session:
+        building = session.execute(text(
+            "SELECT run_id, count(*) FROM run_transitions WHERE status = 'building' GROUP BY run_id")).all()
+    assert sorted(building) == [(run_id, 1) for run_id in expected]
+    app.state.database.dispose()
+
+
+def test_only_one_process_holds_a_periodic_job_at_a_time_on_postgresql(postgres_databases, tmp_path):
+    url = postgres_databases()
+    one, other = Database(url), Database(url)
+    try:
+        with one.exclusive("reaper") as mine:
+            assert mine
+            with other.exclusive("reaper") as theirs, other.exclusive("retention") as unrelated:
+                assert (theirs, unrelated) == (False, True)
+        with other.exclusive("reaper") as theirs:
+            assert theirs
+    finally:
+        one.dispose()
+        other.dispose()
+    sqlite = Database(f"sqlite:///{tmp_path / 'one.db'}")
+    with sqlite.exclusive("reaper") as first, sqlite.exclusive("reaper") as second:
+        assert first and second  # one process serves a SQLite database
+    sqlite.dispose()

@@ -19,6 +19,10 @@ branch_labels = None
 depends_on = None
 
 
+def _postgresql() -> bool:
+    return op.get_bind().dialect.name == 'postgresql'
+
+
 def upgrade() -> None:
     op.create_table('log_chunks',
     sa.Column('run_id', sa.Integer(), nullable=False),
@@ -30,8 +34,10 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['run_id'], ['runs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('run_id', 'first_offset')
     )
+    # JSON functions differ by database; the rows they build are the same.
+    as_array = 'json_build_array(text)::text' if _postgresql() else 'json_array(text)'
     op.execute('INSERT INTO log_chunks (run_id, first_offset, count, time, stream, lines) '
-               'SELECT run_id, "offset", 1, time, stream, json_array(text) FROM log_entries')
+               f'SELECT run_id, "offset", 1, time, stream, {as_array} FROM log_entries')
     op.drop_table('log_entries')
 
 
@@ -45,7 +51,12 @@ def downgrade() -> None:
     sa.ForeignKeyConstraint(['run_id'], ['runs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('run_id', 'offset')
     )
-    op.execute('INSERT INTO log_entries (run_id, "offset", time, stream, text) '
-               'SELECT c.run_id, c.first_offset + line.key, c.time, c.stream, line.value '
-               'FROM log_chunks AS c, json_each(c.lines) AS line')
+    if _postgresql():  # WITH ORDINALITY counts from 1, json_each's key from 0
+        op.execute('INSERT INTO log_entries (run_id, "offset", time, stream, text) '
+                   'SELECT c.run_id, c.first_offset + line.n - 1, c.time, c.stream, line.value '
+                   'FROM log_chunks AS c, json_array_elements_text(c.lines::json) WITH ORDINALITY AS line(value, n)')
+    else:
+        op.execute('INSERT INTO log_entries (run_id, "offset", time, stream, text) '
+                   'SELECT c.run_id, c.first_offset + line.key, c.time, c.stream, line.value '
+                   'FROM log_chunks AS c, json_each(c.lines) AS line')
     op.drop_table('log_chunks')
