@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -36,6 +37,7 @@ from cast.worker.agent import Agent, default_work_dir
 from cast.worker.client import ServerClient
 from cast.worker.executors import DOCKER_OPTIONS, EXECUTOR_CHOICES, available_executors, make_executor
 from cast.worker.executors.base import Executor, ExecutorUnavailable
+from cast.worker.installer import PACKAGE_CACHE, find_uv, prune_package_cache
 from cast.worker.locking import try_lock
 from cast.worker.resources import cpu_count, parse_gpus_option
 
@@ -106,7 +108,8 @@ def _cache_parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true")
         else:
             sub.add_argument("--older-than", help="e.g. 7d, 12h, 30m")
-            sub.add_argument("--all", action="store_true", help="remove every cached environment")
+            sub.add_argument("--all", action="store_true",
+                             help="remove every cached environment and the whole package cache")
     return parser
 
 
@@ -228,6 +231,11 @@ def cache(argv: list[str]) -> int:
             for entry in executor.prune_cache(older_than=older_than, everything=args.all)]
     _print_entries(rows)
     print(f"removed {len(rows)} environment{'s' if len(rows) != 1 else ''}")
+    try:
+        print(prune_package_cache(args.work_dir / PACKAGE_CACHE, everything=args.all, uv=find_uv()))
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"cast worker: the package cache: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +46,7 @@ from cast.protocol.messages import LogStream, RunSpec
 from cast.protocol.validate import SpecError, validate_apt_package, validate_pip_spec
 from cast.worker.dockerenv import HOST_INPUTS, HostPackageSettings
 from cast.worker.envs import failure_reason
-from cast.worker.installer import Installer, UvSettings, choose_installer
+from cast.worker.installer import PACKAGE_CACHE, Installer, UvSettings, choose_installer, using_package_cache
 from cast.worker.executors.base import BuildFailed, BuildResult, CacheEntry, InvalidExecutorOption, LogSink
 from cast.worker.locking import file_lock
 
@@ -255,7 +256,7 @@ class ImageCache:
             self.installer = installer or choose_installer()
         except ValueError as exc:
             raise InvalidExecutorOption(str(exc)) from None
-        self.package_cache = work_dir / "uv-cache"
+        self.package_cache = work_dir / PACKAGE_CACHE
         self.base_image = base_image
         self.repository = repository
         self.network = network
@@ -281,7 +282,8 @@ class ImageCache:
             with file_lock(self.work_dir / "locks" / f"env-{key}.lock"):
                 if self._touch(tag):
                     return BuildResult(key=key, cached=True, description=tag)
-                self._build_image(run_id, env, base_id, key, log)
+                with using_package_cache(self.package_cache) if self.installer.uv else nullcontext():
+                    self._build_image(run_id, env, base_id, key, log)
         finally:
             with self._building_lock:
                 self._building.discard(key)

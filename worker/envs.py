@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from contextlib import nullcontext
 from functools import cached_property
 from pathlib import Path
 
@@ -35,7 +36,8 @@ from cast.protocol.messages import LogStream
 from cast.protocol.validate import SpecError, validate_pip_spec
 from cast.worker.dockerenv import read_pip_config
 from cast.worker.executors.base import BuildFailed, BuildResult, CacheEntry, LogSink
-from cast.worker.installer import Installer, UvSettings, choose_installer, uv_settings
+from cast.worker.installer import (PACKAGE_CACHE, Installer, UvSettings, choose_installer, using_package_cache,
+                                   uv_settings)
 from cast.worker.locking import file_lock
 from cast.worker.fsops import remove_tree
 
@@ -107,7 +109,7 @@ class EnvCache:
         had); `package_cache`, uv's cache, to `uv-cache` beside `root`."""
         self.root = root
         self.installer = installer or choose_installer()
-        self.package_cache = package_cache or root.parent / "uv-cache"
+        self.package_cache = package_cache or root.parent / PACKAGE_CACHE
 
     @cached_property
     def _uv_settings(self) -> UvSettings:
@@ -170,9 +172,10 @@ class EnvCache:
             wanted = ["-r", str(requirements), *wanted]
         lines = _wanted_lines(pip, pip_req)
         try:
-            if not (self.installer.uv and self._extends_a_built_environment(lines)
-                    and self._offline([*install, "--offline", *wanted], log, extra_env)):
-                self._step(self.installer.name, [*install, *wanted], log, extra_env)
+            with using_package_cache(self.package_cache) if self.installer.uv else nullcontext():
+                if not (self.installer.uv and self._extends_a_built_environment(lines)
+                        and self._offline([*install, "--offline", *wanted], log, extra_env)):
+                    self._step(self.installer.name, [*install, *wanted], log, extra_env)
         finally:
             if config is not None:
                 config.unlink(missing_ok=True)

@@ -13,6 +13,11 @@ retries and the proxy become variables. uv resolves
 across several indexes as pip does (`unsafe-best-match`: the best version of
 any index), where its default would stop at the first index that has the
 package.
+
+Also the worker's one package cache (`uv-cache` in its work dir), shared by
+both executors' builds: a build uses it holding a shared lock, and
+`prune_package_cache` clears it holding the exclusive one, so it never pulls
+the cache from under a build.
 """
 
 from __future__ import annotations
@@ -20,13 +25,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from cast.protocol.units import human_size
+from cast.worker.fsops import remove_tree
+from cast.worker.locking import file_lock
+
 SETTING = "CAST_WORKER_INSTALLER"
 CHOICES = ("auto", "uv", "pip")
 _TRUE = ("1", "true", "yes", "on")
+
+PACKAGE_CACHE = "uv-cache"  # uv's package cache, in a worker's work dir
+_PRUNE_TIMEOUT = 3600  # seconds `uv cache prune` may take, a guard against a hang
 
 # Where a pip location (a URL or a local path) is seen by the installer: the
 # same path on the host, a mount in a build container; None drops it, as pip
@@ -128,3 +142,54 @@ def uv_settings(pip: dict[str, str], *, place: Place = host_place, place_file: P
     if pip.get("proxy"):
         environment["HTTP_PROXY"] = environment["HTTPS_PROXY"] = pip["proxy"]
     return UvSettings(config="\n".join([*top, *section]) + "\n", arguments=arguments, environment=environment)
+
+
+def using_package_cache(cache: Path) -> AbstractContextManager:
+    """Held by a build for as long as it reads or fills `cache`; many builds at once."""
+    return file_lock(cache.with_name(cache.name + ".lock"), shared=True)
+
+
+def _owned_bytes(folder: Path) -> tuple[dict[tuple[int, int], int], set[tuple[int, int]]]:
+    """The disk space of the files of `folder` that no link outside it keeps
+    (an environment's hardlinks keep theirs), by inode; and every inode in it."""
+    links: dict[tuple[int, int], int] = {}
+    stats: dict[tuple[int, int], os.stat_result] = {}
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            try:
+                stat = os.lstat(os.path.join(parent, name))
+            except OSError:
+                continue
+            inode = (stat.st_dev, stat.st_ino)
+            links[inode] = links.get(inode, 0) + 1
+            stats[inode] = stat
+    owned = {inode: stat.st_blocks * 512 for inode, stat in stats.items() if links[inode] >= stat.st_nlink}
+    return owned, set(stats)
+
+
+def prune_package_cache(cache: Path, *, everything: bool, uv: str | None) -> str:
+    """Clear what no environment uses from the package cache, waiting for the
+    builds using it: all of it (`everything`, which the next build fills
+    again), else what uv's `cache prune` finds unused; one line saying what was freed.
+    RuntimeError when uv's prune fails."""
+    if not cache.is_dir():
+        return f"package cache {cache}: empty"
+    with file_lock(cache.with_name(cache.name + ".lock")):
+        before, _ = _owned_bytes(cache)
+        if everything:
+            remove_tree(cache)
+            how = "removed"
+        elif uv is None:
+            return f"package cache {cache}: kept (no uv on this worker to prune it; --all removes it)"
+        else:
+            pruned = subprocess.run([uv, "cache", "prune", "--cache-dir", str(cache)], capture_output=True,
+                                    text=True, stdin=subprocess.DEVNULL, timeout=_PRUNE_TIMEOUT,
+                                    env={**os.environ, "NO_COLOR": "1"})
+            if pruned.returncode != 0:
+                said = (pruned.stderr.strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"uv cache prune failed (exit {pruned.returncode}): {said}")
+            how = "pruned by uv"
+        after, left = _owned_bytes(cache) if cache.exists() else ({}, set())
+    freed = sum(size for inode, size in before.items() if inode not in left)
+    kept = sum(after.values())
+    return f"package cache {cache}: {how}, {human_size(freed)} freed, {human_size(kept)} kept"

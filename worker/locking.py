@@ -1,5 +1,6 @@
-"""File locks shared by the worker's caches (environments, git mirrors, code
-bundles, mounts): one builder per cache entry, across threads and processes."""
+"""File locks shared by the worker's caches (environments, the package cache,
+git mirrors, code bundles, mounts): one builder per cache entry, across
+threads and processes."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from pathlib import Path
 
 
 @contextmanager
-def file_lock(path: Path):
-    """Hold an exclusive lock on `path` (created if missing) for the block."""
+def file_lock(path: Path, *, shared: bool = False):
+    """Hold a lock on `path` (created if missing) for the block: exclusive, or
+    `shared` with other shared holders (builds using a cache that an exclusive
+    holder may clear)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:

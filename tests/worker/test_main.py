@@ -96,7 +96,7 @@ def test_cache_ls_and_prune_of_an_empty_cache(capsys, tmp_path):
     assert main(["cache", "ls", "--json", *local]) == 0
     assert json.loads(capsys.readouterr().out) == []
     assert main(["cache", "prune", "--all", *local]) == 0
-    assert capsys.readouterr().out == "removed 0 environments\n"
+    assert capsys.readouterr().out == f"removed 0 environments\npackage cache {tmp_path / 'uv-cache'}: empty\n"
     assert refusal(capsys, ["cache", "prune", *local]) == (
         "cast worker: say which environments to remove: --older-than DURATION or --all")
 
@@ -112,9 +112,14 @@ def test_the_cache_command_lists_and_prunes_environments(api, worker):
     assert listed.returncode == 0, listed.stderr
     [entry] = json.loads(listed.stdout)
     assert entry["executor"] == "local" and entry["holds"] == "pip: termcolor" and entry["size"] > 0
-    assert cache("prune", "--older-than", "1d").stdout.strip() == "removed 0 environments"
+    # The environment stays, and so does what it uses of the package cache.
+    kept = cache("prune", "--older-than", "1d").stdout.splitlines()
+    assert kept[0] == "removed 0 environments"
+    assert kept[1].startswith(f"package cache {worker.work_dir / 'uv-cache'}: pruned by uv, ")
     pruned = cache("prune", "--all")
     assert pruned.returncode == 0 and "removed 1 environment" in pruned.stdout
+    assert f"package cache {worker.work_dir / 'uv-cache'}: removed, " in pruned.stdout
+    assert not (worker.work_dir / "uv-cache").exists()
     assert json.loads(cache("ls", "--json").stdout) == []
     refused = cache("prune")
     assert refused.returncode == 2 and "--older-than" in refused.stderr
