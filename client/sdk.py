@@ -36,6 +36,14 @@ FOLLOW_READ_TIMEOUT = 75.0
 # Give up following after this long without reaching the server at all.
 FOLLOW_GIVE_UP_SECONDS = 300.0
 STREAM_CHUNK = 256 * 1024
+# Answers of a balancer whose replica died mid-request (502, 504) or of a
+# replica shutting down (503): another replica answers the same request.
+RETRY_STATUSES = frozenset({502, 503, 504})
+# How long a call keeps retrying those, and connections cut mid-request.
+RETRY_SECONDS = 30.0
+# Methods whose repetition does what one request does; a POST is retried only
+# when the request itself makes a repeat harmless (create_run's submit key).
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 
 
 class CastError(Exception):
@@ -55,6 +63,11 @@ class ApiError(CastError):
 
 class Unreachable(CastError):
     """The server could not be reached (refused, reset, timed out)."""
+
+
+class ConnectionCut(Unreachable):
+    """The connection broke while a request was sent or answered (a replica
+    behind a balancer died, say); the request may or may not have been carried out."""
 
 
 def _detail_of(status: int, reason: str, body: bytes) -> str:
@@ -181,7 +194,7 @@ class Client:
                     self._conn = None
                 if reused and attempt == 1 and not streamed_body:
                     continue  # the keep-alive connection had gone stale
-                raise Unreachable(f"lost the connection to the cast server at {self.url} ({exc.__class__.__name__})") from None
+                raise ConnectionCut(f"lost the connection to the cast server at {self.url} ({exc.__class__.__name__})") from None
             except ConnectionRefusedError:
                 conn.close()
                 if not dedicated:
@@ -201,20 +214,41 @@ class Client:
 
     def _call(self, method: str, path: str, *, query: dict | None = None, json_body: Any = None,
               body: bytes | Iterable[bytes] | None = None, headers: dict | None = None,
-              dedicated: bool = False) -> Any:
-        """A request whose answer is JSON (or empty); errors raise ApiError."""
+              dedicated: bool = False, repeatable: bool | None = None) -> Any:
+        """A request whose answer is JSON (or empty); errors raise ApiError.
+
+        A request that may be repeated (`repeatable`, by default an idempotent
+        method with a body that can be sent again) is retried for up to
+        RETRY_SECONDS when its connection is cut or the answer is 502, 503 or
+        504: through a balancer, the next try reaches a live replica."""
         headers = dict(headers or {})
         headers.setdefault("Accept", "application/json")
         if json_body is not None:
             body = json.dumps(json_body).encode()
             headers["Content-Type"] = "application/json"
+        if repeatable is None:
+            repeatable = method in IDEMPOTENT_METHODS
+        repeatable = repeatable and (body is None or isinstance(body, (bytes, bytearray)))
+        give_up_at, delay = time.monotonic() + RETRY_SECONDS, 0.1
+        while True:
+            try:
+                return self._call_once(method, path, query=query, body=body, headers=headers, dedicated=dedicated)
+            except (ConnectionCut, ApiError) as exc:
+                if (not repeatable or (isinstance(exc, ApiError) and exc.status not in RETRY_STATUSES)
+                        or time.monotonic() + delay > give_up_at):
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _call_once(self, method: str, path: str, *, query: dict | None, body: bytes | Iterable[bytes] | None,
+                   headers: dict, dedicated: bool) -> Any:
         response, conn = self._send(method, path, query=query, body=body, headers=headers, dedicated=dedicated)
         try:
             data = response.read()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             self._conn = None if conn is self._conn else self._conn
-            raise Unreachable(f"lost the connection to the cast server at {self.url} ({exc.__class__.__name__})") from None
+            raise ConnectionCut(f"lost the connection to the cast server at {self.url} ({exc.__class__.__name__})") from None
         finally:
             if dedicated:
                 conn.close()
@@ -256,10 +290,14 @@ class Client:
         `idempotent`: the answer may be an earlier complete run that did the same
         (`reused` says so). A run no connected worker could ever run is refused
         (409) unless `queue_anyway`."""
-        body = spec.request_body(labels=labels, idempotent=idempotent)
+        from cast.protocol.messages import new_submit_key
+
+        # The same key on every try: a retried submit whose first try was
+        # carried out answers that run instead of making a second one.
+        body = spec.request_body(labels=labels, idempotent=idempotent, submit_key=new_submit_key())
         if queue_anyway:
             body["queue_anyway"] = True
-        return self._call("POST", "/runs", json_body=body)
+        return self._call("POST", "/runs", json_body=body, repeatable=True)
 
     def list_runs(self, *, status: list[str] | None = None, label: str | None = None,
                   limit: int | None = None, before: int | None = None) -> dict:

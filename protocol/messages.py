@@ -12,6 +12,7 @@ older worker keeps working against a newer server.
 from __future__ import annotations
 
 import enum
+import secrets
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal
@@ -96,9 +97,11 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def request_body(self, *, labels: list[str] | None = None, idempotent: bool = False) -> dict[str, Any]:
+    def request_body(self, *, labels: list[str] | None = None, idempotent: bool = False,
+                     submit_key: str | None = None) -> dict[str, Any]:
         """The body of `POST /api/v1/runs` for this spec: what a user may set,
-        plus labels and whether an earlier run that did the same may answer."""
+        plus labels, whether an earlier run that did the same may answer, and
+        the submit key that makes a retried submit answer the run it made."""
         body = {k: v for k, v in self.to_dict().items() if k not in SERVER_FILLED and v is not None}
         if self.git_url:  # the server resolves the commit of a git URL itself
             body.pop("commit_sha", None)
@@ -106,7 +109,18 @@ class RunSpec:
             body["labels"] = list(labels)
         if idempotent:
             body["idempotent"] = True
+        if submit_key is not None:
+            body["submit_key"] = submit_key
         return body
+
+
+# A submit key: the client's random name for one submit, the same on each of
+# its tries (a balancer may cut a submit its replica carried out).
+SUBMIT_KEY_PATTERN = r"^[0-9a-f]{32}$"
+
+
+def new_submit_key() -> str:
+    return secrets.token_hex(16)
 
 
 # Fields of a RunSpec that the server fills in; a request that sets them is

@@ -20,6 +20,7 @@ from cast.protocol import hyper
 from cast.protocol import metrics as metric_rules
 from cast.protocol import validate as wire
 from cast.protocol.hyper import Goal, MetricAgg, SearchKind, SearchStatus
+from cast.protocol.messages import SUBMIT_KEY_PATTERN
 from cast.protocol.messages import MAX_REASON_LENGTH, LogStream, MountSpec, RunSpec, StatusReport
 from cast.protocol.outputs import StagedOutputs
 from cast.protocol.status import RunStatus
@@ -95,6 +96,9 @@ class RunCreate(_In):
     idempotent: bool = False
     # Queue it even when no present worker could run it (it waits for one that can).
     queue_anyway: bool = False
+    # The client's name for this submit, the same on each try: a retry whose
+    # first try made a run answers that run (messages.SUBMIT_KEY_PATTERN).
+    submit_key: str | None = Field(default=None, pattern=SUBMIT_KEY_PATTERN)
 
     @field_validator("command")
     @classmethod
@@ -188,7 +192,8 @@ class RunCreate(_In):
     def to_spec(self, *, commit_sha: str | None, code_digest: str | None) -> RunSpec:
         """The spec to store, with what the server resolved (a git URL's commit, the
         bundle's digest); a bundle's commit is the client's HEAD, as given."""
-        given = self.model_dump(exclude={"labels", "mounts", "idempotent", "queue_anyway", "commit_sha"})
+        given = self.model_dump(exclude={"labels", "mounts", "idempotent", "queue_anyway", "commit_sha",
+                                              "submit_key"})
         if self.git_url:  # no ref: the remote's HEAD, recorded as such
             given["commit_ref"] = self.commit_ref or "HEAD"
         return RunSpec(

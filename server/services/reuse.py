@@ -6,7 +6,9 @@ code: the commit sha of a git run, the bundle digest of local code; and the
 contents of what it mounts: the sha256 manifest of each mounted output or
 upload, not its name) and `find_reusable`, the newest complete run with that
 key whose outputs still exist. Every run gets its key when it is created, so
-any later `idempotent` request can find it.
+any later `idempotent` request can find it. Also `find_submitted`: the run
+an earlier try of the same submit made (its submit key), so a submit retried
+after a balancer cut it off makes no second run.
 """
 
 from __future__ import annotations
@@ -79,3 +81,17 @@ def find_reusable(session: Session, *, key: str, viewer: User) -> Run | None:
     if not viewer.is_admin:
         query = query.where(Run.owner_id == viewer.id)
     return session.scalars(query).first()
+
+
+# Where a run's spec keeps the submit key of the request that made it.
+SUBMIT_KEY = "submit_key"
+# A retried submit comes seconds after its first try: the owner's newest runs
+# with the same reuse key are where it can be, and a bound keeps the look cheap.
+_SUBMITTED_LOOKBACK = 50
+
+
+def find_submitted(session: Session, *, key: str, owner: User, submit_key: str) -> Run | None:
+    """The run an earlier try of this submit made (same owner, spec and submit key), if any."""
+    recent = session.scalars(select(Run).where(Run.owner_id == owner.id, Run.reuse_key == key)
+                             .order_by(Run.id.desc()).limit(_SUBMITTED_LOOKBACK))
+    return next((run for run in recent if run.spec.get(SUBMIT_KEY) == submit_key), None)

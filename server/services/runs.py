@@ -211,10 +211,16 @@ def create_run(session: Session, *, owner: User, body: RunCreate, settings: Sett
             raise BadRequest(f"code bundle {spec.code_bundle} is unknown; upload it first (PUT /api/v1/code/KEY)")
         spec.code_digest = bundle.digest
     key = reuse.reuse_key(session, spec)
+    if body.submit_key and (made := reuse.find_submitted(session, key=key, owner=owner,
+                                                         submit_key=body.submit_key)) is not None:
+        return made, False
     if body.idempotent and (earlier := reuse.find_reusable(session, key=key, viewer=owner)) is not None:
         return earlier, True
     waiting = capacity.check_runnable(session, spec=spec, settings=settings, queue_anyway=body.queue_anyway)
-    run = Run(owner_id=owner.id, status=S.MACHINE_REQUESTED.value, spec=spec.to_dict(), gpus=spec.gpus,
+    stored = spec.to_dict()
+    if body.submit_key:  # kept beside the spec (RunSpec.from_dict ignores it) for find_submitted
+        stored[reuse.SUBMIT_KEY] = body.submit_key
+    run = Run(owner_id=owner.id, status=S.MACHINE_REQUESTED.value, spec=stored, gpus=spec.gpus,
               retries=spec.retries, attempt=1, created_at=utcnow(), reuse_key=key)
     session.add(run)
     session.flush()
