@@ -8,6 +8,9 @@ where the worker has no uv or the image cannot run it; cast.worker.installer),
 tagged `<repository>:<key>` where the key hashes all of them (and the base
 image's id, and this module's build recipe). It is built by running a
 container from the base that executes a generated script, then committing it;
+from an environment image it extends instead (same base and apt packages,
+some of its requirements), if there is one, so that one line added to a
+requirements file copies and commits that line's packages, not torch again;
 the script and the host's package settings (cast.worker.dockerenv) reach the
 container as read-only mounts under a tmpfs, so no secret and no host folder
 ends up in the image, and every line the build logs is masked of them. An
@@ -45,7 +48,7 @@ from cast.protocol.environment import build_summary, requirements_text
 from cast.protocol.messages import LogStream, RunSpec
 from cast.protocol.validate import SpecError, validate_apt_package, validate_pip_spec
 from cast.worker.dockerenv import HOST_INPUTS, HostPackageSettings
-from cast.worker.envs import failure_reason
+from cast.worker.envs import OFFLINE_MISS, extends, failure_reason, wanted_lines
 from cast.worker.installer import PACKAGE_CACHE, Installer, UvSettings, choose_installer, using_package_cache
 from cast.worker.executors.base import BuildFailed, BuildResult, CacheEntry, InvalidExecutorOption, LogSink
 from cast.worker.locking import file_lock
@@ -59,6 +62,7 @@ BUILD_RECIPE = "1"
 
 LABEL_KEY = "cast.env.key"
 LABEL_HOLDS = "cast.env.holds"
+LABEL_WANTS = "cast.env.wants"  # JSON: the base image id, apt packages and requirement lines it was built for
 LABEL_OWNER = "cast.env.owner"
 OWNER_FILE = "owner-id"
 LABEL_WORK_DIR = "cast.work_dir"
@@ -141,15 +145,22 @@ class EnvironmentSpec:
             parts.append(requirements_text(self.pip_req))
         return "; ".join(parts)
 
+    def wants(self, base_image_id: str) -> dict:
+        """What the image was built for, as its LABEL_WANTS says it."""
+        return {"base": base_image_id, "apt": list(self.apt), "pip": wanted_lines(list(self.pip), self.pip_req)}
+
     def summary(self, installer_note: str | None = None) -> str:
         """What a build installs, by count, and with what, for its first line."""
         return build_summary(pip=list(self.pip), pip_req=self.pip_req, apt=list(self.apt), base_image=self.base_image,
                              installer_note=installer_note)
 
-    def build_script(self, *, preamble: str, uv: UvSettings | None = None) -> str:
+    def build_script(self, *, preamble: str, uv: UvSettings | None = None, extending: bool = False) -> str:
         """The shell script a build container runs; each step announces itself. With `uv`
         (its binary mounted at UV_BINARY, its cache at UV_CACHE) uv installs the pip
-        packages, or pip where uv cannot run in the image (one line says so)."""
+        packages, or pip where uv cannot run in the image (one line says so).
+        `extending`: it runs in an environment image built for the same base and apt
+        packages and some of these requirements, so apt is done and uv installs from
+        the package cache alone first (cast.worker.envs' `_offline`)."""
         uid, gid = RUN_UID, RUN_UID
         lines = [
             "set -eu",
@@ -163,7 +174,7 @@ class EnvironmentSpec:
             "fi",
             "command -v bash >/dev/null || { echo 'this image has no bash, which cast runs commands with'; exit 1; }",
         ]
-        if self.apt:
+        if self.apt and not extending:
             packages = " ".join(shlex.quote(p) for p in self.apt)
             lines += [
                 f'echo "{_STEP_MARK}apt: apt-get install {packages}"',
@@ -194,11 +205,13 @@ class EnvironmentSpec:
                     *(shlex.quote(a) for a in uv.arguments), arguments,
                 ])
                 exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in sorted(uv.environment.items()))
+                offline = install.replace(" --link-mode ", " --offline --link-mode ", 1)
                 lines += [
                     f"if {UV_BINARY} --version >/dev/null 2>&1 && command -v python3 >/dev/null; then",
                     f'  echo "{_STEP_MARK}pip: uv pip install {shown}"',
                     *([f"  export {exports} NO_COLOR=1"] if exports else ["  export NO_COLOR=1"]),
-                    f"  {install}",
+                    *([f"  if said=$({offline} 2>&1); then printf '%s\\n' \"$said\"; else",
+                       f'    echo "{OFFLINE_MISS}"', f"    {install}", "  fi"] if extending else [f"  {install}"]),
                     "else",
                     f'  echo "{_STEP_MARK}pip: pip install {shown} (uv cannot run in this image)"',
                     *(f"  {line}" for line in pip_lines),
@@ -327,10 +340,13 @@ class ImageCache:
         inputs = settings.build_inputs()
         uv = self.installer.uv
         log(LogStream.CAST, f"Building environment {self.owned_tag(key)} ({env.summary(self.installer.note)})")
+        parent = self._nearest(env, base_id) if uv else None
+        if parent:
+            log(LogStream.CAST, f"Starting from environment {parent[1]}, which holds some of it")
         staging = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=self._scratch_dir()))
         try:
             (staging / "build.sh").write_text(env.build_script(preamble=inputs.shell_preamble,
-                                                               uv=inputs.uv if uv else None))
+                                                               uv=inputs.uv if uv else None, extending=bool(parent)))
             (staging / "pip.conf").write_text(inputs.pip_conf)
             (staging / "uv.toml").write_text(inputs.uv.config)
             (staging / "apt.conf").write_text(inputs.apt_conf)
@@ -347,7 +363,8 @@ class ImageCache:
                 mounts += [Mount(UV_BINARY, self._uv_in_work_dir(uv), type="bind", read_only=True),
                            Mount(UV_CACHE, str(self.package_cache), type="bind")]
             container = self.client.containers.create(
-                base_id, ["/bin/sh", f"{HOST_INPUTS}/build/build.sh"], entrypoint=[], user="0:0",
+                parent[0] if parent else base_id, ["/bin/sh", f"{HOST_INPUTS}/build/build.sh"], entrypoint=[],
+                user="0:0",
                 mounts=mounts, network_mode=self.network, labels=labels(self.work_dir, run_id, "build"),
                 log_config=LOG_CONFIG,
             )
@@ -362,7 +379,8 @@ class ImageCache:
                     conf={"Cmd": base.get("Cmd") or ["bash"], "Entrypoint": base.get("Entrypoint") or [],
                           "Env": base.get("Env") or [], "WorkingDir": CONTAINER_WORKDIR, "User": "",
                           "Labels": {**(base.get("Labels") or {}), LABEL_KEY: key, LABEL_HOLDS: env.holds(),
-                                     LABEL_OWNER: self.owner, LABEL_ROLE: "env"}},
+                                     LABEL_OWNER: self.owner, LABEL_ROLE: "env",
+                                     LABEL_WANTS: json.dumps(env.wants(base_id), sort_keys=True)}},
                 )
             finally:
                 container.remove(force=True)
@@ -370,6 +388,25 @@ class ImageCache:
             raise BuildFailed(f"the Docker engine refused the build: {settings.redact(explain(exc))}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _nearest(self, env: EnvironmentSpec, base_id: str) -> tuple[str, str] | None:
+        """The id and tag of this cache's image that the build of `env` can start
+        from (cast.worker.envs.extends: same base and apt packages, some of its
+        requirements and nothing else), the one holding the most; None if none.
+        Only the new packages are then copied into the image and committed, not
+        torch again (a commit of its gigabytes took most of such a build)."""
+        wants, best = env.wants(base_id), None
+        for image in self.client.images.list(filters={"label": [LABEL_WANTS, f"{LABEL_OWNER}={self.owner}"]}):
+            try:
+                built = json.loads(image.labels.get(LABEL_WANTS, ""))
+            except ValueError:
+                continue
+            tags = [tag for tag in image.tags if tag.startswith(f"{self.repository}:{self.owner}-")]
+            if (tags and built.get("base") == wants["base"] and built.get("apt") == wants["apt"]
+                    and extends(built.get("pip") or [], wants["pip"])
+                    and (best is None or len(built["pip"]) > best[0])):
+                best = (len(built["pip"]), image.id, tags[0])
+        return best[1:] if best else None
 
     def _uv_in_work_dir(self, uv: str) -> str:
         """The worker's uv as a file of its work dir, which a worker that runs in a

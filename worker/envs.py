@@ -9,9 +9,16 @@ filesystem) and hardlinks every environment's files from it, so a package
 such as torch is unpacked once per host and a new environment that adds one
 line to a requirements file fetches only that line's package. (uv installs a
 package the host has, such as torch, into the environment too, from that
-cache; pip would reuse the host's copy.) Its key is a sha256 of (interpreter, sorted pip specs, requirements file
-contents); an environment is built once under a file lock, marked complete
-only when the build succeeded, and reused by every later run with that key.
+cache; pip would reuse the host's copy.) A build that extends an environment
+built before (its requirements are that one's and more) installs from that
+cache and the local indexes alone (uv's `--offline`), asking the remote
+indexes only when that misses: that asking was most of the time of one line
+added to a requirements file. Builds use the cache under its shared lock
+(cast.worker.installer's `using_package_cache`), which `cast cache prune`
+takes whole to clear it. Its key is a sha256 of (interpreter, sorted pip
+specs, requirements file contents); an environment is built once under a file
+lock, marked complete only when the build succeeded, and reused by every later
+run with that key.
 A run without packages needs no environment at all. A build first says in one
 line what it installs; a failed one is explained by the installer's own last
 error lines (`failure_reason`, which the Docker builds share), while its whole
@@ -45,6 +52,7 @@ HOST_KEY = "host"  # the BuildResult key of a run that needs no environment
 _METADATA = ".cast-env.json"
 _LAST_USED = ".cast-last-used"
 _TAIL_LINES = 50  # of a build's output, searched for its error lines
+OFFLINE_MISS = "Not all of it is in the package cache: asking the package indexes"
 FAILURE_CHARS = 400  # of a failed build's reason; the log keeps the rest
 # How pip (`ERROR: …`), uv (`error: …`, then its `cause:` lines, innermost last)
 # and apt (`E: …`) start the lines that say why they failed.
@@ -86,10 +94,17 @@ def _describe(pip: list[str], pip_req: str | None) -> str:
     return "; ".join(parts)
 
 
-def _wanted_lines(pip: list[str], pip_req: str | None) -> list[str]:
+def wanted_lines(pip: list[str], pip_req: str | None) -> list[str]:
     """What an environment asks for, one requirement a line (comments dropped), sorted."""
     lines = [line.split(" #")[0].strip() for line in (pip_req or "").splitlines()]
     return sorted({*(spec.strip() for spec in pip), *(line for line in lines if line and not line.startswith("#"))})
+
+
+def extends(built: list[str], wanted: list[str]) -> bool:
+    """Whether an environment built for the requirement lines `built` holds some of
+    `wanted` and nothing else, so that one for `wanted` can be made from it and
+    the package cache alone. An option line (`--index-url`, `-r`) never can."""
+    return bool(built) and not any(line.startswith("-") for line in wanted) and set(built) <= set(wanted)
 
 
 def _tree_size(path: Path) -> int:
@@ -170,7 +185,7 @@ class EnvCache:
             requirements = env / "cast-requirements.txt"
             requirements.write_text(pip_req)
             wanted = ["-r", str(requirements), *wanted]
-        lines = _wanted_lines(pip, pip_req)
+        lines = wanted_lines(pip, pip_req)
         try:
             with using_package_cache(self.package_cache) if self.installer.uv else nullcontext():
                 if not (self.installer.uv and self._extends_a_built_environment(lines)
@@ -188,16 +203,13 @@ class EnvCache:
         """Whether uv built an environment that asked for some of `lines` and nothing else:
         then the package cache holds what the indexes answered about those, and a
         build from it alone resolves them as that one did (one line added to a
-        requirements file). An option line (`--index-url`, `-r`) always asks the indexes."""
-        if any(line.startswith("-") for line in lines):
-            return False
-        wanted = set(lines)
+        requirements file)."""
         for metadata in self.root.glob(f"*/{_METADATA}"):
             try:
                 built = json.loads(metadata.read_text())
             except (OSError, ValueError):
                 continue
-            if built.get("installer") == "uv" and built.get("wants") and set(built["wants"]) <= wanted:
+            if built.get("installer") == "uv" and extends(built.get("wants") or [], lines):
                 return True
         return False
 
@@ -216,7 +228,7 @@ class EnvCache:
             for line in said:
                 log(LogStream.CAST, line)
             return True
-        log(LogStream.CAST, "Not all of it is in the package cache: asking the package indexes")
+        log(LogStream.CAST, OFFLINE_MISS)
         return False
 
     def _step(self, step: str, command: list[str], log: LogSink, extra_env: dict[str, str] | None = None, *,

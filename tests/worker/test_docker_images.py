@@ -101,7 +101,12 @@ def test_the_build_script_runs_only_the_steps_it_needs_and_is_valid_shell():
             "'six>=1.0' -r /cast/host/build/requirements.txt") in with_uv
     assert "export UV_HTTP_TIMEOUT=30 NO_COLOR=1" in with_uv
     assert 'echo "==> pip: pip install \'six>=1.0\' -r requirements.txt (uv cannot run in this image)"' in with_uv
-    for script in (bare, full, with_uv):
+    # Extending an image built with the same apt packages: no apt step, uv from the cache first.
+    extending = EnvironmentSpec.of(spec(apt=["jq"], pip_req="tqdm\n"), "b").build_script(preamble=":", uv=settings,
+                                                                                      extending=True)
+    assert "apt-get" not in extending and "--offline --link-mode copy" in extending
+    assert 'echo "Not all of it is in the package cache: asking the package indexes"' in extending
+    for script in (bare, full, with_uv, extending):
         checked = subprocess.run(["sh", "-n"], input=script, capture_output=True, text=True, timeout=60)
         assert checked.returncode == 0, checked.stderr
 
@@ -257,10 +262,16 @@ def test_a_failing_uv_build_gives_uvs_error_lines_and_hides_secrets(make_cache, 
 def test_a_uv_build_honours_the_hosts_pip_settings_and_shares_its_cache(make_cache, host_pip_config, engine):  # noqa: F811
     cache = make_cache(installer=UV)  # reads this test's pip settings
     first_log, second_log = Log(), Log()
-    cache.ensure(spec(pip_req="cast-probe\n"), 1, first_log)
+    first = cache.ensure(spec(pip_req="cast-probe\n"), 1, first_log)
     built = cache.ensure(spec(pip_req="cast-probe\ncast-probe-index\n"), 2, second_log)  # one line added
     assert second_log.lines[0] == (f"Building environment {built.description} (base image {DEFAULT_BASE_IMAGE}; "
                                    "pip: requirements file (2 lines), with uv)")
+    # Built on the first image, which it extends: its layers are the first's and one more.
+    assert second_log.lines[1] == f"Starting from environment {first.description}, which holds some of it"
+    layers = [engine.api.inspect_image(b.description)["RootFS"]["Layers"] for b in (first, built)]
+    assert layers[1][:-1] == layers[0]
+    # From the package cache alone: the indexes were not asked again.
+    assert "Not all of it is in the package cache: asking the package indexes" not in second_log.lines
     # The worker's cache already held cast-probe: only the added line's package was fetched.
     assert any(line.startswith("Prepared 1 package in ") for line in second_log.lines), second_log.lines
     assert any(path.is_file() for path in (cache.work_dir / "uv-cache").rglob("*"))

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from cast.worker.envs import FAILURE_CHARS, HOST_KEY, EnvCache, env_key, failure_reason
+from cast.worker.envs import FAILURE_CHARS, HOST_KEY, EnvCache, env_key, extends, failure_reason, wanted_lines
 from cast.worker.executors.base import BuildFailed
 from cast.worker.installer import choose_installer
 from tests.worker.pipconfig import EXPECTED, PACKAGES, PROBE, host_pip_config, make_wheel  # noqa: F401  (fixture)
@@ -36,6 +36,15 @@ def test_no_packages_means_no_environment(tmp_path):
 def test_the_key_ignores_spec_order_but_not_requirements():
     assert env_key(["tabulate", "termcolor"], None) == env_key(["termcolor", "tabulate"], None)
     assert env_key(["termcolor"], None) != env_key(["termcolor"], "tabulate\n")
+
+
+def test_an_environment_extends_one_that_asked_for_some_of_its_lines_and_nothing_else():
+    assert wanted_lines(["tqdm"], "# a comment\n\nsix  # inline\ntorch==2.13.0\n") == ["six", "torch==2.13.0", "tqdm"]
+    assert extends(["six", "torch==2.13.0"], wanted_lines([], "torch==2.13.0\nsix\ntqdm  # bars\n"))
+    assert extends(["six"], ["six"])
+    assert not extends(["numpy", "six"], ["six", "tqdm"])
+    assert not extends([], ["six"])
+    assert not extends(["six"], ["--index-url http://127.0.0.1:9/simple", "six"])  # options always ask the indexes
 
 
 def test_builds_over_the_host_python_and_reuses_the_cache(tmp_path):
