@@ -49,6 +49,8 @@ command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 |
 command -v nginx >/dev/null || need+=(nginx)
 command -v ip >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
+# PostgreSQL's server binaries: the suite's database under CAST_TEST_DATABASE=postgresql.
+command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     apt-get update -qq

@@ -39,7 +39,8 @@ from sqlalchemy.orm import Session
 
 log = logging.getLogger("cast.server")
 QUEUE = "queue"
-CHANNEL = "cast"
+# Not "cast" alone: that is an SQL keyword, which LISTEN would not parse.
+CHANNEL = "cast_changes"
 # PostgreSQL's limit on a notification's payload is 8000 bytes.
 _PAYLOAD_BYTES = 7900
 

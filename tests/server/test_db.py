@@ -223,3 +223,32 @@ def test_only_one_process_holds_a_periodic_job_at_a_time_on_postgresql(postgres_
     with sqlite.exclusive("reaper") as first, sqlite.exclusive("reaper") as second:
         assert first and second  # one process serves a SQLite database
     sqlite.dispose()
+
+
+def test_a_server_whose_postgresql_restarts_answers_503_with_retry_after_then_serves_again(
+        start_server, tmp_path):
+    """Its own PostgreSQL, stopped and started under a running server: requests
+    meanwhile get a 503 that says to retry (never a 500), and once the database
+    is back the pool's pings replace the dead connections, with nothing lost."""
+    import httpx
+
+    from tests.conftest import free_port
+    from tests.realservers.postgres import PostgresServer
+
+    postgres = PostgresServer(tmp_path / "pg", port=free_port()).start()
+    try:
+        server = start_server(env={"CAST_DATABASE_URL": postgres.create_database("cast")})
+        with server.api() as api:
+            run_id = api.post("/runs", json={"command": "true"}).json()["id"]
+            postgres.kill()
+            down = api.get(f"/runs/{run_id}")
+            assert down.status_code == 503 and down.headers["Retry-After"] == "1"
+            assert down.json() == {"detail": "the server lost its database connection; try again"}
+            assert api.post("/runs", json={"command": "true"}).status_code == 503
+            postgres.start()
+            assert api.get(f"/runs/{run_id}").json()["status"] == "machine_requested"
+            assert [run["id"] for run in api.get("/runs").json()["runs"]] == [run_id]
+        server.stop()
+        assert "Traceback" not in server.log_path.read_text()
+    finally:
+        postgres.stop()

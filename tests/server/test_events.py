@@ -43,3 +43,124 @@ def test_close_wakes_every_waiter_and_every_later_wait(tmp_path):
             assert await asyncio.wait_for(late.wait(30), 1)
 
     asyncio.run(scenario())
+
+
+# --- across server processes on one PostgreSQL (the suite's real server) ---
+
+def _replicas(start_server, postgres_databases, tmp_path):
+    """Two server processes on one fresh PostgreSQL database, and clients of
+    each (tokens live in the database: the first replica's serve both)."""
+    import httpx
+
+    url = postgres_databases()
+    a = start_server(data_dir=tmp_path / "a", env={"CAST_DATABASE_URL": url})
+    b = start_server(data_dir=tmp_path / "b", env={"CAST_DATABASE_URL": url})
+
+    def clients(server, token):
+        return httpx.Client(base_url=f"{server.url}/api/v1", headers={"Authorization": f"Bearer {token}"},
+                            timeout=60)
+
+    return (clients(a, a.admin_token), clients(a, a.worker_token),
+            clients(b, a.admin_token), clients(b, a.worker_token))
+
+
+def test_a_follower_on_one_replica_sees_a_change_made_through_another_at_once(start_server, postgres_databases,
+                                                                           tmp_path):
+    import json
+    import threading
+    import time
+
+    user_a, _, user_b, worker_b = _replicas(start_server, postgres_databases, tmp_path)
+    run_id = user_b.post("/runs", json={"command": "true"}).json()["id"]
+    worker_id = worker_b.post("/workers", json={"name": "w", "executor": "local", "gpus": []}).json()["id"]
+    pages: list[tuple[float, int]] = []
+
+    def follow() -> None:
+        with user_a.stream("GET", f"/runs/{run_id}/logs/follow", timeout=60) as stream:
+            for line in stream.iter_lines():
+                if line.strip():
+                    pages.append((time.monotonic(), json.loads(line)["next_offset"]))
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    deadline = time.monotonic() + 20
+    while not pages and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pages, "the follower got no first page"
+    first_offset = pages[0][1]
+    time.sleep(0.5)  # the follower on A is waiting now
+
+    # The lease through B writes the run's "building" line: A's follower has it within a second.
+    leased_at = time.monotonic()
+    lease = worker_b.post(f"/workers/{worker_id}/lease", json={"free_gpus": 0, "wait": 0}).json()
+    while not any(offset > first_offset for _, offset in pages) and time.monotonic() < leased_at + 10:
+        time.sleep(0.01)
+    arrived = next(at for at, offset in pages if offset > first_offset)
+    assert arrived - leased_at < 1.0
+
+    for status in ("mounting", "running", "saving", "pushing", "complete"):
+        assert worker_b.post(f"/runs/{run_id}/status", json={
+            "lease_token": lease["lease_token"], "status": status,
+            **({"exit_code": 0} if status == "complete" else {})}).status_code == 200
+    follower.join(timeout=30)
+    assert not follower.is_alive(), "the follow stream did not end with the run"
+
+
+def test_a_worker_long_polling_one_replica_gets_a_run_submitted_through_another_at_once(
+        start_server, postgres_databases, tmp_path):
+    import threading
+    import time
+
+    _, worker_a, user_b, _ = _replicas(start_server, postgres_databases, tmp_path)
+    worker_id = worker_a.post("/workers", json={"name": "w", "executor": "local", "gpus": []}).json()["id"]
+    answers: list[tuple[float, dict]] = []
+
+    def poll() -> None:
+        answer = worker_a.post(f"/workers/{worker_id}/lease", json={"free_gpus": 0, "wait": 25})
+        answers.append((time.monotonic(), answer.json() if answer.status_code == 200 else {}))
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    time.sleep(1.0)  # the long poll on A is waiting now
+    submitted_at = time.monotonic()
+    run_id = user_b.post("/runs", json={"command": "true"}).json()["id"]
+    poller.join(timeout=30)
+    (answered_at, lease), = answers
+    assert lease["run_id"] == run_id
+    assert answered_at - submitted_at < 1.0
+    for status in ("mounting", "running", "saving", "pushing", "complete"):  # the run ends
+        assert worker_a.post(f"/runs/{run_id}/status", json={
+            "lease_token": lease["lease_token"], "status": status,
+            **({"exit_code": 0} if status == "complete" else {})}).status_code == 200
+
+
+def test_a_listener_that_lost_its_connection_reconnects_and_wakes_every_waiter(postgres_databases, monkeypatch):
+    """Notifications sent while the listener was away are lost, so on
+    reconnecting it wakes every waiter (each re-reads); later ones arrive again."""
+    from sqlalchemy import text
+
+    url = postgres_databases()
+    listening, sending = Database(url), Database(url)
+    listening.start_listener()
+    listener = listening._listener
+    monkeypatch.setattr(events.Listener, "RECONNECT_SECONDS", 0.2)
+
+    async def scenario():
+        assert await asyncio.to_thread(listener.listening.wait, 10)
+        with listening.notifier.subscribe(events.run_key(7)) as run:
+            with sending.transaction() as session:
+                cut = session.execute(text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE query LIKE 'LISTEN%' AND datname = current_database()")).scalars().all()
+            assert cut == [True]
+            assert await run.wait(10)  # woken by the reconnect, though nothing changed
+            assert listener.listening.is_set()
+            with sending.transaction() as session:
+                events.changed(session, events.run_key(7))
+            assert await run.wait(5)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        listening.dispose()
+        sending.dispose()
