@@ -357,6 +357,12 @@ API_INPUTS = [
     ApiInput("outputs with a wrong lease", "PUT", "/runs/{done}/outputs", 409, "lease",
              content=_tar(_member("a.txt")), headers={"X-Lease-Token": "stolen"}, token="worker"),
     ApiInput("mount fetch with ..", "GET", "/workers/mounts/runs%2F1%2F..%2F..%2F..%2Fcast.db", 400, "'..'", token="worker"),
+    ApiInput("object push plan on a server without an object store", "POST", "/runs/{done}/outputs/plan", 409,
+             "not in an object store", json={"lease_token": "stolen", "files": []}, token="worker"),
+    ApiInput("object push commit with a sha256 that is not hex", "POST", "/runs/{done}/outputs/commit", 422, "sha256",
+             json={"lease_token": "x", "files": [{"path": "a", "size": 1, "sha256": "zz"}]}, token="worker"),
+    ApiInput("object mount files without an object store", "GET", "/workers/objects/uploads%2Fdata", 409,
+             "not in an object store", token="worker"),
 ]
 
 CLI_INPUTS = [
