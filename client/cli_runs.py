@@ -17,7 +17,6 @@ from .cli_common import CONTEXT, UsageProblem, print_json
 from .config import client as _client
 from .sdk import ApiError
 
-LOG_PAGE = 10_000  # the server's largest read: fewer round trips for a long log
 PS_LIMIT = 50  # runs `cast ps` shows without --limit or --all
 # Statuses whose transition note says why that move happened; any other
 # status's note qualifies the stage that just ended ("Building… done (cached)").
@@ -142,8 +141,8 @@ def _follow_to_end(client, run_id: int, offset: int, printer) -> int:
             warned.append(problem)
 
     try:
-        for chunk in client.follow_logs(run_id, offset, on_reconnect=on_reconnect):
-            printer.entries(chunk["entries"])
+        for page in client.follow_logs(run_id, offset, on_reconnect=on_reconnect):
+            printer.chunks(page.chunks)
         final = client.get_run(run_id)
     except KeyboardInterrupt:
         sys.stdout.flush()
@@ -315,9 +314,11 @@ def _stages_table(transitions: list[dict]) -> str:
 @click.argument("run_id", type=int, metavar="N")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the run ends.")
 @click.option("--tail", type=click.IntRange(min=1), metavar="N", help="Start with the last N lines.")
-@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON (not with -f).")
+@click.option("--json", "as_json", is_flag=True, help="Print the log's chunks as JSON (not with -f).")
 def logs(run_id, follow, tail, as_json) -> int:
     """Print a run's log; with -f follow it to the end (^C detaches)."""
+    from dataclasses import asdict
+
     from .render import Printer
 
     if follow and as_json:
@@ -327,19 +328,17 @@ def logs(run_id, follow, tail, as_json) -> int:
     printer = Printer()
     if follow:
         return _follow_to_end(client, run_id, offset, printer)
-    entries, finished, printed = [], False, 0
-    while True:  # page through the log; only the first offset may be negative (--tail)
-        page = client.get_logs(run_id, offset=offset, limit=LOG_PAGE)
+    chunks, finished, printed = [], False, 0
+    # Only the first offset may be negative (--tail).
+    for page in client.log_pages(run_id, offset):
         if as_json:
-            entries.extend(page["entries"])
+            chunks.extend(page.chunks)
         else:
-            printer.entries(page["entries"])
-        printed += len(page["entries"])
-        finished, offset = page["finished"], page["next_offset"]
-        if len(page["entries"]) < LOG_PAGE:
-            break
+            printer.chunks(page.chunks)
+        printed += page.line_count
+        finished, offset = page.finished, page.next_offset
     if as_json:
-        print_json({"entries": entries, "next_offset": offset, "finished": finished})
+        print_json({"chunks": [asdict(chunk) for chunk in chunks], "next_offset": offset, "finished": finished})
     elif not printed:
         sys.stderr.write(f"run {run_id} logged nothing\n" if finished else f"run {run_id} has no log lines yet\n")
     return 0

@@ -78,10 +78,29 @@ def healthy(url: str, timeout: float = 1.0) -> bool:
         conn.close()
 
 
+def serves_home(pid: int, home: Path) -> bool:
+    """Whether process `pid` is `python -m cast.server up --home HOME`, by its
+    command line (Linux's /proc; False where that cannot be read)."""
+    try:
+        words = Path(f"/proc/{int(pid)}/cmdline").read_bytes().split(b"\0")
+        at = words.index(b"--home")
+        return b"cast.server" in words and Path(os.fsdecode(words[at + 1])).resolve() == home.resolve()
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def running_url(home: Path) -> str | None:
-    """The URL of a live, healthy embedded server under `home`, if any."""
+    """The URL of the embedded server under `home`, if one runs.
+
+    server.json is written once the server is healthy and removed as it
+    stops, so a live process of that pid that is this HOME's server (its
+    command line says so, which a reused pid's does not) is trusted without
+    asking it: a CLI call saves a connection and a round trip. Otherwise (no
+    /proc, say) the server must answer its health check."""
     state = read_state(home)
-    if state and pid_alive(state["pid"]) and healthy(state["url"]):
+    if not state or not pid_alive(state["pid"]):
+        return None
+    if serves_home(state["pid"], home) or healthy(state["url"]):
         return state["url"]
     return None
 

@@ -1,4 +1,4 @@
-"""How the CLI shows things: stage lines, log entries, tables, times and
+"""How the CLI shows things: stage lines, log pages, tables, times and
 progress bars (sizes and durations are formatted by cast.protocol.units).
 
 On a terminal the output looks like Spell's (✨ stage lines, 💫/🎉/💥
@@ -12,6 +12,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
+from cast.protocol.logs import LogChunk
 from cast.protocol.messages import LogStream
 from cast.protocol.units import format_duration, human_size
 
@@ -26,7 +27,7 @@ def is_terminal(stream) -> bool:
 
 
 class Printer:
-    """Writes cast's own lines and a run's log entries to one stream."""
+    """Writes cast's own lines and a run's log to one stream."""
 
     def __init__(self, stream=None):
         self.stream = stream or sys.stdout
@@ -36,18 +37,18 @@ class Printer:
         self.stream.write(f"{mark} {text}\n" if self.fancy else f"{text}\n")
         self.stream.flush()
 
-    def entries(self, entries: list[dict]) -> None:
-        """A batch of log entries: `cast` stage lines marked, job output as is."""
-        if not entries:
+    def chunks(self, chunks: list[LogChunk]) -> None:
+        """A page of a run's log: `cast` stage lines marked, job output as is
+        (joined in C: a page may hold 200,000 lines)."""
+        if not chunks:
             return
         out = []
-        for entry in entries:
-            text = entry.get("text", "")
-            if entry.get("stream") == LogStream.CAST and self.fancy:
-                out.append(f"{CAST_MARK} {text}\n")
-            else:
-                out.append(f"{text}\n")
-        self.stream.write("".join(out))
+        for chunk in chunks:
+            lines = chunk.lines
+            if chunk.stream is LogStream.CAST and self.fancy:
+                lines = [f"{CAST_MARK} {line}" for line in lines]
+            out.append("\n".join(lines))
+        self.stream.write("\n".join(out) + "\n")
         self.stream.flush()
 
 

@@ -11,9 +11,9 @@ command's latency.
     from cast.protocol.messages import RunSpec
     client = Client("http://127.0.0.1:8470", token)
     run = client.create_run(RunSpec(command="python train.py", pip=["tqdm"]))
-    for chunk in client.follow_logs(run["id"]):
-        for entry in chunk["entries"]:
-            print(entry["text"])
+    for page in client.follow_logs(run["id"]):
+        for chunk in page.chunks:
+            print("\n".join(chunk.lines))
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from urllib.parse import quote, urlencode, urlsplit
+
+from cast.protocol.logs import MAX_READ_LINES, LogPage
 
 if TYPE_CHECKING:  # only `run` builds one; the other verbs need not import it
     from cast.protocol.messages import RunSpec
@@ -338,23 +340,36 @@ class Client:
 
     # --- logs ----------------------------------------------------------
 
-    def get_logs(self, run_id: int, *, offset: int = 0, limit: int | None = None) -> dict:
-        return self._call("GET", f"/runs/{int(run_id)}/logs", query={"offset": offset, "limit": limit})
+    def get_logs(self, run_id: int, *, offset: int = 0, limit: int | None = None) -> LogPage:
+        """One page of a run's log from `offset` (negative: the last lines), at
+        most `limit` lines (the server's most: MAX_READ_LINES)."""
+        return LogPage.from_dict(self._call("GET", f"/runs/{int(run_id)}/logs",
+                                            query={"offset": offset, "limit": limit}))
+
+    def log_pages(self, run_id: int, offset: int = 0) -> Iterator[LogPage]:
+        """The pages of the log as it is now, from `offset` to its end."""
+        while True:
+            page = self.get_logs(run_id, offset=offset, limit=MAX_READ_LINES)
+            yield page
+            # A page ends early past the server's byte bound: only an empty one is the end.
+            if not page.chunks:
+                return
+            offset = page.next_offset
 
     def download_logs(self, run_id: int) -> "Download":
         return self._stream("GET", f"/runs/{int(run_id)}/logs/download")
 
-    def follow_logs(self, run_id: int, offset: int = 0, *, on_reconnect=None) -> Iterator[dict]:
-        """Yield the chunks `{entries, next_offset, finished}` of a run's log
-        until the run is final and every entry was yielded.
+    def follow_logs(self, run_id: int, offset: int = 0, *, on_reconnect=None) -> Iterator[LogPage]:
+        """Yield the pages of a run's log until the run is final and every line was yielded.
 
         A dropped connection (server restart, network cut, silence longer than
-        FOLLOW_READ_TIMEOUT) is resumed from the last complete chunk's
-        `next_offset`, with backoff, so no entry is yielded twice or missed.
+        FOLLOW_READ_TIMEOUT) is resumed from the last complete page's
+        `next_offset`, with backoff, so no line is yielded twice or missed.
         `on_reconnect(error_text)` is called before each retry.
         """
-        return self._follow(f"/runs/{int(run_id)}/logs/follow", {}, offset, f"the log stream of run {run_id}",
-                            on_reconnect)
+        pages = self._follow(f"/runs/{int(run_id)}/logs/follow", {}, offset, f"the log stream of run {run_id}",
+                             on_reconnect)
+        return (LogPage.from_dict(page) for page in pages)
 
     def _follow(self, path: str, query: dict, offset: int, what: str, on_reconnect) -> Iterator[dict]:
         """The NDJSON chunks of a follow route, resumed from `next_offset` (see follow_logs)."""

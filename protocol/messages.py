@@ -2,7 +2,8 @@
 
 Owns: `RunSpec` (what a run asks for, as stored and as leased), `Lease` (what
 a worker is handed with a run), the worker's reports (`StatusReport`,
-`HeartbeatReply`, `LogEntry`) and the log stream names. Plain dataclasses so the
+`StatusBatchReply`, `HeartbeatReply`) and the log stream names (a log's
+batches and pages: `logs.py`). Plain dataclasses so the
 CLI imports them without pydantic; the server's pydantic schemas embed these
 same classes (pydantic validates stdlib dataclasses), so a field is declared
 once. `from_dict` reads a JSON object and ignores keys it does not know, so an
@@ -215,16 +216,22 @@ class StatusReport:
         return {k: (v.value if isinstance(v, RunStatus) else v) for k, v in asdict(self).items() if v is not None}
 
 
+# Status reports one request may carry.
+MAX_STATUS_BATCH = 16
+
+
 @dataclass
-class LogEntry:
-    """One log line as the worker sends it."""
+class StatusBatchReply:
+    """The server's answer to consecutive status reports on one run, sent as
+    one request (`POST /runs/{id}/statuses`) and applied in order in one
+    transaction: the run's status after them, and the indexes of the reports
+    the transition table refused (each skipped as a lone report's 409 would be:
+    one already applied by an earlier try of the same batch, or one that a stop
+    or kill overtook)."""
 
-    stream: LogStream
-    text: str
-    time: str | None = None
+    status: RunStatus
+    refused: list[int] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        entry = {"stream": self.stream.value, "text": self.text}
-        if self.time is not None:
-            entry["time"] = self.time
-        return entry
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StatusBatchReply":
+        return cls(status=RunStatus(data["status"]), refused=[int(index) for index in data.get("refused", [])])

@@ -20,8 +20,9 @@ from cast.protocol import hyper
 from cast.protocol import metrics as metric_rules
 from cast.protocol import validate as wire
 from cast.protocol.hyper import Goal, MetricAgg, SearchKind, SearchStatus
+from cast.protocol.logs import MAX_BATCH_LINES
 from cast.protocol.messages import SUBMIT_KEY_PATTERN
-from cast.protocol.messages import MAX_REASON_LENGTH, LogStream, MountSpec, RunSpec, StatusReport
+from cast.protocol.messages import MAX_REASON_LENGTH, MAX_STATUS_BATCH, LogStream, MountSpec, RunSpec, StatusReport
 from cast.protocol.outputs import StagedOutputs
 from cast.protocol.status import RunStatus
 
@@ -258,16 +259,25 @@ class LabelIn(_In):
 
 # --- logs ------------------------------------------------------------------
 
-class LogEntryIn(_In):
+class LogRunIn(_In):
     stream: LogStream
-    text: str = Field(max_length=1024 * 1024)  # the server keeps CAST_MAX_LOG_LINE_CHARS of it
+    # The server splits a line longer than CAST_MAX_LOG_LINE_CHARS (the worker already does).
+    lines: list[Annotated[str, Field(max_length=1024 * 1024)]] = Field(min_length=1, max_length=MAX_BATCH_LINES)
     time: datetime | None = None
 
 
 class LogAppend(_In):
+    """A worker's batch: `cast.protocol.logs.LogBatch`."""
+
     lease_token: LeaseToken
     seq: int = Field(ge=0, le=2**62)
-    entries: list[LogEntryIn] = Field(max_length=10_000)
+    runs: list[LogRunIn] = Field(max_length=MAX_BATCH_LINES)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "LogAppend":
+        if sum(len(run.lines) for run in self.runs) > MAX_BATCH_LINES:
+            raise ValueError(f"a log batch holds at most {MAX_BATCH_LINES} lines")
+        return self
 
 
 class LogAppended(BaseModel):
@@ -276,15 +286,19 @@ class LogAppended(BaseModel):
     truncated: bool
 
 
-class LogEntryOut(BaseModel):
+class LogChunkOut(BaseModel):
+    """`cast.protocol.logs.LogChunk`: lines `offset ..` of one stream."""
+
     offset: int
-    time: datetime
     stream: LogStream
-    text: str
+    time: datetime
+    lines: list[str]
 
 
-class LogChunk(BaseModel):
-    entries: list[LogEntryOut]
+class LogPage(BaseModel):
+    """`cast.protocol.logs.LogPage` (the read route answers it without pydantic; this documents it)."""
+
+    chunks: list[LogChunkOut]
     next_offset: int
     finished: bool
 
@@ -412,16 +426,31 @@ class HeartbeatIn(_In):
     lease_token: LeaseToken
 
 
-class StatusIn(_In):
-    lease_token: LeaseToken
+class StatusChangeIn(_In):
+    """One status report of a batch: its run's lease token is the batch's."""
+
     status: RunStatus
     note: str | None = Field(default=None, max_length=MAX_REASON_LENGTH)
     exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31)
     reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH)
     limits: str | None = Field(default=None, max_length=MAX_REASON_LENGTH)
 
+
+class StatusIn(StatusChangeIn):
+    lease_token: LeaseToken
+
     def to_report(self) -> StatusReport:
         return StatusReport(**self.model_dump())
+
+
+class StatusBatchIn(_In):
+    """Consecutive status reports on one run, applied in order (StatusBatchReply)."""
+
+    lease_token: LeaseToken
+    reports: list[StatusChangeIn] = Field(min_length=1, max_length=MAX_STATUS_BATCH)
+
+    def to_reports(self) -> list[StatusReport]:
+        return [StatusReport(lease_token=self.lease_token, **report.model_dump()) for report in self.reports]
 
 
 # --- outputs, uploads, code -----------------------------------------------------

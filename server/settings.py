@@ -28,9 +28,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8470
     lease_seconds: float = Field(default=15.0, gt=0)
-    # A run's stdout/stderr beyond this many entries is dropped after one
-    # visible truncation marker, so a chatty run cannot fill the disk.
-    max_log_entries_per_run: int = Field(default=1_000_000, gt=0)
+    # A run's stdout/stderr beyond this many bytes (a newline counted per line)
+    # is dropped after one visible truncation marker, so a chatty run cannot
+    # fill the disk.
+    max_log_bytes_per_run: int = Field(default=1024**3, gt=0)
     max_log_line_chars: int = Field(default=64 * 1024, gt=0)
     max_output_bytes: int = Field(default=20 * 1024**3, gt=0)
     max_upload_bytes: int = Field(default=20 * 1024**3, gt=0)

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import httpx
 
+from cast.protocol.logs import MAX_READ_LINES, LogPage
 from cast.protocol.status import FINAL_STATUSES
 from tests.conftest import CliResult, ServerProcess, wait_until
 
@@ -68,13 +69,19 @@ def wait_final(target: ApiTarget, run_id: int, timeout: float = 60) -> dict:
 
 def _logs_response(target: ApiTarget, run_id: int) -> httpx.Response:
     with _client(target) as api:
-        return api.get(f"/runs/{run_id}/logs", params={"offset": 0, "limit": 10000})
+        return api.get(f"/runs/{run_id}/logs", params={"offset": 0, "limit": MAX_READ_LINES})
+
+
+def page_entries(page: dict) -> list[dict]:
+    """A log page's lines as `{offset, time, stream, text}` each."""
+    return list(LogPage.from_dict(page).entries())
 
 
 def log_entries(target: ApiTarget, run_id: int) -> list[dict]:
+    """The log's lines as `{offset, time, stream, text}` each (a test's log fits one page)."""
     response = _logs_response(target, run_id)
     response.raise_for_status()
-    return response.json()["entries"]
+    return page_entries(response.json())
 
 
 def log_texts(target: ApiTarget, run_id: int, stream: str | None = None) -> list[str]:
@@ -89,7 +96,7 @@ def wait_for_line(target: ApiTarget, run_id: int, text: str, timeout: float = 30
         if response.status_code == 404:
             return False
         response.raise_for_status()
-        return text in [e["text"] for e in response.json()["entries"]]
+        return any(text in chunk["lines"] for chunk in response.json()["chunks"])
 
     wait_until(logged, timeout=timeout, what=f"{text!r} in run {run_id}'s log")
 

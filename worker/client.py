@@ -19,7 +19,8 @@ from typing import Callable, Iterable, TypeVar
 
 import httpx
 
-from cast.protocol.messages import PERMANENT_HEADER, HeartbeatReply, Lease, LogEntry, StatusReport
+from cast.protocol.logs import LogBatch, LogRun
+from cast.protocol.messages import PERMANENT_HEADER, HeartbeatReply, Lease, StatusBatchReply, StatusReport
 from cast.protocol.metrics import MetricPoint
 from cast.protocol.objects import ObjectFile, ObjectManifest, ObjectPlan
 from cast.protocol.outputs import StagedOutputs
@@ -154,13 +155,16 @@ class ServerClient:
             "POST", f"/runs/{run_id}/heartbeat", json={"lease_token": lease_token}, timeout=httpx.Timeout(5.0),
         ).json())
 
-    def set_status(self, run_id: int, report: StatusReport) -> dict:
-        return self._request("POST", f"/runs/{run_id}/status", json=report.to_dict()).json()
+    def report_statuses(self, run_id: int, lease_token: str, reports: list[StatusReport]) -> StatusBatchReply:
+        """Consecutive status reports in one request, applied in order."""
+        return StatusBatchReply.from_dict(self._request("POST", f"/runs/{run_id}/statuses", json={
+            "lease_token": lease_token,
+            "reports": [{k: v for k, v in report.to_dict().items() if k != "lease_token"} for report in reports],
+        }).json())
 
-    def append_logs(self, run_id: int, lease_token: str, *, seq: int, entries: list[LogEntry]) -> dict:
-        return self._request("POST", f"/runs/{run_id}/logs", json={
-            "lease_token": lease_token, "seq": seq, "entries": [entry.to_dict() for entry in entries],
-        }).json()
+    def append_logs(self, run_id: int, lease_token: str, *, seq: int, runs: list[LogRun]) -> dict:
+        return self._request("POST", f"/runs/{run_id}/logs",
+                             json=LogBatch(lease_token=lease_token, seq=seq, runs=runs).to_dict()).json()
 
     def append_metrics(self, run_id: int, lease_token: str, *, seq: int, points: list[MetricPoint]) -> dict:
         return self._request("POST", f"/runs/{run_id}/metrics", json={

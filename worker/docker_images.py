@@ -24,7 +24,6 @@ of a container's output into lines, which builds and run containers share.
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -50,6 +49,7 @@ from cast.protocol.validate import SpecError, validate_apt_package, validate_pip
 from cast.worker.dockerenv import HOST_INPUTS, HostPackageSettings
 from cast.worker.envs import OFFLINE_MISS, extends, failure_reason, wanted_lines
 from cast.worker.installer import PACKAGE_CACHE, Installer, UvSettings, choose_installer, using_package_cache
+from cast.worker.lines import LineReader
 from cast.worker.executors.base import BuildFailed, BuildResult, CacheEntry, InvalidExecutorOption, LogSink
 from cast.worker.locking import file_lock
 
@@ -75,7 +75,6 @@ UV_BINARY = f"{HOST_INPUTS}/uv"  # the worker's uv, mounted read-only into a bui
 UV_CACHE = f"{HOST_INPUTS}/uv-cache"  # the worker's package cache, mounted into a build container
 _STEP_MARK = "==> "  # lines of the build script that start a step
 _TAIL_LINES = 50  # of a step's output, searched for its error lines
-_MAX_PARTIAL_LINE = 64 * 1024
 
 
 def labels(work_dir: Path, run_id: int, role: str) -> dict[str, str]:
@@ -220,33 +219,9 @@ class EnvironmentSpec:
         return "\n".join(lines) + "\n"
 
 
-class LineSplitter:
-    """Bytes in, complete lines out, for one stream; invalid UTF-8 replaced."""
-
-    def __init__(self, emit):
-        self._emit = emit
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._partial = ""
-
-    def feed(self, data: bytes) -> None:
-        text = self._partial + self._decoder.decode(data)
-        *complete, self._partial = text.split("\n")
-        for line in complete:
-            self._emit(line.removesuffix("\r"))
-        if len(self._partial) > _MAX_PARTIAL_LINE:
-            self._emit(self._partial)
-            self._partial = ""
-
-    def close(self) -> None:
-        text = self._partial + self._decoder.decode(b"", final=True)
-        self._partial = ""
-        if text:
-            self._emit(text.removesuffix("\r"))
-
-
 def pump_output(attach_stream, on_stdout, on_stderr) -> None:
     """Split a demultiplexed attach stream into lines until it ends."""
-    out, err = LineSplitter(on_stdout), LineSplitter(on_stderr)
+    out, err = LineReader(on_stdout), LineReader(on_stderr)
     for stdout, stderr in attach_stream:
         if stdout:
             out.feed(stdout)

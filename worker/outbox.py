@@ -4,11 +4,18 @@ Log lines, status changes and the output push are queued in the order they
 happen and delivered by one sender thread in that order, so a follower sees
 "Run is running", then the job's lines, then "Saving… done". Metric points
 (cast.worker.metrics) travel in the same queue, in batches of their own with
-their own `seq` counter, under the same rules. Log lines go in
-small batches (a line waits at most LINGER seconds; a batch stays far below
-the server's body cap however long its lines) carrying the API's `seq`
-counter, so a batch retried after a lost answer is stored once. While the
-server is unreachable or answers 5xx, the sender keeps retrying the same item
+their own `seq` counter, under the same rules. Log lines join the run of
+lines at the queue's end while it is of their stream and younger than a
+second (`cast.protocol.logs.LogRun`: the server stores a run as one chunk),
+and go in batches of runs (a line waits at most LINGER seconds; a batch stays
+far below the server's body cap however long its lines) carrying the API's
+`seq` counter (lines sent before), so a batch retried after a lost answer is
+stored once. A line longer than MAX_LINE_CHARS is split into several here,
+whatever wrote it, so nothing is lost. Status
+changes queued one after another go in one request, applied by the server in
+order in one transaction; a retried batch is recorded once, as a lone report
+is: each report the table refuses (already applied by the lost try) is
+skipped. While the server is unreachable or answers 5xx, the sender keeps retrying the same item
 with backoff: the run goes on, the outbox buffers, and the server receives
 everything, in order, exactly once when it returns.
 
@@ -34,7 +41,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from cast.protocol.messages import MAX_REASON_LENGTH, LogEntry, LogStream, StatusReport
+from cast.protocol.logs import MAX_BATCH_LINES, MAX_LINE_CHARS, LogRun, split_line
+from cast.protocol.messages import MAX_REASON_LENGTH, MAX_STATUS_BATCH, LogStream, StatusReport
 from cast.protocol.metrics import MAX_BATCH as MAX_POINT_BATCH
 from cast.protocol.metrics import MetricPoint
 from cast.protocol.status import RunStatus
@@ -43,7 +51,8 @@ from cast.worker.client import Conflict, Refused, ServerClient, with_retries
 log = logging.getLogger(__name__)
 
 LINGER = 0.05  # seconds a log line may wait for others to share its batch
-MAX_BATCH = 500  # log entries per request
+RUN_SPAN = 1.0  # seconds from a run's first line past which a line starts a new run
+MAX_BATCH = MAX_BATCH_LINES  # log lines per request
 # Characters of log text per request: far below the server's JSON body cap
 # even when escaping makes each character six bytes (lines are at most 64 KiB).
 MAX_BATCH_CHARS = 1 << 20
@@ -68,9 +77,12 @@ def utc_now() -> str:
 
 
 @dataclass
-class _LogLine:
+class _LogRun:
+    """Lines of one stream queued within RUN_SPAN of the first (whose time it keeps)."""
+
     stream: LogStream
-    text: str
+    lines: list[str]
+    chars: int
     time: str
     queued_at: float = field(default_factory=time.monotonic)
 
@@ -143,10 +155,22 @@ class Outbox:
                                 or self._abandoned or self._closed)
             if self._abandoned or self._closed:
                 return
+            self._add_line(stream, text)
+
+    def _add_line(self, stream: LogStream, text: str) -> None:
+        """Queue a line (split if too long) on the last run when it may take it; under the lock."""
+        for piece in split_line(text) if len(text) > MAX_LINE_CHARS else (text,):
             self._pending_lines += 1
-            self._pending_chars += len(text)
-            self._items.append(_LogLine(stream, text, utc_now()))
-            self._cond.notify_all()
+            self._pending_chars += len(piece)
+            last = self._items[-1] if len(self._items) > self._in_flight else None
+            if (type(last) is _LogRun and last.stream is stream and len(last.lines) < MAX_BATCH
+                    and last.chars + len(piece) <= MAX_BATCH_CHARS
+                    and time.monotonic() - last.queued_at < RUN_SPAN):
+                last.lines.append(piece)
+                last.chars += len(piece)
+            else:
+                self._items.append(_LogRun(stream, [piece], len(piece), utc_now()))
+        self._cond.notify_all()
 
     def metrics(self, points: list[MetricPoint]) -> None:
         """Queue points (already checked) behind what was queued before them."""
@@ -183,7 +207,7 @@ class Outbox:
                 head, self._in_flight = [], 0
                 self._generation += 1
                 self._thread = self._start_sender()
-            self._items = head + [item for item in rest if isinstance(item, (_LogLine, _Point))]
+            self._items = head + [item for item in rest if isinstance(item, (_LogRun, _Point))]
             self._cond.notify_all()
 
     # --- the run's end ----------------------------------------------------
@@ -219,8 +243,8 @@ class Outbox:
     # --- the sender -------------------------------------------------------
 
     def _next_batch(self, generation: int) -> list | None:
-        """Wait for the next thing to send: one status change or output push, or a
-        run of log lines or of metric points. None when the outbox is finished
+        """Wait for the next thing to send: a run of status changes, one output
+        push, or a run of log lines or of metric points. None when the outbox is finished
         (or this sender was replaced)."""
         with self._cond:
             while True:
@@ -230,22 +254,35 @@ class Outbox:
                     self._cond.wait()
                     continue
                 head = self._items[0]
-                if not isinstance(head, (_LogLine, _Point)):
+                if isinstance(head, _StatusChange):
+                    # Every status queued by now goes in one request (a run
+                    # passes several in milliseconds): none waits for company.
+                    changes = []
+                    for item in self._items[:MAX_STATUS_BATCH]:
+                        if not isinstance(item, _StatusChange):
+                            break
+                        changes.append(item)
+                    self._in_flight = len(changes)
+                    return changes
+                if not isinstance(head, (_LogRun, _Point)):
                     self._in_flight = 1
                     return [head]
                 kind = type(head)
-                most = MAX_BATCH if kind is _LogLine else MAX_POINT_BATCH
-                lines, chars = [], 0
+                lines, count, chars = [], 0, 0
                 for item in self._items:
-                    if type(item) is not kind or len(lines) == most:
+                    if type(item) is not kind:
                         break
-                    if kind is _LogLine:
-                        if lines and chars + len(item.text) > MAX_BATCH_CHARS:
+                    if kind is _LogRun:
+                        if lines and (count + len(item.lines) > MAX_BATCH or chars + item.chars > MAX_BATCH_CHARS):
                             break
-                        chars += len(item.text)
+                        count += len(item.lines)
+                        chars += item.chars
+                    elif len(lines) == MAX_POINT_BATCH:
+                        break
                     lines.append(item)
+                most = MAX_BATCH if kind is _LogRun else MAX_POINT_BATCH
                 # Linger for company only while nothing else waits behind the lines.
-                only_lines = len(lines) == len(self._items) and len(lines) < most
+                only_lines = len(lines) == len(self._items) and (count or len(lines)) < most
                 remaining = head.queued_at + LINGER - time.monotonic()
                 if only_lines and remaining > 0 and not self._closed:
                     self._cond.wait(remaining)
@@ -284,13 +321,14 @@ class Outbox:
             with self._cond:
                 if generation != self._generation:
                     return  # detached while its call ran: the queue is the new sender's
-                if isinstance(batch[0], _LogLine):
+                if isinstance(batch[0], _LogRun):
+                    count = sum(len(run.lines) for run in batch)
                     # A refused batch was not stored, so it does not count for `seq`.
                     if delivered:
-                        self._entries_sent += len(batch)
+                        self._entries_sent += count
                     if not self._abandoned:
-                        self._pending_lines -= len(batch)
-                        self._pending_chars -= sum(len(line.text) for line in batch)
+                        self._pending_lines -= count
+                        self._pending_chars -= sum(run.chars for run in batch)
                 elif isinstance(batch[0], _Point):
                     if delivered:
                         self._points_sent += len(batch)
@@ -306,7 +344,7 @@ class Outbox:
         owner's to report, with its exit code)."""
         what = _describe(batch)
         log.error("run %s: server refused %s for good: %s", self._run_id, what, exc)
-        if not isinstance(batch[0], _LogLine):
+        if not isinstance(batch[0], _LogRun):
             self._note(f"The server refused {what} (HTTP {exc.status_code}): {exc.detail}")
         if isinstance(batch[0], _OutputPush):
             self.outputs_refused = exc.detail
@@ -319,16 +357,14 @@ class Outbox:
         with self._cond:
             if self._abandoned:
                 return
-            self._pending_lines += 1
-            self._pending_chars += len(text)
-            self._items.append(_LogLine(LogStream.CAST, text, utc_now()))
-            self._cond.notify_all()
+            self._add_line(LogStream.CAST, text)
 
     def _deliver(self, batch: list) -> None:
         first = batch[0]
-        if isinstance(first, _LogLine):
-            answer = self._client.append_logs(self._run_id, self._token, seq=self._entries_sent, entries=[
-                LogEntry(line.stream, line.text, line.time) for line in batch
+        if isinstance(first, _LogRun):
+            # Runs in flight take no more lines (see _add_line): what is sent is what is counted.
+            answer = self._client.append_logs(self._run_id, self._token, seq=self._entries_sent, runs=[
+                LogRun(run.stream, run.lines, run.time) for run in batch
             ])
             if answer.get("truncated"):
                 self._truncated = True
@@ -336,9 +372,12 @@ class Outbox:
             self._client.append_metrics(self._run_id, self._token, seq=self._points_sent,
                                         points=[item.point for item in batch])
         elif isinstance(first, _StatusChange):
-            self._client.set_status(self._run_id, StatusReport(
-                lease_token=self._token, status=first.status, note=first.note,
-                exit_code=first.exit_code, reason=first.reason, limits=first.limits))
+            answer = self._client.report_statuses(self._run_id, self._token, [StatusReport(
+                lease_token=self._token, status=change.status, note=change.note,
+                exit_code=change.exit_code, reason=change.reason, limits=change.limits) for change in batch])
+            if answer.refused:  # the rest were applied: the sender handles it as a lone report's 409
+                refused = ", ".join(f"'{batch[index].status}'" for index in answer.refused)
+                raise Conflict(f"the server has run {self._run_id} {answer.status}; it refused {refused}")
         else:
             first.send(self._client, self._run_id, self._token)
 
@@ -346,10 +385,11 @@ class Outbox:
 def _describe(batch: list) -> str:
     """The request that carries `batch`, as the run's log names it."""
     first = batch[0]
-    if isinstance(first, _LogLine):
-        return f"a batch of {len(batch)} log lines"
+    if isinstance(first, _LogRun):
+        return f"a batch of {sum(len(run.lines) for run in batch)} log lines"
     if isinstance(first, _Point):
         return f"a batch of {len(batch)} metric points"
     if isinstance(first, _StatusChange):
-        return f"the '{first.status}' status report"
+        statuses = ", ".join(f"'{change.status}'" for change in batch)
+        return f"the {statuses} status report{'s' if len(batch) > 1 else ''}"
     return "the output push"

@@ -1,38 +1,45 @@
-"""Log routes: read from an offset, follow as a stream of NDJSON chunks,
-download as text (users); append a batch (workers)."""
+"""Log routes: read a page from an offset, follow as a stream of NDJSON pages,
+download as text (users); append a batch (workers).
+
+Pages are plain lists of strings, serialised by `json` (in C), not by the
+response model, which only documents them: a page may hold 200,000 lines.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
+from cast.protocol.logs import MAX_READ_LINES
 from cast.server.api.deps import CurrentUser, DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth
-from cast.server.schemas import LogAppend, LogAppended, LogChunk
+from cast.server.schemas import LogAppend, LogAppended, LogPage
 from cast.server.services import log_reads, logs
 
 router = APIRouter(prefix="/runs", tags=["logs"], route_class=SessionRoute)
 
-Offset = Annotated[int, Query(ge=-(2**62), le=2**62, description="first entry; -N = the last N entries")]
+Offset = Annotated[int, Query(ge=-(2**62), le=2**62, description="first line; -N = the last N lines")]
 
 
-@router.get("/{run_id}/logs", response_model=LogChunk)
+@router.get("/{run_id}/logs", response_model=LogPage)
 def read_log(
     run_id: RunId, user: CurrentUser, session: SessionDep, offset: Offset = 0,
-    limit: Annotated[int, Query(ge=1, le=logs.MAX_READ)] = 1000,
-) -> dict:
-    return log_reads.read_chunk(session, run_id=run_id, viewer=user, offset=offset, limit=limit)
+    limit: Annotated[int, Query(ge=1, le=MAX_READ_LINES)] = 1000,
+) -> Response:
+    page = log_reads.read_page(session, run_id=run_id, viewer=user, offset=offset, limit=limit)
+    return Response(json.dumps(page), media_type="application/json")
 
 
 @router.get(
     "/{run_id}/logs/follow",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/x-ndjson": {}}, "description": "one LogChunk per line"}},
+    responses={200: {"content": {"application/x-ndjson": {}}, "description": "one LogPage per line"}},
 )
 async def follow_log(run_id: RunId, user: CurrentUser, database: DatabaseDep, offset: Offset = 0) -> StreamingResponse:
-    chunks = await log_reads.follow(database, run_id=run_id, viewer=user, offset=offset)
-    lines = (LogChunk.model_validate(chunk).model_dump_json().encode() + b"\n" async for chunk in chunks)
+    pages = await log_reads.follow(database, run_id=run_id, viewer=user, offset=offset)
+    lines = (json.dumps(page).encode() + b"\n" async for page in pages)
     return StreamingResponse(lines, media_type="application/x-ndjson",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
@@ -48,6 +55,6 @@ def download_log(run_id: RunId, user: CurrentUser, database: DatabaseDep) -> Str
 @router.post("/{run_id}/logs", response_model=LogAppended)
 def append_log(run_id: RunId, body: LogAppend, _: WorkerAuth, session: SessionDep, settings: SettingsDep) -> dict:
     next_offset, truncated = logs.append_worker_batch(
-        session, run_id=run_id, lease_token=body.lease_token, seq=body.seq, entries=body.entries, settings=settings
+        session, run_id=run_id, lease_token=body.lease_token, seq=body.seq, runs=body.runs, settings=settings
     )
     return {"next_offset": next_offset, "truncated": truncated}

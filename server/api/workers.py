@@ -1,5 +1,6 @@
 """Worker routes: register, lease the next run (long poll), heartbeat and
-report status on a leased run, and fetch a mount's bytes or a run's code."""
+report status on a leased run (one report, or consecutive ones in one
+request), and fetch a mount's bytes or a run's code."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import FileResponse
 
-from cast.protocol.messages import HeartbeatReply, Lease
+from cast.protocol.messages import HeartbeatReply, Lease, StatusBatchReply
 from cast.protocol.status import RunStatus
 from cast.server.api.deps import DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth
 from cast.server.api.files import file_or_tar
-from cast.server.schemas import CODE_KEY_PATTERN, HeartbeatIn, LeaseRequest, RunOut, StatusIn, WorkerRegister, WorkerRegistered
+from cast.server.schemas import (CODE_KEY_PATTERN, HeartbeatIn, LeaseRequest, RunOut, StatusBatchIn, StatusIn, WorkerRegister,
+                                 WorkerRegistered)
 from cast.server.services import code, leases, runs, workers
 
 router = APIRouter(tags=["workers"], route_class=SessionRoute)
@@ -50,6 +52,12 @@ def heartbeat(run_id: RunId, body: HeartbeatIn, _: WorkerAuth, session: SessionD
 def report_status(run_id: RunId, body: StatusIn, _: WorkerAuth, session: SessionDep, settings: SettingsDep) -> dict:
     run = leases.report_status(session, run_id=run_id, report=body.to_report(), settings=settings)
     return runs.describe(session, [run], with_transitions=True)[0]
+
+
+@router.post("/runs/{run_id}/statuses", response_model=StatusBatchReply)
+def report_statuses(run_id: RunId, body: StatusBatchIn, _: WorkerAuth, session: SessionDep,
+                    settings: SettingsDep) -> StatusBatchReply:
+    return leases.report_statuses(session, run_id=run_id, reports=body.to_reports(), settings=settings)
 
 
 @router.get("/workers/mounts/{resource:path}", response_class=Response,

@@ -3,7 +3,7 @@
 Owns the claim (`switch_status` with the run id given as a scalar subquery:
 the oldest queued run that fits the worker's free GPUs, so two workers never
 get the same run), the lease a worker is handed (`cast.protocol.messages.Lease`),
-heartbeats, a worker's status reports, the check every leased call makes, the
+heartbeats, a worker's status reports (alone or in a batch), the check every leased call makes, the
 reaper of expired leases and of runs overdue in a bounded stage (a worker that
 heartbeats but never gets past building, saving, pushing, stopping or
 killing), the fresh lease period after a restart, and the workers' long poll
@@ -26,13 +26,13 @@ from sqlalchemy import ColumnElement, and_, case, delete, func, literal, or_, se
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from cast.protocol.messages import Lease, LeaseMount, RunSpec, StatusReport
+from cast.protocol.messages import Lease, LeaseMount, RunSpec, StatusBatchReply, StatusReport
 from cast.protocol.status import LEASED_STATUSES, RunStatus
 from cast.protocol.units import format_duration
 from cast.protocol.validate import parse_resource
 from cast.server import events
 from cast.server.db import Database
-from cast.server.errors import LeaseLost, PathNotFound, RunNotFound, ShuttingDown
+from cast.server.errors import InvalidTransition, LeaseLost, PathNotFound, RunNotFound, ShuttingDown
 from cast.server.models import OutputFile, Run, RunMount, RunTransition, Upload, UploadFile, Worker, utcnow
 from cast.server.services import runs, storage, workers
 from cast.server.settings import Settings
@@ -50,6 +50,10 @@ def claim_next(session: Session, *, worker: Worker, free_gpus: int, settings: Se
         .where(Run.status == S.MACHINE_REQUESTED.value, Run.gpus <= free_gpus)
         .order_by(Run.id)
         .limit(1)
+        # PostgreSQL: concurrent claimers each lock a different run instead of
+        # queueing on the oldest one (SQLite's compiler renders nothing here:
+        # its writers take turns anyway).
+        .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
     now = utcnow()
@@ -197,6 +201,23 @@ def report_status(session: Session, *, run_id: int, report: StatusReport, settin
     if report.status is S.KILLED:
         _drop_outputs(session, run=run, settings=settings)
     return run
+
+
+def report_statuses(session: Session, *, run_id: int, reports: list[StatusReport],
+                    settings: Settings) -> StatusBatchReply:
+    """Consecutive reports of one worker, applied in order as the same reports
+    sent one by one would be: one the transition table refuses is skipped and
+    named in the answer (the worker asks, as after a lone report's 409, whether
+    it still holds the lease); a lost lease refuses them all. One request, one
+    transaction, however many statuses the run passed through."""
+    refused = []
+    for index, report in enumerate(reports):
+        try:
+            report_status(session, run_id=run_id, report=report, settings=settings)
+        except InvalidTransition:
+            refused.append(index)
+    run = session.get(Run, run_id)
+    return StatusBatchReply(status=RunStatus(run.status), refused=refused)
 
 
 def _drop_outputs(session: Session, *, run: Run, settings: Settings) -> None:

@@ -1,135 +1,150 @@
-"""Run logs: append-only entries numbered from 0, stored in chunks, read from an offset.
+"""Run logs: append-only lines numbered from 0, stored and served in chunks.
 
-A chunk (`LogChunk`) holds consecutive lines of one stream as one JSON array
-with one time, the time of its first line: a batch of N lines is a few rows,
-not N. A chunk ends where the stream changes or a line comes a second or more
-after the chunk's first, so a line's time is never more than a second early.
-Readers still see single entries with exact offsets: a read slices chunks.
+A chunk (`LogChunk` row) holds consecutive lines of one stream as one JSON
+array with one time, the time of its first line. A worker's batch arrives as
+runs of lines (`cast.protocol.logs.LogBatch`) and each run is stored as one
+row; a read answers rows as they are (`LogPage`), sliced only at its two ends,
+so offsets stay exact per line. Nothing here walks a batch or a read line by
+line in Python: lines are counted, measured, joined and (de)serialised by
+`len`, `str.join` and `json`, in C. Only a batch holding an over-long line or
+crossing the cap takes a per-line path, once.
 
-Owns the worker's batch protocol (`seq` = entries the worker sent before this
-batch, so a retried batch is never stored twice), the server's own `cast`
-lines, and the per-run cap: past `max_log_entries_per_run` stdout/stderr lines
-one visible marker is written and later lines are dropped.
+Owns the worker's batch (deduplicated by `seq` through `batches.admit`), the
+server's own `cast` lines, and the per-run cap: the run's own stdout/stderr
+bytes (`runs.log_bytes`, a newline counted per line) past
+`max_log_bytes_per_run` are dropped after one visible marker; `cast` lines are
+always kept. A line longer than `max_log_line_chars` is split, not cut.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
+from itertools import accumulate
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from cast.protocol.logs import MAX_READ_BYTES, MAX_READ_LINES, split_lines
 from cast.protocol.messages import LogStream
 from cast.protocol.status import is_final
+from cast.protocol.units import human_size
 from cast.server import events
-from cast.server.errors import LeaseLost, RunNotFound
 from cast.server.models import LogChunk, Run, utcnow
+from cast.server.services import batches
 from cast.server.settings import Settings
 
 log = logging.getLogger(__name__)
-MAX_READ = 10_000
-CHUNK_SPAN = timedelta(seconds=1)
+
+Rows = list[tuple[str, list[str], datetime]]  # (stream, lines, time of the first line)
 
 
-def append(session: Session, run: Run, entries: Iterable[tuple[str, str, datetime]]) -> None:
-    """Store (stream, text, time) entries at the end of `run`'s log."""
-    entries = list(entries)
-    if not entries:
+def append(session: Session, run: Run, rows: Rows) -> None:
+    """Store runs of lines at the end of `run`'s log, one chunk each."""
+    rows = [row for row in rows if row[1]]
+    if not rows:
         return
+    count = sum(len(lines) for _, lines, _ in rows)
     # Offsets are reserved in SQL, not from the in-memory run, so they stay
     # right whatever the session holds.
     end = session.execute(
-        update(Run).where(Run.id == run.id).values(log_size=Run.log_size + len(entries)).returning(Run.log_size)
+        update(Run).where(Run.id == run.id).values(log_size=Run.log_size + count).returning(Run.log_size)
         .execution_options(synchronize_session=False)
     ).scalar_one()
-    start = end - len(entries)
-    session.execute(insert(LogChunk), list(_chunks(run.id, start, entries)))
+    offset, chunks = end - count, []
+    for stream, lines, time in rows:
+        # ensure_ascii: a lone surrogate in a line cannot break the column's UTF-8.
+        chunks.append({"run_id": run.id, "first_offset": offset, "count": len(lines), "stream": stream,
+                       "time": time, "lines": json.dumps(lines)})
+        offset += len(lines)
+    session.execute(insert(LogChunk), chunks)
     set_committed_value(run, "log_size", end)
     events.changed(session, events.run_key(run.id))
 
 
-def _chunks(run_id: int, start: int, entries: list[tuple[str, str, datetime]]) -> Iterable[dict]:
-    """Rows for `entries` numbered from `start`: one per run of one stream within CHUNK_SPAN."""
-    first = 0
-    for i in range(1, len(entries) + 1):
-        if i < len(entries) and entries[i][0] == entries[first][0] and entries[i][2] - entries[first][2] < CHUNK_SPAN:
-            continue
-        # ensure_ascii: a lone surrogate in a line cannot break the column's UTF-8.
-        yield {"run_id": run_id, "first_offset": start + first, "count": i - first, "stream": entries[first][0],
-               "time": entries[first][2], "lines": json.dumps([text for _, text, _ in entries[first:i]])}
-        first = i
-
-
 def append_cast_lines(session: Session, run: Run, lines: list[str]) -> None:
-    now = utcnow()
-    append(session, run, [(LogStream.CAST.value, line, now) for line in lines])
+    append(session, run, [(LogStream.CAST.value, list(lines), utcnow())])
 
 
-def append_worker_batch(
-    session: Session, *, run_id: int, lease_token: str, seq: int, entries: list, settings: Settings
-) -> tuple[int, bool]:
-    """Store a worker's batch (`entries` have .stream/.text/.time); (next_offset, truncated)."""
-    run = session.get(Run, run_id)
-    if run is None:
-        raise RunNotFound(run_id)
-    if run.lease_token != lease_token:
-        raise LeaseLost(run_id)
-    if seq > run.worker_log_seq:
-        log.warning("run %s: worker log batch starts at %s, expected %s", run_id, seq, run.worker_log_seq)
-    fresh = entries[max(0, run.worker_log_seq - seq):]
-    run.worker_log_seq = max(run.worker_log_seq, seq + len(entries))
-    room = max(0, settings.max_log_entries_per_run - run.worker_log_lines)
+def _size(lines: list[str]) -> int:
+    """Bytes of `lines` as the log's text: UTF-8, a newline each."""
+    return len("\n".join(lines).encode("utf-8", "surrogatepass")) + 1
+
+
+def append_worker_batch(session: Session, *, run_id: int, lease_token: str, seq: int, runs: list,
+                        settings: Settings) -> tuple[int, bool]:
+    """Store a worker's batch (`runs` have .stream/.lines/.time); (next_offset, truncated)."""
+    run, skip = batches.admit(session, run_id=run_id, lease_token=lease_token, seq=seq,
+                              count=sum(len(r.lines) for r in runs), mark="worker_log_seq")
     now = utcnow()
-    limit = settings.max_log_line_chars
-    rows = []
-    # Only the run's own output counts against the cap: the worker's `cast`
-    # lines (the sandbox, what was not saved and why) are few and always kept.
-    for entry in fresh:
-        stream = LogStream(entry.stream)
-        if stream is not LogStream.CAST:
-            if room == 0:
-                if not run.log_truncated:
-                    rows.append((LogStream.CAST.value,
-                                 f"[cast] log truncated after {settings.max_log_entries_per_run} lines", now))
-                    run.log_truncated = True
+    cap = settings.max_log_bytes_per_run
+    rows: Rows = []
+    marker = []
+    for item in runs:
+        lines = item.lines
+        if skip:  # stored by an earlier try of this batch
+            lines, skip = lines[skip:], max(0, skip - len(lines))
+            if not lines:
                 continue
-            room -= 1
-            run.worker_log_lines += 1
-        text = entry.text if len(entry.text) <= limit else entry.text[:limit] + "…"
-        time = entry.time or now
-        # Naive times are taken as UTC, as the database stores them: chunks compare times.
-        rows.append((stream.value, text, time if time.tzinfo else time.replace(tzinfo=timezone.utc)))
+        stream = LogStream(item.stream)
+        lines = split_lines(lines, settings.max_log_line_chars)
+        if stream is not LogStream.CAST:
+            if run.log_truncated:
+                continue
+            size = _size(lines)
+            if run.log_bytes + size > cap:
+                # The one batch that crosses the cap: keep the lines that fit.
+                room = cap - run.log_bytes
+                sizes = accumulate(len(line.encode("utf-8", "surrogatepass")) + 1 for line in lines)
+                fits = sum(1 for total in sizes if total <= room)
+                lines, size = lines[:fits], _size(lines[:fits]) if fits else 0
+                run.log_truncated = True
+                marker = [(LogStream.CAST.value, [f"[cast] log truncated after {cap:,} bytes ({human_size(cap)})"],
+                           now)]
+            run.log_bytes += size
+            run.worker_log_lines += len(lines)
+        time = item.time or now
+        # Naive times are taken as UTC, as the database stores them.
+        rows.append((stream.value, lines, time if time.tzinfo else time.replace(tzinfo=timezone.utc)))
+        rows.extend(marker)
+        marker = []
     append(session, run, rows)
     session.flush()
     return run.log_size, run.log_truncated
 
 
+def _iso(time: datetime) -> str:
+    return (time if time.tzinfo else time.replace(tzinfo=timezone.utc)).isoformat().replace("+00:00", "Z")
+
+
 def read(session: Session, *, run: Run, offset: int, limit: int) -> dict:
-    """A chunk `{entries, next_offset, finished}`; a negative offset counts back from the end."""
+    """A page `{chunks, next_offset, finished}` (`cast.protocol.logs.LogPage`) of
+    at most `limit` lines from `offset`; a negative offset counts back from the
+    end. A page ends early past MAX_READ_BYTES of line text."""
     size = run.log_size
     start = max(0, size + offset) if offset < 0 else min(offset, size)
-    end = min(size, start + min(limit, MAX_READ))
+    end = min(size, start + min(limit, MAX_READ_LINES))
     # The chunk holding `start`, then every chunk that begins before `end`.
     first = session.scalar(
         select(func.max(LogChunk.first_offset)).where(LogChunk.run_id == run.id, LogChunk.first_offset <= start)
     ) or 0
-    chunks = session.execute(
+    rows = session.execute(
         select(LogChunk.first_offset, LogChunk.time, LogChunk.stream, LogChunk.lines)
         .where(LogChunk.run_id == run.id, LogChunk.first_offset >= first, LogChunk.first_offset < end)
         .order_by(LogChunk.first_offset)
-    ).all()
-    rows = []
-    for first_offset, time, stream, lines in chunks:
+    )
+    chunks, at, read_bytes = [], start, 0
+    for first_offset, time, stream, lines in rows:
+        if read_bytes >= MAX_READ_BYTES:
+            break
+        read_bytes += len(lines)
         texts = json.loads(lines)
-        for i in range(max(0, start - first_offset), min(len(texts), end - first_offset)):
-            rows.append({"offset": first_offset + i, "time": time, "stream": stream, "text": texts[i]})
-    next_offset = start + len(rows)
-    return {
-        "entries": rows,
-        "next_offset": next_offset,
-        "finished": is_final(run.status) and next_offset >= size,
-    }
+        if first_offset < at or first_offset + len(texts) > end:
+            texts = texts[at - first_offset:end - first_offset]
+        if texts:
+            chunks.append({"offset": at, "stream": stream, "time": _iso(time), "lines": texts})
+            at += len(texts)
+    rows.close()
+    return {"chunks": chunks, "next_offset": at, "finished": is_final(run.status) and at >= size}

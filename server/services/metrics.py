@@ -12,7 +12,6 @@ outputs: deleting the outputs keeps them.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
 
@@ -24,11 +23,10 @@ from cast.protocol.metrics import MAX_NAMES_PER_RUN, MAX_POINTS_PER_RUN
 from cast.protocol.status import is_final
 from cast.server import events
 from cast.server.db import Database
-from cast.server.errors import BadRequest, LeaseLost, RunNotFound
+from cast.server.errors import BadRequest
 from cast.server.models import MetricPoint, Run, User, utcnow
-from cast.server.services import runs
+from cast.server.services import batches, runs
 
-log = logging.getLogger(__name__)
 MAX_READ = 100_000
 FOLLOW_BATCH = 10_000
 AGGREGATES = ("last", "min", "max")
@@ -37,15 +35,9 @@ AGGREGATES = ("last", "min", "max")
 def append_worker_batch(session: Session, *, run_id: int, lease_token: str, seq: int, points: list) -> int:
     """Store a worker's batch (`points` have .name/.value/.step/.time, already
     checked by the schema); the run's next offset."""
-    run = session.get(Run, run_id)
-    if run is None:
-        raise RunNotFound(run_id)
-    if run.lease_token != lease_token:
-        raise LeaseLost(run_id)
-    if seq > run.worker_metric_seq:
-        log.warning("run %s: worker metrics batch starts at %s, expected %s", run_id, seq, run.worker_metric_seq)
-    fresh = points[max(0, run.worker_metric_seq - seq):]
-    run.worker_metric_seq = max(run.worker_metric_seq, seq + len(points))
+    run, skip = batches.admit(session, run_id=run_id, lease_token=lease_token, seq=seq, count=len(points),
+                              mark="worker_metric_seq")
+    fresh = points[skip:]
     room = max(0, MAX_POINTS_PER_RUN - run.metrics_size)
     if fresh and room:
         known = set(session.scalars(select(MetricPoint.name).where(MetricPoint.run_id == run_id).distinct()))

@@ -45,7 +45,7 @@ def test_logs_of_a_run_without_lines_says_so(cli, server):
     assert cli("kill", str(queued)).returncode == 0  # a queued run ends at once, logging nothing
     ended = cli("logs", str(queued))
     assert (ended.stdout, ended.stderr) == ("", f"run {queued} logged nothing\n")
-    assert cli("logs", "--json", str(queued)).json()["entries"] == []
+    assert cli("logs", "--json", str(queued)).json()["chunks"] == []
 
 
 def test_info_names_a_requirements_file_given_alone(cli, server, tmp_path):

@@ -15,7 +15,7 @@ from cast.protocol.units import format_duration
 from cast.worker.resources import cpu_count
 from tests.client.helpers import assert_one_line_error
 from tests.conftest import wait_until
-from tests.factories import get_run, log_texts, run_id_of, wait_for_line, wait_status
+from tests.factories import get_run, log_texts, page_entries, run_id_of, wait_for_line, wait_status
 
 FOLLOW_LINES = 60
 # Long enough for the worker to keep its lease while the server is down.
@@ -88,8 +88,8 @@ def test_info_logs_labels_and_secret_env(cli, worker):
     assert cli("logs", "1", "--tail", "2").stdout.splitlines() == log_texts(worker.server, 1)[-2:]
     logs_json = cli("logs", "1", "--json").json()
     assert logs_json["finished"] is True
-    assert [e["text"] for e in logs_json["entries"]] == log_texts(worker.server, 1)
-    assert {e["stream"] for e in logs_json["entries"]} == {"cast", "stdout", "stderr"}
+    assert [e["text"] for e in page_entries(logs_json)] == log_texts(worker.server, 1)
+    assert {chunk["stream"] for chunk in logs_json["chunks"]} == {"cast", "stdout", "stderr"}
 
     assert cli("label", "1", "best").returncode == 0
     assert [r["id"] for r in cli("ps", "--label", "best", "--json").json()] == [1]

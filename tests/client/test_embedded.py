@@ -2,7 +2,8 @@
 end, the first command starts one server and worker (only one, even when two
 commands start at once), later commands reuse it and `cast down` stops it,
 even when its server.json was lost. In-process: the state file read
-defensively, a live and healthy server found, and `stop` on real processes
+defensively, a live and healthy server found (HOME's own server process
+trusted without a round trip), and `stop` on real processes
 standing in for the server."""
 
 from __future__ import annotations
@@ -130,6 +131,28 @@ def test_a_running_server_is_found_only_when_its_process_lives_and_answers(serve
     assert not (tmp_path / embedded.LOG_FILE).exists()  # reused, nothing started
     with pytest.raises(CastError, match=f"already running at {server.url}"):
         embedded.run_foreground(tmp_path)
+
+
+def test_this_homes_server_process_is_trusted_without_a_round_trip(tmp_path):
+    """A live process whose command line is `cast.server up --home HOME` is
+    HOME's server: its URL is not asked for its health (here nothing listens
+    there). Another HOME's server, or a reused pid, is."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
+                                 "-m", "cast.server", "up", "--home", str(tmp_path / "." / "home")])
+    try:
+        (tmp_path / "home").mkdir()
+        for home, found in [(tmp_path / "home", closed), (tmp_path, None)]:
+            (home / embedded.STATE_FILE).write_text(json.dumps({"url": closed, "pid": stand_in.pid}))
+            wait_until(lambda: b"--home" in Path(f"/proc/{stand_in.pid}/cmdline").read_bytes(), timeout=30,
+                       what="the stand-in's command line")
+            assert embedded.serves_home(stand_in.pid, tmp_path / "home")
+            assert embedded.running_url(home) == found
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    assert not embedded.serves_home(stand_in.pid, tmp_path / "home")
+    assert embedded.running_url(tmp_path / "home") is None
 
 
 def test_stop_without_a_server(tmp_path):

@@ -1,4 +1,4 @@
-"""cast.client.render: stage lines and log entries on a terminal and piped,
+"""cast.client.render: stage lines and log pages on a terminal and piped,
 times read from the server's ISO strings, tables and the progress bar."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from datetime import datetime, timedelta, timezone
 from cast.client.render import (
     CAST_MARK, DONE_MARK, Printer, Progress, local_time, parse_time, run_duration, seconds_between, shorten, table,
 )
+from cast.protocol.logs import LogChunk
+from cast.protocol.messages import LogStream
 
 
 class Terminal(io.StringIO):
@@ -18,15 +20,16 @@ class Terminal(io.StringIO):
         return True
 
 
-ENTRIES = [{"stream": "cast", "text": "Building"}, {"stream": "stdout", "text": "epoch 1"}, {"text": ""}]
+CHUNKS = [LogChunk(0, LogStream.CAST, "2026-01-01T00:00:00Z", ["Building"]),
+          LogChunk(1, LogStream.STDOUT, "2026-01-01T00:00:01Z", ["epoch 1", ""])]
 
 
 def test_piped_output_is_plain_text():
     out = io.StringIO()
     printer = Printer(out)
     printer.line("Run 7 finished", DONE_MARK)
-    printer.entries(ENTRIES)
-    printer.entries([])
+    printer.chunks(CHUNKS)
+    printer.chunks([])
     assert out.getvalue() == "Run 7 finished\nBuilding\nepoch 1\n\n"
 
 
@@ -34,7 +37,7 @@ def test_a_terminal_gets_the_marks_on_cast_lines_only():
     out = Terminal()
     printer = Printer(out)
     printer.line("Run 7 finished", DONE_MARK)
-    printer.entries(ENTRIES)
+    printer.chunks(CHUNKS)
     assert out.getvalue() == f"{DONE_MARK} Run 7 finished\n{CAST_MARK} Building\nepoch 1\n\n"
 
 

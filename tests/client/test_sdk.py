@@ -12,7 +12,7 @@ import pytest
 
 from cast.client.sdk import ApiError, CastError, Client, Unreachable, _detail_of
 from cast.client.tarstream import tar_chunks
-from cast.protocol.messages import RunSpec
+from cast.protocol.messages import LogStream, RunSpec
 from tests.conftest import free_port
 
 
@@ -119,11 +119,14 @@ def test_code_bundles_are_stored_once_by_key(server, tmp_path):
 def test_a_log_is_followed_to_its_end(server, worker):
     client = Client(server.url, server.admin_token)
     run = client.create_run(RunSpec(command="echo one; echo two"))
-    chunks = list(client.follow_logs(run["id"]))
-    assert chunks[-1]["finished"] is True
-    job_lines = [entry["text"] for chunk in chunks for entry in chunk["entries"] if entry["stream"] == "stdout"]
+    pages = list(client.follow_logs(run["id"]))
+    assert pages[-1].finished is True
+    job_lines = [line for page in pages for chunk in page.chunks if chunk.stream is LogStream.STDOUT
+                 for line in chunk.lines]
     assert job_lines == ["one", "two"]
-    assert [entry["text"] for entry in client.get_logs(run["id"])["entries"] if entry["stream"] == "stdout"] == job_lines
+    read = client.get_logs(run["id"])
+    assert [line for chunk in read.chunks if chunk.stream is LogStream.STDOUT for line in chunk.lines] == job_lines
+    assert [page.line_count for page in client.log_pages(run["id"], 1)] == [read.line_count - 1, 0]
     with client.download_logs(run["id"]) as download:
         assert b"one" in download.read()
     with pytest.raises(ApiError) as missing:

@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from cast.protocol.messages import (SERVER_FILLED, HeartbeatReply, Lease, LeaseMount, LogEntry, LogStream,
-                                    MountSpec, RunSpec, StatusReport)
+from cast.protocol.messages import (SERVER_FILLED, HeartbeatReply, Lease, LeaseMount, LogStream, MountSpec, RunSpec,
+                                    StatusReport)
 from cast.protocol.status import RunStatus
 
 
@@ -120,12 +120,9 @@ def test_heartbeat_reply():
         HeartbeatReply.from_dict({"status": "sleeping"})
 
 
-def test_status_report_and_log_entry_bodies():
+def test_status_report_bodies_and_log_stream_names():
     assert StatusReport("tok", RunStatus.FAILED, exit_code=3).to_dict() == {
         "lease_token": "tok", "status": "failed", "exit_code": 3}
     assert StatusReport("tok", RunStatus.COMPLETE, exit_code=0, note="").to_dict() == {
         "lease_token": "tok", "status": "complete", "note": "", "exit_code": 0}
-    assert LogEntry(LogStream.STDERR, "oops").to_dict() == {"stream": "stderr", "text": "oops"}
-    assert LogEntry(LogStream.CAST, "Building… done", time="t").to_dict() == {
-        "stream": "cast", "text": "Building… done", "time": "t"}
     assert str(LogStream.STDOUT) == "stdout" and LogStream("cast") is LogStream.CAST

@@ -3,7 +3,7 @@ than the server keeps, forks without bound or fills the disk (the worker's or
 the server's) is stopped or failed with a clear reason, and the server and the
 other runs keep working.
 
-Caps under test: the server's per-run log cap (CAST_MAX_LOG_ENTRIES_PER_RUN,
+Caps under test: the server's per-run log cap (CAST_MAX_LOG_BYTES_PER_RUN,
 one visible truncation marker) and JSON body cap (CAST_MAX_JSON_BODY_BYTES,
 which the worker's log batches must stay under), its output cap
 (CAST_MAX_OUTPUT_BYTES), the Docker executor's pids limit
@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import wait_until
-from tests.factories import log_texts, output_paths, submit, wait_final, wait_for_line
+from tests.factories import log_texts, output_paths, page_entries, submit, wait_final, wait_for_line
 
 TICKS = 'for i in $(seq 1 30); do echo "tick $i"; sleep 0.1; done'
 
@@ -33,8 +33,8 @@ def _ticked(api, run_id: int) -> None:
 
 def test_gigabytes_of_log_are_cut_at_the_cap_while_the_server_and_another_run_keep_going(
         start_server, start_worker, cast_via):
-    cap = 2000
-    server = start_server(env={"CAST_MAX_LOG_ENTRIES_PER_RUN": str(cap)})
+    cap = 2000 * 4096  # bytes: 2,000 lines of 4,095 characters and a newline
+    server = start_server(env={"CAST_MAX_LOG_BYTES_PER_RUN": str(cap)})
     start_worker(server, extra_args=["--max-runs", "2"])
     with server.api() as api:
         # 2 GiB in lines of 4 KiB; the output file proves the worker read it all.
@@ -52,17 +52,18 @@ def test_gigabytes_of_log_are_cut_at_the_cap_while_the_server_and_another_run_ke
         run = wait_final(api, flood)
         assert run["status"] == "complete", run
         assert output_paths(api, flood) == ["flooded.txt"]
-        entries = api.get(f"/runs/{flood}/logs", params={"limit": 10000}).json()["entries"]
+        entries = page_entries(api.get(f"/runs/{flood}/logs", params={"limit": 10000}).json())
         printed = [e for e in entries if e["stream"] == "stdout"]
-        assert len(printed) == cap and all(len(e["text"]) == 4095 for e in printed)
-        markers = [i for i, e in enumerate(entries) if e["text"] == f"[cast] log truncated after {cap} lines"]
+        assert len(printed) == 2000 and all(len(e["text"]) == 4095 for e in printed)
+        marker = f"[cast] log truncated after {cap:,} bytes (7.8 MB)"
+        markers = [i for i, e in enumerate(entries) if e["text"] == marker]
         assert len(markers) == 1 and entries[markers[0]]["stream"] == "cast"
         assert markers[0] > entries.index(printed[-1])
         assert entries[-1]["text"].startswith("Pushing… done")  # the stage lines still follow
         _ticked(api, neighbour)
 
     shown = cast_via(server.url, server.admin_token).run("logs", str(flood)).stdout.splitlines()
-    assert f"[cast] log truncated after {cap} lines" in shown
+    assert marker in shown
 
 
 def test_long_lines_printed_at_full_speed_are_all_kept(start_server, start_worker):

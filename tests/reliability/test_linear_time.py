@@ -96,8 +96,8 @@ def _request_bodies() -> Iterator[tuple[str, Callable[[str], object]]]:
     yield "UserCreate.name", model(schemas.UserCreate, {}, lambda t: {"name": t})
     yield "TokenCreate.name", model(schemas.TokenCreate, {}, lambda t: {"name": t})
     yield "TokenCreate.user", model(schemas.TokenCreate, {}, lambda t: {"user": t})
-    yield "LogAppend.text", model(schemas.LogAppend, {"lease_token": "t", "seq": 0},
-                                  lambda t: {"entries": [{"stream": "stdout", "text": t}]})
+    yield "LogAppend.lines", model(schemas.LogAppend, {"lease_token": "t", "seq": 0},
+                                   lambda t: {"runs": [{"stream": "stdout", "lines": [t]}]})
     yield "StatusIn.reason", model(schemas.StatusIn, {"lease_token": "t", "status": "failed"},
                                    lambda t: {"reason": t})
     yield "WorkerRegister.name", model(schemas.WorkerRegister, {"executor": "local"}, lambda t: {"name": t})

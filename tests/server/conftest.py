@@ -92,7 +92,7 @@ class Api:
     def append(self, lease: dict, seq: int, *texts: str, stream: str = "stdout") -> httpx.Response:
         return self.worker.post(f"/runs/{lease['run_id']}/logs", json={
             "lease_token": lease["lease_token"], "seq": seq,
-            "entries": [{"stream": stream, "text": text} for text in texts],
+            "runs": [{"stream": stream, "lines": list(texts)}] if texts else [],
         })
 
     def push(self, lease: dict, body: bytes) -> httpx.Response:

@@ -18,6 +18,7 @@ WORKER_ROUTES = {
     ("POST", "/api/v1/workers/{worker_id}/lease"),
     ("POST", "/api/v1/runs/{run_id}/heartbeat"),
     ("POST", "/api/v1/runs/{run_id}/status"),
+    ("POST", "/api/v1/runs/{run_id}/statuses"),
     ("POST", "/api/v1/runs/{run_id}/logs"),
     ("POST", "/api/v1/runs/{run_id}/metrics"),
     ("PUT", "/api/v1/runs/{run_id}/outputs"),

@@ -15,6 +15,7 @@ from alembic.migration import MigrationContext
 from cast.server.app import create_app
 from cast.server.db import MIGRATIONS_DIR
 from cast.server.models import Base
+from tests.factories import page_entries
 
 from .conftest import make_tar
 
@@ -98,24 +99,26 @@ def test_logs_kept_per_line_before_0006_read_the_same_after_it_and_back(local, a
     local.create_run()
     lease = local.lease(local.register())
     run_id, token = lease["run_id"], lease["lease_token"]
-    batch = [{"stream": "stdout", "text": f"out {i}"} for i in range(5)] + [
-        {"stream": "stderr", "text": "ünïcode \\ \"quoted\""}, {"stream": "stdout", "text": ""}]
+    batch = [{"stream": "stdout", "lines": [f"out {i}" for i in range(5)]},
+             {"stream": "stderr", "lines": ["ünïcode \\ \"quoted\""]}, {"stream": "stdout", "lines": [""]}]
     assert local.worker.post(f"/runs/{run_id}/logs",
-                             json={"lease_token": token, "seq": 0, "entries": batch}).status_code == 200
+                             json={"lease_token": token, "seq": 0, "runs": batch}).status_code == 200
     before = local.user.get(f"/runs/{run_id}/logs").json()
+    lines = page_entries(before)
 
     _migrate(app, "0005", down=True)
     with app.state.database.engine.begin() as connection:
         entries = sa.table("log_entries", sa.column("run_id"), sa.column("offset"), sa.column("text"))
         texts = connection.execute(sa.select(entries.c.text).where(entries.c.run_id == run_id)
                                    .order_by(entries.c.offset)).scalars().all()
-    assert texts == [entry["text"] for entry in before["entries"]]
+    assert texts == [entry["text"] for entry in lines]
     _migrate(app, "head")
 
-    assert local.user.get(f"/runs/{run_id}/logs").json() == before
+    # Chunked again one per old line: the same lines, offsets, streams and times.
+    assert page_entries(local.user.get(f"/runs/{run_id}/logs").json()) == lines
     assert local.worker.post(f"/runs/{run_id}/logs", json={
-        "lease_token": token, "seq": len(batch), "entries": [{"stream": "stdout", "text": "after"}]}).json()[
+        "lease_token": token, "seq": 7, "runs": [{"stream": "stdout", "lines": ["after"]}]}).json()[
         "next_offset"] == before["next_offset"] + 1
-    tail = local.user.get(f"/runs/{run_id}/logs", params={"offset": -2}).json()["entries"]
+    tail = page_entries(local.user.get(f"/runs/{run_id}/logs", params={"offset": -2}).json())
     assert [(e["offset"], e["text"]) for e in tail] == [(before["next_offset"] - 1, ""),
                                                         (before["next_offset"], "after")]

@@ -18,7 +18,7 @@ from playwright.sync_api import expect
 
 from cast.protocol.status import RunStatus
 from tests.conftest import REPO_ROOT
-from tests.factories import create_run, get_run, wait_status
+from tests.factories import create_run, get_run, page_entries, wait_status
 from tests.web.helpers import screenshot, sign_in
 
 STATIC = REPO_ROOT / "server" / "web" / "static"
@@ -228,7 +228,7 @@ def test_live_log_resumes_after_the_connection_drops_without_losing_or_repeating
     expect(page.locator(".log-state")).to_have_text("finished", timeout=60_000)
 
     with server.api() as api:
-        entries = api.get(f"/runs/{run['id']}/logs", params={"limit": 10000}).json()["entries"]
+        entries = page_entries(api.get(f"/runs/{run['id']}/logs", params={"limit": 10000}).json())
     assert line_texts(page) == [entry["text"] for entry in entries]
     assert sum(text.startswith("tick ") for text in line_texts(page)) > 3
 

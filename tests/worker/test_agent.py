@@ -153,7 +153,7 @@ def test_printed_lines_reach_a_follower_while_the_run_goes_on(api, worker):
         for line in stream.iter_lines():
             chunk = json.loads(line)
             assert not chunk["finished"], f"the run ended before its lines arrived: {seen}"
-            seen += [entry["text"] for entry in chunk["entries"] if entry["stream"] == "stdout"]
+            seen += [line for run in chunk["chunks"] if run["stream"] == "stdout" for line in run["lines"]]
             if "second" in seen:
                 break
     assert seen == ["first", "second"]

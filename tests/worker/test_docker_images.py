@@ -21,7 +21,7 @@ import pytest
 
 from cast.protocol.messages import LogStream, RunSpec
 from cast.worker.docker_images import (BUILD_RECIPE, DEFAULT_BASE_IMAGE, LABEL_HOLDS, LABEL_KEY, LABEL_RUN_ID,
-                                       LABEL_WORK_DIR, EnvironmentSpec, ImageCache, LineSplitter, _timestamp,
+                                       LABEL_WORK_DIR, EnvironmentSpec, ImageCache, _timestamp,
                                        pump_output)
 from cast.worker.dockerenv import HostPackageSettings
 from cast.worker.executors.base import BuildFailed, BuildResult, InvalidExecutorOption
@@ -111,38 +111,7 @@ def test_the_build_script_runs_only_the_steps_it_needs_and_is_valid_shell():
         assert checked.returncode == 0, checked.stderr
 
 
-# --- output into lines ------------------------------------------------------
-
-def test_lines_are_split_across_chunks_with_carriage_returns_dropped():
-    lines: list[str] = []
-    splitter = LineSplitter(lines.append)
-    for chunk in (b"one\r\ntw", b"o\n\nthr", b"ee"):
-        splitter.feed(chunk)
-    assert lines == ["one", "two", ""]
-    splitter.close()
-    assert lines == ["one", "two", "", "three"]
-    splitter.close()
-    assert lines[-1] == "three" and len(lines) == 4  # nothing left to flush twice
-
-
-def test_a_character_split_between_chunks_survives_and_bad_bytes_are_replaced():
-    lines: list[str] = []
-    splitter = LineSplitter(lines.append)
-    euro = "€".encode()
-    splitter.feed(b"price " + euro[:1])
-    splitter.feed(euro[1:] + b"\n\xff\xfeend\n")
-    assert lines == ["price €", "\ufffd\ufffdend"]
-
-
-def test_a_line_without_end_is_cut_into_pieces_rather_than_held_whole():
-    lines: list[str] = []
-    splitter = LineSplitter(lines.append)
-    for _ in range(10):
-        splitter.feed(b"x" * 16 * 1024)
-    splitter.close()
-    assert "".join(lines) == "x" * 160 * 1024
-    assert len(lines) > 1 and max(len(line) for line in lines) <= 80 * 1024
-
+# --- output into lines (cast.worker.lines reads them: tests/worker/test_lines.py) ----
 
 def test_pump_output_keeps_the_two_streams_apart():
     out: list[str] = []

@@ -15,17 +15,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cast.protocol.messages import MAX_REASON_LENGTH, PERMANENT_HEADER, LogStream
+from cast.protocol.logs import MAX_LINE_CHARS
+from cast.protocol.messages import MAX_REASON_LENGTH, MAX_STATUS_BATCH, PERMANENT_HEADER, LogStream
 from cast.worker.client import ServerClient
 from cast.worker.outbox import Outbox
 from tests.conftest import wait_until
 
-OK = (200, {}, {"next_offset": 0, "truncated": False, "files": 0, "size": 0})
+OK = (200, {}, {"next_offset": 0, "truncated": False, "files": 0, "size": 0, "status": "running", "refused": []})
 
 
 class ScriptedServer:
     """Answers each request with the next answer scripted for its kind
-    ("logs", "status" or "outputs"), repeating the last one; records every
+    ("logs", "statuses" or "outputs"), repeating the last one; records every
     request as (kind, JSON body or None)."""
 
     def __init__(self):
@@ -124,17 +125,18 @@ def _over_http(tar_chunks):
 
 
 def _statuses(server: ScriptedServer) -> list[str]:
-    return [body["status"] for body in server.of_kind("status")]
+    """The statuses reported, in order, whichever requests carried them."""
+    return [report["status"] for body in server.of_kind("statuses") for report in body["reports"]]
 
 
 def test_a_4xx_ends_the_run_at_once_and_the_log_names_the_request(server, run):
-    server.script["status"] = [(400, {}, {"detail": "no such stage"}), OK]
+    server.script["statuses"] = [(400, {}, {"detail": "no such stage"}), OK]
     made = run()
     made.outbox.status("running")
     made.finish()
     assert made.refused == ["the server refused the 'running' status report: no such stage"]
     assert _statuses(server) == ["running"]  # never retried
-    lines = [entry["text"] for batch in server.of_kind("logs") for entry in batch["entries"]]
+    lines = [line for batch in server.of_kind("logs") for run in batch["runs"] for line in run["lines"]]
     assert lines == ["The server refused the 'running' status report (HTTP 400): no such stage"]
 
 
@@ -166,7 +168,7 @@ def test_a_5xx_marked_permanent_is_not_retried(server, run):
     [(500, {}, {"detail": f"error {i}"}) for i in range(6)],
 ], ids=["503", "502", "429", "408", "changing-500s"])
 def test_outages_and_busy_answers_are_retried_past_the_bound(server, run, answers):
-    server.script["status"] = [*answers, OK]
+    server.script["statuses"] = [*answers, OK]
     made = run(max_same_errors=3)
     made.outbox.status("running")
     made.finish()
@@ -175,7 +177,7 @@ def test_outages_and_busy_answers_are_retried_past_the_bound(server, run, answer
 
 
 def test_a_conflict_still_asks_whether_the_lease_is_held(server, run):
-    server.script["status"] = [(409, {}, {"detail": "run 7 is complete; it cannot become running"}), OK]
+    server.script["statuses"] = [(409, {}, {"detail": "run 7 is complete; it cannot become running"}), OK]
     made = run()
     made.outbox.status("running")
     made.outbox.status("saving")
@@ -202,7 +204,7 @@ def test_a_kill_does_not_wait_behind_a_push_that_blocks(server, run):
     try:
         made.finish()
         assert _statuses(server) == ["killed"]
-        assert [e["text"] for b in server.of_kind("logs") for e in b["entries"]] == ["last words"]
+        assert [line for b in server.of_kind("logs") for run in b["runs"] for line in run["lines"]] == ["last words"]
     finally:
         released.set()
 
@@ -211,6 +213,83 @@ def test_a_long_reason_is_cut_to_what_the_server_keeps_from_its_end(server, run)
     made = run()
     made.outbox.status("build_failed", reason="x" * 10_000 + "the last line")
     made.finish()
-    [report] = server.of_kind("status")
+    [batch] = server.of_kind("statuses")
+    [report] = batch["reports"]
     assert len(report["reason"]) == MAX_REASON_LENGTH and report["reason"].endswith("xthe last line")
     assert report["reason"].startswith("…")
+
+
+def test_statuses_queued_while_the_sender_is_busy_go_in_one_request_in_order(server, run):
+    released = threading.Event()
+
+    def slow_tar() -> Iterator[bytes]:
+        released.wait(60)
+        yield b"\0" * 1024
+
+    made = run()
+    made.outbox.push_outputs(_over_http(slow_tar))
+    for status in ("saving", "pushing", "complete"):
+        made.outbox.status(status)
+    made.outbox.status("failed", reason="why")  # the table's business, not the outbox's
+    released.set()
+    made.finish()
+    assert len(server.of_kind("outputs")) == 1
+    [batch] = server.of_kind("statuses")
+    assert batch["lease_token"] == "lease"
+    assert batch["reports"] == [{"status": "saving"}, {"status": "pushing"}, {"status": "complete"},
+                                {"status": "failed", "reason": "why"}]
+
+
+def test_a_batch_stops_at_what_is_not_a_status_and_at_its_bound(server, run):
+    released = threading.Event()
+
+    def slow_tar() -> Iterator[bytes]:
+        released.wait(60)
+        yield b"\0" * 1024
+
+    made = run()
+    made.outbox.status("mounting")
+    wait_until(lambda: server.of_kind("statuses"), timeout=60, what="the first report")
+    made.outbox.push_outputs(_over_http(slow_tar))
+    made.outbox.status("running")
+    made.outbox.log(LogStream.CAST, "between")
+    made.outbox.status("saving")
+    for _ in range(MAX_STATUS_BATCH + 1):
+        made.outbox.status("pushing")
+    released.set()
+    made.finish()
+    sizes = [len(body["reports"]) for body in server.of_kind("statuses")]
+    assert sizes == [1, 1, MAX_STATUS_BATCH, 2]
+    assert _statuses(server) == ["mounting", "running", "saving"] + ["pushing"] * (MAX_STATUS_BATCH + 1)
+    assert [kind for kind, _ in server.requests] == ["statuses", "outputs", "statuses", "logs", "statuses",
+                                                     "statuses"]
+
+
+def test_reports_the_server_refused_in_a_batch_ask_once_whether_the_lease_is_held(server, run):
+    server.script["statuses"] = [(200, {}, {"status": "stopping", "refused": [0]})]
+    made = run()
+    made.outbox.status("running")
+    made.finish()
+    assert made.conflicts == 1 and made.refused == []
+    assert _statuses(server) == ["running"]  # skipped, not retried
+
+
+def test_lines_travel_as_runs_of_one_stream_split_when_too_long_and_seq_counts_lines(server, run):
+    server.script["logs"] = [(503, {}, {"detail": "busy"}), OK]  # the first batch is retried
+    made = run()
+    for text in ("a", "b"):
+        made.outbox.log(LogStream.STDOUT, text)
+    made.outbox.log(LogStream.STDERR, "oops")
+    made.outbox.log(LogStream.STDOUT, "x" * (MAX_LINE_CHARS * 2 + 1))
+    made.finish()
+    batches = server.of_kind("logs")
+    assert batches[0] == batches[1]  # the retry sends the same batch, from the same seq
+    lines = [(r["stream"], line) for b in batches[1:] for r in b["runs"] for line in r["lines"]]
+    assert lines == [("stdout", "a"), ("stdout", "b"), ("stderr", "oops"), ("stdout", "x" * MAX_LINE_CHARS),
+                     ("stdout", "x" * MAX_LINE_CHARS), ("stdout", "x")]
+    # Lines queued together share a run: far fewer runs than lines.
+    assert sum(len(b["runs"]) for b in batches[1:]) < len(lines)
+    # Each batch's seq is the number of lines sent before it.
+    seqs = [b["seq"] for b in batches[1:]]
+    counts = [sum(len(r["lines"]) for r in b["runs"]) for b in batches[1:]]
+    assert seqs == [sum(counts[:i]) for i in range(len(counts))]

@@ -38,6 +38,7 @@ from cast.protocol.messages import LogStream
 from cast.protocol.units import parse_size
 from cast.worker.envs import HOST_KEY, EnvCache
 from cast.worker.installer import choose_installer
+from cast.worker.lines import LineReader
 from cast.worker.executors.base import (
     BuildFailed,
     BuildResult,
@@ -67,7 +68,7 @@ from cast.worker.sandbox import (
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 64 * 1024  # a longer line reaches the log in pieces of this size
+READ_SIZE = 1 << 16  # bytes of a run's output read at once
 PIDS_CHECK_INTERVAL = 1.0  # seconds between looks at a sandboxed run's process count
 PIDS_CHECKS_AT_LIMIT = 2  # looks in a row at the limit before the run is killed
 
@@ -115,9 +116,12 @@ class LocalProcess(RunningProcess):
 
     @staticmethod
     def _pump(pipe, stream: LogStream, log: LogSink) -> None:
+        reader = LineReader(lambda text: log(stream, text))
         with pipe:
-            for raw in iter(lambda: pipe.readline(MAX_LINE), b""):
-                log(stream, raw.decode("utf-8", errors="replace").rstrip("\n").rstrip("\r"))
+            # Whatever the pipe holds, up to READ_SIZE at once: lines are split in C, not read one by one.
+            for data in iter(lambda: os.read(pipe.fileno(), READ_SIZE), b""):
+                reader.feed(data)
+        reader.close()
 
     def wait(self) -> ExitResult:
         code = self._popen.wait()

@@ -136,8 +136,9 @@ export class LogView {
     }
   }
 
-  // Reads NDJSON chunks until the server says the log is finished (true) or
-  // the connection ends early (false: the caller resumes from nextOffset).
+  // Reads NDJSON pages ({chunks: [{offset, stream, time, lines}], next_offset,
+  // finished}) until the server says the log is finished (true) or the
+  // connection ends early (false: the caller resumes from nextOffset).
   async readStream(stream, signal) {
     const reader = stream.getReader();
     const decoder = new TextDecoder();
@@ -153,10 +154,10 @@ export class LogView {
         buffered = buffered.slice(end + 1);
         for (const line of complete.split("\n")) {
           if (!line.trim()) continue;
-          const chunk = JSON.parse(line);
-          this.receive(chunk.entries || []);
-          this.nextOffset = chunk.next_offset;
-          if (chunk.finished) return true;
+          const page = JSON.parse(line);
+          this.receive(page.chunks || []);
+          this.nextOffset = page.next_offset;
+          if (page.finished) return true;
         }
       }
     } catch (err) {
@@ -167,14 +168,18 @@ export class LogView {
     }
   }
 
-  receive(entries) {
-    for (const entry of entries) {
-      // A resumed stream never repeats entries, but a retry must not either.
-      if (entry.offset <= this.lastOffset) continue;
-      this.lastOffset = entry.offset;
-      this.lines.push(entry);
-      if (!this.following) this.unseen += 1;
-      else if (this.matches(entry)) this.pending.push(entry);
+  // A chunk's lines become the entries the page draws, each with its own offset.
+  receive(chunks) {
+    for (const chunk of chunks) {
+      chunk.lines.forEach((text, i) => {
+        const entry = { offset: chunk.offset + i, stream: chunk.stream, time: chunk.time, text };
+        // A resumed stream never repeats lines, but a retry must not either.
+        if (entry.offset <= this.lastOffset) return;
+        this.lastOffset = entry.offset;
+        this.lines.push(entry);
+        if (!this.following) this.unseen += 1;
+        else if (this.matches(entry)) this.pending.push(entry);
+      });
     }
     if (this.lines.length > KEPT_LINES * 1.25) this.lines.splice(0, this.lines.length - KEPT_LINES);
     if (this.pending.length > DOM_LINES) {

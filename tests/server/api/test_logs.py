@@ -10,11 +10,13 @@ import threading
 from cast.server.app import create_app
 from cast.server.settings import Settings
 
+from tests.factories import page_entries
+
 from ..conftest import in_process_api
 
 
 def _texts(api, run_id: int, **params) -> list[str]:
-    return [e["text"] for e in api.user.get(f"/runs/{run_id}/logs", params=params).json()["entries"]]
+    return [e["text"] for e in page_entries(api.user.get(f"/runs/{run_id}/logs", params=params).json())]
 
 
 def _running(api) -> dict:
@@ -32,7 +34,7 @@ def test_retried_batches_are_stored_once(local):
     assert local.append(lease, 0, "a", "b").json()["next_offset"] == stage_count + 2  # a retry
     assert local.append(lease, 1, "b", "c").json()["next_offset"] == stage_count + 3  # overlaps by one
     assert local.append(lease, 3, "d", stream="stderr").status_code == 200
-    entries = local.user.get(f"/runs/{run_id}/logs").json()["entries"]
+    entries = page_entries(local.user.get(f"/runs/{run_id}/logs").json())
     assert [e["offset"] for e in entries] == list(range(len(entries)))
     assert [(e["stream"], e["text"]) for e in entries[stage_count:]] == [
         ("stdout", "a"), ("stdout", "b"), ("stdout", "c"), ("stderr", "d")]
@@ -45,12 +47,14 @@ def test_reading_from_offsets(local):
     local.append(lease, 0, *[f"line {i}" for i in range(10)])
     size = local.user.get(f"/runs/{run_id}/logs").json()["next_offset"]
     tail = local.user.get(f"/runs/{run_id}/logs", params={"offset": -3}).json()
-    assert [e["text"] for e in tail["entries"]] == ["line 7", "line 8", "line 9"]
+    assert [e["text"] for e in page_entries(tail)] == ["line 7", "line 8", "line 9"]
     assert tail["next_offset"] == size and tail["finished"] is False
-    page = local.user.get(f"/runs/{run_id}/logs", params={"offset": 2, "limit": 2}).json()
-    assert [e["offset"] for e in page["entries"]] == [2, 3] and page["next_offset"] == 4
+    base = size - 10  # the stage lines come first
+    page = local.user.get(f"/runs/{run_id}/logs", params={"offset": base + 2, "limit": 2}).json()
+    assert page["chunks"] == [{"offset": base + 2, "stream": "stdout", "time": page["chunks"][0]["time"],
+                               "lines": ["line 2", "line 3"]}] and page["next_offset"] == base + 4
     past_end = local.user.get(f"/runs/{run_id}/logs", params={"offset": size + 50}).json()
-    assert past_end["entries"] == [] and past_end["next_offset"] == size
+    assert past_end["chunks"] == [] and past_end["next_offset"] == size
     # Past the start, a tail is the whole log (its first line is the queued run's waiting line).
     assert _texts(local, run_id, offset=-1000) == _texts(local, run_id)
     assert local.user.get(f"/runs/{run_id}/logs", params={"limit": 0}).status_code == 422
@@ -61,15 +65,16 @@ def test_reading_from_offsets(local):
     assert "line 0\nline 1\n" in text.text and text.text.endswith("Pushing… done\n")
 
 
-def test_log_cap_writes_one_marker_and_drops_the_rest(tmp_path):
-    settings = Settings(data_dir=tmp_path / "data", max_log_entries_per_run=5)
+def test_log_cap_in_bytes_writes_one_marker_and_drops_the_rest(tmp_path):
+    # Bytes with a newline each: "1\n" .. "5\n" are 10.
+    settings = Settings(data_dir=tmp_path / "data", max_log_bytes_per_run=10)
     api = in_process_api(create_app(settings), settings)
     lease = _running(api)
     assert api.append(lease, 0, "1", "2", "3").json()["truncated"] is False
     assert api.append(lease, 3, "4", "5", "6", "7").json()["truncated"] is True
     assert api.append(lease, 7, "8").json()["truncated"] is True
     texts = _texts(api, lease["run_id"])
-    assert texts[-6:] == ["1", "2", "3", "4", "5", "[cast] log truncated after 5 lines"]
+    assert texts[-6:] == ["1", "2", "3", "4", "5", "[cast] log truncated after 10 bytes (10 B)"]
     api.advance(lease, "saving")
     assert _texts(api, lease["run_id"])[-1] != "8"
 
@@ -83,10 +88,10 @@ def test_follow_streams_live_resumes_and_ends_when_final(live):
         with live.user.stream("GET", f"/runs/{run_id}/logs/follow", params={"offset": offset}) as stream:
             assert stream.headers["content-type"].startswith("application/x-ndjson")
             for line in stream.iter_lines():
-                chunk = json.loads(line)
-                received.append(chunk)
+                page = json.loads(line)
+                received.append(page)
                 connected.set()
-                if any(e["text"] == until_text for e in chunk["entries"]):
+                if any(until_text in chunk["lines"] for chunk in page["chunks"]):
                     return  # the client drops the connection
 
     def start_following(offset: int, until_text: str | None) -> threading.Thread:
@@ -111,9 +116,9 @@ def test_follow_streams_live_resumes_and_ends_when_final(live):
     second.join(120)
     assert not second.is_alive(), "the stream should end once the run is final"
     assert received[-1]["finished"] is True
-    entries = [e for chunk in received for e in chunk["entries"]]
+    entries = [e for page in received for e in page_entries(page)]
     assert [e["offset"] for e in entries] == list(range(len(entries))), "no entry twice, none missing"
-    assert entries == live.user.get(f"/runs/{run_id}/logs").json()["entries"]
+    assert entries == page_entries(live.user.get(f"/runs/{run_id}/logs").json())
     assert [e["text"] for e in entries][-6:] == ["first", "second", "third", "fourth", "Saving… done", "Pushing… done"]
 
 

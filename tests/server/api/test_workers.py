@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import SHORT_LEASE_SECONDS, wait_until
+from tests.factories import page_entries
 
 LONGEST_POLL = 30  # the most a worker may ask the server to wait
 
@@ -97,7 +98,7 @@ def test_a_silent_worker_loses_its_run_once_its_lease_runs_out(live):
     lost = live.worker.post(f"/runs/{run_id}/heartbeat", json={"lease_token": lease["lease_token"]})
     assert lost.status_code == 409 and "lease" in lost.json()["detail"]
     assert live.report(run_id, lease["lease_token"], "saving").status_code == 409
-    texts = [e["text"] for e in live.user.get(f"/runs/{run_id}/logs").json()["entries"]]
+    texts = [e["text"] for e in page_entries(live.user.get(f"/runs/{run_id}/logs").json())]
     assert "before the crash" in texts
     assert texts[-1] == f"Run interrupted: worker lost: no heartbeat for {SHORT_LEASE_SECONDS}s"
 
@@ -128,7 +129,7 @@ def test_retries_requeue_with_the_next_attempt(live):
     assert run["attempt"] == 2
     assert [t["status"] for t in run["transitions"]] == [
         "machine_requested", "building", "interrupted", "machine_requested", "building", "interrupted"]
-    texts = [e["text"] for e in live.user.get(f"/runs/{run_id}/logs").json()["entries"]]
+    texts = [e["text"] for e in page_entries(live.user.get(f"/runs/{run_id}/logs").json())]
     assert "Requeued (attempt 2 of 2)" in texts
     assert live.lease(worker) is None
 
@@ -147,7 +148,7 @@ def test_a_restarted_server_gives_workers_time_to_come_back(live, server):
     assert beat.status_code == 200 and beat.json()["status"] == "running"
     live.append(lease, 1, "after")
     live.advance(lease, "saving", "pushing", "complete", exit_code=0)
-    texts = [e["text"] for e in live.user.get(f"/runs/{run_id}/logs").json()["entries"]]
+    texts = [e["text"] for e in page_entries(live.user.get(f"/runs/{run_id}/logs").json())]
     assert texts.count("before") == 1 and texts.count("after") == 1
     assert live.run(queued)["status"] == "machine_requested"
     assert live.lease(live.register())["run_id"] == queued

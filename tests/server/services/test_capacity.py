@@ -15,6 +15,8 @@ from cast.server.errors import NoWorkerCan
 from cast.server.models import Worker, utcnow
 from cast.server.schemas import RunCreate
 from cast.server.services import capacity, runs
+from tests.factories import page_entries
+
 from .conftest import add_user, admin_of
 
 
@@ -27,7 +29,7 @@ def _create(app, settings, owner=None, **body):
 
 
 def _cast_lines(local, run_id: int) -> list[str]:
-    entries = local.user.get(f"/runs/{run_id}/logs").json()["entries"]
+    entries = page_entries(local.user.get(f"/runs/{run_id}/logs").json())
     return [e["text"] for e in entries if e["stream"] == "cast"]
 
 

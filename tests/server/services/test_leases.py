@@ -28,6 +28,37 @@ def test_status_route_answers_409_for_a_refused_transition(local):
     assert local.run(run_id)["status"] == "running"
 
 
+def test_a_batch_of_reports_is_applied_in_order_and_a_retried_one_is_recorded_once(local):
+    run_id = local.create_run()["id"]
+    lease = local.lease(local.register())
+
+    def batch(*reports: dict, token: str = lease["lease_token"]):
+        return local.worker.post(f"/runs/{run_id}/statuses", json={"lease_token": token, "reports": list(reports)})
+
+    steps = [{"status": "mounting", "note": "cached"}, {"status": "running", "limits": "sandbox"}]
+    answer = batch(*steps)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"status": "running", "refused": []}
+    again = batch(*steps)  # its answer lost, the worker sends it again: nothing is recorded twice
+    assert again.json() == {"status": "running", "refused": [0, 1]}
+    run = local.run(run_id)
+    assert [t["status"] for t in run["transitions"]] == ["machine_requested", "building", "mounting", "running"]
+    assert run["transitions"][2]["note"] == "cached" and run["limits"] == "sandbox"
+
+    # One the table refuses is skipped (a stop overtook it), and those after it still apply.
+    assert local.user.post(f"/runs/{run_id}/stop").status_code == 202
+    answer = batch({"status": "pushing"}, {"status": "saving"}, {"status": "pushing"},
+                   {"status": "stopped", "exit_code": 0})
+    assert answer.json() == {"status": "stopped", "refused": [0]}
+    run = local.run(run_id)
+    assert [t["status"] for t in run["transitions"]][4:] == ["stopping", "saving", "pushing", "stopped"]
+    assert run["exit_code"] == 0
+
+    assert batch({"status": "failed"}, token="not-the-token").status_code == 409
+    for refused in ([], [{"status": "saving"}] * 17, [{"status": "no-such"}]):
+        assert batch(*refused).status_code == 422
+
+
 def _claim_all(url: str, worker_id: str) -> list[int]:
     database = Database(url)
     settings = Settings(lease_seconds=60)

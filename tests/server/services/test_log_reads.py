@@ -1,4 +1,4 @@
-"""cast.server.services.log_reads: a user's reads of a run's log (one chunk,
+"""cast.server.services.log_reads: a user's reads of a run's log (one page,
 the follow stream, the text download), each only of a run the user may see."""
 
 from __future__ import annotations
@@ -24,28 +24,30 @@ def _write(app, run_id: int, *lines: str) -> None:
         logs.append_cast_lines(session, session.get(Run, run_id), list(lines))
 
 
-def test_a_chunk_is_read_only_by_who_may_see_the_run(local, app):
+def test_a_page_is_read_only_by_who_may_see_the_run(local, app):
     admin, alice = _people(app)
     run_id = local.create_run()["id"]
     _write(app, run_id, "secret")
     with app.state.database.transaction(write=False) as session:
-        chunk = log_reads.read_chunk(session, run_id=run_id, viewer=admin, offset=-1, limit=10)
-        assert [e["text"] for e in chunk["entries"]] == ["secret"]
+        page = log_reads.read_page(session, run_id=run_id, viewer=admin, offset=-1, limit=10)
+        assert [chunk["lines"] for chunk in page["chunks"]] == [["secret"]]
         with pytest.raises(RunNotFound, match=f"run {run_id} not found"):
-            log_reads.read_chunk(session, run_id=run_id, viewer=alice, offset=0, limit=10)
+            log_reads.read_page(session, run_id=run_id, viewer=alice, offset=0, limit=10)
 
 
-def test_download_sends_every_entry_as_a_line_in_batches(local, app, monkeypatch):
-    monkeypatch.setattr(logs, "MAX_READ", 3)  # the download reads the largest pages a read allows
+def test_download_sends_every_line_in_pieces_of_a_page(local, app, monkeypatch):
+    monkeypatch.setattr(logs, "MAX_READ_BYTES", 1)  # a page is then one chunk
     admin, alice = _people(app)
     run_id = local.create_run()["id"]
-    _write(app, run_id, *[f"line {i}" for i in range(7)], "café")
+    for line in [f"line {i}" for i in range(7)]:
+        _write(app, run_id, line)
+    _write(app, run_id, "café", "last")
     with pytest.raises(RunNotFound):
         log_reads.download(app.state.database, run_id=run_id, viewer=alice)
     pieces = list(log_reads.download(app.state.database, run_id=run_id, viewer=admin))
-    assert all(piece.count(b"\n") <= 3 for piece in pieces)
+    assert pieces[-1] == b"caf\xc3\xa9\nlast\n" and len(pieces) > 8
     text = b"".join(pieces)
-    assert text.endswith(b"line 0\nline 1\nline 2\nline 3\nline 4\nline 5\nline 6\ncaf\xc3\xa9\n")
+    assert text.endswith(b"line 0\nline 1\nline 2\nline 3\nline 4\nline 5\nline 6\ncaf\xc3\xa9\nlast\n")
     with app.state.database.transaction(write=False) as session:
         assert text.count(b"\n") == session.get(Run, run_id).log_size
 
@@ -61,22 +63,22 @@ def test_follow_sends_lines_as_they_are_committed_and_ends_when_the_run_is_final
         with pytest.raises(RunNotFound):
             await log_reads.follow(database, run_id=run_id, viewer=alice, offset=0)
         stream = await log_reads.follow(database, run_id=run_id, viewer=admin, offset=-1)
-        seen = [e["text"] for e in (await anext(stream))["entries"]]
+        seen = [line for chunk in (await anext(stream))["chunks"] for line in chunk["lines"]]
         # Written while the follower waits: only a wake-up brings it before the keepalive's empty chunk.
         waiting = asyncio.create_task(anext(stream))
         await asyncio.sleep(0.5)
         await asyncio.to_thread(_write, app, run_id, "live")
-        seen += [e["text"] for e in (await waiting)["entries"]]
+        seen += [line for chunk in (await waiting)["chunks"] for line in chunk["lines"]]
         await asyncio.to_thread(local.advance, lease, "mounting", "running", "saving", "pushing", "failed",
                                 exit_code=1)
-        async for chunk in stream:
-            seen += [e["text"] for e in chunk["entries"]]
+        async for page in stream:
+            seen += [line for chunk in page["chunks"] for line in chunk["lines"]]
         return seen
 
     seen = asyncio.run(asyncio.wait_for(follow(), TIMEOUT))
     assert seen[1] == "live" and len(seen) > 3
     with database.transaction(write=False) as session:
-        assert logs.read(session, run=session.get(Run, run_id), offset=-1, limit=1)["entries"][0]["text"] == seen[-1]
+        assert logs.read(session, run=session.get(Run, run_id), offset=-1, limit=1)["chunks"][0]["lines"] == [seen[-1]]
 
 
 def test_follow_ends_when_the_server_shuts_down(local, app):
@@ -108,4 +110,4 @@ def test_a_follower_with_nothing_new_gets_an_empty_chunk_to_keep_the_stream_aliv
         return [await anext(stream), await anext(stream)]
 
     first, second = asyncio.run(asyncio.wait_for(follow(), TIMEOUT))
-    assert first["entries"] and second == {"entries": [], "next_offset": first["next_offset"], "finished": False}
+    assert first["chunks"] and second == {"chunks": [], "next_offset": first["next_offset"], "finished": False}

@@ -1,6 +1,7 @@
 """cast.server.services.logs: offsets reserved in order, a worker's batches
-stored once by their seq, the per-run and per-line caps, and reads from an
-offset (negative ones from the end). The routes are tested in api/test_logs.py."""
+(runs of lines) stored once by their seq, one chunk per run, over-long lines
+split, the per-run cap in bytes, and reads of chunk pages from any offset
+(negative ones from the end). The routes are tested in api/test_logs.py."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy import select
 
+from cast.protocol.logs import LogPage
 from cast.protocol.messages import LogStream
 from cast.server.errors import LeaseLost, RunNotFound
 from cast.server.models import LogChunk, Run
-from cast.server.schemas import LogEntryIn
+from cast.server.schemas import LogRunIn
 from cast.server.services import logs
 
 
@@ -21,14 +23,16 @@ def _leased(local) -> dict:
     return local.lease(local.register())
 
 
-def _batch(*texts: str, stream: str = "stdout") -> list[LogEntryIn]:
-    return [LogEntryIn(stream=stream, text=text) for text in texts]
+def _runs(*texts: str, stream: str = "stdout") -> list[LogRunIn]:
+    return [LogRunIn(stream=stream, lines=list(texts))] if texts else []
+
+
+def _lines(page: dict) -> list[tuple[int, str, str]]:
+    return [(e["offset"], e["stream"], e["text"]) for e in LogPage.from_dict(page).entries()]
 
 
 def _texts(session, run_id: int) -> list[tuple[int, str, str]]:
-    run = session.get(Run, run_id)
-    entries = logs.read(session, run=run, offset=0, limit=logs.MAX_READ)["entries"]
-    return [(entry["offset"], entry["stream"], entry["text"]) for entry in entries]
+    return _lines(logs.read(session, run=session.get(Run, run_id), offset=0, limit=1_000_000))
 
 
 def test_appends_take_the_next_offsets_whatever_the_session_holds(local, app):
@@ -37,7 +41,7 @@ def test_appends_take_the_next_offsets_whatever_the_session_holds(local, app):
     with app.state.database.transaction() as session:
         run = session.get(Run, run_id)
         start = run.log_size
-        logs.append(session, run, [("stdout", "a", at), ("stderr", "b", at)])
+        logs.append(session, run, [("stdout", ["a"], at), ("stderr", ["b"], at)])
         assert run.log_size == start + 2
         logs.append(session, run, [])
         logs.append_cast_lines(session, run, ["[cast] hello"])
@@ -46,7 +50,9 @@ def test_appends_take_the_next_offsets_whatever_the_session_holds(local, app):
         assert _texts(session, run_id)[start:] == [(start, "stdout", "a"), (start + 1, "stderr", "b"),
                                                    (start + 2, LogStream.CAST.value, "[cast] hello")]
         assert session.get(Run, run_id).log_size == start + 3
-        assert logs.read(session, run=session.get(Run, run_id), offset=start, limit=1)["entries"][0]["time"] == at
+        page = logs.read(session, run=session.get(Run, run_id), offset=start, limit=1)
+        assert page["chunks"] == [{"offset": start, "stream": "stdout", "time": "2026-01-02T03:04:05Z",
+                                   "lines": ["a"]}]
 
 
 def test_a_worker_batch_is_stored_once_from_its_seq(local, app, settings):
@@ -54,45 +60,73 @@ def test_a_worker_batch_is_stored_once_from_its_seq(local, app, settings):
     run_id, token = lease["run_id"], lease["lease_token"]
     with app.state.database.transaction() as session:
         start = session.get(Run, run_id).log_size
-        store = lambda seq, *texts: logs.append_worker_batch(  # noqa: E731
-            session, run_id=run_id, lease_token=token, seq=seq, entries=_batch(*texts), settings=settings)
-        assert store(0, "a", "b") == (start + 2, False)
-        assert store(0, "a", "b") == (start + 2, False)  # a retry
-        assert store(1, "b", "c") == (start + 3, False)  # overlaps by one
-        assert store(3) == (start + 3, False)
-        assert [text for _, _, text in _texts(session, run_id)[start:]] == ["a", "b", "c"]
-        assert session.get(Run, run_id).worker_log_seq == 3
+        store = lambda seq, runs: logs.append_worker_batch(  # noqa: E731
+            session, run_id=run_id, lease_token=token, seq=seq, runs=runs, settings=settings)
+        assert store(0, _runs("a", "b")) == (start + 2, False)
+        assert store(0, _runs("a", "b")) == (start + 2, False)  # a retry
+        assert store(1, _runs("b", "c")) == (start + 3, False)  # overlaps by one
+        # Overlapping across runs: the first run and one line of the second were stored.
+        assert store(3, _runs("d", "e")) == (start + 5, False)
+        assert store(3, _runs("d") + _runs("e", "f", stream="stderr")) == (start + 6, False)
+        assert store(6, []) == (start + 6, False)
+        assert [text for _, _, text in _texts(session, run_id)[start:]] == ["a", "b", "c", "d", "e", "f"]
+        assert session.get(Run, run_id).worker_log_seq == 6
         with pytest.raises(LeaseLost, match=f"the lease on run {run_id} is lost"):
-            logs.append_worker_batch(session, run_id=run_id, lease_token="stolen", seq=3, entries=_batch("x"),
+            logs.append_worker_batch(session, run_id=run_id, lease_token="stolen", seq=6, runs=_runs("x"),
                                      settings=settings)
         with pytest.raises(RunNotFound, match="run 999 not found"):
-            logs.append_worker_batch(session, run_id=999, lease_token=token, seq=0, entries=[], settings=settings)
+            logs.append_worker_batch(session, run_id=999, lease_token=token, seq=0, runs=[], settings=settings)
 
 
-def test_the_caps_cut_long_lines_and_drop_lines_past_one_marker(local, app, settings):
-    capped = settings.model_copy(update={"max_log_entries_per_run": 3, "max_log_line_chars": 4})
+def test_each_run_of_a_batch_is_one_chunk(local, app, settings):
     lease = _leased(local)
     run_id, token = lease["run_id"], lease["lease_token"]
     with app.state.database.transaction() as session:
         start = session.get(Run, run_id).log_size
-        store = lambda seq, *texts: logs.append_worker_batch(  # noqa: E731
-            session, run_id=run_id, lease_token=token, seq=seq, entries=_batch(*texts), settings=capped)
-        assert store(0, "1234", "12345") == (start + 2, False)
-        assert store(2, "3", "4", "5") == (start + 4, True)
-        assert store(5, "6") == (start + 4, True)
+        logs.append_worker_batch(session, run_id=run_id, lease_token=token, seq=0, settings=settings,
+                                 runs=_runs(*map(str, range(1000))) + _runs("oops", stream="stderr"))
+        chunks = session.execute(select(LogChunk.first_offset, LogChunk.count, LogChunk.stream)
+                                 .where(LogChunk.run_id == run_id, LogChunk.first_offset >= start)).all()
+        assert chunks == [(start, 1000, "stdout"), (start + 1000, 1, "stderr")]
+
+
+def test_long_lines_are_split_and_the_byte_cap_drops_lines_past_one_marker(local, app, settings):
+    # 4 characters a line; 12 bytes of output with a newline each ("1234\n" is 5).
+    capped = settings.model_copy(update={"max_log_bytes_per_run": 12, "max_log_line_chars": 4})
+    lease = _leased(local)
+    run_id, token = lease["run_id"], lease["lease_token"]
+    with app.state.database.transaction() as session:
+        start = session.get(Run, run_id).log_size
+        store = lambda seq, runs: logs.append_worker_batch(  # noqa: E731
+            session, run_id=run_id, lease_token=token, seq=seq, runs=runs, settings=capped)
+        assert store(0, _runs("123456789")) == (start + 3, False)  # split: 1234, 5678, 9 (12 bytes)
+        assert store(1, _runs("a", "b")) == (start + 4, True)
+        assert store(3, _runs("c")) == (start + 4, True)
         assert _texts(session, run_id)[start:] == [
-            (start, "stdout", "1234"), (start + 1, "stdout", "1234…"), (start + 2, "stdout", "3"),
-            (start + 3, LogStream.CAST.value, "[cast] log truncated after 3 lines")]
+            (start, "stdout", "1234"), (start + 1, "stdout", "5678"), (start + 2, "stdout", "9"),
+            (start + 3, LogStream.CAST.value, "[cast] log truncated after 12 bytes (12 B)")]
+        assert session.get(Run, run_id).log_bytes == 12
         # The server's own lines are not capped: a run's end is always visible.
         logs.append_cast_lines(session, session.get(Run, run_id), ["Saving…"])
         assert _texts(session, run_id)[-1][2] == "Saving…"
         # Nor are the worker's: what was not saved, and why, survives a flood.
-        assert store(6, "7", "8") == (start + 5, True)
-        logs.append_worker_batch(session, run_id=run_id, lease_token=token, seq=8,
-                                 entries=_batch("kept", stream=LogStream.CAST.value),
-                                 settings=capped)
+        assert store(4, _runs("7", "8")) == (start + 5, True)
+        store(6, _runs("kept", stream=LogStream.CAST.value))
         assert _texts(session, run_id)[-1][1:] == (LogStream.CAST.value, "kept")
         assert len(_texts(session, run_id)) == start + 6
+
+
+def test_the_cap_keeps_the_lines_of_a_batch_that_fit_counting_utf8_bytes(local, app, settings):
+    capped = settings.model_copy(update={"max_log_bytes_per_run": 7})
+    lease = _leased(local)
+    run_id, token = lease["run_id"], lease["lease_token"]
+    with app.state.database.transaction() as session:
+        start = session.get(Run, run_id).log_size
+        # "é\n" is 3 bytes: two fit in 7, the third does not.
+        logs.append_worker_batch(session, run_id=run_id, lease_token=token, seq=0, settings=capped,
+                                 runs=_runs("é", "é", "é") + _runs("late", stream="stderr"))
+        assert [text for _, _, text in _texts(session, run_id)[start:]] == [
+            "é", "é", "[cast] log truncated after 7 bytes (7 B)"]
 
 
 def test_reads_page_from_an_offset_and_finish_only_on_a_final_run_read_to_its_end(local, app):
@@ -103,13 +137,13 @@ def test_reads_page_from_an_offset_and_finish_only_on_a_final_run_read_to_its_en
         logs.append_cast_lines(session, run, [f"line {i}" for i in range(10)])
         size = run.log_size
         tail = logs.read(session, run=run, offset=-3, limit=100)
-        assert [e["text"] for e in tail["entries"]] == ["line 7", "line 8", "line 9"]
+        assert [text for _, _, text in _lines(tail)] == ["line 7", "line 8", "line 9"]
         assert (tail["next_offset"], tail["finished"]) == (size, False)
         page = logs.read(session, run=run, offset=2, limit=2)
-        assert [e["offset"] for e in page["entries"]] == [2, 3] and page["next_offset"] == 4
+        assert [offset for offset, _, _ in _lines(page)] == [2, 3] and page["next_offset"] == 4
         assert logs.read(session, run=run, offset=size + 50, limit=10) == {
-            "entries": [], "next_offset": size, "finished": False}
-        assert logs.read(session, run=run, offset=-10_000, limit=1)["entries"][0]["offset"] == 0
+            "chunks": [], "next_offset": size, "finished": False}
+        assert logs.read(session, run=run, offset=-10_000, limit=1)["chunks"][0]["offset"] == 0
     local.advance(lease, "mounting", "running", "saving", "pushing", "complete", exit_code=0)
     with app.state.database.transaction() as session:
         run = session.get(Run, run_id)
@@ -117,42 +151,51 @@ def test_reads_page_from_an_offset_and_finish_only_on_a_final_run_read_to_its_en
         assert logs.read(session, run=run, offset=-1, limit=1)["finished"] is True
 
 
-def test_reads_return_at_most_max_read_entries(local, app, monkeypatch):
-    monkeypatch.setattr(logs, "MAX_READ", 4)
+def test_reads_return_at_most_max_read_lines_and_end_early_past_max_read_bytes(local, app, monkeypatch):
     run_id = local.create_run()["id"]
     with app.state.database.transaction() as session:
         run = session.get(Run, run_id)
+        start = run.log_size
+        monkeypatch.setattr(logs, "MAX_READ_LINES", 4)
         logs.append_cast_lines(session, run, [str(i) for i in range(10)])
-        chunk = logs.read(session, run=run, offset=0, limit=100)
-        assert len(chunk["entries"]) == 4 and chunk["next_offset"] == 4
+        page = logs.read(session, run=run, offset=start, limit=100)
+        assert len(_lines(page)) == 4 and page["next_offset"] == start + 4
+        monkeypatch.setattr(logs, "MAX_READ_LINES", 1000)
+        monkeypatch.setattr(logs, "MAX_READ_BYTES", 10)
+        logs.append_cast_lines(session, run, ["x" * 20])
+        logs.append_cast_lines(session, run, ["y"])
+        # The chunk that passes the bound is the page's last; the next read goes on from there.
+        page = logs.read(session, run=run, offset=start + 10, limit=100)
+        assert _lines(page) == [(start + 10, "cast", "x" * 20)] and page["next_offset"] == start + 11
 
 
-def test_chunks_split_at_a_stream_change_and_a_second_and_reads_slice_them_at_every_offset(local, app):
-    """A reader cut off anywhere (any offset, any page size) resumes at its
-    next_offset with no line lost or repeated, across chunk boundaries."""
+def test_reads_slice_chunks_at_every_offset_and_page_size(local, app):
+    """A reader cut off anywhere (any offset, any page size, inside a chunk)
+    resumes at its next_offset with no line lost or repeated."""
     run_id = local.create_run()["id"]
     at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     later = at.replace(second=6)
     with app.state.database.transaction() as session:
         run = session.get(Run, run_id)
         start = run.log_size
-        written = [("stdout", "a", at), ("stdout", "b", at), ("stderr", "c", at), ("stdout", "d", at),
-                   ("stdout", "e", later), ("stdout", "f", later)]
-        logs.append(session, run, written)
-        logs.append(session, run, [("stdout", "g", later)])
-        written.append(("stdout", "g", later))
+        written = [("stdout", ["a", "b"], at), ("stderr", ["c"], at), ("stdout", ["d"], at),
+                   ("stdout", ["e", "f", "g"], later)]
+        logs.append(session, run, written[:3])
+        logs.append(session, run, written[3:])
         chunks = session.execute(select(LogChunk.first_offset, LogChunk.count).where(LogChunk.run_id == run_id)
                                  .order_by(LogChunk.first_offset)).all()
         assert [(first - start, count) for first, count in chunks if first >= start] == [
-            (0, 2), (2, 1), (3, 1), (4, 2), (6, 1)]
-        expected = [(start + i, stream, text, time) for i, (stream, text, time) in enumerate(written)]
+            (0, 2), (2, 1), (3, 1), (4, 3)]
+        expected = [(stream, text) for stream, lines, _ in written for text in lines]
+        expected = [(start + i, stream, text) for i, (stream, text) in enumerate(expected)]
         for offset in range(start, run.log_size + 1):
             for limit in range(1, 8):
                 seen, next_offset = [], offset
                 while True:
                     page = logs.read(session, run=run, offset=next_offset, limit=limit)
-                    seen += [(e["offset"], e["stream"], e["text"], e["time"]) for e in page["entries"]]
-                    if not page["entries"]:
+                    assert sum(len(chunk["lines"]) for chunk in page["chunks"]) <= limit
+                    seen += _lines(page)
+                    if not page["chunks"]:
                         break
                     assert page["next_offset"] == seen[-1][0] + 1
                     next_offset = page["next_offset"]

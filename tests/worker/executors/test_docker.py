@@ -206,6 +206,20 @@ def test_output_is_streamed_live_and_split_by_stream(packaged, tmp_path):
     assert lines.of("stdout") == ["first", "last"]
 
 
+def test_a_real_tqdm_bar_of_100000_updates_becomes_a_few_lines_ending_in_its_last_state(packaged, tmp_path):
+    executor, _, _ = packaged
+    bar = "from tqdm import tqdm\nfor _ in tqdm(range(100000), mininterval=0, miniters=1, ascii=True): pass"
+    job = make_job(tmp_path, f"python -c '{bar}'; echo after", **PACKAGES)
+    result, lines = run(executor, job)
+    assert result.exit_code == 0
+    states = lines.of("stderr")
+    # A state at most every 0.5 s (cast.worker.lines) and the final one, not 100,000 lines.
+    assert 1 <= len(states) < 200, len(states)
+    assert states[-1].startswith("100%|") and "100000/100000" in states[-1]
+    assert all("\r" not in state for state in states)
+    assert lines.of("stdout") == ["after"]
+
+
 def test_running_past_the_memory_limit_fails_with_out_of_memory(make_executor, packaged, tmp_path):
     executor = make_executor(memory="64m")
     job = make_job(tmp_path, "python -c 'x = bytearray(256 * 1024 * 1024); print(len(x))'", **PACKAGES)
