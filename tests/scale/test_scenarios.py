@@ -100,7 +100,7 @@ def test_three_workers_run_300_runs_through_both_replicas(cluster):
     runs = wait_final(cluster, tags.values(), timeout=900)
     check_all(cluster, tags, runs, lines=3)
     # Every worker took a share: the replicas hand runs to whoever long-polls them.
-    assert {run["worker_name"] for run in runs.values()} == set(cluster.workers)
+    assert {run["worker"] for run in runs.values()} == set(cluster.workers)
 
 
 def test_a_replica_killed_mid_load_loses_nothing(cluster):
@@ -150,7 +150,7 @@ def test_a_worker_cut_off_mid_run_is_interrupted_and_retried_elsewhere(cluster):
     while (run := client.get_run(run_id))["status"] != RunStatus.RUNNING.value:
         assert time.monotonic() < deadline, run
         time.sleep(0.2)
-    cut = cluster.host(run["worker_name"])
+    cut = cluster.host(run["worker"])
     cut.link(up=False)
     try:
         final = wait_final(cluster, [run_id], timeout=300)[run_id]
@@ -158,7 +158,7 @@ def test_a_worker_cut_off_mid_run_is_interrupted_and_retried_elsewhere(cluster):
         cut.link(up=True)
     statuses = [t["status"] for t in final["transitions"]]
     assert RunStatus.INTERRUPTED.value in statuses, statuses
-    assert final["attempt"] == 2 and final["worker_name"] != run["worker_name"], final
+    assert final["attempt"] == 2 and final["worker"] != run["worker"], final
     check_run(client, final, "d0", lines=30, starts=2)
 
 
