@@ -128,6 +128,19 @@ def new_database(request):
     return request.getfixturevalue("postgres_databases")
 
 
+@pytest.fixture(scope="module")
+def module_database(request):
+    """As `new_database`, one database for a module's shared server: its URL
+    under CAST_TEST_DATABASE=postgresql (dropped after the module), else None."""
+    if TEST_DATABASE != "postgresql":
+        yield None
+        return
+    postgres = request.getfixturevalue("postgres")
+    name = f"cast_module_{os.getpid()}_{next(_database_numbers)}"
+    yield postgres.create_database(name, template=_TEMPLATE)
+    postgres.drop_database(name)
+
+
 @pytest.fixture(autouse=True)
 def _test_database(new_database, monkeypatch):
     """Under PostgreSQL, the in-process apps and Settings of a test share one fresh database."""

@@ -43,10 +43,11 @@ def module_env(module_dir, request) -> dict:
 
 
 @pytest.fixture(scope="module")
-def module_server(module_dir, module_env) -> ServerProcess:
+def module_server(module_dir, module_env, module_database) -> ServerProcess:
     port = free_port()
+    database = {"CAST_DATABASE_URL": module_database} if module_database else {}
     server = ServerProcess(url=f"http://127.0.0.1:{port}", port=port, data_dir=module_dir / "server",
-                           env=module_env, log_path=module_dir / "server.log")
+                           env={**module_env, **database}, log_path=module_dir / "server.log")
     server.start()
     yield server
     server.stop()

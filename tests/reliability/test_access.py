@@ -8,12 +8,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import sqlite3
 import stat
 import subprocess
 
 import httpx
 import pytest
+import sqlalchemy
 
 from cast.server.app import create_app
 from cast.server.settings import Settings
@@ -95,8 +95,10 @@ def test_tokens_are_stored_only_as_hashes(module_cli, module_server):
                _secret(module_cli("token", "create", "--user", "hashed")),
                _secret(module_cli("token", "create", "--worker"))]
     database = module_server.data_dir / "cast.db"
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
-        stored = {row[0] for row in connection.execute("SELECT token_hash FROM tokens")}
+    engine = sqlalchemy.create_engine(module_server.env.get("CAST_DATABASE_URL") or f"sqlite:///{database}")
+    with engine.connect() as connection:
+        stored = set(connection.execute(sqlalchemy.text("SELECT token_hash FROM tokens")).scalars())
+    engine.dispose()
     assert {hashlib.sha256(s.encode()).hexdigest() for s in secrets} <= stored
     # No secret anywhere in the database, its write-ahead log or the server's log.
     for path in [database, database.with_name("cast.db-wal"), module_server.log_path]:

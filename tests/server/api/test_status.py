@@ -17,7 +17,7 @@ def test_status_shows_the_server_its_workers_and_the_queue(local, settings):
     assert answer.status_code == 200, answer.text
     status = answer.json()
     assert status["server"] == {
-        "url": "http://testserver", "version": VERSION, "database": f"sqlite:///{settings.database_file}",
+        "url": "http://testserver", "version": VERSION, "database": settings.sqlalchemy_url,
         "storage": str(settings.resolved_data_dir), "lease_seconds": 2.0, "presence_seconds": 60.0,
     }
     [worker] = status["workers"]

@@ -5,13 +5,12 @@ HTTP calls, so a worker that stops heartbeating is just one that stops calling."
 from __future__ import annotations
 
 import signal
-import sqlite3
 import threading
 import time
-from contextlib import closing
 
 import httpx
 import pytest
+import sqlalchemy
 
 from tests.conftest import SHORT_LEASE_SECONDS, wait_until
 from tests.factories import page_entries
@@ -19,11 +18,16 @@ from tests.factories import page_entries
 LONGEST_POLL = 30  # the most a worker may ask the server to wait
 
 
-def _last_seen(server, worker_id: str) -> str:
+def _last_seen(server, worker_id: str):
     """When the server last heard from the worker: each lease attempt writes it
-    before the long poll waits."""
-    with closing(sqlite3.connect(server.data_dir / "cast.db", timeout=30)) as db:
-        return db.execute("SELECT last_seen_at FROM workers WHERE id = ?", (worker_id,)).fetchone()[0]
+    before the long poll waits. Read from the server's database, SQLite or not."""
+    engine = sqlalchemy.create_engine(server.env.get("CAST_DATABASE_URL") or f"sqlite:///{server.data_dir / 'cast.db'}")
+    try:
+        with engine.connect() as db:
+            return db.execute(sqlalchemy.text("SELECT last_seen_at FROM workers WHERE id = :id"),
+                              {"id": worker_id}).scalar_one()
+    finally:
+        engine.dispose()
 
 
 def _wait_until_polling(server, worker_id: str, before: str) -> None:
