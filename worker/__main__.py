@@ -39,6 +39,7 @@ from cast.worker.executors import DOCKER_OPTIONS, EXECUTOR_CHOICES, available_ex
 from cast.worker.executors.base import Executor, ExecutorUnavailable
 from cast.worker.installer import PACKAGE_CACHE, find_uv, prune_package_cache
 from cast.worker.locking import try_lock
+from cast.worker.mounts import MountCache
 from cast.worker.resources import cpu_count, parse_gpus_option
 
 SHUTDOWN_WAIT = 8.0  # seconds to report killed runs before exiting
@@ -236,6 +237,10 @@ def cache(argv: list[str]) -> int:
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
         print(f"cast worker: the package cache: {exc}", file=sys.stderr)
         return 1
+    pruned = MountCache(args.work_dir / "mounts").prune_objects(older_than=older_than, everything=args.all)
+    if pruned is not None:
+        print(f"removed {pruned[0]} cached mount{'s' if pruned[0] != 1 else ''} of the object store, "
+              f"{human_size(pruned[1])} freed")
     return 0
 
 

@@ -96,9 +96,17 @@ class MountCache:
     def _from_objects(self, mount: LeaseMount, client: ServerClient, should_continue) -> Path:
         with file_lock(self.root / "objects.lock"):
             try:
-                return self.objects.mount(mount, client, should_continue)[0]
+                return self.objects.mount(mount, client, should_continue)
             except (ServerError, OSError) as exc:
                 raise MountError(f"cannot fetch {mount.resource}: {exc}") from exc
+
+    def prune_objects(self, *, older_than: float | None, everything: bool) -> tuple[int, int] | None:
+        """`cast cache prune` of the object store's cache: (mount folders removed,
+        bytes freed), or None where this worker never used one."""
+        if not self.objects.root.exists():
+            return None
+        with file_lock(self.root / "objects.lock"):
+            return self.objects.prune(older_than=older_than, everything=everything)
 
     def _download(self, mount: LeaseMount, client: ServerClient, should_continue) -> Path:
         resource = mount.resource

@@ -12,8 +12,8 @@ The cache keeps every fetched file under `<cache>/sha256/<aa>/<digest>`,
 checked against its sha256 as it arrives, so a dataset mounted by many runs on
 this host is fetched once; each mount is a sealed folder of hardlinks to the
 cached files (a copy where a link cannot be made), kept by resource and
-rebuilt from the cache. `prune` drops what no mount uses and bounds the cache
-(least recently mounted first).
+rebuilt from the cache. `prune` (`cast cache prune`) drops the folders not
+used for a while and every cached file that no folder links.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -119,23 +120,20 @@ class ObjectPush:
 class ObjectCache:
     """Fetched files by sha256, and the sealed mount folders made from them."""
 
-    def __init__(self, root: Path, *, max_bytes: int | None = None):
+    def __init__(self, root: Path):
         self.root = root
         self.blobs = root / "sha256"
         self.mounts = root / "mounts"
-        self.max_bytes = max_bytes
         self._http = httpx.Client(timeout=httpx.Timeout(600.0, connect=5.0))
-        self.fetched_bytes = 0  # what this worker fetched from the store, for its log lines
 
     def blob(self, sha256: str) -> Path:
         return self.blobs / sha256[:2] / sha256
 
-    def _fetch(self, item: ObjectFile) -> bool:
-        """The file `item` in the cache, fetched only if missing; whether it was fetched."""
+    def _fetch(self, item: ObjectFile) -> None:
+        """The file `item` in the cache, fetched only if missing."""
         target = self.blob(item.sha256)
         if target.exists():
-            os.utime(target)
-            return False
+            return
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f"{item.sha256}.{os.getpid()}.part")
         digest, size = hashlib.sha256(), 0
@@ -162,17 +160,12 @@ class ObjectCache:
                                "than its manifest says")
         os.chmod(partial, 0o444)
         os.replace(partial, target)
-        self.fetched_bytes += size
-        return True
 
-    def mount(self, mount: LeaseMount, client: ServerClient, should_continue=lambda: True) -> tuple[Path, int, int]:
-        """A sealed folder (or file) holding `mount`'s resource, made from the
-        cache; (its path, files fetched now, files taken from the cache)."""
+    def mount(self, mount: LeaseMount, client: ServerClient, should_continue=lambda: True) -> Path:
+        """A sealed folder (or file) holding `mount`'s resource, made from the cache."""
         files = with_retries(lambda: client.mount_objects(mount.resource), should_continue=should_continue)
-        fetched = 0
         for item in files:
-            if with_retries(lambda: self._fetch(item), should_continue=should_continue):
-                fetched += 1
+            with_retries(lambda: self._fetch(item), should_continue=should_continue)
         key = hashlib.sha256("\n".join(f"{f.path}\0{f.sha256}" for f in sorted(files, key=lambda f: f.path))
                              .encode() + mount.resource.encode()).hexdigest()[:32]
         folder = self.mounts / key
@@ -195,19 +188,20 @@ class ObjectCache:
                 os.chmod(data, 0o555)
             (folder / "complete").write_text(mount.resource + "\n")
         os.utime(folder / "complete")
-        return data, fetched, len(files) - fetched
+        return data
 
-    def prune(self, *, max_bytes: int = 0) -> int:
-        """Drop mount folders, least recently mounted first, and the cached files
-        no folder links any more, until the cache holds at most `max_bytes`;
-        the bytes freed."""
-        freed = self._drop_unlinked()
-        folders = sorted((p for p in self.mounts.glob("*") if p.is_dir()),
-                         key=lambda p: (p / "complete").stat().st_mtime if (p / "complete").exists() else 0)
-        while folders and self.size() > max_bytes:
-            remove_tree(folders.pop(0))
-            freed += self._drop_unlinked()
-        return freed
+    def prune(self, *, older_than: float | None = None, everything: bool = False) -> tuple[int, int]:
+        """Drop the mount folders not used for `older_than` seconds (all of them
+        with `everything`), then every cached file no folder links any more;
+        (folders removed, bytes freed). The caller holds the cache's lock."""
+        cutoff = time.time() - (older_than or 0)
+        removed = 0
+        for folder in (self.mounts.glob("*") if self.mounts.is_dir() else ()):
+            marker = folder / "complete"
+            if everything or not marker.exists() or marker.stat().st_mtime < cutoff:
+                remove_tree(folder)
+                removed += 1
+        return removed, self._drop_unlinked()
 
     def _drop_unlinked(self) -> int:
         freed = 0
@@ -217,9 +211,6 @@ class ObjectCache:
                 blob.unlink()
                 freed += info.st_size
         return freed
-
-    def size(self) -> int:
-        return sum(p.stat().st_size for p in self.blobs.glob("*/*")) if self.blobs.exists() else 0
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

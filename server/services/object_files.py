@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from cast.protocol.names import name_problem, printable
 from cast.protocol.objects import (
-    MAX_PARTS, MULTIPART_BYTES, FileUpload, ObjectEntry, ObjectFile, ObjectManifest, ObjectPlan, PartUpload,
+    MAX_PARTS, MULTIPART_BYTES, FileUpload, ObjectFile, ObjectManifest, ObjectPlan, PartUpload,
     part_count,
 )
 from cast.protocol.validate import SpecError, normalize_relative_path, parse_resource

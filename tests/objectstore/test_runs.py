@@ -3,7 +3,7 @@ worker and CLI: a run's outputs go straight to the store and come back by
 `cast cp` (a file by presigned URL, a folder as a tar), a later run mounts
 them, an upload mounted by two runs on one worker is fetched once (its
 objects are gone from the store before the second run), and `cast rm`
-removes the objects."""
+removes the objects; `cast cache prune` empties the worker's cache."""
 
 from __future__ import annotations
 
@@ -84,6 +84,11 @@ def test_an_upload_mounted_twice_on_one_worker_is_fetched_once(cli, worker, serv
     assert "alpha" in second.stdout and "read-only" in second.stdout
     cached = list((worker.work_dir / "mounts" / "objects" / "sha256").glob("*/*"))
     assert sorted(p.name for p in cached) == sorted([_sha(blob), _sha(b"alpha\n")])
+
+    pruned = cli("cache", "prune", "--all", "--work-dir", str(worker.work_dir), "--executor", "local")
+    assert pruned.returncode == 0, pruned
+    assert "removed 1 cached mount of the object store, 97.7 KB freed" in pruned.stdout.splitlines()
+    assert list((worker.work_dir / "mounts" / "objects" / "sha256").glob("*/*")) == []
 
     removed = cli("rm", "uploads/ds")
     assert removed.returncode == 0, removed
