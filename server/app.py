@@ -20,7 +20,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -51,6 +51,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     errors.Gone: 410,
     errors.TooLarge: 413,
     errors.ShuttingDown: 503,
+    errors.DatabaseUnavailable: 503,
     errors.StoreUnavailable: 503,
     errors.StorageFull: 507,
     # A client that left mid-body: nobody reads this answer, but it is no server error.
@@ -72,7 +73,7 @@ def _domain_response(error: Exception) -> JSONResponse:
     return _error_response(status, str(error), permanent=getattr(error, "permanent", False))
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, database: Database) -> None:
     for error_class in ERROR_STATUS:
         async def handle(_request: Request, error: Exception) -> JSONResponse:
             return _domain_response(error)
@@ -89,13 +90,21 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(OSError, filesystem_error)
 
-    async def database_error(_request: Request, error: OperationalError) -> JSONResponse:
+    async def database_error(_request: Request, error: DBAPIError) -> JSONResponse:
         # SQLite's own ENOSPC: the data dir's disk is full, as for a file.
-        if "database or disk is full" not in str(error.orig):
+        if "database or disk is full" in str(error.orig):
+            return _domain_response(errors.StorageFull())
+        if not database.unavailable(error):
             raise error
-        return _domain_response(errors.StorageFull())
+        # PostgreSQL restarting or failing over: the transaction rolled back, so
+        # the client retries (workers and the CLI retry a 503) and loses nothing.
+        log.warning("database unavailable: %s", str(error.orig).strip().splitlines()[0] if str(error.orig).strip()
+                    else type(error.orig).__name__)
+        response = _domain_response(errors.DatabaseUnavailable())
+        response.headers["Retry-After"] = "1"
+        return response
 
-    app.add_exception_handler(OperationalError, database_error)
+    app.add_exception_handler(DBAPIError, database_error)
 
     async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
         # One sentence for the first problem; a SpecError from our validators
@@ -138,7 +147,22 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
+def _pass_failed(database: Database, job: str, error: Exception) -> None:
+    # A database that is restarting is an outage, not a bug: one line, no traceback.
+    if isinstance(error, DBAPIError) and database.unavailable(error):
+        log.warning("%s pass skipped: the database is unavailable", job)
+    else:
+        log.exception("%s pass failed", job, exc_info=error)
+
+
 def _reap_once(database: Database, settings: Settings) -> None:
+    # Every replica runs the periodic jobs; one at a time does each pass.
+    with database.exclusive("reaper") as mine:
+        if mine:
+            _reap(database, settings)
+
+
+def _reap(database: Database, settings: Settings) -> None:
     # Most passes find nothing: a read first keeps them off the write lock.
     with database.transaction(write=False) as session:
         expired = leases.any_expired(session)
@@ -160,13 +184,16 @@ async def _reap_forever(database: Database, settings: Settings) -> None:
         await asyncio.sleep(settings.reaper_interval)
         try:
             await run_in_threadpool(_reap_once, database, settings)
-        except Exception:  # the reaper must survive a bad moment (e.g. a locked database)
-            log.exception("reaper pass failed")
+        except Exception as error:  # the reaper must survive a bad moment (e.g. a locked database)
+            _pass_failed(database, "reaper", error)
 
 
 def _retain_once(database: Database, settings: Settings) -> None:
-    with database.transaction() as session:
-        pruned = deletion.retention_pass(session, settings=settings)
+    with database.exclusive("retention") as mine:
+        if not mine:
+            return
+        with database.transaction() as session:
+            pruned = deletion.retention_pass(session, settings=settings)
     if pruned.runs:
         log.info("retention freed the outputs of runs %s (%d bytes)", pruned.runs, pruned.freed)
 
@@ -175,18 +202,24 @@ async def _retain_forever(database: Database, settings: Settings) -> None:
     while True:
         try:
             await run_in_threadpool(_retain_once, database, settings)
-        except Exception:  # like the reaper, it must survive a bad moment
-            log.exception("retention pass failed")
+        except Exception as error:  # like the reaper, it must survive a bad moment
+            _pass_failed(database, "retention", error)
         await asyncio.sleep(settings.retention_interval)
+
+
+def _drive_once(database: Database, settings: Settings) -> None:
+    with database.exclusive("search driver") as mine:
+        if mine:
+            hyper_driver.drive_once(database, settings)
 
 
 async def _drive_searches_forever(database: Database, settings: Settings) -> None:
     while True:
         await asyncio.sleep(settings.search_interval_seconds)
         try:
-            await run_in_threadpool(hyper_driver.drive_once, database, settings)
-        except Exception:  # like the reaper, it must survive a bad moment
-            log.exception("search driver pass failed")
+            await run_in_threadpool(_drive_once, database, settings)
+        except Exception as error:  # like the reaper, it must survive a bad moment
+            _pass_failed(database, "search driver", error)
 
 
 def _mount_web(app: FastAPI) -> None:
@@ -213,6 +246,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     database = Database(settings.sqlalchemy_url)
     database.migrate()
     with database.transaction() as session:
+        database.serialize(session, "bootstrap")
         if user_service.bootstrap(session, settings=settings):
             log.info("new data dir: wrote %s and %s", settings.admin_token_file, settings.worker_token_file)
         if extended := leases.extend_leases_after_restart(session, settings=settings):
@@ -223,6 +257,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Streamed uploads and pushes each hold a thread for their whole
         # transfer; leave plenty for the short database calls of everyone else.
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
+        database.start_listener()
         reaper = asyncio.create_task(_reap_forever(database, settings))
         driver = asyncio.create_task(_drive_searches_forever(database, settings))
         retainer = (asyncio.create_task(_retain_forever(database, settings))
@@ -249,7 +284,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    retention, hyper):
         api.include_router(module.router)
     app.include_router(api)
-    _install_error_handlers(app)
+    _install_error_handlers(app, database)
     _mount_web(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_body_bytes)
     return app

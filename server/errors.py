@@ -152,6 +152,14 @@ class StoreUnavailable(DomainError):
         super().__init__(f"the object store is unavailable ({detail}); try again")
 
 
+class DatabaseUnavailable(DomainError):
+    """The database could not be reached or dropped the connection (503 with
+    Retry-After): the request's transaction rolled back; send it again."""
+
+    def __init__(self) -> None:
+        super().__init__("the server lost its database connection; try again")
+
+
 class NoWorkerCan(Conflict):
     """No present worker could ever run what a run asks for (a GPU, an image
     build); the message names the workers and their capacities."""

@@ -252,3 +252,43 @@ def test_a_server_whose_postgresql_restarts_answers_503_with_retry_after_then_se
         assert "Traceback" not in server.log_path.read_text()
     finally:
         postgres.stop()
+
+
+def test_two_replicas_driving_one_search_start_each_trial_once(start_server, postgres_databases, tmp_path):
+    """Both replicas run the search driver every 50 ms on one PostgreSQL
+    database; the driver's advisory lock lets one at a time make a pass, so
+    every trial is started once and no pass fails on the other's trial."""
+    import time
+
+    import httpx
+
+    url = postgres_databases()
+    fast = {"CAST_DATABASE_URL": url, "CAST_SEARCH_INTERVAL_SECONDS": "0.05"}
+    a = start_server(data_dir=tmp_path / "a", env=fast)
+    b = start_server(data_dir=tmp_path / "b", env=fast)
+    values = [str(x) for x in range(1, 13)]
+    with a.api() as user, httpx.Client(base_url=f"{b.url}/api/v1", timeout=60,
+                                       headers={"Authorization": f"Bearer {a.worker_token}"}) as worker:
+        search = user.post("/searches", json={"kind": "grid", "command": "echo :x:", "params": {"x": ",".join(values)},
+                                              "parallel": 4, "run": {"queue_anyway": True}})
+        assert search.status_code == 201, search.text
+        search_id = search.json()["id"]
+        worker_id = worker.post("/workers", json={"name": "w", "executor": "local", "gpus": []}).json()["id"]
+        deadline = time.monotonic() + 240
+        while user.get(f"/searches/{search_id}").json()["status"] == "running":
+            assert time.monotonic() < deadline, "the search did not end"
+            answer = worker.post(f"/workers/{worker_id}/lease", json={"free_gpus": 0, "wait": 1})
+            if answer.status_code == 204:
+                continue
+            lease = answer.json()
+            for status in ("mounting", "running", "saving", "pushing", "complete"):
+                assert worker.post(f"/runs/{lease['run_id']}/status", json={
+                    "lease_token": lease["lease_token"], "status": status,
+                    **({"exit_code": 0} if status == "complete" else {})}).status_code == 200
+        trials = user.get(f"/searches/{search_id}").json()["trials"]
+        runs = user.get("/runs", params={"label": f"hyper:{search_id}"}).json()["runs"]
+    assert sorted(t["number"] for t in trials) == list(range(len(values)))
+    assert sorted(int(t["params"]["x"]) for t in trials) == [int(x) for x in values]
+    assert len(runs) == len(values) == len({run["id"] for run in runs})
+    for server in (a, b):
+        assert "driver pass failed" not in server.log_path.read_text()
