@@ -45,6 +45,7 @@ command -v dockerd >/dev/null || need+=(docker.io)
 command -v npm >/dev/null || need+=(npm)  # brings nodejs
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)  # the reflinked-outputs test makes an XFS in a loop file
 # The scale-out tests (tests/scale): nginx balances the replicas, hosts are network namespaces.
 command -v nginx >/dev/null || need+=(nginx)
 command -v ip >/dev/null || need+=(iproute2)

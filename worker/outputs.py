@@ -14,7 +14,7 @@ sparse file as its full length of bytes, which counts against the server's
 output cap: files over the cap the lease names are not sent at all
 (`over_limit`).
 
-`Outputs.tar_chunks` streams the files as a tar in small chunks, so an output
+`Outputs.tar_chunks` streams the files as a tar in chunks of CHUNK bytes, so an output
 of any size is pushed without being held in memory; it is called again for
 each push attempt. Each file is opened with cast.worker.fsops.open_regular, so
 one swapped for a FIFO or a link after the walk is named in the log and left
@@ -51,7 +51,8 @@ from cast.worker.objects import ObjectPush
 Snapshot = dict[str, tuple[int, int, int]]  # relative path → (file type, size, mtime_ns)
 Report = Callable[[str], None]  # writes one line to the run's log
 
-CHUNK = 1 << 20
+# Large, so the loops around reading, hashing and sending turn rarely (docs/benchmarks.md, Outputs).
+CHUNK = 4 << 20
 # A staged manifest longer than this goes as a tar instead: the server caps JSON
 # bodies (CAST_MAX_JSON_BODY_BYTES, 16 MiB by default), not tar streams.
 MAX_MANIFEST_BYTES = 8 << 20

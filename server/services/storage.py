@@ -6,7 +6,8 @@ one place that reads and writes tar streams: extraction accepts regular files
 and folders only (no links, devices, absolute or `..` names, no name
 cast.protocol.names refuses: not UTF-8, a control character, too long; each
 refused by name with 400) and computes each file's sha256 while writing it (one pass: the bytes are read
-once, from the request); a tree a worker staged on this filesystem is checked
+once, from the request, into one reusable buffer that they are hashed and written from; only the
+512-byte headers go through tarfile); a tree a worker staged on this filesystem is checked
 entry by entry (`verify_staged`) and then renamed into place like a tar's;
 folders are sent as tar streams built on the fly, never held whole in memory.
 Everything arrives in a temporary folder on the same filesystem and is renamed
@@ -143,6 +144,16 @@ def replace_into_place(staged: Path, final: Path, settings: Settings) -> None:
         os.rename(staged, final)
 
 
+# Read from a stream at a time. Large, so hashing and writing (both outside the
+# GIL) take big pieces and the Python loop around them turns rarely.
+BUFFER = 4 << 20
+# The longest extended header (a pax header or a GNU long name) read: names are
+# bounded far below this (cast.protocol.names).
+MAX_EXTENDED_HEADER = 64 * 1024
+_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+_EXTENDED_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+
 class _Budget:
     def __init__(self, limit: int, what: str):
         self.limit, self.what, self.used = limit, what, 0
@@ -153,58 +164,177 @@ class _Budget:
             raise TooLarge(f"{self.what} exceeds the limit of {self.limit} bytes")
 
 
-def _copy_hashing(source: BinaryIO, target: BinaryIO, budget: _Budget) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    while chunk := source.read(CHUNK):
-        budget.spend(len(chunk))
-        digest.update(chunk)
-        target.write(chunk)
-        size += len(chunk)
-    return size, digest.hexdigest()
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+class _Stream:
+    """A byte stream read into one reusable buffer: a file's bytes are handed
+    out as views of it, hashed and written from there, never copied in Python."""
+
+    def __init__(self, source: BinaryIO, what: str):
+        self._source, self.what = source, what
+        self._view = memoryview(bytearray(BUFFER))
+        self._start = self._end = 0
+        self.read_any = False
+        self.headers = 0  # header blocks parsed
+
+    def _fill(self) -> bool:
+        """Read more after what is buffered; False at the stream's end."""
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif self._end == len(self._view):  # only a short tail is ever left (see exactly)
+            tail = bytes(self._view[self._start:self._end])
+            self._start, self._end = 0, len(tail)
+            self._view[:self._end] = tail
+        count = self._source.readinto(self._view[self._end:])
+        if not count:
+            return False
+        self._end += count
+        self.read_any = True
+        return True
+
+    def take(self, count: int) -> memoryview:
+        """Up to `count` (> 0) bytes, valid until the next call."""
+        if self._start == self._end and not self._fill():
+            raise BadRequest(f"{self.what} is not a valid tar stream: it ends inside an entry")
+        piece = self._view[self._start:min(self._start + count, self._end)]
+        self._start += len(piece)
+        return piece
+
+    def exactly(self, count: int) -> bytes | None:
+        """`count` bytes (count <= BUFFER), or None at the stream's end before the first."""
+        while self._end - self._start < count:
+            if not self._fill():
+                if self._start == self._end:
+                    return None
+                raise BadRequest(f"{self.what} is not a valid tar stream: it ends inside an entry")
+        data = bytes(self._view[self._start:self._start + count])
+        self._start += count
+        return data
+
+    def skip(self, count: int) -> None:
+        while count:
+            count -= len(self.take(count))
+
+    def copy_hashing(self, fd: int, count: int | None, budget: _Budget) -> tuple[int, str]:
+        """Write the next `count` bytes (all that is left when None) to `fd`; their size and sha256."""
+        digest, size = hashlib.sha256(), 0
+        while size != count:
+            if count is None and self._start == self._end and not self._fill():
+                break
+            piece = self.take(BUFFER if count is None else count - size)
+            budget.spend(len(piece))
+            digest.update(piece)
+            _write_all(fd, piece)
+            size += len(piece)
+        return size, digest.hexdigest()
 
 
 def write_file(source: BinaryIO, dest: Path, *, max_bytes: int, what: str) -> StoredFile:
     """Stream `source` into the new file `dest`, hashing as it goes."""
-    with open(dest, "xb") as target:
-        size, sha = _copy_hashing(source, target, _Budget(max_bytes, what))
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        size, sha = _Stream(source, what).copy_hashing(fd, None, _Budget(max_bytes, what))
+    finally:
+        os.close(fd)
     return StoredFile(dest.name, size, sha)
+
+
+def _pax_records(data: bytes, what: str) -> dict[str, str]:
+    """The records (`<length> <key>=<value>\\n`) of a pax extended header."""
+    records, at = {}, 0
+    while at < len(data) and data[at]:
+        space = data.find(b" ", at)
+        length = int(data[at:space]) if 0 < space - at < 10 and data[at:space].isdigit() else 0
+        end = at + length
+        if end <= space or end > len(data) or data[end - 1:end] != b"\n":
+            raise BadRequest(f"{what} is not a valid tar stream: a malformed pax header")
+        key, equals, value = data[space + 1:end - 1].partition(b"=")
+        if not equals:
+            raise BadRequest(f"{what} is not a valid tar stream: a malformed pax header")
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        at = end
+    return records
+
+
+def _next_member(stream: _Stream) -> tarfile.TarInfo | None:
+    """The next member's header with its pax or GNU long name applied; None at the archive's end.
+
+    Only the header blocks go through tarfile (`TarInfo.frombuf`: checksum and
+    fields); its per-block reading of the data is what this module replaces."""
+    overrides: dict[str, str] = {}
+    while True:
+        block = stream.exactly(tarfile.BLOCKSIZE)
+        if block is None:
+            if not stream.read_any:
+                raise BadRequest(f"{stream.what} is not a tar stream: it is empty")
+            return None
+        try:
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.EOFHeaderError:
+            return None
+        except tarfile.HeaderError as error:
+            kind = "a valid tar stream" if stream.headers else "a tar stream"
+            raise BadRequest(f"{stream.what} is not {kind}: {error}") from None
+        stream.headers += 1
+        if info.type not in _EXTENDED_TYPES:
+            break
+        if info.size > MAX_EXTENDED_HEADER:
+            raise BadRequest(f"{stream.what}: an extended header of {info.size} bytes is longer than "
+                             f"{MAX_EXTENDED_HEADER}")
+        data = stream.exactly(info.size + -info.size % tarfile.BLOCKSIZE)
+        if data is None:
+            raise BadRequest(f"{stream.what} is not a valid tar stream: it ends after an extended header")
+        data = data[:info.size]
+        if info.type == tarfile.XHDTYPE:
+            overrides.update(_pax_records(data, stream.what))
+        elif info.type == tarfile.GNUTYPE_LONGNAME:
+            overrides["path"] = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        # A global pax header and a GNU long link name say nothing a stored file keeps.
+    if "path" in overrides:
+        info.name = overrides["path"]
+    if "size" in overrides:
+        if not overrides["size"].isdigit():
+            raise BadRequest(f"{stream.what} is not a valid tar stream: a malformed pax size")
+        info.size = int(overrides["size"])
+    return info
 
 
 def extract_tar(source: BinaryIO, dest: Path, *, max_bytes: int, what: str) -> list[StoredFile]:
     """Extract a tar stream into the existing folder `dest`; the stored files, sorted by path."""
     budget = _Budget(max_bytes, what)
+    stream = _Stream(source, what)
     stored: list[StoredFile] = []
-    try:
-        archive = tarfile.open(fileobj=source, mode="r|*")
-    except tarfile.TarError as error:
-        raise BadRequest(f"{what} is not a tar stream: {error}") from None
-    with archive:
+    while (member := _next_member(stream)) is not None:
+        name = member.name.removeprefix("./").rstrip("/")
+        is_file = member.type in _FILE_TYPES
+        if name in ("", "."):
+            if is_file:  # as in tarfile, only a file's header is followed by data
+                stream.skip(member.size + -member.size % tarfile.BLOCKSIZE)
+            continue
+        if not (is_file or member.isdir()):
+            raise BadRequest(f"{what}: {member.name!r} is not a regular file or folder; links and devices are refused")
+        if problem := name_problem(name):
+            raise BadRequest(f"{what}: '{printable(name)}' cannot be stored: {problem}")
+        target = resolve_inside(dest, name, what=f"{what} member")
+        rel = target.relative_to(dest).as_posix()
         try:
-            for member in archive:
-                name = member.name.removeprefix("./").rstrip("/")
-                if name in ("", "."):
-                    continue
-                if not (member.isfile() or member.isdir()):
-                    raise BadRequest(f"{what}: {member.name!r} is not a regular file or folder; links and devices are refused")
-                if problem := name_problem(name):
-                    raise BadRequest(f"{what}: '{printable(name)}' cannot be stored: {problem}")
-                target = resolve_inside(dest, name, what=f"{what} member")
-                rel = target.relative_to(dest).as_posix()
-                try:
-                    if member.isdir():
-                        target.mkdir(parents=True, exist_ok=True)
-                        continue
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    mode = 0o755 if member.mode & 0o111 else 0o644
-                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-                except (FileExistsError, NotADirectoryError, IsADirectoryError):
-                    raise BadRequest(f"{what}: {member.name!r} clashes with an earlier entry of the same name") from None
-                with os.fdopen(fd, "wb") as out:
-                    size, sha = _copy_hashing(archive.extractfile(member), out, budget)
-                stored.append(StoredFile(rel, size, sha))
-        except tarfile.TarError as error:
-            raise BadRequest(f"{what} is not a valid tar stream: {error}") from None
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            mode = 0o755 if member.mode & 0o111 else 0o644
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        except (FileExistsError, NotADirectoryError, IsADirectoryError):
+            raise BadRequest(f"{what}: {member.name!r} clashes with an earlier entry of the same name") from None
+        try:
+            size, sha = stream.copy_hashing(fd, member.size, budget)
+        finally:
+            os.close(fd)
+        stream.skip(-member.size % tarfile.BLOCKSIZE)
+        stored.append(StoredFile(rel, size, sha))
     stored.sort(key=lambda f: f.path)
     return stored
 

@@ -75,6 +75,73 @@ def test_extract_records_sizes_and_hashes_and_caps_bytes(tmp_path):
         storage.extract_tar(io.BytesIO(b"not a tar at all" * 100), capped, max_bytes=100, what="outputs")
 
 
+class _Trickle(io.BytesIO):
+    """A body that arrives in short pieces, as a request's does."""
+
+    def readinto(self, buffer) -> int:
+        return super().readinto(memoryview(buffer)[:700])
+
+
+def _tar_of(members: list[tuple[str, bytes | None]], fmt: int) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                archive.addfile(info)
+            else:
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_extraction_reads_every_header_kind_across_short_reads_and_buffer_ends(tmp_path, monkeypatch, fmt):
+    # A buffer of four blocks: headers, names and data all straddle its end and the body's pieces.
+    monkeypatch.setattr(storage, "BUFFER", 2048)
+    long = "d" * 90 + "/" + "n" * 150 + ".bin" if fmt != tarfile.USTAR_FORMAT else "d" * 90 + "/" + "n" * 90
+    members = [("sub", None), ("sub/empty.txt", b""), ("naïve.txt", b"\xff" * 511), (long, os.urandom(5000)),
+               ("sub/513.bin", os.urandom(513)), ("sub/exact.bin", os.urandom(4096))]
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    stored = storage.extract_tar(_Trickle(_tar_of(members, fmt)), dest, max_bytes=10**6, what="outputs")
+    files = {name: data for name, data in members if data is not None}
+    assert [(f.path, f.size, f.sha256) for f in stored] == sorted(
+        (name, len(data), hashlib.sha256(data).hexdigest()) for name, data in files.items())
+    assert {name: (dest / name).read_bytes() for name in files} == files
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"", "is not a tar stream: it is empty"),
+    (lambda: _tar_of([("a.bin", b"x" * 3000)], tarfile.PAX_FORMAT)[:2048], "ends inside an entry"),
+    (lambda: _tar_of([("a.bin", b"x" * 3000)], tarfile.PAX_FORMAT)[:700], "ends inside an entry"),
+    (lambda: _pax_member(b"7 path=x\n"), "a malformed pax header"),
+    (lambda: _pax_member(b"12 pathx\n"), "a malformed pax header"),
+    (lambda: _pax_member(b"11 size=-5\n"), "a malformed pax size"),
+    (lambda: _pax_member(b"x" * (storage.MAX_EXTENDED_HEADER + 1)), "an extended header of"),
+    (lambda: _pax_member(b"18 path=../../etc\n"), "escapes its root"),
+    (lambda: b"\x01" * 512, "is not a tar stream: invalid header"),
+])
+def test_a_malformed_or_cut_tar_stream_is_refused_with_nothing_written_outside(tmp_path, body, message):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(BadRequest, match=message):
+        storage.extract_tar(io.BytesIO(body() if callable(body) else body), dest, max_bytes=10**6, what="outputs")
+    assert not (tmp_path / "etc").exists()
+
+
+def _pax_member(records: bytes) -> bytes:
+    """A pax extended header holding `records`, then a file `a.bin` of one byte."""
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type, pax.size = tarfile.XHDTYPE, len(records)
+    member = tarfile.TarInfo("a.bin")
+    member.size = 1
+    blocks = [pax.tobuf(tarfile.USTAR_FORMAT), records, bytes(-len(records) % 512),
+              member.tobuf(tarfile.USTAR_FORMAT), b"x", bytes(511), bytes(1024)]
+    return b"".join(blocks)
+
+
 def test_folder_tar_round_trips(tmp_path):
     files = {"a.txt": b"alpha", "sub/b.txt": b"b" * 700, "sub/deeper/c.txt": b""}
     source = tmp_path / "source"
