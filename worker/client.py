@@ -23,6 +23,7 @@ from cast.protocol.logs import LogBatch, LogRun
 from cast.protocol.messages import PERMANENT_HEADER, HeartbeatReply, Lease, StatusBatchReply, StatusReport
 from cast.protocol.metrics import MetricPoint
 from cast.protocol.objects import ObjectFile, ObjectManifest, ObjectPlan
+from cast.protocol.objects import ObjectFile, ObjectManifest, ObjectPlan
 from cast.protocol.outputs import StagedOutputs
 
 T = TypeVar("T")
@@ -199,13 +200,28 @@ class ServerClient:
         answer = self._request("GET", f"/workers/objects/{_quote_path(resource)}").json()
         return [ObjectFile.from_dict(item) for item in answer["files"]]
 
+    def plan_outputs(self, run_id: int, manifest: ObjectManifest) -> ObjectPlan:
+        return ObjectPlan.from_dict(self._request("POST", f"/runs/{run_id}/outputs/plan", json=manifest.to_dict(),
+                                                  timeout=httpx.Timeout(600.0, connect=5.0)).json())
+
+    def commit_outputs(self, run_id: int, manifest: ObjectManifest) -> dict:
+        return self._request("POST", f"/runs/{run_id}/outputs/commit", json=manifest.to_dict(),
+                             timeout=httpx.Timeout(600.0, connect=5.0)).json()
+
+    def mount_objects(self, resource: str) -> list[ObjectFile]:
+        answer = self._request("GET", f"/workers/objects/{_quote_path(resource)}").json()
+        return [ObjectFile.from_dict(item) for item in answer["files"]]
+
     def download_mount(self, resource: str, dest: Path) -> None:
         self._download(f"/workers/mounts/{_quote_path(resource)}", dest)
 
     def _download(self, url: str, dest: Path) -> None:
         """Stream a response body into `dest` (never whole in memory)."""
         try:
-            with self._http.stream("GET", url, timeout=httpx.Timeout(600.0, connect=5.0)) as response:
+            # A server with an object store redirects to a presigned URL; httpx
+            # drops the token when the redirect leaves the server's origin.
+            with self._http.stream("GET", url, timeout=httpx.Timeout(600.0, connect=5.0),
+                                   follow_redirects=True) as response:
                 if response.status_code >= 400:
                     response.read()
                     _check(response)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from cast.server.api.bodies import body_reader
@@ -32,5 +32,7 @@ def has_code(key: CodeKey, user: CurrentUser, session: SessionDep) -> Response:
 
 
 @router.get("/{key}", response_class=FileResponse, responses={200: {"content": {"application/x-tar": {}}}})
-def get_code(key: CodeKey, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> FileResponse:
+def get_code(key: CodeKey, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> Response:
+    if (url := code.object_url(settings, code.find(session, owner=user, key=key).digest)) is not None:
+        return RedirectResponse(url, status_code=307)
     return FileResponse(code.owned_path(session, settings=settings, owner=user, key=key), media_type="application/x-tar")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 
 from cast.protocol.messages import HeartbeatReply, Lease, StatusBatchReply
 from cast.protocol.status import RunStatus
@@ -70,5 +70,8 @@ def fetch_mount(resource: str, _: WorkerAuth, session: SessionDep, settings: Set
 @router.get("/workers/code/{digest}", response_class=FileResponse,
             responses={200: {"content": {"application/x-tar": {}}}})
 def fetch_code(digest: Annotated[str, Path(pattern=CODE_KEY_PATTERN, description="a run's code_digest")],
-               _: WorkerAuth, session: SessionDep, settings: SettingsDep) -> FileResponse:
-    return FileResponse(code.path_by_digest(session, settings=settings, digest=digest), media_type="application/x-tar")
+               _: WorkerAuth, session: SessionDep, settings: SettingsDep) -> Response:
+    found = code.path_by_digest(session, settings=settings, digest=digest)
+    if (url := code.object_url(settings, digest)) is not None:
+        return RedirectResponse(url, status_code=307)
+    return FileResponse(found, media_type="application/x-tar")

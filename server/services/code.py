@@ -25,6 +25,7 @@ from cast.server.db import Database
 from cast.server.errors import BadRequest, CodeNotFound
 from cast.server.models import CodeBundle, User
 from cast.server.services import storage
+from cast.server.services.objectstore import object_store
 from cast.server.settings import Settings
 
 
@@ -53,13 +54,17 @@ def store(database: Database, *, settings: Settings, owner: User, key: str, sour
         check.mkdir()
         with open(staging / "bundle.tar", "rb") as again:
             storage.extract_tar(again, check, max_bytes=settings.max_code_bytes, what="code bundle")
+        if (objects := object_store(settings)) is not None:
+            # Stored by digest before the row: the same bytes whoever sent them.
+            objects.put_file(objects.code_key(received.sha256), staging / "bundle.tar", received.sha256)
         with database.transaction() as session:
             if exists(session, owner=owner, key=key):
                 return False
             session.add(CodeBundle(owner_id=owner.id, key=key, digest=received.sha256, size=received.size))
             session.flush()
-            # Same digest, same bytes: replacing another owner's copy changes nothing.
-            os.replace(staging / "bundle.tar", storage.code_bundle_path(settings, received.sha256))
+            if objects is None:
+                # Same digest, same bytes: replacing another owner's copy changes nothing.
+                os.replace(staging / "bundle.tar", storage.code_bundle_path(settings, received.sha256))
         return True
     except tarfile.TarError as error:
         raise BadRequest(f"code bundle is not a tar: {error}") from None
@@ -70,6 +75,13 @@ def store(database: Database, *, settings: Settings, owner: User, key: str, sour
 def owned_path(session: Session, *, settings: Settings, owner: User, key: str) -> Path:
     """The file of one of `owner`'s bundles, by the client's key."""
     return storage.code_bundle_path(settings, find(session, owner=owner, key=key).digest)
+
+
+def object_url(settings: Settings, digest: str) -> str | None:
+    """With an object store, a presigned GET of the bundle `digest` (the caller
+    checked who may read it); None with the filesystem store."""
+    objects = object_store(settings)
+    return None if objects is None else objects.presign_get(objects.code_key(digest))
 
 
 def path_by_digest(session: Session, *, settings: Settings, digest: str) -> Path:

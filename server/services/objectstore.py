@@ -1,10 +1,11 @@
-"""The S3 object store (`CAST_STORAGE_URL=s3://bucket[/prefix]`): where outputs
-and uploads live when one is set, and the presigned URLs that let workers and
-the CLI move their bytes straight to and from it.
+"""The S3 object store (`CAST_STORAGE_URL=s3://bucket[/prefix]`): where outputs,
+uploads and code bundles live when one is set, and the presigned URLs that let
+workers and the CLI move their bytes straight to and from it.
 
-Owns the store's keys (`runs/<id>/<path>`, `uploads/<name>/<path>`, under the
-URL's prefix: a presigned URL is only ever made for a key the server derived
-from a run it checked the lease of, or an upload it checked the owner of),
+Owns the store's keys (`runs/<id>/<path>`, `uploads/<name>/<generation>/<path>`,
+`code/<digest>.tar`, under the URL's prefix: a presigned URL is only ever made
+for a key the server derived from a run it checked the lease of, or an upload
+or bundle it checked the owner of),
 presigning (single PUTs, multipart parts, GETs), the checks made before
 anything the store holds becomes visible (each object's size, and the sha256
 that the uploader signed into its metadata), removal by prefix, and a folder
@@ -97,8 +98,8 @@ class ObjectStore:
     def upload_prefix(self, name: str) -> str:
         return f"{self.prefix}uploads/{name}/"
 
-    def log_key(self, run_id: int) -> str:
-        return f"{self.prefix}logs/{int(run_id)}.ndjson"
+    def code_key(self, digest: str) -> str:
+        return f"{self.prefix}code/{digest}.tar"
 
     # --- presigning ---------------------------------------------------------------
 
@@ -163,10 +164,6 @@ class ObjectStore:
     @_reaching
     def put_file(self, key: str, path, sha256: str) -> None:
         self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"Metadata": {SHA256_META: sha256}})
-
-    @_reaching
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
 
     def read(self, key: str) -> Iterator[bytes]:
         body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]

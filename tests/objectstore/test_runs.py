@@ -3,12 +3,14 @@ worker and CLI: a run's outputs go straight to the store and come back by
 `cast cp` (a file by presigned URL, a folder as a tar), a later run mounts
 them, an upload mounted by two runs on one worker is fetched once (its
 objects are gone from the store before the second run), and `cast rm`
-removes the objects; `cast cache prune` empties the worker's cache."""
+removes the objects; a run's code bundle is kept in the store and
+fetched from there; `cast cache prune` empties the worker's cache."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 
 from tests.factories import get_run
 
@@ -93,3 +95,22 @@ def test_an_upload_mounted_twice_on_one_worker_is_fetched_once(cli, worker, serv
     removed = cli("rm", "uploads/ds")
     assert removed.returncode == 0, removed
     assert seaweed.keys(bucket, "cast/uploads/") == []
+
+
+def test_a_code_bundle_goes_to_the_store_and_the_worker_fetches_it_from_there(cli, worker, server, seaweed, bucket,
+                                                                              tmp_path):
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for args in (["init", "-q"], ["config", "user.email", "t@example.invalid"], ["config", "user.name", "t"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True)
+    (repo / "train.py").write_text("print('committed')\n")
+    subprocess.run(["git", "-C", str(repo), "add", "train.py"], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", "c"], check=True)
+    (repo / "train.py").write_text("print('uncommitted change')\n")
+
+    run = cli("run", "python3 train.py", cwd=repo)
+    assert run.returncode == 0, run
+    assert "uncommitted change" in run.stdout.splitlines()
+    digest = get_run(server, 1)["spec"]["code_digest"]
+    assert seaweed.keys(bucket, "cast/code/") == [f"cast/code/{digest}.tar"]
+    assert list((server.data_dir / "code").glob("*")) == []
