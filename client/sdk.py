@@ -231,10 +231,17 @@ class Client:
         if repeatable is None:
             repeatable = method in IDEMPOTENT_METHODS
         repeatable = repeatable and (body is None or isinstance(body, (bytes, bytearray)))
+        return self._repeating(lambda: self._call_once(method, path, query=query, body=body, headers=headers,
+                                                       dedicated=dedicated), repeatable=repeatable)
+
+    @staticmethod
+    def _repeating(attempt, *, repeatable: bool = True):
+        """`attempt()`, tried again for up to RETRY_SECONDS while its connection
+        is cut or it is answered 502, 503 or 504, if `repeatable`."""
         give_up_at, delay = time.monotonic() + RETRY_SECONDS, 0.1
         while True:
             try:
-                return self._call_once(method, path, query=query, body=body, headers=headers, dedicated=dedicated)
+                return attempt()
             except (ConnectionCut, ApiError) as exc:
                 if (not repeatable or (isinstance(exc, ApiError) and exc.status not in RETRY_STATUSES)
                         or time.monotonic() + delay > give_up_at):
@@ -357,7 +364,7 @@ class Client:
             offset = page.next_offset
 
     def download_logs(self, run_id: int) -> "Download":
-        return self._stream("GET", f"/runs/{int(run_id)}/logs/download")
+        return self._repeating(lambda: self._stream("GET", f"/runs/{int(run_id)}/logs/download"))
 
     def follow_logs(self, run_id: int, offset: int = 0, *, on_reconnect=None) -> Iterator[LogPage]:
         """Yield the pages of a run's log until the run is final and every line was yielded.
@@ -429,7 +436,7 @@ class Client:
         return self._call("GET", f"/runs/{int(run_id)}/outputs")
 
     def download_output(self, run_id: int, path: str) -> "Download":
-        return self._stream("GET", f"/runs/{int(run_id)}/outputs/{quote(path)}")
+        return self._repeating(lambda: self._stream("GET", f"/runs/{int(run_id)}/outputs/{quote(path)}"))
 
     def delete_outputs(self, run_id: int, *, force: bool = False) -> dict:
         """Free a run's outputs, keeping its record: `{resource, deleted_at, freed, already}`."""
@@ -452,7 +459,7 @@ class Client:
         return self._call("GET", self._upload_path(name, path), query={"list": 1})
 
     def download_upload(self, name: str, path: str = "") -> "Download":
-        return self._stream("GET", self._upload_path(name, path))
+        return self._repeating(lambda: self._stream("GET", self._upload_path(name, path)))
 
     def delete_upload(self, name: str, *, force: bool = False) -> dict:
         """Free an upload's files, keeping its record: `{resource, deleted_at, freed, already}`."""

@@ -24,12 +24,14 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
 
 
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
 def _b36(number: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
     text = ""
     while True:
         number, rest = divmod(number, 36)
-        text = digits[rest] + text
+        text = _DIGITS[rest] + text
         if number == 0:
             return text
 
@@ -142,6 +144,13 @@ def _owner_pid(tag: str) -> int:
     return int(tag, 36)
 
 
+def _pid_max() -> int:
+    try:
+        return int(open("/proc/sys/kernel/pid_max").read())
+    except (OSError, ValueError):
+        return 4194304
+
+
 def sweep_stale() -> list[str]:
     """Remove namespaces and interfaces an earlier run whose pytest process is gone left behind."""
     removed = []
@@ -175,6 +184,7 @@ def _tag_of(rest: str) -> str | None:
     for role in ROLES:
         if rest.endswith(role) and len(rest) > len(role):
             tag = rest[: -len(role)]
-            if tag.isalnum():
+            # Only a tag that could be a pid: another suite's `cast…` names stay.
+            if len(tag) <= 5 and set(tag) <= set(_DIGITS) and int(tag, 36) <= _pid_max():
                 return tag
     return None

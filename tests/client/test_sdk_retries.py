@@ -1,0 +1,145 @@
+"""The SDK against a replica that dies mid-request, as a balancer shows it: a
+real server behind a proxy that answers 502 or cuts the connection after the
+server carried the request out. Safe requests are repeated; a submit is
+repeated with its submit key and makes one run; a POST without a key is not
+repeated."""
+
+from __future__ import annotations
+
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from cast.client.sdk import ApiError, Client, ConnectionCut
+from cast.protocol.messages import RunSpec, new_submit_key
+from tests.conftest import ServerProcess, free_port
+
+
+class FlakyBalancer:
+    """Plays `script` one step per request ("502": answer 502 without passing
+    the request on; "cut": pass it on, then hang up without the answer), then
+    passes everything through."""
+
+    def __init__(self, upstream: str, script: list[str]):
+        self.script, self.seen = list(script), []
+        balancer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                step = balancer.script.pop(0) if balancer.script else "pass"
+                balancer.seen.append((self.command, self.path, step))
+                if step == "502":
+                    self.send_response(502)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                answer = httpx.request(self.command, upstream + self.path, headers=headers, content=body, timeout=30)
+                if step == "cut":
+                    self.close_connection = True
+                    return
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", answer.headers.get("content-type", "application/json"))
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _any
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server for the module (each test makes its own runs)."""
+    tmp = tmp_path_factory.mktemp("retries")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAST_")}
+    env.update({"CAST_HOME": str(tmp / "home"), "PYTHONUNBUFFERED": "1"})
+    started = ServerProcess(url=f"http://127.0.0.1:{port}", data_dir=tmp / "server", port=port, env=env,
+                            log_path=tmp / "server.log").start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def balancer(server):
+    made = []
+
+    def make(script: list[str]) -> Client:
+        flaky = FlakyBalancer(server.url, script)
+        made.append(flaky)
+        return Client(flaky.url, server.admin_token), flaky
+
+    yield make
+    for flaky in made:
+        flaky.close()
+
+
+def _runs(server, command: str) -> list[int]:
+    with server.api() as api:
+        return [run["id"] for run in api.get("/runs", params={"limit": 500}).json()["runs"]
+                if run["spec"]["command"] == command]
+
+
+def test_a_submit_cut_after_the_server_made_the_run_makes_one_run(server, balancer):
+    client, flaky = balancer(["cut", "502"])
+    run = client.create_run(RunSpec(command="echo once"), queue_anyway=True)
+    assert [step for _, _, step in flaky.seen] == ["cut", "502", "pass"]
+    assert _runs(server, "echo once") == [run["id"]]
+
+
+def test_a_read_answered_502_is_repeated(server, balancer):
+    client, flaky = balancer(["502", "502"])
+    assert client.health()["status"] == "ok"
+    assert len(flaky.seen) == 3
+
+
+def test_a_download_whose_start_is_answered_502_is_repeated(server, balancer):
+    run_id = Client(server.url, server.admin_token).create_run(RunSpec(command="echo queued"),
+                                                                queue_anyway=True)["id"]
+    client, flaky = balancer(["502"])
+    with client.download_logs(run_id) as download:
+        assert b"".join(download.chunks()).startswith(b"waiting: ")
+    assert [step for _, _, step in flaky.seen] == ["502", "pass"]
+
+
+def test_a_post_without_a_submit_key_is_not_repeated(server, balancer):
+    run_id = Client(server.url, server.admin_token).create_run(RunSpec(command="sleep 60"), queue_anyway=True)["id"]
+    client, flaky = balancer(["cut"])
+    with pytest.raises(ConnectionCut):
+        client.stop_run(run_id)
+    assert len(flaky.seen) == 1
+
+
+def test_the_submit_key_answers_the_run_it_made_and_is_checked(server):
+    key = new_submit_key()
+    with server.api() as api:
+        body = {"command": "echo keyed", "queue_anyway": True, "submit_key": key}
+        first, again = api.post("/runs", json=body), api.post("/runs", json=body)
+        other = api.post("/runs", json={**body, "submit_key": new_submit_key()})
+        bad = api.post("/runs", json={**body, "submit_key": "not hex"})
+    assert first.status_code == again.status_code == other.status_code == 201
+    assert first.json()["id"] == again.json()["id"] != other.json()["id"]
+    assert bad.status_code == 422 and "submit_key" in bad.json()["detail"]
+    assert "submit_key" not in first.json()["spec"]
+
+
+def test_a_refusal_is_not_repeated(server, balancer):
+    client, flaky = balancer([])
+    with pytest.raises(ApiError) as refused:
+        client.get_run(999999)
+    assert refused.value.status == 404 and len(flaky.seen) == 1
