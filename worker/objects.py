@@ -124,7 +124,7 @@ class ObjectCache:
         self.root = root
         self.blobs = root / "sha256"
         self.mounts = root / "mounts"
-        self._http = httpx.Client(timeout=httpx.Timeout(600.0, connect=5.0))
+        self._http: httpx.Client | None = None  # made at the first fetch: most workers never fetch
 
     def blob(self, sha256: str) -> Path:
         return self.blobs / sha256[:2] / sha256
@@ -137,6 +137,8 @@ class ObjectCache:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f"{item.sha256}.{os.getpid()}.part")
         digest, size = hashlib.sha256(), 0
+        if self._http is None:
+            self._http = httpx.Client(timeout=httpx.Timeout(600.0, connect=5.0))
         try:
             with self._http.stream("GET", item.url) as response:
                 if response.status_code >= 400:

@@ -25,9 +25,11 @@ def list_outputs(run_id: RunId, user: CurrentUser, session: SessionDep) -> dict:
 
 
 @router.get("/{run_id}/outputs/{path:path}", responses=_BYTES)
-def download_output(run_id: RunId, path: str, user: CurrentUser, session: SessionDep, settings: SettingsDep):
+def download_output(run_id: RunId, path: str, user: CurrentUser, session: SessionDep, settings: SettingsDep,
+                    link: Annotated[bool, Query(description="with an object store: a file's presigned URL as JSON")] = False):
     files.output_manifest(session, run_id=run_id, viewer=user)  # the access check
-    if (answer := object_answer(session, settings, resource=f"runs/{run_id}/{path}".rstrip("/"), name=path)) is not None:
+    if (answer := object_answer(session, settings, resource=f"runs/{run_id}/{path}".rstrip("/"), name=path,
+                                link=link)) is not None:
         return answer
     found = files.output_path(session, settings=settings, run_id=run_id, viewer=user, path=path)
     return file_or_tar(found, name=path)

@@ -25,6 +25,9 @@ WORKER_ROUTES = {
     ("POST", "/api/v1/runs/{run_id}/outputs/staged"),
     ("GET", "/api/v1/workers/mounts/{resource}"),
     ("GET", "/api/v1/workers/code/{digest}"),
+    ("POST", "/api/v1/runs/{run_id}/outputs/plan"),
+    ("POST", "/api/v1/runs/{run_id}/outputs/commit"),
+    ("GET", "/api/v1/workers/objects/{resource}"),
 }
 SAMPLE_PARAMS = {"run_id": "1", "worker_id": "w-1", "name": "data", "path": "a.txt", "label": "x",
                  "key": "0" * 64, "digest": "0" * 64, "token_id": "1", "resource": "runs/1", "search_id": "1"}

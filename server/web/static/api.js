@@ -125,6 +125,19 @@ export function encodePath(path) {
 // added when the server sent a folder as a tar archive).
 export async function downloadWithToken(path, filename) {
   const response = await apiFetch(path);
+  // A server with an object store answers a file asked for with ?link=true
+  // by its presigned URL (a stored file itself is never sent as JSON): the
+  // browser downloads it straight from the store, which names it.
+  if ((response.headers.get("Content-Type") || "").startsWith("application/json")) {
+    const { url } = await response.json();
+    const link = document.createElement("a");
+    link.href = url;
+    link.hidden = true;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    return;
+  }
   const isTar = (response.headers.get("Content-Type") || "").startsWith("application/x-tar");
   if (isTar && !filename.endsWith(".tar")) filename += ".tar";
   const blob = await response.blob();

@@ -241,7 +241,7 @@ export function runPage(main, runId, { notify }) {
   async function download(path, isFolder) {
     const base = path.split("/").pop();
     try {
-      await downloadWithToken(`/runs/${runId}/outputs/${encodePath(path)}`,
+      await downloadWithToken(`/runs/${runId}/outputs/${encodePath(path)}?link=true`,
         isFolder ? `run-${runId}-${base}` : base);
     } catch (err) {
       if (!(err instanceof AuthError)) notify(`Download of ${path} failed: ${err.message}`, "error");
