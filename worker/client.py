@@ -23,7 +23,6 @@ from cast.protocol.logs import LogBatch, LogRun
 from cast.protocol.messages import PERMANENT_HEADER, HeartbeatReply, Lease, StatusBatchReply, StatusReport
 from cast.protocol.metrics import MetricPoint
 from cast.protocol.objects import ObjectFile, ObjectManifest, ObjectPlan
-from cast.protocol.objects import ObjectFile, ObjectManifest, ObjectPlan
 from cast.protocol.outputs import StagedOutputs
 
 T = TypeVar("T")
@@ -187,18 +186,6 @@ class ServerClient:
 
     def download_code(self, digest: str, dest: Path) -> None:
         self._download(f"/workers/code/{urllib.parse.quote(digest, safe='')}", dest)
-
-    def plan_outputs(self, run_id: int, manifest: ObjectManifest) -> ObjectPlan:
-        return ObjectPlan.from_dict(self._request("POST", f"/runs/{run_id}/outputs/plan", json=manifest.to_dict(),
-                                                  timeout=httpx.Timeout(600.0, connect=5.0)).json())
-
-    def commit_outputs(self, run_id: int, manifest: ObjectManifest) -> dict:
-        return self._request("POST", f"/runs/{run_id}/outputs/commit", json=manifest.to_dict(),
-                             timeout=httpx.Timeout(600.0, connect=5.0)).json()
-
-    def mount_objects(self, resource: str) -> list[ObjectFile]:
-        answer = self._request("GET", f"/workers/objects/{_quote_path(resource)}").json()
-        return [ObjectFile.from_dict(item) for item in answer["files"]]
 
     def plan_outputs(self, run_id: int, manifest: ObjectManifest) -> ObjectPlan:
         return ObjectPlan.from_dict(self._request("POST", f"/runs/{run_id}/outputs/plan", json=manifest.to_dict(),
