@@ -29,7 +29,7 @@ import httpx
 from cast.client.sdk import Client
 from tests.realservers.postgres import PostgresServer
 from tests.realservers.seaweed import SeaweedServer
-from tests.scale.netns import Host, Network
+from tests.scale.netns import Host, Network, owner_gone
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = REPO_ROOT / "docker" / "nginx" / "cast.conf"
@@ -46,6 +46,17 @@ def _wait(predicate, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.1)
+
+
+DIR_PREFIX = "cast-scale-"
+
+
+def _sweep_stale_dirs() -> None:
+    """Remove the temporary dirs of earlier runs whose pytest process is gone."""
+    for path in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*-*"):
+        tag = path.name[len(DIR_PREFIX):].split("-")[0]
+        if owner_gone(tag):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class Proc:
@@ -87,8 +98,9 @@ class Proc:
 class Cluster:
     def __init__(self, *, workers: int = 3, max_runs: int = 4):
         self.workers_wanted, self.max_runs = workers, max_runs
-        self.tmp = Path(tempfile.mkdtemp(prefix="cast-scale-"))
         self.net = Network()
+        _sweep_stale_dirs()
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{self.net.tag}-"))
         self.procs: list[Proc] = []
         self.replicas: dict[str, Proc] = {}
         self.workers: dict[str, Proc] = {}

@@ -144,6 +144,15 @@ def _owner_pid(tag: str) -> int:
     return int(tag, 36)
 
 
+def owner_gone(tag: str) -> bool:
+    """Whether `tag` names a pytest process of this harness that no longer runs."""
+    return _is_tag(tag) and not _alive(_owner_pid(tag))
+
+
+def _is_tag(tag: str) -> bool:
+    return 0 < len(tag) <= 5 and set(tag) <= set(_DIGITS) and int(tag, 36) <= _pid_max()
+
+
 def _pid_max() -> int:
     try:
         return int(open("/proc/sys/kernel/pid_max").read())
@@ -185,6 +194,6 @@ def _tag_of(rest: str) -> str | None:
         if rest.endswith(role) and len(rest) > len(role):
             tag = rest[: -len(role)]
             # Only a tag that could be a pid: another suite's `cast…` names stay.
-            if len(tag) <= 5 and set(tag) <= set(_DIGITS) and int(tag, 36) <= _pid_max():
+            if _is_tag(tag):
                 return tag
     return None
