@@ -8,12 +8,14 @@
    is not cached (its image repository is fresh), against a bare
    `docker build --no-cache` of the same packages on the same base image.
 
-A control plane and one worker (`--executor docker`) are started on loopback
-under a temporary directory and stopped at the end (with `--embedded`, the
-embedded default under a temporary CAST_HOME with CAST_EXECUTOR=docker, as a
-user's first `cast run` starts it); the images made are removed.
+The embedded default runs them (a temporary CAST_HOME with
+CAST_EXECUTOR=docker, started as a user's first `cast run` starts it; with
+`--own-server`, a control plane and one worker `--executor docker` started
+on loopback instead), stopped at the end; the images made are removed. Also
+printed: the CLI process's CPU (user + system), steadier than wall times on a
+loaded machine. To compare other code, put it first on PYTHONPATH.
 
-    python bench/bench_docker.py [--runs 20] [--base-image cast-base:bookworm] [--embedded]
+    python bench/bench_docker.py [--runs 20] [--base-image cast-base:bookworm] [--own-server]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -41,10 +44,16 @@ CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 CAST = str(Path(sys.executable).with_name("cast"))
 
 
-def timed(cmd: list[str], env: dict, **kwargs) -> float:
+def timed(cmd: list[str], env: dict, cpu: list[float] | None = None, **kwargs) -> float:
+    """Wall seconds of `cmd`; its CPU seconds (user + system) appended to `cpu`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, **kwargs)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if cpu is not None:
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return wall
 
 
 def free_port() -> int:
@@ -93,9 +102,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--base-image", default="cast-base:bookworm")
-    parser.add_argument("--embedded", action="store_true",
-                        help="the embedded default (`cast run` under a temporary CAST_HOME, CAST_EXECUTOR=docker) "
-                             "instead of a separately started control plane and worker")
+    parser.add_argument("--own-server", action="store_true",
+                        help="a separately started control plane and worker instead of the embedded default "
+                             "(`cast run` under a temporary CAST_HOME, CAST_EXECUTOR=docker)")
     args = parser.parse_args()
     repository = f"cast-env-bench-{uuid.uuid4().hex[:8]}"
     bare_tag = f"cast-bench-bare:{uuid.uuid4().hex[:8]}"
@@ -112,7 +121,7 @@ def main() -> None:
         outside = Path(root, "empty")  # not in a git repo: no code is sent
         outside.mkdir()
         try:
-            if args.embedded:
+            if not args.own_server:
                 env.update(CAST_EXECUTOR="docker")
                 timed([CAST, "run", "true"], env, cwd=outside)  # warm-up: starts the embedded default, builds once
                 url = json.loads(Path(root, "home", "server.json").read_text())["url"]
@@ -129,9 +138,9 @@ def main() -> None:
                 token = Path(f"{root}/server/admin-token").read_text().strip()
                 env.update(CAST_SERVER_URL=url, CAST_TOKEN=token)
                 timed([CAST, "run", "true"], env, cwd=outside)  # warm-up: builds the plain environment once
-            cast_times, bare_times = [], []
+            cast_times, bare_times, cast_cpu = [], [], []
             for _ in range(args.runs):  # interleaved, so both see the same machine
-                cast_times.append(timed([CAST, "run", "true"], env, cwd=outside))
+                cast_times.append(timed([CAST, "run", "true"], env, cast_cpu, cwd=outside))
                 bare_times.append(timed(["docker", "run", "--rm", args.base_image, "true"], env))
 
             warm_running = [stage_seconds(url, token, run_id, "running") for run_id in range(2, args.runs + 2)]
@@ -140,7 +149,7 @@ def main() -> None:
             cold_building = stage_seconds(url, token, args.runs + 2, "building")
             bare_cold = bare_build(args.base_image, bare_tag, env)
         finally:
-            if args.embedded:
+            if not args.own_server:
                 subprocess.run([CAST, "down"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for process in (worker, server):
                 if process is not None:
@@ -150,9 +159,13 @@ def main() -> None:
             subprocess.run(["docker", "rmi", "-f", *images.split(), bare_tag], capture_output=True)
 
     cast_median, bare_median = statistics.median(cast_times), statistics.median(bare_times)
+    print(f"load average {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores); "
+          f"{'own server and worker' if args.own_server else 'embedded default'}")
     print(f"warm cast run true (docker)   : median {cast_median * 1000:.0f} ms over {args.runs} runs")
     print(f"bare docker run --rm BASE true: median {bare_median * 1000:.0f} ms over {args.runs} runs")
-    print(f"ratio                         : {cast_median / bare_median:.2f}x  (goal: at most 1.2x)")
+    print(f"ratio                         : {cast_median / bare_median:.2f}x  (goal: at most 1.2x: "
+          f"{'met' if cast_median <= 1.2 * bare_median else 'not met'})")
+    print(f"  CPU of the cast process (user + system): median {statistics.median(cast_cpu) * 1000:.0f} ms")
     print(f"  of which the running stage (container create, start, exit; removal comes after the run): "
           f"median {statistics.median(warm_running) * 1000:.0f} ms")
     print(f"cold cast run, --pip {' '.join(PACKAGES)}: {cold:.1f} s end to end, building stage {cold_building:.1f} s")
