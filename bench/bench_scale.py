@@ -572,6 +572,11 @@ def _end_runs(url: str, token: str, runs: list[tuple[int, str]]) -> None:
     asyncio.run(main())
 
 
+def _default_sigterm() -> None:
+    """The load processes die of the pool's SIGTERM instead of taking main()'s cleanup handler."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
@@ -602,7 +607,7 @@ def main() -> None:
               f"{args.database}; {args.replicas} replica(s)" + (" behind nginx" if stack.nginx else ""))
         print("load: SIMULATED workers (test-only; they speak the worker protocol and run nothing)", flush=True)
         # Leaving the block terminates the load processes, also on an error or a signal.
-        with multiprocessing.Pool(processes=max(args.procs, args.submitters) * 2) as pool:
+        with multiprocessing.Pool(processes=max(args.procs, args.submitters) * 2, initializer=_default_sigterm) as pool:
             if "kinds" in phases:
                 print("per replica, closed loop (one replica directly):")
                 phase_kinds(stack, pool, args)
