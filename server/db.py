@@ -126,11 +126,6 @@ class Database:
             event.listen(factory, "after_commit", lambda s: events.fire_pending(s, self.notifier))
             event.listen(factory, "after_rollback", events.drop_pending)
 
-    @property
-    def kind(self) -> str:
-        """The database's product name, for health and status (never its URL)."""
-        return {"sqlite": "SQLite", "postgresql": "PostgreSQL"}.get(self.engine.dialect.name, self.engine.dialect.name)
-
     def unavailable(self, error: DBAPIError) -> bool:
         """Whether `error` means the database could not be reached or dropped the
         connection (or, on PostgreSQL, asked to retry a conflicting transaction):

@@ -3,7 +3,7 @@
 Owns starting, stopping, killing and restarting a throwaway PostgreSQL cluster
 with the machine's binaries (`initdb`, `pg_ctl`, `postgres` on PATH, or
 Debian's under /usr/lib/postgresql/*/bin). Trust authentication on the given
-host, fsync off: it is for tests only.
+host, fsync off: it is for tests only, yet a kill() loses no acknowledged commit.
 
 PostgreSQL refuses to run as root. Run as root, every command goes through a
 user namespace (`unshare --user --map-user=65534`): inside it the process is
@@ -78,7 +78,10 @@ class PostgresServer:
                 conf.write(
                     f"\nlisten_addresses = '{self.host}'\nport = {self.port}\n"
                     f"unix_socket_directories = '{self.data_dir}'\n"
-                    "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                    # No fsync: only the machine crashing could lose what the OS
+                    # holds. Commits stay synchronous, so a SIGKILLed server
+                    # (kill()) keeps every commit it acknowledged.
+                    "fsync = off\nfull_page_writes = off\n"
                     "max_connections = 400\nshared_buffers = 128MB\n"
                     "log_min_messages = warning\n")
             with open(self.data_dir / "pg_hba.conf", "w") as hba:
