@@ -420,6 +420,9 @@ class ServerStatus(BaseModel):
 class LeaseRequest(_In):
     free_gpus: int = Field(default=0, ge=0, le=1024)
     wait: float = Field(default=0, ge=0, le=30)
+    # The worker's name for this claim, the same on each try and the lease's
+    # token if it leases a run: a try whose earlier try leased one gets it again.
+    claim: str | None = Field(default=None, pattern=SUBMIT_KEY_PATTERN)
 
 
 class HeartbeatIn(_In):

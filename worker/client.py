@@ -12,6 +12,7 @@ that every retry meets again is deterministic, not an outage.
 
 from __future__ import annotations
 
+import secrets
 import time
 import urllib.parse
 from pathlib import Path
@@ -116,6 +117,7 @@ class ServerClient:
         # How often a run's report may meet the same server error before the
         # run fails with it (see with_retries).
         self.max_same_errors = max_same_errors
+        self._claim: str | None = None  # the lease claim being tried (see lease)
         self._http = httpx.Client(
             base_url=server_url.rstrip("/") + "/api/v1",
             headers={"Authorization": f"Bearer {token}"},
@@ -141,11 +143,17 @@ class ServerClient:
         }).json()
 
     def lease(self, worker_id: str, *, free_gpus: int, wait: float) -> Lease | None:
-        """The next run to execute, or None when nothing was queued within `wait` seconds."""
+        """The next run to execute, or None when nothing was queued within `wait` seconds.
+
+        Each try of one claim sends the same `claim` until one is answered: a
+        run a replica leased before its answer was lost is answered again."""
+        self._claim = self._claim or secrets.token_hex(16)
         response = self._request(
-            "POST", f"/workers/{worker_id}/lease", json={"free_gpus": free_gpus, "wait": wait},
+            "POST", f"/workers/{worker_id}/lease",
+            json={"free_gpus": free_gpus, "wait": wait, "claim": self._claim},
             timeout=httpx.Timeout(wait + 30.0, connect=5.0),
         )
+        self._claim = None
         return None if response.status_code == 204 else Lease.from_dict(response.json())
 
     # --- one leased run ---------------------------------------------------

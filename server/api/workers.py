@@ -37,7 +37,7 @@ async def lease_run(
 ):
     lease = await leases.wait_for_lease(
         database, worker_id=worker_id, free_gpus=body.free_gpus, wait=body.wait, settings=settings,
-        storage_id=request.app.state.storage_id, gone=request.is_disconnected,
+        storage_id=request.app.state.storage_id, gone=request.is_disconnected, claim=body.claim,
     )
     return Response(status_code=204) if lease is None else lease
 

@@ -43,8 +43,10 @@ _LEASED = [s.value for s in LEASED_STATUSES]
 
 # --- claiming -----------------------------------------------------------------------
 
-def claim_next(session: Session, *, worker: Worker, free_gpus: int, settings: Settings) -> Run | None:
-    """Lease the oldest queued run that fits `free_gpus` to `worker`, or None."""
+def claim_next(session: Session, *, worker: Worker, free_gpus: int, settings: Settings,
+               lease_token: str | None = None) -> Run | None:
+    """Lease the oldest queued run that fits `free_gpus` to `worker`, or None;
+    `lease_token` is the worker's claim (a fresh token if None)."""
     oldest = (
         select(Run.id)
         .where(Run.status == S.MACHINE_REQUESTED.value, Run.gpus <= free_gpus)
@@ -62,7 +64,8 @@ def claim_next(session: Session, *, worker: Worker, free_gpus: int, settings: Se
         note=lambda r: f"{worker.executor}, {RunSpec.from_dict(r.spec).machine_type}"
                        + ("" if worker.sandboxed else ", NOT sandboxed"),
         values={
-            "lease_token": secrets.token_hex(16), "lease_expires_at": now + timedelta(seconds=settings.lease_seconds),
+            "lease_token": lease_token or secrets.token_hex(16),
+            "lease_expires_at": now + timedelta(seconds=settings.lease_seconds),
             "worker_id": worker.id, "worker_name": worker.name, "executor": worker.executor,
             "started_at": now, "worker_log_seq": 0, "worker_metric_seq": 0,
         },
@@ -111,12 +114,16 @@ def resolve_mount_source(session: Session, *, resource: str, settings: Settings)
     return storage.resolve_inside(root, parsed.subpath, what="mount source"), kind
 
 
-def _claim(database: Database, *, worker_id: str, free_gpus: int, settings: Settings, storage_id: str) -> Lease | None:
+def _claim(database: Database, *, worker_id: str, free_gpus: int, settings: Settings, storage_id: str,
+           claim: str | None = None) -> Lease | None:
     with database.transaction() as session:
         worker = workers.get(session, worker_id=worker_id)
         workers.check_may_lease(session, worker=worker, settings=settings)
         workers.seen(session, worker=worker)
-        run = claim_next(session, worker=worker, free_gpus=free_gpus, settings=settings)
+        # A retried request whose first try claimed a run (its answer lost
+        # with a replica) is answered that run again, not a second one.
+        run = claimed(session, worker=worker, claim=claim) if claim else None
+        run = run or claim_next(session, worker=worker, free_gpus=free_gpus, settings=settings, lease_token=claim)
     if run is None:
         return None
     # The claim is committed first: a lease that cannot be described is reaped
@@ -125,9 +132,15 @@ def _claim(database: Database, *, worker_id: str, free_gpus: int, settings: Sett
         return lease_view(session, run=run, settings=settings, storage_id=storage_id)
 
 
+def claimed(session: Session, *, worker: Worker, claim: str) -> Run | None:
+    """The run this worker's claim `claim` already leased, while it is still leased."""
+    return session.scalars(select(Run).where(Run.worker_id == worker.id, Run.lease_token == claim,
+                                             Run.status.in_(_LEASED))).first()
+
+
 async def wait_for_lease(
     database: Database, *, worker_id: str, free_gpus: int, wait: float, settings: Settings, storage_id: str,
-    gone: Callable[[], Awaitable[bool]],
+    gone: Callable[[], Awaitable[bool]], claim: str | None = None,
 ) -> Lease | None:
     """A lease on the next run that fits, waiting up to `wait` seconds for one; None if none came.
 
@@ -139,7 +152,8 @@ async def wait_for_lease(
         while True:
             # Subscribed before trying: a run queued after this attempt wakes the wait below.
             lease = await run_in_threadpool(
-                _claim, database, worker_id=worker_id, free_gpus=free_gpus, settings=settings, storage_id=storage_id
+                _claim, database, worker_id=worker_id, free_gpus=free_gpus, settings=settings, storage_id=storage_id,
+                claim=claim,
             )
             if lease is not None:
                 return lease
