@@ -18,7 +18,12 @@ at most 0.5x the bare pip install; one line added at most 1 s). The torch
 version comes from --torch (default: the host's cap, 2.13.0); every package
 comes from the host's pip settings.
 
-    python bench/bench_envs.py [--rounds 3] [--torch 2.13.0] [--no-pip] [--docker]
+--one-line-only measures just the one added line, when a whole round takes
+too long on a loaded machine: each executor builds torch + six once (not
+timed), then each round adds one line of its own (tqdm, termcolor, tabulate,
+...: a package the cache has not seen) on the local executor, then on Docker.
+
+    python bench/bench_envs.py [--rounds 3] [--torch 2.13.0] [--no-pip] [--docker] [--one-line-only]
 """
 
 from __future__ import annotations
@@ -54,25 +59,59 @@ def cast_build(cache: EnvCache, requirements: str) -> float:
     return time.perf_counter() - start
 
 
-def docker_builds(work_dir: Path, base: str, added: str) -> tuple[float, float]:
-    """The Docker executor's cold build of `base`, then of `added`, timed; the images removed after."""
+ADDED = ["tqdm", "termcolor", "tabulate", "colorama", "attrs", "idna"]  # one a round, with --one-line-only
+
+
+def image_cache(work_dir: Path):
     import docker
 
     from cast.worker.docker_images import DEFAULT_BASE_IMAGE, ImageCache
 
-    images = ImageCache(docker.from_env(timeout=600), work_dir, base_image=DEFAULT_BASE_IMAGE,
-                        repository=f"cast-env-bench-{uuid.uuid4().hex[:8]}", network="bridge",
-                        installer=choose_installer("uv"))
-    times = []
+    return ImageCache(docker.from_env(timeout=600), work_dir, base_image=DEFAULT_BASE_IMAGE,
+                      repository=f"cast-env-bench-{uuid.uuid4().hex[:8]}", network="bridge",
+                      installer=choose_installer("uv"))
+
+
+def docker_build(images, requirements: str) -> float:
+    start = time.perf_counter()
+    result = images.ensure(RunSpec(command="true", pip_req=requirements), 0, lambda stream, text: None)
+    assert not result.cached
+    return time.perf_counter() - start
+
+
+def docker_builds(work_dir: Path, base: str, added: str) -> tuple[float, float]:
+    """The Docker executor's cold build of `base`, then of `added`, timed; the images removed after."""
+    images = image_cache(work_dir)
     try:
-        for requirements in (base, added):
-            start = time.perf_counter()
-            result = images.ensure(RunSpec(command="true", pip_req=requirements), 0, lambda stream, text: None)
-            assert not result.cached
-            times.append(time.perf_counter() - start)
+        return docker_build(images, base), docker_build(images, added)
     finally:
         images.prune(older_than=None, everything=True)
-    return times[0], times[1]
+
+
+def one_line_only(rounds: int, base: str, docker: bool) -> None:
+    times: dict[str, list[float]] = {"uv +1 line": [], **({"docker +1 line": []} if docker else {})}
+    with tempfile.TemporaryDirectory(prefix="bench-envs-") as scratch:
+        root = Path(scratch)
+        local = EnvCache(root / "envs", installer=choose_installer("uv"), package_cache=root / "uv-cache")
+        cast_build(local, base)
+        images = image_cache(root / "docker") if docker else None
+        try:
+            if images:
+                docker_build(images, base)
+            for round_number in range(rounds):
+                added = base + ADDED[round_number % len(ADDED)] + "\n"
+                times["uv +1 line"].append(cast_build(local, added))
+                if images:
+                    times["docker +1 line"].append(docker_build(images, added))
+                print(f"round {round_number + 1} (+{ADDED[round_number % len(ADDED)]}, load "
+                      f"{os.getloadavg()[0]:.1f}): " + ", ".join(f"{name} {values[-1]:.2f} s"
+                                                                 for name, values in times.items()), flush=True)
+        finally:
+            if images:
+                images.prune(older_than=None, everything=True)
+    print(f"load after: {os.getloadavg()[0]:.1f}")
+    for name, values in times.items():
+        print(f"{name:14}: median {statistics.median(values):6.2f} s over {rounds} rounds  (goal: at most 1 s)")
 
 
 def main() -> None:
@@ -81,9 +120,14 @@ def main() -> None:
     parser.add_argument("--torch", default="2.13.0")
     parser.add_argument("--no-pip", action="store_true", help="skip the builds with CAST_WORKER_INSTALLER=pip")
     parser.add_argument("--docker", action="store_true", help="also the Docker executor's builds")
+    parser.add_argument("--one-line-only", action="store_true", help="only one line added, a new one each round")
     args = parser.parse_args()
     base = f"torch=={args.torch}\nsix\n"
     added = base + "tqdm\n"
+    if args.one_line_only:
+        print(f"load before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+        one_line_only(args.rounds, base, args.docker)
+        return
     uv, pip = choose_installer("uv"), choose_installer("pip")
     times: dict[str, list[float]] = {"bare": [], "uv cold": [], "uv +1 line": []}
     if not args.no_pip:
