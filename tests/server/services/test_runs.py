@@ -90,8 +90,9 @@ def test_labels_filter_and_paging(local):
 
 def test_the_request_body_of_a_run_spec_is_what_the_create_route_takes():
     takes = set(RunCreate.model_fields)
-    assert takes == {f.name for f in fields(RunSpec)} - SERVER_FILLED | {"labels", "idempotent", "queue_anyway"}
-    assert set(RunSpec(command="x", git_url="u", pip=["a"]).request_body(labels=["l"])) <= takes
+    asked = {"labels", "idempotent", "queue_anyway", "submit_key"}
+    assert takes == {f.name for f in fields(RunSpec)} - SERVER_FILLED | asked
+    assert set(RunSpec(command="x", git_url="u", pip=["a"]).request_body(labels=["l"], submit_key="0" * 32)) <= takes
 
 
 def test_a_run_stores_the_spec_it_was_given_with_what_the_server_resolved(local, repo):
