@@ -68,6 +68,9 @@ def stack(tmp_path, base_env):
         assert engine.networks.list(filters=label) == []
 
 
+# Building five images and starting seven services passes the suite's 300 s on
+# a busy machine; this bound only guards against a hang.
+@pytest.mark.timeout(2400)
 def test_scale_out_stack_runs_and_mounts_through_the_balancer(stack, tmp_path):
     token = wait_until(lambda: stack("exec", "-T", "server-1", "cat", "/data/admin-token").stdout.strip(),
                        timeout=120, interval=1, what="the first replica's admin token")
