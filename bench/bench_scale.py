@@ -1,6 +1,6 @@
-"""Benchmark: the scale-out control plane alone — replicas behind nginx on
-PostgreSQL — loaded by SIMULATED workers that run nothing.
+"""Benchmark: the scale-out control plane alone, loaded by simulated workers.
 
+Replicas behind nginx on PostgreSQL, loaded by SIMULATED workers that run nothing.
 The stack is started by this script on loopback: a PostgreSQL server
 (tests/realservers/postgres.py) in a temporary data dir, `--replicas` control
 plane processes (`python -m cast.server`) on it, and nginx with
