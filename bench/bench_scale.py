@@ -4,9 +4,9 @@ Replicas behind nginx on PostgreSQL, loaded by SIMULATED workers that run nothin
 The stack is started by this script on loopback: a PostgreSQL server
 (tests/realservers/postgres.py) in a temporary data dir, `--replicas` control
 plane processes (`python -m cast.server`) on it, and nginx with
-docker/nginx/cast.conf in front of them (`--database sqlite` instead puts the
-replicas on one SQLite file, for comparison; one replica then goes without
-the balancer).
+docker/nginx/cast.conf in front of them (`--database sqlite` puts the
+replicas on one SQLite file instead, for comparison; `--replicas 1` goes
+without the balancer).
 
 The load is a TEST-ONLY generator, not cast's worker: asyncio processes whose
 simulated workers speak the real worker HTTP protocol (register, long-poll
