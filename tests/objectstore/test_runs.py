@@ -33,6 +33,9 @@ def test_outputs_go_to_the_store_and_come_back(cli, worker, server, seaweed, buc
 
     assert sorted(seaweed.keys(bucket)) == ["cast/runs/1/out/a.txt", "cast/runs/1/out/sub/blob.bin"]
     assert not (server.data_dir / "runs" / "1").exists()  # nothing passed through the server's disk
+    status = cli("status", "--json")
+    assert status.returncode == 0, status
+    assert status.json()["server"]["storage"] == f"s3://{bucket}/cast"  # named, no credential
     assert get_run(server, 1)["status"] == "complete"
 
     listing = cli("ls", "runs/1/out/sub", "--json").json()
