@@ -11,6 +11,7 @@ from cast.server.settings import Settings
 
 def test_every_path_lives_in_the_resolved_data_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CAST_DATABASE_URL", raising=False)  # the default, whichever database the suite runs on
     settings = Settings(data_dir="data/../server")
     root = tmp_path / "server"
     assert settings.resolved_data_dir == root
