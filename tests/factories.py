@@ -67,9 +67,9 @@ def wait_final(target: ApiTarget, run_id: int, timeout: float = 60) -> dict:
                       timeout=timeout, what=f"run {run_id} to finish")
 
 
-def _logs_response(target: ApiTarget, run_id: int) -> httpx.Response:
+def _logs_response(target: ApiTarget, run_id: int, offset: int = 0) -> httpx.Response:
     with _client(target) as api:
-        return api.get(f"/runs/{run_id}/logs", params={"offset": 0, "limit": MAX_READ_LINES})
+        return api.get(f"/runs/{run_id}/logs", params={"offset": offset, "limit": MAX_READ_LINES})
 
 
 def page_entries(page: dict) -> list[dict]:
@@ -78,10 +78,16 @@ def page_entries(page: dict) -> list[dict]:
 
 
 def log_entries(target: ApiTarget, run_id: int) -> list[dict]:
-    """The log's lines as `{offset, time, stream, text}` each (a test's log fits one page)."""
-    response = _logs_response(target, run_id)
-    response.raise_for_status()
-    return page_entries(response.json())
+    """The log's lines as `{offset, time, stream, text}` each, read page by page
+    (a page also ends past a few MiB of text) until an empty one."""
+    entries: list[dict] = []
+    while True:
+        response = _logs_response(target, run_id, offset=len(entries))
+        response.raise_for_status()
+        page = page_entries(response.json())
+        if not page:
+            return entries
+        entries += page
 
 
 def log_texts(target: ApiTarget, run_id: int, stream: str | None = None) -> list[str]:
