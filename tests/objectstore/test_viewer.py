@@ -7,9 +7,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.factories import create_run, wait_status
-from tests.web.conftest import browser, page, watch  # noqa: F401 (fixtures)
+from tests.web.conftest import chromium, page, watch  # noqa: F401 (fixtures)
 from tests.web.helpers import sign_in
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """This module's own Chromium, closed when it ends: the session's (tests/web)
+    would keep playwright's loop running through every later test."""
+    with chromium() as browser:
+        yield browser
 
 
 def test_the_viewer_downloads_a_file_from_the_store(server, worker, page, seaweed, bucket):  # noqa: F811

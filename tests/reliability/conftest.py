@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CliResult, ServerProcess, WorkerProcess, free_port, lease_env
+from tests.conftest import CliResult, ServerProcess, WorkerProcess, free_port, lease_env, wait_until
 from tests.reliability.helpers import CuttableProxy
 # Session fixtures shared with the Docker executor's tests: the engine, the
 # offline base image, and a repository for environment images removed at the end.
@@ -58,6 +58,11 @@ def module_worker(module_server, module_dir, module_env) -> WorkerProcess:
     worker = WorkerProcess(server=module_server, work_dir=module_dir / "worker", name="worker",
                            executor="local", env=module_env)
     worker.start()
+    # Registered before a test submits: a submit is refused at once when the only
+    # workers the server knows cannot run it (test_access registers such a one).
+    with module_server.api(module_server.admin_token) as api:
+        wait_until(lambda: "worker" in {w["name"] for w in api.get("/status").json()["workers"]},
+                   what="the module's worker registered")
     yield worker
     worker.stop()
 

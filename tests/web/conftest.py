@@ -4,6 +4,7 @@ and a check that no test's page opened a dialog or threw a script error."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,12 @@ from tests.web.helpers import PageWatch
 CHROMIUM = "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="session")
-def browser():
+@contextmanager
+def chromium():
+    """Debian's Chromium under playwright until the block ends. While it is open,
+    playwright's sync API keeps an asyncio loop running in this thread, so every
+    `asyncio.run` in a later test fails: tests outside tests/web open their own
+    for as short a time as they can (a module), never this session's."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (scripts/setup.sh --system)")
     with sync_playwright() as playwright:
@@ -23,8 +28,16 @@ def browser():
             executable_path=CHROMIUM,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 def _open_page(browser, watch: PageWatch, width: int, height: int):
