@@ -24,7 +24,7 @@ import enum
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -342,3 +342,15 @@ def open_regular(cursor: DirCursor, relative: str):
     finally:
         os.close(handle)
     return os.fdopen(fd, "rb")
+
+
+def open_output(cursor: DirCursor, relative: str, not_saved: Callable[[str, str], None]):
+    """`open_regular`, or None once `not_saved(relative, why)` has said why an
+    output cannot be read: it went away since it was listed, or the system refused it."""
+    try:
+        return open_regular(cursor, relative)
+    except FileNotFoundError:
+        not_saved(relative, "removed before it could be saved")
+    except OSError as error:
+        not_saved(relative, error.strerror or str(error))
+    return None

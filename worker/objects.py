@@ -30,7 +30,7 @@ import httpx
 from cast.protocol.messages import LeaseMount
 from cast.protocol.objects import SHA256_HEADER, ObjectEntry, ObjectFile, ObjectManifest
 from cast.worker.client import Refused, ServerClient, ServerUnavailable, with_retries
-from cast.worker.fsops import DirCursor, open_regular, remove_tree
+from cast.worker.fsops import DirCursor, open_output, open_regular, remove_tree
 
 CHUNK = 1 << 20
 
@@ -76,18 +76,13 @@ class ObjectPush:
         entries = []
         with DirCursor(self._root) as cursor:
             for rel in self._files:
-                try:
-                    with open_regular(cursor, rel) as handle:
-                        digest, size = hashlib.sha256(), 0
-                        while chunk := handle.read(CHUNK):
-                            digest.update(chunk)
-                            size += len(chunk)
-                except FileNotFoundError:
-                    self._not_saved(rel, "removed before it could be saved")
+                if (handle := open_output(cursor, rel, self._not_saved)) is None:
                     continue
-                except OSError as error:
-                    self._not_saved(rel, error.strerror or str(error))
-                    continue
+                with handle:
+                    digest, size = hashlib.sha256(), 0
+                    while chunk := handle.read(CHUNK):
+                        digest.update(chunk)
+                        size += len(chunk)
                 entries.append(ObjectEntry(rel, size, digest.hexdigest()))
         return entries
 

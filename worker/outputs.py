@@ -44,7 +44,7 @@ from cast.protocol.messages import Lease
 from cast.protocol.names import name_problem, printable
 from cast.protocol.outputs import STAGING_FOLDER, StagedFile, StagedOutputs, staging_name
 from cast.worker.client import ServerClient
-from cast.worker.fsops import DirCursor, Kind, open_regular, remove_tree, walk
+from cast.worker.fsops import DirCursor, Kind, open_output, open_regular, remove_tree, walk
 from cast.worker.mounts import shares_server_storage
 from cast.worker.objects import ObjectPush
 
@@ -182,13 +182,7 @@ class Outputs:
                 header.type, header.mode = tarfile.DIRTYPE, 0o755
                 yield header.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
             for rel in self.files:
-                try:
-                    handle = open_regular(cursor, rel)
-                except FileNotFoundError:
-                    self._not_saved(rel, "removed before it could be saved")
-                    continue
-                except OSError as error:
-                    self._not_saved(rel, error.strerror or str(error))
+                if (handle := open_output(cursor, rel, self._not_saved)) is None:
                     continue
                 with handle:
                     yield from _file_blocks(rel, handle)
