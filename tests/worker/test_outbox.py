@@ -124,6 +124,16 @@ def _over_http(tar_chunks):
     return lambda client, run_id, token: client.push_outputs(run_id, token, tar_chunks())
 
 
+def _held_push(released: threading.Event):
+    """A push over HTTP whose body waits for `released`: the sender stays busy meanwhile."""
+
+    def held_tar() -> Iterator[bytes]:
+        released.wait(60)
+        yield b"\0" * 1024
+
+    return _over_http(held_tar)
+
+
 def _statuses(server: ScriptedServer) -> list[str]:
     """The statuses reported, in order, whichever requests carried them."""
     return [report["status"] for body in server.of_kind("statuses") for report in body["reports"]]
@@ -221,13 +231,8 @@ def test_a_long_reason_is_cut_to_what_the_server_keeps_from_its_end(server, run)
 
 def test_statuses_queued_while_the_sender_is_busy_go_in_one_request_in_order(server, run):
     released = threading.Event()
-
-    def slow_tar() -> Iterator[bytes]:
-        released.wait(60)
-        yield b"\0" * 1024
-
     made = run()
-    made.outbox.push_outputs(_over_http(slow_tar))
+    made.outbox.push_outputs(_held_push(released))
     for status in ("saving", "pushing", "complete"):
         made.outbox.status(status)
     made.outbox.status("failed", reason="why")  # the table's business, not the outbox's
@@ -242,15 +247,10 @@ def test_statuses_queued_while_the_sender_is_busy_go_in_one_request_in_order(ser
 
 def test_a_batch_stops_at_what_is_not_a_status_and_at_its_bound(server, run):
     released = threading.Event()
-
-    def slow_tar() -> Iterator[bytes]:
-        released.wait(60)
-        yield b"\0" * 1024
-
     made = run()
     made.outbox.status("mounting")
     wait_until(lambda: server.of_kind("statuses"), timeout=60, what="the first report")
-    made.outbox.push_outputs(_over_http(slow_tar))
+    made.outbox.push_outputs(_held_push(released))
     made.outbox.status("running")
     made.outbox.log(LogStream.CAST, "between")
     made.outbox.status("saving")
