@@ -27,6 +27,12 @@ def _runs(*texts: str, stream: str = "stdout") -> list[LogRunIn]:
     return [LogRunIn(stream=stream, lines=list(texts))] if texts else []
 
 
+def _storer(session, lease: dict, settings):
+    """`store(seq, runs)`: the leased worker's batch appended to its run's log."""
+    return lambda seq, runs: logs.append_worker_batch(
+        session, run_id=lease["run_id"], lease_token=lease["lease_token"], seq=seq, runs=runs, settings=settings)
+
+
 def _lines(page: dict) -> list[tuple[int, str, str]]:
     return [(e["offset"], e["stream"], e["text"]) for e in LogPage.from_dict(page).entries()]
 
@@ -60,8 +66,7 @@ def test_a_worker_batch_is_stored_once_from_its_seq(local, app, settings):
     run_id, token = lease["run_id"], lease["lease_token"]
     with app.state.database.transaction() as session:
         start = session.get(Run, run_id).log_size
-        store = lambda seq, runs: logs.append_worker_batch(  # noqa: E731
-            session, run_id=run_id, lease_token=token, seq=seq, runs=runs, settings=settings)
+        store = _storer(session, lease, settings)
         assert store(0, _runs("a", "b")) == (start + 2, False)
         assert store(0, _runs("a", "b")) == (start + 2, False)  # a retry
         assert store(1, _runs("b", "c")) == (start + 3, False)  # overlaps by one
@@ -94,11 +99,10 @@ def test_long_lines_are_split_and_the_byte_cap_drops_lines_past_one_marker(local
     # 4 characters a line; 12 bytes of output with a newline each ("1234\n" is 5).
     capped = settings.model_copy(update={"max_log_bytes_per_run": 12, "max_log_line_chars": 4})
     lease = _leased(local)
-    run_id, token = lease["run_id"], lease["lease_token"]
+    run_id = lease["run_id"]
     with app.state.database.transaction() as session:
         start = session.get(Run, run_id).log_size
-        store = lambda seq, runs: logs.append_worker_batch(  # noqa: E731
-            session, run_id=run_id, lease_token=token, seq=seq, runs=runs, settings=capped)
+        store = _storer(session, lease, capped)
         assert store(0, _runs("123456789")) == (start + 3, False)  # split: 1234, 5678, 9 (12 bytes)
         assert store(1, _runs("a", "b")) == (start + 4, True)
         assert store(3, _runs("c")) == (start + 4, True)
