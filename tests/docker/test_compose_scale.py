@@ -90,7 +90,7 @@ def test_scale_out_stack_runs_and_mounts_through_the_balancer(stack, tmp_path):
     status = cast("status")
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
-    assert f"Database: postgresql+psycopg://cast:***@postgres:5432/cast" in lines, status.stdout
+    assert "Database: postgresql+psycopg://cast:***@postgres:5432/cast" in lines, status.stdout
     assert "Storage:  s3://cast" in lines, status.stdout
 
     first = cast("run", "echo scaled out > greeting.txt")

@@ -23,8 +23,6 @@ import sysconfig
 import time
 from pathlib import Path
 
-import httpx
-
 GRPC_OFFSET = 10000
 PORTS_USED = 4  # s3, master, volume, filer (each + its gRPC port)
 START_TIMEOUT = 90.0

@@ -21,12 +21,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
 from cast.client.sdk import Client
+from tests.conftest import wait_until
 from tests.realservers.postgres import PostgresServer
 from tests.realservers.seaweed import SeaweedServer
 from tests.scale.netns import Host, Network, owner_gone
@@ -38,14 +38,6 @@ BUCKET = "cast"
 # Short, so a lost worker's run is interrupted within seconds; long enough
 # that a busy 2-core machine does not cost a live run its lease (6 s did).
 LEASE_SECONDS = 20
-
-
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 DIR_PREFIX = "cast-scale-"
@@ -177,7 +169,8 @@ class Cluster:
                     self.tmp / f"{role}.log", self.env).start()
         self.procs.append(proc)
         self.replicas[role] = proc
-        _wait(lambda: self._healthy(proc, self.replica_url(role)), 120, f"replica {role}:\n{proc.tail()}")
+        wait_until(lambda: self._healthy(proc, self.replica_url(role)), timeout=120, interval=0.1,
+                   what=f"replica {role}:\n{proc.tail()}")
         return proc
 
     @staticmethod
@@ -224,7 +217,7 @@ class Cluster:
         proc = Proc(self.host("lb"), ["nginx", "-c", str(conf_dir / "nginx.conf"), "-p", str(conf_dir)],
                     self.tmp / "lb.log", self.env).start()
         self.procs.append(proc)
-        _wait(lambda: self._healthy(proc, self.url), 30, f"nginx:\n{proc.tail()}")
+        wait_until(lambda: self._healthy(proc, self.url), timeout=30, interval=0.1, what=f"nginx:\n{proc.tail()}")
 
     # --- workers ---------------------------------------------------------
 

@@ -104,7 +104,6 @@ def test_three_workers_run_300_runs_through_both_replicas(cluster):
 
 
 def test_a_replica_killed_mid_load_loses_nothing(cluster):
-    client = cluster.client()
     first = submit_all(cluster, [f"b{i}" for i in range(30)], lines=20, pause=0.1)
     followed: dict[str, list[str]] = {}
     reconnects: list[str] = []
@@ -163,7 +162,6 @@ def test_a_worker_cut_off_mid_run_is_interrupted_and_retried_elsewhere(cluster):
 
 
 def test_postgres_restarted_mid_load_loses_nothing(cluster):
-    client = cluster.client()
     tags = submit_all(cluster, [f"e{i}" for i in range(30)], lines=10, pause=0.2)
     time.sleep(2)
     more: dict[str, int] = {}

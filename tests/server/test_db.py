@@ -233,8 +233,6 @@ def test_a_server_whose_postgresql_restarts_answers_503_with_retry_after_then_se
     """Its own PostgreSQL, stopped and started under a running server: requests
     meanwhile get a 503 that says to retry (never a 500), and once the database
     is back the pool's pings replace the dead connections, with nothing lost."""
-    import httpx
-
     from tests.conftest import free_port
     from tests.realservers.postgres import PostgresServer
 
