@@ -29,7 +29,8 @@ def _leftovers(executor: str, worker, run_id: int, engine) -> list:
         records = worker.work_dir / "process-groups"
         groups = [int(record.name) for record in records.iterdir()] if records.is_dir() else []
         return [pgid for pgid in groups if live_members(pgid)]
-    return engine.containers.list(all=True, filters={
+    # sparse: a full list inspects each container, and one removed meanwhile raises NotFound.
+    return engine.containers.list(all=True, sparse=True, filters={
         "label": [f"cast.work_dir={worker.work_dir.resolve()}", f"cast.run_id={run_id}"]})
 
 

@@ -149,6 +149,11 @@ def test_a_worker_cut_off_mid_run_is_interrupted_and_retried_elsewhere(cluster):
     while (run := client.get_run(run_id))["status"] != RunStatus.RUNNING.value:
         assert time.monotonic() < deadline, run
         time.sleep(0.2)
+    # Cut once attempt 1's first lines are in: lines still in the cut worker's
+    # outbox can never arrive (its lease is gone when the link is back).
+    while "\nL d0 1\n" not in log_text(client, run_id):
+        assert time.monotonic() < deadline, log_text(client, run_id)
+        time.sleep(0.2)
     cut = cluster.host(run["worker"])
     cut.link(up=False)
     try:
