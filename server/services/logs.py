@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from itertools import accumulate
 
@@ -115,7 +116,8 @@ def append_worker_batch(session: Session, *, run_id: int, lease_token: str, seq:
     return run.log_size, run.log_truncated
 
 
-def _iso(time: datetime) -> str:
+def iso_time(time: datetime) -> str:
+    """A stored time as pages and archives carry it: ISO 8601, UTC, with a Z."""
     return (time if time.tzinfo else time.replace(tzinfo=timezone.utc)).isoformat().replace("+00:00", "Z")
 
 
@@ -123,9 +125,7 @@ def read(session: Session, *, run: Run, offset: int, limit: int) -> dict:
     """A page `{chunks, next_offset, finished}` (`cast.protocol.logs.LogPage`) of
     at most `limit` lines from `offset`; a negative offset counts back from the
     end. A page ends early past MAX_READ_BYTES of line text."""
-    size = run.log_size
-    start = max(0, size + offset) if offset < 0 else min(offset, size)
-    end = min(size, start + min(limit, MAX_READ_LINES))
+    start, end = bounds(run, offset=offset, limit=limit)
     # The chunk holding `start`, then every chunk that begins before `end`.
     first = session.scalar(
         select(func.max(LogChunk.first_offset)).where(LogChunk.run_id == run.id, LogChunk.first_offset <= start)
@@ -135,6 +135,24 @@ def read(session: Session, *, run: Run, offset: int, limit: int) -> dict:
         .where(LogChunk.run_id == run.id, LogChunk.first_offset >= first, LogChunk.first_offset < end)
         .order_by(LogChunk.first_offset)
     )
+    try:
+        return page(((first_offset, iso_time(time), stream, lines) for first_offset, time, stream, lines in rows),
+                    run=run, start=start, end=end)
+    finally:
+        rows.close()
+
+
+def bounds(run: Run, *, offset: int, limit: int) -> tuple[int, int]:
+    """The lines `start .. end - 1` a read from `offset` of at most `limit` lines covers."""
+    size = run.log_size
+    start = max(0, size + offset) if offset < 0 else min(offset, size)
+    return start, min(size, start + min(limit, MAX_READ_LINES))
+
+
+def page(rows: Iterable[tuple[int, str, str, str]], *, run: Run, start: int, end: int) -> dict:
+    """The page of lines `start .. end - 1` out of stored chunks `(first offset,
+    ISO time, stream, lines as JSON text)`: the chunk holding `start`, then those
+    that begin before `end`, in order, from the database or an archive alike."""
     chunks, at, read_bytes = [], start, 0
     for first_offset, time, stream, lines in rows:
         if read_bytes >= MAX_READ_BYTES:
@@ -144,7 +162,6 @@ def read(session: Session, *, run: Run, offset: int, limit: int) -> dict:
         if first_offset < at or first_offset + len(texts) > end:
             texts = texts[at - first_offset:end - first_offset]
         if texts:
-            chunks.append({"offset": at, "stream": stream, "time": _iso(time), "lines": texts})
+            chunks.append({"offset": at, "stream": stream, "time": time, "lines": texts})
             at += len(texts)
-    rows.close()
-    return {"chunks": chunks, "next_offset": at, "finished": is_final(run.status) and at >= size}
+    return {"chunks": chunks, "next_offset": at, "finished": is_final(run.status) and at >= run.log_size}
