@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from cast.server.db import Database
 from cast.server.errors import BadRequest, CodeNotFound
 from cast.server.models import CodeBundle, User
-from cast.server.services import storage
+from cast.server.services import storage, unique
 from cast.server.services.objectstore import object_store
 from cast.server.settings import Settings
 
@@ -60,8 +60,9 @@ def store(database: Database, *, settings: Settings, owner: User, key: str, sour
         with database.transaction() as session:
             if exists(session, owner=owner, key=key):
                 return False
-            session.add(CodeBundle(owner_id=owner.id, key=key, digest=received.sha256, size=received.size))
-            session.flush()
+            if not unique.insert_once(session, CodeBundle(owner_id=owner.id, key=key, digest=received.sha256,
+                                                          size=received.size)):
+                return False  # another replica stored it since
             if objects is None:
                 # Same digest, same bytes: replacing another owner's copy changes nothing.
                 os.replace(staging / "bundle.tar", storage.code_bundle_path(settings, received.sha256))

@@ -22,7 +22,7 @@ from cast.protocol.validate import normalize_relative_path, validate_upload_name
 from cast.server.db import Database
 from cast.server.errors import BadRequest, Conflict, DomainError, Gone, InUse, NameTaken, PathNotFound, UploadNotFound
 from cast.server.models import OutputFile, RunMount, Upload, UploadFile, User
-from cast.server.services import leases, runs, storage
+from cast.server.services import leases, runs, storage, unique
 from cast.server.services.objectstore import object_store
 from cast.server.settings import Settings
 
@@ -185,8 +185,8 @@ def store_upload(
                     session.flush()
                 upload = Upload(name=name, owner_id=owner.id, kind=kind, size=sum(f.size for f in stored),
                                 files=len(stored))
-                session.add(upload)
-                session.flush()
+                if not unique.insert_once(session, upload):  # another request took the name since
+                    raise NameTaken(f"upload {name!r} already exists")
                 session.add_all(UploadFile(upload_name=name, path=f.path, size=f.size, sha256=f.sha256) for f in stored)
                 session.flush()
                 if existing is not None and existing.deleted_at is None and os.path.lexists(final):

@@ -37,7 +37,7 @@ from cast.server.models import (
     utcnow,
 )
 from cast.server.schemas import RunCreate
-from cast.server.services import capacity, git, logs, reuse
+from cast.server.services import capacity, git, logs, reuse, unique
 from cast.server.settings import Settings
 
 S = RunStatus
@@ -211,6 +211,9 @@ def create_run(session: Session, *, owner: User, body: RunCreate, settings: Sett
             raise BadRequest(f"code bundle {spec.code_bundle} is unknown; upload it first (PUT /api/v1/code/KEY)")
         spec.code_digest = bundle.digest
     key = reuse.reuse_key(session, spec)
+    if body.submit_key:
+        # A retried submit may reach another replica while the first try's insert is in flight.
+        unique.lock_key(session, "submit", str(owner.id), body.submit_key)
     if body.submit_key and (made := reuse.find_submitted(session, key=key, owner=owner,
                                                          submit_key=body.submit_key)) is not None:
         return made, False
@@ -299,7 +302,7 @@ def _halt(session: Session, *, run_id: int, viewer: User, queued_to: RunStatus, 
 def add_label(session: Session, *, run_id: int, viewer: User, label: str) -> Run:
     run = visible_run(session, run_id=run_id, viewer=viewer)
     if session.get(RunLabel, (run_id, label)) is None:
-        session.add(RunLabel(run_id=run_id, label=label))
+        unique.insert_once(session, RunLabel(run_id=run_id, label=label))  # or another request added it since
     events.changed(session, events.run_key(run_id))
     session.flush()
     return run

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from cast.server.errors import Forbidden, NameTaken, NotAuthenticated, TokenNotFound, TooMany, UserNotFound
 from cast.server.models import Token, User, utcnow
+from cast.server.services import unique
 from cast.server.settings import Settings
 
 ADMIN_NAME = "admin"
@@ -101,8 +102,8 @@ def create_user(session: Session, *, viewer: User, name: str, admin: bool) -> tu
     if session.scalar(select(exists().where(User.name == name))):
         raise NameTaken(f"user {name!r} already exists")
     user = User(name=name, is_admin=admin)
-    session.add(user)
-    session.flush()
+    if not unique.insert_once(session, user):  # another replica made it since
+        raise NameTaken(f"user {name!r} already exists")
     token, secret = _new_token(session, kind="user", user=user, name="initial")
     return user, token, secret
 
