@@ -12,10 +12,12 @@ The embedded default runs them (a temporary CAST_HOME with
 CAST_EXECUTOR=docker, started as a user's first `cast run` starts it; with
 `--own-server`, a control plane and one worker `--executor docker` started
 on loopback instead), stopped at the end; the images made are removed. Also
-printed: the CLI process's CPU (user + system), steadier than wall times on a
-loaded machine. To compare other code, put it first on PYTHONPATH.
+printed: the CLI process's CPU (user + system) and the control plane's and
+worker's CPU per warm run (their processes' user + system from /proc), figures
+a loaded machine moves far less than the wall times; `--no-cold` leaves out
+step 2. To compare other code, put it first on PYTHONPATH.
 
-    python bench/bench_docker.py [--runs 20] [--base-image cast-base:bookworm] [--own-server]
+    python bench/bench_docker.py [--runs 20] [--base-image cast-base:bookworm] [--own-server] [--no-cold]
 """
 
 from __future__ import annotations
@@ -54,6 +56,21 @@ def timed(cmd: list[str], env: dict, cpu: list[float] | None = None, **kwargs) -
     if cpu is not None:
         cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     return wall
+
+
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) of processes `pids` and their live descendants, from /proc."""
+    ticks, todo = 0, list(pids)
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(child) for child in (task / "children").read_text().split())
+        except OSError:  # ended meanwhile
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -105,6 +122,7 @@ def main() -> None:
     parser.add_argument("--own-server", action="store_true",
                         help="a separately started control plane and worker instead of the embedded default "
                              "(`cast run` under a temporary CAST_HOME, CAST_EXECUTOR=docker)")
+    parser.add_argument("--no-cold", action="store_true", help="only the warm runs (step 1)")
     args = parser.parse_args()
     repository = f"cast-env-bench-{uuid.uuid4().hex[:8]}"
     bare_tag = f"cast-bench-bare:{uuid.uuid4().hex[:8]}"
@@ -124,7 +142,8 @@ def main() -> None:
             if not args.own_server:
                 env.update(CAST_EXECUTOR="docker")
                 timed([CAST, "run", "true"], env, cwd=outside)  # warm-up: starts the embedded default, builds once
-                url = json.loads(Path(root, "home", "server.json").read_text())["url"]
+                state = json.loads(Path(root, "home", "server.json").read_text())
+                url, services = state["url"], [state["pid"]]
                 token = Path(root, "home", "admin-token").read_text().strip()
             else:
                 server = subprocess.Popen([sys.executable, "-m", "cast.server", "--host", "127.0.0.1", "--port",
@@ -136,18 +155,22 @@ def main() -> None:
                                            "--executor", "docker"], env=env, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL)
                 token = Path(f"{root}/server/admin-token").read_text().strip()
+                services = [server.pid, worker.pid]
                 env.update(CAST_SERVER_URL=url, CAST_TOKEN=token)
                 timed([CAST, "run", "true"], env, cwd=outside)  # warm-up: builds the plain environment once
-            cast_times, bare_times, cast_cpu = [], [], []
+            cast_times, bare_times, cast_cpu, service_cpu = [], [], [], []
             for _ in range(args.runs):  # interleaved, so both see the same machine
+                before = tree_cpu(services)
                 cast_times.append(timed([CAST, "run", "true"], env, cast_cpu, cwd=outside))
+                service_cpu.append(tree_cpu(services) - before)
                 bare_times.append(timed(["docker", "run", "--rm", args.base_image, "true"], env))
 
             warm_running = [stage_seconds(url, token, run_id, "running") for run_id in range(2, args.runs + 2)]
-            pip_flags = [flag for package in PACKAGES for flag in ("--pip", package)]
-            cold = timed([CAST, "run", *pip_flags, "true"], env, cwd=outside)
-            cold_building = stage_seconds(url, token, args.runs + 2, "building")
-            bare_cold = bare_build(args.base_image, bare_tag, env)
+            if not args.no_cold:
+                pip_flags = [flag for package in PACKAGES for flag in ("--pip", package)]
+                cold = timed([CAST, "run", *pip_flags, "true"], env, cwd=outside)
+                cold_building = stage_seconds(url, token, args.runs + 2, "building")
+                bare_cold = bare_build(args.base_image, bare_tag, env)
         finally:
             if not args.own_server:
                 subprocess.run([CAST, "down"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -166,10 +189,14 @@ def main() -> None:
     print(f"ratio                         : {cast_median / bare_median:.2f}x  (goal: at most 1.2x: "
           f"{'met' if cast_median <= 1.2 * bare_median else 'not met'})")
     print(f"  CPU of the cast process (user + system): median {statistics.median(cast_cpu) * 1000:.0f} ms")
+    print(f"  CPU of the control plane and worker during a run (user + system; the container's own is the "
+          f"engine's): median {statistics.median(service_cpu) * 1000:.0f} ms")
     print(f"  of which the running stage (container create, start, exit; removal comes after the run): "
           f"median {statistics.median(warm_running) * 1000:.0f} ms")
-    print(f"cold cast run, --pip {' '.join(PACKAGES)}: {cold:.1f} s end to end, building stage {cold_building:.1f} s")
-    print(f"bare docker build --no-cache, same packages: {bare_cold:.1f} s")
+    if not args.no_cold:
+        print(f"cold cast run, --pip {' '.join(PACKAGES)}: {cold:.1f} s end to end, building stage "
+              f"{cold_building:.1f} s")
+        print(f"bare docker build --no-cache, same packages: {bare_cold:.1f} s")
 
 
 if __name__ == "__main__":
