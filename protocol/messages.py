@@ -2,7 +2,8 @@
 
 Owns: `RunSpec` (what a run asks for, as stored and as leased), `Lease` (what
 a worker is handed with a run), the worker's reports (`StatusReport`,
-`StatusBatchReply`, `HeartbeatReply`) and the log stream names (a log's
+`StatusBatchReply`, the worker's heartbeat for all its runs: `WorkerHeartbeat`,
+`WorkerHeartbeatReply` and its interval; one run's `HeartbeatReply`) and the log stream names (a log's
 batches and pages: `logs.py`). Plain dataclasses so the
 CLI imports them without pydantic; the server's pydantic schemas embed these
 same classes (pydantic validates stdlib dataclasses), so a field is declared
@@ -180,9 +181,71 @@ class Lease:
         return asdict(self)
 
 
+# Leases one heartbeat may carry (a worker's slots are bounded the same).
+MAX_HEARTBEAT_LEASES = 10_000
+
+
+def heartbeat_interval(lease_seconds: float) -> float:
+    """How often a worker heartbeats: a third of the lease, so two heartbeats
+    may be lost before it ends, and at most a second apart, since the answer is
+    how a stop or a kill reaches the worker."""
+    return max(0.05, min(lease_seconds / 3, 1.0))
+
+
+@dataclass
+class HeldLease:
+    """One run a worker holds, as its heartbeat names it."""
+
+    run_id: int
+    lease_token: str
+
+
+@dataclass
+class WorkerHeartbeat:
+    """A worker's one heartbeat for every run it holds (`POST /workers/{id}/heartbeat`)."""
+
+    leases: list[HeldLease] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LeaseState:
+    """What the server says of one held lease: `lost` (the run was taken back,
+    or is gone: abandon it), else the run's status, which carries stop and kill
+    (a final one: the worker's own last report got in first)."""
+
+    run_id: int
+    lost: bool
+    status: RunStatus | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LeaseState":
+        status = data.get("status")
+        return cls(run_id=int(data["run_id"]), lost=bool(data["lost"]),
+                   status=RunStatus(status) if status is not None else None)
+
+
+@dataclass
+class WorkerHeartbeatReply:
+    """The answer to a worker's heartbeat: each lease it named, in its order,
+    and when the extended leases now end, by the server's clock."""
+
+    leases: list[LeaseState] = field(default_factory=list)
+    lease_expires_at: datetime | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "WorkerHeartbeatReply":
+        expires = data.get("lease_expires_at")
+        return cls(leases=[LeaseState.from_dict(item) for item in data.get("leases") or []],
+                   lease_expires_at=datetime.fromisoformat(expires) if expires else None)
+
+
 @dataclass
 class HeartbeatReply:
-    """The server's answer to a heartbeat: the run's status carries stop and kill."""
+    """The answer to one run's own heartbeat (`POST /runs/{id}/heartbeat`):
+    the run's status, which carries stop and kill."""
 
     status: RunStatus
     # When the lease now ends, by the server's clock.

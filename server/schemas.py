@@ -22,7 +22,8 @@ from cast.protocol import validate as wire
 from cast.protocol.hyper import Goal, MetricAgg, SearchKind, SearchStatus
 from cast.protocol.logs import MAX_BATCH_LINES
 from cast.protocol.messages import SUBMIT_KEY_PATTERN
-from cast.protocol.messages import MAX_REASON_LENGTH, MAX_STATUS_BATCH, LogStream, MountSpec, RunSpec, StatusReport
+from cast.protocol.messages import (MAX_HEARTBEAT_LEASES, MAX_REASON_LENGTH, MAX_STATUS_BATCH, HeldLease, LogStream,
+                                    MountSpec, RunSpec, StatusReport)
 from cast.protocol.outputs import StagedOutputs
 from cast.protocol.status import RunStatus
 
@@ -429,6 +430,20 @@ class HeartbeatIn(_In):
     lease_token: LeaseToken
 
 
+class HeldLeaseIn(_In):
+    run_id: int = Field(ge=1, le=2**62)
+    lease_token: LeaseToken
+
+
+class WorkerHeartbeatIn(_In):
+    """Every run a worker holds, in one heartbeat (cast.protocol.messages.WorkerHeartbeat)."""
+
+    leases: list[HeldLeaseIn] = Field(max_length=MAX_HEARTBEAT_LEASES)
+
+    def to_leases(self) -> list[HeldLease]:
+        return [HeldLease(run_id=lease.run_id, lease_token=lease.lease_token) for lease in self.leases]
+
+
 class StatusChangeIn(_In):
     """One status report of a batch: its run's lease token is the batch's."""
 
@@ -480,6 +495,14 @@ class ObjectManifestIn(_In):
     lease_token: LeaseToken
     files: list[StagedFileIn]
     folders: list[Annotated[str, Field(min_length=1, max_length=4096)]] = []
+
+
+class UploadManifestIn(_In):
+    """`cast upload` to the object store (cast.protocol.objects.UploadManifest)."""
+
+    kind: Literal["file", "dir"]
+    files: list[StagedFileIn]
+    replace: bool = False
 
 
 class PartUploadOut(BaseModel):

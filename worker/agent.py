@@ -6,8 +6,9 @@ saving → pushing → complete / failed, with `stopped` (SIGTERM, a grace perio
 outputs saved), `killed` (SIGKILL, outputs dropped), `build_failed` and
 `mount_failed` on the way. A worker told to shut down stops its runs the same
 way (outputs saved and pushed) and kills those still going past its bound.
-A heartbeat thread holds the lease and carries out stop and kill within
-about a second; a lost lease kills the process and abandons the run. Everything the server is told goes through the run's ordered
+One heartbeat thread holds every run's lease with one request (a third of the
+lease apart, at most a second) and carries out stop and kill within about a
+second; a lost lease kills the process and abandons the run. Everything the server is told goes through the run's ordered
 outbox (cast.worker.outbox), so nothing is lost while the server is away.
 """
 
@@ -19,14 +20,15 @@ import threading
 import time
 from pathlib import Path
 
-from cast.protocol.messages import Lease, LogStream
+from cast.protocol.messages import HeldLease, Lease, LeaseState, LogStream, heartbeat_interval
 from cast.protocol.status import RunStatus, is_final
 from cast.protocol.validate import parse_machine_type
-from cast.worker.client import Conflict, Refused, ServerClient, ServerError, ServerUnavailable, with_retries
+from cast.worker.client import Refused, ServerClient, ServerError, ServerUnavailable, with_retries
 from cast.worker.executors.base import BuildFailed, Executor, Job, RunningProcess
 from cast.worker.fsops import remove_tree
 from cast.worker.metrics import RunMetrics
 from cast.worker.mounts import MountCache, MountError
+from cast.worker.objects import DEFAULT_CACHE_BYTES
 from cast.worker.outbox import Outbox
 from cast.worker.outputs import Outputs, snapshot
 from cast.worker.resources import GpuPool, cpu_count, disk_nearly_full, memory_bytes
@@ -34,7 +36,6 @@ from cast.worker.source import SourceCache, SourceError
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL = 0.4  # seconds; stop and kill are carried out within about this
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL when a run is stopped
 LEASE_WAIT = 10.0  # seconds a lease request waits on the server for a queued run
 
@@ -50,8 +51,9 @@ class RunController:
     Five kinds of thread act on a run, all through this class:
     - the run's own thread (`execute`) carries it through the stages, queueing
       each status in the outbox, and cleans up after the final one;
-    - the heartbeat thread (`_heartbeats`) holds the lease and carries the
-      server's `stopping` and `killing` out as `request_stop` and `request_kill`;
+    - the agent's heartbeat thread (`Agent._heartbeats`) holds the lease and,
+      through `on_lease_state`, carries the server's `stopping` and `killing`
+      out as `request_stop` and `request_kill`;
     - a timer thread calls `request_stop` when the run's timeout passes;
     - the outbox's sender asks `_lease_still_held` after a 409 (which may find
       the lease lost, or a stop or kill) and ends the run `failed` when the
@@ -64,8 +66,8 @@ class RunController:
     shutdown, a refused report, a lost lease), the run thread queues nothing
     more; once the run thread queued the final status, nothing else is. It is
     re-entrant because `request_stop` may abort. `_finished` is set
-    once every report was delivered: it ends the heartbeats and turns every
-    later request into a no-op.
+    once every report was delivered: the heartbeats leave the run out and every
+    later request is a no-op.
     """
 
     def __init__(self, agent: "Agent", lease: Lease, gpus: list[int]):
@@ -94,29 +96,26 @@ class RunController:
 
     # --- the heartbeat thread and the outbox's sender: what the server says ---
 
-    def _heartbeats(self) -> None:
-        while not self._finished.wait(HEARTBEAT_INTERVAL):
-            try:
-                reply = self.agent.client.heartbeat(self.run_id, self.token)
-            except ServerUnavailable:
-                continue  # the server may be restarting; the outbox keeps everything
-            except (Conflict, Refused):
-                self._lose_lease()
-                return
-            self._on_server_status(reply.status)
+    def on_lease_state(self, state: LeaseState) -> None:
+        """What a heartbeat heard of this run's lease."""
+        if state.lost:
+            self._lose_lease()
+        else:
+            self._on_server_status(state.status)
 
     def _lease_still_held(self) -> bool:
         """Asked by the outbox after a 409: lost lease, or a refused change?"""
+        held = [HeldLease(run_id=self.run_id, lease_token=self.token)]
         try:
-            reply = with_retries(lambda: self.agent.client.heartbeat(self.run_id, self.token),
+            reply = with_retries(lambda: self.agent.client.heartbeat(self.agent.worker_id, held),
                                  should_continue=lambda: not self.outbox.abandoned)
-        except (Conflict, Refused):
+        except Refused:
             self._lose_lease()
             return False
         except ServerUnavailable:
             return False
-        self._on_server_status(reply.status)
-        return True
+        self.on_lease_state(reply.leases[0])
+        return not reply.leases[0].lost
 
     def _on_server_status(self, status: RunStatus) -> None:
         if status is RunStatus.STOPPING:
@@ -200,8 +199,6 @@ class RunController:
         return env
 
     def execute(self) -> None:
-        heartbeats = threading.Thread(target=self._heartbeats, name=f"heartbeat-{self.run_id}", daemon=True)
-        heartbeats.start()
         try:
             self._execute()
         except Exception as exc:  # a bug must not leave the run hanging
@@ -279,6 +276,7 @@ class RunController:
             timer.daemon = True
             timer.start()
         result = self._process.wait()
+        agent.mounts.release(self.run_id)  # its command is done with them: they may be evicted
         if timer:
             timer.cancel()
         self.metrics.finish()  # every point the run wrote is queued before `saving`
@@ -328,7 +326,7 @@ class Agent:
     """
 
     def __init__(self, *, client: ServerClient, executor: Executor, work_dir: Path, name: str,
-                 max_runs: int, gpus: list[int]):
+                 max_runs: int, gpus: list[int], object_cache_bytes: int = DEFAULT_CACHE_BYTES):
         self.client = client
         self.executor = executor
         self.work_dir = work_dir
@@ -337,8 +335,9 @@ class Agent:
         self.gpu_pool = GpuPool(gpus)
         self.runs_dir = work_dir / "runs"
         self.sources = SourceCache(work_dir / "source")
-        self.mounts = MountCache(work_dir / "mounts")
+        self.mounts = MountCache(work_dir / "mounts", object_cache_bytes=object_cache_bytes)
         self.worker_id: str | None = None
+        self.heartbeat_every = heartbeat_interval(15.0)  # until the server says its lease period
         self.stopping = threading.Event()
         self._active: dict[int, RunController] = {}
         self._slots = threading.Condition()
@@ -349,6 +348,7 @@ class Agent:
             gpus=self.gpu_pool.all, max_runs=self.max_runs, sandboxed=self.executor.sandboxed,
         ), should_continue=lambda: not self.stopping.is_set())
         self.worker_id = answer["id"]
+        self.heartbeat_every = heartbeat_interval(float(answer["lease_seconds"]))
         log.info("worker %s registered as %s (executor %s, %d slots, GPUs %s)", self.name, self.worker_id,
                  self.executor.name, self.max_runs, self.gpu_pool.all or "none")
 
@@ -361,6 +361,7 @@ class Agent:
     def serve(self) -> None:
         """Lease and start runs until `stopping` is set."""
         self._register()
+        threading.Thread(target=self._heartbeats, name="heartbeats", daemon=True).start()
         delay = 0.05
         while not self.stopping.is_set():
             with self._slots:
@@ -386,6 +387,32 @@ class Agent:
                 if self.stopping.is_set():  # leased while shutting down: hand it back at once
                     controller.interrupt("the worker shut down")
 
+    def _heartbeats(self) -> None:
+        """Hold every active run's lease with one request each `heartbeat_every`
+        seconds, until the worker stopped and holds no run; each run hears what
+        the server says of its own lease."""
+        while True:
+            time.sleep(self.heartbeat_every)
+            with self._slots:
+                if self.stopping.is_set() and not self._active:
+                    return
+                held = [controller for controller in self._active.values() if not controller.done]
+            if not held:
+                continue
+            try:
+                reply = self.client.heartbeat(self.worker_id, [HeldLease(run_id=controller.run_id,
+                                                                         lease_token=controller.token)
+                                                               for controller in held])
+            except ServerUnavailable:
+                continue  # the server may be restarting; the outboxes keep everything
+            except Refused as exc:  # the worker's token was revoked, say: no lease is held any more
+                log.error("heartbeat refused: %s", exc)
+                states = [LeaseState(run_id=controller.run_id, lost=True) for controller in held]
+            else:
+                states = reply.leases
+            for controller, state in zip(held, states):
+                controller.on_lease_state(state)
+
     def _start(self, lease: Lease) -> RunController:
         spec = lease.spec
         # A run queued before the server counted its GPUs has only its machine type.
@@ -405,6 +432,7 @@ class Agent:
         try:
             controller.execute()
         finally:
+            self.mounts.release(controller.run_id)
             self.gpu_pool.release(controller.gpus)
             with self._slots:
                 self._active.pop(controller.run_id, None)

@@ -8,20 +8,32 @@ refused), any other 4xx, and a 5xx the server marks permanent (the
 cannot help). `with_retries` also gives up, with `Refused`, once the server
 gave the same 5xx answer a given number of times in a row: a server error
 that every retry meets again is deterministic, not an outage.
+
+An output push is a body of bytes and `FileSpan`s (a file's bytes, never
+read into Python): over plain HTTP with no proxy it goes out on a socket of
+its own, the spans with `sendfile`, framed by h11 (the HTTP/1.1 engine under
+httpx, so the request and answer are parsed the same way); through a proxy or
+TLS, httpx sends it, the spans read in large pieces. Either way a failure is
+classified as every other request's, and the outbox retries it whole.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, TypeVar
 
+import h11
 import httpx
 
 from cast.protocol.logs import LogBatch, LogRun
-from cast.protocol.messages import PERMANENT_HEADER, HeartbeatReply, Lease, StatusBatchReply, StatusReport
+from cast.protocol.messages import (PERMANENT_HEADER, HeldLease, Lease, StatusBatchReply, StatusReport, WorkerHeartbeat,
+                                    WorkerHeartbeatReply)
 from cast.protocol.metrics import MetricPoint
 from cast.protocol.objects import ObjectFile, ObjectManifest, ObjectPlan
 from cast.protocol.outputs import StagedOutputs
@@ -32,6 +44,32 @@ _RETRYABLE_4XX = frozenset({408, 429})
 # 5xx answers of a server being restarted or of a proxy in front of it: an
 # outage however often they repeat, never counted as the same error.
 _OUTAGE_5XX = frozenset({502, 503, 504})
+# Bytes of a push's body gathered into one write (many small files' headers and contents).
+GATHER = 1 << 20
+# A span read into memory at a time where it cannot be sent with sendfile.
+SPAN_READ = 4 << 20
+# The longest answer to a push read back (a short JSON document).
+MAX_ANSWER = 1 << 20
+
+
+class FileSpan(NamedTuple):
+    """The first `size` bytes of the open file `file`, zero-filled should it be shorter by then."""
+    file: BinaryIO
+    size: int
+
+
+def span_bytes(body: Iterable[bytes | FileSpan]) -> Iterator[bytes]:
+    """A push's body as bytes alone, each span read in pieces of at most SPAN_READ bytes."""
+    for piece in body:
+        if not isinstance(piece, FileSpan):
+            yield piece
+            continue
+        done = 0
+        while done < piece.size:
+            data = os.pread(piece.file.fileno(), min(SPAN_READ, piece.size - done), done) or \
+                bytes(min(SPAN_READ, piece.size - done))
+            done += len(data)
+            yield data
 
 
 class ServerError(Exception):
@@ -106,6 +144,61 @@ def with_retries(call: Callable[[], T], *, should_continue: Callable[[], bool] =
             delay = min(delay * 2, max_delay)
 
 
+def _send_chunked(sock: socket.socket, body: Iterable[bytes | FileSpan]) -> None:
+    """`body` in HTTP/1.1 chunks: bytes gathered up to GATHER into one write,
+    each span a chunk of its own sent by the kernel from the file (sendfile)."""
+    gathered: list[bytes] = []
+    size = 0
+
+    def flush(then: bytes = b"") -> None:
+        nonlocal size
+        if size:
+            gathered.insert(0, b"%x\r\n" % size)
+            gathered.append(b"\r\n")
+        if size or then:
+            sock.sendall(b"".join([*gathered, then]))
+        gathered.clear()
+        size = 0
+
+    for piece in body:
+        if not isinstance(piece, FileSpan):
+            gathered.append(piece)
+            size += len(piece)
+            if size >= GATHER:
+                flush()
+            continue
+        if not piece.size:
+            continue
+        flush(b"%x\r\n" % piece.size)
+        sent = sock.sendfile(piece.file, 0, piece.size)
+        while sent < piece.size:  # the file shrank since its header was written
+            sent += sock.send(bytes(min(SPAN_READ, piece.size - sent)))
+        sock.sendall(b"\r\n")
+    flush()
+
+
+def _read_answer(sock: socket.socket, connection: h11.Connection) -> httpx.Response | None:
+    """The server's answer to a request sent (whole or not) on `sock`; None if it gave none."""
+    status, headers, content = None, None, bytearray()
+    try:
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                connection.receive_data(sock.recv(65536))
+            elif isinstance(event, h11.Response):
+                status, headers = event.status_code, event.headers
+            elif isinstance(event, h11.Data):
+                content += event.data
+                if len(content) > MAX_ANSWER:
+                    return None
+            elif isinstance(event, h11.EndOfMessage):
+                return httpx.Response(status, headers=list(headers), content=bytes(content))
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
+    except (OSError, h11.RemoteProtocolError):
+        return None
+
+
 def _quote_path(path: str) -> str:
     return "/".join(urllib.parse.quote(part, safe="") for part in path.split("/"))
 
@@ -156,12 +249,14 @@ class ServerClient:
         self._claim = None
         return None if response.status_code == 204 else Lease.from_dict(response.json())
 
-    # --- one leased run ---------------------------------------------------
-
-    def heartbeat(self, run_id: int, lease_token: str) -> HeartbeatReply:
-        return HeartbeatReply.from_dict(self._request(
-            "POST", f"/runs/{run_id}/heartbeat", json={"lease_token": lease_token}, timeout=httpx.Timeout(5.0),
+    def heartbeat(self, worker_id: str, leases: list[HeldLease]) -> WorkerHeartbeatReply:
+        """One heartbeat for every run the worker holds."""
+        return WorkerHeartbeatReply.from_dict(self._request(
+            "POST", f"/workers/{worker_id}/heartbeat", json=WorkerHeartbeat(leases=leases).to_dict(),
+            timeout=httpx.Timeout(5.0),
         ).json())
+
+    # --- one leased run ---------------------------------------------------
 
     def report_statuses(self, run_id: int, lease_token: str, reports: list[StatusReport]) -> StatusBatchReply:
         """Consecutive status reports in one request, applied in order."""
@@ -179,12 +274,45 @@ class ServerClient:
             "lease_token": lease_token, "seq": seq, "points": [point.to_dict() for point in points],
         }).json()
 
-    def push_outputs(self, run_id: int, lease_token: str, tar_chunks: Iterable[bytes]) -> dict:
-        return self._request(
-            "PUT", f"/runs/{run_id}/outputs", content=tar_chunks,
-            headers={"X-Lease-Token": lease_token, "Content-Type": "application/x-tar"},
-            timeout=httpx.Timeout(600.0, connect=5.0),
-        ).json()
+    def push_outputs(self, run_id: int, lease_token: str, tar: Iterable[bytes | FileSpan]) -> dict:
+        """Send the tar `tar` (made again for each try) as run `run_id`'s outputs."""
+        path, headers = f"/runs/{run_id}/outputs", {"X-Lease-Token": lease_token, "Content-Type": "application/x-tar"}
+        if self._bulk_sendable():
+            return _check(self._bulk_put(path, headers, tar)).json()
+        return self._request("PUT", path, content=span_bytes(tar), headers=headers,
+                             timeout=httpx.Timeout(600.0, connect=5.0)).json()
+
+    def _bulk_sendable(self) -> bool:
+        """Whether a body may go out on a plain socket: plain HTTP to a server no
+        proxy stands in front of, by the same variables httpx reads."""
+        url = self._http.base_url
+        proxies = urllib.request.getproxies_environment()
+        return url.scheme == "http" and not ((proxies.get("http") or proxies.get("all"))
+                                             and not urllib.request.proxy_bypass_environment(url.host, proxies))
+
+    def _bulk_put(self, path: str, headers: dict[str, str], body: Iterable[bytes | FileSpan]) -> httpx.Response:
+        url = self._http.base_url
+        try:
+            sock = socket.create_connection((url.host, url.port or 80), timeout=5.0)
+        except OSError as exc:
+            raise ServerUnavailable(f"cannot reach the server: {exc}") from exc
+        with sock:
+            sock.settimeout(600.0)
+            connection = h11.Connection(h11.CLIENT)
+            request = h11.Request(method="PUT", target=url.raw_path + path.lstrip("/").encode(), headers=[
+                ("Host", url.netloc), ("Authorization", self._http.headers["Authorization"]), *headers.items(),
+                ("Transfer-Encoding", "chunked")])
+            failure = None
+            try:
+                sock.sendall(connection.send(request))
+                _send_chunked(sock, body)
+                sock.sendall(connection.send(h11.EndOfMessage()))
+            except OSError as exc:  # the server may have answered (a refusal) and closed: its answer wins
+                failure = exc
+            answer = _read_answer(sock, connection)
+        if answer is None:
+            raise ServerUnavailable(f"cannot reach the server: {failure or 'it closed the connection'}") from failure
+        return answer
 
     def adopt_outputs(self, run_id: int, staged: StagedOutputs) -> dict:
         return self._request("POST", f"/runs/{run_id}/outputs/staged", json=staged.to_dict(),

@@ -1,6 +1,7 @@
-"""Worker routes: register, lease the next run (long poll), heartbeat and
-report status on a leased run (one report, or consecutive ones in one
-request), and fetch a mount's bytes or a run's code."""
+"""Worker routes: register, lease the next run (long poll), heartbeat (a
+worker's one heartbeat for all its runs, or one run's own), report status on a
+leased run (one report, or consecutive ones in one request), and fetch a
+mount's bytes or a run's code."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 
-from cast.protocol.messages import HeartbeatReply, Lease, StatusBatchReply
-from cast.protocol.status import RunStatus
+from cast.protocol.messages import HeartbeatReply, Lease, StatusBatchReply, WorkerHeartbeatReply
 from cast.server.api.deps import DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth
 from cast.server.api.files import file_or_tar
-from cast.server.schemas import (CODE_KEY_PATTERN, HeartbeatIn, LeaseRequest, RunOut, StatusBatchIn, StatusIn, WorkerRegister,
-                                 WorkerRegistered)
+from cast.server.schemas import (CODE_KEY_PATTERN, HeartbeatIn, LeaseRequest, RunOut, StatusBatchIn, StatusIn,
+                                 WorkerHeartbeatIn, WorkerRegister, WorkerRegistered)
 from cast.server.services import code, leases, runs, workers
 
 router = APIRouter(tags=["workers"], route_class=SessionRoute)
+WorkerId = Annotated[str, Path(max_length=64, description="the id registering answered")]
 
 
 @router.post("/workers", response_model=WorkerRegistered)
@@ -42,10 +43,15 @@ async def lease_run(
     return Response(status_code=204) if lease is None else lease
 
 
+@router.post("/workers/{worker_id}/heartbeat", response_model=WorkerHeartbeatReply)
+def worker_heartbeat(worker_id: WorkerId, body: WorkerHeartbeatIn, _: WorkerAuth, session: SessionDep,
+                     settings: SettingsDep) -> WorkerHeartbeatReply:
+    return leases.heartbeat(session, worker_id=worker_id, leases=body.to_leases(), settings=settings)
+
+
 @router.post("/runs/{run_id}/heartbeat", response_model=HeartbeatReply)
 def heartbeat(run_id: RunId, body: HeartbeatIn, _: WorkerAuth, session: SessionDep, settings: SettingsDep) -> HeartbeatReply:
-    run = leases.heartbeat(session, run_id=run_id, lease_token=body.lease_token, settings=settings)
-    return HeartbeatReply(status=RunStatus(run.status), lease_expires_at=run.lease_expires_at)
+    return leases.heartbeat_run(session, run_id=run_id, lease_token=body.lease_token, settings=settings)
 
 
 @router.post("/runs/{run_id}/status", response_model=RunOut)

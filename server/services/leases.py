@@ -3,8 +3,9 @@
 Owns the claim (`switch_status` with the run id given as a scalar subquery:
 the oldest queued run that fits the worker's free GPUs, so two workers never
 get the same run), the lease a worker is handed (`cast.protocol.messages.Lease`),
-heartbeats, a worker's status reports (alone or in a batch), the check every leased call makes, the
-reaper of expired leases and of runs overdue in a bounded stage (a worker that
+a worker's heartbeat (one request and one UPDATE for all its runs), a
+worker's status reports (alone or in a batch), the check every leased call
+makes, the reaper of expired leases and of runs overdue in a bounded stage (a worker that
 heartbeats but never gets past building, saving, pushing, stopping or
 killing), the fresh lease period after a restart, and the workers' long poll
 (`wait_for_lease`).
@@ -22,11 +23,12 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, literal, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from cast.protocol.messages import Lease, LeaseMount, RunSpec, StatusBatchReply, StatusReport
+from cast.protocol.messages import (HeartbeatReply, HeldLease, Lease, LeaseMount, LeaseState, RunSpec,
+                                    StatusBatchReply, StatusReport, WorkerHeartbeatReply)
 from cast.protocol.status import LEASED_STATUSES, RunStatus
 from cast.protocol.units import format_duration
 from cast.protocol.validate import parse_resource
@@ -39,6 +41,7 @@ from cast.server.settings import Settings
 
 S = RunStatus
 _LEASED = [s.value for s in LEASED_STATUSES]
+_RUNS = Run.__table__
 
 
 # --- claiming -----------------------------------------------------------------------
@@ -176,27 +179,56 @@ def _extended_lease(settings: Settings) -> ColumnElement:
     for the lock must not move the end back over a heartbeat that got in first
     (the reaper would take a live run for a lost one).
     """
-    expires = literal(utcnow() + timedelta(seconds=settings.lease_seconds), Run.lease_expires_at.type)
-    return case((Run.lease_expires_at > expires, Run.lease_expires_at), else_=expires)
+    column = _RUNS.c.lease_expires_at
+    expires = literal(utcnow() + timedelta(seconds=settings.lease_seconds), column.type)
+    return case((column > expires, column), else_=expires)
 
 
-def heartbeat(session: Session, *, run_id: int, lease_token: str, settings: Settings) -> Run:
-    run = session.scalars(
-        update(Run)
-        .where(Run.id == run_id, Run.lease_token == lease_token, Run.status.in_(_LEASED))
+def heartbeat(session: Session, *, worker_id: str, leases: list[HeldLease], settings: Settings) -> WorkerHeartbeatReply:
+    """Extend every lease `worker_id` names that it still holds, in one UPDATE,
+    and say of each whether it is lost or what its run's status is.
+
+    Plain SQL on the table, no ORM object: a worker with many runs heartbeats
+    once a second, so this is the control plane's most frequent request."""
+    if not leases:
+        return WorkerHeartbeatReply()
+    held = _RUNS.c
+    extended = {row.id: row for row in session.execute(
+        update(_RUNS)
+        .where(tuple_(held.id, held.lease_token).in_([(lease.run_id, lease.lease_token) for lease in leases]),
+               held.worker_id == worker_id, held.status.in_(_LEASED))
         .values(lease_expires_at=_extended_lease(settings))
-        .returning(Run)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    ).one_or_none()
-    if run is None:
-        run = session.get(Run, run_id)
-        if run is None:
-            raise RunNotFound(run_id)
+        .returning(held.id, held.status, held.lease_token, held.worker_id, held.lease_expires_at)
+    )}
+    missing = [lease.run_id for lease in leases if lease.run_id not in extended]
+    others = {row.id: row for row in session.execute(
+        select(held.id, held.status, held.lease_token, held.worker_id).where(held.id.in_(missing)))} if missing else {}
+    states = []
+    for lease in leases:
+        row = extended.get(lease.run_id) or others.get(lease.run_id)
         # A heartbeat racing the worker's own final report is harmless; any
         # other miss means the lease is gone.
-        if run.lease_token != lease_token or run.status == S.INTERRUPTED.value:
-            raise LeaseLost(run_id)
-    return run
+        if (row is None or row.lease_token != lease.lease_token or row.worker_id != worker_id
+                or row.status == S.INTERRUPTED.value):
+            states.append(LeaseState(run_id=lease.run_id, lost=True))
+        else:
+            states.append(LeaseState(run_id=lease.run_id, lost=False, status=RunStatus(row.status)))
+    ends = [row.lease_expires_at for row in extended.values()]
+    return WorkerHeartbeatReply(leases=states, lease_expires_at=min(ends) if ends else None)
+
+
+def heartbeat_run(session: Session, *, run_id: int, lease_token: str, settings: Settings) -> HeartbeatReply:
+    """One run's own heartbeat, for a caller that holds its token but not its
+    worker's id: the same UPDATE on one lease; RunNotFound or LeaseLost when lost."""
+    holder = session.execute(select(_RUNS.c.worker_id).where(_RUNS.c.id == run_id)).first()
+    if holder is None:
+        raise RunNotFound(run_id)
+    reply = heartbeat(session, worker_id=holder.worker_id or "", leases=[HeldLease(run_id=run_id, lease_token=lease_token)],
+                      settings=settings)
+    state = reply.leases[0]
+    if state.lost:
+        raise LeaseLost(run_id)
+    return HeartbeatReply(status=state.status, lease_expires_at=reply.lease_expires_at)
 
 
 def report_status(session: Session, *, run_id: int, report: StatusReport, settings: Settings) -> Run:

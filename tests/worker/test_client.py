@@ -11,7 +11,7 @@ import tarfile
 import httpx
 import pytest
 
-from cast.protocol.messages import PERMANENT_HEADER
+from cast.protocol.messages import PERMANENT_HEADER, HeldLease, LeaseState
 from cast.protocol.status import RunStatus
 from cast.worker.client import (Conflict, Refused, ServerClient, ServerUnavailable, _check,
                                 with_retries)
@@ -135,10 +135,10 @@ def test_requests_against_the_real_server(server, tmp_path):
             run_id = submit(api, "true")
         lease = client.lease(registered["id"], free_gpus=0, wait=0)
         assert lease is not None and lease.run_id == run_id and lease.spec.command == "true"
-        beat = client.heartbeat(run_id, lease.lease_token)
-        assert beat.status == RunStatus.BUILDING and beat.lease_expires_at is not None
-        with pytest.raises(Conflict):
-            client.heartbeat(run_id, "not-the-lease")
+        beat = client.heartbeat(registered["id"], [HeldLease(run_id, lease.lease_token), HeldLease(run_id, "not-the-lease")])
+        assert beat.lease_expires_at is not None
+        assert beat.leases == [LeaseState(run_id, lost=False, status=RunStatus.BUILDING), LeaseState(run_id, lost=True)]
+        assert client.heartbeat("w-another", [HeldLease(run_id, lease.lease_token)]).leases[0].lost
 
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:

@@ -171,3 +171,39 @@ def test_a_heartbeat_answers_the_status_and_the_new_end_of_the_lease(local):
     beat = local.worker.post(f"/runs/{run_id}/heartbeat", json={"lease_token": lease["lease_token"]}).json()
     assert set(beat) == {"status", "lease_expires_at"} and beat["status"] == "building"
     assert datetime.fromisoformat(beat["lease_expires_at"]) >= before + timedelta(seconds=lease["lease_seconds"])
+
+
+def test_one_worker_heartbeat_holds_all_its_leases_and_names_each_lost_one(local, app):
+    worker = local.register()
+    other = local.register("other")
+    ids = [local.create_run()["id"] for _ in range(4)]
+    mine = {lease["run_id"]: lease["lease_token"] for lease in (local.lease(worker) for _ in range(3))}
+    theirs = local.lease(other)
+    stopped, reaped, done = sorted(mine)
+    local.advance({"run_id": done, "lease_token": mine[done]}, "mounting", "running", "saving", "pushing", "complete")
+    assert local.user.post(f"/runs/{stopped}/stop").json()["status"] == "stopping"
+    _expire(app, reaped)
+    with app.state.database.transaction() as session:
+        assert leases.reap_expired(session, settings=app.state.settings) == [reaped]
+    before = utcnow()
+    held = [{"run_id": run_id, "lease_token": token} for run_id, token in mine.items()]
+    borrowed = [{"run_id": theirs["run_id"], "lease_token": theirs["lease_token"]},  # another worker's lease
+                {"run_id": stopped, "lease_token": "not-the-token"}, {"run_id": 2**62, "lease_token": "x"}]
+    answer = local.worker.post(f"/workers/{worker}/heartbeat", json={"leases": held + borrowed})
+    assert answer.status_code == 200, answer.text
+    beat = answer.json()
+    assert beat["leases"] == [
+        {"run_id": stopped, "lost": False, "status": "stopping"},  # the stop reaches the worker
+        {"run_id": reaped, "lost": True, "status": None},
+        {"run_id": done, "lost": False, "status": "complete"},  # raced its own last report: harmless
+        {"run_id": theirs["run_id"], "lost": True, "status": None},
+        {"run_id": stopped, "lost": True, "status": None},
+        {"run_id": 2**62, "lost": True, "status": None},
+    ]
+    assert datetime.fromisoformat(beat["lease_expires_at"]) >= before + timedelta(seconds=2)
+    assert sorted(ids) == sorted([*mine, theirs["run_id"]])
+    with app.state.database.transaction(write=False) as session:
+        ends = {run.id: run.lease_expires_at for run in session.query(Run).where(Run.id.in_([stopped, theirs["run_id"]]))}
+    assert ends[stopped] >= before + timedelta(seconds=2) > ends[theirs["run_id"]]
+    assert local.worker.post(f"/workers/{worker}/heartbeat", json={"leases": []}).json() == {
+        "leases": [], "lease_expires_at": None}
