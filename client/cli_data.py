@@ -209,10 +209,9 @@ def download(client, parsed, target: Path, *, entries: list[dict] | None = None,
 @click.option("--replace", is_flag=True, help="Replace uploads/NAME, if no run has mounted it.")
 def upload(path, name, replace) -> int:
     """Upload a file or folder as uploads/NAME, for runs to mount."""
+    from cast.protocol.objects import UploadManifest
     from cast.protocol.units import human_size
     from cast.protocol.validate import validate_upload_name
-
-    from .render import Progress
 
     source = Path(path)
     if not source.exists():
@@ -229,23 +228,68 @@ def upload(path, name, replace) -> int:
             raise CastError(f"uploads/{name} already exists; choose another name with -n NAME, "
                             "or replace it with --replace")
     if source.is_dir():
-        from .tarstream import tar_chunks, walk_folder
+        from .tarstream import walk_folder
 
         members, total, skipped = walk_folder(source)
         for item in skipped:
             sys.stderr.write(f"cast: skipping {item} (a link to a folder, or unreadable)\n")
-        progress = Progress(name + "/", total)
-        kind, chunks = "dir", tar_chunks(members, follow_symlinks=True, on_bytes=progress.advance)
+        kind = "dir"
     else:
-        total = source.stat().st_size
-        progress = Progress(name, total)
-        kind, chunks = "file", _file_chunks(source, progress)
-    result = client.upload(name, kind, chunks, replace=replace)
-    progress.finish()
+        members, total, kind = [(str(source), name)], source.stat().st_size, "file"
+    try:  # an S3 object store takes the bytes itself; the filesystem store answers 409
+        client.plan_upload(name, UploadManifest(kind="dir", replace=replace))
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+        result = _relay_upload(client, name, kind, source, members, total, replace)
+    else:
+        result = _upload_to_store(client, name, kind, members, total, replace)
     files = result.get("files")
     sys.stdout.write(f"Uploaded uploads/{result.get('name', name)} ({human_size(result.get('size', total))}"
                      + (f", {files} files" if kind == "dir" and files is not None else "") + ")\n")
     return 0
+
+
+def _relay_upload(client, name: str, kind: str, source: Path, members, total: int, replace: bool) -> dict:
+    """The upload as one stream through the server (its filesystem store)."""
+    from .render import Progress
+
+    if kind == "dir":
+        from .tarstream import tar_chunks
+
+        progress = Progress(name + "/", total)
+        chunks = tar_chunks(members, follow_symlinks=True, on_bytes=progress.advance)
+    else:
+        progress = Progress(name, total)
+        chunks = _file_chunks(source, progress)
+    result = client.upload(name, kind, chunks, replace=replace)
+    progress.finish()
+    return result
+
+
+def _upload_to_store(client, name: str, kind: str, members, total: int, replace: bool) -> dict:
+    """The upload straight to the server's object store: hashed, planned, sent, committed."""
+    from cast.protocol.objects import UploadManifest
+    from cast.protocol.units import human_size
+
+    from . import objectupload
+    from .render import Progress
+
+    files = [(local, arcname) for local, arcname in members if not os.path.isdir(local)]
+    label = name + ("/" if kind == "dir" else "")
+    hashing = Progress(f"{label} (hashing)", total)
+    entries = objectupload.hash_files(files, hashing.advance)
+    hashing.finish()
+    manifest = UploadManifest(kind=kind, files=entries, replace=replace)
+    plan = client.plan_upload(name, manifest)
+    sending = objectupload.planned_bytes(plan, entries)
+    stored = sum({entry.sha256: entry.size for entry in entries}.values()) - sending  # each content once
+    if stored:
+        sys.stderr.write(f"cast: {human_size(stored)} already in the object store; sending {human_size(sending)}\n")
+    progress = Progress(label, sending)
+    objectupload.send(plan, entries, dict((arcname, local) for local, arcname in files), progress.advance)
+    progress.finish()
+    return client.commit_upload(name, manifest)
 
 
 def _file_chunks(path: Path, progress):

@@ -29,6 +29,7 @@ from cast.protocol.logs import MAX_READ_LINES, LogPage
 
 if TYPE_CHECKING:  # only `run` builds one; the other verbs need not import it
     from cast.protocol.messages import RunSpec
+    from cast.protocol.objects import ObjectPlan, UploadManifest
 
 API_PREFIX = "/api/v1"
 DEFAULT_TIMEOUT = 60.0
@@ -451,6 +452,19 @@ class Client:
                           query={"kind": kind, "replace": "true" if replace else None}, body=chunks,
                           headers={"Content-Type": "application/x-tar" if kind == "dir" else "application/octet-stream"},
                           dedicated=True)
+
+    def plan_upload(self, name: str, manifest: "UploadManifest") -> "ObjectPlan":
+        """With an S3 object store: presigned PUTs (or the missing parts) for the
+        contents of `manifest` the store lacks. A filesystem store answers 409."""
+        from cast.protocol.objects import ObjectPlan
+
+        # Repeatable: a plan only reads and signs.
+        return ObjectPlan.from_dict(self._call("POST", f"/uploads/{quote(name, safe='')}/plan",
+                                               json_body=manifest.to_dict(), repeatable=True))
+
+    def commit_upload(self, name: str, manifest: "UploadManifest") -> dict:
+        """Record `uploads/NAME` from the objects a plan's URLs stored; as `upload`'s answer."""
+        return self._call("POST", f"/uploads/{quote(name, safe='')}/commit", json_body=manifest.to_dict())
 
     def list_uploads(self) -> dict:
         return self._call("GET", "/uploads")

@@ -11,6 +11,13 @@ does not yet hold (a retried push resumes); the worker uploads, sending the
 outputs become visible. A mount's files come as `ObjectFile`s with presigned
 GETs (GET /api/v1/workers/objects/{resource}), fetched by sha256 into the
 worker's cache.
+
+`cast upload` goes the same three steps with an `UploadManifest` (POST
+/api/v1/uploads/{name}/plan, then .../commit): an upload's objects are
+content addressed (one object per sha256 within its owner's uploads), so the
+plan lists one `FileUpload` per content the store lacks, named by the first
+path that holds it; an upload of files already stored sends nothing, and a
+re-run of an upload that was cut off sends only what is still missing.
 """
 
 from __future__ import annotations
@@ -42,6 +49,19 @@ class ObjectManifest:
     lease_token: str
     files: list[ObjectEntry] = field(default_factory=list)
     folders: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class UploadManifest:
+    """An upload's files as the CLI hashed them: `kind` "file" (one entry,
+    named as the upload) or "dir"; `replace` as `cast upload --replace`."""
+
+    kind: str
+    files: list[ObjectEntry] = field(default_factory=list)
+    replace: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -32,7 +32,7 @@ import threading
 import time
 from pathlib import Path
 
-from cast.protocol.units import human_size, parse_duration
+from cast.protocol.units import human_size, parse_duration, parse_size
 from cast.worker.agent import Agent, default_work_dir
 from cast.worker.client import ServerClient
 from cast.worker.executors import DOCKER_OPTIONS, EXECUTOR_CHOICES, available_executors, make_executor
@@ -70,6 +70,10 @@ def _serve_parser() -> argparse.ArgumentParser:
                         metavar="SECONDS",
                         help="on SIGTERM, how long runs may take to stop and push their outputs before they "
                              "are killed (default: $CAST_WORKER_SHUTDOWN_GRACE, else 30)")
+    parser.add_argument("--cache-bytes", metavar="SIZE", default=os.environ.get("CAST_WORKER_CACHE_BYTES", "20g"),
+                        help="bound of the object store's cache of mounted files, e.g. 500g; the files used "
+                             "longest ago that no run mounts are evicted (default: $CAST_WORKER_CACHE_BYTES, "
+                             "else 20g)")
     parser.add_argument("--shutdown-reason", default="worker shut down", metavar="TEXT",
                         help="the reason runs stopped by this worker's shutdown record (default: worker shut down)")
     docker = parser.add_argument_group("docker executor", "each defaults to its CAST_WORKER_<NAME> variable")
@@ -144,6 +148,12 @@ def serve(argv: list[str]) -> int:
         gpus = parse_gpus_option(args.gpus)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    try:
+        cache_bytes = parse_size(args.cache_bytes)
+    except ValueError:
+        cache_bytes = -1
+    if cache_bytes < 0:
+        raise UsageError(f"--cache-bytes must be a size such as 500g, not {args.cache_bytes!r}")
     token = _read_token(args.token_file)
     work_dir = args.work_dir.resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -163,7 +173,7 @@ def serve(argv: list[str]) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     client = ServerClient(args.server, token, max_same_errors=args.max_same_errors)
     agent = Agent(client=client, executor=executor, work_dir=work_dir, name=args.name,
-                  max_runs=args.max_runs, gpus=gpus)
+                  max_runs=args.max_runs, gpus=gpus, object_cache_bytes=cache_bytes)
     agent.prepare()
 
     stop, kill_now = threading.Event(), threading.Event()

@@ -25,7 +25,7 @@ from cast.worker.client import ServerClient, ServerError, with_retries
 from cast.worker.executors.base import PreparedMount
 from cast.worker.fsops import remove_tree
 from cast.worker.locking import file_lock
-from cast.worker.objects import ObjectCache
+from cast.worker.objects import DEFAULT_CACHE_BYTES, ObjectCache
 
 
 class MountError(Exception):
@@ -75,9 +75,9 @@ def _usable_in_place(path: Path) -> bool:
 
 
 class MountCache:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, object_cache_bytes: int = DEFAULT_CACHE_BYTES):
         self.root = root
-        self.objects = ObjectCache(root / "objects")
+        self.objects = ObjectCache(root / "objects", max_bytes=object_cache_bytes)
 
     def prepare(self, lease: Lease, client: ServerClient, should_continue=lambda: True) -> list[PreparedMount]:
         shared = shares_server_storage(lease)
@@ -87,18 +87,22 @@ class MountCache:
             if local is not None and _usable_in_place(local):
                 source = local
             elif lease.object_store:
-                source = self._from_objects(mount, client, should_continue)
+                source = self._from_objects(mount, client, should_continue, run_id=lease.run_id)
             else:
                 source = self._download(mount, client, should_continue)
             prepared.append(PreparedMount(source=source, path=mount.path))
         return prepared
 
-    def _from_objects(self, mount: LeaseMount, client: ServerClient, should_continue) -> Path:
+    def _from_objects(self, mount: LeaseMount, client: ServerClient, should_continue, *, run_id: int) -> Path:
         with file_lock(self.root / "objects.lock"):
             try:
-                return self.objects.mount(mount, client, should_continue)
+                return self.objects.mount(mount, client, should_continue, run_id=run_id)
             except (ServerError, OSError) as exc:
                 raise MountError(f"cannot fetch {mount.resource}: {exc}") from exc
+
+    def release(self, run_id: int) -> None:
+        """Run `run_id` no longer uses its mounts: the object cache may evict them."""
+        self.objects.release(run_id)
 
     def prune_objects(self, *, older_than: float | None, everything: bool) -> tuple[int, int] | None:
         """`cast cache prune` of the object store's cache: (mount folders removed,

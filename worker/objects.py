@@ -12,12 +12,17 @@ The cache keeps every fetched file under `<cache>/sha256/<aa>/<digest>`,
 checked against its sha256 as it arrives, so a dataset mounted by many runs on
 this host is fetched once; each mount is a sealed folder of hardlinks to the
 cached files (a copy where a link cannot be made), kept by resource and
-rebuilt from the cache. `prune` (`cast cache prune`) drops the folders not
-used for a while and every cached file that no folder links.
+rebuilt from the cache. A run pins the folders it mounted (a shared lock on
+the folder's marker, held until the run releases it or its worker dies), and
+the cache stays within its bound (`--cache-bytes`): after each mount the
+unpinned folders used longest ago are dropped, with the cached files only they
+linked, until it fits. `prune` (`cast cache prune`) drops the unpinned
+folders not used for a while and every cached file that no folder links.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -33,6 +38,7 @@ from cast.worker.client import Refused, ServerClient, ServerUnavailable, with_re
 from cast.worker.fsops import DirCursor, open_output, open_regular, remove_tree
 
 CHUNK = 1 << 20
+DEFAULT_CACHE_BYTES = 20 << 30
 
 
 def _store_call(send: Callable[[], httpx.Response], what: str) -> httpx.Response:
@@ -115,11 +121,13 @@ class ObjectPush:
 class ObjectCache:
     """Fetched files by sha256, and the sealed mount folders made from them."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, max_bytes: int = DEFAULT_CACHE_BYTES):
         self.root = root
         self.blobs = root / "sha256"
         self.mounts = root / "mounts"
+        self.max_bytes = max_bytes
         self._http: httpx.Client | None = None  # made at the first fetch: most workers never fetch
+        self._pins: dict[int, list] = {}  # run id → open markers, each holding a shared lock
 
     def blob(self, sha256: str) -> Path:
         return self.blobs / sha256[:2] / sha256
@@ -158,8 +166,11 @@ class ObjectCache:
         os.chmod(partial, 0o444)
         os.replace(partial, target)
 
-    def mount(self, mount: LeaseMount, client: ServerClient, should_continue=lambda: True) -> Path:
-        """A sealed folder (or file) holding `mount`'s resource, made from the cache."""
+    def mount(self, mount: LeaseMount, client: ServerClient, should_continue=lambda: True, *,
+              run_id: int) -> Path:
+        """A sealed folder (or file) holding `mount`'s resource, made from the
+        cache and pinned for run `run_id`; the cache is then brought within its
+        bound. The caller holds the cache's lock."""
         files = with_retries(lambda: client.mount_objects(mount.resource), should_continue=should_continue)
         for item in files:
             with_retries(lambda: self._fetch(item), should_continue=should_continue)
@@ -185,16 +196,67 @@ class ObjectCache:
                 os.chmod(data, 0o555)
             (folder / "complete").write_text(mount.resource + "\n")
         os.utime(folder / "complete")
+        marker = open(folder / "complete", "rb")
+        fcntl.flock(marker, fcntl.LOCK_SH)
+        self._pins.setdefault(run_id, []).append(marker)
+        self.evict()
         return data
+
+    def release(self, run_id: int) -> None:
+        """Unpin what run `run_id` mounted (it ended)."""
+        for marker in self._pins.pop(run_id, ()):
+            marker.close()
+
+    @staticmethod
+    def _pinned(folder: Path) -> bool:
+        """Whether a live run (of any worker on this cache) holds `folder`."""
+        try:
+            with open(folder / "complete", "rb") as marker:
+                fcntl.flock(marker, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except FileNotFoundError:
+            return False
+        return False
+
+    def evict(self) -> int:
+        """Drop the unpinned mount folders used longest ago, and the cached
+        files only they linked, until the cached files fit `max_bytes`; bytes freed."""
+        freed = self._drop_unlinked()
+        blobs = {(info := blob.stat()).st_ino: (blob, info.st_size) for blob in self.blobs.glob("*/*")}
+        total = sum(size for _, size in blobs.values())
+        used = []
+        for folder in (self.mounts.glob("*") if self.mounts.is_dir() else ()):
+            try:
+                used.append(((folder / "complete").stat().st_mtime, folder))
+            except FileNotFoundError:
+                used.append((0.0, folder))  # never completed: a leftover
+        for _, folder in sorted(used):
+            if total <= self.max_bytes:
+                break
+            if self._pinned(folder):
+                continue
+            linked = {path.lstat().st_ino for path in folder.rglob("*") if path.is_file() and not path.is_symlink()}
+            remove_tree(folder)
+            for inode in linked & blobs.keys():
+                blob, size = blobs.pop(inode)
+                if blob.stat().st_nlink == 1:
+                    blob.unlink()
+                    total -= size
+                    freed += size
+        return freed
 
     def prune(self, *, older_than: float | None = None, everything: bool = False) -> tuple[int, int]:
         """Drop the mount folders not used for `older_than` seconds (all of them
-        with `everything`), then every cached file no folder links any more;
-        (folders removed, bytes freed). The caller holds the cache's lock."""
+        with `everything`) that no live run holds, then every cached file no
+        folder links any more; (folders removed, bytes freed). The caller holds
+        the cache's lock."""
         cutoff = time.time() - (older_than or 0)
         removed = 0
         for folder in (self.mounts.glob("*") if self.mounts.is_dir() else ()):
             marker = folder / "complete"
+            if self._pinned(folder):
+                continue
             if everything or not marker.exists() or marker.stat().st_mtime < cutoff:
                 remove_tree(folder)
                 removed += 1

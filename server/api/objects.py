@@ -1,17 +1,23 @@
-"""Routes of the S3 object store (CAST_STORAGE_URL) for workers: the plan and
+"""Routes of the S3 object store (CAST_STORAGE_URL): for workers, the plan and
 the commit of an output push whose bytes go straight to the store, and the
-files of a mount with presigned GETs. With the filesystem store each answers
-409: the worker pushes and fetches through the other routes."""
+files of a mount with presigned GETs; for users, the plan and the commit of
+`cast upload`. With the filesystem store each answers 409: the worker and the
+CLI push and fetch through the other routes."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from cast.protocol.objects import ObjectEntry, ObjectManifest
-from cast.server.api.deps import DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth
+from cast.protocol.objects import ObjectEntry, ObjectManifest, UploadManifest
+from cast.server.api.deps import (
+    CurrentUser, DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth,
+)
+from cast.server.api.uploads import UploadName, upload_view
 from cast.server.errors import Conflict
-from cast.server.schemas import ObjectManifestIn, ObjectMountOut, ObjectPlanOut, OutputsPushed
+from cast.server.schemas import (
+    ObjectManifestIn, ObjectMountOut, ObjectPlanOut, OutputsPushed, UploadManifestIn, UploadOut,
+)
 from cast.server.services import object_files
 from cast.server.services.objectstore import ObjectStore, object_store
 from cast.server.settings import Settings
@@ -51,3 +57,26 @@ async def commit_outputs(run_id: RunId, body: ObjectManifestIn, _: WorkerAuth, d
 def mount_objects(resource: str, _: WorkerAuth, session: SessionDep, settings: SettingsDep) -> dict:
     files = object_files.mount_files(session, store=_store(settings), resource=resource)
     return {"files": [vars(f) for f in files]}
+
+
+def _upload_manifest(body: UploadManifestIn) -> UploadManifest:
+    return UploadManifest(kind=body.kind, replace=body.replace,
+                          files=[ObjectEntry(f.path, f.size, f.sha256) for f in body.files])
+
+
+@router.post("/uploads/{name}/plan", response_model=ObjectPlanOut)
+async def plan_upload(name: UploadName, body: UploadManifestIn, user: CurrentUser, database: DatabaseDep,
+                      settings: SettingsDep) -> dict:
+    plan = await run_in_threadpool(object_files.plan_upload, database, store=_store(settings),
+                                   max_bytes=settings.max_upload_bytes, owner=user, name=name,
+                                   manifest=_upload_manifest(body))
+    return plan.to_dict()
+
+
+@router.post("/uploads/{name}/commit", status_code=201, response_model=UploadOut)
+async def commit_upload(name: UploadName, body: UploadManifestIn, user: CurrentUser, database: DatabaseDep,
+                        settings: SettingsDep) -> dict:
+    upload = await run_in_threadpool(object_files.commit_upload, database, store=_store(settings),
+                                     max_bytes=settings.max_upload_bytes, owner=user, name=name,
+                                     manifest=_upload_manifest(body))
+    return upload_view(upload)

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from cast.server.api.bodies import body_reader
+from cast.server.api.bodies import receive_body
 from cast.server.api.deps import CurrentUser, DatabaseDep, SessionDep, SessionRoute, SettingsDep
 from cast.server.api.files import file_or_tar, object_answer
 from cast.server.schemas import Deleted, FileList, UploadList, UploadOut
@@ -19,7 +19,7 @@ UploadName = Annotated[str, Path(min_length=1, max_length=200)]
 _BYTES = {200: {"content": {"application/octet-stream": {}, "application/x-tar": {}, "application/json": {}}}}
 
 
-def _view(upload) -> dict:
+def upload_view(upload) -> dict:
     return {"name": upload.name, "kind": upload.kind, "size": upload.size, "files": upload.files,
             "created_at": upload.created_at, "deleted_at": upload.deleted_at}
 
@@ -30,16 +30,17 @@ async def put_upload(
     name: UploadName, request: Request, user: CurrentUser, database: DatabaseDep, settings: SettingsDep,
     kind: Literal["file", "dir"] = "file", replace: bool = False,
 ) -> dict:
-    upload = await run_in_threadpool(
-        files.store_upload, database, settings=settings, owner=user, name=name, kind=kind,
-        source=body_reader(request), replace=replace,
-    )
-    return _view(upload)
+    async with receive_body(request) as body:
+        upload = await run_in_threadpool(
+            files.store_upload, database, settings=settings, owner=user, name=name, kind=kind,
+            source=body, replace=replace,
+        )
+    return upload_view(upload)
 
 
 @router.get("", response_model=UploadList)
 def list_uploads(user: CurrentUser, session: SessionDep) -> dict:
-    return {"uploads": [_view(u) for u in files.list_uploads(session, viewer=user)]}
+    return {"uploads": [upload_view(u) for u in files.list_uploads(session, viewer=user)]}
 
 
 def _get(name: str, path: str, listing: bool, user, session, settings):

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from cast.protocol.status import FINAL_STATUSES
 from cast.server.errors import Conflict, Forbidden, InUse, UserNotFound
 from cast.server.models import OutputFile, Run, RunLabel, RunMount, Upload, UploadFile, User, utcnow
-from cast.server.services import files, runs, storage
+from cast.server.services import files, object_files, runs, storage
 from cast.server.services.objectstore import ObjectStore, object_store
 from cast.server.settings import Settings
 
@@ -130,14 +130,17 @@ def delete_upload(session: Session, *, settings: Settings, name: str, viewer: Us
     path = storage.upload_path(settings, name)
     if upload.deleted_at is not None:
         _remove_after_commit(session, path)
-        _remove_objects_after_commit(session, settings, lambda store: store.upload_prefix(name))
         return Deleted(resource, upload.deleted_at, already=True)
     _refuse_while_mounted(resource, _live_mounters(session, files.upload_mounts(name)), viewer=viewer, force=force)
     upload.deleted_at = utcnow()
+    shas = list(session.scalars(select(UploadFile.sha256).where(UploadFile.upload_name == name)))
     session.execute(delete(UploadFile).where(UploadFile.upload_name == name))
     session.flush()
     _remove_after_commit(session, path)
-    _remove_objects_after_commit(session, settings, lambda store: store.upload_prefix(name))
+    if (store := object_store(settings)) is not None:
+        # Content addressed: an object another of the owner's uploads names stays.
+        keys = object_files.unreferenced_blobs(session, store=store, owner_id=upload.owner_id, shas=shas)
+        _remove_after_commit(session, lambda: store.delete_keys(keys))
     return Deleted(resource, upload.deleted_at, freed=upload.size)
 
 

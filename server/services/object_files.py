@@ -6,26 +6,28 @@ Owns the plan of an output push (presigned PUTs or the missing parts of a
 multipart upload, for the keys of the run whose lease was presented and no
 other), its commit (every object checked for the manifest's size and signed
 sha256, and only then recorded: a partial push is never visible), the
-uploads' objects (sent by the server from its temporary folder, under a key
-generation so a replaced upload's objects are swapped only on commit), the
-file list a worker fetches a mount from, and what a download answers: a
-presigned GET for one file, the objects as a tar for a folder.
+uploads' objects (content addressed within their owner's uploads: planned and
+committed as an output push is, by `cast upload`, or sent by the server from
+its temporary folder for a relayed upload; an object no upload of its owner
+names any more is removed once the change that dropped it commits), the file
+list a worker fetches a mount from, and what a download answers: a presigned
+GET for one file, the objects as a tar for a folder.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
+from collections.abc import Iterable
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from cast.protocol.names import name_problem, printable
 from cast.protocol.objects import (
-    MAX_PARTS, MULTIPART_BYTES, FileUpload, ObjectFile, ObjectManifest, ObjectPlan, PartUpload,
-    part_count,
+    MAX_PARTS, MULTIPART_BYTES, FileUpload, ObjectEntry, ObjectFile, ObjectManifest, ObjectPlan, PartUpload,
+    UploadManifest, part_count,
 )
-from cast.protocol.validate import SpecError, normalize_relative_path, parse_resource
+from cast.protocol.validate import SpecError, normalize_relative_path, parse_resource, validate_upload_name
 from cast.server.db import Database
 from cast.server.errors import BadRequest, NameTaken, PathNotFound, TooLarge
 from cast.server.models import OutputFile, Upload, UploadFile
@@ -35,7 +37,7 @@ from cast.server.services.objectstore import ObjectStore
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def _check_manifest(manifest: ObjectManifest, *, max_bytes: int, what: str) -> None:
+def _check_manifest(manifest: ObjectManifest | UploadManifest, *, max_bytes: int, what: str) -> None:
     seen: set[str] = set()
     total = 0
     for entry in manifest.files:
@@ -68,9 +70,13 @@ def plan_outputs(database: Database, *, store: ObjectStore, max_bytes: int, run_
     with database.transaction(write=False) as session:
         files._check_push(session, run_id=run_id, lease_token=manifest.lease_token)
     prefix = store.run_prefix(run_id)
+    return _plan(store, ((prefix + entry.path, entry) for entry in manifest.files))
+
+
+def _plan(store: ObjectStore, keyed: Iterable[tuple[str, ObjectEntry]]) -> ObjectPlan:
+    """A PUT, or the parts still missing, for each (key, entry) the store does not hold whole."""
     plan = ObjectPlan()
-    for entry in manifest.files:
-        key = prefix + entry.path
+    for key, entry in keyed:
         held = store.head(key)
         if held is not None and held.size == entry.size and held.sha256 == entry.sha256:
             continue
@@ -86,6 +92,16 @@ def plan_outputs(database: Database, *, store: ObjectStore, max_bytes: int, run_
     return plan
 
 
+def _check_stored(store: ObjectStore, keyed: Iterable[tuple[str, ObjectEntry]], *, what: str) -> None:
+    """Each (key, entry) in the store whole (a finished multipart upload joined first), or BadRequest."""
+    for key, entry in keyed:
+        if entry.size > MULTIPART_BYTES and (upload_id := store.pending_multipart(key)) is not None:
+            store.complete_multipart(key, upload_id)
+        held = store.head(key)
+        if held is None or held.size != entry.size or held.sha256 != entry.sha256:
+            raise BadRequest(f"{what}: '{printable(entry.path)}' is not in the object store whole; push it again")
+
+
 def commit_outputs(database: Database, *, store: ObjectStore, max_bytes: int, run_id: int,
                    manifest: ObjectManifest) -> tuple[int, int]:
     """Make the objects the worker stored run `run_id`'s outputs, once each is
@@ -96,13 +112,7 @@ def commit_outputs(database: Database, *, store: ObjectStore, max_bytes: int, ru
     with database.transaction(write=False) as session:
         files._check_push(session, run_id=run_id, lease_token=manifest.lease_token)
     prefix = store.run_prefix(run_id)
-    for entry in manifest.files:
-        key = prefix + entry.path
-        if entry.size > MULTIPART_BYTES and (upload_id := store.pending_multipart(key)) is not None:
-            store.complete_multipart(key, upload_id)
-        held = store.head(key)
-        if held is None or held.size != entry.size or held.sha256 != entry.sha256:
-            raise BadRequest(f"{what}: '{printable(entry.path)}' is not in the object store whole; push it again")
+    _check_stored(store, ((prefix + entry.path, entry) for entry in manifest.files), what=what)
     total = sum(entry.size for entry in manifest.files)
     with database.transaction() as session:
         run = files._check_push(session, run_id=run_id, lease_token=manifest.lease_token)
@@ -117,33 +127,92 @@ def commit_outputs(database: Database, *, store: ObjectStore, max_bytes: int, ru
 
 # --- uploads ------------------------------------------------------------------------
 
-def upload_generation(rows) -> str:
-    """The key folder of an upload's objects, from its manifest: a replaced
-    upload's objects go to a new folder, so the old ones serve until the commit."""
-    digest = hashlib.sha256()
-    for row in sorted(rows, key=lambda r: r.path):
-        digest.update(f"{row.path}\0{row.size}\0{row.sha256}\n".encode())
-    return digest.hexdigest()[:16]
+def _distinct(store: ObjectStore, owner_id: int, entries: Iterable) -> list[tuple[str, ObjectEntry]]:
+    """(key, entry) once per content: the first entry of each sha256 names it."""
+    keyed: dict[str, ObjectEntry] = {}
+    for entry in entries:
+        keyed.setdefault(entry.sha256, ObjectEntry(entry.path, entry.size, entry.sha256))
+    return [(store.blob_key(owner_id, sha), entry) for sha, entry in keyed.items()]
 
 
-def upload_key(store: ObjectStore, name: str, generation: str, path: str) -> str:
-    return f"{store.upload_prefix(name)}{generation}/{path}"
+def _check_upload(manifest: UploadManifest, *, name: str, max_bytes: int) -> str:
+    validate_upload_name(name)
+    what = f"upload {name!r}"
+    if manifest.kind not in ("file", "dir"):
+        raise BadRequest(f"{what}: kind must be 'file' or 'dir', not {printable(manifest.kind)!r}")
+    if manifest.kind == "file" and [e.path for e in manifest.files] != [name]:
+        raise BadRequest(f"{what}: a file upload is one file, named as the upload")
+    _check_manifest(manifest, max_bytes=max_bytes, what=what)
+    return what
 
 
-def put_upload(store: ObjectStore, *, name: str, stored, source_root, kind: str) -> str:
-    """Send a received upload's files from the server's temporary folder to the
-    store (before its rows commit); their generation."""
-    generation = upload_generation(stored)
-    for item in stored:
-        local = source_root if kind == "file" else source_root / item.path
-        store.put_file(upload_key(store, name, generation, item.path), local, item.sha256)
-    return generation
+def plan_upload(database: Database, *, store: ObjectStore, max_bytes: int, owner, name: str,
+                manifest: UploadManifest) -> ObjectPlan:
+    """How the CLI stores each content of `manifest` that `owner`'s uploads do
+    not hold yet (refused at once if the name is not free to take)."""
+    _check_upload(manifest, name=name, max_bytes=max_bytes)
+    with database.transaction(write=False) as session:
+        files._taken_name(session, name=name, owner=owner, replace=manifest.replace)
+    return _plan(store, _distinct(store, owner.id, manifest.files))
 
 
-def drop_other_generations(store: ObjectStore, *, name: str, keep: str | None) -> None:
-    prefix = store.upload_prefix(name)
-    keep_prefix = f"{prefix}{keep}/" if keep else None
-    store.delete_keys(k for k in store.keys(prefix) if keep_prefix is None or not k.startswith(keep_prefix))
+def commit_upload(database: Database, *, store: ObjectStore, max_bytes: int, owner, name: str,
+                  manifest: UploadManifest) -> Upload:
+    """Record `uploads/NAME` from objects the CLI stored, once each is there whole.
+    Only `owner`'s own objects can be named: their keys derive from the owner,
+    and only a plan for that owner signs a URL for them."""
+    what = _check_upload(manifest, name=name, max_bytes=max_bytes)
+    _check_stored(store, _distinct(store, owner.id, manifest.files), what=what)
+    return _record_upload(database, store=store, owner=owner, name=name, kind=manifest.kind,
+                          entries=manifest.files, replace=manifest.replace)
+
+
+def unreferenced_blobs(session: Session, *, store: ObjectStore, owner_id: int, shas: Iterable[str]) -> list[str]:
+    """The keys of the contents among `shas` that no upload of `owner_id` names
+    (as `session`'s flushed changes leave them)."""
+    candidates = sorted(set(shas))
+    named: set[str] = set()
+    for start in range(0, len(candidates), 500):
+        batch = candidates[start:start + 500]
+        named.update(session.scalars(
+            select(UploadFile.sha256).join(Upload, Upload.name == UploadFile.upload_name)
+            .where(Upload.owner_id == owner_id, UploadFile.sha256.in_(batch)).distinct()))
+    return [store.blob_key(owner_id, sha) for sha in candidates if sha not in named]
+
+
+def _record_upload(database: Database, *, store: ObjectStore, owner, name: str, kind: str, entries,
+                   replace: bool) -> Upload:
+    """Commit the rows of `uploads/NAME` (its objects are stored), taking the
+    place of a replaced upload; then the objects only that one named are removed."""
+    with database.transaction() as session:
+        # Checked again under the write lock: a run may have mounted it meanwhile.
+        replaced: list[str] = []
+        if (existing := files._taken_name(session, name=name, owner=owner, replace=replace)) is not None:
+            replaced = list(session.scalars(select(UploadFile.sha256).where(UploadFile.upload_name == name)))
+            session.execute(delete(UploadFile).where(UploadFile.upload_name == name))
+            session.delete(existing)
+            session.flush()
+        upload = Upload(name=name, owner_id=owner.id, kind=kind, size=sum(f.size for f in entries), files=len(entries))
+        if not unique.insert_once(session, upload):  # another replica took the name since
+            raise NameTaken(f"upload {name!r} already exists")
+        session.add_all(UploadFile(upload_name=name, path=f.path, size=f.size, sha256=f.sha256) for f in entries)
+        session.flush()
+        dropped = unreferenced_blobs(session, store=store, owner_id=existing.owner_id, shas=replaced) if replaced else []
+    store.delete_keys(dropped)
+    return upload
+
+
+def store_upload(database: Database, *, store: ObjectStore, owner, name: str, kind: str, stored, content,
+                 replace: bool) -> Upload:
+    """Record `uploads/NAME` whose files the server received into `content`
+    (a relayed upload): the contents the store lacks are sent first, then the
+    rows committed."""
+    paths = {item.sha256: (content if kind == "file" else content / item.path) for item in stored}
+    for key, entry in _distinct(store, owner.id, stored):
+        held = store.head(key)
+        if held is None or held.size != entry.size or held.sha256 != entry.sha256:
+            store.put_file(key, paths[entry.sha256], entry.sha256)
+    return _record_upload(database, store=store, owner=owner, name=name, kind=kind, entries=stored, replace=replace)
 
 
 # --- reads --------------------------------------------------------------------------
@@ -163,8 +232,7 @@ def _rows_and_keys(session: Session, store: ObjectStore, resource: str) -> tuple
         if upload is None or upload.deleted_at is not None:
             raise PathNotFound(resource)
         rows = list(session.scalars(select(UploadFile).where(UploadFile.upload_name == upload.name)))
-        generation = upload_generation(rows)
-        keyed = [(r.path, r.size, r.sha256, upload_key(store, upload.name, generation, r.path)) for r in rows]
+        keyed = [(r.path, r.size, r.sha256, store.blob_key(upload.owner_id, r.sha256)) for r in rows]
         if upload.kind == "file":
             return [("", size, sha, key) for _, size, sha, key in keyed], "file"
     return _select(keyed, parsed.subpath, resource)
@@ -195,23 +263,3 @@ def download(session: Session, *, store: ObjectStore, resource: str, name: str):
         return store.presign_get(keyed[0][3], filename=name.rstrip("/").rsplit("/", 1)[-1] or "file")
     return [(path, key, size) for path, size, _sha, key in sorted(keyed)]
 
-
-def store_upload(database: Database, *, store: ObjectStore, owner, name: str, kind: str, stored, content,
-                 replace: bool) -> Upload:
-    """Record `uploads/NAME` whose files the server received into `content`:
-    its objects are sent under a new generation first, its rows then committed,
-    and only then the replaced upload's objects removed."""
-    generation = put_upload(store, name=name, stored=stored, source_root=content, kind=kind)
-    with database.transaction() as session:
-        # Checked again under the write lock: a run may have mounted it meanwhile.
-        if (existing := files._taken_name(session, name=name, owner=owner, replace=replace)) is not None:
-            session.execute(delete(UploadFile).where(UploadFile.upload_name == name))
-            session.delete(existing)
-            session.flush()
-        upload = Upload(name=name, owner_id=owner.id, kind=kind, size=sum(f.size for f in stored), files=len(stored))
-        if not unique.insert_once(session, upload):  # another replica took the name since
-            raise NameTaken(f"upload {name!r} already exists")
-        session.add_all(UploadFile(upload_name=name, path=f.path, size=f.size, sha256=f.sha256) for f in stored)
-        session.flush()
-    drop_other_generations(store, name=name, keep=generation)
-    return upload

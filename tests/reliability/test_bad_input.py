@@ -372,6 +372,10 @@ API_INPUTS = [
              json={"lease_token": "x", "files": [{"path": "a", "size": 1, "sha256": "zz"}]}, token="worker"),
     ApiInput("object mount files without an object store", "GET", "/workers/objects/uploads%2Fdata", 409,
              "not in an object store", token="worker"),
+    ApiInput("upload plan on a server without an object store", "POST", "/uploads/fresh/plan", 409,
+             "not in an object store", json={"kind": "dir", "files": []}),
+    ApiInput("upload commit with a kind that is neither file nor dir", "POST", "/uploads/fresh/commit", 422, "kind",
+             json={"kind": "link", "files": []}),
 ]
 
 CLI_INPUTS = [

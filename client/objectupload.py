@@ -1,0 +1,100 @@
+"""`cast upload` straight to the server's S3 object store: the files hashed
+once, a plan asked of the server (presigned PUTs, or presigned parts above
+`MULTIPART_BYTES`, for the contents the store lacks), the bytes PUT to the
+store, the manifest committed. The server checks every object before the
+upload is visible; no byte passes through it.
+
+Uploads are content addressed, so a folder whose files are stored already
+sends nothing, and running the same upload again after it was cut off (a
+killed CLI, a lost network) sends only the files and parts still missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from cast.protocol.objects import SHA256_HEADER, ObjectEntry, ObjectPlan
+
+from .sdk import CastError
+
+CHUNK = 1 << 20
+STORE_TIMEOUT = 600.0
+RESUME = "run the same cast upload again to resume"
+
+
+def hash_files(files: list[tuple[str, str]], on_bytes: Callable[[int], None]) -> list[ObjectEntry]:
+    """An entry (name, size, sha256) for each (path on disk, name) pair."""
+    entries = []
+    for local, name in files:
+        digest, size = hashlib.sha256(), 0
+        with open(local, "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                on_bytes(len(chunk))
+        entries.append(ObjectEntry(name, size, digest.hexdigest()))
+    return entries
+
+
+def planned_bytes(plan: ObjectPlan, entries: list[ObjectEntry]) -> int:
+    """What the plan has this client send."""
+    sizes = {entry.path: entry.size for entry in entries}
+    total = 0
+    for upload in plan.uploads:
+        size = sizes[upload.path]
+        if upload.url is not None:
+            total += size
+        total += sum(min(upload.part_size, size - (part.number - 1) * upload.part_size) for part in upload.parts)
+    return total
+
+
+def send(plan: ObjectPlan, entries: list[ObjectEntry], locals_by_name: dict[str, str],
+         on_bytes: Callable[[int], None]) -> None:
+    """PUT each object (or each part) the plan lists, straight to the store."""
+    by_name = {entry.path: entry for entry in entries}
+    for upload in plan.uploads:
+        entry, local = by_name[upload.path], locals_by_name[upload.path]
+        if upload.url is not None:
+            _put(upload.url, local, 0, entry.size, {SHA256_HEADER: entry.sha256}, on_bytes, what=upload.path)
+        for part in upload.parts:
+            offset = (part.number - 1) * upload.part_size
+            _put(part.url, local, offset, min(upload.part_size, entry.size - offset), {}, on_bytes,
+                 what=f"part {part.number} of {upload.path}")
+
+
+def _put(url: str, local: str, offset: int, length: int, headers: dict[str, str],
+         on_bytes: Callable[[int], None], *, what: str) -> None:
+    target = urlsplit(url)
+    connection_class = http.client.HTTPSConnection if target.scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(target.netloc, timeout=STORE_TIMEOUT)
+    try:
+        # The path and query exactly as signed.
+        connection.putrequest("PUT", target.path + (f"?{target.query}" if target.query else ""),
+                              skip_accept_encoding=True)
+        connection.putheader("Content-Length", str(length))
+        for key, value in headers.items():
+            connection.putheader(key, value)
+        connection.endheaders()
+        with open(local, "rb") as handle:
+            handle.seek(offset)
+            left = length
+            while left > 0:
+                chunk = handle.read(min(CHUNK, left))
+                if not chunk:  # it shrank since it was hashed: the server's size check refuses it
+                    break
+                connection.send(chunk)
+                left -= len(chunk)
+                on_bytes(len(chunk))
+        answer = connection.getresponse()
+        body = answer.read(500)
+    except (OSError, http.client.HTTPException) as exc:
+        raise CastError(f"cannot reach the object store while sending {what} ({exc}); {RESUME}") from None
+    finally:
+        connection.close()
+    if answer.status >= 400:
+        detail = body.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
+        raise CastError(f"the object store refused {what} ({answer.status}: {detail}); {RESUME}")
+
