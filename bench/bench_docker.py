@@ -91,13 +91,16 @@ def wait_healthy(url: str) -> None:
     raise SystemExit(f"the control plane at {url} did not start")
 
 
-def stage_seconds(url: str, token: str, run_id: int, stage: str) -> float:
-    """How long run `run_id` spent in `stage` (from its transitions)."""
+def stages(url: str, token: str, run_id: int) -> dict[str, float]:
+    """How long run `run_id` spent in each stage (from its transitions)."""
     run = httpx.get(f"{url}/api/v1/runs/{run_id}", headers={"Authorization": f"Bearer {token}"}).json()
     times = [(t["status"], datetime.fromisoformat(t["at"].replace("Z", "+00:00"))) for t in run["transitions"]]
-    for (status, at), (_, after) in zip(times, times[1:]):
-        if status == stage:
-            return (after - at).total_seconds()
+    return {status: (after - at).total_seconds() for (status, at), (_, after) in zip(times, times[1:])}
+
+
+def stage_seconds(url: str, token: str, run_id: int, stage: str) -> float:
+    """How long run `run_id` spent in `stage`."""
+    return stages(url, token, run_id)[stage]
     raise SystemExit(f"run {run_id} has no {stage} stage")
 
 
@@ -165,7 +168,7 @@ def main() -> None:
                 service_cpu.append(tree_cpu(services) - before)
                 bare_times.append(timed(["docker", "run", "--rm", args.base_image, "true"], env))
 
-            warm_running = [stage_seconds(url, token, run_id, "running") for run_id in range(2, args.runs + 2)]
+            warm = [stages(url, token, run_id) for run_id in range(2, args.runs + 2)]
             if not args.no_cold:
                 pip_flags = [flag for package in PACKAGES for flag in ("--pip", package)]
                 cold = timed([CAST, "run", *pip_flags, "true"], env, cwd=outside)
@@ -191,8 +194,10 @@ def main() -> None:
     print(f"  CPU of the cast process (user + system): median {statistics.median(cast_cpu) * 1000:.0f} ms")
     print(f"  CPU of the control plane and worker during a run (user + system; the container's own is the "
           f"engine's): median {statistics.median(service_cpu) * 1000:.0f} ms")
-    print(f"  of which the running stage (container create, start, exit; removal comes after the run): "
-          f"median {statistics.median(warm_running) * 1000:.0f} ms")
+    print("  the run's stages (medians; `running` is the container's create, start and exit, its removal "
+          "comes after the run):")
+    for stage in warm[0]:
+        print(f"    {stage:<17}: {statistics.median(times.get(stage, 0.0) for times in warm) * 1000:.0f} ms")
     if not args.no_cold:
         print(f"cold cast run, --pip {' '.join(PACKAGES)}: {cold:.1f} s end to end, building stage "
               f"{cold_building:.1f} s")

@@ -131,6 +131,7 @@ def test_stop_reaches_a_process_that_left_the_group_and_kill_ends_every_one(tmp_
     assert (result.exit_code, result.reason) == (128 + signal.SIGKILL, "ended by SIGKILL")
     wait_until(lambda: not any(_processes(f"sleep 100{n}.5") for n in (1, 2, 3)), timeout=60,
                what="every process of the run to end")
+    process.release()
     assert not list((tmp_path / "work" / "sandboxes").iterdir())  # its HOME and /tmp went with it
 
 

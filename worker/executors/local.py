@@ -186,7 +186,10 @@ class SandboxProcess(LocalProcess):
                 if self._init_fd is not None:
                     os.close(self._init_fd)
                     self._init_fd = None
-            remove_tree(self._run.area)
+
+    def release(self) -> None:
+        # The run's HOME and /tmp, after its final status: what it left there can take long to remove.
+        remove_tree(self._run.area)
 
     def _result(self, code: int) -> ExitResult:
         if self._processes_reason:
