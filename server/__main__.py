@@ -61,11 +61,24 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def _http_parser() -> str:
+    """httptools, the C parser (a bulk body costs a fraction of h11's CPU to
+    receive: docs/benchmarks.md, Outputs), or h11 where it is not installed."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        log.warning("httptools is not installed: requests are parsed with h11, which receives large bodies "
+                    "(output pushes, uploads) several times slower; install cast-runner[server] to get it")
+        return "h11"
+    log.info("requests are parsed with httptools")
+    return "httptools"
+
+
 def serve(args: argparse.Namespace) -> None:
     settings = _settings(args, host=args.host, port=args.port, data_dir=args.data_dir)
     app = create_app(settings)
     _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                           access_log=args.access_log, timeout_graceful_shutdown=5)).run()
+                           access_log=args.access_log, timeout_graceful_shutdown=5, http=_http_parser())).run()
 
 
 class _EmbeddedServer(_Server):
@@ -147,7 +160,7 @@ async def _up(args: argparse.Namespace) -> None:
         moved = {"wanted_port": wanted}
     (home / PORT_FILE).write_text(f"{port}\n")
     server = _EmbeddedServer(uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
-                                            timeout_graceful_shutdown=5))
+                                            timeout_graceful_shutdown=5, http=_http_parser()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

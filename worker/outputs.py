@@ -14,9 +14,11 @@ sparse file as its full length of bytes, which counts against the server's
 output cap: files over the cap the lease names are not sent at all
 (`over_limit`).
 
-`Outputs.tar_chunks` streams the files as a tar in chunks of CHUNK bytes, so an output
-of any size is pushed without being held in memory; it is called again for
-each push attempt. Each file is opened with cast.worker.fsops.open_regular, so
+`Outputs.tar` streams the files as a tar: headers and small files as bytes,
+each larger file as a `FileSpan` the client sends from the file (sendfile), so
+an output of any size is pushed without being held in or copied through
+memory; it is called again for each push attempt. Each file is opened with
+cast.worker.fsops.open_regular, so
 one swapped for a FIFO or a link after the walk is named in the log and left
 out rather than blocking or leading out of the run.
 
@@ -43,7 +45,7 @@ from pathlib import Path
 from cast.protocol.messages import Lease
 from cast.protocol.names import name_problem, printable
 from cast.protocol.outputs import STAGING_FOLDER, StagedFile, StagedOutputs, staging_name
-from cast.worker.client import ServerClient
+from cast.worker.client import FileSpan, ServerClient
 from cast.worker.fsops import DirCursor, Kind, open_output, open_regular, remove_tree, walk
 from cast.worker.mounts import shares_server_storage
 from cast.worker.objects import ObjectPush
@@ -51,11 +53,14 @@ from cast.worker.objects import ObjectPush
 Snapshot = dict[str, tuple[int, int, int]]  # relative path → (file type, size, mtime_ns)
 Report = Callable[[str], None]  # writes one line to the run's log
 
-# Large, so the loops around reading, hashing and sending turn rarely (docs/benchmarks.md, Outputs).
+# Large, so the loops around reading and hashing a staged file turn rarely (docs/benchmarks.md, Outputs).
 CHUNK = 4 << 20
 # A staged manifest longer than this goes as a tar instead: the server caps JSON
 # bodies (CAST_MAX_JSON_BODY_BYTES, 16 MiB by default), not tar streams.
 MAX_MANIFEST_BYTES = 8 << 20
+# A file up to this size goes into the tar as bytes read at once (the client
+# gathers many into one write); a larger one as a span sent from the file.
+SMALL_FILE = 64 << 10
 FICLONE = 0x40049409  # linux/fs.h: share a file's blocks with another file (btrfs, XFS)
 MAX_NAMED = 100  # entries named one by one in the log; the rest are counted
 _BLOCK = tarfile.BLOCKSIZE
@@ -169,8 +174,9 @@ class Outputs:
         return StagedOutputs(lease_token=lease_token, staging=staging.name, files=list(self._staged),
                              folders=list(self.folders))
 
-    def tar_chunks(self) -> Iterator[bytes]:
-        """A tar of the folders and files as a stream of chunks of at most CHUNK bytes.
+    def tar(self) -> Iterator[bytes | FileSpan]:
+        """A tar of the folders and files, as bytes and spans of open files
+        (each valid until the next item is asked for).
 
         Each file's size is fixed by its header; should it shrink while being read
         the rest is zero-filled, should it grow the extra is not read, so the
@@ -212,7 +218,7 @@ class _Push:
             if self._outputs.manifest_bytes() <= MAX_MANIFEST_BYTES:
                 self._staging = _new_staging_folder(self._lease, self._outputs.root)
         if self._staging is None:
-            return client.push_outputs(run_id, lease_token, self._outputs.tar_chunks())
+            return client.push_outputs(run_id, lease_token, self._outputs.tar())
         return client.adopt_outputs(run_id, self._outputs.stage(self._staging, lease_token))
 
 
@@ -302,20 +308,18 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data):]
 
 
-def _file_blocks(rel: str, handle) -> Iterator[bytes]:
+def _file_blocks(rel: str, handle) -> Iterator[bytes | FileSpan]:
     info = os.fstat(handle.fileno())
     header = tarfile.TarInfo(rel)
     header.size = info.st_size
     header.mtime = int(info.st_mtime)
     header.mode = stat.S_IMODE(info.st_mode)
     yield header.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
-    remaining = header.size
-    while remaining:
-        data = handle.read(min(CHUNK, remaining))
-        if not data:
-            data = bytes(min(CHUNK, remaining))
-        remaining -= len(data)
-        yield data
+    if header.size > SMALL_FILE:
+        yield FileSpan(handle, header.size)
+    elif header.size:
+        data = os.pread(handle.fileno(), header.size, 0)
+        yield data + bytes(header.size - len(data))
     padding = -header.size % _BLOCK
     if padding:
         yield bytes(padding)

@@ -1,60 +1,93 @@
-"""A request's streamed body as a blocking file object, for code running in a
-worker thread (tar extraction, hashing) while the event loop keeps receiving.
-The body is never held whole in memory."""
+"""A request's streamed body read in a worker thread (tar extraction, hashing,
+writing) while the event loop keeps receiving the next pieces: the two overlap,
+as hashing and writing release the GIL. Pieces are handed over as they came,
+never copied again; at most `AHEAD` bytes wait between the two, so the body is
+never held whole in memory."""
 
 from __future__ import annotations
 
-import io
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import AsyncIterator
 
-import anyio.from_thread
 from fastapi import Request
 
-from cast.server.services.storage import CHUNK
+# What the loop may receive ahead of the thread: enough to keep the connection
+# busy while the thread hashes and writes a few pieces.
+AHEAD = 16 << 20
+_END = object()
 
 
-class _BodyStream(io.RawIOBase):
-    """Each hop from the reading thread to the event loop fetches as many of
-    the server's pieces (a few hundred KiB each) as the read asked for: one hop
-    per piece cost more than hashing the piece."""
+class Body:
+    """The thread's side: `read1` answers the next received piece (up to `size` bytes of it)."""
 
-    def __init__(self, request: Request):
-        self._chunks = request.stream().__aiter__()
-        self._pending: list[memoryview] = []
+    def __init__(self) -> None:
+        self._pieces: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._held = 0  # bytes received and not yet taken by the thread
+        self._room: asyncio.Event | None = None  # set when the loop waits for the thread to take some
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._piece = memoryview(b"")
         self._ended = False
 
-    def readable(self) -> bool:
-        return True
+    async def pump(self, request: Request) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            async for chunk in request.stream():
+                if not chunk:
+                    continue
+                with self._lock:
+                    self._held += len(chunk)
+                    room = None
+                    if self._held >= AHEAD:
+                        room = self._room = asyncio.Event()
+                self._pieces.put(chunk)
+                if room is not None:
+                    await room.wait()
+        except BaseException as error:  # the client went away, or the route is done with the body
+            self._pieces.put(error)
+            raise
+        self._pieces.put(_END)
 
-    async def _next_chunks(self, wanted: int) -> list[memoryview]:
-        chunks, size = [], 0
-        while size < wanted:
-            try:
-                chunk = await self._chunks.__anext__()
-            except StopAsyncIteration:
+    def _taken(self, count: int) -> None:
+        with self._lock:
+            self._held -= count
+            room = self._room
+            if room is not None and self._held < AHEAD // 2:
+                self._room = None
+                self._loop.call_soon_threadsafe(room.set)
+
+    def read1(self, size: int) -> memoryview:
+        """Up to `size` (> 0) bytes of the body; empty at its end. Only from a worker thread."""
+        if not self._piece:
+            if self._ended:
+                return self._piece
+            item = self._pieces.get()
+            if item is _END:
                 self._ended = True
-                break
-            if chunk:
-                chunks.append(memoryview(chunk))
-                size += len(chunk)
-        return chunks
-
-    def readinto(self, buffer) -> int:
-        target = memoryview(buffer).cast("B")
-        if not self._pending and not self._ended:
-            self._pending = anyio.from_thread.run(self._next_chunks, len(target))
-        count = 0
-        while self._pending and count < len(target):
-            chunk = self._pending[0]
-            taken = min(len(chunk), len(target) - count)
-            target[count:count + taken] = chunk[:taken]
-            count += taken
-            if taken == len(chunk):
-                self._pending.pop(0)
-            else:
-                self._pending[0] = chunk[taken:]
-        return count
+                return self._piece
+            if isinstance(item, BaseException):
+                self._ended = True
+                self._pieces.put(item)  # a later read raises it again
+                raise item
+            self._taken(len(item))
+            self._piece = memoryview(item)
+        piece, self._piece = self._piece[:size], self._piece[size:]
+        return piece
 
 
-def body_reader(request: Request) -> io.BufferedReader:
-    """Read it only from a thread started with run_in_threadpool."""
-    return io.BufferedReader(_BodyStream(request), CHUNK)
+@contextlib.asynccontextmanager
+async def receive_body(request: Request) -> AsyncIterator[Body]:
+    """The body being received in the event loop while the block hands it to a
+    thread (run_in_threadpool); whatever the thread did not read is dropped at the end."""
+    body = Body()
+    pump = asyncio.create_task(body.pump(request))
+    try:
+        yield body
+    finally:
+        pump.cancel()
+        await asyncio.wait([pump])
+        if not pump.cancelled():
+            pump.exception()  # the thread was handed it already; retrieved, so asyncio does not log it

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from cast.server.api.bodies import body_reader
+from cast.server.api.bodies import receive_body
 from cast.server.api.deps import CurrentUser, DatabaseDep, SessionDep, SessionRoute, SettingsDep
 from cast.server.schemas import CODE_KEY_PATTERN
 from cast.server.services import code
@@ -20,9 +20,10 @@ CodeKey = Annotated[str, Path(pattern=CODE_KEY_PATTERN, description="the client'
 @router.put("/{key}", status_code=201, responses={200: {"description": "already stored"}},
             openapi_extra={"requestBody": {"content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}})
 async def put_code(key: CodeKey, request: Request, user: CurrentUser, database: DatabaseDep, settings: SettingsDep) -> Response:
-    created = await run_in_threadpool(
-        code.store, database, settings=settings, owner=user, key=key, source=body_reader(request)
-    )
+    async with receive_body(request) as body:
+        created = await run_in_threadpool(
+            code.store, database, settings=settings, owner=user, key=key, source=body
+        )
     return Response(status_code=201 if created else 200)
 
 

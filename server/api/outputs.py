@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from cast.server.api.bodies import body_reader
+from cast.server.api.bodies import receive_body
 from cast.server.api.deps import CurrentUser, DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth
 from cast.server.api.files import file_or_tar, object_answer
 from cast.server.schemas import Deleted, FileList, OutputsPushed, StagedOutputsIn
@@ -41,10 +41,11 @@ async def push_outputs(
     run_id: RunId, request: Request, _: WorkerAuth, database: DatabaseDep, settings: SettingsDep,
     x_lease_token: Annotated[str, Header(min_length=1, max_length=64)],
 ) -> dict:
-    count, size = await run_in_threadpool(
-        files.store_outputs, database, settings=settings, run_id=run_id, lease_token=x_lease_token,
-        source=body_reader(request),
-    )
+    async with receive_body(request) as body:
+        count, size = await run_in_threadpool(
+            files.store_outputs, database, settings=settings, run_id=run_id, lease_token=x_lease_token,
+            source=body,
+        )
     return {"files": count, "size": size}
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from cast.server.api.bodies import body_reader
+from cast.server.api.bodies import receive_body
 from cast.server.api.deps import CurrentUser, DatabaseDep, SessionDep, SessionRoute, SettingsDep
 from cast.server.api.files import file_or_tar, object_answer
 from cast.server.schemas import Deleted, FileList, UploadList, UploadOut
@@ -30,10 +30,11 @@ async def put_upload(
     name: UploadName, request: Request, user: CurrentUser, database: DatabaseDep, settings: SettingsDep,
     kind: Literal["file", "dir"] = "file", replace: bool = False,
 ) -> dict:
-    upload = await run_in_threadpool(
-        files.store_upload, database, settings=settings, owner=user, name=name, kind=kind,
-        source=body_reader(request), replace=replace,
-    )
+    async with receive_body(request) as body:
+        upload = await run_in_threadpool(
+            files.store_upload, database, settings=settings, owner=user, name=name, kind=kind,
+            source=body, replace=replace,
+        )
     return upload_view(upload)
 
 

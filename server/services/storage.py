@@ -5,9 +5,9 @@ THE one place that turns a path from a request into a filesystem path
 one place that reads and writes tar streams: extraction accepts regular files
 and folders only (no links, devices, absolute or `..` names, no name
 cast.protocol.names refuses: not UTF-8, a control character, too long; each
-refused by name with 400) and computes each file's sha256 while writing it (one pass: the bytes are read
-once, from the request, into one reusable buffer that they are hashed and written from; only the
-512-byte headers go through tarfile); a tree a worker staged on this filesystem is checked
+refused by name with 400) and computes each file's sha256 while writing it (one pass: each
+piece of the request is hashed and written from where it was received, never copied in Python;
+only the 512-byte headers go through tarfile); a tree a worker staged on this filesystem is checked
 entry by entry (`verify_staged`) and then renamed into place like a tar's;
 folders are sent as tar streams built on the fly, never held whole in memory.
 Everything arrives in a temporary folder on the same filesystem and is renamed
@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 from cast.protocol.names import name_problem, printable
 from cast.protocol.validate import SpecError, normalize_relative_path
@@ -144,8 +144,8 @@ def replace_into_place(staged: Path, final: Path, settings: Settings) -> None:
         os.rename(staged, final)
 
 
-# Read from a stream at a time. Large, so hashing and writing (both outside the
-# GIL) take big pieces and the Python loop around them turns rarely.
+# The most read from a stream at a time. Large, so hashing and writing (both
+# outside the GIL) take big pieces and the Python loop around them turns rarely.
 BUFFER = 4 << 20
 # The longest extended header (a pax header or a GNU long name) read: names are
 # bounded far below this (cast.protocol.names).
@@ -169,50 +169,51 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data):]
 
 
-class _Stream:
-    """A byte stream read into one reusable buffer: a file's bytes are handed
-    out as views of it, hashed and written from there, never copied in Python."""
+class Source(Protocol):
+    """What a body is read from: a request's (cast.server.api.bodies.Body), a file, a BytesIO."""
 
-    def __init__(self, source: BinaryIO, what: str):
-        self._source, self.what = source, what
-        self._view = memoryview(bytearray(BUFFER))
-        self._start = self._end = 0
+    def read1(self, size: int, /) -> bytes | memoryview: ...
+
+
+class _Stream:
+    """A byte stream read piece by piece as its source hands them out: a
+    file's bytes are hashed and written from those pieces, never copied in
+    Python; only the 512-byte headers are gathered across pieces."""
+
+    def __init__(self, source: Source, what: str):
+        self._read, self.what = source.read1, what
+        self._piece = memoryview(b"")
         self.read_any = False
         self.headers = 0  # header blocks parsed
 
     def _fill(self) -> bool:
-        """Read more after what is buffered; False at the stream's end."""
-        if self._start == self._end:
-            self._start = self._end = 0
-        elif self._end == len(self._view):  # only a short tail is ever left (see exactly)
-            tail = bytes(self._view[self._start:self._end])
-            self._start, self._end = 0, len(tail)
-            self._view[:self._end] = tail
-        count = self._source.readinto(self._view[self._end:])
-        if not count:
+        """The next piece; False at the stream's end."""
+        data = self._read(BUFFER)
+        if not data:
             return False
-        self._end += count
+        self._piece = memoryview(data).cast("B")
         self.read_any = True
         return True
 
     def take(self, count: int) -> memoryview:
         """Up to `count` (> 0) bytes, valid until the next call."""
-        if self._start == self._end and not self._fill():
+        if not self._piece and not self._fill():
             raise BadRequest(f"{self.what} is not a valid tar stream: it ends inside an entry")
-        piece = self._view[self._start:min(self._start + count, self._end)]
-        self._start += len(piece)
+        piece, self._piece = self._piece[:count], self._piece[count:]
         return piece
 
     def exactly(self, count: int) -> bytes | None:
-        """`count` bytes (count <= BUFFER), or None at the stream's end before the first."""
-        while self._end - self._start < count:
-            if not self._fill():
-                if self._start == self._end:
+        """`count` bytes, or None at the stream's end before the first."""
+        parts, wanted = [], count
+        while wanted:
+            if not self._piece and not self._fill():
+                if wanted == count:
                     return None
                 raise BadRequest(f"{self.what} is not a valid tar stream: it ends inside an entry")
-        data = bytes(self._view[self._start:self._start + count])
-        self._start += count
-        return data
+            part, self._piece = self._piece[:wanted], self._piece[wanted:]
+            parts.append(part)
+            wanted -= len(part)
+        return b"".join(parts)
 
     def skip(self, count: int) -> None:
         while count:
@@ -222,7 +223,7 @@ class _Stream:
         """Write the next `count` bytes (all that is left when None) to `fd`; their size and sha256."""
         digest, size = hashlib.sha256(), 0
         while size != count:
-            if count is None and self._start == self._end and not self._fill():
+            if count is None and not self._piece and not self._fill():
                 break
             piece = self.take(BUFFER if count is None else count - size)
             budget.spend(len(piece))
@@ -232,7 +233,7 @@ class _Stream:
         return size, digest.hexdigest()
 
 
-def write_file(source: BinaryIO, dest: Path, *, max_bytes: int, what: str) -> StoredFile:
+def write_file(source: Source, dest: Path, *, max_bytes: int, what: str) -> StoredFile:
     """Stream `source` into the new file `dest`, hashing as it goes."""
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
@@ -302,7 +303,7 @@ def _next_member(stream: _Stream) -> tarfile.TarInfo | None:
     return info
 
 
-def extract_tar(source: BinaryIO, dest: Path, *, max_bytes: int, what: str) -> list[StoredFile]:
+def extract_tar(source: Source, dest: Path, *, max_bytes: int, what: str) -> list[StoredFile]:
     """Extract a tar stream into the existing folder `dest`; the stored files, sorted by path."""
     budget = _Budget(max_bytes, what)
     stream = _Stream(source, what)

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from cast.protocol.names import name_problem, printable
 from cast.server.errors import BadRequest
 from cast.server.services import storage
+from cast.worker.client import span_bytes
 from cast.worker.fsops import remove_tree
 from cast.worker.outputs import Outputs, snapshot
 from tests.conftest import WorkerProcess, wait_until
@@ -248,12 +249,17 @@ def test_a_worker_on_another_filesystem_streams_its_outputs_over_http(server, ba
                            env=base_env).start()
     try:
         with server.api() as api:
-            run = submit(api, "head -c 3000000 /dev/urandom > model.bin && mkdir empty")
+            # One big file (sent from the file), many small ones (gathered into few writes), empty folders.
+            run = submit(api, "head -c 3000000 /dev/urandom > model.bin && mkdir -p empty deep/er && "
+                              "for i in $(seq 300); do echo $i > deep/er/s$i.txt; done")
             assert wait_final(api, run, timeout=BOUND)["status"] == "complete"
             files = api.get(f"/runs/{run}/outputs").json()["files"]
         stored = server.data_dir / "runs" / str(run) / "model.bin"
-        assert [(f["path"], f["size"], f["sha256"]) for f in files] == [
-            ("model.bin", 3_000_000, hashlib.sha256(stored.read_bytes()).hexdigest())]
+        small = {f"deep/er/s{i}.txt": f"{i}\n".encode() for i in range(1, 301)}
+        assert sorted((f["path"], f["size"], f["sha256"]) for f in files) == sorted([
+            ("model.bin", 3_000_000, hashlib.sha256(stored.read_bytes()).hexdigest()),
+            *((path, len(data), hashlib.sha256(data).hexdigest()) for path, data in small.items())])
+        assert all((stored.parent / path).read_bytes() == data for path, data in small.items())
         assert stat.S_IMODE(stored.stat().st_mode) == 0o444 and (stored.parent / "empty").is_dir()
         assert list((server.data_dir / "tmp").iterdir()) == []
         _cleaned_up(worker)
@@ -396,7 +402,7 @@ def test_any_hostile_tree_is_saved_or_named_and_removed_without_touching_the_hos
     contents = {path: (work / path).read_bytes() for path in expected_files}
     try:
         if push == "tar":
-            saved = storage.extract_tar(io.BytesIO(b"".join(outputs.tar_chunks())), stored,
+            saved = storage.extract_tar(io.BytesIO(b"".join(span_bytes(outputs.tar()))), stored,
                                         max_bytes=1 << 30, what="outputs")
         else:  # moved or copied into the server's storage, then checked there as the server does
             staged = outputs.stage(stored, "token")

@@ -52,6 +52,7 @@ def test_up_serves_with_one_worker_refuses_a_second_up_and_cleans_up_on_sigterm(
         run = wait_until(lambda: (r := api.get(f"/runs/{run_id}").json())["status"] == "complete" and r,
                          timeout=120, what=f"run to complete (log: {tmp_path / 'up.log'})")
         assert run["worker"] == "embedded" and run["executor"] == "local"
+        assert "requests are parsed with httptools" in (tmp_path / "up.log").read_text()
         assert api.get(f"/runs/{run_id}/outputs/greeting.txt").content == b"hello\n"
         worker_dir = str(home / "worker")
         assert len(_processes_mentioning(worker_dir)) == 1
@@ -76,6 +77,15 @@ def test_up_serves_with_one_worker_refuses_a_second_up_and_cleans_up_on_sigterm(
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def test_requests_are_parsed_with_httptools_else_with_h11_as_the_log_says(monkeypatch, caplog):
+    caplog.set_level("INFO", logger="cast.server")
+    assert server_main._http_parser() == "httptools"
+    monkeypatch.setitem(sys.modules, "httptools", None)  # as if it were not installed
+    assert server_main._http_parser() == "h11"
+    assert [record.getMessage().split(":")[0] for record in caplog.records] == [
+        "requests are parsed with httptools", "httptools is not installed"]
 
 
 def test_a_bad_setting_is_one_line_and_exit_code_2(monkeypatch, tmp_path, capsys):

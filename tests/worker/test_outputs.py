@@ -14,7 +14,8 @@ import pytest
 
 from cast.protocol.messages import Lease, RunSpec
 from cast.protocol.names import printable
-from cast.worker import outputs
+from cast.worker import client, outputs
+from cast.worker.client import FileSpan, span_bytes
 from cast.worker.outputs import Outputs, snapshot
 
 
@@ -25,7 +26,7 @@ def _collect(root: Path, before, mounts=()) -> tuple[Outputs, list[str]]:
 
 def _tar(outputs_: Outputs) -> dict[str, bytes | None]:
     """Member name → content (None for a folder)."""
-    with tarfile.open(fileobj=io.BytesIO(b"".join(outputs_.tar_chunks())), mode="r:") as tar:
+    with tarfile.open(fileobj=io.BytesIO(b"".join(span_bytes(outputs_.tar()))), mode="r:") as tar:
         return {m.name: (tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()}
 
 
@@ -186,8 +187,9 @@ def test_files_over_the_servers_cap_are_refused_before_sending_by_their_listed_s
     assert found.over_limit(1 << 40, what="run 1") == f"run 1 exceeds the limit of {1 << 40} bytes"
 
 
-def test_the_tar_stream_holds_the_files_and_comes_in_small_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(outputs, "CHUNK", 4096)
+def test_the_tar_stream_holds_the_files_and_sends_big_ones_from_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(outputs, "SMALL_FILE", 4096)
+    monkeypatch.setattr(client, "SPAN_READ", 4096)
     before = snapshot(tmp_path)
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "big.bin").write_bytes(os.urandom(50_000))
@@ -195,8 +197,11 @@ def test_the_tar_stream_holds_the_files_and_comes_in_small_chunks(tmp_path, monk
     (tmp_path / "naïve name.txt").write_text("unicode\n")
     found, _ = _collect(tmp_path, before)
 
-    chunks = list(found.tar_chunks())
+    pieces = [(piece.size, os.fstat(piece.file.fileno()).st_ino) if isinstance(piece, FileSpan) else len(piece)
+              for piece in found.tar()]
+    chunks = list(span_bytes(found.tar()))
 
+    assert (50_000, (tmp_path / "dir" / "big.bin").stat().st_ino) in pieces  # never read into memory
     assert max(len(chunk) for chunk in chunks) <= 4096
     with tarfile.open(fileobj=io.BytesIO(b"".join(chunks)), mode="r:") as tar:
         assert tar.getnames() == ["dir", "dir/big.bin", "naïve name.txt", "small.txt"]
@@ -204,11 +209,11 @@ def test_the_tar_stream_holds_the_files_and_comes_in_small_chunks(tmp_path, monk
         assert tar.extractfile("small.txt").read() == b"hello\n"
 
 
-@pytest.mark.parametrize("size", [0, 511, 512, 513])
+@pytest.mark.parametrize("size", [0, 511, 512, 513, outputs.SMALL_FILE, outputs.SMALL_FILE + 1])
 def test_each_file_fills_whole_blocks(tmp_path, size):
     before = snapshot(tmp_path)
     (tmp_path / "f.bin").write_bytes(b"z" * size)
-    data = b"".join(_collect(tmp_path, before)[0].tar_chunks())
+    data = b"".join(span_bytes(_collect(tmp_path, before)[0].tar()))
     assert len(data) % 512 == 0
     assert _tar(_collect(tmp_path, before)[0]) == {"f.bin": b"z" * size}
 
@@ -307,7 +312,7 @@ def test_outputs_whose_manifest_would_pass_the_json_cap_go_as_a_tar(tmp_path, mo
 
     class Client:  # records which route the push took
         def push_outputs(self, run_id, token, chunks):
-            sent.append(("tar", sorted(_tar_bytes(b"".join(chunks)))))
+            sent.append(("tar", sorted(_tar_bytes(b"".join(span_bytes(chunks))))))
 
         def adopt_outputs(self, run_id, staged):
             sent.append(("staged", [f.path for f in staged.files]))
