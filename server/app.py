@@ -30,7 +30,7 @@ from cast.server import errors
 from cast.server.api import (code, health, hyper, logs, metrics, objects, outputs, protocol, retention, runs, status,
                              uploads, users, workers)
 from cast.server.db import Database
-from cast.server.services import deletion, hyper_driver, leases, storage
+from cast.server.services import deletion, hyper_driver, leases, log_archive, storage
 from cast.server.services import users as user_service
 from cast.server.settings import Settings
 
@@ -207,6 +207,24 @@ async def _retain_forever(database: Database, settings: Settings) -> None:
         await asyncio.sleep(settings.retention_interval)
 
 
+def _archive_logs_once(database: Database, settings: Settings) -> None:
+    with database.exclusive("log archive") as mine:
+        if not mine:
+            return
+        archived = log_archive.archive_pass(database, settings)
+    if archived:
+        log.info("archived the logs of runs %s", archived)
+
+
+async def _archive_logs_forever(database: Database, settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(settings.log_archive_interval)
+        try:
+            await run_in_threadpool(_archive_logs_once, database, settings)
+        except Exception as error:  # like the reaper, it must survive a bad moment (a store away)
+            _pass_failed(database, "log archive", error)
+
+
 def _drive_once(database: Database, settings: Settings) -> None:
     with database.exclusive("search driver") as mine:
         if mine:
@@ -262,10 +280,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         driver = asyncio.create_task(_drive_searches_forever(database, settings))
         retainer = (asyncio.create_task(_retain_forever(database, settings))
                     if settings.retention_days is not None else None)
+        archiver = (asyncio.create_task(_archive_logs_forever(database, settings))
+                    if settings.log_archive_after_seconds else None)
         try:
             yield
         finally:
-            for task in (reaper, driver, retainer):
+            for task in (reaper, driver, retainer, archiver):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

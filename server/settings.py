@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # unset, nothing is freed unasked. Labeled runs are kept if asked.
     retention_days: float | None = Field(default=None, gt=0)
     retention_keep_labeled: bool = False
+    # A final run's log moves out of the database into the store (the object
+    # store, or files under data_dir) this many seconds after the run ended,
+    # and is read back from there alike; unset or 0, logs stay in the database.
+    log_archive_after_seconds: float | None = Field(default=None, ge=0)
     # The embedded mode's worker (`up`): auto = docker when a Docker engine answers and has the base image, else local.
     executor: Literal["auto", "local", "docker"] = "auto"
 
@@ -116,6 +120,17 @@ class Settings(BaseSettings):
         # Four passes per retention period, at most one an hour: a run is freed
         # soon after it falls due without the pass costing anything meanwhile.
         return max(0.5, min(3600.0, (self.retention_days or 1.0) * 86400 / 4))
+
+    @property
+    def log_archive_dir(self) -> Path:
+        """Archived logs without an object store (services/log_archive.py)."""
+        return self.resolved_data_dir / "logs"
+
+    @property
+    def log_archive_interval(self) -> float:
+        # Four passes per delay, at least one every ten minutes: a log moves
+        # soon after it falls due, and an idle pass is one query of the runs.
+        return max(0.5, min(600.0, (self.log_archive_after_seconds or 1.0) / 4))
 
     def make_dirs(self) -> None:
         for path in (self.resolved_data_dir, self.runs_dir, self.uploads_dir, self.code_dir, self.tmp_dir):

@@ -25,10 +25,10 @@ Offset = Annotated[int, Query(ge=-(2**62), le=2**62, description="first line; -N
 
 @router.get("/{run_id}/logs", response_model=LogPage)
 def read_log(
-    run_id: RunId, user: CurrentUser, session: SessionDep, offset: Offset = 0,
+    run_id: RunId, user: CurrentUser, session: SessionDep, settings: SettingsDep, offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_READ_LINES)] = 1000,
 ) -> Response:
-    page = log_reads.read_page(session, run_id=run_id, viewer=user, offset=offset, limit=limit)
+    page = log_reads.read_page(session, settings=settings, run_id=run_id, viewer=user, offset=offset, limit=limit)
     return Response(json.dumps(page), media_type="application/json")
 
 
@@ -37,8 +37,9 @@ def read_log(
     response_class=StreamingResponse,
     responses={200: {"content": {"application/x-ndjson": {}}, "description": "one LogPage per line"}},
 )
-async def follow_log(run_id: RunId, user: CurrentUser, database: DatabaseDep, offset: Offset = 0) -> StreamingResponse:
-    pages = await log_reads.follow(database, run_id=run_id, viewer=user, offset=offset)
+async def follow_log(run_id: RunId, user: CurrentUser, database: DatabaseDep, settings: SettingsDep,
+                     offset: Offset = 0) -> StreamingResponse:
+    pages = await log_reads.follow(database, settings=settings, run_id=run_id, viewer=user, offset=offset)
     lines = (json.dumps(page).encode() + b"\n" async for page in pages)
     return StreamingResponse(lines, media_type="application/x-ndjson",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
@@ -46,8 +47,8 @@ async def follow_log(run_id: RunId, user: CurrentUser, database: DatabaseDep, of
 
 @router.get("/{run_id}/logs/download", response_class=StreamingResponse,
             responses={200: {"content": {"text/plain": {}}}})
-def download_log(run_id: RunId, user: CurrentUser, database: DatabaseDep) -> StreamingResponse:
-    return StreamingResponse(log_reads.download(database, run_id=run_id, viewer=user),
+def download_log(run_id: RunId, user: CurrentUser, database: DatabaseDep, settings: SettingsDep) -> StreamingResponse:
+    return StreamingResponse(log_reads.download(database, settings=settings, run_id=run_id, viewer=user),
                              media_type="text/plain; charset=utf-8",
                              headers={"Content-Disposition": f'attachment; filename="run-{run_id}.log"'})
 

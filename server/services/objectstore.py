@@ -8,8 +8,9 @@ ever made for a key the server derived from a run it checked the lease of, or
 an upload or bundle it checked the owner of),
 presigning (single PUTs, multipart parts, GETs), the checks made before
 anything the store holds becomes visible (each object's size, and the sha256
-that the uploader signed into its metadata), removal by prefix, and a folder
-read back as a tar stream. Endpoint, region and credentials come the usual AWS
+that the uploader signed into its metadata), removal by prefix, a folder
+read back as a tar stream, and an object read from an offset (a page of an
+archived log, under `logs/<run id>/`: services/log_archive.py). Endpoint, region and credentials come the usual AWS
 way (boto3's environment and config files); none of them is ever shown.
 Without a URL the local filesystem store (services/storage.py) is used and
 `object_store()` answers None.
@@ -103,6 +104,10 @@ class ObjectStore:
     def code_key(self, digest: str) -> str:
         return f"{self.prefix}code/{digest}.tar"
 
+    def log_prefix(self, run_id: int) -> str:
+        """A run's archived log (services/log_archive.py): apart from its outputs, which may be freed alone."""
+        return f"{self.prefix}logs/{int(run_id)}/"
+
     # --- presigning ---------------------------------------------------------------
 
     def presign_put(self, key: str, sha256: str) -> str:
@@ -166,6 +171,12 @@ class ObjectStore:
     @_reaching
     def put_file(self, key: str, path, sha256: str) -> None:
         self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"Metadata": {SHA256_META: sha256}})
+
+    @_reaching
+    def open(self, key: str, start: int = 0):
+        """The object's bytes from `start` on (a ranged GET), as a stream to read and close."""
+        ranged = {"Range": f"bytes={start}-"} if start else {}
+        return self.client.get_object(Bucket=self.bucket, Key=key, **ranged)["Body"]
 
     def read(self, key: str) -> Iterator[bytes]:
         body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]

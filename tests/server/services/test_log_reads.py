@@ -24,18 +24,18 @@ def _write(app, run_id: int, *lines: str) -> None:
         logs.append_cast_lines(session, session.get(Run, run_id), list(lines))
 
 
-def test_a_page_is_read_only_by_who_may_see_the_run(local, app):
+def test_a_page_is_read_only_by_who_may_see_the_run(local, app, settings):
     admin, alice = _people(app)
     run_id = local.create_run()["id"]
     _write(app, run_id, "secret")
     with app.state.database.transaction(write=False) as session:
-        page = log_reads.read_page(session, run_id=run_id, viewer=admin, offset=-1, limit=10)
+        page = log_reads.read_page(session, settings=settings, run_id=run_id, viewer=admin, offset=-1, limit=10)
         assert [chunk["lines"] for chunk in page["chunks"]] == [["secret"]]
         with pytest.raises(RunNotFound, match=f"run {run_id} not found"):
-            log_reads.read_page(session, run_id=run_id, viewer=alice, offset=0, limit=10)
+            log_reads.read_page(session, settings=settings, run_id=run_id, viewer=alice, offset=0, limit=10)
 
 
-def test_download_sends_every_line_in_pieces_of_a_page(local, app, monkeypatch):
+def test_download_sends_every_line_in_pieces_of_a_page(local, app, settings, monkeypatch):
     monkeypatch.setattr(logs, "MAX_READ_BYTES", 1)  # a page is then one chunk
     admin, alice = _people(app)
     run_id = local.create_run()["id"]
@@ -43,8 +43,8 @@ def test_download_sends_every_line_in_pieces_of_a_page(local, app, monkeypatch):
         _write(app, run_id, line)
     _write(app, run_id, "café", "last")
     with pytest.raises(RunNotFound):
-        log_reads.download(app.state.database, run_id=run_id, viewer=alice)
-    pieces = list(log_reads.download(app.state.database, run_id=run_id, viewer=admin))
+        log_reads.download(app.state.database, settings=settings, run_id=run_id, viewer=alice)
+    pieces = list(log_reads.download(app.state.database, settings=settings, run_id=run_id, viewer=admin))
     assert pieces[-1] == b"caf\xc3\xa9\nlast\n" and len(pieces) > 8
     text = b"".join(pieces)
     assert text.endswith(b"line 0\nline 1\nline 2\nline 3\nline 4\nline 5\nline 6\ncaf\xc3\xa9\nlast\n")
@@ -52,7 +52,7 @@ def test_download_sends_every_line_in_pieces_of_a_page(local, app, monkeypatch):
         assert text.count(b"\n") == session.get(Run, run_id).log_size
 
 
-def test_follow_sends_lines_as_they_are_committed_and_ends_when_the_run_is_final(local, app):
+def test_follow_sends_lines_as_they_are_committed_and_ends_when_the_run_is_final(local, app, settings):
     local.create_run()
     lease = local.lease(local.register())
     admin, alice = _people(app)
@@ -61,8 +61,8 @@ def test_follow_sends_lines_as_they_are_committed_and_ends_when_the_run_is_final
 
     async def follow() -> list[str]:
         with pytest.raises(RunNotFound):
-            await log_reads.follow(database, run_id=run_id, viewer=alice, offset=0)
-        stream = await log_reads.follow(database, run_id=run_id, viewer=admin, offset=-1)
+            await log_reads.follow(database, settings=settings, run_id=run_id, viewer=alice, offset=0)
+        stream = await log_reads.follow(database, settings=settings, run_id=run_id, viewer=admin, offset=-1)
         seen = [line for chunk in (await anext(stream))["chunks"] for line in chunk["lines"]]
         # Written while the follower waits: only a wake-up brings it before the keepalive's empty chunk.
         waiting = asyncio.create_task(anext(stream))
@@ -81,13 +81,13 @@ def test_follow_sends_lines_as_they_are_committed_and_ends_when_the_run_is_final
         assert logs.read(session, run=session.get(Run, run_id), offset=-1, limit=1)["chunks"][0]["lines"] == [seen[-1]]
 
 
-def test_follow_ends_when_the_server_shuts_down(local, app):
+def test_follow_ends_when_the_server_shuts_down(local, app, settings):
     run_id = local.create_run()["id"]
     database = app.state.database
     admin = admin_of(database)
 
     async def follow() -> int:
-        stream = await log_reads.follow(database, run_id=run_id, viewer=admin, offset=0)
+        stream = await log_reads.follow(database, settings=settings, run_id=run_id, viewer=admin, offset=0)
         chunks = 0
         async for _chunk in stream:
             chunks += 1
@@ -98,7 +98,7 @@ def test_follow_ends_when_the_server_shuts_down(local, app):
     assert asyncio.run(asyncio.wait_for(follow(), TIMEOUT)) == 1
 
 
-def test_a_follower_with_nothing_new_gets_an_empty_chunk_to_keep_the_stream_alive(local, app, monkeypatch):
+def test_a_follower_with_nothing_new_gets_an_empty_chunk_to_keep_the_stream_alive(local, app, settings, monkeypatch):
     monkeypatch.setattr(events, "KEEPALIVE_SECONDS", 0.2)
     run_id = local.create_run()["id"]
     _write(app, run_id, "queued")
@@ -106,7 +106,7 @@ def test_a_follower_with_nothing_new_gets_an_empty_chunk_to_keep_the_stream_aliv
     admin = admin_of(database)
 
     async def follow() -> list[dict]:
-        stream = await log_reads.follow(database, run_id=run_id, viewer=admin, offset=0)
+        stream = await log_reads.follow(database, settings=settings, run_id=run_id, viewer=admin, offset=0)
         return [await anext(stream), await anext(stream)]
 
     first, second = asyncio.run(asyncio.wait_for(follow(), TIMEOUT))
