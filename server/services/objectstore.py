@@ -10,8 +10,9 @@ presigning (single PUTs, multipart parts, GETs), the checks made before
 anything the store holds becomes visible (each object's size, and the sha256
 that the uploader signed into its metadata), removal by prefix, a folder
 read back as a tar stream, and an object read from an offset (a page of an
-archived log, under `logs/<run id>/`: services/log_archive.py). Endpoint, region and credentials come the usual AWS
-way (boto3's environment and config files); none of them is ever shown.
+archived log, under `logs/<run id>/`: services/log_archive.py). Endpoint,
+region and credentials come the usual AWS way (boto3's environment and config
+files); none of them is ever shown.
 Without a URL the local filesystem store (services/storage.py) is used and
 `object_store()` answers None.
 """
