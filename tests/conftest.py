@@ -173,7 +173,8 @@ class ServerProcess:
              "--port", str(self.port), "--data-dir", str(self.data_dir)],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        wait_until(self._healthy, what=f"server on {self.url} (log: {self.log_path})")
+        # Generous: CI runs its SQLite and PostgreSQL passes at once on 2 cores.
+        wait_until(self._healthy, timeout=60, what=f"server on {self.url} (log: {self.log_path})")
         return self
 
     def _healthy(self) -> bool:

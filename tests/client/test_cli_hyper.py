@@ -136,7 +136,8 @@ def test_a_failed_trial_is_shown_failed(cli, worker, repo):
 
 
 def test_stop_lets_running_runs_finish_and_kill_kills_them(cli, worker, repo):
-    stopped = submit(cli, repo, "grid", "-p", "x=1,2,3", "-e", "TOY_SLEEP=3", "python toy.py :x:")
+    # Long enough to be seen running between two `cast hyper info` on a busy machine.
+    stopped = submit(cli, repo, "grid", "-p", "x=1,2,3", "-e", "TOY_SLEEP=10", "python toy.py :x:")
     wait_until(lambda: cli("hyper", "info", str(stopped["id"]), "--json").json()["trials"][0]["status"] == "running",
                timeout=60, what="the first run to start")
     result = cli("hyper", "stop", str(stopped["id"]))
