@@ -4,7 +4,8 @@ against a bare `bash -c true`, in the same process run, and where its time goes.
 Measured alternately (cast, bare, the CLI's start-up, the interpreter's), so
 all see the same machine. Prints the medians, the ratio, and the run's time
 split: the interpreter's start (`python -c pass`), the CLI's start-up and exit
-(`cast --help`), the run on the control plane and worker (created -> final,
+(`cast --help`, and `cast run --help`, which imports only the `run` verb's
+module as `cast run` does), the run on the control plane and worker (created -> final,
 from its transitions, and each stage), and the rest (the create and follow
 round trips, the outcome); and the CPU the control plane and its worker
 spent per run (user + system of the server's process and its children, from
@@ -104,7 +105,7 @@ def main() -> None:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             env["PYTHONPYCACHEPREFIX"] = f"{home}/pycache"
         env.update(CAST_HOME=home, CAST_EXECUTOR="local")
-        times: dict[str, list[float]] = {"cast": [], "bare": [], "cli": [], "python": []}
+        times: dict[str, list[float]] = {"cast": [], "bare": [], "cli": [], "run-help": [], "python": []}
         try:
             subprocess.run([CAST, "run", "true"], env=env, check=True, stdout=subprocess.DEVNULL)  # warm-up: starts the embedded default
             service_before = service_cpu(home)
@@ -112,6 +113,7 @@ def main() -> None:
                 times["cast"].append(timed([CAST, "run", "true"], env, "cast run true"))
                 times["bare"].append(timed(["bash", "-c", "true"], env))
                 times["cli"].append(timed([CAST, "--help"], env, "cast --help"))
+                times["run-help"].append(timed([CAST, "run", "--help"], env, "cast run --help"))
                 times["python"].append(timed([sys.executable, "-c", "pass"], env, "python -c pass"))
             # The bash runs and the CLI's start-ups between the runs cost the server nothing.
             service = (service_cpu(home) - service_before) / args.runs
@@ -130,10 +132,12 @@ def main() -> None:
     print("where a run's time goes (medians):")
     print(f"  python -c pass (the interpreter's start)       : {ms(times['python'])}")
     print(f"  cast --help (the CLI's start-up and exit)      : {ms(times['cli'])}")
+    print(f"  cast run --help (the same, as far as `run` goes; --help imports every verb module): "
+          f"{ms(times['run-help'])}")
     print(f"  the run, created -> final (control plane+worker): {ms(on_server)}")
     for stage in server[0][1]:
         print(f"    {stage:<16}: {ms([stages.get(stage, 0.0) for _, stages in server])}")
-    rest = [total - cli - run for total, cli, run in zip(times["cast"], times["cli"], on_server)]
+    rest = [total - cli - run for total, cli, run in zip(times["cast"], times["run-help"], on_server)]
     print(f"  the rest (create and follow round trips, the outcome): {ms(rest)}")
     print("CPU time of the client's process (user + system), medians:")
     for name, seconds in CPU.items():
