@@ -240,7 +240,11 @@ async def follow_run(notifier: "Notifier", *, run_id: int, read: Callable[[int],
                      items: str) -> AsyncIterator[dict]:
     """A run's chunks from `offset` on as they are written, until the run is
     final and all were sent. `read(offset)` reads one chunk (in a worker
-    thread): `{items: [...], "next_offset": int, "finished": bool}`.
+    thread): `{items: [...], "next_offset": int, "finished": bool}`, and may
+    say `"more": False` (not sent on) when it read all there was: the loop
+    then waits for a change instead of reading again at once, one read a
+    wake-up instead of two (a follower of a busy run is woken a few times a
+    second, and each read costs the server a transaction).
 
     The first chunk is read before this returns, so an unknown run raises here.
     A server shutting down ends the stream; the client resumes from its offset.
@@ -253,16 +257,22 @@ async def follow_run(notifier: "Notifier", *, run_id: int, read: Callable[[int],
         with notifier.subscribe(run_key(run_id)) as changes:
             chunk = first
             while True:
+                more = chunk.pop("more", True)
                 yield chunk
                 if chunk["finished"]:
                     return
+                woke = True
+                # Every read but the first was made subscribed: a change after it wakes this wait.
+                if not more and chunk is not first:
+                    woke = await changes.wait(KEEPALIVE_SECONDS)
+                    if notifier.closed:
+                        return
                 while True:
-                    # Subscribed before this read: a change after it wakes the wait below.
                     chunk = await run_in_threadpool(read, chunk["next_offset"])
-                    if chunk[items] or chunk["finished"]:
+                    # A wait that timed out sends what it read, empty or not: the keepalive.
+                    if chunk[items] or chunk["finished"] or not woke:
                         break
-                    if not await changes.wait(KEEPALIVE_SECONDS):
-                        break
+                    woke = await changes.wait(KEEPALIVE_SECONDS)
                     if notifier.closed:
                         return
 

@@ -7,8 +7,10 @@ happen and delivered by one sender thread in that order, so a follower sees
 their own `seq` counter, under the same rules. Log lines join the run of
 lines at the queue's end while it is of their stream and younger than a
 second (`cast.protocol.logs.LogRun`: the server stores a run as one chunk),
-and go in batches of runs (a line waits at most LINGER seconds; a batch stays
-far below the server's body cap however long its lines) carrying the API's
+and go in batches of runs (a line waits LINGER seconds for company, and while
+lines flow until GAP after the last batch's send: a few large batches a
+second; a batch stays far below the server's body cap however long its
+lines) carrying the API's
 `seq` counter (lines sent before), so a batch retried after a lost answer is
 stored once. A line longer than MAX_LINE_CHARS is split into several here,
 whatever wrote it, so nothing is lost. Status
@@ -50,7 +52,12 @@ from cast.worker.client import Conflict, Refused, ServerClient, with_retries
 
 log = logging.getLogger(__name__)
 
-LINGER = 0.05  # seconds a log line may wait for others to share its batch
+LINGER = 0.02  # seconds a log line may wait for others to share its batch
+# Seconds from one log batch's send to the next one's while lines flow: a run
+# printing without pause sends a few large batches a second, not one per
+# round trip (each request and each follower's read costs the server the same
+# whatever it holds); a line still reaches the server within about GAP.
+GAP = 0.04
 RUN_SPAN = 1.0  # seconds from a run's first line past which a line starts a new run
 MAX_BATCH = MAX_BATCH_LINES  # log lines per request
 # Characters of log text per request: far below the server's JSON body cap
@@ -122,6 +129,7 @@ class Outbox:
         self._on_refused = on_refused
         self._items: list = []
         self._in_flight = 0  # items at the head of _items being delivered now
+        self._log_sent_at = float("-inf")  # when the last log batch was taken to send (monotonic)
         self._entries_sent = 0  # the API's `seq`
         self._points_sent = 0  # the metrics API's `seq`
         self._pending_points = 0
@@ -150,15 +158,20 @@ class Outbox:
         with self._cond:
             if self._truncated and stream is not LogStream.CAST:
                 return
-            self._cond.wait_for(lambda: (self._pending_lines < MAX_PENDING_LINES
-                                         and self._pending_chars < MAX_PENDING_CHARS)
-                                or self._abandoned or self._closed)
+            if self._pending_lines >= MAX_PENDING_LINES or self._pending_chars >= MAX_PENDING_CHARS:
+                self._cond.wait_for(lambda: (self._pending_lines < MAX_PENDING_LINES
+                                             and self._pending_chars < MAX_PENDING_CHARS)
+                                    or self._abandoned or self._closed)
             if self._abandoned or self._closed:
                 return
             self._add_line(stream, text)
 
     def _add_line(self, stream: LogStream, text: str) -> None:
-        """Queue a line (split if too long) on the last run when it may take it; under the lock."""
+        """Queue a line (split if too long) on the last run when it may take it; under the lock.
+
+        Only a new run wakes the sender: a line joining a run changes nothing
+        it waits for (its linger is timed), and a wake-up per line cost the
+        worker more than the line itself."""
         for piece in split_line(text) if len(text) > MAX_LINE_CHARS else (text,):
             self._pending_lines += 1
             self._pending_chars += len(piece)
@@ -170,7 +183,7 @@ class Outbox:
                 last.chars += len(piece)
             else:
                 self._items.append(_LogRun(stream, [piece], len(piece), utc_now()))
-        self._cond.notify_all()
+                self._cond.notify_all()
 
     def metrics(self, points: list[MetricPoint]) -> None:
         """Queue points (already checked) behind what was queued before them."""
@@ -283,10 +296,15 @@ class Outbox:
                 most = MAX_BATCH if kind is _LogRun else MAX_POINT_BATCH
                 # Linger for company only while nothing else waits behind the lines.
                 only_lines = len(lines) == len(self._items) and (count or len(lines)) < most
-                remaining = head.queued_at + LINGER - time.monotonic()
+                due = head.queued_at + LINGER
+                if kind is _LogRun:
+                    due = max(due, self._log_sent_at + GAP)
+                remaining = due - time.monotonic()
                 if only_lines and remaining > 0 and not self._closed:
                     self._cond.wait(remaining)
                     continue
+                if kind is _LogRun:
+                    self._log_sent_at = time.monotonic()
                 self._in_flight = len(lines)
                 return lines
 

@@ -1,8 +1,9 @@
 """Log routes: read a page from an offset, follow as a stream of NDJSON pages,
 download as text (users); append a batch (workers).
 
-Pages are plain lists of strings, serialised by `json` (in C), not by the
-response model, which only documents them: a page may hold 200,000 lines.
+Pages are plain lists of strings, serialised by orjson (`_page_json`), not
+by the response model, which only documents them: a page may hold 200,000
+lines, and a follower of a busy run is sent a page several times a second.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Query
 from fastapi.responses import Response, StreamingResponse
 
@@ -17,6 +19,13 @@ from cast.protocol.logs import MAX_READ_LINES
 from cast.server.api.deps import CurrentUser, DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth
 from cast.server.schemas import LogAppend, LogAppended, LogPage
 from cast.server.services import log_reads, logs
+
+def _page_json(page: dict) -> bytes:
+    try:
+        return orjson.dumps(page)
+    except TypeError:  # a lone surrogate (a worker may send one escaped), which orjson refuses
+        return json.dumps(page).encode()
+
 
 router = APIRouter(prefix="/runs", tags=["logs"], route_class=SessionRoute)
 
@@ -29,7 +38,7 @@ def read_log(
     limit: Annotated[int, Query(ge=1, le=MAX_READ_LINES)] = 1000,
 ) -> Response:
     page = log_reads.read_page(session, settings=settings, run_id=run_id, viewer=user, offset=offset, limit=limit)
-    return Response(json.dumps(page), media_type="application/json")
+    return Response(_page_json(page), media_type="application/json")
 
 
 @router.get(
@@ -40,7 +49,7 @@ def read_log(
 async def follow_log(run_id: RunId, user: CurrentUser, database: DatabaseDep, settings: SettingsDep,
                      offset: Offset = 0) -> StreamingResponse:
     pages = await log_reads.follow(database, settings=settings, run_id=run_id, viewer=user, offset=offset)
-    lines = (json.dumps(page).encode() + b"\n" async for page in pages)
+    lines = (_page_json(page) + b"\n" async for page in pages)
     return StreamingResponse(lines, media_type="application/x-ndjson",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

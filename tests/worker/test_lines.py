@@ -2,7 +2,8 @@
 executors: lines split across reads, bad UTF-8 replaced, a line without end
 given out in pieces, and `\\r` rewrites (progress bars) kept as a state at most
 every PROGRESS_INTERVAL and the final one. Real processes write the bars here:
-a tqdm-like loop through a local run's pipe reader."""
+a tqdm-like loop through a local run's pipe reader. A bar that stalls shows
+its latest state by the reader's timer, with the real clock."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 from cast.protocol.messages import LogStream
 from cast.worker import lines as lines_module
 from cast.worker.docker_images import pump_output
 from cast.worker.executors.local import LocalProcess
-from cast.worker.lines import MAX_PARTIAL, PROGRESS_INTERVAL, LineReader
+from cast.worker.lines import MAX_PARTIAL, PROGRESS_INTERVAL, STALL, LineReader
 
 
 class Clock:
@@ -27,8 +29,9 @@ class Clock:
 
 
 def _reader(clock=None) -> tuple[LineReader, list[str]]:
+    """A reader into a list; with a test's clock, without the timer (it runs on real time)."""
     out: list[str] = []
-    return LineReader(out.append, **({"clock": clock} if clock else {})), out
+    return LineReader(out.append, **({"clock": clock, "timer": False} if clock else {})), out
 
 
 def test_lines_are_split_across_reads_and_crlf_endings_dropped():
@@ -129,3 +132,51 @@ def test_a_tqdm_like_bar_through_a_local_runs_pipe_becomes_a_few_lines(monkeypat
     assert 1 <= len(bar) <= 30, bar
     assert bar[-1] == f"100%|{'#' * 20}| 100000/100000"
     assert all("\r" not in text for text in bar)
+
+
+def _wait_for(out: list[str], count: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_stalled_bar_shows_its_latest_state_by_the_timer_and_its_end_once():
+    reader, out = _reader()
+    reader.feed(b"epoch 1\n\r 10%")
+    _wait_for(out, 2)
+    assert out == ["epoch 1", " 10%"]  # nothing more comes: the timer keeps the state being written
+    start = time.monotonic()
+    reader.feed(b"\r 20%")
+    reader.feed(b"\r 30%")  # the bar stalls here
+    _wait_for(out, 3)
+    assert out == ["epoch 1", " 10%", " 30%"]
+    # Kept once due (PROGRESS_INTERVAL after the last state kept), not at once.
+    assert time.monotonic() - start >= PROGRESS_INTERVAL * 0.8
+    reader.feed(b"\ndone\n")  # its end is the state shown already: not repeated
+    reader.close()
+    assert out == ["epoch 1", " 10%", " 30%", "done"]
+
+
+def test_a_stalled_bar_that_ends_each_state_with_a_carriage_return_shows_it_too():
+    reader, out = _reader()
+    reader.feed(b"1/3\r")
+    _wait_for(out, 1)
+    assert out == ["1/3"]
+    reader.feed(b"2/3\r")
+    _wait_for(out, 2)
+    assert out == ["1/3", "2/3"]
+    reader.feed(b"\n")  # the final state is 2/3, shown already; no empty line either
+    reader.feed(b"next\n")
+    reader.close()
+    assert out == ["1/3", "2/3", "next"]
+
+
+def test_the_timer_keeps_nothing_after_close_and_leaves_plain_lines_alone():
+    reader, out = _reader()
+    reader.feed(b"plain\npartial without end")
+    time.sleep(STALL * 4)
+    assert out == ["plain"]  # a line without "\r" waits for its end as before
+    reader.feed(b"\r 99%")  # the text before a "\r" is a state: kept at once (none was yet)
+    reader.close()  # the timer due for " 99%" later is cancelled: close keeps it as the final state
+    time.sleep(PROGRESS_INTERVAL * 2)
+    assert out == ["plain", "partial without end", " 99%"]
