@@ -18,22 +18,27 @@ Phases (each prints its figures):
 
   kinds      per-replica capacity, against one replica directly, closed loop
              with --clients concurrent requests: claims (lease, wait 0, on a
-             pre-filled queue), status reports, heartbeats, log appends (10
-             lines a batch); requests/s of each, the replica's RSS, and the
-             database's share of the CPU the replica and the database used.
+             pre-filled queue), status reports, heartbeats (a worker's one
+             heartbeat, --heartbeat-leases of its leases in each), log appends
+             (10 lines a batch); requests/s of each, the replica's CPU per
+             request, its RSS, and the database's share of the CPU the replica
+             and the database used.
   e2e        runs submitted at --rate for --seconds through the balancer,
              --workers simulated workers (one run at a time each); sustained
              runs/s from submit to complete, p50/p99 queued -> running (from
              the runs' transitions), and zero duplicates checked in the
              database (one claim per run, attempt 1, every run complete).
-  heartbeat  N active runs on one replica, each heartbeating at the real
-             worker's interval (cast.worker.agent.HEARTBEAT_INTERVAL); N is
-             raised until heartbeats fall behind (p99 lateness past one
+  heartbeat  N active runs on one replica, held by simulated workers of
+             --runs-per-worker runs each, every worker heartbeating all its
+             leases in one request at the real worker's interval
+             (cast.protocol.messages.heartbeat_interval of the lease); N is
+             raised until heartbeats fall behind (p99 answer past one
              interval, or a lease lost).
 
     python bench/bench_scale.py [--database postgres|sqlite] [--replicas 2]
         [--phases kinds,e2e,heartbeat] [--rate 100] [--seconds 20]
-        [--workers 64] [--procs 4] [--clients 16] [--heartbeat-steps 250,500,1000,2000]
+        [--workers 64] [--procs 4] [--clients 16] [--heartbeat-leases 10]
+        [--heartbeat-steps 250,500,1000,2000] [--runs-per-worker 10]
 """
 
 from __future__ import annotations
@@ -59,7 +64,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # tests.realservers
 
 from cast.protocol.logs import LogBatch, LogRun  # noqa: E402
-from cast.protocol.messages import LogStream, StatusReport  # noqa: E402
+from cast.protocol.messages import (HeldLease, LogStream, StatusReport, WorkerHeartbeat,  # noqa: E402
+                                    heartbeat_interval)
 from cast.protocol.status import RunStatus as S  # noqa: E402
 
 # The statuses a simulated worker reports after its claim (building), as the real agent does.
@@ -330,35 +336,47 @@ def submitter(url: str, token: str, rate: float, start: float, seconds: float, c
     return asyncio.run(main())
 
 
-def closed_loop(url: str, worker_token: str, kind: str, runs: list[tuple[int, str]], clients: int,
-                seconds: float) -> tuple[list[float], list[tuple[int, str]]]:
+def _heartbeat(leases: list[tuple[int, str, str]]) -> dict:
+    """A worker's heartbeat body for `leases` (run id, lease token, worker id)."""
+    return WorkerHeartbeat(leases=[HeldLease(run_id, token) for run_id, token, _ in leases]).to_dict()
+
+
+def closed_loop(url: str, worker_token: str, kind: str, runs: list[tuple[int, str, str]], clients: int,
+                seconds: float, heartbeat_leases: int = 1) -> tuple[list[float], list[tuple[int, str, str]]]:
     """`clients` concurrent loops of one request kind for up to `seconds`: (latencies, runs claimed).
 
     claims: a lease (wait 0) per request, a worker per loop, until the queue is
-    empty; status: mounting, then running, on each of `runs` (claimed before);
-    heartbeat and logs: round after round over `runs`."""
+    empty; status: mounting, then running, on each of `runs` (claimed before,
+    each (run id, lease token, worker id)); logs: round after round over
+    `runs`; heartbeat: round after round, a worker's heartbeat of up to
+    `heartbeat_leases` of its runs each."""
 
-    async def main() -> tuple[list[float], list[tuple[int, str]]]:
+    async def main() -> tuple[list[float], list[tuple[int, str, str]]]:
         latencies: list[float] = []
-        claimed: list[tuple[int, str]] = []
+        claimed: list[tuple[int, str, str]] = []
         deadline = time.monotonic() + seconds
         async with _client(url, worker_token, clients) as http:
-            async def request(worker_id: str, mine: list[tuple[int, str]], step: int) -> bool:
+            async def request(worker_id: str, mine: list[tuple[int, str, str]],
+                              groups: list[list[tuple[int, str, str]]], step: int) -> bool:
                 """One request of this kind; False once there is nothing more to do."""
                 if kind == "claims":
                     answer = await http.post(f"/workers/{worker_id}/lease", json={"free_gpus": 0, "wait": 0})
                     if answer.status_code == 204:
                         return False
                     _ok(answer)
-                    claimed.append((answer.json()["run_id"], answer.json()["lease_token"]))
+                    claimed.append((answer.json()["run_id"], answer.json()["lease_token"], worker_id))
                     return True
                 if not mine or (kind == "status" and step >= 2 * len(mine)):
                     return False
-                run_id, lease_token = mine[step % len(mine)]
+                if kind == "heartbeat":
+                    group = groups[step % len(groups)]
+                    answer = _ok(await http.post(f"/workers/{group[0][2]}/heartbeat", json=_heartbeat(group)))
+                    if any(state["lost"] for state in answer.json()["leases"]):
+                        raise LeaseLost(f"a lease of worker {group[0][2]}")
+                    return True
+                run_id, lease_token, _ = mine[step % len(mine)]
                 if kind == "status":
                     await _report(http, run_id, lease_token, S.MOUNTING if step < len(mine) else S.RUNNING)
-                elif kind == "heartbeat":
-                    _ok(await http.post(f"/runs/{run_id}/heartbeat", json={"lease_token": lease_token}))
                 else:
                     seq = (step // len(mine)) * LOG_LINES_PER_BATCH
                     lines = [f"line {seq + i} of a simulated run" for i in range(LOG_LINES_PER_BATCH)]
@@ -369,16 +387,26 @@ def closed_loop(url: str, worker_token: str, kind: str, runs: list[tuple[int, st
             async def loop(index: int) -> None:
                 worker_id = await _register(http, f"bench-{kind}-{index}", 10_000) if kind == "claims" else ""
                 mine = runs[index::clients]
+                by_worker: dict[str, list[tuple[int, str, str]]] = {}
+                for held in mine:
+                    by_worker.setdefault(held[2], []).append(held)
+                groups = [leases[i:i + heartbeat_leases] for leases in by_worker.values()
+                          for i in range(0, len(leases), heartbeat_leases)]
                 step = 0
                 while time.monotonic() < deadline:
                     begun = time.perf_counter()
                     try:
-                        if not await request(worker_id, mine, step):
+                        if not await request(worker_id, mine, groups, step):
                             return
                     except LeaseLost:
                         # A run the last phase did not reach in time: its lease
                         # expired. It leaves the rotation; the answer still counts.
-                        mine.remove(mine[step % len(mine)])
+                        if kind == "heartbeat":
+                            groups.remove(groups[step % len(groups)])
+                            if not groups:
+                                return
+                        else:
+                            mine.remove(mine[step % len(mine)])
                     latencies.append(time.perf_counter() - begun)
                     step += 1
 
@@ -388,30 +416,34 @@ def closed_loop(url: str, worker_token: str, kind: str, runs: list[tuple[int, st
     return asyncio.run(main())
 
 
-def heartbeaters(url: str, worker_token: str, runs: list[tuple[int, str]], interval: float, seconds: float,
+def heartbeaters(url: str, worker_token: str, runs: list[tuple[int, str, str]], interval: float, seconds: float,
                  start: float) -> tuple[list[float], int]:
-    """Each run heartbeats as the real worker does (an answer, then `interval`
-    of waiting) from `start` (staggered over one interval) for `seconds`:
-    (each heartbeat's latency, leases lost)."""
+    """Each worker holding some of `runs` heartbeats all of them in one request,
+    as the real worker does (an answer, then `interval` of waiting), from
+    `start` (staggered over one interval) for `seconds`: (each heartbeat's
+    latency, leases lost)."""
 
     async def main() -> tuple[list[float], int]:
         latencies: list[float] = []
         lost = 0
+        by_worker: dict[str, list[tuple[int, str, str]]] = {}
+        for held in runs:
+            by_worker.setdefault(held[2], []).append(held)
         async with _client(url, worker_token, 512) as http:
-            async def one(index: int, run_id: int, lease_token: str) -> None:
+            async def one(index: int, worker_id: str, leases: list[tuple[int, str, str]]) -> None:
                 nonlocal lost
-                await asyncio.sleep(max(0.0, start + interval * index / len(runs) - time.time()))
+                await asyncio.sleep(max(0.0, start + interval * index / len(by_worker) - time.time()))
                 while time.time() < start + seconds:
                     await asyncio.sleep(interval)
                     begun = time.perf_counter()
-                    try:
-                        _ok(await http.post(f"/runs/{run_id}/heartbeat", json={"lease_token": lease_token}))
-                    except LeaseLost:
-                        lost += 1
-                        return
+                    answer = _ok(await http.post(f"/workers/{worker_id}/heartbeat", json=_heartbeat(leases)))
                     latencies.append(time.perf_counter() - begun)
+                    gone = sum(1 for state in answer.json()["leases"] if state["lost"])
+                    if gone:
+                        lost += gone
+                        return
 
-            await asyncio.gather(*(one(i, run_id, lease_token) for i, (run_id, lease_token) in enumerate(runs)))
+            await asyncio.gather(*(one(i, worker_id, leases) for i, (worker_id, leases) in enumerate(by_worker.items())))
         return latencies, lost
 
     return asyncio.run(main())
@@ -424,8 +456,8 @@ def _submit_all(url: str, token: str, count: int) -> list[int]:
     return submitter(url, token, rate=10_000, start=time.time(), seconds=count / 10_000, connections=16)
 
 
-def _claim_all(url: str, worker_token: str, clients: int = 16) -> list[tuple[int, str]]:
-    """Every queued run claimed (not timed)."""
+def _claim_all(url: str, worker_token: str, clients: int = 16) -> list[tuple[int, str, str]]:
+    """Every queued run claimed, by `clients` workers (not timed)."""
     return closed_loop(url, worker_token, "claims", [], clients, 600)[1]
 
 
@@ -444,7 +476,8 @@ def phase_kinds(stack: Stack, pool: multiprocessing.pool.Pool, args) -> dict:
         before = (cpu_seconds(replica), cpu_seconds(database_pid) if database_pid else 0.0, time.monotonic())
         parts = [[] for _ in range(args.procs)] if kind == "claims" else _split(claimed, args.procs)
         futures = [pool.apply_async(closed_loop, (url, stack.worker_token, kind, part,
-                                                  max(1, args.clients // args.procs), args.kind_seconds))
+                                                  max(1, args.clients // args.procs), args.kind_seconds,
+                                                  args.heartbeat_leases))
                    for part in parts]
         done = [f.get() for f in futures]
         wall = time.monotonic() - before[2]
@@ -460,7 +493,8 @@ def phase_kinds(stack: Stack, pool: multiprocessing.pool.Pool, args) -> dict:
                          "database_cores": database_cpu / wall, "database_share": share, "rss": rss_mib(replica)}
         # CPU per request is the figure a loaded machine moves least: requests/s
         # on a core of one's own is its inverse.
-        print(f"  {kind:<9}: {count / wall:6.0f} requests/s ({count} in {wall:.1f} s, p50 "
+        label = f"heartbeat ({args.heartbeat_leases} leases)" if kind == "heartbeat" else kind
+        print(f"  {label:<9}: {count / wall:6.0f} requests/s ({count} in {wall:.1f} s, p50 "
               f"{percentile(latencies, 0.5) * 1000:.0f} ms, p99 {percentile(latencies, 0.99) * 1000:.0f} ms); "
               f"CPU per request: replica {replica_cpu / max(count, 1) * 1000:.2f} ms, database "
               f"{database_cpu / max(count, 1) * 1000:.2f} ms"
@@ -519,20 +553,23 @@ def _split_count(total: int, parts: int) -> list[int]:
 
 
 def phase_heartbeat(stack: Stack, pool: multiprocessing.pool.Pool, args) -> dict:
-    from cast.worker.agent import HEARTBEAT_INTERVAL
-
     url = stack.replica_urls[0]
+    interval = heartbeat_interval(args.lease_seconds)
     results = {}
-    print(f"  heartbeat interval {HEARTBEAT_INTERVAL} s (the worker's), lease {args.lease_seconds:g} s, "
-          f"{args.heartbeat_seconds:g} s a step, one replica")
+    print(f"  heartbeat interval {interval:g} s (the worker's for a lease of {args.lease_seconds:g} s), "
+          f"{args.runs_per_worker} runs a worker, {args.heartbeat_seconds:g} s a step, one replica")
     for active in args.heartbeat_steps:
         _submit_all(url, stack.admin_token, active)
-        runs = _claim_all(url, stack.worker_token)
+        workers = max(1, -(-active // args.runs_per_worker))
+        runs = _claim_all(url, stack.worker_token, clients=workers)
         start = time.time() + 2
         replica_before = cpu_seconds(stack.replicas[0].pid)
-        futures = [pool.apply_async(heartbeaters, (url, stack.worker_token, part, HEARTBEAT_INTERVAL,
+        # A worker's runs stay in one load process (they go in one request).
+        parts = [[held for held in runs if int(held[2].rsplit("-", 1)[1], 16) % args.procs == part]
+                 for part in range(args.procs)]
+        futures = [pool.apply_async(heartbeaters, (url, stack.worker_token, part, interval,
                                                    args.heartbeat_seconds, start))
-                   for part in _split(runs, args.procs)]
+                   for part in parts if part]
         done = [f.get() for f in futures]
         latencies = [x for lat, _ in done for x in lat]
         lost = sum(n for _, n in done)
@@ -540,14 +577,14 @@ def phase_heartbeat(stack: Stack, pool: multiprocessing.pool.Pool, args) -> dict
         p99 = percentile(latencies, 0.99)
         per_second = len(latencies) / args.heartbeat_seconds
         # Behind: a heartbeat's answer takes longer than the wait between two,
-        # so each run heartbeats at under half the rate it means to, or a lease was lost.
-        behind = lost > 0 or p99 > HEARTBEAT_INTERVAL
+        # so each worker heartbeats at under half the rate it means to, or a lease was lost.
+        behind = lost > 0 or p99 > interval
         results[active] = {"per_second": per_second, "p50": percentile(latencies, 0.5), "p99": p99, "lost": lost,
                            "behind": behind, "cpu": cpu / args.heartbeat_seconds}
-        print(f"  {active:>6} active runs: {per_second:6.0f} heartbeats/s (at most {active / HEARTBEAT_INTERVAL:.0f}/s); "
-              f"answer p50 {percentile(latencies, 0.5) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms; leases lost {lost}; "
-              f"replica CPU {cpu / args.heartbeat_seconds:.2f} cores, {cpu / max(len(latencies), 1) * 1000:.2f} ms a "
-              f"heartbeat -> {'BEHIND' if behind else 'keeps up'}",
+        print(f"  {active:>6} active runs, {workers} workers: {per_second:6.0f} heartbeats/s (at most "
+              f"{workers / interval:.0f}/s); answer p50 {percentile(latencies, 0.5) * 1000:.0f} ms, p99 "
+              f"{p99 * 1000:.0f} ms; leases lost {lost}; replica CPU {cpu / args.heartbeat_seconds:.2f} cores, "
+              f"{cpu / max(len(latencies), 1) * 1000:.2f} ms a heartbeat -> {'BEHIND' if behind else 'keeps up'}",
               flush=True)
         # The step's runs end, so the next step's claims find only its own.
         _end_runs(url, stack.worker_token, runs)
@@ -556,7 +593,7 @@ def phase_heartbeat(stack: Stack, pool: multiprocessing.pool.Pool, args) -> dict
     return results
 
 
-def _end_runs(url: str, token: str, runs: list[tuple[int, str]]) -> None:
+def _end_runs(url: str, token: str, runs: list[tuple[int, str, str]]) -> None:
     async def main() -> None:
         async with _client(url, token, 32) as http:
             semaphore = asyncio.Semaphore(32)
@@ -567,7 +604,7 @@ def _end_runs(url: str, token: str, runs: list[tuple[int, str]]) -> None:
                     await http.post(f"/runs/{run_id}/status", json=StatusReport(
                         lease_token, S.FAILED, reason="benchmark step over").to_dict())
 
-            await asyncio.gather(*(one(r, t) for r, t in runs))
+            await asyncio.gather(*(one(r, t) for r, t, _ in runs))
 
     asyncio.run(main())
 
@@ -593,6 +630,8 @@ def main() -> None:
     parser.add_argument("--heartbeat-steps", type=lambda s: [int(x) for x in s.split(",")],
                         default=[250, 500, 1000, 2000, 4000])
     parser.add_argument("--heartbeat-seconds", type=float, default=15.0)
+    parser.add_argument("--heartbeat-leases", type=int, default=10, help="leases in each heartbeat (kinds)")
+    parser.add_argument("--runs-per-worker", type=int, default=10, help="runs each simulated worker holds (heartbeat)")
     parser.add_argument("--lease-seconds", type=float, default=15.0)
     args = parser.parse_args()
     phases = args.phases.split(",")

@@ -298,9 +298,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.worker_tokens = user_service.WorkerTokens()
     app.state.storage_id = storage.ensure_storage_id(settings)
     api = APIRouter(prefix="/api/v1")
-    for module in (health, protocol, runs, logs, metrics, objects, outputs, uploads, code, workers, users, status,
+    # Each request is matched against the routers in this order, route by
+    # route: the workers' routes (heartbeats, claims, reports) and log appends
+    # come first, being most of the requests under load. No two modules' paths
+    # match the same request, so the order decides nothing else.
+    for module in (workers, logs, runs, metrics, health, protocol, objects, outputs, uploads, code, users, status,
                    retention, hyper):
         api.include_router(module.router)
     app.include_router(api)

@@ -12,7 +12,8 @@ behind requests that wait for that lock. Routes that change things get a write
 session (BEGIN IMMEDIATE on SQLite); GET and HEAD get a read session. A token is
 checked in its own short read transaction, so a route's own session starts its
 transaction only when the route first touches the database (a run creation
-resolves its git ref before that).
+resolves its git ref before that); a worker token seen valid within the last
+seconds is not looked up again (`users.WorkerTokens`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fastapi import Depends, Path, Request
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from cast.server.db import Database
 from cast.server.errors import Forbidden, NotAuthenticated
@@ -86,14 +88,27 @@ def uses_session(route: APIRoute) -> bool:
     return any(dependency.call is get_session for dependency in route.dependant.dependencies)
 
 
-def _caller(
-    database: DatabaseDep,
+async def _caller(
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> tuple[Token, User | None]:
     if credentials is None or not credentials.credentials:
         raise NotAuthenticated("missing bearer token (Authorization: Bearer TOKEN)")
+    # A worker token seen valid a moment ago is answered without leaving the
+    # event loop: no thread hop, no transaction (users.WorkerTokens).
+    known: users.WorkerTokens = request.app.state.worker_tokens
+    digest = users.hash_token(credentials.credentials)
+    if (token := known.get(digest)) is not None:
+        return token, None
+    token, user = await run_in_threadpool(_authenticate, request.app.state.database, credentials.credentials)
+    if token.kind == "worker":
+        known.remember(digest, token)
+    return token, user
+
+
+def _authenticate(database: Database, secret: str) -> tuple[Token, User | None]:
     with database.transaction(write=False) as session:
-        return users.authenticate(session, secret=credentials.credentials)
+        return users.authenticate(session, secret=secret)
 
 
 Caller = Annotated[tuple[Token, User | None], Depends(_caller)]

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, literal, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, delete, func, literal, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -184,25 +184,40 @@ def _extended_lease(settings: Settings) -> ColumnElement:
     return case((column > expires, column), else_=expires)
 
 
+def _heartbeat_statement():
+    """The heartbeat's UPDATE, built once: the leases, the worker and the new
+    end are parameters (building the statement cost more than running it)."""
+    held = _RUNS.c
+    expires = bindparam("expires", type_=held.lease_expires_at.type)
+    return (
+        update(_RUNS)
+        .where(tuple_(held.id, held.lease_token).in_(bindparam("held", expanding=True)),
+               held.worker_id == bindparam("worker"), held.status.in_(_LEASED))
+        .values(lease_expires_at=case((held.lease_expires_at > expires, held.lease_expires_at), else_=expires))
+        .returning(held.id, held.status, held.lease_token, held.worker_id, held.lease_expires_at)
+    )
+
+
+_HEARTBEAT = _heartbeat_statement()
+_HELD_RUNS = select(_RUNS.c.id, _RUNS.c.status, _RUNS.c.lease_token, _RUNS.c.worker_id).where(
+    _RUNS.c.id.in_(bindparam("ids", expanding=True)))
+
+
 def heartbeat(session: Session, *, worker_id: str, leases: list[HeldLease], settings: Settings) -> WorkerHeartbeatReply:
-    """Extend every lease `worker_id` names that it still holds, in one UPDATE,
-    and say of each whether it is lost or what its run's status is.
+    """Extend every lease `worker_id` names that it still holds, in one UPDATE
+    (to `lease_seconds` from now, or its current end if later: see
+    `_extended_lease`), and say of each whether it is lost or what its run's
+    status is.
 
     Plain SQL on the table, no ORM object: a worker with many runs heartbeats
     once a second, so this is the control plane's most frequent request."""
     if not leases:
         return WorkerHeartbeatReply()
-    held = _RUNS.c
-    extended = {row.id: row for row in session.execute(
-        update(_RUNS)
-        .where(tuple_(held.id, held.lease_token).in_([(lease.run_id, lease.lease_token) for lease in leases]),
-               held.worker_id == worker_id, held.status.in_(_LEASED))
-        .values(lease_expires_at=_extended_lease(settings))
-        .returning(held.id, held.status, held.lease_token, held.worker_id, held.lease_expires_at)
-    )}
+    expires = utcnow() + timedelta(seconds=settings.lease_seconds)
+    extended = {row.id: row for row in session.execute(_HEARTBEAT, {
+        "held": [(lease.run_id, lease.lease_token) for lease in leases], "worker": worker_id, "expires": expires})}
     missing = [lease.run_id for lease in leases if lease.run_id not in extended]
-    others = {row.id: row for row in session.execute(
-        select(held.id, held.status, held.lease_token, held.worker_id).where(held.id.in_(missing)))} if missing else {}
+    others = {row.id: row for row in session.execute(_HELD_RUNS, {"ids": missing})} if missing else {}
     states = []
     for lease in leases:
         row = extended.get(lease.run_id) or others.get(lease.run_id)

@@ -1,7 +1,8 @@
 """Users and bearer tokens.
 
 Owns authentication (a token is looked up by its sha256; the secret itself is
-never stored), the bootstrap of an empty database (an admin user plus one user
+never stored; a worker token found valid is remembered for a second or two,
+`WorkerTokens`), the bootstrap of an empty database (an admin user plus one user
 token and one worker token, written 0600 into the data dir), creating,
 listing and revoking tokens and users, and one-time sign-in links (a token of
 kind "sign-in" that expires within minutes, is never a bearer token, and is
@@ -13,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -78,6 +81,36 @@ def authenticate(session: Session, *, secret: str) -> tuple[Token, User | None]:
         raise NotAuthenticated("token revoked")
     user = session.get(User, token.user_id) if token.user_id is not None else None
     return token, user
+
+
+class WorkerTokens:
+    """Worker tokens found valid within the last `TTL` seconds, by their sha256.
+
+    A worker makes several requests a second (heartbeats, claims, reports, log
+    batches), usually all with one token: each then costs a dict lookup, not a
+    read transaction. What that trades: a revoked worker token is refused by
+    every replica within `TTL` seconds, not at once. User tokens are always
+    looked up (their user rides along with the request)."""
+
+    TTL = 2.0
+    MAX_ENTRIES = 1024  # valid worker tokens are few; the bound is against a surprise
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._valid: dict[str, tuple[float, Token]] = {}
+
+    def get(self, digest: str) -> Token | None:
+        with self._lock:
+            found = self._valid.get(digest)
+        if found is None or time.monotonic() - found[0] > self.TTL:
+            return None
+        return found[1]
+
+    def remember(self, digest: str, token: Token) -> None:
+        with self._lock:
+            if len(self._valid) >= self.MAX_ENTRIES:
+                self._valid.clear()
+            self._valid[digest] = (time.monotonic(), token)
 
 
 def _user_named(session: Session, name: str) -> User:
