@@ -48,7 +48,9 @@ def _entries(client, resource) -> tuple[list[dict], bool]:
     whether it is a file; `_Empty` when a run or upload holds nothing."""
     shown = str(resource)
     if resource.kind == "runs":
-        files = client.list_outputs(resource.run_id)["files"]
+        listing = client.list_outputs(resource.run_id)
+        # An empty folder is an entry of its own, its path ending in '/'.
+        files = listing["files"] + [{"path": folder + "/", "size": 0} for folder in listing.get("folders", [])]
         if not files and not resource.subpath:
             raise _Empty(_why_empty(client, resource))
         return _children(files, resource.subpath, shown)
@@ -71,16 +73,20 @@ def _children(files: list[dict], subpath: str, shown: str) -> tuple[list[dict], 
             return [{"name": subpath.rsplit("/", 1)[-1], "type": "file", "size": entry["size"]}], True
     prefix = f"{subpath}/" if subpath else ""
     children: dict[str, dict] = {}
+    found = False
     for entry in files:
         if not entry["path"].startswith(prefix):
             continue
+        found = True
         head, slash, _ = entry["path"][len(prefix):].partition("/")
+        if not head:  # `subpath` is an empty folder
+            continue
         if slash:
             child = children.setdefault(head, {"name": head + "/", "type": "dir", "size": 0})
             child["size"] += entry["size"]
         else:
             children[head] = {"name": head, "type": "file", "size": entry["size"]}
-    if subpath and not children:
+    if subpath and not found:
         raise CastError(f"{shown}: no such file or folder")
     return [children[name] for name in sorted(children)], False
 

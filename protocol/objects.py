@@ -22,6 +22,8 @@ re-run of an upload that was cut off sends only what is still missing.
 
 from __future__ import annotations
 
+import posixpath
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -112,6 +114,18 @@ class ObjectFile:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ObjectFile":
         return cls(path=str(data["path"]), size=int(data["size"]), sha256=str(data["sha256"]), url=str(data["url"]))
+
+
+def empty_folders(files: Iterable[str], folders: Iterable[str]) -> list[str]:
+    """The folders of an output with nothing inside: a file's path already
+    says its parents exist, so only these are kept as entries of their own."""
+    parents: set[str] = set()
+    for path in [*files, *folders]:
+        parent = posixpath.dirname(path)
+        while parent and parent not in parents:
+            parents.add(parent)
+            parent = posixpath.dirname(parent)
+    return sorted(set(folders) - parents)
 
 
 def part_count(size: int) -> int:

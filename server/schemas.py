@@ -530,6 +530,7 @@ class ObjectFileOut(BaseModel):
 
 class ObjectMountOut(BaseModel):
     files: list[ObjectFileOut]
+    folders: list[str] = []  # empty folders to make, relative to the mount
 
 
 class FileOut(BaseModel):
@@ -540,6 +541,7 @@ class FileOut(BaseModel):
 
 class FileList(BaseModel):
     files: list[FileOut]
+    folders: list[str] = []  # empty folders of a run's outputs ('/'-separated)
 
 
 class OutputsPushed(BaseModel):

@@ -331,9 +331,10 @@ class ServerClient:
         return self._request("POST", f"/runs/{run_id}/outputs/commit", json=manifest.to_dict(),
                              timeout=httpx.Timeout(600.0, connect=5.0)).json()
 
-    def mount_objects(self, resource: str) -> list[ObjectFile]:
+    def mount_objects(self, resource: str) -> tuple[list[ObjectFile], list[str]]:
+        """A mount's files in the object store, and its empty folders."""
         answer = self._request("GET", f"/workers/objects/{_quote_path(resource)}").json()
-        return [ObjectFile.from_dict(item) for item in answer["files"]]
+        return [ObjectFile.from_dict(item) for item in answer["files"]], [str(f) for f in answer.get("folders") or []]
 
     def download_mount(self, resource: str, dest: Path) -> None:
         self._download(f"/workers/mounts/{_quote_path(resource)}", dest)

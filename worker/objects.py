@@ -171,10 +171,11 @@ class ObjectCache:
         """A sealed folder (or file) holding `mount`'s resource, made from the
         cache and pinned for run `run_id`; the cache is then brought within its
         bound. The caller holds the cache's lock."""
-        files = with_retries(lambda: client.mount_objects(mount.resource), should_continue=should_continue)
+        files, folders = with_retries(lambda: client.mount_objects(mount.resource), should_continue=should_continue)
         for item in files:
             with_retries(lambda: self._fetch(item), should_continue=should_continue)
-        key = hashlib.sha256("\n".join(f"{f.path}\0{f.sha256}" for f in sorted(files, key=lambda f: f.path))
+        key = hashlib.sha256("\n".join([*(f"{f.path}\0{f.sha256}" for f in sorted(files, key=lambda f: f.path)),
+                                         *(f"{empty}/" for empty in sorted(folders))])
                              .encode() + mount.resource.encode()).hexdigest()[:32]
         folder = self.mounts / key
         name = mount.resource.rstrip("/").rsplit("/", 1)[-1] or "data"
@@ -190,6 +191,8 @@ class ObjectCache:
                     target = data / item.path
                     target.parent.mkdir(parents=True, exist_ok=True)
                     _link_or_copy(self.blob(item.sha256), target)
+                for empty in folders:
+                    (data / empty).mkdir(parents=True, exist_ok=True)
                 for child in sorted(data.rglob("*"), reverse=True):
                     if child.is_dir():
                         os.chmod(child, 0o555)

@@ -55,8 +55,8 @@ async def commit_outputs(run_id: RunId, body: ObjectManifestIn, _: WorkerAuth, d
 
 @router.get("/workers/objects/{resource:path}", response_model=ObjectMountOut)
 def mount_objects(resource: str, _: WorkerAuth, session: SessionDep, settings: SettingsDep) -> dict:
-    files = object_files.mount_files(session, store=_store(settings), resource=resource)
-    return {"files": [vars(f) for f in files]}
+    files, folders = object_files.mount_files(session, store=_store(settings), resource=resource)
+    return {"files": [vars(f) for f in files], "folders": folders}
 
 
 def _upload_manifest(body: UploadManifestIn) -> UploadManifest:

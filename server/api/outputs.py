@@ -21,7 +21,8 @@ _BYTES = {200: {"content": {"application/octet-stream": {}, "application/x-tar":
 
 @router.get("/{run_id}/outputs", response_model=FileList)
 def list_outputs(run_id: RunId, user: CurrentUser, session: SessionDep) -> dict:
-    return {"files": files.output_manifest(session, run_id=run_id, viewer=user)}
+    return {"files": files.output_manifest(session, run_id=run_id, viewer=user),
+            "folders": files.output_folders(session, run_id=run_id)}
 
 
 @router.get("/{run_id}/outputs/{path:path}", responses=_BYTES)

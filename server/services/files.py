@@ -13,9 +13,10 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, not_, or_, select
 from sqlalchemy.orm import Session
 
+from cast.protocol.objects import empty_folders
 from cast.protocol.outputs import StagedOutputs, is_staging_name
 from cast.protocol.status import RunStatus
 from cast.protocol.validate import normalize_relative_path, validate_upload_name
@@ -45,19 +46,28 @@ def store_outputs(database: Database, *, settings: Settings, run_id: int, lease_
         folder = staging / "outputs"
         folder.mkdir()
         stored = storage.extract_tar(source, folder, max_bytes=settings.max_output_bytes, what=f"the output of run {run_id}")
+        empty = [os.path.relpath(path, folder) for path, dirs, names in os.walk(folder)
+                 if not dirs and not names and path != str(folder)]
         return _place_outputs(database, settings=settings, run_id=run_id, lease_token=lease_token,
-                              folder=folder, stored=stored)
+                              folder=folder, stored=stored, folders=empty)
     finally:
         storage.remove(staging)
 
 
+def folder_rows(run_id: int, folders) -> list[OutputFile]:
+    """An output's empty folders as rows of its manifest: the path and a
+    trailing '/' (which no file's path has), no size, no sha256."""
+    return [OutputFile(run_id=run_id, path=folder + "/", size=0, sha256="") for folder in folders]
+
+
 def _place_outputs(database: Database, *, settings: Settings, run_id: int, lease_token: str, folder: Path,
-                   stored: list[storage.StoredFile]) -> tuple[int, int]:
+                   stored: list[storage.StoredFile], folders) -> tuple[int, int]:
     total = sum(f.size for f in stored)
     with database.transaction() as session:
         run = _check_push(session, run_id=run_id, lease_token=lease_token)
         session.execute(delete(OutputFile).where(OutputFile.run_id == run_id))
         session.add_all(OutputFile(run_id=run_id, path=f.path, size=f.size, sha256=f.sha256) for f in stored)
+        session.add_all(folder_rows(run_id, folders))
         run.outputs_size = total
         session.flush()
         final = storage.run_outputs_dir(settings, run_id)
@@ -86,7 +96,8 @@ def adopt_outputs(database: Database, *, settings: Settings, run_id: int, staged
         stored = storage.verify_staged(folder, manifest, set(staged.folders),
                                        max_bytes=settings.max_output_bytes, what=what)
         return _place_outputs(database, settings=settings, run_id=run_id, lease_token=staged.lease_token,
-                              folder=folder, stored=stored)
+                              folder=folder, stored=stored,
+                              folders=empty_folders((f.path for f in staged.files), staged.folders))
     except DomainError:
         storage.remove(folder)
         raise
@@ -100,8 +111,16 @@ def _stored_run(session: Session, *, run_id: int, viewer: User):
 
 
 def output_manifest(session: Session, *, run_id: int, viewer: User) -> list[OutputFile]:
+    """The files of run `run_id`'s outputs (its empty folders: `output_folders`)."""
     _stored_run(session, run_id=run_id, viewer=viewer)
-    return list(session.scalars(select(OutputFile).where(OutputFile.run_id == run_id).order_by(OutputFile.path)))
+    query = select(OutputFile).where(OutputFile.run_id == run_id, not_(OutputFile.path.endswith("/")))
+    return list(session.scalars(query.order_by(OutputFile.path)))
+
+
+def output_folders(session: Session, *, run_id: int) -> list[str]:
+    """The empty folders of run `run_id`'s outputs; the caller checked access."""
+    query = select(OutputFile.path).where(OutputFile.run_id == run_id, OutputFile.path.endswith("/"))
+    return sorted(path[:-1] for path in session.scalars(query))
 
 
 def output_path(session: Session, *, settings: Settings, run_id: int, viewer: User, path: str) -> Path:

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from cast.protocol.names import name_problem, printable
 from cast.protocol.objects import (
     MAX_PARTS, MULTIPART_BYTES, FileUpload, ObjectEntry, ObjectFile, ObjectManifest, ObjectPlan, PartUpload,
-    UploadManifest, part_count,
+    UploadManifest, empty_folders, part_count,
 )
 from cast.protocol.validate import SpecError, normalize_relative_path, parse_resource, validate_upload_name
 from cast.server.db import Database
@@ -57,6 +57,18 @@ def _check_manifest(manifest: ObjectManifest | UploadManifest, *, max_bytes: int
         total += entry.size
     if total > max_bytes:
         raise TooLarge(f"{what} exceeds the limit of {max_bytes} bytes")
+
+
+def _empty_folders(manifest: ObjectManifest, *, what: str) -> list[str]:
+    """The manifest's folders with nothing inside (kept as entries of their own), once checked."""
+    for folder in manifest.folders:
+        try:
+            clean = normalize_relative_path(folder, what=f"{what} folder")
+        except SpecError as error:
+            raise BadRequest(str(error)) from None
+        if clean != folder or (problem := name_problem(folder)):
+            raise BadRequest(f"{what}: the folder '{printable(folder)}' cannot be stored")
+    return empty_folders((entry.path for entry in manifest.files), manifest.folders)
 
 
 # --- outputs ------------------------------------------------------------------------
@@ -109,6 +121,7 @@ def commit_outputs(database: Database, *, store: ObjectStore, max_bytes: int, ru
     manifest does not name (an earlier attempt's) are removed."""
     what = f"the output of run {run_id}"
     _check_manifest(manifest, max_bytes=max_bytes, what=what)
+    folders = _empty_folders(manifest, what=what)
     with database.transaction(write=False) as session:
         files._check_push(session, run_id=run_id, lease_token=manifest.lease_token)
     prefix = store.run_prefix(run_id)
@@ -118,6 +131,7 @@ def commit_outputs(database: Database, *, store: ObjectStore, max_bytes: int, ru
         run = files._check_push(session, run_id=run_id, lease_token=manifest.lease_token)
         session.execute(delete(OutputFile).where(OutputFile.run_id == run_id))
         session.add_all(OutputFile(run_id=run_id, path=e.path, size=e.size, sha256=e.sha256) for e in manifest.files)
+        session.add_all(files.folder_rows(run_id, folders))
         run.outputs_size = total
         session.flush()
     named = {prefix + entry.path for entry in manifest.files}
@@ -217,16 +231,19 @@ def store_upload(database: Database, *, store: ObjectStore, owner, name: str, ki
 
 # --- reads --------------------------------------------------------------------------
 
-def _rows_and_keys(session: Session, store: ObjectStore, resource: str) -> tuple[list[tuple[str, int, str, str]], str]:
-    """(path, size, sha256, key) of every file of `resource`, and its kind."""
+def _rows_and_keys(session: Session, store: ObjectStore,
+                   resource: str) -> tuple[list[tuple[str, int, str, str]], list[str], str]:
+    """(path, size, sha256, key) of every file of `resource`, its empty folders, and its kind."""
     try:
         parsed = parse_resource(resource)
     except SpecError as error:
         raise BadRequest(str(error)) from None
+    folders: list[str] = []
     if parsed.kind == "runs":
         rows = list(session.scalars(select(OutputFile).where(OutputFile.run_id == parsed.run_id)))
         prefix = store.run_prefix(parsed.run_id)
-        keyed = [(r.path, r.size, r.sha256, prefix + r.path) for r in rows]
+        keyed = [(r.path, r.size, r.sha256, prefix + r.path) for r in rows if not r.path.endswith("/")]
+        folders = [r.path[:-1] for r in rows if r.path.endswith("/")]
     else:
         upload = session.get(Upload, parsed.name)
         if upload is None or upload.deleted_at is not None:
@@ -234,32 +251,36 @@ def _rows_and_keys(session: Session, store: ObjectStore, resource: str) -> tuple
         rows = list(session.scalars(select(UploadFile).where(UploadFile.upload_name == upload.name)))
         keyed = [(r.path, r.size, r.sha256, store.blob_key(upload.owner_id, r.sha256)) for r in rows]
         if upload.kind == "file":
-            return [("", size, sha, key) for _, size, sha, key in keyed], "file"
-    return _select(keyed, parsed.subpath, resource)
+            return [("", size, sha, key) for _, size, sha, key in keyed], [], "file"
+    return _select(keyed, folders, parsed.subpath, resource)
 
 
-def _select(keyed, sub: str, resource: str):
+def _select(keyed, folders: list[str], sub: str, resource: str):
     if not sub:
-        return keyed, "dir"
+        return keyed, folders, "dir"
     exact = [("", *rest) for path, *rest in keyed if path == sub]
     if exact:
-        return exact, "file"
+        return exact, [], "file"
     inside = [(path[len(sub) + 1:], *rest) for path, *rest in keyed if path.startswith(sub + "/")]
-    if not inside:
+    inner = [folder[len(sub) + 1:] for folder in folders if folder.startswith(sub + "/")]
+    if not inside and not inner and sub not in folders:
         raise PathNotFound(resource)
-    return inside, "dir"
+    return inside, inner, "dir"
 
 
-def mount_files(session: Session, *, store: ObjectStore, resource: str) -> list[ObjectFile]:
-    """The files a worker fetches to mount `resource`, each with a presigned GET."""
-    keyed, _kind = _rows_and_keys(session, store, resource)
-    return [ObjectFile(path=path, size=size, sha256=sha, url=store.presign_get(key)) for path, size, sha, key in keyed]
+def mount_files(session: Session, *, store: ObjectStore, resource: str) -> tuple[list[ObjectFile], list[str]]:
+    """The files a worker fetches to mount `resource`, each with a presigned
+    GET, and the empty folders it makes."""
+    keyed, folders, _kind = _rows_and_keys(session, store, resource)
+    return [ObjectFile(path=path, size=size, sha256=sha, url=store.presign_get(key))
+            for path, size, sha, key in keyed], folders
 
 
 def download(session: Session, *, store: ObjectStore, resource: str, name: str):
-    """A presigned GET (str) for one file, or the (name, key, size) entries of a folder's tar."""
-    keyed, kind = _rows_and_keys(session, store, resource)
+    """A presigned GET (str) for one file, or the (name, key, size) entries of
+    a folder's tar (an empty folder's key is None)."""
+    keyed, folders, kind = _rows_and_keys(session, store, resource)
     if kind == "file":
         return store.presign_get(keyed[0][3], filename=name.rstrip("/").rsplit("/", 1)[-1] or "file")
-    return [(path, key, size) for path, size, _sha, key in sorted(keyed)]
+    return sorted([(path, key, size) for path, size, _sha, key in keyed] + [(folder, None, 0) for folder in folders])
 

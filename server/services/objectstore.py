@@ -208,12 +208,13 @@ class ObjectStore:
         for upload in self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix).get("Uploads", []):
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
 
-    def tar(self, entries: list[tuple[str, str, int]]) -> Iterator[bytes]:
+    def tar(self, entries: list[tuple[str, str | None, int]]) -> Iterator[bytes]:
         """A tar stream of (name, key, size) entries read from the store, chunk
-        by chunk (a folder's download: the server is in its path)."""
+        by chunk (a folder's download: the server is in its path); an entry
+        without a key is an empty folder."""
         folders: set[str] = set()
         for name, key, size in entries:
-            parent = posixpath.dirname(name)
+            parent = posixpath.dirname(name) if key is not None else name
             missing = []
             while parent and parent not in folders:
                 missing.append(parent)
@@ -223,6 +224,8 @@ class ObjectStore:
                 header = tarfile.TarInfo(folder)
                 header.type, header.mode = tarfile.DIRTYPE, 0o755
                 yield header.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+            if key is None:
+                continue
             header = tarfile.TarInfo(name)
             header.size, header.mode = size, 0o644
             yield header.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")

@@ -277,7 +277,8 @@ def manifest_kind(session: Session, table, owner_clause, subpath: str) -> str | 
     if session.scalar(select(table.path).where(owner_clause, table.path == subpath)) is not None:
         return "file"
     prefix = subpath + "/"
-    inside = select(table.path).where(owner_clause, table.path > prefix, table.path < prefix[:-1] + "0").limit(1)
+    # `>=`: an empty folder of an output is a row of its own, its path ending in "/".
+    inside = select(table.path).where(owner_clause, table.path >= prefix, table.path < prefix[:-1] + "0").limit(1)
     return "dir" if session.scalar(inside) is not None else None
 
 
