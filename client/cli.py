@@ -60,6 +60,9 @@ class _Verbs(click.Group):
         if given:
             raise TypeError("cast's verbs are listed in their modules' COMMANDS")
 
+    def add_command(self, cmd, name=None) -> None:
+        raise TypeError("cast's verbs are listed in their modules' COMMANDS, not added to the group")
+
 
 @click.group(cls=_Verbs, context_settings=CONTEXT)
 def cli() -> None:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 CLIENT = Path(__file__).resolve().parents[2] / "client"
 HEAVY = ("pydantic", "yaml", "httpx", "tarfile", "rich", "fastapi", "sqlalchemy", "cast.server", "cast.worker")
 # What only other verbs than `cast run` need: their modules and the rules of hyperparameter searches.
@@ -49,6 +51,8 @@ def test_every_verb_module_is_one_the_group_looks_in():
     for name in listed:
         assert cli.cli.get_command(None, name).name == name
     assert cli.cli.get_command(None, "no-such-verb") is None
+    with pytest.raises(TypeError, match="COMMANDS"):  # it would be lost: the group has no table of its own
+        cli.cli.add_command(cli.cli.get_command(None, "run"), "again")
 
 
 def test_client_imports_no_server_or_worker_code():
