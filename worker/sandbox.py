@@ -14,12 +14,10 @@ uid of its own (derived from the run id, so its processes are counted apart)
 with every capability dropped (`setpriv`); under any other user bwrap makes a
 user namespace and the command keeps the worker's uid.
 
-Limits are the kernel's rlimits, soft and hard, set by the run's bash itself
-(`ulimit`) before the command's first word, on the command's own line (an
-error of the command still says `line 1`): data size per process (memory),
-tasks of the run's uid (processes; the executor kills a run that stays at
-it), CPU time per process where the run has a timeout. The bash builtin saves
-the exec of a `prlimit` on every run's start. Every process of the run dies with it: when the command ends, the
+Limits are the kernel's rlimits, set by `prlimit` before the command starts:
+data size per process (memory), tasks of the run's uid (processes; the
+executor kills a run that stays at it), CPU time per process where the run has
+a timeout. Every process of the run dies with it: when the command ends, the
 namespace's init ends and the kernel kills what is left, `setsid` or not; when
 the worker dies, `--die-with-parent` does the same.
 
@@ -71,13 +69,11 @@ class Limits:
                else "CPU time unlimited")
         return f"memory {human_size(self.memory)} per process, {self.processes} processes, {cpu}"
 
-    def ulimit(self) -> str:
-        """The bash line that sets them, ending the shell with 125 (as `docker run`
-        does when it cannot start a command) should one be refused."""
-        line = f"ulimit -S -H -d {-(-self.memory // 1024)} -u {self.processes}"  # -d counts KiB: rounded up
+    def prlimit(self) -> list[str]:
+        argv = ["prlimit", f"--data={self.memory}", f"--nproc={self.processes}"]
         if self.cpu_seconds:
-            line += f" -t {self.cpu_seconds}"
-        return f"{line} || exit 125; "
+            argv.append(f"--cpu={self.cpu_seconds}")
+        return [*argv, "--"]
 
 
 @dataclass(frozen=True)
@@ -242,12 +238,11 @@ class Sandbox:
         argv += ["--chdir", str(start_dir or run.workdir), "--setenv", "HOME", SANDBOX_HOME, "--setenv", "TMPDIR", "/tmp"]
         if self.as_root:
             argv += ["--setenv", "USER", SANDBOX_USER, "--setenv", "LOGNAME", SANDBOX_USER]
-        argv.append("--")
+        argv += ["--", *run.limits.prlimit()]
         if self.as_root:
             argv += ["setpriv", f"--reuid={run.uid}", f"--regid={run.uid}", "--clear-groups",
                      "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
-        # The limits are set as the run's user: the processes limit counts that uid's tasks.
-        return [*argv, "bash", "-c", run.limits.ulimit() + command]
+        return [*argv, "bash", "-c", command]
 
     def describe(self, run: SandboxedRun) -> str:
         """The line a run's log gets: what holds it and its limits."""
