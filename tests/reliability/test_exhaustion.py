@@ -124,7 +124,9 @@ def test_a_full_server_disk_fails_the_run_with_507_and_leaves_nothing_half_writt
 
 def test_a_database_write_on_a_full_server_disk_answers_507_and_changes_nothing(start_server, small_disk, tmp_path):
     data_dir = small_disk(tmp_path / "server-data", megabytes=8)
-    server = start_server(data_dir=data_dir)
+    # The database on the full disk is SQLite in the data dir, whatever CAST_TEST_DATABASE says:
+    # a PostgreSQL server keeps its files on a disk of its own.
+    server = start_server(data_dir=data_dir, env={"CAST_DATABASE_URL": f"sqlite:///{data_dir / 'cast.db'}"})
     with server.api() as api:
         first = submit(api, "true")
         filler = data_dir / "filler"
