@@ -75,6 +75,14 @@ def _lines_json(lines: list[str]) -> str:
         return json.dumps(lines)
 
 
+def _lines_of(stored: str) -> list[str]:
+    """A chunk's lines from its JSON array (see `_lines_json`)."""
+    try:
+        return orjson.loads(stored)
+    except orjson.JSONDecodeError:  # an escaped lone surrogate, which orjson refuses
+        return json.loads(stored)
+
+
 def append_cast_lines(session: Session, run: Run, lines: list[str]) -> None:
     append(session, run, [(LogStream.CAST.value, list(lines), utcnow())])
 
@@ -168,7 +176,7 @@ def page(rows: Iterable[tuple[int, str, str, str]], *, run: Run, start: int, end
         if read_bytes >= MAX_READ_BYTES:
             break
         read_bytes += len(lines)
-        texts = json.loads(lines)
+        texts = _lines_of(lines)
         if first_offset < at or first_offset + len(texts) > end:
             texts = texts[at - first_offset:end - first_offset]
         if texts:
