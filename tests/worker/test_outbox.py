@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -18,7 +19,7 @@ import pytest
 from cast.protocol.logs import MAX_LINE_CHARS
 from cast.protocol.messages import MAX_REASON_LENGTH, MAX_STATUS_BATCH, PERMANENT_HEADER, LogStream
 from cast.worker.client import ServerClient
-from cast.worker.outbox import Outbox
+from cast.worker.outbox import GAP, Outbox
 from tests.conftest import wait_until
 
 OK = (200, {}, {"next_offset": 0, "truncated": False, "files": 0, "size": 0, "status": "running", "refused": []})
@@ -293,3 +294,26 @@ def test_lines_travel_as_runs_of_one_stream_split_when_too_long_and_seq_counts_l
     seqs = [b["seq"] for b in batches[1:]]
     counts = [sum(len(r["lines"]) for r in b["runs"]) for b in batches[1:]]
     assert seqs == [sum(counts[:i]) for i in range(len(counts))]
+
+
+def test_lines_that_flow_go_in_a_few_batches_a_second_each_line_once_in_order(server, run):
+    # Two busy answers mid-stream: the retried batch is the same, so each line is stored once.
+    server.script["logs"] = [OK, OK, (503, {}, {"detail": "busy"}), (503, {}, {"detail": "busy"}), OK]
+    made = run()
+    started = time.monotonic()
+    count = 0
+    while time.monotonic() - started < 1.0:  # about a second of a few thousand lines
+        for _ in range(50):
+            made.outbox.log(LogStream.STDOUT, f"line {count}")
+            count += 1
+        time.sleep(0.001)
+    elapsed = time.monotonic() - started
+    made.finish()
+    batches = server.of_kind("logs")
+    assert batches[2] == batches[3] == batches[4]
+    stored = [b for i, b in enumerate(batches) if i not in (2, 3)]
+    assert [line for b in stored for r in b["runs"] for line in r["lines"]] == [f"line {i}" for i in range(count)]
+    assert [b["seq"] for b in stored] == [sum(len(r["lines"]) for b in stored[:i] for r in b["runs"])
+                                          for i in range(len(stored))]
+    # A batch at most every GAP while lines flow (not one per round trip), plus the retries and the last.
+    assert len(stored) <= elapsed / GAP + 2, len(stored)
