@@ -117,3 +117,34 @@ def output_paths(target: ApiTarget, run_id: int) -> list[str]:
 def statuses(run: dict) -> list[str]:
     """The statuses a run went through, in order."""
     return [t["status"] for t in run["transitions"]]
+
+
+def log_archive_key(server: ServerProcess, run_id: int) -> str | None:
+    """`runs.log_archive` of a run, read from the server's own database (the API does not show it)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(server.env.get("CAST_DATABASE_URL") or f"sqlite:///{server.data_dir / 'cast.db'}")
+    try:
+        with engine.connect() as connection:
+            return connection.scalar(text("SELECT log_archive FROM runs WHERE id = :id"), {"id": run_id})
+    finally:
+        engine.dispose()
+
+
+def archive_logs_now(server: ServerProcess, run_id: int, timeout: float = 120) -> str:
+    """Restart `server` archiving final runs' logs at once and wait until run
+    `run_id`'s is archived; its archive key."""
+    server.env["CAST_LOG_ARCHIVE_AFTER_SECONDS"] = "0.01"
+    server.stop()
+    server.start()
+    return wait_until(lambda: log_archive_key(server, run_id), timeout=timeout, interval=0.5,
+                      what=f"run {run_id}'s log archived")
+
+
+def cli_log_reads(cli, run_id: int) -> dict[str, tuple[int, str]]:
+    """What `cast logs` prints of a run, plain, as JSON, the last lines and followed to its end."""
+    reads = {}
+    for name, args in {"text": [], "json": ["--json"], "tail": ["--tail", "5"], "follow": ["-f"]}.items():
+        result = cli("logs", *args, str(run_id))
+        reads[name] = (result.returncode, result.stdout)
+    return reads

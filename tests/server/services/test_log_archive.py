@@ -30,7 +30,7 @@ TIMEOUT = 120  # guards against a hang only
 ODD = ['say "hi" \\ there', ', "lines": ["x"]}', "café ✓ 日本", "bad \udcff byte", ""]
 
 
-def _logged_run(local, app, *, final: bool = True) -> int:
+def logged_run(local, app, *, final: bool = True) -> int:
     """A run with a log of many chunks of both streams, carried to complete (or left running)."""
     run_id = local.create_run()["id"]
     lease = local.lease(local.register())
@@ -46,7 +46,7 @@ def _logged_run(local, app, *, final: bool = True) -> int:
     return run_id
 
 
-def _reads(app, settings, run_id: int, limits: tuple[int, ...] = (1000,)) -> dict:
+def all_reads(app, settings, run_id: int, limits: tuple[int, ...] = (1000,)) -> dict:
     """The reads a user can make of the run's log: each offset (from the end
     too, and past both ends), with each page size of `limits`."""
     admin = admin_of(app.state.database)
@@ -57,7 +57,7 @@ def _reads(app, settings, run_id: int, limits: tuple[int, ...] = (1000,)) -> dic
                 for offset in range(-size - 2, size + 3) for limit in limits}
 
 
-def _download(app, settings, run_id: int) -> bytes:
+def downloaded(app, settings, run_id: int) -> bytes:
     admin = admin_of(app.state.database)
     return b"".join(log_reads.download(app.state.database, settings=settings, run_id=run_id, viewer=admin))
 
@@ -73,7 +73,7 @@ def _followed(app, settings, run_id: int, offset: int) -> list[dict]:
     return asyncio.run(asyncio.wait_for(follow(), TIMEOUT))
 
 
-def _state(app, run_id: int) -> tuple[str | None, int]:
+def archive_state(app, run_id: int) -> tuple[str | None, int]:
     """The run's archive key and how many chunk rows it has."""
     with app.state.database.transaction(write=False) as session:
         rows = session.scalar(select(func.count()).select_from(LogChunk).where(LogChunk.run_id == run_id))
@@ -89,35 +89,35 @@ def _files(settings, run_id: int) -> list[str]:
 def test_an_archived_log_answers_every_read_as_the_database_did(local, app, settings, monkeypatch, read_bytes):
     monkeypatch.setattr(logs, "MAX_READ_BYTES", read_bytes)  # 300: pages end early, after a chunk or two
     monkeypatch.setattr(log_archive, "INDEX_EVERY", 400)  # an index point every few chunks
-    run_id = _logged_run(local, app)
-    before = _reads(app, settings, run_id, limits=(1, 2, 7, 1000))
-    text, followed = _download(app, settings, run_id), _followed(app, settings, run_id, 0)
+    run_id = logged_run(local, app)
+    before = all_reads(app, settings, run_id, limits=(1, 2, 7, 1000))
+    text, followed = downloaded(app, settings, run_id), _followed(app, settings, run_id, 0)
     assert sum(len(chunk["lines"]) for page in followed for chunk in page["chunks"]) > 150
 
     assert log_archive.archive_run(app.state.database, settings, run_id=run_id)
-    key, rows = _state(app, run_id)
+    key, rows = archive_state(app, run_id)
     assert (key, rows) == (f"{run_id}/{key.split('/')[1]}", 0) and key.endswith(".ndjson")
     assert _files(settings, run_id) == sorted([key.split("/")[1], key.split("/")[1].replace(".ndjson", ".index.json")])
-    assert _reads(app, settings, run_id, limits=(1, 2, 7, 1000)) == before
-    assert _download(app, settings, run_id) == text and b"bad \\udcff byte" not in text
+    assert all_reads(app, settings, run_id, limits=(1, 2, 7, 1000)) == before
+    assert downloaded(app, settings, run_id) == text and b"bad \\udcff byte" not in text
     assert _followed(app, settings, run_id, 0) == followed
     assert _followed(app, settings, run_id, 17)[0]["chunks"][0]["offset"] == 17
     assert not log_archive.archive_run(app.state.database, settings, run_id=run_id)  # once only
 
 
 def test_the_archive_is_ndjson_a_chunk_a_line(local, app, settings):
-    run_id = _logged_run(local, app)
+    run_id = logged_run(local, app)
     with app.state.database.transaction(write=False) as session:
         stored = logs.read(session, run=session.get(Run, run_id), offset=0, limit=1000)["chunks"]
     log_archive.archive_run(app.state.database, settings, run_id=run_id)
-    key, _ = _state(app, run_id)
+    key, _ = archive_state(app, run_id)
     lines = (settings.log_archive_dir / key).read_text().splitlines()
     assert [json.loads(line) for line in lines] == stored
     assert all(list(json.loads(line)) == ["offset", "stream", "time", "lines"] for line in lines)
 
 
 def test_a_run_not_final_is_never_archived(local, app, settings):
-    running = _logged_run(local, app, final=False)
+    running = logged_run(local, app, final=False)
     database = app.state.database
     with database.transaction() as session:  # long enough ago, were it final
         session.execute(update(Run).values(finished_at=datetime(2020, 1, 1)))
@@ -125,19 +125,19 @@ def test_a_run_not_final_is_never_archived(local, app, settings):
     assert log_archive.due(database, settings) == []
     assert log_archive.write(database, settings, run_id=running) is None
     assert not log_archive.archive_run(database, settings, run_id=running)
-    assert _state(app, running)[0] is None and _state(app, running)[1] > 0
+    assert archive_state(app, running)[0] is None and archive_state(app, running)[1] > 0
     assert _files(settings, running) == []
 
 
 def test_a_pass_archives_final_runs_that_ended_long_enough_ago(local, app, settings):
     database = app.state.database
     settings.log_archive_after_seconds = 3600
-    old, recent = _logged_run(local, app), _logged_run(local, app)
+    old, recent = logged_run(local, app), logged_run(local, app)
     assert log_archive.archive_pass(database, settings) == []
     with database.transaction() as session:
         session.execute(update(Run).where(Run.id == old).values(finished_at=datetime(2020, 1, 1)))
     assert log_archive.archive_pass(database, settings) == [old]
-    assert _state(app, old)[1] == 0 and _state(app, recent) == (None, _state(app, recent)[1])
+    assert archive_state(app, old)[1] == 0 and archive_state(app, recent) == (None, archive_state(app, recent)[1])
     assert log_archive.archive_pass(database, settings) == []
 
 
@@ -145,16 +145,16 @@ def test_the_server_archives_due_logs_on_its_own(tmp_path):
     settings = Settings(data_dir=tmp_path / "data", lease_seconds=2, log_archive_after_seconds=0.01)
     app = create_app(settings)
     local = in_process_api(app, settings)
-    run_id = _logged_run(local, app)
+    run_id = logged_run(local, app)
     with TestClient(app):  # with its lifespan: the periodic jobs run
-        wait_until(lambda: _state(app, run_id)[0] is not None, timeout=TIMEOUT, what="the log archived")
-    assert _state(app, run_id)[1] == 0
+        wait_until(lambda: archive_state(app, run_id)[0] is not None, timeout=TIMEOUT, what="the log archived")
+    assert archive_state(app, run_id)[1] == 0
     app.state.database.dispose()
 
 
 def test_archivers_racing_archive_once(local, app, settings, monkeypatch):
-    run_id = _logged_run(local, app)
-    before = _reads(app, settings, run_id)
+    run_id = logged_run(local, app)
+    before = all_reads(app, settings, run_id)
     both_written = threading.Barrier(2, timeout=TIMEOUT)
     record = log_archive.record
 
@@ -171,15 +171,15 @@ def test_archivers_racing_archive_once(local, app, settings, monkeypatch):
     for thread in threads:
         thread.join(TIMEOUT)
     assert sorted(results) == [False, True]
-    key, rows = _state(app, run_id)
+    key, rows = archive_state(app, run_id)
     assert rows == 0 and len(_files(settings, run_id)) == 2 and key.split("/")[1] in _files(settings, run_id)
-    assert _reads(app, settings, run_id) == before
+    assert all_reads(app, settings, run_id) == before
 
 
 def test_passes_racing_archive_each_run_once(local, app, settings):
     database = app.state.database
     settings.log_archive_after_seconds = 1
-    run_ids = [_logged_run(local, app) for _ in range(4)]
+    run_ids = [logged_run(local, app) for _ in range(4)]
     with database.transaction() as session:
         session.execute(update(Run).values(finished_at=datetime(2020, 1, 1)))
     done: list[list[int]] = []
@@ -190,31 +190,31 @@ def test_passes_racing_archive_each_run_once(local, app, settings):
     for thread in threads:
         thread.join(TIMEOUT)
     assert sorted(done[0] + done[1]) == run_ids
-    assert all(len(_files(settings, run_id)) == 2 and _state(app, run_id)[1] == 0 for run_id in run_ids)
+    assert all(len(_files(settings, run_id)) == 2 and archive_state(app, run_id)[1] == 0 for run_id in run_ids)
 
 
 def test_a_crash_between_writing_and_recording_loses_nothing(local, app, settings):
-    run_id = _logged_run(local, app)
-    before = _reads(app, settings, run_id)
+    run_id = logged_run(local, app)
+    before = all_reads(app, settings, run_id)
     database = app.state.database
     left = log_archive.write(database, settings, run_id=run_id)  # and then the process died
     assert left is not None and len(_files(settings, run_id)) == 2
-    assert _state(app, run_id)[0] is None
-    assert _reads(app, settings, run_id) == before  # still from the rows
+    assert archive_state(app, run_id)[0] is None
+    assert all_reads(app, settings, run_id) == before  # still from the rows
 
     assert log_archive.archive_run(database, settings, run_id=run_id)
-    key, rows = _state(app, run_id)
+    key, rows = archive_state(app, run_id)
     assert key != left.key and rows == 0
     assert _files(settings, run_id) == sorted(
         [key.split("/")[1], key.split("/")[1].replace(".ndjson", ".index.json")])  # the orphans removed
-    assert _reads(app, settings, run_id) == before
+    assert all_reads(app, settings, run_id) == before
 
 
 def test_the_rows_never_go_without_the_key(local, app, settings, monkeypatch):
-    run_id = _logged_run(local, app)
+    run_id = logged_run(local, app)
     database = app.state.database
     archive = log_archive.write(database, settings, run_id=run_id)
-    rows = _state(app, run_id)[1]
+    rows = archive_state(app, run_id)[1]
 
     def fail(*_args):
         raise RuntimeError("the database went away mid-transaction")
@@ -222,17 +222,17 @@ def test_the_rows_never_go_without_the_key(local, app, settings, monkeypatch):
     monkeypatch.setattr(log_archive, "delete", fail)
     with pytest.raises(RuntimeError):
         log_archive.record(database, settings, archive)
-    assert _state(app, run_id) == (None, rows)
+    assert archive_state(app, run_id) == (None, rows)
 
 
 def test_a_log_that_grew_after_its_archive_was_written_keeps_its_rows(local, app, settings):
-    run_id = _logged_run(local, app)
+    run_id = logged_run(local, app)
     database = app.state.database
     archive = log_archive.write(database, settings, run_id=run_id)
     with database.transaction() as session:
         logs.append_cast_lines(session, session.get(Run, run_id), ["[cast] one more"])
     assert not log_archive.record(database, settings, archive)
-    assert _state(app, run_id)[0] is None and _files(settings, run_id) == []
+    assert archive_state(app, run_id)[0] is None and _files(settings, run_id) == []
     assert log_archive.archive_run(database, settings, run_id=run_id)
     admin = admin_of(database)
     with database.transaction(write=False) as session:
@@ -241,8 +241,8 @@ def test_a_log_that_grew_after_its_archive_was_written_keeps_its_rows(local, app
 
 
 def test_a_read_that_crosses_the_archiving_answers_the_whole_page(local, app, settings, monkeypatch):
-    run_id = _logged_run(local, app)
-    before = _reads(app, settings, run_id)
+    run_id = logged_run(local, app)
+    before = all_reads(app, settings, run_id)
     visible_run = runs.visible_run
 
     def archived_meanwhile(session, **kwargs):
@@ -253,18 +253,18 @@ def test_a_read_that_crosses_the_archiving_answers_the_whole_page(local, app, se
     monkeypatch.setattr(runs, "visible_run", archived_meanwhile)
     admin = admin_of(app.state.database)
     with app.state.database.transaction(write=False) as session:
-        page = log_reads.read_page(session, settings=settings, run_id=run_id, viewer=admin, offset=5, limit=7)
-    assert page == before[(5, 7)] and _state(app, run_id)[1] == 0
+        page = log_reads.read_page(session, settings=settings, run_id=run_id, viewer=admin, offset=5, limit=1000)
+    assert page == before[(5, 1000)] and archive_state(app, run_id)[1] == 0
 
 
 def test_freeing_a_runs_outputs_keeps_its_archived_log(local, app, settings):
-    run_id = _logged_run(local, app)
-    before = _reads(app, settings, run_id)
+    run_id = logged_run(local, app)
+    before = all_reads(app, settings, run_id)
     log_archive.archive_run(app.state.database, settings, run_id=run_id)
     with app.state.database.transaction() as session:
         deletion.delete_run_outputs(session, settings=settings, run_id=run_id, viewer=admin_of(app.state.database))
     assert len(_files(settings, run_id)) == 2
-    assert _reads(app, settings, run_id) == before
+    assert all_reads(app, settings, run_id) == before
 
 
 def test_a_page_of_a_long_archived_log_reads_the_archive_only_near_its_lines(local, app, settings, monkeypatch):
@@ -279,7 +279,7 @@ def test_a_page_of_a_long_archived_log_reads_the_archive_only_near_its_lines(loc
                                    for start in range(0, 1_000_000, 1000)])
     local.advance(lease, "saving", "pushing", "complete", exit_code=0)
     assert log_archive.archive_run(app.state.database, settings, run_id=run_id)
-    key, _ = _state(app, run_id)
+    key, _ = archive_state(app, run_id)
     assert (settings.log_archive_dir / key).stat().st_size > 10 * log_archive._READ_CHUNK
 
     read: list[int] = []
