@@ -61,15 +61,27 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+# What uvicorn receives of a request's body before it stops reading until the
+# app asks for more (its own is 64 KiB: a pause and a resume of the socket for
+# nearly every piece of a bulk body, a third of the server's CPU on an output
+# push; docs/benchmarks.md, Outputs). Per connection, so bounded.
+BODY_HIGH_WATER = 4 << 20
+
+
 def _http_parser() -> str:
     """httptools, the C parser (a bulk body costs a fraction of h11's CPU to
     receive: docs/benchmarks.md, Outputs), or h11 where it is not installed."""
+    from uvicorn.protocols.http import h11_impl
+
+    h11_impl.HIGH_WATER_LIMIT = BODY_HIGH_WATER
     try:
         import httptools  # noqa: F401
+        from uvicorn.protocols.http import httptools_impl
     except ImportError:
         log.warning("httptools is not installed: requests are parsed with h11, which receives large bodies "
                     "(output pushes, uploads) several times slower; install cast-runner[server] to get it")
         return "h11"
+    httptools_impl.HIGH_WATER_LIMIT = BODY_HIGH_WATER
     log.info("requests are parsed with httptools")
     return "httptools"
 

@@ -81,7 +81,12 @@ def test_up_serves_with_one_worker_refuses_a_second_up_and_cleans_up_on_sigterm(
 
 def test_requests_are_parsed_with_httptools_else_with_h11_as_the_log_says(monkeypatch, caplog):
     caplog.set_level("INFO", logger="cast.server")
+    from uvicorn.protocols.http import h11_impl, httptools_impl
+
+    for protocol in (h11_impl, httptools_impl):
+        monkeypatch.setattr(protocol, "HIGH_WATER_LIMIT", protocol.HIGH_WATER_LIMIT)  # put back afterwards
     assert server_main._http_parser() == "httptools"
+    assert h11_impl.HIGH_WATER_LIMIT == httptools_impl.HIGH_WATER_LIMIT == server_main.BODY_HIGH_WATER
     monkeypatch.setitem(sys.modules, "httptools", None)  # as if it were not installed
     assert server_main._http_parser() == "h11"
     assert [record.getMessage().split(":")[0] for record in caplog.records] == [
