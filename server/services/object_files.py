@@ -66,8 +66,10 @@ def _empty_folders(manifest: ObjectManifest, *, what: str) -> list[str]:
             clean = normalize_relative_path(folder, what=f"{what} folder")
         except SpecError as error:
             raise BadRequest(str(error)) from None
-        if clean != folder or (problem := name_problem(folder)):
-            raise BadRequest(f"{what}: the folder '{printable(folder)}' cannot be stored")
+        if clean != folder:
+            raise BadRequest(f"{what}: the folder '{printable(folder)}' is not a clean path")
+        if problem := name_problem(folder):
+            raise BadRequest(f"{what}: the folder '{printable(folder)}' cannot be stored: {problem}")
     return empty_folders((entry.path for entry in manifest.files), manifest.folders)
 
 

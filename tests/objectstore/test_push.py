@@ -61,6 +61,10 @@ def test_a_lease_signs_only_its_own_runs_keys(leased, server, seaweed, bucket):
     assert httpx.put(upload["url"], content=b"other", headers={SHA_HEADER: other_sha}).status_code == 403
     assert seaweed.keys(bucket) == []
 
+    for bad in ("../up", "/abs", "a/./b"):
+        refused = worker.post(f"/runs/{first}/outputs/commit", json={**manifest, "folders": [bad]})
+        assert refused.status_code == 400 and "folder" in refused.json()["detail"], (bad, refused.text)
+
     # Committed before the bytes are there: refused, and nothing is visible.
     early = worker.post(f"/runs/{first}/outputs/commit", json=manifest)
     assert early.status_code == 400 and "not in the object store whole" in early.json()["detail"]
