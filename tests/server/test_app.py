@@ -16,6 +16,7 @@ PUBLIC = {"/api/v1/health", "/api/v1/protocol/statuses", "/api/v1/sign-in"}
 WORKER_ROUTES = {
     ("POST", "/api/v1/workers"),
     ("POST", "/api/v1/workers/{worker_id}/lease"),
+    ("POST", "/api/v1/workers/{worker_id}/heartbeat"),
     ("POST", "/api/v1/runs/{run_id}/heartbeat"),
     ("POST", "/api/v1/runs/{run_id}/status"),
     ("POST", "/api/v1/runs/{run_id}/statuses"),
