@@ -5,9 +5,9 @@ address bar), a second use and an expired link are refused on the page."""
 from __future__ import annotations
 
 import re
-import sqlite3
 
 from playwright.sync_api import expect
+from sqlalchemy import create_engine, text
 
 from tests.factories import create_run
 
@@ -40,8 +40,12 @@ def test_a_sign_in_link_works_once(server, cli, page, browser):
 
 def test_an_expired_sign_in_link_is_refused_on_the_page(server, cli, page):
     link = _link(cli)
-    with sqlite3.connect(server.data_dir / "cast.db") as db:
-        db.execute("UPDATE tokens SET expires_at = '2000-01-01 00:00:00' WHERE kind = 'sign-in'")
+    engine = create_engine(server.env.get("CAST_DATABASE_URL", f"sqlite:///{server.data_dir / 'cast.db'}"))
+    try:
+        with engine.begin() as db:  # the server's own database, SQLite or PostgreSQL
+            db.execute(text("UPDATE tokens SET expires_at = '2000-01-01 00:00:00' WHERE kind = 'sign-in'"))
+    finally:
+        engine.dispose()
     page.goto(link)
     expect(page.locator(".login-error")).to_contain_text("this sign-in link expired; run `cast web` for a new one")
     expect(page.locator("form.login")).to_be_visible()
