@@ -15,7 +15,10 @@ Four measurements, taken alternately so all see the same machine:
 
 A run's save + push is its time from `saving` to its final status (the run's
 transitions). The run writes its output with `head -c 1G /dev/zero` (sha256
-takes as long over zeros as over any bytes). Prints the medians and the ratios.
+takes as long over zeros as over any bytes). Prints the medians and the ratios,
+and the CPU seconds each took: for http, the server's and the worker's
+processes over the whole run (all their threads); for the others, this process
+and its children.
 
     python bench/bench_outputs.py [--runs 3]
 """
@@ -69,25 +72,41 @@ def staged(env: dict, home: str) -> float:
     return save_and_push(state["url"], Path(home, "admin-token").read_text().strip(), run_id)
 
 
-def over_http(url: str, token: str) -> float:
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system, every thread) process `pid` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_here() -> float:
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def over_http(url: str, token: str, pids: list[int], cpu: list[float]) -> float:
+    before = sum(map(_cpu_of, pids))
     run_id = _api(url, token, "/runs", {"command": COMMAND})["id"]
-    return save_and_push(url, token, run_id)
+    seconds = save_and_push(url, token, run_id)
+    cpu.append(sum(map(_cpu_of, pids)) - before)
+    return seconds
 
 
-def hash_only(path: Path) -> float:
-    start = time.perf_counter()
+def hash_only(path: Path, cpu: list[float]) -> float:
+    start, before = time.perf_counter(), _cpu_here()
     with open(path, "rb") as handle:
         hashlib.file_digest(handle, "sha256")
+    cpu.append(_cpu_here() - before)
     return time.perf_counter() - start
 
 
-def cp_and_hash(path: Path, scratch: Path) -> float:
+def cp_and_hash(path: Path, scratch: Path, cpu: list[float]) -> float:
     target = scratch / "copy.bin"
-    start = time.perf_counter()
+    start, before = time.perf_counter(), _cpu_here()
     subprocess.run(["cp", "--reflink=never", str(path), str(target)], check=True)
     with open(target, "rb") as handle:
         hashlib.file_digest(handle, "sha256")
     seconds = time.perf_counter() - start
+    cpu.append(_cpu_here() - before)
     target.unlink()
     return seconds
 
@@ -103,6 +122,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     times: dict[str, list[float]] = {"staged": [], "http": [], "hash": [], "cp + hash": []}
+    cpu: dict[str, list[float]] = {"http": [], "hash": [], "cp + hash": []}
     load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as home, \
             tempfile.TemporaryDirectory(dir="/dev/shm", ignore_cleanup_errors=True) as shm:
@@ -132,9 +152,9 @@ def main() -> None:
             subprocess.run([CAST, "run", "true"], env=env, check=True, stdout=subprocess.DEVNULL, cwd=home)
             for _ in range(args.runs):
                 times["staged"].append(staged(env, env["CAST_HOME"]))
-                times["hash"].append(hash_only(source))
-                times["http"].append(over_http(url, token))
-                times["cp + hash"].append(cp_and_hash(source, Path(home)))
+                times["hash"].append(hash_only(source, cpu["hash"]))
+                times["http"].append(over_http(url, token, [server.pid, worker.pid], cpu["http"]))
+                times["cp + hash"].append(cp_and_hash(source, Path(home), cpu["cp + hash"]))
         finally:
             subprocess.run([CAST, "down"], env=env, stdout=subprocess.DEVNULL)
             for process in (worker, server):
@@ -146,7 +166,8 @@ def main() -> None:
     print(f"load average {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} cores); "
           f"{args.runs} runs each, alternately")
     for name, values in times.items():
-        print(f"{name:<10}: median {median[name]:.2f} s  ({', '.join(f'{v:.2f}' for v in values)})")
+        spent = f"; CPU {', '.join(f'{v:.2f}' for v in cpu[name])} s" if name in cpu else ""
+        print(f"{name:<10}: median {median[name]:.2f} s  ({', '.join(f'{v:.2f}' for v in values)}{spent})")
     print(f"staged / hash      : {median['staged'] / median['hash']:.2f}x  (goal: at most 1.5x)")
     print(f"http / (cp + hash) : {median['http'] / median['cp + hash']:.2f}x  (goal: at most 1.5x)")
 

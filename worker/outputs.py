@@ -18,9 +18,9 @@ output cap: files over the cap the lease names are not sent at all
 each larger file as a `FileSpan` the client sends from the file (sendfile), so
 an output of any size is pushed without being held in or copied through
 memory; it is called again for each push attempt. Each file is opened with
-cast.worker.fsops.open_regular, so
-one swapped for a FIFO or a link after the walk is named in the log and left
-out rather than blocking or leading out of the run.
+cast.worker.fsops.open_regular, so one swapped for a FIFO or a link after the
+walk is named in the log and left out rather than blocking or leading out of
+the run.
 
 Where the worker shares the server's storage on the working dir's filesystem,
 `Outputs.sender` stages instead of streaming: each file is hashed in place
