@@ -9,8 +9,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from cast.protocol.messages import (SERVER_FILLED, HeartbeatReply, Lease, LeaseMount, LogStream, MountSpec, RunSpec,
-                                    StatusReport)
+from cast.protocol.messages import (SERVER_FILLED, HeartbeatReply, HeldLease, Lease, LeaseMount, LeaseState, LogStream,
+                                    MountSpec, RunSpec, StatusReport, WorkerHeartbeat, WorkerHeartbeatReply,
+                                    heartbeat_interval)
 from cast.protocol.status import RunStatus
 
 
@@ -118,6 +119,22 @@ def test_heartbeat_reply():
     assert HeartbeatReply.from_dict({"status": "running"}).lease_expires_at is None
     with pytest.raises(ValueError):
         HeartbeatReply.from_dict({"status": "sleeping"})
+
+
+def test_a_worker_heartbeat_and_its_reply():
+    assert WorkerHeartbeat([HeldLease(7, "t7")]).to_dict() == {"leases": [{"run_id": 7, "lease_token": "t7"}]}
+    reply = WorkerHeartbeatReply.from_dict({"leases": [{"run_id": 7, "lost": False, "status": "killing"},
+                                                       {"run_id": 8, "lost": True, "status": None, "extra": 1}],
+                                            "lease_expires_at": "2026-01-02T03:04:05+00:00"})
+    assert reply.leases == [LeaseState(7, lost=False, status=RunStatus.KILLING), LeaseState(8, lost=True)]
+    assert reply.lease_expires_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    assert WorkerHeartbeatReply.from_dict({"leases": [], "lease_expires_at": None}) == WorkerHeartbeatReply()
+
+
+def test_the_heartbeat_interval_is_a_third_of_the_lease_and_at_most_a_second():
+    assert heartbeat_interval(15) == 1.0  # stop and kill travel on the answer
+    assert heartbeat_interval(2) == pytest.approx(2 / 3)
+    assert heartbeat_interval(0.01) == 0.05
 
 
 def test_status_report_bodies_and_log_stream_names():
