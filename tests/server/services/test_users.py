@@ -3,6 +3,8 @@ by the token's hash, and who may create, list and revoke users and tokens."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import func, select
 
@@ -83,3 +85,22 @@ def test_a_user_sees_and_revokes_only_their_own_tokens(app):
         assert admin_token.revoked_at is None
         with pytest.raises(TokenNotFound):
             users.revoke_token(session, viewer=admin, token_id=10_000)
+
+
+def test_a_revoked_worker_token_is_refused_once_its_remembered_check_is_older_than_the_ttl(local, monkeypatch):
+    monkeypatch.setattr(users.WorkerTokens, "TTL", 0.3)
+    created = local.user.post("/tokens", json={"kind": "worker", "name": "fleet"})
+    assert created.status_code == 201, created.text
+    fleet = {"Authorization": f"Bearer {created.json()['token']}"}
+    assert local.worker.post("/workers", json={"name": "w", "executor": "local"}, headers=fleet).status_code == 200
+    assert local.user.delete(f"/tokens/{created.json()['id']}").status_code == 200
+    # Within the TTL the check made a moment ago may still stand; past it, never.
+    time.sleep(0.4)
+    refused = local.worker.post("/workers", json={"name": "w", "executor": "local"}, headers=fleet)
+    assert refused.status_code == 401 and refused.json()["detail"] == "token revoked"
+    # A user token is never remembered: revoked, it is refused at once.
+    mine = local.user.post("/tokens", json={"kind": "user", "name": "cli"}).json()
+    theirs = {"Authorization": f"Bearer {mine['token']}"}
+    assert local.user.get("/tokens", headers=theirs).status_code == 200
+    assert local.user.delete(f"/tokens/{mine['id']}").status_code == 200
+    assert local.user.get("/tokens", headers=theirs).status_code == 401
