@@ -94,6 +94,10 @@ def _install_error_handlers(app: FastAPI, database: Database) -> None:
         # SQLite's own ENOSPC: the data dir's disk is full, as for a file.
         if "database or disk is full" in str(error.orig):
             return _domain_response(errors.StorageFull())
+        # psycopg refuses a NUL in any text parameter (a path or query value
+        # that reached a query; bodies are refused before, by schemas._In).
+        if "cannot contain NUL" in str(error.orig):
+            return _domain_response(errors.BadRequest("text must not contain a NUL character"))
         if not database.unavailable(error):
             raise error
         # PostgreSQL restarting or failing over: the transaction rolled back, so
@@ -155,6 +159,19 @@ def _pass_failed(database: Database, job: str, error: Exception) -> None:
         log.exception("%s pass failed", job, exc_info=error)
 
 
+async def _every(seconds: float, job: str, once, database: Database, settings: Settings, *,
+                 first_at_start: bool = False) -> None:
+    """Run the pass `once` every `seconds` for the server's life."""
+    if not first_at_start:
+        await asyncio.sleep(seconds)
+    while True:
+        try:
+            await run_in_threadpool(once, database, settings)
+        except Exception as error:  # a periodic job must survive a bad moment (a locked database, a store away)
+            _pass_failed(database, job, error)
+        await asyncio.sleep(seconds)
+
+
 def _reap_once(database: Database, settings: Settings) -> None:
     # Every replica runs the periodic jobs; one at a time does each pass.
     with database.exclusive("reaper") as mine:
@@ -179,15 +196,6 @@ def _reap(database: Database, settings: Settings) -> None:
             log.info("ended runs that stayed in a stage past its bound: %s", ended)
 
 
-async def _reap_forever(database: Database, settings: Settings) -> None:
-    while True:
-        await asyncio.sleep(settings.reaper_interval)
-        try:
-            await run_in_threadpool(_reap_once, database, settings)
-        except Exception as error:  # the reaper must survive a bad moment (e.g. a locked database)
-            _pass_failed(database, "reaper", error)
-
-
 def _retain_once(database: Database, settings: Settings) -> None:
     with database.exclusive("retention") as mine:
         if not mine:
@@ -196,15 +204,6 @@ def _retain_once(database: Database, settings: Settings) -> None:
             pruned = deletion.retention_pass(session, settings=settings)
     if pruned.runs:
         log.info("retention freed the outputs of runs %s (%d bytes)", pruned.runs, pruned.freed)
-
-
-async def _retain_forever(database: Database, settings: Settings) -> None:
-    while True:
-        try:
-            await run_in_threadpool(_retain_once, database, settings)
-        except Exception as error:  # like the reaper, it must survive a bad moment
-            _pass_failed(database, "retention", error)
-        await asyncio.sleep(settings.retention_interval)
 
 
 def _archive_logs_once(database: Database, settings: Settings) -> None:
@@ -216,28 +215,10 @@ def _archive_logs_once(database: Database, settings: Settings) -> None:
         log.info("archived the logs of runs %s", archived)
 
 
-async def _archive_logs_forever(database: Database, settings: Settings) -> None:
-    while True:
-        await asyncio.sleep(settings.log_archive_interval)
-        try:
-            await run_in_threadpool(_archive_logs_once, database, settings)
-        except Exception as error:  # like the reaper, it must survive a bad moment (a store away)
-            _pass_failed(database, "log archive", error)
-
-
 def _drive_once(database: Database, settings: Settings) -> None:
     with database.exclusive("search driver") as mine:
         if mine:
             hyper_driver.drive_once(database, settings)
-
-
-async def _drive_searches_forever(database: Database, settings: Settings) -> None:
-    while True:
-        await asyncio.sleep(settings.search_interval_seconds)
-        try:
-            await run_in_threadpool(_drive_once, database, settings)
-        except Exception as error:  # like the reaper, it must survive a bad moment
-            _pass_failed(database, "search driver", error)
 
 
 def _mount_web(app: FastAPI) -> None:
@@ -276,11 +257,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # transfer; leave plenty for the short database calls of everyone else.
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         database.start_listener()
-        reaper = asyncio.create_task(_reap_forever(database, settings))
-        driver = asyncio.create_task(_drive_searches_forever(database, settings))
-        retainer = (asyncio.create_task(_retain_forever(database, settings))
+        reaper = asyncio.create_task(_every(settings.reaper_interval, "reaper", _reap_once, database, settings))
+        driver = asyncio.create_task(_every(settings.search_interval_seconds, "search driver", _drive_once,
+                                            database, settings))
+        retainer = (asyncio.create_task(_every(settings.retention_interval, "retention", _retain_once,
+                                               database, settings, first_at_start=True))
                     if settings.retention_days is not None else None)
-        archiver = (asyncio.create_task(_archive_logs_forever(database, settings))
+        archiver = (asyncio.create_task(_every(settings.log_archive_interval, "log archive", _archive_logs_once,
+                                               database, settings))
                     if settings.log_archive_after_seconds else None)
         try:
             yield

@@ -13,6 +13,12 @@ from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, I
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
+# The largest value of an Integer column (ids, seq high-water marks): 32-bit
+# on PostgreSQL, where a bigger number in a request would fail in the database
+# (SQLite's are 64-bit); requests naming one are bounded by it.
+MAX_INTEGER = 2**31 - 1
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 

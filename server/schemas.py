@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -26,6 +26,7 @@ from cast.protocol.messages import (MAX_HEARTBEAT_LEASES, MAX_REASON_LENGTH, MAX
                                     MountSpec, RunSpec, StatusReport)
 from cast.protocol.outputs import StagedOutputs
 from cast.protocol.status import RunStatus
+from cast.server.models import MAX_INTEGER
 
 _NO_CONTROL = re.compile(r"^[^\x00-\x1f\x7f]*$")
 CODE_KEY_PATTERN = r"^[0-9a-f]{64}$"
@@ -37,6 +38,28 @@ class _In(BaseModel):
     # Unicode: a JSON body may escape a lone surrogate ("\udcff"), which
     # neither SQLite nor a JSON answer can encode. Bodies are capped anyway.
     model_config = ConfigDict(extra="forbid", str_max_length=16 * 1024 * 1024)
+    # Fields whose text may hold NUL: stored as JSON, which escapes it. Any
+    # other text is refused with it, since PostgreSQL's text cannot hold one
+    # (SQLite's can: the same request must be bad input on both).
+    NUL_ALLOWED: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _no_nul(self):
+        for name, value in self:
+            if name not in self.NUL_ALLOWED and _holds_nul(value):
+                raise ValueError(f"{name} must not contain a NUL character")
+        return self
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether text in `value` (a string, or a list or dict of them) holds NUL; nested models check themselves."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, (list, tuple)):
+        return any(_holds_nul(item) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    return False
 
 
 def _one_line(value: str | None, what: str) -> str | None:
@@ -261,6 +284,7 @@ class LabelIn(_In):
 # --- logs ------------------------------------------------------------------
 
 class LogRunIn(_In):
+    NUL_ALLOWED = frozenset({"lines"})  # a run may print any bytes
     stream: LogStream
     # The server splits a line longer than CAST_MAX_LOG_LINE_CHARS (the worker already does).
     lines: list[Annotated[str, Field(max_length=1024 * 1024)]] = Field(min_length=1, max_length=MAX_BATCH_LINES)
@@ -271,7 +295,7 @@ class LogAppend(_In):
     """A worker's batch: `cast.protocol.logs.LogBatch`."""
 
     lease_token: LeaseToken
-    seq: int = Field(ge=0, le=2**62)
+    seq: int = Field(ge=0, le=MAX_INTEGER)
     runs: list[LogRunIn] = Field(max_length=MAX_BATCH_LINES)
 
     @model_validator(mode="after")
@@ -326,7 +350,7 @@ class MetricPointIn(_In):
 
 class MetricAppend(_In):
     lease_token: LeaseToken
-    seq: int = Field(ge=0, le=2**62)
+    seq: int = Field(ge=0, le=MAX_INTEGER)
     points: list[MetricPointIn] = Field(max_length=metric_rules.MAX_BATCH)
 
 
@@ -431,7 +455,7 @@ class HeartbeatIn(_In):
 
 
 class HeldLeaseIn(_In):
-    run_id: int = Field(ge=1, le=2**62)
+    run_id: int = Field(ge=1, le=MAX_INTEGER)
     lease_token: LeaseToken
 
 
@@ -449,7 +473,7 @@ class StatusChangeIn(_In):
 
     status: RunStatus
     note: str | None = Field(default=None, max_length=MAX_REASON_LENGTH)
-    exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31)
+    exit_code: int | None = Field(default=None, ge=-(2**31), le=MAX_INTEGER)
     reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH)
     limits: str | None = Field(default=None, max_length=MAX_REASON_LENGTH)
 

@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cast.server.db import Database
 from cast.server.errors import Forbidden, NotAuthenticated
-from cast.server.models import Token, User
+from cast.server.models import MAX_INTEGER, Token, User
 from cast.server.services import users
 from cast.server.settings import Settings
 
@@ -132,5 +132,5 @@ CurrentUser = Annotated[User, Depends(current_user)]
 WorkerAuth = Annotated[Token, Depends(worker_auth)]
 
 # SQLite integers are 64-bit: bounding ids keeps a huge number a 422, not a 500.
-RunId = Annotated[int, Path(ge=1, le=2**62, description="run number")]
-SearchId = Annotated[int, Path(ge=1, le=2**62, description="search number")]
+RunId = Annotated[int, Path(ge=1, le=MAX_INTEGER, description="run number")]
+SearchId = Annotated[int, Path(ge=1, le=MAX_INTEGER, description="search number")]

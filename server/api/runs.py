@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from cast.protocol.status import RunStatus
 from cast.server.api.deps import CurrentUser, RunId, SessionDep, SessionRoute, SettingsDep
+from cast.server.models import MAX_INTEGER
 from cast.server.schemas import LabelIn, RunCreate, RunCreated, RunList, RunOut
 from cast.server.services import runs
 
@@ -31,7 +32,7 @@ def list_runs(
     status: Annotated[list[RunStatus], Query()] = [],
     label: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_INTEGER)] = None,
 ) -> dict:
     found, next_before = runs.list_runs(session, viewer=user, statuses=status, label=label, limit=limit, before=before)
     total = runs.count_runs(session, viewer=user, statuses=status, label=label)

@@ -88,8 +88,8 @@ class WorkerTokens:
 
     A worker makes several requests a second (heartbeats, claims, reports, log
     batches), usually all with one token: each then costs a dict lookup, not a
-    read transaction. What that trades: a revoked worker token is refused by
-    every replica within `TTL` seconds, not at once. User tokens are always
+    read transaction. What that trades: a revoked worker token is refused at
+    once by the replica that revoked it, by the others within `TTL` seconds. User tokens are always
     looked up (their user rides along with the request)."""
 
     TTL = 2.0
@@ -98,6 +98,9 @@ class WorkerTokens:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._valid: dict[str, tuple[float, Token]] = {}
+        # Revoked through this replica: refused here at once, never cached again
+        # (a lookup before the revocation commits must not cache it anew).
+        self._revoked: set[int] = set()
 
     def get(self, digest: str) -> Token | None:
         with self._lock:
@@ -108,9 +111,16 @@ class WorkerTokens:
 
     def remember(self, digest: str, token: Token) -> None:
         with self._lock:
+            if token.id in self._revoked:
+                return
             if len(self._valid) >= self.MAX_ENTRIES:
                 self._valid.clear()
             self._valid[digest] = (time.monotonic(), token)
+
+    def forget(self, token_id: int) -> None:
+        with self._lock:
+            self._revoked.add(token_id)
+            self._valid = {digest: found for digest, found in self._valid.items() if found[1].id != token_id}
 
 
 def _user_named(session: Session, name: str) -> User:

@@ -7,7 +7,6 @@ real server, worker and `cast logs` read it back the same."""
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 
@@ -17,7 +16,8 @@ from cast.server.settings import Settings
 from tests.factories import archive_logs_now, cli_log_reads, create_run, log_entries, wait_final
 from tests.server.conftest import in_process_api
 from tests.server.services.conftest import admin_of
-from tests.server.services.test_log_archive import all_reads, archive_state, downloaded, logged_run
+from tests.server.services.test_log_archive import (all_reads, archive_state, downloaded, logged_run,
+                                                       race_two_archivers)
 
 TIMEOUT = 120  # guards against a hang only
 
@@ -73,22 +73,7 @@ def test_an_archived_log_in_the_store_answers_every_read_as_the_database_did(
 def test_archivers_racing_on_the_store_leave_one_archive(local, app, settings, seaweed, bucket, monkeypatch):
     run_id = logged_run(local, app)
     before = all_reads(app, settings, run_id)
-    both_written = threading.Barrier(2, timeout=TIMEOUT)
-    record = log_archive.record
-
-    def record_when_both_wrote(*args):
-        both_written.wait()
-        return record(*args)
-
-    monkeypatch.setattr(log_archive, "record", record_when_both_wrote)
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(
-        log_archive.archive_run(app.state.database, settings, run_id=run_id))) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(TIMEOUT)
-    assert sorted(results) == [False, True]
+    assert sorted(race_two_archivers(app, settings, run_id, monkeypatch)) == [False, True]
     key, _ = archive_state(app, run_id)
     assert _log_keys(seaweed, bucket, run_id) == sorted([key, key.replace(".ndjson", ".index.json")])
     assert all_reads(app, settings, run_id) == before

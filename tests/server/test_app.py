@@ -110,6 +110,16 @@ def test_errors_are_one_sentence(local):
     assert isinstance(bad_json.json()["detail"], str)
 
 
+def test_text_holding_a_nul_is_bad_input_on_either_database(local):
+    # PostgreSQL's text cannot hold NUL, SQLite's can: both refuse it alike.
+    body = local.worker.post("/workers", json={"name": "w", "executor": "lo\x00cal"})
+    assert body.status_code == 422
+    assert body.json() == {"detail": "executor must not contain a NUL character"}
+    assert local.user.post("/runs", json={"command": "echo", "env": {"A": "b\x00"}}).status_code == 422
+    # A run's log lines may hold one: a run prints any bytes.
+    assert local.user.get("/runs", params={"label": "a\x00b"}).status_code < 500  # a query reaching the database
+
+
 def test_oversized_json_body_is_413(tmp_path):
     from cast.server.app import create_app
     from cast.server.settings import Settings

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import update
 
 from cast.server.db import Database
-from cast.server.models import Run, Worker, utcnow
+from cast.server.models import MAX_INTEGER, Run, Worker, utcnow
 from cast.server.services import leases
 from cast.server.settings import Settings
 from ..conftest import make_tar
@@ -188,7 +188,7 @@ def test_one_worker_heartbeat_holds_all_its_leases_and_names_each_lost_one(local
     before = utcnow()
     held = [{"run_id": run_id, "lease_token": token} for run_id, token in mine.items()]
     borrowed = [{"run_id": theirs["run_id"], "lease_token": theirs["lease_token"]},  # another worker's lease
-                {"run_id": stopped, "lease_token": "not-the-token"}, {"run_id": 2**62, "lease_token": "x"}]
+                {"run_id": stopped, "lease_token": "not-the-token"}, {"run_id": MAX_INTEGER, "lease_token": "x"}]
     answer = local.worker.post(f"/workers/{worker}/heartbeat", json={"leases": held + borrowed})
     assert answer.status_code == 200, answer.text
     beat = answer.json()
@@ -198,7 +198,7 @@ def test_one_worker_heartbeat_holds_all_its_leases_and_names_each_lost_one(local
         {"run_id": done, "lost": False, "status": "complete"},  # raced its own last report: harmless
         {"run_id": theirs["run_id"], "lost": True, "status": None},
         {"run_id": stopped, "lost": True, "status": None},
-        {"run_id": 2**62, "lost": True, "status": None},
+        {"run_id": MAX_INTEGER, "lost": True, "status": None},
     ]
     assert datetime.fromisoformat(beat["lease_expires_at"]) >= before + timedelta(seconds=2)
     assert sorted(ids) == sorted([*mine, theirs["run_id"]])
@@ -207,3 +207,7 @@ def test_one_worker_heartbeat_holds_all_its_leases_and_names_each_lost_one(local
     assert ends[stopped] >= before + timedelta(seconds=2) > ends[theirs["run_id"]]
     assert local.worker.post(f"/workers/{worker}/heartbeat", json={"leases": []}).json() == {
         "leases": [], "lease_expires_at": None}
+    # Past the database's integers (PostgreSQL's are 32-bit) is bad input, not a server error.
+    too_big = local.worker.post(f"/workers/{worker}/heartbeat",
+                                json={"leases": [{"run_id": MAX_INTEGER + 1, "lease_token": "x"}]})
+    assert too_big.status_code == 422, too_big.text

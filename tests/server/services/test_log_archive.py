@@ -152,9 +152,8 @@ def test_the_server_archives_due_logs_on_its_own(tmp_path):
     app.state.database.dispose()
 
 
-def test_archivers_racing_archive_once(local, app, settings, monkeypatch):
-    run_id = logged_run(local, app)
-    before = all_reads(app, settings, run_id)
+def race_two_archivers(app, settings: Settings, run_id: int, monkeypatch) -> list[bool]:
+    """Two archivers of one run, each past writing its archive before either records it: what each answered."""
     both_written = threading.Barrier(2, timeout=TIMEOUT)
     record = log_archive.record
 
@@ -170,7 +169,13 @@ def test_archivers_racing_archive_once(local, app, settings, monkeypatch):
         thread.start()
     for thread in threads:
         thread.join(TIMEOUT)
-    assert sorted(results) == [False, True]
+    return results
+
+
+def test_archivers_racing_archive_once(local, app, settings, monkeypatch):
+    run_id = logged_run(local, app)
+    before = all_reads(app, settings, run_id)
+    assert sorted(race_two_archivers(app, settings, run_id, monkeypatch)) == [False, True]
     key, rows = archive_state(app, run_id)
     assert rows == 0 and len(_files(settings, run_id)) == 2 and key.split("/")[1] in _files(settings, run_id)
     assert all_reads(app, settings, run_id) == before
