@@ -10,8 +10,10 @@ as the buffers fill while heartbeats, on their own connections, go on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,11 +28,28 @@ STALL_AFTER = 16 << 20  # bytes towards the server: a push carries more, nothing
 BOUNDS = {"CAST_STAGE_TIMEOUT_SECONDS": "3", "CAST_HALT_TIMEOUT_SECONDS": "2"}
 
 
-def test_a_kill_does_not_wait_behind_a_stalled_output_push(server, start_worker, proxy_to, cast_via):
+@contextlib.contextmanager
+def _worker_on_tmpfs(server, base_env, **options) -> Iterator[WorkerProcess]:
+    """A worker whose work dir is on another filesystem (a tmpfs), so its push
+    goes over HTTP through `server`'s URL (the proxy) rather than being moved
+    into the server's storage (a staged push never stalls)."""
+    work = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    worker = WorkerProcess(server=server, work_dir=work / "worker", executor="local", env=base_env, **options).start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        remove_tree(work)
+
+
+def test_a_kill_does_not_wait_behind_a_stalled_output_push(server, proxy_to, cast_via, base_env):
     proxy = proxy_to(server.port)
-    start_worker(dataclasses.replace(server, url=proxy.url))
-    proxy.stall_uploads(STALL_AFTER)
-    cast = cast_via(server.url, server.admin_token)
+    with _worker_on_tmpfs(dataclasses.replace(server, url=proxy.url), base_env, name="stalled", extra_args=[]):
+        proxy.stall_uploads(STALL_AFTER)
+        _kill_ends_a_stalled_push(server, proxy, cast_via(server.url, server.admin_token))
+
+
+def _kill_ends_a_stalled_push(server, proxy, cast) -> None:
     with server.api() as api:
         run_id = submit(api, "head -c 256M /dev/zero > big.bin")
         wait_status(api, run_id, "pushing", timeout=120)
@@ -49,16 +68,9 @@ def test_a_kill_does_not_wait_behind_a_stalled_output_push(server, start_worker,
 def test_a_push_stalled_past_the_stage_bound_fails_the_run(start_server, proxy_to, cast_via, base_env):
     server = start_server(env=BOUNDS)
     proxy = proxy_to(server.port)
-    # Its work dir on another filesystem (a tmpfs), so the push goes over HTTP through the proxy
-    # rather than being moved into the server's storage.
-    work = Path(tempfile.mkdtemp(dir="/dev/shm"))
-    worker = WorkerProcess(server=dataclasses.replace(server, url=proxy.url), work_dir=work / "worker",
-                           name="stalled", executor="local", extra_args=["--max-runs", "1"], env=base_env).start()
-    try:
+    with _worker_on_tmpfs(dataclasses.replace(server, url=proxy.url), base_env, name="stalled",
+                          extra_args=["--max-runs", "1"]):
         _stalled_push_fails_the_run(server, proxy, cast_via)
-    finally:
-        worker.stop()
-        remove_tree(work)
 
 
 def _stalled_push_fails_the_run(server, proxy, cast_via) -> None:
