@@ -54,8 +54,9 @@ def test_a_run_in_a_container_is_kept_out_of_everything_it_was_not_given(server,
         assert wait_final(api, output, timeout=120)["status"] == "complete"
         victim = submit(api, f"echo {VICTIM_SECRET} > mine.txt; echo ready; {VICTIM_SLEEP}")
         wait_for_line(api, victim, "ready")
-        victim_dir = wait_until(lambda: [path for path in (worker.work_dir / "runs").glob(f"{victim}-*") if path.is_dir()],
-                                what="its work dir")[0]  # not its metrics file beside it
+        victim_dir = wait_until(lambda: [path for path in (worker.work_dir / "runs").glob(f"{victim}-*")
+                                         if path.suffix != ".metrics"],  # not its metrics dir beside it
+                                what="its work dir")[0]
         assert (victim_dir / "mine.txt").read_text() == VICTIM_SECRET + "\n"  # the secret is on this host
 
         probe = submit(api, PROBE, env={
