@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,6 +237,24 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+@contextmanager
+def worker_on_tmpfs(server: ServerProcess, env: dict, *, name: str = "tmpfs",
+                    extra_args: list[str] = ()) -> Iterator[WorkerProcess]:
+    """A local worker whose work dir is on another filesystem than the server's
+    storage (a tmpfs), so its pushes go over HTTP as a tar instead of being
+    staged (moved into the storage), as a remote worker's do."""
+    from cast.worker.fsops import remove_tree
+
+    work = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    worker = WorkerProcess(server=server, work_dir=work / "worker", name=name, executor="local",
+                           extra_args=list(extra_args), env=env).start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        remove_tree(work)
 
 
 @pytest.fixture

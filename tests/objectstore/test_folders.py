@@ -5,13 +5,9 @@ later run that mounts the outputs finds them."""
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import pytest
 
-from cast.worker.fsops import remove_tree
-from tests.conftest import WorkerProcess
+from tests.conftest import worker_on_tmpfs
 
 PATHS = ["s3", "filesystem-http", "filesystem-staged"]
 
@@ -29,15 +25,8 @@ def worker(request, server, start_worker, base_env):
     if request.node.callspec.params["server"] != "filesystem-http":
         yield start_worker(server)
         return
-    # A work dir on another filesystem (a tmpfs): the push goes over HTTP as a tar.
-    work = Path(tempfile.mkdtemp(dir="/dev/shm"))
-    started = WorkerProcess(server=server, work_dir=work / "worker", name="shm", executor="local",
-                            extra_args=[], env=base_env).start()
-    try:
+    with worker_on_tmpfs(server, base_env, name="shm") as started:
         yield started
-    finally:
-        started.stop()
-        remove_tree(work)
 
 
 def test_empty_output_folders_are_kept(cli, worker, server, tmp_path):

@@ -10,17 +10,12 @@ as the buffers fill while heartbeats, on their own connections, go on.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from cast.worker.fsops import remove_tree
-from tests.conftest import WorkerProcess
+from tests.conftest import worker_on_tmpfs
 from tests.factories import log_texts, output_paths, statuses, submit, wait_final, wait_status
 from tests.server.conftest import Api
 
@@ -28,23 +23,9 @@ STALL_AFTER = 16 << 20  # bytes towards the server: a push carries more, nothing
 BOUNDS = {"CAST_STAGE_TIMEOUT_SECONDS": "3", "CAST_HALT_TIMEOUT_SECONDS": "2"}
 
 
-@contextlib.contextmanager
-def _worker_on_tmpfs(server, base_env, **options) -> Iterator[WorkerProcess]:
-    """A worker whose work dir is on another filesystem (a tmpfs), so its push
-    goes over HTTP through `server`'s URL (the proxy) rather than being moved
-    into the server's storage (a staged push never stalls)."""
-    work = Path(tempfile.mkdtemp(dir="/dev/shm"))
-    worker = WorkerProcess(server=server, work_dir=work / "worker", executor="local", env=base_env, **options).start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        remove_tree(work)
-
-
 def test_a_kill_does_not_wait_behind_a_stalled_output_push(server, proxy_to, cast_via, base_env):
     proxy = proxy_to(server.port)
-    with _worker_on_tmpfs(dataclasses.replace(server, url=proxy.url), base_env, name="stalled", extra_args=[]):
+    with worker_on_tmpfs(dataclasses.replace(server, url=proxy.url), base_env, name="stalled"):
         proxy.stall_uploads(STALL_AFTER)
         _kill_ends_a_stalled_push(server, proxy, cast_via(server.url, server.admin_token))
 
@@ -68,8 +49,8 @@ def _kill_ends_a_stalled_push(server, proxy, cast) -> None:
 def test_a_push_stalled_past_the_stage_bound_fails_the_run(start_server, proxy_to, cast_via, base_env):
     server = start_server(env=BOUNDS)
     proxy = proxy_to(server.port)
-    with _worker_on_tmpfs(dataclasses.replace(server, url=proxy.url), base_env, name="stalled",
-                          extra_args=["--max-runs", "1"]):
+    with worker_on_tmpfs(dataclasses.replace(server, url=proxy.url), base_env, name="stalled",
+                         extra_args=["--max-runs", "1"]):
         _stalled_push_fails_the_run(server, proxy, cast_via)
 
 
