@@ -72,11 +72,9 @@ def run_times(home: str, run_id: int) -> tuple[float, dict[str, float]]:
     return (times[-1][1] - times[0][1]).total_seconds(), stages
 
 
-def service_cpu(home: str) -> float:
-    """CPU seconds (user + system) of the embedded server's process and its
-    live descendants (the worker), from /proc."""
-    pid = json.loads(Path(home, "server.json").read_text())["pid"]
-    ticks, todo = 0, [pid]
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) of processes `pids` and their live descendants, from /proc."""
+    ticks, todo = 0, list(pids)
     while todo:
         current = todo.pop()
         try:
@@ -87,6 +85,11 @@ def service_cpu(home: str) -> float:
         except OSError:  # ended meanwhile
             continue
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def service_cpu(home: str) -> float:
+    """CPU seconds of the embedded server's process and its live descendants (the worker)."""
+    return tree_cpu([json.loads(Path(home, "server.json").read_text())["pid"]])
 
 
 def ms(values: list[float]) -> str:

@@ -38,6 +38,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+from bench_core import tree_cpu  # bench/ is the script's folder, first on sys.path
 
 PACKAGES = ["six", "tqdm", "idna"]
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -56,21 +57,6 @@ def timed(cmd: list[str], env: dict, cpu: list[float] | None = None, **kwargs) -
     if cpu is not None:
         cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     return wall
-
-
-def tree_cpu(pids: list[int]) -> float:
-    """CPU seconds (user + system) of processes `pids` and their live descendants, from /proc."""
-    ticks, todo = 0, list(pids)
-    while todo:
-        current = todo.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo.extend(int(child) for child in (task / "children").read_text().split())
-        except OSError:  # ended meanwhile
-            continue
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
