@@ -20,6 +20,15 @@ STAGES_TO_RUNNING = ("mounting", "running")
 STAGES_TO_END = ("saving", "pushing")
 
 
+def tar_member(name: str, kind: bytes = tarfile.REGTYPE, **fields) -> tarfile.TarInfo:
+    """A tar header of `kind` named `name`, with `fields` set (linkname, mode, ...): hostile members for tests."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    for key, value in fields.items():
+        setattr(info, key, value)
+    return info
+
+
 def make_tar(files: dict[str, bytes] | list[tuple[str, bytes]], *, extra: list[tarfile.TarInfo] = ()) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:

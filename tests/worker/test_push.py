@@ -22,6 +22,7 @@ from cast.worker.outputs import Outputs
 from tests.conftest import wait_until
 from tests.factories import submit
 from tests.reliability.helpers import CuttableProxy
+from tests.server.conftest import tar_member
 
 BIG = 12 << 20
 
@@ -123,20 +124,12 @@ def _tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def _member(name: str, kind: bytes = tarfile.REGTYPE, **fields) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    for key, value in fields.items():
-        setattr(info, key, value)
-    return info
-
-
 @pytest.mark.parametrize("member, message", [
-    (_member("/etc/evil"), "must be relative"),
-    (_member("../evil"), "'..'"),
-    (_member("link", tarfile.SYMTYPE, linkname="/etc/passwd"), "not a regular file or folder"),
-    (_member("device", tarfile.CHRTYPE, devmajor=1, devminor=3), "not a regular file or folder"),
-    (_member("bad\x01name"), "cannot be stored"),
+    (tar_member("/etc/evil"), "must be relative"),
+    (tar_member("../evil"), "'..'"),
+    (tar_member("link", tarfile.SYMTYPE, linkname="/etc/passwd"), "not a regular file or folder"),
+    (tar_member("device", tarfile.CHRTYPE, devmajor=1, devminor=3), "not a regular file or folder"),
+    (tar_member("bad\x01name"), "cannot be stored"),
 ])
 def test_a_hostile_member_is_refused_by_name_and_nothing_is_stored(leased, tmp_path, member, message):
     server, client, lease = leased()

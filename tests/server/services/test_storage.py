@@ -15,7 +15,7 @@ import pytest
 from cast.server.errors import BadRequest, TooLarge
 from cast.server.services import storage
 from cast.server.settings import Settings
-from ..conftest import make_tar
+from ..conftest import make_tar, tar_member
 
 
 @pytest.mark.parametrize("relative", ["../x", "a/../../x", "/etc/passwd", "a\x00b", "\\\\server\\share"])
@@ -33,19 +33,11 @@ def test_resolve_inside_refuses_a_symlink_that_leaves_the_root(tmp_path):
     assert storage.resolve_inside(root, "a/./b/../c") == root / "a" / "c"
 
 
-def _member(name: str, kind: bytes, **fields) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    for key, value in fields.items():
-        setattr(info, key, value)
-    return info
-
-
 @pytest.mark.parametrize("members, files, message", [
-    ([_member("link", tarfile.SYMTYPE, linkname="/etc/passwd")], {}, "links and devices are refused"),
-    ([_member("hard", tarfile.LNKTYPE, linkname="a.txt")], {"a.txt": b"a"}, "links and devices are refused"),
-    ([_member("dev", tarfile.CHRTYPE)], {}, "links and devices are refused"),
-    ([_member("fifo", tarfile.FIFOTYPE)], {}, "links and devices are refused"),
+    ([tar_member("link", tarfile.SYMTYPE, linkname="/etc/passwd")], {}, "links and devices are refused"),
+    ([tar_member("hard", tarfile.LNKTYPE, linkname="a.txt")], {"a.txt": b"a"}, "links and devices are refused"),
+    ([tar_member("dev", tarfile.CHRTYPE)], {}, "links and devices are refused"),
+    ([tar_member("fifo", tarfile.FIFOTYPE)], {}, "links and devices are refused"),
     ([], {"../escape.txt": b"x"}, "escapes its root"),
     ([], {"/abs.txt": b"x"}, "must be relative"),
     ([], [("dup.txt", b"1"), ("dup.txt", b"2")], "clashes with an earlier entry"),
@@ -116,11 +108,11 @@ def test_extraction_reads_every_header_kind_across_short_reads_and_buffer_ends(t
     (b"", "is not a tar stream: it is empty"),
     (lambda: _tar_of([("a.bin", b"x" * 3000)], tarfile.PAX_FORMAT)[:2048], "ends inside an entry"),
     (lambda: _tar_of([("a.bin", b"x" * 3000)], tarfile.PAX_FORMAT)[:700], "ends inside an entry"),
-    (lambda: _pax_member(b"7 path=x\n"), "a malformed pax header"),
-    (lambda: _pax_member(b"12 pathx\n"), "a malformed pax header"),
-    (lambda: _pax_member(b"11 size=-5\n"), "a malformed pax size"),
-    (lambda: _pax_member(b"x" * (storage.MAX_EXTENDED_HEADER + 1)), "an extended header of"),
-    (lambda: _pax_member(b"18 path=../../etc\n"), "escapes its root"),
+    (lambda: _paxtar_member(b"7 path=x\n"), "a malformed pax header"),
+    (lambda: _paxtar_member(b"12 pathx\n"), "a malformed pax header"),
+    (lambda: _paxtar_member(b"11 size=-5\n"), "a malformed pax size"),
+    (lambda: _paxtar_member(b"x" * (storage.MAX_EXTENDED_HEADER + 1)), "an extended header of"),
+    (lambda: _paxtar_member(b"18 path=../../etc\n"), "escapes its root"),
     (lambda: b"\x01" * 512, "is not a tar stream: invalid header"),
 ])
 def test_a_malformed_or_cut_tar_stream_is_refused_with_nothing_written_outside(tmp_path, body, message):
@@ -131,7 +123,7 @@ def test_a_malformed_or_cut_tar_stream_is_refused_with_nothing_written_outside(t
     assert not (tmp_path / "etc").exists()
 
 
-def _pax_member(records: bytes) -> bytes:
+def _paxtar_member(records: bytes) -> bytes:
     """A pax extended header holding `records`, then a file `a.bin` of one byte."""
     pax = tarfile.TarInfo("././@PaxHeader")
     pax.type, pax.size = tarfile.XHDTYPE, len(records)
