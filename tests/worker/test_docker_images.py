@@ -151,7 +151,10 @@ def make_cache(engine, base_image, tmp_path):  # noqa: F811
 
     yield make
     for repository in repositories:
-        for image in engine.images.list(name=repository):
+        # A layered environment is a child of the one it extends: the engine refuses to
+        # remove a parent first, so the images with the most layers go first.
+        images = engine.images.list(name=repository)
+        for image in sorted(images, key=lambda i: len(i.attrs["RootFS"]["Layers"]), reverse=True):
             engine.images.remove(image.id, force=True)
 
 
