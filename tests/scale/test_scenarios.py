@@ -15,9 +15,12 @@ import shlex
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 
+import httpx
 import pytest
 
+from cast.client.sdk import RETRY_STATUSES, ApiError, Client, ConnectionCut
 from cast.protocol.messages import RunSpec
 from cast.protocol.status import FINAL_STATUSES, RunStatus
 
@@ -43,10 +46,31 @@ def spec(tag: str, *, lines: int = 3, pause: float = 0.0, retries: int = 0) -> R
     return RunSpec(command=f"python3 -c {shlex.quote(SCRIPT)} {tag} {lines} {pause}", retries=retries)
 
 
-def submit_all(cluster, tags: list[str], **kwargs) -> dict[str, int]:
+class TracedClient(Client):
+    """An SDK client that notes in `retried` each try its retry loop repeats:
+    an answer of RETRY_STATUSES or a connection cut mid-request."""
+
+    def __init__(self, cluster, retried: list[str]):
+        super().__init__(cluster.url, cluster.admin_token)
+        self.retried = retried
+
+    def _call_once(self, method: str, path: str, **kwargs):
+        try:
+            return super()._call_once(method, path, **kwargs)
+        except ApiError as exc:
+            if exc.status in RETRY_STATUSES:
+                self.retried.append(f"{method} {path}: {exc.status} {exc.detail}")
+            raise
+        except ConnectionCut:
+            self.retried.append(f"{method} {path}: connection cut")
+            raise
+
+
+def submit_all(cluster, tags: list[str], *, client=None, **kwargs) -> dict[str, int]:
     # A client per submit: one SDK client is one connection, for one thread.
+    client = client or cluster.client
     with ThreadPoolExecutor(8) as pool:
-        ids = pool.map(lambda tag: cluster.client().create_run(spec(tag, **kwargs))["id"], tags)
+        ids = pool.map(lambda tag: client().create_run(spec(tag, **kwargs))["id"], tags)
     return dict(zip(tags, ids))
 
 
@@ -172,32 +196,85 @@ def test_a_worker_cut_off_mid_run_is_interrupted_and_retried_elsewhere(cluster):
 def test_postgres_restarted_mid_load_loses_nothing(cluster):
     tags = submit_all(cluster, [f"e{i}" for i in range(30)], lines=10, pause=0.2)
     time.sleep(2)
+    # What the workers log from here on: a request refused for good, a lease
+    # lost or an exception would be an error a worker saw, not a retry.
+    worker_logs = {role: proc.log_path.stat().st_size for role, proc in cluster.workers.items()}
+    retried: list[str] = []
+    errors: list[str] = []
+    probing = threading.Event()
+
+    def probe() -> None:
+        # A client reading and submitting all through the restart: each call
+        # answers (after retries), none raises.
+        client, n = TracedClient(cluster, retried), 0
+        while not probing.is_set():
+            try:
+                client.get_run(tags["e0"])
+                n += 1
+                if n % 10 == 0:
+                    client.create_run(spec(f"p{n}", lines=1))
+            except Exception as exc:
+                errors.append(f"{exc.__class__.__name__}: {exc}")
+            time.sleep(0.05)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
     more: dict[str, int] = {}
-    submitter = threading.Thread(target=lambda: more.update(submit_all(cluster, [f"f{i}" for i in range(20)],
-                                                                         lines=10, pause=0.2)))
+    submitter = threading.Thread(target=lambda: more.update(submit_all(
+        cluster, [f"f{i}" for i in range(20)], client=lambda: TracedClient(cluster, retried), lines=10, pause=0.2)))
     submitter.start()
     cluster.db.restart()
+    time.sleep(3)
+    probing.set()
+    prober.join(120)
     submitter.join(120)
-    assert not submitter.is_alive() and len(more) == 20
+    assert not prober.is_alive() and not submitter.is_alive() and len(more) == 20
+    assert not errors, errors
+    # The replicas answered 503 (the database unavailable) while it was down,
+    # and the clients' tries after it succeeded: retries, not errors.
+    assert any(": 503 " in line for line in retried), retried
+    for role, start in worker_logs.items():
+        with open(cluster.workers[role].log_path, "rb") as log:
+            log.seek(start)
+            said = log.read().decode(errors="replace")
+        assert not re.search(r"refused|lease lost|Traceback|could not deliver", said), (role, said[-3000:])
     tags.update(more)
     runs = wait_final(cluster, tags.values(), timeout=600)
     check_all(cluster, tags, runs, lines=10)
 
 
+def _at(run: dict, status: RunStatus) -> float:
+    """When the run last entered `status`, as a Unix time (the server writes UTC)."""
+    return max(datetime.fromisoformat(t["at"]).replace(tzinfo=timezone.utc).timestamp()
+               for t in run["transitions"] if t["status"] == status.value)
+
+
 def test_the_store_down_for_30s_during_a_push_resumes(cluster):
     client = cluster.client()
-    # A bigger output, so the push is under way when the store goes.
-    tags = submit_all(cluster, [f"g{i}" for i in range(6)], lines=5, pause=0.2)
+    # Three runs that end at once and three that end seconds later: the first
+    # push takes the store down, the later runs reach their push while it is down.
+    tags = submit_all(cluster, [f"g{i}" for i in range(3)], lines=5, pause=0.2)
+    late = submit_all(cluster, [f"h{i}" for i in range(3)], lines=5, pause=1.5)
     wait = time.monotonic() + 120
     while not any(client.get_run(i)["status"] in (RunStatus.SAVING.value, RunStatus.PUSHING.value)
                   for i in tags.values()):
         assert time.monotonic() < wait
         time.sleep(0.05)
     cluster.s3.stop()
+    with pytest.raises(httpx.TransportError):  # the store is down, not merely slow
+        httpx.get(cluster.s3.endpoint, timeout=5)
     time.sleep(30)
+    back = time.time()
     cluster.s3.start()
-    runs = wait_final(cluster, tags.values(), timeout=600)
+    runs = wait_final(cluster, [*tags.values(), *late.values()], timeout=600)
+    # A push that began at least 5 s before the store came back and ended after
+    # it: a 4 KiB push takes milliseconds, so its requests to the store failed
+    # while it was down and the outbox's retry completed it once it was up.
+    resumed = [run["id"] for run in runs.values() if run["status"] == RunStatus.COMPLETE.value
+               and _at(run, RunStatus.PUSHING) < back - 5 and _at(run, RunStatus.COMPLETE) > back]
+    assert resumed, {run["id"]: run["transitions"] for run in runs.values()}
     check_all(cluster, tags, runs, lines=5)
+    check_all(cluster, late, runs, lines=5)
 
 
 @pytest.fixture(autouse=True)
