@@ -110,6 +110,15 @@ class Gone(DomainError):
         super().__init__(f"{what} deleted at {at:%Y-%m-%d %H:%M:%S} UTC")
 
 
+class ArchiveMissing(Gone):
+    """A run's archived log that the store no longer holds (410): the run names
+    it, its lines are lost. The key is in the server's log, for the operator."""
+
+    def __init__(self, run_id: int):
+        DomainError.__init__(self, f"the archived log of run {run_id} is missing from the store; "
+                                   "its lines can no longer be read")
+
+
 class TooLarge(DomainError):
     """A body or a stored result exceeds its cap (413)."""
 

@@ -46,9 +46,10 @@ from sqlalchemy import delete, select, update
 
 from cast.protocol.status import FINAL_STATUSES
 from cast.server.db import Database
+from cast.server.errors import ArchiveMissing
 from cast.server.models import LogChunk, Run, utcnow
 from cast.server.services import logs
-from cast.server.services.objectstore import ObjectStore, object_store
+from cast.server.services.objectstore import ObjectMissing, ObjectStore, object_store
 from cast.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,11 @@ class _Files:
             os.close(folder)
 
     def chunks(self, key: str, start: int) -> Iterator[bytes]:
-        with open(self.root / key, "rb") as source:
+        try:
+            source = open(self.root / key, "rb")
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+        with source:
             source.seek(start)
             while data := source.read(_READ_CHUNK):
                 yield data
@@ -259,14 +264,19 @@ def _index(store: _Files | _Objects, key: str) -> tuple[list[int], list[int]]:
 
 
 def read(settings: Settings, *, run: Run, offset: int, limit: int) -> dict:
-    """The page `logs.read` would answer, read from the run's archive."""
+    """The page `logs.read` would answer, read from the run's archive;
+    ArchiveMissing if the store lost the archive or its index."""
     start, end = logs.bounds(run, offset=offset, limit=limit)
     store = _store(settings)
-    lines_at, bytes_at = _index(store, run.log_archive)
-    point = bisect.bisect_right(lines_at, start) - 1
-    with closing(_rows(store, run.log_archive, at=bytes_at[point] if point >= 0 else 0,
-                       start=start, end=end)) as rows:
-        return logs.page(rows, run=run, start=start, end=end)
+    try:
+        lines_at, bytes_at = _index(store, run.log_archive)
+        point = bisect.bisect_right(lines_at, start) - 1
+        with closing(_rows(store, run.log_archive, at=bytes_at[point] if point >= 0 else 0,
+                           start=start, end=end)) as rows:
+            return logs.page(rows, run=run, start=start, end=end)
+    except ObjectMissing as missing:
+        log.error("run %d's archived log names %s, which the store does not hold", run.id, missing)
+        raise ArchiveMissing(run.id) from None
 
 
 def _rows(store: _Files | _Objects, key: str, *, at: int, start: int, end: int) -> Iterator[tuple]:

@@ -57,6 +57,10 @@ def _reaching(method):
     return call
 
 
+class ObjectMissing(Exception):
+    """The store holds no object under the key read."""
+
+
 @dataclass(frozen=True)
 class StoredObject:
     size: int
@@ -175,9 +179,17 @@ class ObjectStore:
 
     @_reaching
     def open(self, key: str, start: int = 0):
-        """The object's bytes from `start` on (a ranged GET), as a stream to read and close."""
+        """The object's bytes from `start` on (a ranged GET), as a stream to
+        read and close; ObjectMissing if the store holds none under `key`."""
+        from botocore.exceptions import ClientError
+
         ranged = {"Range": f"bytes={start}-"} if start else {}
-        return self.client.get_object(Bucket=self.bucket, Key=key, **ranged)["Body"]
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key, **ranged)["Body"]
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise ObjectMissing(key) from None
+            raise
 
     def read(self, key: str) -> Iterator[bytes]:
         body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]

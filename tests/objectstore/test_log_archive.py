@@ -2,8 +2,9 @@
 `<prefix>/logs/<run id>/` as NDJSON and its index, every read of it answers
 as the database did (pages read by ranged GETs from an index point), a crash
 between writing and recording leaves objects the next archive removes, racing
-archivers leave one archive, freeing the run's outputs keeps its log, and a
-real server, worker and `cast logs` read it back the same."""
+archivers leave one archive, freeing the run's outputs keeps its log, a
+real server, worker and `cast logs` read it back the same, and an archive
+gone from the store is a clear 410 and one `cast: error:` line."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from cast.server.settings import Settings
 from tests.factories import archive_logs_now, cli_log_reads, create_run, log_entries, wait_final
 from tests.server.conftest import in_process_api
 from tests.server.services.conftest import admin_of
-from tests.server.services.test_log_archive import (all_reads, archive_state, downloaded, logged_run,
-                                                       race_two_archivers)
+from tests.server.services.test_log_archive import (all_reads, answers_archive_missing, archive_state, downloaded,
+                                                       logged_run, race_two_archivers)
 
 TIMEOUT = 120  # guards against a hang only
 
@@ -89,3 +90,27 @@ def test_cast_logs_reads_a_log_archived_in_the_store_as_before(cli, server, work
     assert key in seaweed.keys(bucket, f"cast/logs/{run_id}/")
     assert cli_log_reads(cli, run_id) == before
     assert log_entries(server, run_id) == entries
+
+
+@pytest.mark.parametrize("lost", ["archive", "index"])
+def test_an_archive_gone_from_the_store_answers_410_on_every_read(local, app, settings, seaweed, bucket, lost):
+    run_id = logged_run(local, app)
+    assert log_archive.archive_run(app.state.database, settings, run_id=run_id)
+    assert local.user.get(f"/runs/{run_id}/logs").status_code == 200  # its index read (and kept)
+    key, _ = archive_state(app, run_id)
+    if lost == "index":
+        log_archive._index.cache_clear()  # a server that had not read it before
+    seaweed.delete(bucket, key.replace(".ndjson", ".index.json") if lost == "index" else key)
+    answers_archive_missing(local, run_id)
+
+
+def test_cast_logs_of_an_archive_gone_from_the_store_is_one_error_line(cli, server, worker, seaweed, bucket):
+    run_id = create_run(server, "seq 1 30")["id"]
+    assert wait_final(server, run_id)["status"] == "complete"
+    key = archive_logs_now(server, run_id)
+    seaweed.delete(bucket, key)
+    for args in ([], ["-f"], ["--tail", "5"]):
+        result = cli("logs", *args, str(run_id))
+        assert (result.returncode, result.stdout) == (1, ""), (args, result)
+        assert result.stderr == (f"cast: error: the archived log of run {run_id} is missing from the store; "
+                                 "its lines can no longer be read\n"), args

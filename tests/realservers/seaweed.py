@@ -161,6 +161,10 @@ class SeaweedServer:
             keys.extend(item["Key"] for item in page.get("Contents", []))
         return keys
 
+    def delete(self, bucket: str, key: str) -> None:
+        """Remove one object behind the server's back (a store that lost it)."""
+        self._client().delete_object(Bucket=bucket, Key=key)
+
     def _log_tail(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-4000:]

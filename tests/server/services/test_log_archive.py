@@ -3,7 +3,8 @@ store's are in tests/objectstore/test_log_archive.py): an archived log answers
 every read as the database did (every offset, page size and early page end,
 the follow stream, the text download), only final runs are archived, racing
 archivers archive once, a crash between the two steps loses nothing, the rows
-never go without the key, and freeing a run's outputs keeps its log."""
+never go without the key, freeing a run's outputs keeps its log, and an
+archive the store lost is a clear 410 on every read route."""
 
 from __future__ import annotations
 
@@ -71,6 +72,14 @@ def _followed(app, settings, run_id: int, offset: int) -> list[dict]:
         return [page async for page in stream]
 
     return asyncio.run(asyncio.wait_for(follow(), TIMEOUT))
+
+
+def answers_archive_missing(local, run_id: int) -> None:
+    """Every read route of a run whose archive the store lost answers 410 with one clear line."""
+    message = f"the archived log of run {run_id} is missing from the store; its lines can no longer be read"
+    for path in ("logs", "logs?offset=-5", "logs/follow", "logs/download"):
+        response = local.user.get(f"/runs/{run_id}/{path}")
+        assert (response.status_code, response.json()) == (410, {"detail": message}), path
 
 
 def archive_state(app, run_id: int) -> tuple[str | None, int]:
@@ -305,3 +314,18 @@ def test_a_page_of_a_long_archived_log_reads_the_archive_only_near_its_lines(loc
         texts = [text for chunk in page["chunks"] for text in chunk["lines"]]
         assert texts == [f"line {i:07d}" for i in range(line, line + 10)]
         assert sum(read) <= 2 * log_archive._READ_CHUNK
+
+
+@pytest.mark.parametrize("lost", ["archive", "index"])
+def test_an_archive_the_store_lost_answers_410_on_every_read(local, app, settings, lost):
+    run_id = logged_run(local, app)
+    assert log_archive.archive_run(app.state.database, settings, run_id=run_id)
+    assert local.user.get(f"/runs/{run_id}/logs").status_code == 200  # its index read (and kept)
+    key, _ = archive_state(app, run_id)
+    if lost == "index":
+        (settings.log_archive_dir / key.replace(".ndjson", ".index.json")).unlink()
+        log_archive._index.cache_clear()  # a server that had not read it before
+    else:
+        (settings.log_archive_dir / key).unlink()
+    answers_archive_missing(local, run_id)
+    assert local.run(run_id)["status"] == "complete"  # the rest of its record answers as before
