@@ -4,14 +4,26 @@ Owns the wake-ups that let a log follower and a worker's lease long-poll answer
 as soon as something changes instead of polling: service code marks a key as
 changed on its session (`changed(session, key)`), and once that transaction
 commits every coroutine waiting on the key wakes up. Keys are `run_key(id)`
-(a run's log or status changed) and `QUEUE` (a run was queued).
+(a run's log or status changed) and `queue_key(gpus)` (a run needing `gpus`
+GPUs was queued).
+
+A queued run wakes ONE of the workers' long polls (`wait_for_run`), not all:
+the one with the fewest free GPUs that still fit the run, the longest waiting
+among equals, so a GPU run is never handed to a CPU-only waiter and a CPU run
+leaves the GPU waiters asleep. Every other waiter sleeps on; waking them all
+made each try a claim that all but one lost (a thundering herd). A wake-up
+is never dropped: a waiter that leaves (its client gone, its time up, an
+error) before its claim attempt served the wake-up passes it on to another,
+and a claim that leaves runs queued passes one on too (`leases.wait_for_lease`).
 
 On PostgreSQL the keys also travel to the other server processes on the same
 database: the transaction sends them with `pg_notify` (`send_pending`, so they
 are delivered when it commits and dropped if it rolls back), and each process's
 `Listener` thread LISTENs and wakes its own waiters. A listener that lost its
 connection may have missed notifications, so on reconnecting it wakes every
-waiter: each re-reads the database, which is the truth.
+waiter: each re-reads the database, which is the truth. While the listener
+listens, a process's own commits reach its waiters through it too, so they
+are not also fired at commit (a queued run would wake two of its waiters).
 
 Waiters subscribe *before* reading the database and wait afterwards, so a
 change committed between the read and the wait is never missed.
@@ -38,7 +50,6 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 log = logging.getLogger("cast.server")
-QUEUE = "queue"
 # Not "cast" alone: that is an SQL keyword, which LISTEN would not parse.
 CHANNEL = "cast_changes"
 # PostgreSQL's limit on a notification's payload is 8000 bytes.
@@ -49,15 +60,24 @@ def run_key(run_id: int) -> tuple[str, int]:
     return ("run", run_id)
 
 
-def _encode(key: Hashable) -> str:
-    return QUEUE if key == QUEUE else f"run:{key[1]}"
+def queue_key(gpus: int) -> tuple[str, int]:
+    """A run needing `gpus` GPUs was queued: wakes one waiter it fits."""
+    return ("queue", gpus)
+
+
+# A run needing no GPU was queued.
+QUEUE = queue_key(0)
+
+
+def _encode(key: tuple[str, int]) -> str:
+    return f"{key[0]}:{key[1]}"
 
 
 def _decode(word: str) -> Hashable | None:
-    if word == QUEUE:
-        return QUEUE
     kind, _, number = word.partition(":")
-    return run_key(int(number)) if kind == "run" and number.isdigit() else None
+    if not number.isdigit():
+        return None
+    return run_key(int(number)) if kind == "run" else queue_key(int(number)) if kind == "queue" else None
 
 
 class Subscription:
@@ -101,28 +121,97 @@ class Subscription:
         self.close()
 
 
+class RunWait(Subscription):
+    """A worker's long poll, waiting for a queued run that fits `free_gpus`.
+
+    Woken by one queued run at a time (`Notifier.notify` picks one waiter per
+    `queue_key`). The wake-ups it got are kept until `served` says a claim
+    attempt made after them returned; any left when it closes are passed on
+    to another waiter, so a waiter that leaves drops no queued run."""
+
+    def __init__(self, notifier: "Notifier", free_gpus: int):
+        self.free_gpus = free_gpus
+        self._wakes: list[int] = []  # the GPUs of each queued run that woke it, under the notifier's lock
+        super().__init__(notifier, ("waiting", free_gpus))
+
+    def wakes(self) -> int:
+        """How many wake-ups it got so far: pass to `served` after the next claim attempt."""
+        with self._notifier._lock:
+            return len(self._wakes)
+
+    def served(self, count: int) -> None:
+        """A claim attempt made after the first `count` wake-ups returned: they are spent."""
+        with self._notifier._lock:
+            del self._wakes[:count]
+
+    def close(self) -> None:
+        super().close()
+        with self._notifier._lock:
+            unserved, self._wakes = self._wakes, []
+        if unserved:
+            self._notifier.notify(*(queue_key(gpus) for gpus in unserved))
+
+
 class Notifier:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: dict[Hashable, set[Subscription]] = defaultdict(set)
+        # Long polls by their free GPUs, each in the order it began to wait.
+        self._runs: dict[int, dict[RunWait, None]] = defaultdict(dict)
         self.closed = False
+        # Set by a Listener while it hears this process's own commits.
+        self.echoes = False
 
     def subscribe(self, key: Hashable) -> Subscription:
         """Call from a coroutine; use as a context manager."""
         return Subscription(self, key)
 
-    def notify(self, *keys: Hashable) -> None:
-        """Wake every subscriber of `keys`; safe from any thread."""
+    def waiting(self) -> bool:
+        """Whether a long poll waits for a run in this process now."""
         with self._lock:
-            fired = [sub for key in keys for sub in self._waiters.pop(key, ())]
+            return any(self._runs.values())
+
+    def wait_for_run(self, free_gpus: int) -> RunWait:
+        """A worker's long poll for a run that fits `free_gpus`; call from a coroutine, use as a context manager."""
+        return RunWait(self, free_gpus)
+
+    def notify(self, *keys: Hashable) -> None:
+        """Wake every subscriber of `keys`, and one fitting long poll for each
+        queued run's key; safe from any thread."""
+        with self._lock:
+            fired = []
+            for key in keys:
+                if key[0] == "queue":
+                    if (waiter := self._take_waiter(key[1])) is not None:
+                        fired.append(waiter)
+                else:
+                    fired.extend(self._waiters.pop(key, ()))
         for sub in fired:
             sub._fire()
+
+    def _take_waiter(self, gpus: int) -> RunWait | None:
+        """The waiter a run needing `gpus` wakes, taken off the waiting (under the lock)."""
+        fits = [free for free, waiting in self._runs.items() if free >= gpus and waiting]
+        if not fits:
+            return None
+        waiting = self._runs[min(fits)]
+        waiter = next(iter(waiting))
+        del waiting[waiter]
+        waiter._wakes.append(gpus)
+        return waiter
+
+    def _everyone(self) -> list[Subscription]:
+        """Every waiter, taken off the waiting (under the lock)."""
+        fired = [sub for subs in self._waiters.values() for sub in subs]
+        fired += [waiter for waiting in self._runs.values() for waiter in waiting]
+        self._waiters.clear()
+        self._runs.clear()
+        return fired
 
     def wake_all(self) -> None:
         """Wake every waiter (each re-reads and waits again): after changes may have gone unheard."""
         with self._lock:
-            fired = [sub for subs in self._waiters.values() for sub in subs]
-            self._waiters.clear()
+            fired = self._everyone()
         for sub in fired:
             sub._fire()
 
@@ -130,20 +219,25 @@ class Notifier:
         """The server is shutting down: wake every waiter now and every later one at once."""
         with self._lock:
             self.closed = True
-            fired = [sub for subs in self._waiters.values() for sub in subs]
-            self._waiters.clear()
+            fired = self._everyone()
         for sub in fired:
             sub._fire()
 
     def _add(self, key: Hashable, sub: Subscription) -> None:
         with self._lock:
             if not self.closed:
-                self._waiters[key].add(sub)
+                if isinstance(sub, RunWait):
+                    self._runs[sub.free_gpus][sub] = None
+                else:
+                    self._waiters[key].add(sub)
                 return
         sub._fire()
 
     def _remove(self, key: Hashable, sub: Subscription) -> None:
         with self._lock:
+            if isinstance(sub, RunWait):
+                self._runs.get(sub.free_gpus, {}).pop(sub, None)
+                return
             subs = self._waiters.get(key)
             if subs is not None:
                 subs.discard(sub)
@@ -194,6 +288,7 @@ class Listener:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        self._notifier.echoes = False
 
     def _run(self) -> None:
         import psycopg
@@ -204,6 +299,7 @@ class Listener:
                 with psycopg.connect(self._dsn, autocommit=True, connect_timeout=10) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
                     self.listening.set()
+                    self._notifier.echoes = True
                     if lost:
                         log.info("listening for changes again; waking every waiter")
                         self._notifier.wake_all()
@@ -217,13 +313,16 @@ class Listener:
                     log.warning("lost the database connection that listens for changes (%s); reconnecting",
                                 str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
                 lost = True
+                self._notifier.echoes = False
                 self.listening.clear()
                 self._stop.wait(self.RECONNECT_SECONDS)
 
 
 def fire_pending(session: Session, notifier: Notifier) -> None:
+    """Wake this process's waiters of the keys a transaction committed, unless
+    they come back through the listener (PostgreSQL, while it listens)."""
     keys = session.info.pop(_PENDING, None)
-    if keys:
+    if keys and not notifier.echoes:
         notifier.notify(*keys)
 
 

@@ -118,7 +118,11 @@ def resolve_mount_source(session: Session, *, resource: str, settings: Settings)
 
 
 def _claim(database: Database, *, worker_id: str, free_gpus: int, settings: Settings, storage_id: str,
-           claim: str | None = None) -> Lease | None:
+           claim: str | None = None) -> tuple[Lease | None, int | None]:
+    """A lease on the next run that fits, or None; and, when a run was leased
+    while this process has long polls waiting, the fewest GPUs a run still
+    queued needs (None if no run is left queued): the wake-up to pass on."""
+    queued = None
     with database.transaction() as session:
         worker = workers.get(session, worker_id=worker_id)
         workers.check_may_lease(session, worker=worker, settings=settings)
@@ -127,12 +131,14 @@ def _claim(database: Database, *, worker_id: str, free_gpus: int, settings: Sett
         # with a replica) is answered that run again, not a second one.
         run = claimed(session, worker=worker, claim=claim) if claim else None
         run = run or claim_next(session, worker=worker, free_gpus=free_gpus, settings=settings, lease_token=claim)
+        if run is not None and database.notifier.waiting():
+            queued = session.scalar(select(func.min(Run.gpus)).where(Run.status == S.MACHINE_REQUESTED.value))
     if run is None:
-        return None
+        return None, None
     # The claim is committed first: a lease that cannot be described is reaped
     # like any lost one, instead of blocking the queue for every worker.
     with database.transaction(write=False) as session:
-        return lease_view(session, run=run, settings=settings, storage_id=storage_id)
+        return lease_view(session, run=run, settings=settings, storage_id=storage_id), queued
 
 
 def claimed(session: Session, *, worker: Worker, claim: str) -> Run | None:
@@ -148,23 +154,35 @@ async def wait_for_lease(
     """A lease on the next run that fits, waiting up to `wait` seconds for one; None if none came.
 
     `gone` tells whether the worker hung up: one that gave up waiting must not
-    be handed a run it will never hear of.
+    be handed a run it will never hear of. A queued run wakes one waiting
+    long poll that it fits (events.RunWait), not all: a claim that leaves runs
+    queued wakes one more, and a wake-up no claim attempt served (the worker
+    gone, the time up, an error) is passed on when the wait ends, so no run
+    stays queued while a waiter it fits sleeps. Across replicas each wakes one
+    of its own; a wake-up lost there (a claim attempt that failed after its
+    run was taken) is made good by the long poll's end, when the worker asks again.
     """
     deadline = time.monotonic() + wait
-    with database.notifier.subscribe(events.QUEUE) as queue:
+    notifier = database.notifier
+    with notifier.wait_for_run(free_gpus) as queue:
         while True:
-            # Subscribed before trying: a run queued after this attempt wakes the wait below.
-            lease = await run_in_threadpool(
+            # Waiting before trying: a run queued after this attempt wakes the wait below.
+            woken = queue.wakes()
+            lease, queued = await run_in_threadpool(
                 _claim, database, worker_id=worker_id, free_gpus=free_gpus, settings=settings, storage_id=storage_id,
                 claim=claim,
             )
+            queue.served(woken)
             if lease is not None:
+                queue.close()  # no longer waiting: the wake-up passed on goes to another
+                if queued is not None:
+                    notifier.notify(events.queue_key(queued))
                 return lease
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             await queue.wait(remaining)
-            if database.notifier.closed:  # the worker retries against the next server
+            if notifier.closed:  # the worker retries against the next server
                 raise ShuttingDown()
             if await gone():
                 return None

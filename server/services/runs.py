@@ -177,7 +177,7 @@ def switch_status(
     logs.append_cast_lines(session, updated, stage_lines(RunStatus(previous), to, text))
     events.changed(session, events.run_key(updated.id))
     if to is S.MACHINE_REQUESTED:
-        events.changed(session, events.QUEUE)
+        events.changed(session, events.queue_key(updated.gpus))
     # Flushed now so a following change in this transaction reads this one's transition.
     session.flush()
     return updated
@@ -232,7 +232,7 @@ def create_run(session: Session, *, owner: User, body: RunCreate, settings: Sett
     session.add_all(RunMount(run_id=run.id, position=i, **row) for i, row in enumerate(mount_rows))
     if waiting:
         logs.append_cast_lines(session, run, [waiting])
-    events.changed(session, events.QUEUE)
+    events.changed(session, events.queue_key(run.gpus))
     session.flush()
     return run, False
 

@@ -12,13 +12,13 @@ def test_waiters_wake_after_commit_only(tmp_path):
     database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
 
     async def scenario():
-        with database.notifier.subscribe(events.QUEUE) as waiter:
+        with database.notifier.subscribe(events.run_key(1)) as waiter:
             with database.session(write=True) as session:
-                events.changed(session, events.QUEUE)
+                events.changed(session, events.run_key(1))
                 session.rollback()
             assert not await waiter.wait(0.05)
             with database.session(write=True) as session:
-                events.changed(session, events.QUEUE)
+                events.changed(session, events.run_key(1))
                 assert not await waiter.wait(0.05)  # not yet committed
                 await asyncio.to_thread(session.commit)  # commits usually happen in worker threads
             assert await waiter.wait(1)
@@ -31,7 +31,7 @@ def test_close_wakes_every_waiter_and_every_later_wait(tmp_path):
     database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
 
     async def scenario():
-        with database.notifier.subscribe(events.QUEUE) as queue, \
+        with database.notifier.wait_for_run(0) as queue, \
                 database.notifier.subscribe(events.run_key(1)) as run:
             waits = asyncio.gather(queue.wait(30), run.wait(30))
             await asyncio.sleep(0.05)
@@ -39,8 +39,54 @@ def test_close_wakes_every_waiter_and_every_later_wait(tmp_path):
             assert await asyncio.wait_for(waits, 1) == [True, True]
             assert database.notifier.closed
             assert await asyncio.wait_for(queue.wait(30), 1)  # no later wait blocks
-        with database.notifier.subscribe(events.QUEUE) as late:
+        with database.notifier.wait_for_run(0) as late:
             assert await asyncio.wait_for(late.wait(30), 1)
+
+    asyncio.run(scenario())
+
+
+def test_a_queued_run_wakes_one_waiter_the_best_fitting_longest_waiting():
+    async def scenario():
+        notifier = events.Notifier()
+        with notifier.wait_for_run(2) as gpus, notifier.wait_for_run(0) as first, \
+                notifier.wait_for_run(0) as second:
+            waits = {name: asyncio.ensure_future(waiter.wait(30))
+                     for name, waiter in (("gpus", gpus), ("first", first), ("second", second))}
+            await asyncio.sleep(0.01)
+
+            async def woken() -> set[str]:
+                await asyncio.sleep(0.05)
+                return {name for name, wait in waits.items() if wait.done()}
+
+            notifier.notify(events.queue_key(1))  # only the waiter with 2 GPUs fits
+            assert await woken() == {"gpus"}
+            notifier.notify(events.QUEUE)  # a CPU run: the CPU waiter that waited longest
+            assert await woken() == {"gpus", "first"}
+            notifier.notify(events.queue_key(3))  # fits no one: wakes no one
+            assert await woken() == {"gpus", "first"}
+            notifier.notify(events.QUEUE, events.run_key(5))
+            assert await woken() == {"gpus", "first", "second"}
+
+    asyncio.run(scenario())
+
+
+def test_a_wake_up_no_claim_attempt_served_is_passed_on_when_its_waiter_leaves():
+    async def scenario():
+        notifier = events.Notifier()
+        with notifier.wait_for_run(0) as stays:
+            with notifier.wait_for_run(0) as leaves:
+                assert notifier.waiting()
+                # `leaves` began waiting after `stays`, so this wakes `stays`; it served it.
+                notifier.notify(events.QUEUE)
+                assert await stays.wait(1)
+                stays.served(stays.wakes())
+                waiting = asyncio.ensure_future(stays.wait(30))
+                notifier.notify(events.QUEUE)  # `leaves` now: it leaves without trying a claim
+                assert await leaves.wait(1)
+                await asyncio.sleep(0.05)
+                assert not waiting.done()
+            assert await asyncio.wait_for(waiting, 1)  # passed on as it left
+            assert stays.wakes() == 1
 
     asyncio.run(scenario())
 

@@ -4,7 +4,9 @@ reaper and the fresh lease period after a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
+import time
 from datetime import datetime, timedelta
 
 from sqlalchemy import update
@@ -211,3 +213,159 @@ def test_one_worker_heartbeat_holds_all_its_leases_and_names_each_lost_one(local
     too_big = local.worker.post(f"/workers/{worker}/heartbeat",
                                 json={"leases": [{"run_id": MAX_INTEGER + 1, "lease_token": "x"}]})
     assert too_big.status_code == 422, too_big.text
+
+
+# --- the long poll: a queued run wakes one waiter it fits ---------------------------------
+
+class _Polls:
+    """Long polls (`leases.wait_for_lease`) of registered workers on the app's
+    database, in this test's event loop, with every claim attempt counted."""
+
+    def __init__(self, app, monkeypatch):
+        self.database, self.settings = app.state.database, app.state.settings
+        self.attempts: list[str] = []  # the worker id of each claim attempt, in order
+        self.tasks: dict[str, asyncio.Task] = {}
+        claim = leases._claim
+
+        def counted(database, *, worker_id, **kwargs):
+            self.attempts.append(worker_id)
+            return claim(database, worker_id=worker_id, **kwargs)
+
+        monkeypatch.setattr(leases, "_claim", counted)
+
+    async def start(self, worker_id: str, *, free_gpus: int = 0, gone=None) -> None:
+        """A long poll of `worker_id`, once it has made its first attempt and waits."""
+        async def never() -> bool:
+            return False
+
+        before = len(self.attempts)
+        self.tasks[worker_id] = asyncio.create_task(leases.wait_for_lease(
+            self.database, worker_id=worker_id, free_gpus=free_gpus, wait=60, settings=self.settings,
+            storage_id="test", gone=gone or never))
+        await self.settle(lambda: len(self.attempts) > before and self.database.notifier.waiting())
+
+    async def settle(self, done, seconds: float = 20) -> None:
+        deadline = time.monotonic() + seconds
+        while not done():
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # whatever else was woken has made its attempt too
+
+    def leased(self) -> dict[str, int]:
+        return {worker: task.result().run_id for worker, task in self.tasks.items()
+                if task.done() and task.result() is not None}
+
+    async def end(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+
+def test_a_queued_run_wakes_one_waiting_worker_not_all(local, app, monkeypatch):
+    workers = [local.register(f"w{i}") for i in range(6)]
+
+    async def scenario():
+        polls = _Polls(app, monkeypatch)
+        try:
+            for worker in workers:
+                await polls.start(worker)
+            assert polls.attempts == workers  # each tried once and waits
+            run_id = (await asyncio.to_thread(local.create_run))["id"]
+            await polls.settle(lambda: polls.leased())
+            assert polls.leased() == {workers[0]: run_id}  # the longest waiting
+            assert polls.attempts[6:] == [workers[0]]  # exactly one claim attempt
+        finally:
+            await polls.end()
+
+    asyncio.run(scenario())
+
+
+def test_runs_queued_at_once_are_all_claimed_by_waiters_none_left_asleep(local, app, settings, monkeypatch):
+    """Three runs requeued by one reaper pass (one transaction, one wake-up
+    for the three): each claim that leaves runs queued wakes one more waiter."""
+    first = local.register("first")
+    requeued = [local.create_run(retries=1)["id"] for _ in range(3)]
+    for _ in requeued:
+        local.lease(first)
+    for run_id in requeued:
+        _expire(app, run_id)
+    workers = [local.register(f"w{i}") for i in range(5)]
+
+    async def scenario():
+        polls = _Polls(app, monkeypatch)
+        try:
+            for worker in workers:
+                await polls.start(worker)
+            with app.state.database.transaction() as session:
+                assert sorted(leases.reap_expired(session, settings=settings)) == requeued
+            await polls.settle(lambda: len(polls.leased()) == 3)
+            assert sorted(polls.leased().values()) == requeued
+            # Three claims, and one attempt that found the queue empty at most (a wake-up passed on
+            # by a claim that saw a run another waiter was taking): not five.
+            assert 3 <= len(polls.attempts[5:]) <= 4
+        finally:
+            await polls.end()
+
+    asyncio.run(scenario())
+
+
+def test_a_gpu_run_wakes_only_a_waiter_with_the_gpus_and_a_cpu_run_a_cpu_waiter(local, app, monkeypatch):
+    cpu = [local.register(f"cpu{i}") for i in range(3)]
+    gpu = local.register("gpu", gpus=[0])
+
+    async def scenario():
+        polls = _Polls(app, monkeypatch)
+        try:
+            await polls.start(gpu, free_gpus=1)  # the longest waiting, and fits any run
+            for worker in cpu:
+                await polls.start(worker)
+            gpu_run = (await asyncio.to_thread(local.create_run, machine_type="gpu:1"))["id"]
+            await polls.settle(lambda: polls.leased())
+            assert polls.leased() == {gpu: gpu_run}
+            assert polls.attempts[4:] == [gpu]
+            cpu_run = (await asyncio.to_thread(local.create_run))["id"]
+            await polls.settle(lambda: len(polls.leased()) == 2)
+            assert polls.leased() == {gpu: gpu_run, cpu[0]: cpu_run}
+            assert polls.attempts[5:] == [cpu[0]]
+        finally:
+            await polls.end()
+
+    asyncio.run(scenario())
+
+
+def test_a_cpu_run_queued_while_only_a_gpu_worker_waits_goes_to_it(local, app, monkeypatch):
+    gpu = local.register("gpu", gpus=[0, 1])
+
+    async def scenario():
+        polls = _Polls(app, monkeypatch)
+        try:
+            await polls.start(gpu, free_gpus=2)
+            run_id = (await asyncio.to_thread(local.create_run))["id"]
+            await polls.settle(lambda: polls.leased())
+            assert polls.leased() == {gpu: run_id}
+        finally:
+            await polls.end()
+
+    asyncio.run(scenario())
+
+
+def test_a_wake_up_whose_worker_hung_up_is_passed_on(local, app, monkeypatch):
+    left, stays = local.register("left"), local.register("stays")
+
+    async def scenario():
+        polls = _Polls(app, monkeypatch)
+        try:
+            async def hung_up() -> bool:
+                return True
+
+            await polls.start(left, gone=hung_up)  # the longest waiting: the one a run wakes
+            await polls.start(stays)
+            run_id = (await asyncio.to_thread(local.create_run))["id"]
+            await polls.settle(lambda: polls.leased())
+            assert polls.tasks[left].done() and polls.tasks[left].result() is None
+            assert polls.leased() == {stays: run_id}
+            assert polls.attempts[2:] == [stays]  # the one who left made no attempt for nothing
+        finally:
+            await polls.end()
+
+    asyncio.run(scenario())
