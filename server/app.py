@@ -94,10 +94,6 @@ def _install_error_handlers(app: FastAPI, database: Database) -> None:
         # SQLite's own ENOSPC: the data dir's disk is full, as for a file.
         if "database or disk is full" in str(error.orig):
             return _domain_response(errors.StorageFull())
-        # psycopg refuses a NUL in any text parameter (a path or query value
-        # that reached a query; bodies are refused before, by schemas._In).
-        if "cannot contain NUL" in str(error.orig):
-            return _domain_response(errors.BadRequest("text must not contain a NUL character"))
         if not database.unavailable(error):
             raise error
         # PostgreSQL restarting or failing over: the transaction rolled back, so
@@ -125,14 +121,26 @@ def _install_error_handlers(app: FastAPI, database: Database) -> None:
     app.add_exception_handler(RequestValidationError, invalid_request)
 
 
-class BodyLimit:
-    """Caps request bodies of non-PUT routes (PUT routes stream to disk with their own caps)."""
+class RequestGate:
+    """Refuses, before any route runs, what no route may take: a NUL in the URL,
+    and a body over the cap on a non-PUT route (PUT routes stream to disk with
+    their own caps).
+
+    PostgreSQL's text cannot hold NUL while SQLite's can, so a path or query
+    value holding one is refused here alike on both (request bodies are checked
+    by schemas._In; the parsers refuse a NUL in a header).
+    """
 
     def __init__(self, app, *, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] == "PUT":
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
+            response = _error_response(400, "the URL must not contain a NUL character")
+            return await response(scope, receive, send)
+        if scope["method"] == "PUT":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
@@ -295,5 +303,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api)
     _install_error_handlers(app, database)
     _mount_web(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_json_body_bytes)
+    app.add_middleware(RequestGate, max_bytes=settings.max_json_body_bytes)
     return app

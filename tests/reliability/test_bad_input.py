@@ -120,7 +120,7 @@ API_INPUTS = [
     ApiInput("unknown upload", "GET", "/uploads/nope", 404, "upload 'nope' not found"),
     ApiInput("upload named ..", "PUT", "/uploads/%2e%2e", 400, "upload name", content=b"x"),
     ApiInput("upload name starting with -", "PUT", "/uploads/-rf", 400, "not start with '-'", content=b"x"),
-    ApiInput("upload name with a NUL", "PUT", "/uploads/a%00b", 400, "upload name", content=b"x"),
+    ApiInput("upload name with a NUL", "PUT", "/uploads/a%00b", 400, "NUL", content=b"x"),
     ApiInput("upload name with a newline", "PUT", "/uploads/a%0Ab", 400, "upload name", content=b"x"),
     ApiInput("upload name taken", "PUT", "/uploads/data", 409, "already exists", content=b"other bytes"),
     # --- deleting and retention

@@ -116,8 +116,10 @@ def test_text_holding_a_nul_is_bad_input_on_either_database(local):
     assert body.status_code == 422
     assert body.json() == {"detail": "executor must not contain a NUL character"}
     assert local.user.post("/runs", json={"command": "echo", "env": {"A": "b\x00"}}).status_code == 422
-    # A run's log lines may hold one: a run prints any bytes.
-    assert local.user.get("/runs", params={"label": "a\x00b"}).status_code < 500  # a query reaching the database
+    # In the URL, refused before any route runs, so before any query.
+    for path, params in (("/runs", {"label": "a\x00b"}), ("/runs/a%00b/logs", None), ("/uploads/a%00b", None)):
+        refused = local.user.get(path, params=params)
+        assert (refused.status_code, refused.json()) == (400, {"detail": "the URL must not contain a NUL character"})
 
 
 def test_oversized_json_body_is_413(tmp_path):
