@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -122,3 +123,23 @@ def test_logs_kept_per_line_before_0006_read_the_same_after_it_and_back(local, a
     tail = page_entries(local.user.get(f"/runs/{run_id}/logs", params={"offset": -2}).json())
     assert [(e["offset"], e["text"]) for e in tail] == [(before["next_offset"] - 1, ""),
                                                         (before["next_offset"], "after")]
+
+
+def test_the_way_down_past_0007_stops_while_a_log_is_archived(local, app):
+    """Before 0007 a log lives only in rows: an archived one (its rows gone,
+    its key in runs.log_archive) would be lost by dropping the column."""
+    run_id = local.create_run()["id"]
+    with app.state.database.engine.begin() as connection:
+        runs = sa.table("runs", sa.column("id"), sa.column("log_archive"))
+        connection.execute(sa.update(runs).where(runs.c.id == run_id).values(log_archive="logs/1/abc.ndjson"))
+    with pytest.raises(RuntimeError, match=r"cannot downgrade below 0007: the logs of 1 run\(s\) are archived"):
+        _migrate(app, "0006", down=True)
+    with app.state.database.engine.connect() as connection:  # nothing changed
+        assert connection.execute(sa.select(runs.c.log_archive).where(runs.c.id == run_id)).scalar_one() == \
+            "logs/1/abc.ndjson"
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    with app.state.database.engine.begin() as connection:
+        connection.execute(sa.update(runs).where(runs.c.id == run_id).values(log_archive=None))
+    _migrate(app, "0006", down=True)
+    _migrate(app, "head")
+

@@ -28,5 +28,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Below 0007 an archived log has no rows and no key: dropping the column
+    # would lose those logs, so the way down stops while any run has one.
+    archived = op.get_bind().execute(sa.text("SELECT count(*) FROM runs WHERE log_archive IS NOT NULL")).scalar_one()
+    if archived:
+        raise RuntimeError(f"cannot downgrade below 0007: the logs of {archived} run(s) are archived "
+                           "(runs.log_archive) and a database before 0007 cannot name them; delete those runs first")
     op.drop_column('runs', 'log_archive')
     op.drop_column('runs', 'log_bytes')
