@@ -269,7 +269,7 @@ def test_outputs_tree_downloads_files_and_folders_and_lineage_links_lead_to_runs
     payload = bytes(range(256)) * 12
     producer = create_run(
         server,
-        "mkdir -p data/sub && python3 -c 'import sys; sys.stdout.buffer.write(bytes(range(256)) * 12)'"
+        "mkdir -p data/sub checkpoints/best && python3 -c 'import sys; sys.stdout.buffer.write(bytes(range(256)) * 12)'"
         " > data/sub/blob.bin && echo hello > result.txt")
     wait_status(server, producer["id"], "complete")
     with server.api() as api:
@@ -294,6 +294,11 @@ def test_outputs_tree_downloads_files_and_folders_and_lineage_links_lead_to_runs
         return info.value.suggested_filename, Path(info.value.path()).read_bytes()
 
     assert download('button[data-path="result.txt"]') == ("result.txt", b"hello\n")
+    # The empty folders are shown, with no archive to download.
+    empty = page.locator("li.tree-empty", has=page.locator(".tree-name", has_text="checkpoints/"))
+    expect(empty.locator("summary .tree-size").first).to_have_text("no files")
+    expect(empty.locator("li.tree-empty .tree-name")).to_have_text("best/")
+    expect(empty.locator("button")).to_have_count(0)
     page.click("summary:has(button[data-path='data/sub'])")  # open the folder
     assert download('button[data-path="data/sub/blob.bin"]') == ("blob.bin", payload)
     name, tar_bytes = download('button[data-path="data"][data-kind="folder"]')

@@ -226,8 +226,8 @@ export function runPage(main, runId, { notify }) {
     const body = [];
     try {
       const manifest = await apiJson(`/runs/${runId}/outputs`, { signal });
-      body.push(manifest.files.length
-        ? fileTree(manifest.files, download)
+      body.push(manifest.files.length || manifest.folders.length
+        ? fileTree(manifest.files, download, manifest.folders)
         : h("p", { className: "muted" }, run.status === "killed"
           ? "None: a killed run's outputs are dropped."
           : "This run wrote no files."));
