@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, and_, bindparam, case, delete, func, literal, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Row, and_, bindparam, case, delete, func, literal, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -46,7 +46,7 @@ _RUNS = Run.__table__
 
 # --- claiming -----------------------------------------------------------------------
 
-def claim_next(session: Session, *, worker: Worker, free_gpus: int, settings: Settings,
+def claim_next(session: Session, *, worker: Worker | Row, free_gpus: int, settings: Settings,
                lease_token: str | None = None) -> Run | None:
     """Lease the oldest queued run that fits `free_gpus` to `worker`, or None;
     `lease_token` is the worker's claim (a fresh token if None)."""
@@ -75,14 +75,18 @@ def claim_next(session: Session, *, worker: Worker, free_gpus: int, settings: Se
     )
 
 
-def lease_view(session: Session, *, run: Run, settings: Settings, storage_id: str) -> Lease:
+def lease_view(session: Session | None, *, run: Run, settings: Settings, storage_id: str) -> Lease:
+    """The lease handed to the worker; `session` may be None for a run that mounts nothing."""
+    spec = RunSpec.from_dict(run.spec)
     mounts = []
-    for mount in session.scalars(select(RunMount).where(RunMount.run_id == run.id).order_by(RunMount.position)):
-        local_path, kind = resolve_mount_source(session, resource=mount.resource, settings=settings)
-        mounts.append(LeaseMount(resource=mount.resource, path=mount.path, kind=kind, local_path=str(local_path)))
+    if spec.mounts:
+        for mount in session.scalars(select(RunMount).where(RunMount.run_id == run.id).order_by(RunMount.position)):
+            local_path, kind = resolve_mount_source(session, resource=mount.resource, settings=settings)
+            mounts.append(LeaseMount(resource=mount.resource, path=mount.path, kind=kind,
+                                     local_path=str(local_path)))
     return Lease(
         run_id=run.id, lease_token=run.lease_token, lease_seconds=settings.lease_seconds, attempt=run.attempt,
-        spec=RunSpec.from_dict(run.spec), mounts=mounts, storage_root=str(settings.resolved_data_dir),
+        spec=spec, mounts=mounts, storage_root=str(settings.resolved_data_dir),
         # With an object store no worker shares the storage: every byte goes by presigned URL.
         storage_id="" if settings.storage_url else storage_id, object_store=bool(settings.storage_url),
         allow_local_git=settings.allow_local_git,
@@ -124,9 +128,8 @@ def _claim(database: Database, *, worker_id: str, free_gpus: int, settings: Sett
     queued needs (None if no run is left queued): the wake-up to pass on."""
     queued = None
     with database.transaction() as session:
-        worker = workers.get(session, worker_id=worker_id)
+        worker = workers.claiming(session, worker_id=worker_id)
         workers.check_may_lease(session, worker=worker, settings=settings)
-        workers.seen(session, worker=worker)
         # A retried request whose first try claimed a run (its answer lost
         # with a replica) is answered that run again, not a second one.
         run = claimed(session, worker=worker, claim=claim) if claim else None
@@ -135,13 +138,15 @@ def _claim(database: Database, *, worker_id: str, free_gpus: int, settings: Sett
             queued = session.scalar(select(func.min(Run.gpus)).where(Run.status == S.MACHINE_REQUESTED.value))
     if run is None:
         return None, None
+    if not RunSpec.from_dict(run.spec).mounts:  # nothing to look up: no second transaction
+        return lease_view(None, run=run, settings=settings, storage_id=storage_id), queued
     # The claim is committed first: a lease that cannot be described is reaped
     # like any lost one, instead of blocking the queue for every worker.
     with database.transaction(write=False) as session:
         return lease_view(session, run=run, settings=settings, storage_id=storage_id), queued
 
 
-def claimed(session: Session, *, worker: Worker, claim: str) -> Run | None:
+def claimed(session: Session, *, worker: Worker | Row, claim: str) -> Run | None:
     """The run this worker's claim `claim` already leased, while it is still leased."""
     return session.scalars(select(Run).where(Run.worker_id == worker.id, Run.lease_token == claim,
                                              Run.status.in_(_LEASED))).first()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from cast.protocol.messages import RunSpec
@@ -154,9 +154,10 @@ def switch_status(
             attempt=Run.attempt + 1, lease_token=None, lease_expires_at=None, worker_id=None,
             worker_name=None, executor=None, limits=None, started_at=None, finished_at=None, exit_code=None,
         )
+    sources = sources_of(to)
     statement = (
         update(Run)
-        .where(Run.id == run, Run.status.in_([s.value for s in sources_of(to)]), *where)
+        .where(Run.id == run, Run.status.in_([s.value for s in sources]), *where)
         .values(**changes)
         .returning(Run)
         .execution_options(synchronize_session=False, populate_existing=True)
@@ -168,19 +169,26 @@ def switch_status(
         if must and isinstance(run, int):
             _explain_refusal(session, run_id=run, to=to, lease_token=lease_token)
         return None
-    previous = session.scalar(
+    # The status it left: the one source the table allows (a claim's, most
+    # reports'), else the last transition recorded.
+    previous = next(iter(sources)) if len(sources) == 1 else RunStatus(session.scalar(
         select(RunTransition.status).where(RunTransition.run_id == updated.id)
         .order_by(RunTransition.id.desc()).limit(1)
-    )
+    ))
     text = note(updated) if callable(note) else note
-    session.add(RunTransition(run_id=updated.id, status=to.value, at=now, note=text))
-    logs.append_cast_lines(session, updated, stage_lines(RunStatus(previous), to, text))
+    session.execute(_RECORD, {"run_id": updated.id, "status": to.value, "at": now, "note": text})
+    logs.append_cast_lines(session, updated, stage_lines(previous, to, text))
     events.changed(session, events.run_key(updated.id))
     if to is S.MACHINE_REQUESTED:
         events.changed(session, events.queue_key(updated.gpus))
     # Flushed now so a following change in this transaction reads this one's transition.
     session.flush()
     return updated
+
+
+# Built once: every status change runs it.
+_RECORD = insert(RunTransition.__table__).values(
+    run_id=bindparam("run_id"), status=bindparam("status"), at=bindparam("at"), note=bindparam("note"))
 
 
 def _explain_refusal(session: Session, *, run_id: int, to: RunStatus, lease_token: str | None) -> None:
