@@ -3,7 +3,8 @@
 Owns wiring: settings, database (migrated at creation), bootstrap tokens,
 routers under /api/v1, the ONE set of exception handlers that turns domain
 errors into HTTP codes, the request body cap, the reaper task, the retention
-task (when CAST_RETENTION_DAYS is set), the hyperparameter search driver, and the web
+task (when CAST_RETENTION_DAYS is set), the blob collector (with an S3 store),
+the hyperparameter search driver, and the web
 log viewer (`web/index.html` at `/`, `web/static/` at `/static`).
 """
 
@@ -30,7 +31,8 @@ from cast.server import errors
 from cast.server.api import (code, health, hyper, logs, metrics, objects, outputs, protocol, retention, runs, status,
                              uploads, users, workers)
 from cast.server.db import Database
-from cast.server.services import deletion, hyper_driver, leases, log_archive, storage
+from cast.server.services import deletion, hyper_driver, leases, log_archive, object_files, storage
+from cast.server.services.objectstore import object_store
 from cast.server.services import users as user_service
 from cast.server.settings import Settings
 
@@ -223,6 +225,16 @@ def _archive_logs_once(database: Database, settings: Settings) -> None:
         log.info("archived the logs of runs %s", archived)
 
 
+def _collect_blobs_once(database: Database, settings: Settings) -> None:
+    with database.exclusive("blob collector") as mine:
+        if not mine:
+            return
+        removed = object_files.collect_blobs(database, store=object_store(settings),
+                                             grace_seconds=settings.blob_grace_seconds)
+    if removed:
+        log.info("deleted %d upload objects no upload names", len(removed))
+
+
 def _drive_once(database: Database, settings: Settings) -> None:
     with database.exclusive("search driver") as mine:
         if mine:
@@ -274,10 +286,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         archiver = (asyncio.create_task(_every(settings.log_archive_interval, "log archive", _archive_logs_once,
                                                database, settings))
                     if settings.log_archive_after_seconds else None)
+        collector = (asyncio.create_task(_every(settings.blob_collect_interval, "blob collector",
+                                                _collect_blobs_once, database, settings))
+                     if object_store(settings) is not None else None)
         try:
             yield
         finally:
-            for task in (reaper, driver, retainer, archiver):
+            for task in (reaper, driver, retainer, archiver, collector):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     # store, or files under data_dir) this many seconds after the run ended,
     # and is read back from there alike; unset or 0, logs stay in the database.
     log_archive_after_seconds: float | None = Field(default=None, ge=0)
+    # With an S3 store: upload objects that no upload names (a plan never
+    # committed, a crash before a deletion's removal) are deleted once written
+    # this many seconds ago; longer than any upload takes from plan to commit.
+    blob_grace_seconds: float = Field(default=86400.0, gt=0)
     # The embedded mode's worker (`up`): auto = docker when a Docker engine answers and has the base image, else local.
     executor: Literal["auto", "local", "docker"] = "auto"
 
@@ -131,6 +135,11 @@ class Settings(BaseSettings):
         # Four passes per delay, at least one every ten minutes: a log moves
         # soon after it falls due, and an idle pass is one query of the runs.
         return max(0.5, min(600.0, (self.log_archive_after_seconds or 1.0) / 4))
+
+    @property
+    def blob_collect_interval(self) -> float:
+        # Four passes per grace period, at least one an hour: each lists the blobs.
+        return max(0.5, min(3600.0, self.blob_grace_seconds / 4))
 
     def make_dirs(self) -> None:
         for path in (self.resolved_data_dir, self.runs_dir, self.uploads_dir, self.code_dir, self.tmp_dir):

@@ -6,7 +6,8 @@ record (`deleted_at`); the run, its status, transitions, log and lineage stay.
 Nothing is deleted that a queued or active run mounts, unless an admin forces
 it. The files are removed only once the transaction that marks the record
 commits, so a rolled-back deletion loses nothing; a crash in between leaves
-files behind a deleted record, which deleting again removes.
+files behind a deleted record, which deleting again removes (an upload's
+objects in an S3 store: the blob collector, services/object_files.py).
 """
 
 from __future__ import annotations
@@ -138,9 +139,12 @@ def delete_upload(session: Session, *, settings: Settings, name: str, viewer: Us
     session.flush()
     _remove_after_commit(session, path)
     if (store := object_store(settings)) is not None:
-        # Content addressed: an object another of the owner's uploads names stays.
-        keys = object_files.unreferenced_blobs(session, store=store, owner_id=upload.owner_id, shas=shas)
-        _remove_after_commit(session, lambda: store.delete_keys(keys))
+        # Content addressed: an object another of the owner's uploads names
+        # stays, read again under the owner's blob guard once this commits (a
+        # commit of the same content may come between).
+        bind = session.get_bind()
+        _remove_after_commit(session, lambda: object_files.remove_unnamed_blobs(
+            bind, store=store, owner_id=upload.owner_id, shas=shas))
     return Deleted(resource, upload.deleted_at, freed=upload.size)
 
 

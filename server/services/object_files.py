@@ -12,14 +12,31 @@ its temporary folder for a relayed upload; an object no upload of its owner
 names any more is removed once the change that dropped it commits), the file
 list a worker fetches a mount from, and what a download answers: a presigned
 GET for one file, the objects as a tar for a folder.
+
+Blob objects are also collected: an upload planned and never committed, or
+a crash between a deletion's commit and its removal, leaves objects nothing
+names. `collect_blobs`, a periodic pass, deletes those written more than
+CAST_BLOB_GRACE_SECONDS ago (an upload still under way wrote its objects
+since). Every removal of a blob and every commit that names one hold the
+owner's blob guard (`blob_guard`): a commit checks the store and records its
+rows under it, a removal reads the references again and deletes under it, so
+a commit naming a content either committed first (and the object stays) or
+checks after the deletion (and is told to push again): a committed upload
+never names a missing object.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from cast.protocol.names import name_problem, printable
@@ -178,9 +195,68 @@ def commit_upload(database: Database, *, store: ObjectStore, max_bytes: int, own
     Only `owner`'s own objects can be named: their keys derive from the owner,
     and only a plan for that owner signs a URL for them."""
     what = _check_upload(manifest, name=name, max_bytes=max_bytes)
-    _check_stored(store, _distinct(store, owner.id, manifest.files), what=what)
-    return _record_upload(database, store=store, owner=owner, name=name, kind=manifest.kind,
-                          entries=manifest.files, replace=manifest.replace)
+    with blob_guard(database.engine, owner.id):
+        _check_stored(store, _distinct(store, owner.id, manifest.files), what=what)
+        return _record_upload(database, store=store, owner=owner, name=name, kind=manifest.kind,
+                              entries=manifest.files, replace=manifest.replace)
+
+
+# One process serves a SQLite database: a lock in it guards every owner's blobs
+# (re-entered by an admin's replacing of another user's upload).
+_LOCAL_GUARD = threading.RLock()
+
+
+@contextmanager
+def blob_guard(engine: Engine, owner_id: int) -> Iterator[None]:
+    """Held by a commit from its check of the store until its rows commit, and
+    by a removal of blobs from its reading of the references until the
+    objects are deleted: one at a time for `owner_id`'s blobs (on PostgreSQL
+    across replicas, a session advisory lock on a connection of its own; no
+    database transaction is held while the store answers)."""
+    if engine.dialect.name != "postgresql":
+        with _LOCAL_GUARD:
+            yield
+        return
+    key = int.from_bytes(hashlib.sha256(f"cast:blobs\0{int(owner_id)}".encode()).digest()[:8], "big", signed=True)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(select(func.pg_advisory_lock(key)))
+        try:
+            yield
+        finally:
+            with suppress(DBAPIError):  # a lost connection has released it
+                connection.execute(select(func.pg_advisory_unlock(key)))
+
+
+def remove_unnamed_blobs(engine: Engine, *, store: ObjectStore, owner_id: int, shas: Iterable[str]) -> list[str]:
+    """Delete the objects of `owner_id`'s contents among `shas` that no upload
+    names, the references read under the owner's blob guard; the keys deleted."""
+    shas = list(shas)
+    if not shas:
+        return []
+    with blob_guard(engine, owner_id):
+        with Session(engine) as session, session.begin():
+            keys = unreferenced_blobs(session, store=store, owner_id=owner_id, shas=shas)
+        store.delete_keys(keys)
+    return keys
+
+
+_BLOB = re.compile(r"(\d{1,18})/([0-9a-f]{64})")
+
+
+def collect_blobs(database: Database, *, store: ObjectStore, grace_seconds: float) -> list[str]:
+    """One pass of the blob collector: delete the blob objects no upload names
+    that were written more than `grace_seconds` ago, and abort multipart
+    uploads of blobs begun before then; the keys deleted."""
+    cutoff = time.time() - grace_seconds
+    stale: dict[int, list[str]] = {}
+    for key, written in store.listing(store.blob_prefix):
+        if written < cutoff and (match := _BLOB.fullmatch(key[len(store.blob_prefix):])):
+            stale.setdefault(int(match[1]), []).append(match[2])
+    removed = []
+    for owner_id, shas in sorted(stale.items()):
+        removed += remove_unnamed_blobs(database.engine, store=store, owner_id=owner_id, shas=shas)
+    store.abort_multipart_before(store.blob_prefix, cutoff)
+    return removed
 
 
 def unreferenced_blobs(session: Session, *, store: ObjectStore, owner_id: int, shas: Iterable[str]) -> list[str]:
@@ -199,7 +275,8 @@ def unreferenced_blobs(session: Session, *, store: ObjectStore, owner_id: int, s
 def _record_upload(database: Database, *, store: ObjectStore, owner, name: str, kind: str, entries,
                    replace: bool) -> Upload:
     """Commit the rows of `uploads/NAME` (its objects are stored), taking the
-    place of a replaced upload; then the objects only that one named are removed."""
+    place of a replaced upload; then the objects only that one named are
+    removed. The caller holds the owner's blob guard."""
     with database.transaction() as session:
         # Checked again under the write lock: a run may have mounted it meanwhile.
         replaced: list[str] = []
@@ -213,8 +290,12 @@ def _record_upload(database: Database, *, store: ObjectStore, owner, name: str, 
             raise NameTaken(f"upload {name!r} already exists")
         session.add_all(UploadFile(upload_name=name, path=f.path, size=f.size, sha256=f.sha256) for f in entries)
         session.flush()
-        dropped = unreferenced_blobs(session, store=store, owner_id=existing.owner_id, shas=replaced) if replaced else []
-    store.delete_keys(dropped)
+        mine = existing is None or existing.owner_id == owner.id
+        dropped = unreferenced_blobs(session, store=store, owner_id=owner.id, shas=replaced) if mine else []
+    if mine:
+        store.delete_keys(dropped)
+    else:  # an admin replaced another user's upload: that user's blobs, under their guard
+        remove_unnamed_blobs(database.engine, store=store, owner_id=existing.owner_id, shas=replaced)
     return upload
 
 
@@ -224,11 +305,13 @@ def store_upload(database: Database, *, store: ObjectStore, owner, name: str, ki
     (a relayed upload): the contents the store lacks are sent first, then the
     rows committed."""
     paths = {item.sha256: (content if kind == "file" else content / item.path) for item in stored}
-    for key, entry in _distinct(store, owner.id, stored):
-        held = store.head(key)
-        if held is None or held.size != entry.size or held.sha256 != entry.sha256:
-            store.put_file(key, paths[entry.sha256], entry.sha256)
-    return _record_upload(database, store=store, owner=owner, name=name, kind=kind, entries=stored, replace=replace)
+    with blob_guard(database.engine, owner.id):
+        for key, entry in _distinct(store, owner.id, stored):
+            held = store.head(key)
+            if held is None or held.size != entry.size or held.sha256 != entry.sha256:
+                store.put_file(key, paths[entry.sha256], entry.sha256)
+        return _record_upload(database, store=store, owner=owner, name=name, kind=kind, entries=stored,
+                              replace=replace)
 
 
 # --- reads --------------------------------------------------------------------------

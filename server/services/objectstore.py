@@ -8,7 +8,8 @@ ever made for a key the server derived from a run it checked the lease of, or
 an upload or bundle it checked the owner of),
 presigning (single PUTs, multipart parts, GETs), the checks made before
 anything the store holds becomes visible (each object's size, and the sha256
-that the uploader signed into its metadata), removal by prefix, a folder
+that the uploader signed into its metadata), removal by prefix, the listing
+with times and the stale multipart uploads the blob collector reads, a folder
 read back as a tar stream, and an object read from an offset (a page of an
 archived log, under `logs/<run id>/`: services/log_archive.py). Endpoint,
 region and credentials come the usual AWS way (boto3's environment and config
@@ -104,7 +105,11 @@ class ObjectStore:
     def blob_key(self, owner_id: int, sha256: str) -> str:
         """An upload's file, by content within its owner's uploads: a user's
         upload never names (nor learns of) another user's objects."""
-        return f"{self.prefix}blobs/{int(owner_id)}/{sha256}"
+        return f"{self.blob_prefix}{int(owner_id)}/{sha256}"
+
+    @property
+    def blob_prefix(self) -> str:
+        return f"{self.prefix}blobs/"
 
     def code_key(self, digest: str) -> str:
         return f"{self.prefix}code/{digest}.tar"
@@ -204,6 +209,24 @@ class ObjectStore:
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             keys.extend(item["Key"] for item in page.get("Contents", []))
         return keys
+
+    @_reaching
+    def listing(self, prefix: str) -> list[tuple[str, float]]:
+        """(key, when it was last written, a Unix time) of every object under `prefix`."""
+        return [(item["Key"], item["LastModified"].timestamp())
+                for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+                for item in page.get("Contents", [])]
+
+    @_reaching
+    def abort_multipart_before(self, prefix: str, cutoff: float) -> list[str]:
+        """Abort the multipart uploads under `prefix` begun before `cutoff` (a
+        Unix time): their parts are no object, and nothing completes them now."""
+        aborted = []
+        for upload in self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix).get("Uploads", []):
+            if upload["Initiated"].timestamp() < cutoff:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted.append(upload["Key"])
+        return aborted
 
     @_reaching
     def delete_keys(self, keys: Iterable[str]) -> None:

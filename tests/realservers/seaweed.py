@@ -165,6 +165,10 @@ class SeaweedServer:
         """Remove one object behind the server's back (a store that lost it)."""
         self._client().delete_object(Bucket=bucket, Key=key)
 
+    def multipart_keys(self, bucket: str) -> list[str]:
+        """The keys of the multipart uploads begun and not completed nor aborted in `bucket`."""
+        return sorted(u["Key"] for u in self._client().list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+
     def _log_tail(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-4000:]
