@@ -4,15 +4,22 @@ outputs, failures, stop, kill, timeouts, mounts, code bundles and GPUs."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
+import itertools
 import json
 import os
 import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.factories import (get_run, log_entries, log_texts, output_paths, statuses,
                              submit, wait_final, wait_for_line)
+from tests.conftest import WorkerProcess
 from .test_source import commit, git
 
 # Far longer than any bound below: only a command that was ended lets its run finish in time.
@@ -215,3 +222,69 @@ def test_the_mount_cache_downloads_once_and_makes_it_read_only(api, server, work
     with pytest.raises(MountError, match=f"cannot fetch runs/{producer}/missing: 404"):
         cache.prepare(lease(LeaseMount(resource=f"runs/{producer}/missing", path="m", kind="file",
                                        local_path="/x")), client)
+
+
+class RecordingRelay:
+    """Between a worker and the real server: forwards each request as it is and
+    records (path, JSON body) of every request the worker sent."""
+
+    def __init__(self, target: str):
+        self.requests: list[tuple[str, object]] = []
+        host, port = urlsplit(target).hostname, urlsplit(target).port
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _relay(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.requests.append((self.path, json.loads(body) if body else None))
+                upstream = http.client.HTTPConnection(host, port, timeout=120)
+                try:
+                    upstream.request(self.command, self.path, body=body or None, headers={
+                        k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")})
+                    answer = upstream.getresponse()
+                    data = answer.read()
+                finally:
+                    upstream.close()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _relay
+
+            def log_message(self, *args):
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.http.shutdown()
+        self.http.server_close()
+
+
+def test_saving_and_pushing_reach_the_server_in_one_request(api, server, base_env, tmp_path):
+    relay = RecordingRelay(server.url)
+    worker = WorkerProcess(server=SimpleNamespace(url=relay.url, data_dir=server.data_dir),
+                           work_dir=tmp_path / "relayed", name="relayed", executor="local",
+                           env=base_env).start()
+    try:
+        # Enough files that walking them takes a while (which a report queued
+        # before the walk would not wait for).
+        run_id = submit(api, "mkdir made && cd made && touch $(seq 2000)")
+        run = wait_final(api, run_id)
+    finally:
+        worker.stop()
+        relay.close()
+    assert run["status"] == "complete" and len(output_paths(api, run_id)) == 2000
+    sent = [(path.rsplit("/", 1)[-1], body) for path, body in relay.requests if f"/runs/{run_id}/" in path]
+    reports = [[report["status"] for report in body["reports"]] if kind == "statuses" else kind
+               for kind, body in sent if kind in ("statuses", "staged")]
+    # After the command: its outputs walked, `saving` and `pushing` in one
+    # request, then the push, then the outcome its answer decided.
+    after_running = list(itertools.dropwhile(lambda item: "running" not in item, reports))[1:]
+    assert after_running == [["saving", "pushing"], "staged", ["complete"]], reports

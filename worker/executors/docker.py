@@ -65,6 +65,9 @@ _SIGNAL_NAMES = {sig.value: sig.name for sig in signal.Signals}
 PIDS_CHECK_INTERVAL = 1.0  # seconds between looks at a run's process count
 PIDS_CHECKS_AT_LIMIT = 2  # looks in a row at the limit before the run is killed
 CONTAINER_METRICS = "/cast/metrics"  # where a run's metrics folder appears
+# The settings of `container_settings` that are the container's own; the rest
+# are its host config.
+_CONTAINER_KEYS = ("image", "entrypoint", "command", "user", "environment", "working_dir", "labels", "name")
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,7 @@ class DockerExecutor(Executor):
         stubs = _make_mount_points(job, uid, gid)
         container = events = None
         try:
-            container = self.client.containers.create(**self.container_settings(job, build.description))
+            container = self._create(self.container_settings(job, build.description))
             # Subscribed before the start, so the container's end cannot be missed.
             events = self.client.api.events(filters={"container": container.id, "event": ["oom", "die"]},
                                             decode=True)
@@ -225,6 +228,15 @@ class DockerExecutor(Executor):
             _remove_mount_points(stubs)
             raise ExecutorUnavailable(f"cannot start the run's container: {explain(exc)}") from None
         return ContainerProcess(container, stream, events, log, stubs)
+
+    def _create(self, settings: dict):
+        """The container, created with one engine call: docker-py's
+        `containers.create` inspects what it made, a second call on the way to
+        every run's start that tells nothing the settings do not."""
+        container_keys = {key: settings.pop(key) for key in _CONTAINER_KEYS if key in settings}
+        created = self.client.api.create_container(
+            **container_keys, host_config=self.client.api.create_host_config(**settings))
+        return self.client.containers.prepare_model({"Id": created["Id"], "Name": container_keys["name"]})
 
     def cleanup_stale(self) -> None:
         stale = self.client.containers.list(all=True, filters={"label": f"{LABEL_WORK_DIR}={self.work_dir}"})
