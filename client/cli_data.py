@@ -54,7 +54,8 @@ def _entries(client, resource) -> tuple[list[dict], bool]:
         if not files and not resource.subpath:
             raise _Empty(_why_empty(client, resource))
         return _children(files, resource.subpath, shown)
-    files = client.list_upload(resource.name)["files"]
+    listing = client.list_upload(resource.name)
+    files = listing["files"] + [{"path": folder + "/", "size": 0} for folder in listing.get("folders", [])]
     if not files and not resource.subpath:
         raise _Empty(_why_empty(client, resource))
     kinds = {upload["name"]: upload.get("kind") for upload in client.list_uploads()["uploads"]}
@@ -286,7 +287,8 @@ def _upload_to_store(client, name: str, kind: str, members, total: int, replace:
     hashing = Progress(f"{label} (hashing)", total)
     entries = objectupload.hash_files(files, hashing.advance)
     hashing.finish()
-    manifest = UploadManifest(kind=kind, files=entries, replace=replace)
+    manifest = UploadManifest(kind=kind, files=entries, replace=replace,
+                              folders=[arcname for local, arcname in members if os.path.isdir(local)])
     plan = client.plan_upload(name, manifest)
     sending = objectupload.planned_bytes(plan, entries)
     stored = sum({entry.sha256: entry.size for entry in entries}.values()) - sending  # each content once

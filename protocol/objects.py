@@ -59,11 +59,13 @@ class ObjectManifest:
 @dataclass
 class UploadManifest:
     """An upload's files as the CLI hashed them: `kind` "file" (one entry,
-    named as the upload) or "dir"; `replace` as `cast upload --replace`."""
+    named as the upload) or "dir"; `replace` as `cast upload --replace`;
+    `folders` its folders (the empty ones are kept, as `empty_folders` says)."""
 
     kind: str
     files: list[ObjectEntry] = field(default_factory=list)
     replace: bool = False
+    folders: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -527,6 +527,7 @@ class UploadManifestIn(_In):
     kind: Literal["file", "dir"]
     files: list[StagedFileIn]
     replace: bool = False
+    folders: list[Annotated[str, Field(min_length=1, max_length=4096)]] = []
 
 
 class PartUploadOut(BaseModel):
@@ -565,7 +566,7 @@ class FileOut(BaseModel):
 
 class FileList(BaseModel):
     files: list[FileOut]
-    folders: list[str] = []  # empty folders of a run's outputs ('/'-separated)
+    folders: list[str] = []  # empty folders of a run's outputs or an upload in the object store ('/'-separated)
 
 
 class OutputsPushed(BaseModel):

@@ -60,7 +60,7 @@ def mount_objects(resource: str, _: WorkerAuth, session: SessionDep, settings: S
 
 
 def _upload_manifest(body: UploadManifestIn) -> UploadManifest:
-    return UploadManifest(kind=body.kind, replace=body.replace,
+    return UploadManifest(kind=body.kind, replace=body.replace, folders=list(body.folders),
                           files=[ObjectEntry(f.path, f.size, f.sha256) for f in body.files])
 
 

@@ -45,8 +45,11 @@ def list_uploads(user: CurrentUser, session: SessionDep) -> dict:
 
 def _get(name: str, path: str, listing: bool, user, session, settings):
     if listing:
+        rows = files.upload_manifest(session, name=name, viewer=user, under=path)
+        # An empty folder kept in the object store is a row of its own: the path and a trailing '/'.
         return {"files": [{"path": f.path, "size": f.size, "sha256": f.sha256}
-                          for f in files.upload_manifest(session, name=name, viewer=user, under=path)]}
+                          for f in rows if not f.path.endswith("/")],
+                "folders": [f.path[:-1] for f in rows if f.path.endswith("/")]}
     files.upload_manifest(session, name=name, viewer=user)  # the access check
     if (answer := object_answer(session, settings, resource=f"uploads/{name}/{path}".rstrip("/"),
                                 name=path or name)) is not None:

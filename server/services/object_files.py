@@ -76,7 +76,7 @@ def _check_manifest(manifest: ObjectManifest | UploadManifest, *, max_bytes: int
         raise TooLarge(f"{what} exceeds the limit of {max_bytes} bytes")
 
 
-def _empty_folders(manifest: ObjectManifest, *, what: str) -> list[str]:
+def _empty_folders(manifest: ObjectManifest | UploadManifest, *, what: str) -> list[str]:
     """The manifest's folders with nothing inside (kept as entries of their own), once checked."""
     for folder in manifest.folders:
         try:
@@ -168,15 +168,16 @@ def _distinct(store: ObjectStore, owner_id: int, entries: Iterable) -> list[tupl
     return [(store.blob_key(owner_id, sha), entry) for sha, entry in keyed.items()]
 
 
-def _check_upload(manifest: UploadManifest, *, name: str, max_bytes: int) -> str:
+def _check_upload(manifest: UploadManifest, *, name: str, max_bytes: int) -> tuple[str, list[str]]:
+    """The upload's description in messages and its empty folders, once checked."""
     validate_upload_name(name)
     what = f"upload {name!r}"
     if manifest.kind not in ("file", "dir"):
         raise BadRequest(f"{what}: kind must be 'file' or 'dir', not {printable(manifest.kind)!r}")
-    if manifest.kind == "file" and [e.path for e in manifest.files] != [name]:
+    if manifest.kind == "file" and ([e.path for e in manifest.files] != [name] or manifest.folders):
         raise BadRequest(f"{what}: a file upload is one file, named as the upload")
     _check_manifest(manifest, max_bytes=max_bytes, what=what)
-    return what
+    return what, _empty_folders(manifest, what=what)
 
 
 def plan_upload(database: Database, *, store: ObjectStore, max_bytes: int, owner, name: str,
@@ -194,11 +195,11 @@ def commit_upload(database: Database, *, store: ObjectStore, max_bytes: int, own
     """Record `uploads/NAME` from objects the CLI stored, once each is there whole.
     Only `owner`'s own objects can be named: their keys derive from the owner,
     and only a plan for that owner signs a URL for them."""
-    what = _check_upload(manifest, name=name, max_bytes=max_bytes)
+    what, folders = _check_upload(manifest, name=name, max_bytes=max_bytes)
     with blob_guard(database.engine, owner.id):
         _check_stored(store, _distinct(store, owner.id, manifest.files), what=what)
         return _record_upload(database, store=store, owner=owner, name=name, kind=manifest.kind,
-                              entries=manifest.files, replace=manifest.replace)
+                              entries=manifest.files, folders=folders, replace=manifest.replace)
 
 
 # One process serves a SQLite database: a lock in it guards every owner's blobs
@@ -262,7 +263,7 @@ def collect_blobs(database: Database, *, store: ObjectStore, grace_seconds: floa
 def unreferenced_blobs(session: Session, *, store: ObjectStore, owner_id: int, shas: Iterable[str]) -> list[str]:
     """The keys of the contents among `shas` that no upload of `owner_id` names
     (as `session`'s flushed changes leave them)."""
-    candidates = sorted(set(shas))
+    candidates = sorted(set(shas) - {""})  # "": an empty folder's row
     named: set[str] = set()
     for start in range(0, len(candidates), 500):
         batch = candidates[start:start + 500]
@@ -273,7 +274,7 @@ def unreferenced_blobs(session: Session, *, store: ObjectStore, owner_id: int, s
 
 
 def _record_upload(database: Database, *, store: ObjectStore, owner, name: str, kind: str, entries,
-                   replace: bool) -> Upload:
+                   folders: list[str], replace: bool) -> Upload:
     """Commit the rows of `uploads/NAME` (its objects are stored), taking the
     place of a replaced upload; then the objects only that one named are
     removed. The caller holds the owner's blob guard."""
@@ -289,6 +290,8 @@ def _record_upload(database: Database, *, store: ObjectStore, owner, name: str, 
         if not unique.insert_once(session, upload):  # another replica took the name since
             raise NameTaken(f"upload {name!r} already exists")
         session.add_all(UploadFile(upload_name=name, path=f.path, size=f.size, sha256=f.sha256) for f in entries)
+        # Its empty folders, as an output's (files.folder_rows): the path and a trailing '/'.
+        session.add_all(UploadFile(upload_name=name, path=folder + "/", size=0, sha256="") for folder in folders)
         session.flush()
         mine = existing is None or existing.owner_id == owner.id
         dropped = unreferenced_blobs(session, store=store, owner_id=owner.id, shas=replaced) if mine else []
@@ -305,13 +308,15 @@ def store_upload(database: Database, *, store: ObjectStore, owner, name: str, ki
     (a relayed upload): the contents the store lacks are sent first, then the
     rows committed."""
     paths = {item.sha256: (content if kind == "file" else content / item.path) for item in stored}
+    folders = [] if kind == "file" else sorted(str(p.relative_to(content)) for p in content.rglob("*")
+                                               if p.is_dir() and not p.is_symlink() and not any(p.iterdir()))
     with blob_guard(database.engine, owner.id):
         for key, entry in _distinct(store, owner.id, stored):
             held = store.head(key)
             if held is None or held.size != entry.size or held.sha256 != entry.sha256:
                 store.put_file(key, paths[entry.sha256], entry.sha256)
         return _record_upload(database, store=store, owner=owner, name=name, kind=kind, entries=stored,
-                              replace=replace)
+                              folders=folders, replace=replace)
 
 
 # --- reads --------------------------------------------------------------------------
@@ -334,7 +339,9 @@ def _rows_and_keys(session: Session, store: ObjectStore,
         if upload is None or upload.deleted_at is not None:
             raise PathNotFound(resource)
         rows = list(session.scalars(select(UploadFile).where(UploadFile.upload_name == upload.name)))
-        keyed = [(r.path, r.size, r.sha256, store.blob_key(upload.owner_id, r.sha256)) for r in rows]
+        keyed = [(r.path, r.size, r.sha256, store.blob_key(upload.owner_id, r.sha256))
+                 for r in rows if not r.path.endswith("/")]
+        folders = [r.path[:-1] for r in rows if r.path.endswith("/")]
         if upload.kind == "file":
             return [("", size, sha, key) for _, size, sha, key in keyed], [], "file"
     return _select(keyed, folders, parsed.subpath, resource)

@@ -1,9 +1,14 @@
 """An output's empty folders are kept on both stores and by every way a push
 goes (to the object store, as a tar over HTTP, in a staging folder on the
 server's own filesystem): `cast ls` lists them, `cast cp` copies them, and a
-later run that mounts the outputs finds them."""
+later run that mounts the outputs finds them. So are an uploaded folder's,
+by `cast upload` (straight to the object store, or through the server to its
+filesystem) and by an upload the server relays to the object store."""
 
 from __future__ import annotations
+
+import io
+import tarfile
 
 import pytest
 
@@ -53,3 +58,44 @@ def test_empty_output_folders_are_kept(cli, worker, server, tmp_path):
     assert [line for line in mounted.stdout.splitlines() if line.startswith("in/")] == ["in/deep/er/est", "in/empty"]
     alone = cli("run", "-m", "runs/1/out/empty:e", "test -d e && echo an-empty-folder")
     assert alone.returncode == 0 and "an-empty-folder" in alone.stdout.splitlines(), alone
+
+
+def _folder_with_empty_ones(root):
+    (root / "empty").mkdir(parents=True)
+    (root / "deep" / "er").mkdir(parents=True)
+    (root / "full").mkdir()
+    (root / "full" / "a.txt").write_text("hi\n")
+
+
+def test_empty_upload_folders_are_kept(cli, worker, server, tmp_path, request):
+    _folder_with_empty_ones(tmp_path / "ds")
+    uploaded = cli("upload", "ds")
+    assert uploaded.returncode == 0, uploaded
+
+    copied = cli("cp", "uploads/ds", "back")
+    assert copied.returncode == 0, copied
+    assert (tmp_path / "back" / "empty").is_dir() and (tmp_path / "back" / "deep" / "er").is_dir()
+    assert (tmp_path / "back" / "full" / "a.txt").read_text() == "hi\n"
+    mounted = cli("run", "-m", "uploads/ds:in", "find in -type d -empty | sort")
+    assert mounted.returncode == 0, mounted
+    assert [line for line in mounted.stdout.splitlines() if line.startswith("in/")] == ["in/deep/er", "in/empty"]
+    if request.node.callspec.params["server"] == "s3":
+        # The object store keeps them as entries of the upload's manifest, which `cast ls` lists.
+        assert cli("ls", "uploads/ds", "--json").json() == [
+            {"name": "deep/", "type": "dir", "size": 0}, {"name": "empty/", "type": "dir", "size": 0},
+            {"name": "full/", "type": "dir", "size": 3}]
+        with server.api() as api:
+            assert api.get("/uploads/ds", params={"list": True}).json()["folders"] == ["deep/er", "empty"]
+
+
+def test_empty_folders_of_an_upload_relayed_to_the_store_are_kept(start_server, s3_env, tmp_path):
+    server = start_server(env=s3_env)
+    _folder_with_empty_ones(tmp_path / "ds")
+    body = io.BytesIO()
+    with tarfile.open(fileobj=body, mode="w") as tar:
+        tar.add(tmp_path / "ds", arcname=".")
+    with server.api() as api:
+        put = api.put("/uploads/relayed", params={"kind": "dir"}, content=body.getvalue(),
+                      headers={"Content-Type": "application/x-tar"})
+        assert put.status_code == 201, put.text
+        assert api.get("/uploads/relayed", params={"list": True}).json()["folders"] == ["deep/er", "empty"]
