@@ -274,7 +274,12 @@ async def _register(http: httpx.AsyncClient, name: str, max_runs: int = 1) -> st
 
 
 async def _report(http: httpx.AsyncClient, run_id: int, token: str, status: S, **extra) -> None:
-    _ok(await http.post(f"/runs/{run_id}/status", json=StatusReport(token, status, **extra).to_dict()))
+    """One status report, sent as the real worker sends its reports (`POST /runs/{id}/statuses`)."""
+    report = StatusReport(token, status, **extra).to_dict()
+    del report["lease_token"]
+    answer = _ok(await http.post(f"/runs/{run_id}/statuses", json={"lease_token": token, "reports": [report]}))
+    if answer.json()["refused"]:
+        raise LeaseLost(f"run {run_id}: {status.value} refused")
 
 
 def simulated_workers(url: str, token: str, count: int, submit_end: float, tag: str) -> list[int]:

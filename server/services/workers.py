@@ -21,17 +21,6 @@ def register(session: Session, *, body: WorkerRegister) -> Worker:
     return worker
 
 
-def get(session: Session, *, worker_id: str) -> Worker:
-    worker = session.get(Worker, worker_id)
-    if worker is None:
-        raise WorkerNotFound(worker_id)
-    return worker
-
-
-def seen(session: Session, *, worker: Worker) -> None:
-    worker.last_seen_at = utcnow()
-
-
 _WORKERS = Worker.__table__
 # Built once: a claim runs it every time (building it cost more than running it).
 _CLAIMING = (

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from cast.server.errors import Forbidden, WorkerNotFound
-from cast.server.models import User
+from cast.server.models import User, Worker
 from cast.server.schemas import WorkerRegister
 from cast.server.services import users, workers
 
@@ -17,17 +17,18 @@ def _register(session, *, sandboxed: bool):
                                                          sandboxed=sandboxed))
 
 
-def test_registered_workers_get_distinct_ids_and_are_found(app):
+def test_registered_workers_get_distinct_ids_and_a_claiming_one_is_found_and_marked_seen(app):
     with app.state.database.transaction() as session:
         first, second = _register(session, sandboxed=True), _register(session, sandboxed=True)
         assert first.id != second.id and first.id.startswith("w-")
-        found = workers.get(session, worker_id=first.id)
-        assert (found.name, found.executor, found.gpus, found.sandboxed) == ("box", "local", [0, 1], True)
-        before = found.last_seen_at
-        workers.seen(session, worker=found)
-        assert found.last_seen_at > before
+        before = first.last_seen_at
+        found = workers.claiming(session, worker_id=first.id)
+        assert (found.id, found.name, found.executor, found.sandboxed) == (first.id, "box", "local", True)
+        seen = session.scalar(select(Worker.last_seen_at).where(Worker.id == first.id))
+        assert seen > before
+        assert session.scalar(select(Worker.last_seen_at).where(Worker.id == second.id)) == second.last_seen_at
         with pytest.raises(WorkerNotFound, match="worker 'w-gone' not found; register again"):
-            workers.get(session, worker_id="w-gone")
+            workers.claiming(session, worker_id="w-gone")
 
 
 def test_an_unsandboxed_worker_is_refused_only_once_a_second_user_exists(app, settings):
