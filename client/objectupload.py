@@ -7,12 +7,18 @@ upload is visible; no byte passes through it.
 Uploads are content addressed, so a folder whose files are stored already
 sends nothing, and running the same upload again after it was cut off (a
 killed CLI, a lost network) sends only the files and parts still missing.
+A PUT that fails on the way (the connection lost, a 5xx of a store that is
+busy or restarting) is sent again, PUT_TRIES times at most, after pauses
+that double; a 4xx is the store refusing that request, which a repeat would
+meet again, so it ends the upload at once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import sys
+import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -23,6 +29,10 @@ from .sdk import CastError
 CHUNK = 1 << 20
 STORE_TIMEOUT = 600.0
 RESUME = "run the same cast upload again to resume"
+# Tries of one PUT, and the pause before the second (doubled before each
+# next): 0.5 + 1 + 2 + 4 s, about as long as a store takes to restart.
+PUT_TRIES = 5
+FIRST_PAUSE = 0.5
 
 
 def hash_files(files: list[tuple[str, str]], on_bytes: Callable[[int], None]) -> list[ObjectEntry]:
@@ -65,8 +75,53 @@ def send(plan: ObjectPlan, entries: list[ObjectEntry], locals_by_name: dict[str,
                  what=f"part {part.number} of {upload.path}")
 
 
+class _Failed(Exception):
+    """One PUT that did not succeed; `again` when sending it again may."""
+
+    def __init__(self, reason: str, *, again: bool):
+        super().__init__(reason)
+        self.again = again
+
+
 def _put(url: str, local: str, offset: int, length: int, headers: dict[str, str],
          on_bytes: Callable[[int], None], *, what: str) -> None:
+    """One PUT, sent again after a lost connection or a 5xx (see PUT_TRIES)."""
+    try:
+        handle = open(local, "rb")
+    except OSError as exc:
+        raise CastError(f"cannot read {local} ({exc.strerror}); {RESUME}") from None
+    with handle:
+        _put_tries(url, handle, offset, length, headers, on_bytes, what=what)
+
+
+def _put_tries(url: str, handle, offset: int, length: int, headers: dict[str, str],
+               on_bytes: Callable[[int], None], *, what: str) -> None:
+    pause = FIRST_PAUSE
+    for attempt in range(1, PUT_TRIES + 1):
+        sent = [0]
+
+        def counted(count: int) -> None:
+            sent[0] += count
+            on_bytes(count)
+
+        try:
+            _put_once(url, handle, offset, length, headers, counted)
+            return
+        except _Failed as failure:
+            on_bytes(-sent[0])  # sent again from its start
+            if not failure.again:
+                raise CastError(f"the object store refused {what} ({failure}); {RESUME}") from None
+            if attempt == PUT_TRIES:
+                raise CastError(f"the object store did not take {what} in {PUT_TRIES} tries ({failure}); "
+                                f"{RESUME}") from None
+            sys.stderr.write(f"cast: the object store did not take {what} ({failure}); "
+                             f"sending it again in {pause:g} s\n")
+            time.sleep(pause)
+            pause *= 2
+
+
+def _put_once(url: str, handle, offset: int, length: int, headers: dict[str, str],
+              on_bytes: Callable[[int], None]) -> None:
     target = urlsplit(url)
     connection_class = http.client.HTTPSConnection if target.scheme == "https" else http.client.HTTPConnection
     connection = connection_class(target.netloc, timeout=STORE_TIMEOUT)
@@ -78,23 +133,21 @@ def _put(url: str, local: str, offset: int, length: int, headers: dict[str, str]
         for key, value in headers.items():
             connection.putheader(key, value)
         connection.endheaders()
-        with open(local, "rb") as handle:
-            handle.seek(offset)
-            left = length
-            while left > 0:
-                chunk = handle.read(min(CHUNK, left))
-                if not chunk:  # it shrank since it was hashed: the server's size check refuses it
-                    break
-                connection.send(chunk)
-                left -= len(chunk)
-                on_bytes(len(chunk))
+        handle.seek(offset)
+        left = length
+        while left > 0:
+            chunk = handle.read(min(CHUNK, left))
+            if not chunk:  # it shrank since it was hashed: the server's size check refuses it
+                break
+            connection.send(chunk)
+            left -= len(chunk)
+            on_bytes(len(chunk))
         answer = connection.getresponse()
         body = answer.read(500)
     except (OSError, http.client.HTTPException) as exc:
-        raise CastError(f"cannot reach the object store while sending {what} ({exc}); {RESUME}") from None
+        raise _Failed(f"cannot reach it: {exc.__class__.__name__}: {exc}".rstrip(": "), again=True) from None
     finally:
         connection.close()
     if answer.status >= 400:
         detail = body.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
-        raise CastError(f"the object store refused {what} ({answer.status}: {detail}); {RESUME}")
-
+        raise _Failed(f"{answer.status}: {detail}", again=answer.status >= 500)
