@@ -8,9 +8,9 @@ their own `seq` counter, under the same rules. Log lines join the run of
 lines at the queue's end while it is of their stream and younger than a
 second (`cast.protocol.logs.LogRun`: the server stores a run as one chunk),
 and go in batches of runs (a line waits LINGER seconds for company, and while
-lines flow until GAP after the last batch's send: a few large batches a
-second; a batch stays far below the server's body cap however long its
-lines) carrying the API's
+lines flow until GAP after the last batch's send, FLOOD_GAP while they pour:
+a few large batches a second; a batch stays far below the server's body cap
+however long its lines) carrying the API's
 `seq` counter (lines sent before), so a batch retried after a lost answer is
 stored once. A line longer than MAX_LINE_CHARS is split into several here,
 whatever wrote it, so nothing is lost. Status
@@ -58,6 +58,12 @@ LINGER = 0.02  # seconds a log line may wait for others to share its batch
 # round trip (each request and each follower's read costs the server the same
 # whatever it holds); a line still reaches the server within about GAP.
 GAP = 0.04
+# While lines pour (the last batch held FLOOD_LINES or more), the gap is
+# FLOOD_GAP instead: a run printing a million lines makes a few appends and
+# follower reads a second, each costing the server about the same whatever it
+# holds, while a line printed now and then still leaves within GAP.
+FLOOD_LINES = 1000
+FLOOD_GAP = 0.1
 RUN_SPAN = 1.0  # seconds from a run's first line past which a line starts a new run
 MAX_BATCH = MAX_BATCH_LINES  # log lines per request
 # Characters of log text per request: far below the server's JSON body cap
@@ -130,6 +136,7 @@ class Outbox:
         self._items: list = []
         self._in_flight = 0  # items at the head of _items being delivered now
         self._log_sent_at = float("-inf")  # when the last log batch was taken to send (monotonic)
+        self._log_sent_lines = 0  # how many lines it held
         self._entries_sent = 0  # the API's `seq`
         self._points_sent = 0  # the metrics API's `seq`
         self._pending_points = 0
@@ -298,13 +305,13 @@ class Outbox:
                 only_lines = len(lines) == len(self._items) and (count or len(lines)) < most
                 due = head.queued_at + LINGER
                 if kind is _LogRun:
-                    due = max(due, self._log_sent_at + GAP)
+                    due = max(due, self._log_sent_at + (FLOOD_GAP if self._log_sent_lines >= FLOOD_LINES else GAP))
                 remaining = due - time.monotonic()
                 if only_lines and remaining > 0 and not self._closed:
                     self._cond.wait(remaining)
                     continue
                 if kind is _LogRun:
-                    self._log_sent_at = time.monotonic()
+                    self._log_sent_at, self._log_sent_lines = time.monotonic(), count
                 self._in_flight = len(lines)
                 return lines
 

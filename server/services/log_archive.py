@@ -263,7 +263,7 @@ def _index(store: _Files | _Objects, key: str) -> tuple[list[int], list[int]]:
     return [line for line, _ in points], [byte for _, byte in points]
 
 
-def read(settings: Settings, *, run: Run, offset: int, limit: int) -> dict:
+def read(settings: Settings, *, run: Run | logs.LogState, offset: int, limit: int, encoded: bool = False) -> dict:
     """The page `logs.read` would answer, read from the run's archive;
     ArchiveMissing if the store lost the archive or its index."""
     start, end = logs.bounds(run, offset=offset, limit=limit)
@@ -273,7 +273,7 @@ def read(settings: Settings, *, run: Run, offset: int, limit: int) -> dict:
         point = bisect.bisect_right(lines_at, start) - 1
         with closing(_rows(store, run.log_archive, at=bytes_at[point] if point >= 0 else 0,
                            start=start, end=end)) as rows:
-            return logs.page(rows, run=run, start=start, end=end)
+            return logs.page(rows, run=run, start=start, end=end, encoded=encoded)
     except ObjectMissing as missing:
         log.error("run %d's archived log names %s, which the store does not hold", run.id, missing)
         raise ArchiveMissing(run.id) from None
@@ -281,7 +281,8 @@ def read(settings: Settings, *, run: Run, offset: int, limit: int) -> dict:
 
 def _rows(store: _Files | _Objects, key: str, *, at: int, start: int, end: int) -> Iterator[tuple]:
     """The archive's chunks read from byte `at` as `logs.page` takes them: the
-    one holding `start`, then those that begin before `end`."""
+    one holding `start`, then those that begin before `end` (their line counts
+    unknown: the page decodes them)."""
     held = None
     with closing(_records(store, key, at)) as records:
         for offset, time, stream, lines in records:
@@ -290,13 +291,13 @@ def _rows(store: _Files | _Objects, key: str, *, at: int, start: int, end: int) 
                 continue
             if held is not None:
                 if held[0] < end:
-                    yield held[:3] + (held[3].decode("utf-8"),)
+                    yield held[:3] + (held[3].decode("utf-8"), None)
                 held = None
             if offset >= end:
                 return
-            yield offset, time, stream, lines.decode("utf-8")
+            yield offset, time, stream, lines.decode("utf-8"), None
     if held is not None and held[0] < end:
-        yield held[:3] + (held[3].decode("utf-8"),)
+        yield held[:3] + (held[3].decode("utf-8"), None)
 
 
 def _records(store: _Files | _Objects, key: str, at: int) -> Iterator[tuple[int, str, str, bytes]]:

@@ -18,7 +18,8 @@ from cast.protocol.logs import MAX_READ_LINES
 from cast.protocol.status import is_final
 from cast.server import events
 from cast.server.db import Database
-from cast.server.models import User
+from cast.server.errors import RunNotFound
+from cast.server.models import Run, User
 from cast.server.services import log_archive, logs, runs
 from cast.server.settings import Settings
 
@@ -26,36 +27,54 @@ from cast.server.settings import Settings
 BATCH = 10_000
 
 
-def read_page(session: Session, *, settings: Settings, run_id: int, viewer: User, offset: int, limit: int) -> dict:
+def read_page(session: Session, *, settings: Settings, run_id: int, viewer: User, offset: int, limit: int,
+              encoded: bool = False) -> dict:
     """`{chunks, next_offset, finished}` of a run `viewer` may see (see `logs.read`)."""
     run = runs.visible_run(session, run_id=run_id, viewer=viewer)
+    return _page(session, settings, run, offset=offset, limit=limit, encoded=encoded)
+
+
+def _page(session: Session, settings: Settings, run: Run | logs.LogState, *, offset: int, limit: int,
+          encoded: bool) -> dict:
     if run.log_archive is None:
-        page = logs.read(session, run=run, offset=offset, limit=limit)
+        page = logs.read(session, run=run, offset=offset, limit=limit, encoded=encoded)
         if page["chunks"] or page["finished"] or not is_final(run.status):
             return page
         # No rows where a final run has lines: on PostgreSQL each statement sees
         # the latest commit, and an archive committed between the two reads.
-        session.refresh(run)
+        run = logs.log_state(session, run.id) or run
         if run.log_archive is None:
             return page
-    return log_archive.read(settings, run=run, offset=offset, limit=limit)
+    return log_archive.read(settings, run=run, offset=offset, limit=limit, encoded=encoded)
 
 
 def _read(database: Database, settings: Settings, *, run_id: int, viewer: User, offset: int,
-          limit: int = BATCH) -> dict:
+          limit: int = BATCH, seen: bool = False, encoded: bool = False) -> dict:
+    """One page in its own read transaction. Once `seen` (an earlier read of
+    this stream found the run visible to `viewer`, and a run keeps its owner)
+    only the run's log state is read, not the run: a follower of a busy run
+    reads several times a second."""
     with database.transaction(write=False) as session:
-        page = read_page(session, settings=settings, run_id=run_id, viewer=viewer, offset=offset, limit=limit)
+        if seen:
+            run = logs.log_state(session, run_id)
+            if run is None:
+                raise RunNotFound(run_id)
+        else:
+            run = runs.visible_run(session, run_id=run_id, viewer=viewer)
+        page = _page(session, settings, run, offset=offset, limit=limit, encoded=encoded)
         # Whether the log held more than the page (a follower reads again at once, see events.follow_run).
-        page["more"] = page["next_offset"] < runs.visible_run(session, run_id=run_id, viewer=viewer).log_size
+        page["more"] = page["next_offset"] < run.log_size
         return page
 
 
 async def follow(database: Database, *, settings: Settings, run_id: int, viewer: User,
                  offset: int) -> AsyncIterator[dict]:
-    """The chunks from `offset` on as they are written (`events.follow_run`)."""
+    """The chunks from `offset` on as they are written (`events.follow_run`),
+    each page `encoded` (`logs.page_json`)."""
     return await events.follow_run(
         database.notifier, run_id=run_id, offset=offset, items="chunks",
-        read=lambda at: _read(database, settings, run_id=run_id, viewer=viewer, offset=at),
+        read=lambda at: _read(database, settings, run_id=run_id, viewer=viewer, offset=at, seen=at != offset,
+                              encoded=True),
     )
 
 
@@ -70,6 +89,6 @@ def download(database: Database, *, settings: Settings, run_id: int, viewer: Use
             text = "\n".join("\n".join(chunk["lines"]) for chunk in page["chunks"]) + "\n"
             yield text.encode("utf-8", "surrogateescape")
             page = _read(database, settings, run_id=run_id, viewer=viewer, offset=page["next_offset"],
-                         limit=MAX_READ_LINES)
+                         limit=MAX_READ_LINES, seen=True)
 
     return pieces()

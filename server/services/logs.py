@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
+from typing import NamedTuple
 from datetime import datetime, timezone
 from itertools import accumulate
 
@@ -31,7 +32,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from cast.protocol.logs import MAX_READ_BYTES, MAX_READ_LINES, split_lines
 from cast.protocol.messages import LogStream
-from cast.protocol.status import is_final
+from cast.protocol.status import RunStatus, is_final
 from cast.protocol.units import human_size
 from cast.server import events
 from cast.server.models import LogChunk, Run, utcnow
@@ -43,18 +44,26 @@ log = logging.getLogger(__name__)
 Rows = list[tuple[str, list[str], datetime]]  # (stream, lines, time of the first line)
 
 
-def append(session: Session, run: Run, rows: Rows) -> None:
-    """Store runs of lines at the end of `run`'s log, one chunk each."""
+def append(session: Session, run: Run, rows: Rows, *, counters: tuple[str, ...] = ()) -> None:
+    """Store runs of lines at the end of `run`'s log, one chunk each. The
+    `counters` (attributes of `run` it changed) are written by the same UPDATE
+    that reserves the offsets, so no flush of the run follows."""
     rows = [row for row in rows if row[1]]
+    changed = {name: getattr(run, name) for name in counters}
     if not rows:
+        if changed:
+            session.execute(update(Run).where(Run.id == run.id).values(**changed)
+                            .execution_options(synchronize_session=False))
+            _committed(run, changed)
         return
     count = sum(len(lines) for _, lines, _ in rows)
     # Offsets are reserved in SQL, not from the in-memory run, so they stay
     # right whatever the session holds.
     end = session.execute(
-        update(Run).where(Run.id == run.id).values(log_size=Run.log_size + count).returning(Run.log_size)
-        .execution_options(synchronize_session=False)
+        update(Run).where(Run.id == run.id).values(log_size=Run.log_size + count, **changed)
+        .returning(Run.log_size).execution_options(synchronize_session=False)
     ).scalar_one()
+    _committed(run, changed)
     offset, chunks = end - count, []
     for stream, lines, time in rows:
         chunks.append({"run_id": run.id, "first_offset": offset, "count": len(lines), "stream": stream,
@@ -63,6 +72,12 @@ def append(session: Session, run: Run, rows: Rows) -> None:
     session.execute(insert(LogChunk), chunks)
     set_committed_value(run, "log_size", end)
     events.changed(session, events.run_key(run.id))
+
+
+def _committed(run: Run, values: dict) -> None:
+    """`values` as written to `run`'s row: no longer changes a flush would write again."""
+    for name, value in values.items():
+        set_committed_value(run, name, value)
 
 
 def _lines_json(lines: list[str]) -> str:
@@ -90,6 +105,10 @@ def append_cast_lines(session: Session, run: Run, lines: list[str]) -> None:
 def _size(lines: list[str]) -> int:
     """Bytes of `lines` as the log's text: UTF-8, a newline each."""
     return len("\n".join(lines).encode("utf-8", "surrogatepass")) + 1
+
+
+# The run's columns a worker's batch changes besides its size (batches.admit sets the seq mark).
+_WORKER_COUNTERS = ("worker_log_seq", "worker_log_lines", "log_bytes", "log_truncated")
 
 
 def append_worker_batch(session: Session, *, run_id: int, lease_token: str, seq: int, runs: list,
@@ -129,8 +148,8 @@ def append_worker_batch(session: Session, *, run_id: int, lease_token: str, seq:
         rows.append((stream.value, lines, time if time.tzinfo else time.replace(tzinfo=timezone.utc)))
         rows.extend(marker)
         marker = []
-    append(session, run, rows)
-    session.flush()
+    # What admit and the cap changed goes in append's one UPDATE of the run.
+    append(session, run, rows, counters=_WORKER_COUNTERS)
     return run.log_size, run.log_truncated
 
 
@@ -139,25 +158,41 @@ def iso_time(time: datetime) -> str:
     return (time if time.tzinfo else time.replace(tzinfo=timezone.utc)).isoformat().replace("+00:00", "Z")
 
 
-def read(session: Session, *, run: Run, offset: int, limit: int) -> dict:
+def read(session: Session, *, run: "Run | LogState", offset: int, limit: int, encoded: bool = False) -> dict:
     """A page `{chunks, next_offset, finished}` (`cast.protocol.logs.LogPage`) of
     at most `limit` lines from `offset`; a negative offset counts back from the
-    end. A page ends early past MAX_READ_BYTES of line text."""
+    end. A page ends early past MAX_READ_BYTES of line text. With `encoded`,
+    each chunk's lines stay the JSON text they are stored as (see `page_json`)."""
     start, end = bounds(run, offset=offset, limit=limit)
-    # The chunk holding `start`, then every chunk that begins before `end`.
-    first = session.scalar(
-        select(func.max(LogChunk.first_offset)).where(LogChunk.run_id == run.id, LogChunk.first_offset <= start)
-    ) or 0
+    # One statement: every chunk from the one holding `start` (the last to begin
+    # at or before it) to the last that begins before `end`.
+    first = (select(func.coalesce(func.max(LogChunk.first_offset), 0))
+             .where(LogChunk.run_id == run.id, LogChunk.first_offset <= start).scalar_subquery())
     rows = session.execute(
-        select(LogChunk.first_offset, LogChunk.time, LogChunk.stream, LogChunk.lines)
+        select(LogChunk.first_offset, LogChunk.time, LogChunk.stream, LogChunk.lines, LogChunk.count)
         .where(LogChunk.run_id == run.id, LogChunk.first_offset >= first, LogChunk.first_offset < end)
         .order_by(LogChunk.first_offset)
     )
     try:
-        return page(((first_offset, iso_time(time), stream, lines) for first_offset, time, stream, lines in rows),
-                    run=run, start=start, end=end)
+        return page(((first_offset, iso_time(time), stream, lines, count)
+                     for first_offset, time, stream, lines, count in rows),
+                    run=run, start=start, end=end, encoded=encoded)
     finally:
         rows.close()
+
+
+class LogState(NamedTuple):
+    """What a read needs of a run, without loading the run: a follower's later reads."""
+
+    id: int
+    status: RunStatus
+    log_size: int
+    log_archive: str | None
+
+
+def log_state(session: Session, run_id: int) -> LogState | None:
+    row = session.execute(select(Run.id, Run.status, Run.log_size, Run.log_archive).where(Run.id == run_id)).first()
+    return None if row is None else LogState(*row)
 
 
 def bounds(run: Run, *, offset: int, limit: int) -> tuple[int, int]:
@@ -167,19 +202,40 @@ def bounds(run: Run, *, offset: int, limit: int) -> tuple[int, int]:
     return start, min(size, start + min(limit, MAX_READ_LINES))
 
 
-def page(rows: Iterable[tuple[int, str, str, str]], *, run: Run, start: int, end: int) -> dict:
+def page(rows: Iterable[tuple[int, str, str, str, int | None]], *, run: "Run | LogState", start: int, end: int,
+         encoded: bool = False) -> dict:
     """The page of lines `start .. end - 1` out of stored chunks `(first offset,
-    ISO time, stream, lines as JSON text)`: the chunk holding `start`, then those
-    that begin before `end`, in order, from the database or an archive alike."""
+    ISO time, stream, lines as JSON text, count of lines or None)`: the chunk
+    holding `start`, then those that begin before `end`, in order, from the
+    database or an archive alike. With `encoded`, a chunk's lines are JSON text:
+    a whole chunk's (its count known) as stored, never decoded, a sliced one's
+    encoded again."""
     chunks, at, read_bytes = [], start, 0
-    for first_offset, time, stream, lines in rows:
+    for first_offset, time, stream, lines, count in rows:
         if read_bytes >= MAX_READ_BYTES:
             break
         read_bytes += len(lines)
+        if encoded and count is not None and first_offset == at and at + count <= end:
+            if count:
+                chunks.append({"offset": at, "stream": stream, "time": time, "lines": lines})
+                at += count
+            continue
         texts = _lines_of(lines)
         if first_offset < at or first_offset + len(texts) > end:
             texts = texts[at - first_offset:end - first_offset]
         if texts:
-            chunks.append({"offset": at, "stream": stream, "time": time, "lines": texts})
+            chunks.append({"offset": at, "stream": stream, "time": time,
+                           "lines": _lines_json(texts) if encoded else texts})
             at += len(texts)
     return {"chunks": chunks, "next_offset": at, "finished": is_final(run.status) and at >= run.log_size}
+
+
+def page_json(page: dict) -> bytes:
+    """A page read `encoded` as the JSON a route answers: each chunk's stored
+    array spliced in as it is, so a line is neither decoded nor encoded again."""
+    parts = []
+    for chunk in page["chunks"]:
+        head = orjson.dumps({"offset": chunk["offset"], "stream": chunk["stream"], "time": chunk["time"]})
+        parts.append(b"%s,\"lines\":%s}" % (head[:-1], chunk["lines"].encode()))
+    rest = {key: value for key, value in page.items() if key != "chunks"}
+    return b'{"chunks":[%s],%s' % (b",".join(parts), orjson.dumps(rest)[1:])

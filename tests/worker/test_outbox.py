@@ -19,7 +19,8 @@ import pytest
 from cast.protocol.logs import MAX_LINE_CHARS
 from cast.protocol.messages import MAX_REASON_LENGTH, MAX_STATUS_BATCH, PERMANENT_HEADER, LogStream
 from cast.worker.client import ServerClient
-from cast.worker.outbox import GAP, Outbox
+from cast.worker import outbox as outbox_module
+from cast.worker.outbox import FLOOD_LINES, GAP, Outbox
 from tests.conftest import wait_until
 
 OK = (200, {}, {"next_offset": 0, "truncated": False, "files": 0, "size": 0, "status": "running", "refused": []})
@@ -317,3 +318,29 @@ def test_lines_that_flow_go_in_a_few_batches_a_second_each_line_once_in_order(se
                                           for i in range(len(stored))]
     # A batch at most every GAP while lines flow (not one per round trip), plus the retries and the last.
     assert len(stored) <= elapsed / GAP + 2, len(stored)
+
+
+def test_after_a_batch_of_pouring_lines_the_next_waits_the_flood_gap_and_after_a_trickle_only_the_gap(
+        server, run, monkeypatch):
+    # FLOOD_GAP made long, so which gap a batch waited for shows however busy the machine is, and
+    # LINGER so the pour's lines all go in its first batch.
+    monkeypatch.setattr(outbox_module, "FLOOD_GAP", 3.0)
+    monkeypatch.setattr(outbox_module, "LINGER", 0.5)
+    made = run()
+
+    def arrived(count: int) -> float:
+        wait_until(lambda: len(server.of_kind("logs")) >= count, timeout=60, interval=0.005)
+        return time.monotonic()
+
+    for i in range(FLOOD_LINES):  # one batch of FLOOD_LINES lines
+        made.outbox.log(LogStream.STDOUT, f"pour {i}")
+    first = arrived(1)
+    made.outbox.log(LogStream.STDOUT, "after the flood")
+    second = arrived(2)
+    made.outbox.log(LogStream.STDOUT, "a trickle")
+    third = arrived(3)
+    made.finish()
+    assert second - first >= 2.8  # waited the flood's gap
+    assert third - second < 2.8  # a lone line after a small batch waits LINGER (GAP is less) only
+    lines = [line for b in server.of_kind("logs") for r in b["runs"] for line in r["lines"]]
+    assert lines == [f"pour {i}" for i in range(FLOOD_LINES)] + ["after the flood", "a trickle"]

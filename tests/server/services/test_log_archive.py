@@ -69,7 +69,8 @@ def _followed(app, settings, run_id: int, offset: int) -> list[dict]:
     async def follow() -> list[dict]:
         stream = await log_reads.follow(app.state.database, settings=settings, run_id=run_id, viewer=admin,
                                         offset=offset)
-        return [page async for page in stream]
+        # As the client reads them: the route splices each chunk's stored JSON.
+        return [json.loads(logs.page_json(page)) async for page in stream]
 
     return asyncio.run(asyncio.wait_for(follow(), TIMEOUT))
 

@@ -4,6 +4,7 @@ the follow stream, the text download), each only of a run the user may see."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from cast.server import events
@@ -17,6 +18,11 @@ TIMEOUT = 120  # guards against a hang only
 
 def _people(app):
     return admin_of(app.state.database), add_user(app.state.database, "alice")
+
+
+def _decoded(page: dict) -> dict:
+    """A followed page (its chunks' lines JSON text, as the route splices them) as the client reads it."""
+    return json.loads(logs.page_json(page))
 
 
 def _write(app, run_id: int, *lines: str) -> None:
@@ -63,16 +69,16 @@ def test_follow_sends_lines_as_they_are_committed_and_ends_when_the_run_is_final
         with pytest.raises(RunNotFound):
             await log_reads.follow(database, settings=settings, run_id=run_id, viewer=alice, offset=0)
         stream = await log_reads.follow(database, settings=settings, run_id=run_id, viewer=admin, offset=-1)
-        seen = [line for chunk in (await anext(stream))["chunks"] for line in chunk["lines"]]
+        seen = [line for chunk in _decoded(await anext(stream))["chunks"] for line in chunk["lines"]]
         # Written while the follower waits: only a wake-up brings it before the keepalive's empty chunk.
         waiting = asyncio.create_task(anext(stream))
         await asyncio.sleep(0.5)
         await asyncio.to_thread(_write, app, run_id, "live")
-        seen += [line for chunk in (await waiting)["chunks"] for line in chunk["lines"]]
+        seen += [line for chunk in _decoded(await waiting)["chunks"] for line in chunk["lines"]]
         await asyncio.to_thread(local.advance, lease, "mounting", "running", "saving", "pushing", "failed",
                                 exit_code=1)
         async for page in stream:
-            seen += [line for chunk in page["chunks"] for line in chunk["lines"]]
+            seen += [line for chunk in _decoded(page)["chunks"] for line in chunk["lines"]]
         return seen
 
     seen = asyncio.run(asyncio.wait_for(follow(), TIMEOUT))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from cast.protocol.logs import LogPage
 from cast.protocol.messages import LogStream
@@ -81,6 +81,32 @@ def test_a_worker_batch_is_stored_once_from_its_seq(local, app, settings):
                                      settings=settings)
         with pytest.raises(RunNotFound, match="run 999 not found"):
             logs.append_worker_batch(session, run_id=999, lease_token=token, seq=0, runs=[], settings=settings)
+
+
+def test_a_worker_batch_updates_its_run_once_and_the_database_holds_its_counters(local, app, settings):
+    # The offsets, the seq mark, the line count and the bytes against the cap go in one UPDATE.
+    capped = settings.model_copy(update={"max_log_bytes_per_run": 12})
+    lease = _leased(local)
+    database, statements = app.state.database, []
+
+    def seen(conn, cursor, statement, *args) -> None:
+        statements.append(statement.split()[0].upper())
+
+    event.listen(database.engine, "before_cursor_execute", seen)
+    try:
+        with database.transaction() as session:
+            _storer(session, lease, capped)(0, _runs("1234", "5678", "9abc"))
+    finally:
+        event.remove(database.engine, "before_cursor_execute", seen)
+    assert statements.count("UPDATE") == 1 and statements.count("INSERT") == 1
+    with database.transaction(write=False) as session:
+        run = session.get(Run, lease["run_id"])
+        assert (run.worker_log_seq, run.worker_log_lines, run.log_bytes, run.log_truncated) == (3, 2, 10, True)
+    with database.transaction() as session:  # a retry with nothing new changes no counter
+        assert _storer(session, lease, capped)(0, _runs("1234", "5678", "9abc")) == (run.log_size, True)
+    with database.transaction(write=False) as session:
+        again = session.get(Run, lease["run_id"])
+        assert (again.worker_log_seq, again.worker_log_lines, again.log_bytes) == (3, 2, 10)
 
 
 def test_each_run_of_a_batch_is_one_chunk(local, app, settings):
@@ -207,21 +233,23 @@ def test_reads_slice_chunks_at_every_offset_and_page_size(local, app):
 
 
 def test_lines_with_any_characters_are_stored_and_paged_as_they_came(local, app, settings):
-    # orjson stores and pages lines; a lone surrogate it refuses (the API refuses one from a
-    # worker, but a line the server writes may hold one), so json takes that chunk and page.
+    # orjson stores lines; a lone surrogate it refuses (the API refuses one from a worker, but a
+    # line the server writes may hold one), so json stores that chunk. A route's page splices the
+    # stored arrays (`encoded`) and must say what the decoded page says, whole chunks or sliced.
     import json
 
-    from cast.server.api.logs import _page_json
-
     lease = _leased(local)
-    texts = ["plain", "é ü 😀 \u2028", "\x00\x1f\"\\", "after"]
+    texts = ["plain", "é ü 😀 \u2028", "\x00\x1f\"\\", "after", "a,", '","', '", "', "\\"]
     with app.state.database.transaction() as session:
         run = session.get(Run, lease["run_id"])
         start = run.log_size
-        _storer(session, lease, settings)(0, _runs(*texts[:3]) + _runs(texts[3], stream="stderr"))
-        logs.append_cast_lines(session, run, ["\ud800 lone"])
-        assert [text for _, _, text in _texts(session, run.id)[start:]] == [*texts, "\ud800 lone"]
-        page = logs.read(session, run=run, offset=start, limit=100)
-        assert json.loads(_page_json(page)) == page
-        plain = logs.read(session, run=run, offset=start, limit=4)
-        assert json.loads(_page_json(plain)) == plain
+        _storer(session, lease, settings)(0, _runs(*texts[:3]) + _runs(texts[3], stream="stderr") + _runs(*texts[4:]))
+        logs.append_cast_lines(session, run, ["\ud800 lone", "next"])
+        every = [*texts, "\ud800 lone", "next"]
+        assert [text for _, _, text in _texts(session, run.id)[start:]] == every
+        for offset, limit in [(start, 100), (start, 4), (start + 1, 2), (start + 4, 100), (start + len(texts), 1),
+                              (start + len(texts) + 1, 5), (-3, 100)]:
+            page = logs.read(session, run=run, offset=offset, limit=limit)
+            assert json.loads(logs.page_json(logs.read(session, run=run, offset=offset, limit=limit,
+                                                       encoded=True))) == page
+        assert logs.read(session, run=run, offset=start, limit=100)["chunks"][-1]["lines"] == ["\ud800 lone", "next"]
