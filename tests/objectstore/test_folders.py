@@ -99,3 +99,20 @@ def test_empty_folders_of_an_upload_relayed_to_the_store_are_kept(start_server, 
                       headers={"Content-Type": "application/x-tar"})
         assert put.status_code == 201, put.text
         assert api.get("/uploads/relayed", params={"list": True}).json()["folders"] == ["deep/er", "empty"]
+
+
+@pytest.mark.parametrize("folders, detail", [
+    (["../out"], "upload 'ds' folder '../out' escapes its root with '..'"),
+    (["a//b"], "upload 'ds': the folder 'a//b' is not a clean path"),
+    (["/abs"], "upload 'ds' folder '/abs' must be relative, not absolute"),
+])
+def test_an_upload_manifest_naming_a_bad_folder_is_refused(start_server, s3_env, folders, detail):
+    server = start_server(env=s3_env)
+    with server.api() as api:
+        for step in ("plan", "commit"):
+            answer = api.post(f"/uploads/ds/{step}", json={"kind": "dir", "files": [], "folders": folders})
+            assert answer.status_code == 400 and detail in answer.json()["detail"], (step, answer.text)
+        single = api.post("/uploads/ds/plan", json={"kind": "file", "folders": ["x"], "files": [
+            {"path": "ds", "size": 1, "sha256": "0" * 64}]})
+        assert (single.status_code, single.json()["detail"]) == (
+            400, "upload 'ds': a file upload is one file, named as the upload")
