@@ -147,7 +147,9 @@ class Outbox:
         self.outputs_refused: str | None = None
         self._abandoned = False
         self._closed = False
-        self._cond = threading.Condition()
+        # The producers' hot path enters the lock itself (in C), not the Condition's Python wrapper.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         # Bumped when an output push in flight is detached: a sender of an
         # older generation leaves the queue alone once its call returns.
         self._generation = 0
@@ -162,7 +164,7 @@ class Outbox:
     # --- producers --------------------------------------------------------
 
     def log(self, stream: LogStream, text: str) -> None:
-        with self._cond:
+        with self._lock:
             if self._truncated and stream is not LogStream.CAST:
                 return
             if self._pending_lines >= MAX_PENDING_LINES or self._pending_chars >= MAX_PENDING_CHARS:
@@ -179,18 +181,23 @@ class Outbox:
         Only a new run wakes the sender: a line joining a run changes nothing
         it waits for (its linger is timed), and a wake-up per line cost the
         worker more than the line itself."""
-        for piece in split_line(text) if len(text) > MAX_LINE_CHARS else (text,):
-            self._pending_lines += 1
-            self._pending_chars += len(piece)
-            last = self._items[-1] if len(self._items) > self._in_flight else None
+        size = len(text)
+        if size > MAX_LINE_CHARS:
+            for piece in split_line(text):
+                self._add_line(stream, piece)
+            return
+        self._pending_lines += 1
+        self._pending_chars += size
+        items = self._items
+        if len(items) > self._in_flight:
+            last = items[-1]
             if (type(last) is _LogRun and last.stream is stream and len(last.lines) < MAX_BATCH
-                    and last.chars + len(piece) <= MAX_BATCH_CHARS
-                    and time.monotonic() - last.queued_at < RUN_SPAN):
-                last.lines.append(piece)
-                last.chars += len(piece)
-            else:
-                self._items.append(_LogRun(stream, [piece], len(piece), utc_now()))
-                self._cond.notify_all()
+                    and last.chars + size <= MAX_BATCH_CHARS and time.monotonic() - last.queued_at < RUN_SPAN):
+                last.lines.append(text)
+                last.chars += size
+                return
+        items.append(_LogRun(stream, [text], size, utc_now()))
+        self._cond.notify_all()
 
     def metrics(self, points: list[MetricPoint]) -> None:
         """Queue points (already checked) behind what was queued before them."""

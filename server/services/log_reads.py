@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 
 from sqlalchemy.orm import Session
 
-from cast.protocol.logs import MAX_READ_LINES
+from cast.protocol.logs import MAX_BATCH_LINES, MAX_READ_LINES
 from cast.protocol.status import is_final
 from cast.server import events
 from cast.server.db import Database
@@ -23,8 +23,10 @@ from cast.server.models import Run, User
 from cast.server.services import log_archive, logs, runs
 from cast.server.settings import Settings
 
-# Lines a follower's read asks for: a live follower gets what is new at once.
-BATCH = 10_000
+# Lines a follower's read asks for: a live follower gets what is new at once,
+# and a worker's batch (one chunk, at most MAX_BATCH_LINES) whole, so its
+# lines are sent as stored, never decoded to slice it.
+BATCH = MAX_BATCH_LINES
 
 
 def read_page(session: Session, *, settings: Settings, run_id: int, viewer: User, offset: int, limit: int,

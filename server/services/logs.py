@@ -9,6 +9,11 @@ line in Python: lines are counted, measured, joined and (de)serialised by
 `len`, `str.join` and `json`, in C. Only a batch holding an over-long line or
 crossing the cap takes a per-line path, once.
 
+A route answers a page as the chunks' stored arrays spliced into its JSON
+(`page_json`): a line is decoded only where a page slices a chunk. A
+follower's later reads take the run's `LogState` (its size, status and archive),
+not the run.
+
 Owns the worker's batch (deduplicated by `seq` through `batches.admit`), the
 server's own `cast` lines, and the per-run cap: the run's own stdout/stderr
 bytes (`runs.log_bytes`, a newline counted per line) past
@@ -21,9 +26,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from typing import NamedTuple
 from datetime import datetime, timezone
 from itertools import accumulate
+from typing import NamedTuple
 
 import orjson
 from sqlalchemy import func, insert, select, update
