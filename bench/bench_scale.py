@@ -475,7 +475,7 @@ def phase_kinds(stack: Stack, pool: multiprocessing.pool.Pool, args) -> dict:
     replica = stack.replicas[0].pid
     database_pid = stack.postgres.pid() if stack.postgres is not None else None
     results = {}
-    _submit_all(url, stack.admin_token, args.kinds_runs)
+    queued = _submit_all(url, stack.admin_token, args.kinds_runs)
     claimed: list[tuple[int, str]] = []
     for kind in ("claims", "status", "heartbeat", "logs"):
         before = (cpu_seconds(replica), cpu_seconds(database_pid) if database_pid else 0.0, time.monotonic())
@@ -506,6 +506,9 @@ def phase_kinds(stack: Stack, pool: multiprocessing.pool.Pool, args) -> dict:
               + (f" ({share:.0%} of the two)" if database_pid else "")
               + f"; replica RSS {rss_mib(replica):.0f} MiB", flush=True)
     _end_runs(url, stack.worker_token, claimed)
+    # The runs the claims left queued are stopped: the next phase's workers
+    # would otherwise take them first and count their cost against its runs.
+    _stop_runs(url, stack.admin_token, sorted(set(queued) - {run_id for run_id, _, _ in claimed}))
     return results
 
 
@@ -610,6 +613,20 @@ def _end_runs(url: str, token: str, runs: list[tuple[int, str, str]]) -> None:
                         lease_token, S.FAILED, reason="benchmark step over").to_dict())
 
             await asyncio.gather(*(one(r, t) for r, t, _ in runs))
+
+    asyncio.run(main())
+
+
+def _stop_runs(url: str, token: str, run_ids: list[int]) -> None:
+    async def main() -> None:
+        async with _client(url, token, 32) as http:
+            semaphore = asyncio.Semaphore(32)
+
+            async def one(run_id: int) -> None:
+                async with semaphore:
+                    _ok(await http.post(f"/runs/{run_id}/stop"))
+
+            await asyncio.gather(*(one(run_id) for run_id in run_ids))
 
     asyncio.run(main())
 
