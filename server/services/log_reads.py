@@ -73,11 +73,15 @@ async def follow(database: Database, *, settings: Settings, run_id: int, viewer:
                  offset: int) -> AsyncIterator[dict]:
     """The chunks from `offset` on as they are written (`events.follow_run`),
     each page `encoded` (`logs.page_json`)."""
-    return await events.follow_run(
-        database.notifier, run_id=run_id, offset=offset, items="chunks",
-        read=lambda at: _read(database, settings, run_id=run_id, viewer=viewer, offset=at, seen=at != offset,
-                              encoded=True),
-    )
+    reads = 0
+
+    def read(at: int) -> dict:  # one at a time: the stream awaits each before the next
+        nonlocal reads
+        page = _read(database, settings, run_id=run_id, viewer=viewer, offset=at, seen=reads > 0, encoded=True)
+        reads += 1
+        return page
+
+    return await events.follow_run(database.notifier, run_id=run_id, offset=offset, items="chunks", read=read)
 
 
 def download(database: Database, *, settings: Settings, run_id: int, viewer: User) -> Iterator[bytes]:

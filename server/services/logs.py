@@ -37,7 +37,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from cast.protocol.logs import MAX_READ_BYTES, MAX_READ_LINES, split_lines
 from cast.protocol.messages import LogStream
-from cast.protocol.status import RunStatus, is_final
+from cast.protocol.status import is_final
 from cast.protocol.units import human_size
 from cast.server import events
 from cast.server.models import LogChunk, Run, utcnow
@@ -190,7 +190,7 @@ class LogState(NamedTuple):
     """What a read needs of a run, without loading the run: a follower's later reads."""
 
     id: int
-    status: RunStatus
+    status: str  # a RunStatus value, as the column holds it
     log_size: int
     log_archive: str | None
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import pytest
+from sqlalchemy import event
 from cast.server import events
 from cast.server.errors import RunNotFound
 from cast.server.models import Run
@@ -85,6 +86,35 @@ def test_follow_sends_lines_as_they_are_committed_and_ends_when_the_run_is_final
     assert seen[1] == "live" and len(seen) > 3
     with database.transaction(write=False) as session:
         assert logs.read(session, run=session.get(Run, run_id), offset=-1, limit=1)["chunks"][0]["lines"] == [seen[-1]]
+
+
+def test_a_followers_later_reads_are_two_queries_each_and_send_what_was_written(local, app, settings):
+    # The first read checks who may see the run; each later one reads the run's log state and
+    # its chunks, a query each, however many chunks it sends.
+    run_id = local.create_run()["id"]
+    database = app.state.database
+    admin = admin_of(database)
+    selects: list[str] = []
+
+    def seen(conn, cursor, statement, *args) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    async def follow() -> list[str]:
+        stream = await log_reads.follow(database, settings=settings, run_id=run_id, viewer=admin, offset=0)
+        await anext(stream)
+        # Written after the first read: the follower, subscribed since, reads it at its next step.
+        await asyncio.to_thread(_write, app, run_id, "one", "two")
+        event.listen(database.engine, "before_cursor_execute", seen)
+        try:
+            page = await anext(stream)
+        finally:
+            event.remove(database.engine, "before_cursor_execute", seen)
+        return [line for chunk in _decoded(page)["chunks"] for line in chunk["lines"]]
+
+    assert asyncio.run(asyncio.wait_for(follow(), TIMEOUT)) == ["one", "two"]
+    # Its log state and its chunks; not the whole run (its spec), which only the first read loads.
+    assert len(selects) == 2 and not any("runs.spec" in statement for statement in selects), selects
 
 
 def test_follow_ends_when_the_server_shuts_down(local, app, settings):
