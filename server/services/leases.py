@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from cast.protocol.messages import (HeartbeatReply, HeldLease, Lease, LeaseMount, LeaseState, RunSpec,
-                                    StatusBatchReply, StatusReport, WorkerHeartbeatReply)
+                                    StatusBatchReply, StatusReport, WorkerHeartbeatReply, heartbeat_interval)
 from cast.protocol.status import LEASED_STATUSES, RunStatus
 from cast.protocol.units import format_duration
 from cast.protocol.validate import parse_resource
@@ -396,11 +396,20 @@ def end_overdue(session: Session, *, settings: Settings) -> list[int]:
 
 
 def extend_leases_after_restart(session: Session, *, settings: Settings) -> int:
-    """Give every leased run a fresh lease period when the server starts.
+    """Give every leased run a fresh lease period when the control plane starts
+    after being down.
 
-    Workers could not reach a stopped server, so a lease that ran out while it
-    was down says nothing about the worker; its next heartbeat will tell.
+    Workers could not reach a stopped control plane, so a lease that ran out
+    while it was down says nothing about the worker; its next heartbeat will
+    tell. A replica that starts while another serves leaves the leases alone:
+    there the workers were heard, and a lapsed lease is a lost worker's. It
+    knows another serves when a lease was renewed within the last three
+    heartbeat intervals (a renewal sets the lease's end a lease period ahead).
     """
+    heard_since = utcnow() + timedelta(seconds=settings.lease_seconds - 3 * heartbeat_interval(settings.lease_seconds))
+    newest = session.scalar(select(func.max(Run.lease_expires_at)).where(Run.status.in_(_LEASED)))
+    if newest is not None and newest > heard_since:
+        return 0
     result = session.execute(
         update(Run).where(Run.status.in_(_LEASED))
         .values(lease_expires_at=utcnow() + timedelta(seconds=settings.lease_seconds))

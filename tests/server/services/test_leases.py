@@ -166,6 +166,22 @@ def test_a_restart_gives_every_leased_run_a_fresh_lease_period(local, app, setti
     assert local.run(queued)["status"] == "machine_requested"
 
 
+def test_a_replica_starting_while_another_serves_leaves_the_leases_alone(local, app, settings):
+    """A lease renewed moments ago says a replica hears the workers: one lapsed
+    beside it is a lost worker's, and is reaped, not extended."""
+    lapsed = local.create_run()["id"]
+    heard = local.create_run()["id"]
+    worker = local.register()
+    local.lease(worker), local.lease(worker)
+    _expire(app, lapsed)  # `heard` was just leased: its lease runs a whole period ahead
+    with app.state.database.transaction() as session:
+        assert leases.extend_leases_after_restart(session, settings=settings) == 0
+    with app.state.database.transaction() as session:
+        assert leases.reap_expired(session, settings=settings) == [lapsed]
+    assert local.run(lapsed)["status"] == "interrupted"
+    assert local.run(heard)["status"] == "building"
+
+
 def test_a_heartbeat_answers_the_status_and_the_new_end_of_the_lease(local):
     run_id = local.create_run()["id"]
     lease = local.lease(local.register())
