@@ -1,6 +1,8 @@
 """The object store's tests: one real SeaweedFS for the session (its files
-removed at the end, pass or fail), a fresh bucket for each test, and the
-`server` of the shared fixtures started on it."""
+removed at the end, pass or fail), a fresh bucket for each test, the
+`server` of the shared fixtures started on it, and an in-process app on it
+(`settings`, `app`, `local`; a module needing other settings overrides
+`settings` with `s3_settings(**fields)`)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from cast.server.app import create_app
+from cast.server.settings import Settings
 from tests.realservers.seaweed import SeaweedServer
+from tests.server.conftest import in_process_api
 
 _buckets = itertools.count()
 
@@ -38,6 +43,36 @@ def bucket(seaweed) -> str:
 @pytest.fixture
 def s3_env(seaweed, bucket) -> dict:
     return seaweed.env(bucket, prefix="cast")
+
+
+@pytest.fixture
+def s3_settings(tmp_path, s3_env, monkeypatch):
+    """Settings on this test's bucket, with the given fields; its environment
+    set too, for the code that reads the store's credentials from it."""
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+
+    def make(**fields) -> Settings:
+        return Settings(data_dir=tmp_path / "data", storage_url=s3_env["CAST_STORAGE_URL"], **fields)
+
+    return make
+
+
+@pytest.fixture
+def settings(s3_settings) -> Settings:
+    return s3_settings()
+
+
+@pytest.fixture
+def app(settings):
+    app = create_app(settings)
+    yield app
+    app.state.database.dispose()
+
+
+@pytest.fixture
+def local(app, settings):
+    return in_process_api(app, settings)
 
 
 @pytest.fixture

@@ -15,12 +15,11 @@ import threading
 import time
 
 import httpx
-import pytest
 from fastapi.testclient import TestClient
 
 from cast.protocol.objects import SHA256_HEADER
 from cast.server.app import create_app
-from cast.server.services import deletion, object_files
+from cast.server.services import object_files
 from cast.server.services.objectstore import object_store
 from cast.server.settings import Settings
 from tests.conftest import wait_until
@@ -30,25 +29,6 @@ TIMEOUT = 120  # guards against a hang only
 # S3 keeps an object's time to the second: older than a 1 s grace after this.
 PAST_GRACE = 2.5
 A = b"a\n"
-
-
-@pytest.fixture
-def settings(tmp_path, s3_env, monkeypatch) -> Settings:
-    for key, value in s3_env.items():
-        monkeypatch.setenv(key, value)
-    return Settings(data_dir=tmp_path / "data", storage_url=s3_env["CAST_STORAGE_URL"])
-
-
-@pytest.fixture
-def app(settings):
-    app = create_app(settings)
-    yield app
-    app.state.database.dispose()
-
-
-@pytest.fixture
-def local(app, settings):
-    return in_process_api(app, settings)
 
 
 def _entry(name: str, data: bytes) -> dict:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from cast.server.app import create_app
 from cast.server.services import deletion, log_archive
 from cast.server.settings import Settings
 from tests.factories import archive_logs_now, cli_log_reads, create_run, log_entries, wait_final
-from tests.server.conftest import in_process_api
 from tests.server.services.conftest import admin_of
 from tests.server.services.test_log_archive import (all_reads, answers_archive_missing, archive_state, downloaded,
                                                        logged_run, race_two_archivers)
@@ -24,23 +22,8 @@ TIMEOUT = 120  # guards against a hang only
 
 
 @pytest.fixture
-def settings(tmp_path, s3_env, monkeypatch) -> Settings:
-    for key, value in s3_env.items():
-        monkeypatch.setenv(key, value)
-    return Settings(data_dir=tmp_path / "data", lease_seconds=2, allow_local_git=True,
-                    storage_url=s3_env["CAST_STORAGE_URL"])
-
-
-@pytest.fixture
-def app(settings):
-    app = create_app(settings)
-    yield app
-    app.state.database.dispose()
-
-
-@pytest.fixture
-def local(app, settings):
-    return in_process_api(app, settings)
+def settings(s3_settings) -> Settings:
+    return s3_settings(lease_seconds=2, allow_local_git=True)
 
 
 def _log_keys(seaweed, bucket: str, run_id: int) -> list[str]:

@@ -8,31 +8,14 @@ upload is not found."""
 
 from __future__ import annotations
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from cast.server.app import create_app
 from cast.server.models import User
-from cast.server.settings import Settings
 from tests.objectstore.test_blob_collector import blobs, commit, plan_and_put, read, sha, upload
 from tests.server.conftest import Api, in_process_api
 
 DATA = b"the same dataset, uploaded by two users\n"
-
-
-@pytest.fixture
-def settings(tmp_path, s3_env, monkeypatch) -> Settings:
-    for key, value in s3_env.items():
-        monkeypatch.setenv(key, value)
-    return Settings(data_dir=tmp_path / "data", storage_url=s3_env["CAST_STORAGE_URL"])
-
-
-@pytest.fixture
-def app(settings):
-    app = create_app(settings)
-    yield app
-    app.state.database.dispose()
 
 
 def _user(app, settings, name: str) -> tuple[Api, int]:
