@@ -277,23 +277,31 @@ class _Polls:
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
 
 
-def test_a_queued_run_wakes_one_waiting_worker_not_all(local, app, monkeypatch):
-    workers = [local.register(f"w{i}") for i in range(6)]
-
-    async def scenario():
+def _with_polls(app, monkeypatch, scenario) -> None:
+    """`await scenario(polls)` in an event loop of its own; every long poll is ended afterwards."""
+    async def main() -> None:
         polls = _Polls(app, monkeypatch)
         try:
-            for worker in workers:
-                await polls.start(worker)
-            assert polls.attempts == workers  # each tried once and waits
-            run_id = (await asyncio.to_thread(local.create_run))["id"]
-            await polls.settle(lambda: polls.leased())
-            assert polls.leased() == {workers[0]: run_id}  # the longest waiting
-            assert polls.attempts[6:] == [workers[0]]  # exactly one claim attempt
+            await scenario(polls)
         finally:
             await polls.end()
 
-    asyncio.run(scenario())
+    asyncio.run(main())
+
+
+def test_a_queued_run_wakes_one_waiting_worker_not_all(local, app, monkeypatch):
+    workers = [local.register(f"w{i}") for i in range(6)]
+
+    async def scenario(polls: _Polls) -> None:
+        for worker in workers:
+            await polls.start(worker)
+        assert polls.attempts == workers  # each tried once and waits
+        run_id = (await asyncio.to_thread(local.create_run))["id"]
+        await polls.settle(lambda: polls.leased())
+        assert polls.leased() == {workers[0]: run_id}  # the longest waiting
+        assert polls.attempts[6:] == [workers[0]]  # exactly one claim attempt
+
+    _with_polls(app, monkeypatch, scenario)
 
 
 def test_runs_queued_at_once_are_all_claimed_by_waiters_none_left_asleep(local, app, settings, monkeypatch):
@@ -307,81 +315,65 @@ def test_runs_queued_at_once_are_all_claimed_by_waiters_none_left_asleep(local, 
         _expire(app, run_id)
     workers = [local.register(f"w{i}") for i in range(5)]
 
-    async def scenario():
-        polls = _Polls(app, monkeypatch)
-        try:
-            for worker in workers:
-                await polls.start(worker)
-            with app.state.database.transaction() as session:
-                assert sorted(leases.reap_expired(session, settings=settings)) == requeued
-            await polls.settle(lambda: len(polls.leased()) == 3)
-            assert sorted(polls.leased().values()) == requeued
-            # Three claims, and one attempt that found the queue empty at most (a wake-up passed on
-            # by a claim that saw a run another waiter was taking): not five.
-            assert 3 <= len(polls.attempts[5:]) <= 4
-        finally:
-            await polls.end()
+    async def scenario(polls: _Polls) -> None:
+        for worker in workers:
+            await polls.start(worker)
+        with app.state.database.transaction() as session:
+            assert sorted(leases.reap_expired(session, settings=settings)) == requeued
+        await polls.settle(lambda: len(polls.leased()) == 3)
+        assert sorted(polls.leased().values()) == requeued
+        # Three claims, and one attempt that found the queue empty at most (a wake-up passed on
+        # by a claim that saw a run another waiter was taking): not five.
+        assert 3 <= len(polls.attempts[5:]) <= 4
 
-    asyncio.run(scenario())
+    _with_polls(app, monkeypatch, scenario)
 
 
 def test_a_gpu_run_wakes_only_a_waiter_with_the_gpus_and_a_cpu_run_a_cpu_waiter(local, app, monkeypatch):
     cpu = [local.register(f"cpu{i}") for i in range(3)]
     gpu = local.register("gpu", gpus=[0])
 
-    async def scenario():
-        polls = _Polls(app, monkeypatch)
-        try:
-            await polls.start(gpu, free_gpus=1)  # the longest waiting, and fits any run
-            for worker in cpu:
-                await polls.start(worker)
-            gpu_run = (await asyncio.to_thread(local.create_run, machine_type="gpu:1"))["id"]
-            await polls.settle(lambda: polls.leased())
-            assert polls.leased() == {gpu: gpu_run}
-            assert polls.attempts[4:] == [gpu]
-            cpu_run = (await asyncio.to_thread(local.create_run))["id"]
-            await polls.settle(lambda: len(polls.leased()) == 2)
-            assert polls.leased() == {gpu: gpu_run, cpu[0]: cpu_run}
-            assert polls.attempts[5:] == [cpu[0]]
-        finally:
-            await polls.end()
+    async def scenario(polls: _Polls) -> None:
+        await polls.start(gpu, free_gpus=1)  # the longest waiting, and fits any run
+        for worker in cpu:
+            await polls.start(worker)
+        gpu_run = (await asyncio.to_thread(local.create_run, machine_type="gpu:1"))["id"]
+        await polls.settle(lambda: polls.leased())
+        assert polls.leased() == {gpu: gpu_run}
+        assert polls.attempts[4:] == [gpu]
+        cpu_run = (await asyncio.to_thread(local.create_run))["id"]
+        await polls.settle(lambda: len(polls.leased()) == 2)
+        assert polls.leased() == {gpu: gpu_run, cpu[0]: cpu_run}
+        assert polls.attempts[5:] == [cpu[0]]
 
-    asyncio.run(scenario())
+    _with_polls(app, monkeypatch, scenario)
 
 
 def test_a_cpu_run_queued_while_only_a_gpu_worker_waits_goes_to_it(local, app, monkeypatch):
     gpu = local.register("gpu", gpus=[0, 1])
 
-    async def scenario():
-        polls = _Polls(app, monkeypatch)
-        try:
-            await polls.start(gpu, free_gpus=2)
-            run_id = (await asyncio.to_thread(local.create_run))["id"]
-            await polls.settle(lambda: polls.leased())
-            assert polls.leased() == {gpu: run_id}
-        finally:
-            await polls.end()
+    async def scenario(polls: _Polls) -> None:
+        await polls.start(gpu, free_gpus=2)
+        run_id = (await asyncio.to_thread(local.create_run))["id"]
+        await polls.settle(lambda: polls.leased())
+        assert polls.leased() == {gpu: run_id}
 
-    asyncio.run(scenario())
+    _with_polls(app, monkeypatch, scenario)
 
 
 def test_a_wake_up_whose_worker_hung_up_is_passed_on(local, app, monkeypatch):
     left, stays = local.register("left"), local.register("stays")
 
-    async def scenario():
-        polls = _Polls(app, monkeypatch)
-        try:
-            async def hung_up() -> bool:
-                return True
+    async def scenario(polls: _Polls) -> None:
+        async def hung_up() -> bool:
+            return True
 
-            await polls.start(left, gone=hung_up)  # the longest waiting: the one a run wakes
-            await polls.start(stays)
-            run_id = (await asyncio.to_thread(local.create_run))["id"]
-            await polls.settle(lambda: polls.leased())
-            assert polls.tasks[left].done() and polls.tasks[left].result() is None
-            assert polls.leased() == {stays: run_id}
-            assert polls.attempts[2:] == [stays]  # the one who left made no attempt for nothing
-        finally:
-            await polls.end()
+        await polls.start(left, gone=hung_up)  # the longest waiting: the one a run wakes
+        await polls.start(stays)
+        run_id = (await asyncio.to_thread(local.create_run))["id"]
+        await polls.settle(lambda: polls.leased())
+        assert polls.tasks[left].done() and polls.tasks[left].result() is None
+        assert polls.leased() == {stays: run_id}
+        assert polls.attempts[2:] == [stays]  # the one who left made no attempt for nothing
 
-    asyncio.run(scenario())
+    _with_polls(app, monkeypatch, scenario)
