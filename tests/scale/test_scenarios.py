@@ -128,7 +128,11 @@ def test_three_workers_run_300_runs_through_both_replicas(cluster):
 
 
 def test_a_replica_killed_mid_load_loses_nothing(cluster):
-    first = submit_all(cluster, [f"b{i}" for i in range(30)], lines=20, pause=0.1)
+    # The six followed runs print for at least 10 s, so they are not final when
+    # the replica dies 3.5 s in (runs of 2 s could all end first: then no
+    # follower would have anything to resume).
+    first = {**submit_all(cluster, [f"b{i}" for i in range(6)], lines=20, pause=0.5),
+             **submit_all(cluster, [f"b{i}" for i in range(6, 30)], lines=20, pause=0.1)}
     followed: dict[str, list[str]] = {}
     reconnects: list[str] = []
 
