@@ -114,8 +114,11 @@ def check_run(client, run: dict, tag: str, *, lines: int, starts: int = 1) -> No
 
 
 def check_all(cluster, tags: dict[str, int], runs: dict[int, dict], **kwargs) -> None:
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda item: check_run(cluster.client(), runs[item[1]], item[0], **kwargs), tags.items()))
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda item: check_run(cluster.client(), runs[item[1]], item[0], **kwargs), tags.items()))
+    except AssertionError as error:  # a run lost or wrong: what the replicas and workers logged tells why
+        raise AssertionError(f"{error}\n{cluster.logs()}") from error
 
 
 def test_three_workers_run_300_runs_through_both_replicas(cluster):
