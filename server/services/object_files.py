@@ -328,22 +328,21 @@ def _rows_and_keys(session: Session, store: ObjectStore,
         parsed = parse_resource(resource)
     except SpecError as error:
         raise BadRequest(str(error)) from None
-    folders: list[str] = []
     if parsed.kind == "runs":
         rows = list(session.scalars(select(OutputFile).where(OutputFile.run_id == parsed.run_id)))
         prefix = store.run_prefix(parsed.run_id)
-        keyed = [(r.path, r.size, r.sha256, prefix + r.path) for r in rows if not r.path.endswith("/")]
-        folders = [r.path[:-1] for r in rows if r.path.endswith("/")]
+        key_of = lambda row: prefix + row.path  # noqa: E731
     else:
         upload = session.get(Upload, parsed.name)
         if upload is None or upload.deleted_at is not None:
             raise PathNotFound(resource)
         rows = list(session.scalars(select(UploadFile).where(UploadFile.upload_name == upload.name)))
-        keyed = [(r.path, r.size, r.sha256, store.blob_key(upload.owner_id, r.sha256))
-                 for r in rows if not r.path.endswith("/")]
-        folders = [r.path[:-1] for r in rows if r.path.endswith("/")]
-        if upload.kind == "file":
-            return [("", size, sha, key) for _, size, sha, key in keyed], [], "file"
+        key_of = lambda row: store.blob_key(upload.owner_id, row.sha256)  # noqa: E731
+    # An empty folder's row is its path and a trailing '/' (files.folder_rows).
+    keyed = [(r.path, r.size, r.sha256, key_of(r)) for r in rows if not r.path.endswith("/")]
+    folders = [r.path[:-1] for r in rows if r.path.endswith("/")]
+    if parsed.kind != "runs" and upload.kind == "file":
+        return [("", size, sha, key) for _, size, sha, key in keyed], [], "file"
     return _select(keyed, folders, parsed.subpath, resource)
 
 

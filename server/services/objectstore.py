@@ -203,12 +203,8 @@ class ObjectStore:
         finally:
             body.close()
 
-    @_reaching
     def keys(self, prefix: str) -> list[str]:
-        keys: list[str] = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            keys.extend(item["Key"] for item in page.get("Contents", []))
-        return keys
+        return [key for key, _ in self.listing(prefix)]
 
     @_reaching
     def listing(self, prefix: str) -> list[tuple[str, float]]:
