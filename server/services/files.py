@@ -54,10 +54,11 @@ def store_outputs(database: Database, *, settings: Settings, run_id: int, lease_
         storage.remove(staging)
 
 
-def folder_rows(run_id: int, folders) -> list[OutputFile]:
-    """An output's empty folders as rows of its manifest: the path and a
-    trailing '/' (which no file's path has), no size, no sha256."""
-    return [OutputFile(run_id=run_id, path=folder + "/", size=0, sha256="") for folder in folders]
+def folder_rows(model: type[OutputFile] | type[UploadFile], folders, **owner) -> list:
+    """Empty folders as rows of a manifest (an output's, `run_id=`, or an
+    upload's, `upload_name=`): the path and a trailing '/' (which no file's
+    path has), no size, no sha256."""
+    return [model(**owner, path=folder + "/", size=0, sha256="") for folder in folders]
 
 
 def _place_outputs(database: Database, *, settings: Settings, run_id: int, lease_token: str, folder: Path,
@@ -67,7 +68,7 @@ def _place_outputs(database: Database, *, settings: Settings, run_id: int, lease
         run = _check_push(session, run_id=run_id, lease_token=lease_token)
         session.execute(delete(OutputFile).where(OutputFile.run_id == run_id))
         session.add_all(OutputFile(run_id=run_id, path=f.path, size=f.size, sha256=f.sha256) for f in stored)
-        session.add_all(folder_rows(run_id, folders))
+        session.add_all(folder_rows(OutputFile, folders, run_id=run_id))
         run.outputs_size = total
         session.flush()
         final = storage.run_outputs_dir(settings, run_id)

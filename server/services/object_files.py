@@ -150,7 +150,7 @@ def commit_outputs(database: Database, *, store: ObjectStore, max_bytes: int, ru
         run = files._check_push(session, run_id=run_id, lease_token=manifest.lease_token)
         session.execute(delete(OutputFile).where(OutputFile.run_id == run_id))
         session.add_all(OutputFile(run_id=run_id, path=e.path, size=e.size, sha256=e.sha256) for e in manifest.files)
-        session.add_all(files.folder_rows(run_id, folders))
+        session.add_all(files.folder_rows(OutputFile, folders, run_id=run_id))
         run.outputs_size = total
         session.flush()
     named = {prefix + entry.path for entry in manifest.files}
@@ -290,8 +290,7 @@ def _record_upload(database: Database, *, store: ObjectStore, owner, name: str, 
         if not unique.insert_once(session, upload):  # another replica took the name since
             raise NameTaken(f"upload {name!r} already exists")
         session.add_all(UploadFile(upload_name=name, path=f.path, size=f.size, sha256=f.sha256) for f in entries)
-        # Its empty folders, as an output's (files.folder_rows): the path and a trailing '/'.
-        session.add_all(UploadFile(upload_name=name, path=folder + "/", size=0, sha256="") for folder in folders)
+        session.add_all(files.folder_rows(UploadFile, folders, upload_name=name))
         session.flush()
         mine = existing is None or existing.owner_id == owner.id
         dropped = unreferenced_blobs(session, store=store, owner_id=owner.id, shas=replaced) if mine else []
