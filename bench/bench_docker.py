@@ -17,7 +17,7 @@ worker's CPU per warm run (their processes' user + system from /proc), figures
 a loaded machine moves far less than the wall times; `--no-cold` leaves out
 step 2. To compare other code, put it first on PYTHONPATH.
 
-    python bench/bench_docker.py [--runs 20] [--base-image cast-base:bookworm] [--own-server] [--no-cold]
+    python bench/bench_docker.py [--runs 20] [--base-image cast-base:bookworm] [--own-server] [--no-cold] [--command CMD]
 """
 
 from __future__ import annotations
@@ -77,17 +77,24 @@ def wait_healthy(url: str) -> None:
     raise SystemExit(f"the control plane at {url} did not start")
 
 
-def stages(url: str, token: str, run_id: int) -> dict[str, float]:
-    """How long run `run_id` spent in each stage (from its transitions)."""
+def stages(url: str, token: str, run_id: int, spawned: tuple[float, float] | None = None) -> dict[str, float]:
+    """How long run `run_id` spent in each stage (from its transitions); given
+    the wall-clock times its `cast` process was spawned and returned, also
+    `cli start → created` and `final → cli exit` (one clock: the same host)."""
     run = httpx.get(f"{url}/api/v1/runs/{run_id}", headers={"Authorization": f"Bearer {token}"}).json()
     times = [(t["status"], datetime.fromisoformat(t["at"].replace("Z", "+00:00"))) for t in run["transitions"]]
-    return {status: (after - at).total_seconds() for (status, at), (_, after) in zip(times, times[1:])}
+    phases = {}
+    if spawned:
+        phases["cli start → created"] = times[0][1].timestamp() - spawned[0]
+    phases.update({status: (after - at).total_seconds() for (status, at), (_, after) in zip(times, times[1:])})
+    if spawned:
+        phases["final → cli exit"] = spawned[1] - times[-1][1].timestamp()
+    return phases
 
 
 def stage_seconds(url: str, token: str, run_id: int, stage: str) -> float:
     """How long run `run_id` spent in `stage`."""
     return stages(url, token, run_id)[stage]
-    raise SystemExit(f"run {run_id} has no {stage} stage")
 
 
 def bare_build(base_image: str, tag: str, env: dict) -> float:
@@ -112,6 +119,9 @@ def main() -> None:
                         help="a separately started control plane and worker instead of the embedded default "
                              "(`cast run` under a temporary CAST_HOME, CAST_EXECUTOR=docker)")
     parser.add_argument("--no-cold", action="store_true", help="only the warm runs (step 1)")
+    parser.add_argument("--command", default="true",
+                        help="the warm runs' command, for cast and bare alike (`echo line`: what one line of output "
+                             "adds to each)")
     args = parser.parse_args()
     repository = f"cast-env-bench-{uuid.uuid4().hex[:8]}"
     bare_tag = f"cast-bench-bare:{uuid.uuid4().hex[:8]}"
@@ -147,14 +157,17 @@ def main() -> None:
                 services = [server.pid, worker.pid]
                 env.update(CAST_SERVER_URL=url, CAST_TOKEN=token)
                 timed([CAST, "run", "true"], env, cwd=outside)  # warm-up: builds the plain environment once
-            cast_times, bare_times, cast_cpu, service_cpu = [], [], [], []
+            cast_times, bare_times, cast_cpu, service_cpu, spawned = [], [], [], [], []
+            bare_command = ["true"] if args.command == "true" else ["bash", "-c", args.command]
             for _ in range(args.runs):  # interleaved, so both see the same machine
                 before = tree_cpu(services)
-                cast_times.append(timed([CAST, "run", "true"], env, cast_cpu, cwd=outside))
+                started = time.time()
+                cast_times.append(timed([CAST, "run", args.command], env, cast_cpu, cwd=outside))
+                spawned.append((started, time.time()))
                 service_cpu.append(tree_cpu(services) - before)
-                bare_times.append(timed(["docker", "run", "--rm", args.base_image, "true"], env))
+                bare_times.append(timed(["docker", "run", "--rm", args.base_image, *bare_command], env))
 
-            warm = [stages(url, token, run_id) for run_id in range(2, args.runs + 2)]
+            warm = [stages(url, token, run_id, spawned[run_id - 2]) for run_id in range(2, args.runs + 2)]
             if not args.no_cold:
                 pip_flags = [flag for package in PACKAGES for flag in ("--pip", package)]
                 cold = timed([CAST, "run", *pip_flags, "true"], env, cwd=outside)
@@ -173,17 +186,18 @@ def main() -> None:
     cast_median, bare_median = statistics.median(cast_times), statistics.median(bare_times)
     print(f"load average {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores); "
           f"{'own server and worker' if args.own_server else 'embedded default'}")
-    print(f"warm cast run true (docker)   : median {cast_median * 1000:.0f} ms over {args.runs} runs")
-    print(f"bare docker run --rm BASE true: median {bare_median * 1000:.0f} ms over {args.runs} runs")
+    print(f"warm cast run {args.command!r} (docker)   : median {cast_median * 1000:.0f} ms over {args.runs} runs")
+    print(f"bare docker run --rm BASE {' '.join(bare_command)}: median {bare_median * 1000:.0f} ms over {args.runs} runs")
     print(f"ratio                         : {cast_median / bare_median:.2f}x  (goal: at most 1.2x: "
           f"{'met' if cast_median <= 1.2 * bare_median else 'not met'})")
     print(f"  CPU of the cast process (user + system): median {statistics.median(cast_cpu) * 1000:.0f} ms")
     print(f"  CPU of the control plane and worker during a run (user + system; the container's own is the "
           f"engine's): median {statistics.median(service_cpu) * 1000:.0f} ms")
-    print("  the run's stages (medians; `running` is the container's create, start and exit, its removal "
-          "comes after the run):")
+    print("  where a run's time goes (medians; from the `cast` process's spawn to the run's creation, its "
+          "stages, then from its final status to the process's exit; `running` is the container's create, start "
+          "and exit, its removal comes after the run):")
     for stage in warm[0]:
-        print(f"    {stage:<17}: {statistics.median(times.get(stage, 0.0) for times in warm) * 1000:.0f} ms")
+        print(f"    {stage:<20}: {statistics.median(times.get(stage, 0.0) for times in warm) * 1000:.0f} ms")
     if not args.no_cold:
         print(f"cold cast run, --pip {' '.join(PACKAGES)}: {cold:.1f} s end to end, building stage "
               f"{cold_building:.1f} s")

@@ -141,9 +141,12 @@ def _follow_to_end(client, run_id: int, offset: int, printer) -> int:
             warned.append(problem)
 
     try:
+        outcome = None
         for page in client.follow_logs(run_id, offset, on_reconnect=on_reconnect):
             printer.chunks(page.chunks)
-        final = client.get_run(run_id)
+            outcome = page.outcome
+        # The stream's last page says how the run ended; a server before that asked for it.
+        final = {"id": run_id, **outcome.to_dict()} if outcome else client.get_run(run_id)
     except KeyboardInterrupt:
         sys.stdout.flush()
         sys.stderr.write(

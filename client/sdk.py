@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from urllib.parse import quote, urlencode, urlsplit
 
 from cast.protocol.logs import MAX_READ_LINES, LogPage
+from cast.protocol.messages import PERMANENT_HEADER
+from cast.protocol.retries import Failure, RetryPolicy, classify, retry_after_seconds
 
 if TYPE_CHECKING:  # only `run` builds one; the other verbs need not import it
     from cast.protocol.messages import RunSpec
@@ -39,11 +41,16 @@ FOLLOW_READ_TIMEOUT = 75.0
 # Give up following after this long without reaching the server at all.
 FOLLOW_GIVE_UP_SECONDS = 300.0
 STREAM_CHUNK = 256 * 1024
-# Answers of a balancer whose replica died mid-request (502, 504) or of a
-# replica shutting down (503): another replica answers the same request.
-RETRY_STATUSES = frozenset({502, 503, 504})
-# How long a call keeps retrying those, and connections cut mid-request.
+# How long a call keeps trying again (cast.protocol.retries: a connection cut
+# mid-request, 408, 429, 502-504; through a balancer the next try reaches a
+# live replica). Another 5xx is the server's answer, shown at once: a
+# repeat would meet it again. A connection refused is not retried either: no
+# server listens there, and the user is told at once.
 RETRY_SECONDS = 30.0
+RETRIES = RetryPolicy(first_delay=0.1, max_delay=2.0, budget=RETRY_SECONDS, max_same_errors=1)
+# A follower reconnects through any outage or server error until it has not
+# reached the server for FOLLOW_GIVE_UP_SECONDS.
+FOLLOW_RETRIES = RetryPolicy(first_delay=0.1, max_delay=3.0, budget=FOLLOW_GIVE_UP_SECONDS)
 # Methods whose repetition does what one request does; a POST is retried only
 # when the request itself makes a repeat harmless (create_run's submit key).
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
@@ -56,12 +63,22 @@ class CastError(Exception):
 
 
 class ApiError(CastError):
-    """The server answered with an error; `detail` is its reason."""
+    """The server answered with an error; `detail` is its reason, `failure`
+    what it says of another try, `retry_after` the pause the server asked
+    for (seconds) if it did."""
 
-    def __init__(self, status: int, detail: str):
+    def __init__(self, status: int, detail: str, *, permanent: bool = False, retry_after: float | None = None):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.failure = classify(status, permanent=permanent)
+        self.retry_after = retry_after
+
+    @classmethod
+    def of(cls, response: http.client.HTTPResponse, body: bytes) -> "ApiError":
+        return cls(response.status, _detail_of(response.status, response.reason, body),
+                   permanent=response.getheader(PERMANENT_HEADER) == "1",
+                   retry_after=retry_after_seconds(response.getheader("Retry-After")))
 
 
 class Unreachable(CastError):
@@ -88,6 +105,14 @@ def _detail_of(status: int, reason: str, body: bytes) -> str:
         text = body.decode("utf-8", "replace").strip()
         detail = f"HTTP {status} {reason}" + (f": {text[:200]}" if text else "")
     return str(detail)
+
+
+def _pause(attempts, error: CastError) -> float | None:
+    """The pause before another try after `error` (a cut connection or an
+    error answer), or None: give up."""
+    if isinstance(error, ApiError):
+        return attempts.pause(error.failure, answer=(error.status, error.detail), retry_after=error.retry_after)
+    return attempts.pause(Failure.OUTAGE)
 
 
 class Client:
@@ -221,9 +246,8 @@ class Client:
         """A request whose answer is JSON (or empty); errors raise ApiError.
 
         A request that may be repeated (`repeatable`, by default an idempotent
-        method with a body that can be sent again) is retried for up to
-        RETRY_SECONDS when its connection is cut or the answer is 502, 503 or
-        504: through a balancer, the next try reaches a live replica."""
+        method with a body that can be sent again) is tried again under
+        RETRIES (see RETRY_SECONDS)."""
         headers = dict(headers or {})
         headers.setdefault("Accept", "application/json")
         if json_body is not None:
@@ -237,18 +261,19 @@ class Client:
 
     @staticmethod
     def _repeating(attempt, *, repeatable: bool = True):
-        """`attempt()`, tried again for up to RETRY_SECONDS while its connection
-        is cut or it is answered 502, 503 or 504, if `repeatable`."""
-        give_up_at, delay = time.monotonic() + RETRY_SECONDS, 0.1
+        """`attempt()`, tried again under RETRIES while its connection is cut
+        or the answer says another try may do, if `repeatable`."""
+        attempts = RETRIES.attempts()
         while True:
             try:
                 return attempt()
             except (ConnectionCut, ApiError) as exc:
-                if (not repeatable or (isinstance(exc, ApiError) and exc.status not in RETRY_STATUSES)
-                        or time.monotonic() + delay > give_up_at):
+                delay = None
+                if repeatable:
+                    delay = _pause(attempts, exc)
+                if delay is None:
                     raise
             time.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
     def _call_once(self, method: str, path: str, *, query: dict | None, body: bytes | Iterable[bytes] | None,
                    headers: dict, dedicated: bool) -> Any:
@@ -263,7 +288,7 @@ class Client:
             if dedicated:
                 conn.close()
         if response.status >= 400:
-            raise ApiError(response.status, _detail_of(response.status, response.reason, data))
+            raise ApiError.of(response, data)
         if not data or method == "HEAD":
             return None
         try:
@@ -284,7 +309,7 @@ class Client:
         if response.status >= 400:
             data = response.read()
             conn.close()
-            raise ApiError(response.status, _detail_of(response.status, response.reason, data))
+            raise ApiError.of(response, data)
         return Download(response, conn, self.url)
 
     # --- health --------------------------------------------------------
@@ -372,7 +397,7 @@ class Client:
 
         A dropped connection (server restart, network cut, silence longer than
         FOLLOW_READ_TIMEOUT) is resumed from the last complete page's
-        `next_offset`, with backoff, so no line is yielded twice or missed.
+        `next_offset`, under FOLLOW_RETRIES, so no line is yielded twice or missed.
         `on_reconnect(error_text)` is called before each retry.
         """
         pages = self._follow(f"/runs/{int(run_id)}/logs/follow", {}, offset, f"the log stream of run {run_id}",
@@ -381,9 +406,9 @@ class Client:
 
     def _follow(self, path: str, query: dict, offset: int, what: str, on_reconnect) -> Iterator[dict]:
         """The NDJSON chunks of a follow route, resumed from `next_offset` (see follow_logs)."""
-        backoff = 0.1
-        failing_since: float | None = None
+        attempts = None  # since the last chunk read
         while True:
+            failure, retry_after = Failure.OUTAGE, None
             try:
                 download = self._stream("GET", path, query={**query, "offset": offset}, timeout=FOLLOW_READ_TIMEOUT)
                 with download:
@@ -391,26 +416,26 @@ class Client:
                         if not line.strip():
                             continue
                         chunk = json.loads(line)  # a line cut short raises and resumes below
-                        failing_since, backoff = None, 0.1
+                        attempts = None
                         offset = chunk["next_offset"]
                         yield chunk
                         if chunk.get("finished"):
                             return
                 problem = f"{what} ended early"
             except ApiError as exc:
-                if exc.status < 500:
+                if exc.failure is Failure.FINAL:
                     raise
+                failure, retry_after = exc.failure, exc.retry_after
                 problem = f"HTTP {exc.status}: {exc.detail}"
             except (Unreachable, OSError, http.client.HTTPException, ValueError) as exc:
                 problem = str(exc) or exc.__class__.__name__
-            now = time.monotonic()
-            failing_since = failing_since or now
-            if now - failing_since > FOLLOW_GIVE_UP_SECONDS:
+            attempts = attempts or FOLLOW_RETRIES.attempts()
+            delay = attempts.pause(failure, retry_after=retry_after)
+            if delay is None:
                 raise Unreachable(f"lost {what} from {self.url}: {problem}")
             if on_reconnect:
                 on_reconnect(problem)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 3.0)
+            time.sleep(delay)
 
     # --- outputs -------------------------------------------------------
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .messages import LogStream
+from .status import RunStatus
 
 # Lines one read answers at most (the server's bound and what `cast logs` asks
 # for), and the bytes of stored line text past which a read ends early (the
@@ -87,19 +88,45 @@ class LogChunk:
 
 
 @dataclass
+class RunOutcome:
+    """How a run ended, as the follow stream's finished page says it, so a
+    follower prints the outcome without asking for the run: its final status,
+    exit code, reason, and its creation and end (ISO times)."""
+
+    status: RunStatus
+    exit_code: int | None = None
+    reason: str | None = None
+    created_at: str | None = None
+    finished_at: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunOutcome":
+        return cls(status=RunStatus(data["status"]), exit_code=data.get("exit_code"), reason=data.get("reason"),
+                   created_at=data.get("created_at"), finished_at=data.get("finished_at"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status.value, "exit_code": self.exit_code, "reason": self.reason,
+                "created_at": self.created_at, "finished_at": self.finished_at}
+
+
+@dataclass
 class LogPage:
     """One read of a log, or one message of the follow stream: chunks in
     order, the offset to read next, and whether the run is final and all of
-    its log was sent."""
+    its log was sent; the follow stream's finished page also carries the
+    run's `outcome` (a server before it sent none: None)."""
 
     chunks: list[LogChunk]
     next_offset: int
     finished: bool
+    outcome: RunOutcome | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LogPage":
+        outcome = data.get("outcome")
         return cls(chunks=[LogChunk.from_dict(c) for c in data.get("chunks") or []],
-                   next_offset=data["next_offset"], finished=data["finished"])
+                   next_offset=data["next_offset"], finished=data["finished"],
+                   outcome=RunOutcome.from_dict(outcome) if outcome else None)
 
     @property
     def line_count(self) -> int:

@@ -131,13 +131,17 @@ def new_submit_key() -> str:
 SERVER_FILLED = frozenset({"code_digest", "gpus"})
 
 
+# What an upload or a mounted resource is: one file, or a folder of them.
+FileKind = Literal["file", "dir"]
+
+
 @dataclass
 class LeaseMount:
     """A mount as the worker places it: what it is and where the server keeps it."""
 
     resource: str
     path: str
-    kind: Literal["file", "dir"]
+    kind: FileKind
     # The source's path on the server's filesystem; a worker that shares it
     # (the embedded mode) binds it instead of downloading.
     local_path: str

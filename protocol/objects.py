@@ -27,6 +27,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .messages import FileKind
+
 # The object's user metadata that holds its sha256 (x-amz-meta-sha256).
 SHA256_META = "sha256"
 SHA256_HEADER = "x-amz-meta-" + SHA256_META
@@ -62,7 +64,7 @@ class UploadManifest:
     named as the upload) or "dir"; `replace` as `cast upload --replace`;
     `folders` its folders (the empty ones are kept, as `empty_folders` says)."""
 
-    kind: str
+    kind: FileKind
     files: list[ObjectEntry] = field(default_factory=list)
     replace: bool = False
     folders: list[str] = field(default_factory=list)

@@ -3,7 +3,8 @@
 Owns wiring: settings, database (migrated at creation), bootstrap tokens,
 routers under /api/v1, the ONE set of exception handlers that turns domain
 errors into HTTP codes, the request body cap, the reaper task, the retention
-task (when CAST_RETENTION_DAYS is set), the blob collector (with an S3 store),
+task (when CAST_RETENTION_DAYS is set), the blob collector (with an S3 store;
+its pass converts uploads of the earlier layout first, and runs at start-up),
 the hyperparameter search driver, and the web
 log viewer (`web/index.html` at `/`, `web/static/` at `/static`).
 """
@@ -31,7 +32,7 @@ from cast.server import errors
 from cast.server.api import (code, health, hyper, logs, metrics, objects, outputs, protocol, retention, runs, status,
                              uploads, users, workers)
 from cast.server.db import Database
-from cast.server.services import deletion, hyper_driver, leases, log_archive, object_files, storage
+from cast.server.services import deletion, hyper_driver, leases, log_archive, object_files, storage, upload_layout
 from cast.server.services.objectstore import object_store
 from cast.server.services import users as user_service
 from cast.server.settings import Settings
@@ -130,7 +131,7 @@ class RequestGate:
 
     PostgreSQL's text cannot hold NUL while SQLite's can, so a path or query
     value holding one is refused here alike on both (request bodies are checked
-    by schemas._In; the parsers refuse a NUL in a header).
+    by schemas._base._In; the parsers refuse a NUL in a header).
     """
 
     def __init__(self, app, *, max_bytes: int):
@@ -229,8 +230,12 @@ def _collect_blobs_once(database: Database, settings: Settings) -> None:
     with database.exclusive("blob collector") as mine:
         if not mine:
             return
-        removed = object_files.collect_blobs(database, store=object_store(settings),
-                                             grace_seconds=settings.blob_grace_seconds)
+        store = object_store(settings)
+        # Uploads an earlier cast stored under uploads/<name>/ first: their blobs are named.
+        converted = upload_layout.convert(database, store=store, grace_seconds=settings.blob_grace_seconds)
+        removed = object_files.collect_blobs(database, store=store, grace_seconds=settings.blob_grace_seconds)
+    if converted:
+        log.info("converted the objects of uploads %s to content-addressed blobs", converted)
     if removed:
         log.info("deleted %d upload objects no upload names", len(removed))
 
@@ -287,7 +292,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                database, settings))
                     if settings.log_archive_after_seconds else None)
         collector = (asyncio.create_task(_every(settings.blob_collect_interval, "blob collector",
-                                                _collect_blobs_once, database, settings))
+                                                _collect_blobs_once, database, settings, first_at_start=True))
                      if object_store(settings) is not None else None)
         try:
             yield
@@ -305,7 +310,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = database
-    app.state.worker_tokens = user_service.WorkerTokens()
+    app.state.tokens = user_service.Tokens(database.notifier)
     app.state.storage_id = storage.ensure_storage_id(settings)
     api = APIRouter(prefix="/api/v1")
     # Each request is matched against the routers in this order, route by

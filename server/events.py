@@ -4,8 +4,9 @@ Owns the wake-ups that let a log follower and a worker's lease long-poll answer
 as soon as something changes instead of polling: service code marks a key as
 changed on its session (`changed(session, key)`), and once that transaction
 commits every coroutine waiting on the key wakes up. Keys are `run_key(id)`
-(a run's log or status changed) and `queue_key(gpus)` (a run needing `gpus`
-GPUs was queued).
+(a run's log or status changed), `queue_key(gpus)` (a run needing `gpus`
+GPUs was queued) and `token_key(id)` (a token was revoked: every process
+drops what it remembers of tokens, `users.Tokens`, and bumps `generation`).
 
 A queued run wakes ONE of the workers' long polls (`wait_for_run`), not all:
 the one with the fewest free GPUs that still fit the run, the longest waiting
@@ -14,7 +15,11 @@ leaves the GPU waiters asleep. Every other waiter sleeps on; waking them all
 made each try a claim that all but one lost (a thundering herd). A wake-up
 is never dropped: a waiter that leaves (its client gone, its time up, an
 error) before its claim attempt served the wake-up passes it on to another,
-and a claim that leaves runs queued passes one on too (`leases.wait_for_lease`).
+and a claim that leaves runs queued passes one on too (`leases.wait_for_lease`,
+`Notifier.pass_on`). A wake-up passed on that finds no waiter it fits in its
+own process goes to the other processes (PostgreSQL: `passed_key`, sent by
+the listener), where it wakes one waiter it fits each, as a queued run does;
+one that arrives so and finds none there is dropped, never passed on again.
 
 On PostgreSQL the keys also travel to the other server processes on the same
 database: the transaction sends them with `pg_notify` (`send_pending`, so they
@@ -23,7 +28,17 @@ are delivered when it commits and dropped if it rolls back), and each process's
 connection may have missed notifications, so on reconnecting it wakes every
 waiter: each re-reads the database, which is the truth. While the listener
 listens, a process's own commits reach its waiters through it too, so they
-are not also fired at commit (a queued run would wake two of its waiters).
+are not also fired at commit (a queued run would wake two of its waiters);
+a token's key is, so a revocation holds on its own process before the
+revoking request answers.
+
+What a process remembers of the database (the token cache) may be used only
+while `Notifier.heard_all()`: always in one process (SQLite); on PostgreSQL
+while the listener listens and has no notification waiting unread on its
+socket or half-read, so a revocation that reached this process is never
+answered from memory. `generation` changes with every revocation heard and
+whenever the listener goes deaf or listens again: a thing remembered under
+an older generation is not used.
 
 Waiters subscribe *before* reading the database and wait afterwards, so a
 change committed between the read and the wait is never missed.
@@ -42,6 +57,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import select
 import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Hashable
@@ -65,8 +82,19 @@ def queue_key(gpus: int) -> tuple[str, int]:
     return ("queue", gpus)
 
 
+def passed_key(gpus: int) -> tuple[str, int]:
+    """A wake-up for a run needing `gpus` GPUs that another process had no waiter for."""
+    return ("passed", gpus)
+
+
+def token_key(token_id: int) -> tuple[str, int]:
+    """A token was revoked: what any process remembers of tokens is stale."""
+    return ("token", token_id)
+
+
 # A run needing no GPU was queued.
 QUEUE = queue_key(0)
+_KINDS = {"run": run_key, "queue": queue_key, "passed": passed_key, "token": token_key}
 
 
 def _encode(key: tuple[str, int]) -> str:
@@ -75,9 +103,9 @@ def _encode(key: tuple[str, int]) -> str:
 
 def _decode(word: str) -> Hashable | None:
     kind, _, number = word.partition(":")
-    if not number.isdigit():
+    if not number.isdigit() or kind not in _KINDS:
         return None
-    return run_key(int(number)) if kind == "run" else queue_key(int(number)) if kind == "queue" else None
+    return _KINDS[kind](int(number))
 
 
 class Subscription:
@@ -148,8 +176,8 @@ class RunWait(Subscription):
         super().close()
         with self._notifier._lock:
             unserved, self._wakes = self._wakes, []
-        if unserved:
-            self._notifier.notify(*(queue_key(gpus) for gpus in unserved))
+        for gpus in unserved:
+            self._notifier.pass_on(gpus)
 
 
 class Notifier:
@@ -161,6 +189,22 @@ class Notifier:
         self.closed = False
         # Set by a Listener while it hears this process's own commits.
         self.echoes = False
+        # On PostgreSQL (set by db.Database): changes are heard only through a listening Listener.
+        self.needs_listener = False
+        self.listener: Listener | None = None  # set while one listens
+        self.generation = 0
+
+    def heard_all(self) -> bool:
+        """Whether every change that reached this process has been heard (see
+        the module's docstring); read `generation` after this, not before."""
+        if not self.needs_listener:
+            return True
+        listener = self.listener
+        return listener is not None and listener.caught_up()
+
+    def _new_generation(self) -> None:
+        with self._lock:
+            self.generation += 1
 
     def subscribe(self, key: Hashable) -> Subscription:
         """Call from a coroutine; use as a context manager."""
@@ -181,13 +225,26 @@ class Notifier:
         with self._lock:
             fired = []
             for key in keys:
-                if key[0] == "queue":
+                if key[0] == "token":
+                    self.generation += 1
+                elif key[0] in ("queue", "passed"):
                     if (waiter := self._take_waiter(key[1])) is not None:
                         fired.append(waiter)
                 else:
                     fired.extend(self._waiters.pop(key, ()))
         for sub in fired:
             sub._fire()
+
+    def pass_on(self, gpus: int) -> None:
+        """A wake-up for a run needing `gpus` that its waiter did not use: to
+        another waiter here it fits, else to the other processes (while the
+        listener listens; see the module's docstring)."""
+        with self._lock:
+            waiter = self._take_waiter(gpus)
+        if waiter is not None:
+            waiter._fire()
+        elif (listener := self.listener) is not None:
+            listener.send(passed_key(gpus))
 
     def _take_waiter(self, gpus: int) -> RunWait | None:
         """The waiter a run needing `gpus` wakes, taken off the waiting (under the lock)."""
@@ -274,6 +331,8 @@ class Listener:
     other processes (and this one) commit and wakes this process's waiters."""
 
     RECONNECT_SECONDS = 1.0
+    # A connection gone silent (a cut network) is given up within about 10 s.
+    KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2}
 
     def __init__(self, dsn: str, notifier: Notifier):
         self._dsn = dsn
@@ -281,6 +340,14 @@ class Listener:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cast-listener", daemon=True)
         self.listening = threading.Event()
+        self._socket: int | None = None  # the connection's, while it listens
+        self._reading = False  # between taking notifications off the socket and acting on them
+        # Keys to send to every process (wake-ups passed on), and a pipe that wakes the thread to send them.
+        self._outbox: set[tuple[str, int]] = set()
+        self._outbox_lock = threading.Lock()
+        self._wake_read, self._wake_write = os.pipe()  # _wake_write None once closed
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
 
     def start(self) -> None:
         self._thread.start()
@@ -289,6 +356,31 @@ class Listener:
         self._stop.set()
         self._thread.join(timeout=10)
         self._notifier.echoes = False
+        with self._outbox_lock:
+            if not self._thread.is_alive():
+                os.close(self._wake_read)
+                os.close(self._wake_write)
+                self._wake_write = None
+
+    def send(self, key: tuple[str, int]) -> None:
+        """Send `key` to every process, from this thread (safe from any thread,
+        never blocks); repeats of a key not yet sent go as one."""
+        with self._outbox_lock:
+            if self._wake_write is None:  # stopped
+                return
+            self._outbox.add(key)
+            with contextlib.suppress(BlockingIOError):  # a full pipe wakes the thread all the same
+                os.write(self._wake_write, b"x")
+
+    def caught_up(self) -> bool:
+        """Listening, with nothing unread on the socket and nothing half-read
+        (in this order: a notification read off the socket sets `_reading` first)."""
+        socket = self._socket
+        if socket is None:
+            return False
+        poll = select.poll()  # not select.select: a busy server's descriptors pass 1024
+        poll.register(socket, select.POLLIN)
+        return not poll.poll(0) and not self._reading and self._socket is not None
 
     def _run(self) -> None:
         import psycopg
@@ -296,33 +388,72 @@ class Listener:
         lost = False
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._dsn, autocommit=True, connect_timeout=10) as connection:
+                with psycopg.connect(self._dsn, autocommit=True, connect_timeout=10, **self.KEEPALIVES) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
-                    self.listening.set()
-                    self._notifier.echoes = True
-                    if lost:
-                        log.info("listening for changes again; waking every waiter")
-                        self._notifier.wake_all()
-                    while not self._stop.is_set():
-                        for notification in connection.notifies(timeout=1.0):
-                            keys = [key for word in notification.payload.split()
-                                    if (key := _decode(word)) is not None]
-                            self._notifier.notify(*keys)
+                    try:
+                        self._listen(connection, lost)
+                    finally:
+                        self._deaf()  # before the connection closes and its socket's number is reused
             except psycopg.Error as error:
                 if not lost:
                     log.warning("lost the database connection that listens for changes (%s); reconnecting",
                                 str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
                 lost = True
-                self._notifier.echoes = False
-                self.listening.clear()
                 self._stop.wait(self.RECONNECT_SECONDS)
+
+    def _listen(self, connection, lost: bool) -> None:
+        # Whatever was remembered before (or looked up while deaf) may predate a missed change.
+        self._notifier._new_generation()
+        self._socket = connection.fileno()
+        self._notifier.listener = self
+        self.listening.set()
+        self._notifier.echoes = True
+        if lost:
+            log.info("listening for changes again; waking every waiter")
+            self._notifier.wake_all()
+        poll = select.poll()
+        poll.register(self._socket, select.POLLIN)
+        poll.register(self._wake_read, select.POLLIN)
+        while not self._stop.is_set():
+            if not poll.poll(1000):
+                continue
+            self._reading = True
+            try:
+                self._send_outbox(connection)
+                for notification in connection.notifies(timeout=0):
+                    keys = [key for word in notification.payload.split() if (key := _decode(word)) is not None]
+                    self._notifier.notify(*keys)
+            finally:
+                self._reading = False
+
+    def _send_outbox(self, connection) -> None:
+        # Notifications that arrive during the query wait in psycopg's backlog:
+        # the caller reads them next, still `_reading`.
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_read, 4096):
+                pass
+        with self._outbox_lock:
+            keys, self._outbox = self._outbox, set()
+        if keys:
+            payload = " ".join(sorted(_encode(key) for key in keys))
+            connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+
+    def _deaf(self) -> None:
+        self._notifier.listener = None
+        self._socket = None
+        self._notifier.echoes = False
+        self.listening.clear()
+        self._notifier._new_generation()
 
 
 def fire_pending(session: Session, notifier: Notifier) -> None:
     """Wake this process's waiters of the keys a transaction committed, unless
-    they come back through the listener (PostgreSQL, while it listens)."""
+    they come back through the listener (PostgreSQL, while it listens); a
+    revocation acts here at once all the same (its echo comes later)."""
     keys = session.info.pop(_PENDING, None)
-    if keys and not notifier.echoes:
+    if keys and notifier.echoes:
+        keys = [key for key in keys if key[0] == "token"]
+    if keys:
         notifier.notify(*keys)
 
 

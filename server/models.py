@@ -1,4 +1,4 @@
-"""ORM tables of the control plane (the database schema; API shapes live in schemas.py).
+"""ORM tables of the control plane (the database schema; API shapes live in schemas/).
 
 Runs use INTEGER PRIMARY KEY AUTOINCREMENT so a run number is never reused,
 even after the newest run is deleted. Times are stored as naive UTC and come

@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 from cast.protocol.messages import HeldLease, Lease, LeaseState, LogStream, heartbeat_interval
+from cast.protocol.retries import Failure, RetryPolicy
 from cast.protocol.status import RunStatus, is_final
 from cast.protocol.validate import parse_machine_type
-from cast.worker.client import Refused, ServerClient, ServerError, ServerUnavailable, with_retries
-from cast.worker.executors.base import BuildFailed, Executor, Job, RunningProcess
+from cast.worker.client import FIRST_DELAY, Refused, ServerClient, ServerError, ServerUnavailable, with_retries
+from cast.worker.executors.base import BuildFailed, Executor, ExitResult, Job, RunningProcess
 from cast.worker.fsops import remove_tree
 from cast.worker.metrics import RunMetrics
 from cast.worker.mounts import MountCache, MountError
@@ -38,6 +39,12 @@ log = logging.getLogger(__name__)
 
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL when a run is stopped
 LEASE_WAIT = 10.0  # seconds a lease request waits on the server for a queued run
+LEASE_RETRIES = RetryPolicy(first_delay=FIRST_DELAY, max_delay=1.0)  # a failed lease request, asked again
+# How long `mounting` waits for `running` to share its request: a run with no
+# code or data to fetch (or its code cached) places it in milliseconds, and
+# its outcome then comes one round trip sooner; one that fetches them reports
+# `mounting` this much later.
+MOUNTING_LINGER = 0.1
 
 
 def _last_line(text: str) -> str | None:
@@ -140,11 +147,17 @@ class RunController:
     # --- any thread: stop, kill, interrupt ---------------------------------
 
     def request_stop(self, reason: str | None, *, from_server: bool) -> None:
+        """Stop the run, saving its outputs. A stop heard after the command
+        ended on its own, while its outputs are walked or pushed, has nothing
+        to signal: they are saved as they would have been, and the run ends
+        `stopped`, as the server (already `stopping`) and the user were told."""
         with self._lock:
-            if self._stop_requested or self._aborted or self._exited:
+            if self._stop_requested or self._aborted or self._final_queued:
                 return
             self._stop_requested = True
             self._stop_reason = reason
+            if self._exited:
+                return
             via = None if from_server else RunStatus.STOPPING
             if self._process is None:  # nothing ran, nothing to save
                 self._abort(RunStatus.STOPPED, reason, via=via)
@@ -245,7 +258,7 @@ class RunController:
         if self._aborted:
             return
 
-        self._status(RunStatus.MOUNTING, note="cached" if build.cached else None)
+        self._status(RunStatus.MOUNTING, note="cached" if build.cached else None, linger=MOUNTING_LINGER)
         still_running = lambda: not self.outbox.abandoned  # noqa: E731
         try:
             agent.sources.place(self.spec, self.workdir, agent.client, still_running,
@@ -287,22 +300,40 @@ class RunController:
             self._exited = True
             if self._aborted:
                 return
-            stopped = self._stop_requested
 
         # The walk reads no file (the push does), so `saving` is queued after it,
         # back to back with `pushing`: both reach the server in one request, one
-        # round trip fewer between the command's end and its outcome.
+        # round trip fewer between the command's end and its outcome. The server
+        # still says `running` meanwhile: a kill stops the walk (and a staging)
+        # at its next entry, a stop lets it finish (see request_stop).
+        killed = lambda: self._aborted  # noqa: E731
         outputs = Outputs.collect(self.workdir, before, [mount.path for mount in job.mounts],
-                                  report=lambda line: self.outbox.log(LogStream.CAST, line))
+                                  report=lambda line: self.outbox.log(LogStream.CAST, line), cancelled=killed)
+        if outputs is None:  # the kill queued the final status
+            log.info("run %s: killed while its outputs were walked; the walk stopped", self.run_id)
+            return
         # Refused here rather than by the server, which would first receive up to the whole size.
         refused = outputs.over_limit(self.lease.max_output_bytes, what=f"the output of run {self.run_id}")
+        # A first attempt's run has no outputs on the server, so nothing written
+        # needs no push to say so (a later attempt's push of nothing replaces
+        # what an earlier one pushed).
+        push = refused is None and bool(outputs.files or outputs.folders or self.lease.attempt > 1)
         with self._lock:
             self._status(RunStatus.SAVING)
             self._status(RunStatus.PUSHING)
-            if not self._aborted and refused is None:
-                self.outbox.push_outputs(outputs.sender(self.lease))
+            if not push:  # no answer to wait for: the outcome goes in the same request
+                self._final(result, refused, disk_full)
+                return
+            if not self._aborted:
+                self.outbox.push_outputs(outputs.sender(self.lease, cancelled=killed))
         self.outbox.wait_delivered()  # the push's answer decides the final status
-        refused = refused or self.outbox.outputs_refused
+        with self._lock:  # a stop heard until now counts (request_stop), none after
+            self._final(result, self.outbox.outputs_refused, disk_full)
+
+    def _final(self, result: ExitResult, refused: str | None, disk_full: bool) -> None:
+        """Queue the run's final status once its outputs were pushed (or refused, or
+        needed no push); under the lock."""
+        stopped = self._stop_requested
         problems = []
         if result.exit_code != 0 and not stopped:
             problems.append(result.reason or f"exit code {result.exit_code}")
@@ -365,7 +396,7 @@ class Agent:
         """Lease and start runs until `stopping` is set."""
         self._register()
         threading.Thread(target=self._heartbeats, name="heartbeats", daemon=True).start()
-        delay = 0.05
+        attempts = None  # of the lease request, since it last got an answer
         while not self.stopping.is_set():
             with self._slots:
                 self._slots.wait_for(lambda: len(self._active) < self.max_runs or self.stopping.is_set())
@@ -373,10 +404,10 @@ class Agent:
                 break
             try:
                 lease = self.client.lease(self.worker_id, free_gpus=self.gpu_pool.free_count, wait=LEASE_WAIT)
-                delay = 0.05
-            except ServerUnavailable:
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 1.0)
+                attempts = None
+            except ServerUnavailable as exc:  # however it failed, the worker asks again until it stops
+                attempts = attempts or LEASE_RETRIES.attempts()
+                self.stopping.wait(attempts.pause(Failure.OUTAGE, retry_after=exc.retry_after))
                 continue
             except Refused as exc:
                 if exc.status_code == 404:  # the server forgot us (a new database): register again

@@ -1,13 +1,15 @@
 """The worker's HTTP client to the control plane (docs/api.md, worker routes).
 
-Owns the requests and how their failures are classified: a connection error,
-a 5xx, a 408 or a 429 is `ServerUnavailable` (the caller retries; the server
-may be restarting or busy), a 409 is `Conflict` (lease lost or a transition
-refused), any other 4xx, and a 5xx the server marks permanent (the
-`X-Cast-Permanent: 1` header: its disk is full, say), is `Refused` (retrying
-cannot help). `with_retries` also gives up, with `Refused`, once the server
-gave the same 5xx answer a given number of times in a row: a server error
-that every retry meets again is deterministic, not an outage.
+Owns the requests and how their failures are classified, by the retry
+policy the SDK shares (cast.protocol.retries): a connection error, a 5xx, a
+408 or a 429 is `ServerUnavailable` (the caller retries; the server may be
+restarting or busy; a Retry-After is kept), a 409 is `Conflict` (lease lost
+or a transition refused), any other 4xx, and a 5xx the server marks permanent
+(the `X-Cast-Permanent: 1` header: its disk is full, say), is `Refused`
+(retrying cannot help). `with_retries` tries again until its caller stops it
+and also gives up, with `Refused`, once the server gave the same 5xx answer
+a given number of times in a row: a server error that every retry meets
+again is deterministic, not an outage.
 
 An output push is a body of bytes and `FileSpan`s (a file's bytes, never
 read into Python): over plain HTTP with no proxy it goes out on a socket of
@@ -37,13 +39,10 @@ from cast.protocol.messages import (PERMANENT_HEADER, HeldLease, Lease, StatusBa
 from cast.protocol.metrics import MetricPoint
 from cast.protocol.objects import ObjectFile, ObjectManifest, ObjectPlan
 from cast.protocol.outputs import StagedOutputs
+from cast.protocol.retries import Failure, RetryPolicy, classify, retry_after_seconds
 
 T = TypeVar("T")
-# 4xx answers that mean "not now" rather than "never".
-_RETRYABLE_4XX = frozenset({408, 429})
-# 5xx answers of a server being restarted or of a proxy in front of it: an
-# outage however often they repeat, never counted as the same error.
-_OUTAGE_5XX = frozenset({502, 503, 504})
+FIRST_DELAY = 0.05  # seconds before a request that failed is tried again the first time
 # Bytes of a push's body gathered into one write (many small files' headers and contents).
 GATHER = 1 << 20
 # A span read into memory at a time where it cannot be sent with sendfile.
@@ -80,11 +79,13 @@ class ServerUnavailable(ServerError):
     """The server could not be reached or answered 5xx (or 408/429); worth retrying.
 
     `answer` is (status code, detail) for a server error that, repeated, says
-    the request itself fails there; None for an outage."""
+    the request itself fails there (`Failure.ERROR`); None for an outage.
+    `retry_after`: the pause the server asked for, in seconds, if it did."""
 
-    def __init__(self, message: str, answer: tuple[int, str] | None = None):
+    def __init__(self, message: str, answer: tuple[int, str] | None = None, *, retry_after: float | None = None):
         super().__init__(message)
         self.answer = answer
+        self.retry_after = retry_after
 
 
 class Conflict(ServerError):
@@ -114,34 +115,33 @@ def _check(response: httpx.Response) -> httpx.Response:
     detail = _detail(response)
     if code == 409:
         raise Conflict(detail)
-    permanent = response.headers.get(PERMANENT_HEADER) == "1"
-    if code in _RETRYABLE_4XX or (code >= 500 and not permanent):
-        answer = None if code in _OUTAGE_5XX or code < 500 else (code, detail)
-        raise ServerUnavailable(f"server answered {code}: {detail}", answer)
-    raise Refused(code, detail)
+    failure = classify(code, permanent=response.headers.get(PERMANENT_HEADER) == "1")
+    if failure is Failure.FINAL:
+        raise Refused(code, detail)
+    raise ServerUnavailable(f"server answered {code}: {detail}", (code, detail) if failure is Failure.ERROR else None,
+                            retry_after=retry_after_seconds(response.headers.get("Retry-After")))
 
 
 def with_retries(call: Callable[[], T], *, should_continue: Callable[[], bool] = lambda: True,
                  max_delay: float = 1.0, max_same_errors: int | None = None) -> T:
-    """Repeat `call` while the server is unavailable, backing off up to `max_delay`
-    seconds between tries; stop (re-raising) once `should_continue` says so, and
-    raise `Refused` once the server gave the same error answer `max_same_errors`
-    times in a row."""
-    delay = 0.05
-    last, repeats = None, 0
+    """Repeat `call` while the server is unavailable, pausing as
+    cast.protocol.retries says (doubling from FIRST_DELAY up to `max_delay`
+    seconds, or longer where the server's Retry-After asks); stop (re-raising)
+    once `should_continue` says so, and raise `Refused` once the server gave
+    the same error answer `max_same_errors` times in a row."""
+    attempts = RetryPolicy(first_delay=FIRST_DELAY, max_delay=max_delay, max_same_errors=max_same_errors).attempts()
     while True:
         try:
             return call()
         except ServerUnavailable as exc:
             if not should_continue():
                 raise
-            repeats = repeats + 1 if exc.answer is not None and exc.answer == last else 1
-            last = exc.answer
-            if last is not None and max_same_errors is not None and repeats >= max_same_errors:
-                code, detail = last
-                raise Refused(code, f"{detail} (the same answer {repeats} times in a row)") from exc
+            failure = Failure.OUTAGE if exc.answer is None else Failure.ERROR
+            delay = attempts.pause(failure, answer=exc.answer, retry_after=exc.retry_after)
+            if delay is None:  # no budget: only the same error answer ends the tries
+                code, detail = exc.answer
+                raise Refused(code, f"{detail} (the same answer {attempts.repeats} times in a row)") from exc
             time.sleep(delay)
-            delay = min(delay * 2, max_delay)
 
 
 def _send_chunked(sock: socket.socket, body: Iterable[bytes | FileSpan]) -> None:

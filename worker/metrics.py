@@ -331,12 +331,16 @@ class RunMetrics:
         if self._file is not None:
             self._file.start()
 
-    def log_sink(self, stream: LogStream, text: str) -> None:
-        """The executor's log sink: every line to the outbox, and a Trainer's
-        lines of stdout and stderr also as points."""
-        self._outbox.log(stream, text)
+    def log_sink(self, stream: LogStream, lines: list[str]) -> None:
+        """The executor's sink of the command's output: the lines to the outbox
+        in one call, and a Trainer's lines of stdout and stderr also as points."""
+        self._outbox.log_lines(stream, lines)
         if not self._log_metrics or stream is LogStream.CAST:
             return
+        for text in lines:
+            self._trainer_points(text)
+
+    def _trainer_points(self, text: str) -> None:
         found = trainer_metrics(text)
         if found is None:
             return

@@ -68,13 +68,20 @@ def _slice(path_handle, offset: int, length: int) -> Iterator[bytes]:
         yield chunk
 
 
+class PushCancelled(Exception):
+    """An output push stopped half-way: its run was killed (nothing of it will be kept)."""
+
+
 class ObjectPush:
     """The push of one run's outputs to the object store, called again for
-    each attempt (the outbox's sender): files hashed once, then plan, upload, commit."""
+    each attempt (the outbox's sender): files hashed once, then plan, upload,
+    commit; stopped before the next file once `cancelled` says so."""
 
-    def __init__(self, root: Path, files: list[str], folders: list[str], not_saved: Callable[[str, str], None]):
+    def __init__(self, root: Path, files: list[str], folders: list[str], not_saved: Callable[[str, str], None],
+                 cancelled: Callable[[], bool] = lambda: False):
         self._root, self._files, self._folders = root, files, folders
         self._not_saved = not_saved
+        self._cancelled = cancelled
         self._entries: list[ObjectEntry] | None = None
         self._store = httpx.Client(timeout=httpx.Timeout(600.0, connect=5.0))
 
@@ -82,6 +89,7 @@ class ObjectPush:
         entries = []
         with DirCursor(self._root) as cursor:
             for rel in self._files:
+                self._check()
                 if (handle := open_output(cursor, rel, self._not_saved)) is None:
                     continue
                 with handle:
@@ -100,6 +108,7 @@ class ObjectPush:
         by_path = {entry.path: entry for entry in self._entries}
         with DirCursor(self._root) as cursor:
             for upload in plan.uploads:
+                self._check()
                 entry = by_path[upload.path]
                 with open_regular(cursor, upload.path) as handle:
                     if upload.url is not None:
@@ -114,6 +123,10 @@ class ObjectPush:
                             part.url, content=_slice(handle, offset, length), headers={"Content-Length": str(length)}),
                             f"part {part.number} of {upload.path}")
         return client.commit_outputs(run_id, manifest)
+
+    def _check(self) -> None:
+        if self._cancelled():
+            raise PushCancelled("the output push stopped: the run was killed")
 
 
 # --- the content-addressed cache for mounts -------------------------------------------

@@ -15,7 +15,8 @@ however long its lines) carrying the API's
 stored once. A line longer than MAX_LINE_CHARS is split into several here,
 whatever wrote it, so nothing is lost. Status
 changes queued one after another go in one request, applied by the server in
-order in one transaction; a retried batch is recorded once, as a lone report
+order in one transaction (one queued with a `linger` waits that long for the
+next to join it); a retried batch is recorded once, as a lone report
 is: each report the table refuses (already applied by the lost try) is
 skipped. While the server is unreachable or answers 5xx, the sender keeps retrying the same item
 with backoff: the run goes on, the outbox buffers, and the server receives
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from cast.protocol.logs import MAX_BATCH_LINES, MAX_LINE_CHARS, LogRun, split_line
+from cast.protocol.logs import MAX_BATCH_LINES, LogRun, split_line, split_lines
 from cast.protocol.messages import MAX_REASON_LENGTH, MAX_STATUS_BATCH, LogStream, StatusReport
 from cast.protocol.metrics import MAX_BATCH as MAX_POINT_BATCH
 from cast.protocol.metrics import MetricPoint
@@ -113,6 +114,7 @@ class _StatusChange:
     exit_code: int | None
     reason: str | None
     limits: str | None
+    due: float  # when it goes even alone (monotonic); a status queued behind it sends it at once
 
 
 @dataclass
@@ -164,6 +166,14 @@ class Outbox:
     # --- producers --------------------------------------------------------
 
     def log(self, stream: LogStream, text: str) -> None:
+        """Queue one line (a note of the worker's, a build's line)."""
+        self.log_lines(stream, [text])
+
+    def log_lines(self, stream: LogStream, lines: list[str]) -> None:
+        """Queue lines of one stream in their order, in one step (a line
+        reader's read: thousands of lines cost about what one does). Past the
+        pending bounds the caller waits before queueing them, so the bounds
+        are overshot by one call's lines at most."""
         with self._lock:
             if self._truncated and stream is not LogStream.CAST:
                 return
@@ -173,31 +183,46 @@ class Outbox:
                                     or self._abandoned or self._closed)
             if self._abandoned or self._closed:
                 return
-            self._add_line(stream, text)
+            self._add_lines(stream, split_lines(lines))
 
-    def _add_line(self, stream: LogStream, text: str) -> None:
-        """Queue a line (split if too long) on the last run when it may take it; under the lock.
+    def _add_lines(self, stream: LogStream, lines: list[str]) -> None:
+        """Queue lines (none longer than MAX_LINE_CHARS) on the last run while
+        it may take them, the rest on new runs; under the lock.
 
-        Only a new run wakes the sender: a line joining a run changes nothing
-        it waits for (its linger is timed), and a wake-up per line cost the
-        worker more than the line itself."""
-        size = len(text)
-        if size > MAX_LINE_CHARS:
-            for piece in split_line(text):
-                self._add_line(stream, piece)
-            return
-        self._pending_lines += 1
-        self._pending_chars += size
+        Only a new run wakes the sender: lines joining a run change nothing it
+        waits for (its linger is timed), and a wake-up per line cost the
+        worker more than the line itself. A run takes a slice of the lines at
+        once; only where the characters bound falls inside the slice are they
+        counted one by one."""
         items = self._items
-        if len(items) > self._in_flight:
-            last = items[-1]
-            if (type(last) is _LogRun and last.stream is stream and len(last.lines) < MAX_BATCH
-                    and last.chars + size <= MAX_BATCH_CHARS and time.monotonic() - last.queued_at < RUN_SPAN):
-                last.lines.append(text)
-                last.chars += size
-                return
-        items.append(_LogRun(stream, [text], size, utc_now()))
-        self._cond.notify_all()
+        now = time.monotonic()
+        start, end = 0, len(lines)
+        full = False  # the last run takes no more of these lines
+        while start < end:
+            last = items[-1] if len(items) > self._in_flight else None
+            if full or not (type(last) is _LogRun and last.stream is stream and now - last.queued_at < RUN_SPAN
+                            and len(last.lines) < MAX_BATCH):
+                last = _LogRun(stream, [], 0, utc_now())
+                items.append(last)
+                self._cond.notify_all()
+                full = False
+            stop = min(end, start + MAX_BATCH - len(last.lines))
+            size = sum(map(len, lines[start:stop]))
+            if last.chars + size > MAX_BATCH_CHARS:
+                stop, size = start, 0
+                while stop < end and last.chars + size + len(lines[stop]) <= MAX_BATCH_CHARS:
+                    size += len(lines[stop])
+                    stop += 1
+                if stop == start:  # the next line does not fit: a new run takes it, alone if need be
+                    if last.lines:
+                        full = True
+                        continue
+                    stop, size = start + 1, len(lines[start])
+            last.lines += lines if stop - start == end else lines[start:stop]
+            last.chars += size
+            self._pending_lines += stop - start
+            self._pending_chars += size
+            start = stop
 
     def metrics(self, points: list[MetricPoint]) -> None:
         """Queue points (already checked) behind what was queued before them."""
@@ -211,8 +236,11 @@ class Outbox:
             self._cond.notify_all()
 
     def status(self, status: RunStatus, *, note: str | None = None, exit_code: int | None = None,
-               reason: str | None = None, limits: str | None = None) -> None:
-        self._put(_StatusChange(status, _clip(note), exit_code, _clip(reason), _clip(limits)))
+               reason: str | None = None, limits: str | None = None, linger: float = 0.0) -> None:
+        """Queue a status change; it waits up to `linger` seconds for the next
+        one to share its request (anything else queued behind it ends the wait)."""
+        self._put(_StatusChange(status, _clip(note), exit_code, _clip(reason), _clip(limits),
+                                due=time.monotonic() + linger))
 
     def push_outputs(self, send: Callable[[ServerClient, int, str], object]) -> None:
         self._put(_OutputPush(send))
@@ -283,12 +311,17 @@ class Outbox:
                 head = self._items[0]
                 if isinstance(head, _StatusChange):
                     # Every status queued by now goes in one request (a run
-                    # passes several in milliseconds): none waits for company.
+                    # passes several in milliseconds); only one queued with a
+                    # linger, alone in the queue, waits for company.
                     changes = []
                     for item in self._items[:MAX_STATUS_BATCH]:
                         if not isinstance(item, _StatusChange):
                             break
                         changes.append(item)
+                    remaining = min(change.due for change in changes) - time.monotonic()
+                    if len(changes) == len(self._items) and remaining > 0 and not self._closed:
+                        self._cond.wait(remaining)
+                        continue
                     self._in_flight = len(changes)
                     return changes
                 if not isinstance(head, (_LogRun, _Point)):
@@ -389,12 +422,12 @@ class Outbox:
         with self._cond:
             if self._abandoned:
                 return
-            self._add_line(LogStream.CAST, text)
+            self._add_lines(LogStream.CAST, split_line(text))
 
     def _deliver(self, batch: list) -> None:
         first = batch[0]
         if isinstance(first, _LogRun):
-            # Runs in flight take no more lines (see _add_line): what is sent is what is counted.
+            # Runs in flight take no more lines (see _add_lines): what is sent is what is counted.
             answer = self._client.append_logs(self._run_id, self._token, seq=self._entries_sent, runs=[
                 LogRun(run.stream, run.lines, run.time) for run in batch
             ])

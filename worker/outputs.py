@@ -12,7 +12,10 @@ socket or device (never opened), a name the server would refuse
 folder that cannot be read. A hardlink is saved as the file's content; a
 sparse file as its full length of bytes, which counts against the server's
 output cap: files over the cap the lease names are not sent at all
-(`over_limit`).
+(`over_limit`). A walk or a push asked to stop (`cancelled`: the run was
+killed meanwhile) stops at its next entry (`PushCancelled`), a staging
+folder removed with what it held, so a large tree does not keep a killed
+run's slot or the server's storage.
 
 `Outputs.tar` streams the files as a tar: headers and small files as bytes,
 each larger file as a `FileSpan` the client sends from the file (sendfile), so
@@ -48,10 +51,11 @@ from cast.protocol.outputs import STAGING_FOLDER, StagedFile, StagedOutputs, sta
 from cast.worker.client import FileSpan, ServerClient
 from cast.worker.fsops import DirCursor, Kind, open_output, open_regular, remove_tree, walk
 from cast.worker.mounts import shares_server_storage
-from cast.worker.objects import ObjectPush
+from cast.worker.objects import ObjectPush, PushCancelled
 
 Snapshot = dict[str, tuple[int, int, int]]  # relative path → (file type, size, mtime_ns)
 Report = Callable[[str], None]  # writes one line to the run's log
+Cancelled = Callable[[], bool]  # True once the run was killed: what it wrote is not saved
 
 # Large, so the loops around reading and hashing a staged file turn rarely (docs/benchmarks.md, Outputs).
 CHUNK = 4 << 20
@@ -110,13 +114,17 @@ class Outputs:
         self._not_saved = _NotSaved(report)
 
     @classmethod
-    def collect(cls, root: Path, before: Snapshot, mount_paths: list[str], report: Report) -> "Outputs":
+    def collect(cls, root: Path, before: Snapshot, mount_paths: list[str], report: Report,
+                cancelled: Cancelled = lambda: False) -> "Outputs | None":
+        """The run's outputs, or None once `cancelled` says so (asked at each entry)."""
         outputs = cls(root, [], [], report)
         skip = frozenset(p.rstrip("/") for p in mount_paths)
         # Folders made only to hold a mount are the worker's, not the run's.
         mount_parents = {path.rsplit("/", n)[0] for path in skip for n in range(1, path.count("/") + 1)}
         refused_folder = None  # named once; below it only what is not a folder is named
         for entry in walk(root, skip=skip):
+            if cancelled():
+                return None
             if entry.info is not None and before.get(entry.path) == _fingerprint(entry.info):
                 continue
             problem = name_problem(entry.path)
@@ -150,18 +158,23 @@ class Outputs:
         """About how long the staged manifest's JSON would be (escapes aside)."""
         return sum(len(path) + 120 for path in self.files) + sum(len(path) + 4 for path in self.folders)
 
-    def sender(self, lease: Lease) -> Callable[[ServerClient, int, str], dict]:
-        """What pushes these outputs to the server of `lease` (the outbox calls it)."""
-        return _Push(self, lease)
+    def sender(self, lease: Lease, cancelled: Cancelled = lambda: False) -> Callable[[ServerClient, int, str], dict]:
+        """What pushes these outputs to the server of `lease` (the outbox calls
+        it); a staging stops once `cancelled` says so."""
+        return _Push(self, lease, cancelled)
 
-    def stage(self, staging: Path, lease_token: str) -> StagedOutputs:
+    def stage(self, staging: Path, lease_token: str, cancelled: Cancelled = lambda: False) -> StagedOutputs:
         """Move or copy the files into the folder `staging` on the server's
         filesystem; the manifest to send. Called again after a failed attempt,
-        it carries on where it stopped."""
+        it carries on where it stopped. Once `cancelled` says so, the folder
+        is removed with what it held and `PushCancelled` raised."""
         with DirCursor(self.root) as cursor:
             for folder in self.folders:
                 (staging / folder).mkdir(parents=True, exist_ok=True)
             while self._next < len(self.files):
+                if cancelled():
+                    remove_tree(staging)
+                    raise PushCancelled(f"staging {staging.name} stopped: the run was killed")
                 rel = self.files[self._next]
                 try:
                     self._staged.append(_stage_file(cursor, rel, staging))
@@ -201,8 +214,8 @@ class _Push:
     the server's filesystem when the worker shares it, else a tar over HTTP.
     Files are staged once; a retry only asks the server again."""
 
-    def __init__(self, outputs: Outputs, lease: Lease):
-        self._outputs, self._lease = outputs, lease
+    def __init__(self, outputs: Outputs, lease: Lease, cancelled: Cancelled):
+        self._outputs, self._lease, self._cancelled = outputs, lease, cancelled
         self._staging: Path | None = None
         self._decided = False
         self._objects: ObjectPush | None = None  # the push straight to the server's object store
@@ -211,7 +224,8 @@ class _Push:
         if self._lease.object_store:
             if self._objects is None:
                 outputs = self._outputs
-                self._objects = ObjectPush(outputs.root, outputs.files, outputs.folders, outputs._not_saved)
+                self._objects = ObjectPush(outputs.root, outputs.files, outputs.folders, outputs._not_saved,
+                                           self._cancelled)
             return self._objects(client, run_id, lease_token)
         if not self._decided:
             self._decided = True
@@ -219,7 +233,7 @@ class _Push:
                 self._staging = _new_staging_folder(self._lease, self._outputs.root)
         if self._staging is None:
             return client.push_outputs(run_id, lease_token, self._outputs.tar())
-        return client.adopt_outputs(run_id, self._outputs.stage(self._staging, lease_token))
+        return client.adopt_outputs(run_id, self._outputs.stage(self._staging, lease_token, self._cancelled))
 
 
 def _new_staging_folder(lease: Lease, root: Path) -> Path | None:

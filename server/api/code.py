@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cast.server.api.bodies import receive_body
 from cast.server.api.deps import CurrentUser, DatabaseDep, SessionDep, SessionRoute, SettingsDep
-from cast.server.schemas import CODE_KEY_PATTERN
+from cast.server.schemas.files import CODE_KEY_PATTERN
 from cast.server.services import code
 
 router = APIRouter(prefix="/code", tags=["code"], route_class=SessionRoute)

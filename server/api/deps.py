@@ -12,8 +12,10 @@ behind requests that wait for that lock. Routes that change things get a write
 session (BEGIN IMMEDIATE on SQLite); GET and HEAD get a read session. A token is
 checked in its own short read transaction, so a route's own session starts its
 transaction only when the route first touches the database (a run creation
-resolves its git ref before that); a worker token seen valid within the last
-seconds is not looked up again (`users.WorkerTokens`).
+resolves its git ref before that); a token found valid is answered from
+memory afterwards until a revocation anywhere (`users.Tokens`), so a
+worker's calls and a user's submit cost no transaction for their token.
+The caller is plain values (`users.Viewer`, `users.Bearer`), not ORM objects.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cast.server.db import Database
 from cast.server.errors import Forbidden, NotAuthenticated
-from cast.server.models import MAX_INTEGER, Token, User
+from cast.server.models import MAX_INTEGER
 from cast.server.services import users
 from cast.server.settings import Settings
 
@@ -91,45 +93,43 @@ def uses_session(route: APIRoute) -> bool:
 async def _caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> tuple[Token, User | None]:
+) -> users.Bearer:
     if credentials is None or not credentials.credentials:
         raise NotAuthenticated("missing bearer token (Authorization: Bearer TOKEN)")
-    # A worker token seen valid a moment ago is answered without leaving the
-    # event loop: no thread hop, no transaction (users.WorkerTokens).
-    known: users.WorkerTokens = request.app.state.worker_tokens
+    # A token found valid before is answered without leaving the event loop:
+    # no thread hop, no transaction (users.Tokens).
+    known: users.Tokens = request.app.state.tokens
     digest = users.hash_token(credentials.credentials)
-    if (token := known.get(digest)) is not None:
-        return token, None
-    token, user = await run_in_threadpool(_authenticate, request.app.state.database, credentials.credentials)
-    if token.kind == "worker":
-        known.remember(digest, token)
-    return token, user
+    if (bearer := known.get(digest)) is not None:
+        return bearer
+    generation = known.generation()  # before the lookup: a revocation heard during it is not missed
+    bearer = await run_in_threadpool(_authenticate, request.app.state.database, credentials.credentials)
+    known.remember(digest, bearer, generation)
+    return bearer
 
 
-def _authenticate(database: Database, secret: str) -> tuple[Token, User | None]:
+def _authenticate(database: Database, secret: str) -> users.Bearer:
     with database.transaction(write=False) as session:
         return users.authenticate(session, secret=secret)
 
 
-Caller = Annotated[tuple[Token, User | None], Depends(_caller)]
+Caller = Annotated[users.Bearer, Depends(_caller)]
 
 
-async def current_user(caller: Caller) -> User:
-    token, user = caller
-    if token.kind != "user" or user is None:
+async def current_user(caller: Caller) -> users.Viewer:
+    if caller.kind != "user" or caller.user is None:
         raise Forbidden("this route needs a user token, not a worker token")
-    return user
+    return caller.user
 
 
-async def worker_auth(caller: Caller) -> Token:
-    token, _ = caller
-    if token.kind != "worker":
+async def worker_auth(caller: Caller) -> users.Bearer:
+    if caller.kind != "worker":
         raise Forbidden("this route needs a worker token, not a user token")
-    return token
+    return caller
 
 
-CurrentUser = Annotated[User, Depends(current_user)]
-WorkerAuth = Annotated[Token, Depends(worker_auth)]
+CurrentUser = Annotated[users.Viewer, Depends(current_user)]
+WorkerAuth = Annotated[users.Bearer, Depends(worker_auth)]
 
 # SQLite integers are 64-bit: bounding ids keeps a huge number a 422, not a 500.
 RunId = Annotated[int, Path(ge=1, le=MAX_INTEGER, description="run number")]

@@ -4,7 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import APIRouter
 
-from cast.server.schemas import Health
+from cast.server.schemas.status import Health
 
 router = APIRouter(tags=["health"])
 

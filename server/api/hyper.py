@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from cast.server.api.deps import CurrentUser, SearchId, SessionDep, SessionRoute, SettingsDep
-from cast.server.schemas import SearchCreate, SearchList, SearchOut
+from cast.server.schemas.hyper import SearchCreate, SearchList, SearchOut
 from cast.server.services import hyper
 
 router = APIRouter(prefix="/searches", tags=["searches"], route_class=SessionRoute)

@@ -15,9 +15,9 @@ import orjson
 from fastapi import APIRouter, Query
 from fastapi.responses import Response, StreamingResponse
 
-from cast.protocol.logs import MAX_READ_LINES
+from cast.protocol.logs import MAX_READ_LINES, LogPage
 from cast.server.api.deps import CurrentUser, DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth
-from cast.server.schemas import LogAppend, LogAppended, LogPage
+from cast.server.schemas.logs import LogAppend, LogAppended
 from cast.server.services import log_reads, logs
 
 router = APIRouter(prefix="/runs", tags=["logs"], route_class=SessionRoute)

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from cast.protocol.metrics import MAX_NAME_LENGTH
 from cast.server.api.deps import CurrentUser, DatabaseDep, RunId, SessionDep, SessionRoute, WorkerAuth
-from cast.server.schemas import MetricAppend, MetricAppended, MetricChunk, MetricSummaries
+from cast.server.schemas.metrics import MetricAppend, MetricAppended, MetricChunk, MetricSummaries
 from cast.server.services import metrics
 
 router = APIRouter(prefix="/runs", tags=["metrics"], route_class=SessionRoute)

@@ -9,15 +9,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from cast.protocol.objects import ObjectEntry, ObjectManifest, UploadManifest
+from cast.protocol.objects import ObjectPlan
 from cast.server.api.deps import (
     CurrentUser, DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth,
 )
 from cast.server.api.uploads import UploadName, upload_view
 from cast.server.errors import Conflict
-from cast.server.schemas import (
-    ObjectManifestIn, ObjectMountOut, ObjectPlanOut, OutputsPushed, UploadManifestIn, UploadOut,
-)
+from cast.server.schemas.files import ObjectManifestIn, ObjectMountOut, OutputsPushed, UploadManifestIn, UploadOut
 from cast.server.services import object_files
 from cast.server.services.objectstore import ObjectStore, object_store
 from cast.server.settings import Settings
@@ -32,16 +30,11 @@ def _store(settings: Settings) -> ObjectStore:
     return store
 
 
-def _manifest(body: ObjectManifestIn) -> ObjectManifest:
-    return ObjectManifest(lease_token=body.lease_token, folders=list(body.folders),
-                          files=[ObjectEntry(f.path, f.size, f.sha256) for f in body.files])
-
-
-@router.post("/runs/{run_id}/outputs/plan", response_model=ObjectPlanOut)
+@router.post("/runs/{run_id}/outputs/plan", response_model=ObjectPlan)
 async def plan_outputs(run_id: RunId, body: ObjectManifestIn, _: WorkerAuth, database: DatabaseDep,
                        settings: SettingsDep) -> dict:
     plan = await run_in_threadpool(object_files.plan_outputs, database, store=_store(settings),
-                                   max_bytes=settings.max_output_bytes, run_id=run_id, manifest=_manifest(body))
+                                   max_bytes=settings.max_output_bytes, run_id=run_id, manifest=body.to_manifest())
     return plan.to_dict()
 
 
@@ -49,7 +42,8 @@ async def plan_outputs(run_id: RunId, body: ObjectManifestIn, _: WorkerAuth, dat
 async def commit_outputs(run_id: RunId, body: ObjectManifestIn, _: WorkerAuth, database: DatabaseDep,
                          settings: SettingsDep) -> dict:
     count, size = await run_in_threadpool(object_files.commit_outputs, database, store=_store(settings),
-                                          max_bytes=settings.max_output_bytes, run_id=run_id, manifest=_manifest(body))
+                                          max_bytes=settings.max_output_bytes, run_id=run_id,
+                                          manifest=body.to_manifest())
     return {"files": count, "size": size}
 
 
@@ -59,17 +53,12 @@ def mount_objects(resource: str, _: WorkerAuth, session: SessionDep, settings: S
     return {"files": [vars(f) for f in files], "folders": folders}
 
 
-def _upload_manifest(body: UploadManifestIn) -> UploadManifest:
-    return UploadManifest(kind=body.kind, replace=body.replace, folders=list(body.folders),
-                          files=[ObjectEntry(f.path, f.size, f.sha256) for f in body.files])
-
-
-@router.post("/uploads/{name}/plan", response_model=ObjectPlanOut)
+@router.post("/uploads/{name}/plan", response_model=ObjectPlan)
 async def plan_upload(name: UploadName, body: UploadManifestIn, user: CurrentUser, database: DatabaseDep,
                       settings: SettingsDep) -> dict:
     plan = await run_in_threadpool(object_files.plan_upload, database, store=_store(settings),
                                    max_bytes=settings.max_upload_bytes, owner=user, name=name,
-                                   manifest=_upload_manifest(body))
+                                   manifest=body.to_manifest())
     return plan.to_dict()
 
 
@@ -78,5 +67,5 @@ async def commit_upload(name: UploadName, body: UploadManifestIn, user: CurrentU
                         settings: SettingsDep) -> dict:
     upload = await run_in_threadpool(object_files.commit_upload, database, store=_store(settings),
                                      max_bytes=settings.max_upload_bytes, owner=user, name=name,
-                                     manifest=_upload_manifest(body))
+                                     manifest=body.to_manifest())
     return upload_view(upload)

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from cast.server.api.bodies import receive_body
 from cast.server.api.deps import CurrentUser, DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth
 from cast.server.api.files import file_or_tar, object_answer
-from cast.server.schemas import Deleted, FileList, OutputsPushed, StagedOutputsIn
+from cast.server.schemas.files import Deleted, FileList, OutputsPushed, StagedOutputsIn
 from cast.server.services import deletion, files
 
 router = APIRouter(prefix="/runs", tags=["outputs"], route_class=SessionRoute)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from cast.server.api.deps import CurrentUser, SessionDep, SessionRoute, SettingsDep
-from cast.server.schemas import PruneIn, Pruned, Usage
+from cast.server.schemas.retention import PruneIn, Pruned, Usage
 from cast.server.services import deletion
 
 router = APIRouter(tags=["retention"], route_class=SessionRoute)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 from cast.protocol.status import RunStatus
 from cast.server.api.deps import CurrentUser, RunId, SessionDep, SessionRoute, SettingsDep
 from cast.server.models import MAX_INTEGER
-from cast.server.schemas import LabelIn, RunCreate, RunCreated, RunList, RunOut
+from cast.server.schemas.runs import LabelIn, RunCreate, RunCreated, RunList, RunOut
 from cast.server.services import runs
 
 router = APIRouter(prefix="/runs", tags=["runs"], route_class=SessionRoute)
@@ -19,10 +19,13 @@ router = APIRouter(prefix="/runs", tags=["runs"], route_class=SessionRoute)
              responses={200: {"model": RunCreated, "description": "An earlier complete run did the same (idempotent)"}})
 def create_run(body: RunCreate, user: CurrentUser, session: SessionDep, settings: SettingsDep,
                response: Response) -> dict:
-    run, reused = runs.create_run(session, owner=user, body=body, settings=settings)
+    run, origin = runs.create_run(session, owner=user, body=body, settings=settings)
+    reused = origin is runs.Origin.REUSED
     if reused:
         response.status_code = 200
-    return {**runs.describe(session, [run], with_transitions=True)[0], "reused": reused}
+    view = (runs.describe_made(run, owner=user, labels=body.labels) if origin is runs.Origin.MADE
+            else runs.describe(session, [run], with_transitions=True)[0])
+    return {**view, "reused": reused}
 
 
 @router.get("", response_model=RunList)

@@ -7,7 +7,7 @@ from sqlalchemy.engine import make_url
 
 from cast.server.api.deps import CurrentUser, SessionDep, SessionRoute, SettingsDep
 from cast.server.api.health import VERSION
-from cast.server.schemas import ServerStatus
+from cast.server.schemas.status import ServerStatus
 from cast.server.services import capacity
 
 router = APIRouter(tags=["status"], route_class=SessionRoute)

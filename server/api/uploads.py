@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from cast.server.api.bodies import receive_body
 from cast.server.api.deps import CurrentUser, DatabaseDep, SessionDep, SessionRoute, SettingsDep
 from cast.server.api.files import file_or_tar, object_answer
-from cast.server.schemas import Deleted, FileList, UploadList, UploadOut
+from cast.server.schemas.files import Deleted, FileList, UploadList, UploadOut
 from cast.server.services import deletion, files
 
 router = APIRouter(prefix="/uploads", tags=["uploads"], route_class=SessionRoute)

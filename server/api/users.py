@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path
 
 from cast.server.api.deps import CurrentUser, SessionDep, SessionRoute
 from cast.server.models import MAX_INTEGER
-from cast.server.schemas import (SignedIn, SignInIn, SignInLink, TokenCreate, TokenCreated, TokenList, TokenOut,
-                                 UserCreate, UserCreated, UserList, UserOut)
+from cast.server.schemas.users import (SignedIn, SignInIn, SignInLink, TokenCreate, TokenCreated, TokenList, TokenOut,
+                                       UserCreate, UserCreated, UserList, UserOut)
 from cast.server.services import users
 
 router = APIRouter(tags=["users"], route_class=SessionRoute)
@@ -67,8 +67,7 @@ def create_token(body: TokenCreate, user: CurrentUser, session: SessionDep) -> d
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenOut)
-def revoke_token(token_id: Annotated[int, Path(ge=1, le=MAX_INTEGER)], user: CurrentUser, session: SessionDep,
-                 request: Request) -> dict:
+def revoke_token(token_id: Annotated[int, Path(ge=1, le=MAX_INTEGER)], user: CurrentUser,
+                 session: SessionDep) -> dict:
     token, owner = users.revoke_token(session, viewer=user, token_id=token_id)
-    request.app.state.worker_tokens.forget(token.id)
     return _token(token, owner)

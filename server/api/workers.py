@@ -13,8 +13,10 @@ from fastapi.responses import FileResponse, RedirectResponse
 from cast.protocol.messages import HeartbeatReply, Lease, StatusBatchReply, WorkerHeartbeatReply
 from cast.server.api.deps import DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth
 from cast.server.api.files import file_or_tar
-from cast.server.schemas import (CODE_KEY_PATTERN, HeartbeatIn, LeaseRequest, RunOut, StatusBatchIn, StatusIn,
-                                 WorkerHeartbeatIn, WorkerRegister, WorkerRegistered)
+from cast.server.schemas.files import CODE_KEY_PATTERN
+from cast.server.schemas.runs import RunOut
+from cast.server.schemas.workers import (HeartbeatIn, LeaseRequest, StatusBatchIn, StatusIn, WorkerHeartbeatIn,
+                                         WorkerRegister, WorkerRegistered)
 from cast.server.services import code, leases, runs, workers
 
 router = APIRouter(tags=["workers"], route_class=SessionRoute)

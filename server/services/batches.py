@@ -11,24 +11,43 @@ stored exactly once however often the worker retries.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, load_only
 
+from cast.protocol.status import LEASED_STATUSES, RunStatus
 from cast.server.errors import LeaseLost, RunNotFound
 from cast.server.models import Run
 
 log = logging.getLogger(__name__)
 
 
-def admit(session: Session, *, run_id: int, lease_token: str, seq: int, count: int, mark: str) -> tuple[Run, int]:
-    """The leased run and how many of the batch's `count` records to skip (stored
-    before); `mark` names the run's high-water column (`worker_log_seq`,
-    `worker_metric_seq`), moved past this batch."""
-    run = session.get(Run, run_id)
+def held_run(session: Session, *, run_id: int, lease_token: str, leased: bool = True,
+             columns: Iterable[str] = ()) -> Run:
+    """The run if `lease_token` is its lease's, and with `leased` if it is
+    still leased, else RunNotFound or LeaseLost: the one check of every call a
+    worker makes on a run. `columns` names the only columns to load (the rest
+    load when first read): a batch needs a few counters, not the spec."""
+    query = select(Run).where(Run.id == run_id)
+    if columns:
+        query = query.options(load_only(*(getattr(Run, name) for name in ("lease_token", "status", *columns))))
+    run = session.scalars(query).first()
     if run is None:
         raise RunNotFound(run_id)
-    if run.lease_token != lease_token:
+    if run.lease_token != lease_token or (leased and RunStatus(run.status) not in LEASED_STATUSES):
         raise LeaseLost(run_id)
+    return run
+
+
+def admit(session: Session, *, run_id: int, lease_token: str, seq: int, count: int, mark: str,
+          columns: Iterable[str] = ()) -> tuple[Run, int]:
+    """The run and how many of the batch's `count` records to skip (stored
+    before); `mark` names the run's high-water column (`worker_log_seq`,
+    `worker_metric_seq`), moved past this batch; `columns`, the others the
+    caller reads. The lease's token must match; the run may have ended since
+    (its last records may come after its final report)."""
+    run = held_run(session, run_id=run_id, lease_token=lease_token, leased=False, columns=(mark, *columns))
     stored = getattr(run, mark)
     if seq > stored:
         log.warning("run %s: worker batch (%s) starts at %s, expected %s", run_id, mark, seq, stored)

@@ -20,10 +20,10 @@ abilities are compared.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from cast.protocol.messages import RunSpec
@@ -44,37 +44,38 @@ def presence_seconds(settings: Settings) -> float:
 
 @dataclass
 class Load:
-    """What a worker is busy with now: its leased runs and the GPUs they hold."""
+    """What a worker is busy with now: how many leased runs and the GPUs they hold."""
 
-    runs: list[int] = field(default_factory=list)
+    busy: int = 0
     gpus: int = 0
 
 
+_LEASED = [s.value for s in LEASED_STATUSES]
+_WORKERS = Worker.__table__
+# Built once: every submit runs both (building them cost more than running them).
+_LOADS = (select(Run.worker_id, func.count(), func.coalesce(func.sum(Run.gpus), 0))
+          .where(Run.status.in_(_LEASED), Run.worker_id.is_not(None)).group_by(Run.worker_id))
+_CANDIDATES = (select(_WORKERS).where((_WORKERS.c.last_seen_at >= bindparam("since"))
+                                      | _WORKERS.c.id.in_(bindparam("busy", expanding=True)))
+               .order_by(_WORKERS.c.registered_at))
+
+
 def leased_load(session: Session) -> dict[str, Load]:
-    """Each worker's current load, by worker id."""
-    loads: dict[str, Load] = defaultdict(Load)
-    rows = session.execute(
-        select(Run.worker_id, Run.id, Run.gpus)
-        .where(Run.status.in_([s.value for s in LEASED_STATUSES]), Run.worker_id.is_not(None))
-        .order_by(Run.id)
-    )
-    for worker_id, run_id, gpus in rows:
-        loads[worker_id].runs.append(run_id)
-        loads[worker_id].gpus += gpus or 0
-    return loads
+    """Each busy worker's current load, by worker id: one row a worker,
+    counted by the database (a submit must not load every active run)."""
+    return {worker_id: Load(busy=count, gpus=gpus) for worker_id, count, gpus in session.execute(_LOADS)}
 
 
-def present_workers(session: Session, *, settings: Settings, loads: dict[str, Load]) -> list[Worker]:
-    """The workers that count, oldest registration first (see the module's rule)."""
+def present_workers(session: Session, *, settings: Settings, loads: dict[str, Load]) -> list[Row]:
+    """The workers that count, oldest registration first (see the module's
+    rule): rows of the workers table, not ORM objects (a submit reads them all)."""
     since = utcnow() - timedelta(seconds=presence_seconds(settings))
-    candidates = list(session.scalars(
-        select(Worker).where((Worker.last_seen_at >= since) | Worker.id.in_(list(loads))).order_by(Worker.registered_at)
-    ))
+    candidates = session.execute(_CANDIDATES, {"since": since, "busy": list(loads)}).all()
     newest = {worker.name: worker.id for worker in candidates}  # the last registration of each name
     return [w for w in candidates if newest[w.name] == w.id or w.id in loads]
 
 
-def describe_worker(worker: Worker) -> str:
+def describe_worker(worker: Worker | Row) -> str:
     """`w1 (local, 2 CPUs, 23.4 GB, no GPU)`."""
     gpus = len(worker.gpus or [])
     parts = [worker.executor, f"{worker.cpus} CPU{'' if worker.cpus == 1 else 's'}", human_size(worker.memory),
@@ -88,7 +89,7 @@ def _several_users(session: Session) -> bool:
     return session.scalar(select(func.count()).select_from(User)) > 1
 
 
-def why_unable(worker: Worker, spec: RunSpec, *, unsandboxed_refused: bool) -> str | None:
+def why_unable(worker: Worker | Row, spec: RunSpec, *, unsandboxed_refused: bool) -> str | None:
     """Why `worker` could never run `spec`, or None if it could once free."""
     if spec.gpus > len(worker.gpus or []):
         return _gpus_text(spec.gpus)
@@ -125,8 +126,8 @@ def check_runnable(session: Session, *, spec: RunSpec, settings: Settings, queue
     return waiting_line(session, spec=spec, settings=settings, present=present, able=able, loads=loads)
 
 
-def waiting_line(session: Session, *, spec: RunSpec, settings: Settings, present: list[Worker],
-                 able: list[Worker], loads: dict[str, Load]) -> str | None:
+def waiting_line(session: Session, *, spec: RunSpec, settings: Settings, present: list[Row],
+                 able: list[Row], loads: dict[str, Load]) -> str | None:
     """What a newly queued run waits for, in one line; None if nothing (a worker has room)."""
     if not present:
         if session.scalar(select(func.count()).select_from(Worker)):
@@ -143,8 +144,8 @@ def waiting_line(session: Session, *, spec: RunSpec, settings: Settings, present
     return f"waiting: {len(able)} {kind}workers can run it, {'both' if len(able) == 2 else 'all'} busy"
 
 
-def _has_room(worker: Worker, spec: RunSpec, load: Load) -> bool:
-    return len(load.runs) < worker.max_runs and len(worker.gpus or []) - load.gpus >= spec.gpus
+def _has_room(worker: Row, spec: RunSpec, load: Load) -> bool:
+    return load.busy < worker.max_runs and len(worker.gpus or []) - load.gpus >= spec.gpus
 
 
 def overview(session: Session, *, settings: Settings, viewer: User) -> dict:
@@ -152,10 +153,15 @@ def overview(session: Session, *, settings: Settings, viewer: User) -> dict:
     machine type; run numbers of other users' runs are only counted for non-admins."""
     loads = leased_load(session)
     present = present_workers(session, settings=settings, loads=loads)
+    held: dict[str, list[int]] = defaultdict(list)
+    for worker_id, run_id in session.execute(
+        select(Run.worker_id, Run.id).where(Run.status.in_(_LEASED), Run.worker_id.in_(list(loads))).order_by(Run.id)
+    ):
+        held[worker_id].append(run_id)
     visible = None
     if not viewer.is_admin:
         visible = set(session.scalars(select(Run.id).where(
-            Run.owner_id == viewer.id, Run.id.in_([i for load in loads.values() for i in load.runs]))))
+            Run.owner_id == viewer.id, Run.id.in_([i for runs in held.values() for i in runs]))))
     workers = []
     for worker in present:
         load = loads.get(worker.id, Load())
@@ -163,7 +169,7 @@ def overview(session: Session, *, settings: Settings, viewer: User) -> dict:
             "name": worker.name, "id": worker.id, "executor": worker.executor, "sandboxed": worker.sandboxed,
             "cpus": worker.cpus, "memory": worker.memory, "gpus": len(worker.gpus or []),
             "max_runs": worker.max_runs, "last_seen_at": worker.last_seen_at,
-            "runs": [i for i in load.runs if visible is None or i in visible], "busy": len(load.runs),
+            "runs": [i for i in held[worker.id] if visible is None or i in visible], "busy": load.busy,
         })
     machine_type = Run.spec["machine_type"].as_string()
     queued = session.execute(

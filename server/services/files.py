@@ -23,7 +23,7 @@ from cast.protocol.validate import normalize_relative_path, validate_upload_name
 from cast.server.db import Database
 from cast.server.errors import BadRequest, Conflict, DomainError, Gone, InUse, NameTaken, PathNotFound, UploadNotFound
 from cast.server.models import OutputFile, RunMount, Upload, UploadFile, User
-from cast.server.services import leases, runs, storage, unique
+from cast.server.services import batches, runs, storage, unique
 from cast.server.services.objectstore import object_store
 from cast.server.settings import Settings
 
@@ -31,7 +31,7 @@ from cast.server.settings import Settings
 # --- outputs ------------------------------------------------------------------------
 
 def _check_push(session: Session, *, run_id: int, lease_token: str):
-    run = leases.check_lease(session, run_id=run_id, lease_token=lease_token)
+    run = batches.held_run(session, run_id=run_id, lease_token=lease_token)
     if run.status == RunStatus.KILLING.value:
         raise Conflict(f"run {run_id} is being killed; its outputs are dropped")
     return run
@@ -46,12 +46,16 @@ def store_outputs(database: Database, *, settings: Settings, run_id: int, lease_
         folder = staging / "outputs"
         folder.mkdir()
         stored = storage.extract_tar(source, folder, max_bytes=settings.max_output_bytes, what=f"the output of run {run_id}")
-        empty = [os.path.relpath(path, folder) for path, dirs, names in os.walk(folder)
-                 if not dirs and not names and path != str(folder)]
         return _place_outputs(database, settings=settings, run_id=run_id, lease_token=lease_token,
-                              folder=folder, stored=stored, folders=empty)
+                              folder=folder, stored=stored, folders=empty_folders_in(folder))
     finally:
         storage.remove(staging)
+
+
+def empty_folders_in(folder: Path) -> list[str]:
+    """The folders inside `folder` (a received tar, extracted) with nothing in them, relative to it."""
+    return sorted(os.path.relpath(path, folder) for path, dirs, names in os.walk(folder)
+                  if not dirs and not names and path != str(folder))
 
 
 def folder_rows(model: type[OutputFile] | type[UploadFile], folders, **owner) -> list:
@@ -208,6 +212,8 @@ def store_upload(
                 if not unique.insert_once(session, upload):  # another request took the name since
                     raise NameTaken(f"upload {name!r} already exists")
                 session.add_all(UploadFile(upload_name=name, path=f.path, size=f.size, sha256=f.sha256) for f in stored)
+                if kind == "dir":
+                    session.add_all(folder_rows(UploadFile, empty_folders_in(content), upload_name=name))
                 session.flush()
                 if existing is not None and existing.deleted_at is None and os.path.lexists(final):
                     if final.is_dir():

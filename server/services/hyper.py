@@ -18,7 +18,7 @@ from cast.protocol.hyper import Goal, SearchKind, SearchStatus
 from cast.protocol.status import FINAL_STATUSES, RunStatus
 from cast.server.errors import Conflict, SearchEnded, SearchNotFound
 from cast.server.models import Run, Search, SearchTrial, User, utcnow
-from cast.server.schemas import SearchCreate
+from cast.server.schemas.hyper import SearchCreate
 from cast.server.services import git, hyper_driver, runs
 from cast.server.settings import Settings
 

@@ -32,7 +32,7 @@ from cast.protocol.validate import SpecError
 from cast.server.db import Database
 from cast.server.errors import BadRequest, DomainError
 from cast.server.models import Run, Search, SearchTrial, User, utcnow
-from cast.server.schemas import RunCreate
+from cast.server.schemas.runs import RunCreate
 from cast.server.services import runs
 from cast.server.settings import Settings
 

@@ -163,9 +163,8 @@ async def wait_for_lease(
     long poll that it fits (events.RunWait), not all: a claim that leaves runs
     queued wakes one more, and a wake-up no claim attempt served (the worker
     gone, the time up, an error) is passed on when the wait ends, so no run
-    stays queued while a waiter it fits sleeps. Across replicas each wakes one
-    of its own; a wake-up lost there (a claim attempt that failed after its
-    run was taken) is made good by the long poll's end, when the worker asks again.
+    stays queued while a waiter it fits sleeps: one that finds no waiter it
+    fits on this replica goes to the others (events.Notifier.pass_on).
     """
     deadline = time.monotonic() + wait
     notifier = database.notifier
@@ -181,7 +180,7 @@ async def wait_for_lease(
             if lease is not None:
                 queue.close()  # no longer waiting: the wake-up passed on goes to another
                 if queued is not None:
-                    notifier.notify(events.queue_key(queued))
+                    notifier.pass_on(queued)
                 return lease
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -294,14 +293,15 @@ def report_statuses(session: Session, *, run_id: int, reports: list[StatusReport
     named in the answer (the worker asks, as after a lone report's 409, whether
     it still holds the lease); a lost lease refuses them all. One request, one
     transaction, however many statuses the run passed through."""
-    refused = []
+    refused, run = [], None
     for index, report in enumerate(reports):
         try:
-            report_status(session, run_id=run_id, report=report, settings=settings)
+            run = report_status(session, run_id=run_id, report=report, settings=settings)
         except InvalidTransition:
             refused.append(index)
-    run = session.get(Run, run_id)
-    return StatusBatchReply(status=RunStatus(run.status), refused=refused)
+    # The last report applied left the run as it is; with none applied, it is read.
+    status = run.status if run is not None else session.scalar(select(Run.status).where(Run.id == run_id))
+    return StatusBatchReply(status=RunStatus(status), refused=refused)
 
 
 def _drop_outputs(session: Session, *, run: Run, settings: Settings) -> None:
@@ -310,16 +310,6 @@ def _drop_outputs(session: Session, *, run: Run, settings: Settings) -> None:
     run.outputs_size = None
     session.flush()
     storage.remove(storage.run_outputs_dir(settings, run.id))
-
-
-def check_lease(session: Session, *, run_id: int, lease_token: str) -> Run:
-    """The run if `lease_token` holds its lease now, else RunNotFound/LeaseLost."""
-    run = session.get(Run, run_id)
-    if run is None:
-        raise RunNotFound(run_id)
-    if run.lease_token != lease_token or RunStatus(run.status) not in LEASED_STATUSES:
-        raise LeaseLost(run_id)
-    return run
 
 
 # --- leases that ran out ----------------------------------------------------------------

@@ -69,14 +69,21 @@ def append(session: Session, run: Run, rows: Rows, *, counters: tuple[str, ...] 
         .returning(Run.log_size).execution_options(synchronize_session=False)
     ).scalar_one()
     _committed(run, changed)
-    offset, chunks = end - count, []
+    insert_chunks(session, run_id=run.id, end=end, rows=rows)
+    set_committed_value(run, "log_size", end)
+    events.changed(session, events.run_key(run.id))
+
+
+def insert_chunks(session: Session, *, run_id: int, end: int, rows: Rows) -> None:
+    """Store `rows` (none empty) as chunks ending at offset `end`, whose
+    offsets the caller reserved by moving the run's `log_size` to `end` (a
+    status change does it in its own UPDATE of the run)."""
+    offset, chunks = end - sum(len(lines) for _, lines, _ in rows), []
     for stream, lines, time in rows:
-        chunks.append({"run_id": run.id, "first_offset": offset, "count": len(lines), "stream": stream,
+        chunks.append({"run_id": run_id, "first_offset": offset, "count": len(lines), "stream": stream,
                        "time": time, "lines": _lines_json(lines)})
         offset += len(lines)
     session.execute(insert(LogChunk), chunks)
-    set_committed_value(run, "log_size", end)
-    events.changed(session, events.run_key(run.id))
 
 
 def _committed(run: Run, values: dict) -> None:
@@ -120,7 +127,8 @@ def append_worker_batch(session: Session, *, run_id: int, lease_token: str, seq:
                         settings: Settings) -> tuple[int, bool]:
     """Store a worker's batch (`runs` have .stream/.lines/.time); (next_offset, truncated)."""
     run, skip = batches.admit(session, run_id=run_id, lease_token=lease_token, seq=seq,
-                              count=sum(len(r.lines) for r in runs), mark="worker_log_seq")
+                              count=sum(len(r.lines) for r in runs), mark="worker_log_seq",
+                              columns=_WORKER_COUNTERS + ("log_size",))
     now = utcnow()
     cap = settings.max_log_bytes_per_run
     rows: Rows = []

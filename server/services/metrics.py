@@ -36,7 +36,7 @@ def append_worker_batch(session: Session, *, run_id: int, lease_token: str, seq:
     """Store a worker's batch (`points` have .name/.value/.step/.time, already
     checked by the schema); the run's next offset."""
     run, skip = batches.admit(session, run_id=run_id, lease_token=lease_token, seq=seq, count=len(points),
-                              mark="worker_metric_seq")
+                              mark="worker_metric_seq", columns=("metrics_size",))
     fresh = points[skip:]
     room = max(0, MAX_POINTS_PER_RUN - run.metrics_size)
     if fresh and room:

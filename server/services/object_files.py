@@ -17,7 +17,9 @@ Blob objects are also collected: an upload planned and never committed, or
 a crash between a deletion's commit and its removal, leaves objects nothing
 names. `collect_blobs`, a periodic pass, deletes those written more than
 CAST_BLOB_GRACE_SECONDS ago (an upload still under way wrote its objects
-since). Every removal of a blob and every commit that names one hold the
+since); the same pass aborts the multipart uploads an output push left
+under a run that is final, which nothing resumes. Every removal of a blob
+and every commit that names one hold the
 owner's blob guard (`blob_guard`): a commit checks the store and records its
 rows under it, a removal reads the references again and deletes under it, so
 a commit naming a content either committed first (and the object stays) or
@@ -44,14 +46,16 @@ from cast.protocol.objects import (
     MAX_PARTS, MULTIPART_BYTES, FileUpload, ObjectEntry, ObjectFile, ObjectManifest, ObjectPlan, PartUpload,
     UploadManifest, empty_folders, part_count,
 )
+from cast.protocol.status import FINAL_STATUSES
 from cast.protocol.validate import SpecError, normalize_relative_path, parse_resource, validate_upload_name
 from cast.server.db import Database
 from cast.server.errors import BadRequest, NameTaken, PathNotFound, TooLarge
-from cast.server.models import OutputFile, Upload, UploadFile
+from cast.server.models import OutputFile, Run, Upload, UploadFile
 from cast.server.services import files, unique
 from cast.server.services.objectstore import ObjectStore
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_FINAL = [status.value for status in FINAL_STATUSES]
 
 
 def _check_manifest(manifest: ObjectManifest | UploadManifest, *, max_bytes: int, what: str) -> None:
@@ -247,7 +251,8 @@ _BLOB = re.compile(r"(\d{1,18})/([0-9a-f]{64})")
 def collect_blobs(database: Database, *, store: ObjectStore, grace_seconds: float) -> list[str]:
     """One pass of the blob collector: delete the blob objects no upload names
     that were written more than `grace_seconds` ago, and abort multipart
-    uploads of blobs begun before then; the keys deleted."""
+    uploads of blobs begun before then and those of final runs' pushes; the
+    keys deleted."""
     cutoff = time.time() - grace_seconds
     stale: dict[int, list[str]] = {}
     for key, written in store.listing(store.blob_prefix):
@@ -257,7 +262,27 @@ def collect_blobs(database: Database, *, store: ObjectStore, grace_seconds: floa
     for owner_id, shas in sorted(stale.items()):
         removed += remove_unnamed_blobs(database.engine, store=store, owner_id=owner_id, shas=shas)
     store.abort_multipart_before(store.blob_prefix, cutoff)
+    _abort_pushes_of_final_runs(database, store)
     return removed
+
+
+_RUN_KEY = re.compile(r"(\d{1,18})/")
+
+
+def _abort_pushes_of_final_runs(database: Database, store: ObjectStore) -> None:
+    """Abort the multipart uploads a push of outputs left under a run that is
+    final (a push that failed for good): no worker pushes to it again, and
+    the store keeps an upload's parts until it is aborted. A run still going
+    (or interrupted, to be tried again) keeps its upload, which its next push resumes."""
+
+    def abandoned(key: str, _initiated: float) -> bool:
+        if (match := _RUN_KEY.match(key[len(store.runs_prefix):])) is None:
+            return False
+        with database.transaction(write=False) as session:
+            status = session.scalar(select(Run.status).where(Run.id == int(match[1])))
+        return status is None or status in _FINAL
+
+    store.abort_multipart_where(store.runs_prefix, abandoned)
 
 
 def unreferenced_blobs(session: Session, *, store: ObjectStore, owner_id: int, shas: Iterable[str]) -> list[str]:
@@ -307,8 +332,7 @@ def store_upload(database: Database, *, store: ObjectStore, owner, name: str, ki
     (a relayed upload): the contents the store lacks are sent first, then the
     rows committed."""
     paths = {item.sha256: (content if kind == "file" else content / item.path) for item in stored}
-    folders = [] if kind == "file" else sorted(str(p.relative_to(content)) for p in content.rglob("*")
-                                               if p.is_dir() and not p.is_symlink() and not any(p.iterdir()))
+    folders = [] if kind == "file" else files.empty_folders_in(content)
     with blob_guard(database.engine, owner.id):
         for key, entry in _distinct(store, owner.id, stored):
             held = store.head(key)

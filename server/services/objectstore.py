@@ -3,12 +3,13 @@ uploads and code bundles live when one is set, and the presigned URLs that let
 workers and the CLI move their bytes straight to and from it.
 
 Owns the store's keys (`runs/<id>/<path>`, `blobs/<owner id>/<sha256>` for
-uploads, `code/<digest>.tar`, under the URL's prefix: a presigned URL is only
+uploads (`uploads/<name>/...` before that, converted by
+services/upload_layout.py), `code/<digest>.tar`, under the URL's prefix: a presigned URL is only
 ever made for a key the server derived from a run it checked the lease of, or
 an upload or bundle it checked the owner of),
 presigning (single PUTs, multipart parts, GETs), the checks made before
 anything the store holds becomes visible (each object's size, and the sha256
-that the uploader signed into its metadata), removal by prefix, the listing
+that the uploader signed into its metadata), copies, removal by prefix, the listing
 with times and the stale multipart uploads the blob collector reads, a folder
 read back as a tar stream, and an object read from an offset (a page of an
 archived log, under `logs/<run id>/`: services/log_archive.py). Endpoint,
@@ -23,7 +24,7 @@ from __future__ import annotations
 import functools
 import posixpath
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -100,7 +101,11 @@ class ObjectStore:
     # --- keys ---------------------------------------------------------------------
 
     def run_prefix(self, run_id: int) -> str:
-        return f"{self.prefix}runs/{int(run_id)}/"
+        return f"{self.runs_prefix}{int(run_id)}/"
+
+    @property
+    def runs_prefix(self) -> str:
+        return f"{self.prefix}runs/"
 
     def blob_key(self, owner_id: int, sha256: str) -> str:
         """An upload's file, by content within its owner's uploads: a user's
@@ -110,6 +115,12 @@ class ObjectStore:
     @property
     def blob_prefix(self) -> str:
         return f"{self.prefix}blobs/"
+
+    @property
+    def earlier_upload_prefix(self) -> str:
+        """Where uploads were stored before they were content addressed:
+        `uploads/<name>/<generation>/<path>` (services/upload_layout.py converts them)."""
+        return f"{self.prefix}uploads/"
 
     def code_key(self, digest: str) -> str:
         return f"{self.prefix}code/{digest}.tar"
@@ -183,6 +194,14 @@ class ObjectStore:
         self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"Metadata": {SHA256_META: sha256}})
 
     @_reaching
+    def copy(self, source: str, key: str, sha256: str) -> None:
+        """The object `source` copied to `key` inside the store (in parts above
+        boto3's threshold; no byte passes through the server), `sha256` signed
+        into the copy's metadata."""
+        self.client.copy({"Bucket": self.bucket, "Key": source}, self.bucket, key,
+                         ExtraArgs={"Metadata": {SHA256_META: sha256}, "MetadataDirective": "REPLACE"})
+
+    @_reaching
     def open(self, key: str, start: int = 0):
         """The object's bytes from `start` on (a ranged GET), as a stream to
         read and close; ObjectMissing if the store holds none under `key`."""
@@ -213,13 +232,18 @@ class ObjectStore:
                 for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
                 for item in page.get("Contents", [])]
 
-    @_reaching
     def abort_multipart_before(self, prefix: str, cutoff: float) -> list[str]:
         """Abort the multipart uploads under `prefix` begun before `cutoff` (a
         Unix time): their parts are no object, and nothing completes them now."""
+        return self.abort_multipart_where(prefix, lambda _key, initiated: initiated < cutoff)
+
+    @_reaching
+    def abort_multipart_where(self, prefix: str, abandoned: Callable[[str, float], bool]) -> list[str]:
+        """Abort the multipart uploads under `prefix` for whose key and start
+        (a Unix time) `abandoned` says True; their keys."""
         aborted = []
         for upload in self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix).get("Uploads", []):
-            if upload["Initiated"].timestamp() < cutoff:
+            if abandoned(upload["Key"], upload["Initiated"].timestamp()):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                 aborted.append(upload["Key"])
         return aborted

@@ -12,13 +12,14 @@ caller commits (see db.py).
 
 from __future__ import annotations
 
+import enum
 from collections import defaultdict
 from collections.abc import Callable
 
 from sqlalchemy import ColumnElement, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from cast.protocol.messages import RunSpec
+from cast.protocol.messages import LogStream, RunSpec
 from cast.protocol.status import FINAL_STATUSES, MOUNTABLE_STATUSES, RunStatus, sources_of, stage_lines
 from cast.protocol.validate import parse_resource
 from cast.server import events
@@ -36,7 +37,7 @@ from cast.server.models import (
     User,
     utcnow,
 )
-from cast.server.schemas import RunCreate
+from cast.server.schemas.runs import RunCreate
 from cast.server.services import capacity, git, logs, reuse, unique
 from cast.server.settings import Settings
 
@@ -143,7 +144,12 @@ def switch_status(
 
     Refusals raise RunNotFound, LeaseLost or InvalidTransition when `must`,
     else return None. `note` qualifies the stage that ended (it may be computed
-    from the updated run).
+    from the updated run: then it must return a non-empty text).
+
+    Where the table allows one source only (the claim and a worker's reports
+    but saving), the status it left is known before the UPDATE, and so the
+    number of stage lines: that UPDATE also reserves their offsets in the log
+    (`log_size`), which saves the append its own UPDATE of the run.
     """
     now = utcnow()
     changes = dict(values or {}, status=to.value)
@@ -154,10 +160,17 @@ def switch_status(
             attempt=Run.attempt + 1, lease_token=None, lease_expires_at=None, worker_id=None,
             worker_name=None, executor=None, limits=None, started_at=None, finished_at=None, exit_code=None,
         )
-    sources = sources_of(to)
+    sources = _SOURCES[to]
+    previous = next(iter(sources)) if len(sources) == 1 else None
+    reserved = 0
+    if previous is not None:
+        # The count of stage lines depends on whether there is a note, not on its text.
+        reserved = len(stage_lines(previous, to, None if note is None else "?"))
+        if reserved:
+            changes["log_size"] = Run.log_size + reserved
     statement = (
         update(Run)
-        .where(Run.id == run, Run.status.in_([s.value for s in sources]), *where)
+        .where(Run.id == run, Run.status.in_(_SOURCE_VALUES[to]), *where)
         .values(**changes)
         .returning(Run)
         .execution_options(synchronize_session=False, populate_existing=True)
@@ -169,15 +182,19 @@ def switch_status(
         if must and isinstance(run, int):
             _explain_refusal(session, run_id=run, to=to, lease_token=lease_token)
         return None
-    # The status it left: the one source the table allows (a claim's, most
-    # reports'), else the last transition recorded.
-    previous = next(iter(sources)) if len(sources) == 1 else RunStatus(session.scalar(
-        select(RunTransition.status).where(RunTransition.run_id == updated.id)
-        .order_by(RunTransition.id.desc()).limit(1)
-    ))
+    if previous is None:  # several sources: the last transition recorded says which
+        previous = RunStatus(session.scalar(
+            select(RunTransition.status).where(RunTransition.run_id == updated.id)
+            .order_by(RunTransition.id.desc()).limit(1)
+        ))
     text = note(updated) if callable(note) else note
     session.execute(_RECORD, {"run_id": updated.id, "status": to.value, "at": now, "note": text})
-    logs.append_cast_lines(session, updated, stage_lines(previous, to, text))
+    lines = stage_lines(previous, to, text)
+    if reserved:
+        logs.insert_chunks(session, run_id=updated.id, end=updated.log_size,
+                           rows=[(LogStream.CAST.value, lines, now)])
+    else:
+        logs.append_cast_lines(session, updated, lines)
     events.changed(session, events.run_key(updated.id))
     if to is S.MACHINE_REQUESTED:
         events.changed(session, events.queue_key(updated.gpus))
@@ -186,6 +203,8 @@ def switch_status(
     return updated
 
 
+_SOURCES = {status: sources_of(status) for status in RunStatus}
+_SOURCE_VALUES = {status: [s.value for s in sources] for status, sources in _SOURCES.items()}
 # Built once: every status change runs it.
 _RECORD = insert(RunTransition.__table__).values(
     run_id=bindparam("run_id"), status=bindparam("status"), at=bindparam("at"), note=bindparam("note"))
@@ -202,9 +221,18 @@ def _explain_refusal(session: Session, *, run_id: int, to: RunStatus, lease_toke
 
 # --- creating ---------------------------------------------------------------------
 
-def create_run(session: Session, *, owner: User, body: RunCreate, settings: Settings) -> tuple[Run, bool]:
-    """The new run, with its reuse key; or, when `body.idempotent` and an
-    earlier complete run did the same, that run. The flag says which."""
+class Origin(enum.Enum):
+    """Where the run a create answers comes from."""
+
+    MADE = "made"  # a new run, made by this create
+    SUBMITTED = "submitted"  # the one an earlier try of the same submit key made
+    REUSED = "reused"  # an earlier complete run that did the same (`idempotent`)
+
+
+def create_run(session: Session, *, owner: User, body: RunCreate, settings: Settings) -> tuple[Run, Origin]:
+    """The new run, with its reuse key; or the run an earlier try of this
+    submit made; or, when `body.idempotent` and an earlier complete run did
+    the same, that run. The origin says which."""
     # Resolved before touching the database: ls-remote may take seconds and
     # must not hold the write lock.
     commit_sha = None
@@ -224,25 +252,39 @@ def create_run(session: Session, *, owner: User, body: RunCreate, settings: Sett
         unique.lock_key(session, "submit", str(owner.id), body.submit_key)
     if body.submit_key and (made := reuse.find_submitted(session, key=key, owner=owner,
                                                          submit_key=body.submit_key)) is not None:
-        return made, False
+        return made, Origin.SUBMITTED
     if body.idempotent and (earlier := reuse.find_reusable(session, key=key, viewer=owner)) is not None:
-        return earlier, True
+        return earlier, Origin.REUSED
     waiting = capacity.check_runnable(session, spec=spec, settings=settings, queue_anyway=body.queue_anyway)
     stored = spec.to_dict()
     if body.submit_key:  # kept beside the spec (RunSpec.from_dict ignores it) for find_submitted
         stored[reuse.SUBMIT_KEY] = body.submit_key
+    # A new run's waiting line is its log's first: its offset is reserved by the insert itself.
     run = Run(owner_id=owner.id, status=S.MACHINE_REQUESTED.value, spec=stored, gpus=spec.gpus,
-              retries=spec.retries, attempt=1, created_at=utcnow(), reuse_key=key)
+              retries=spec.retries, attempt=1, created_at=utcnow(), reuse_key=key, log_size=1 if waiting else 0)
     session.add(run)
     session.flush()
-    session.add(RunTransition(run_id=run.id, status=run.status, at=run.created_at, note=None))
+    session.execute(_RECORD, {"run_id": run.id, "status": run.status, "at": run.created_at, "note": None})
     session.add_all(RunLabel(run_id=run.id, label=label) for label in body.labels)
     session.add_all(RunMount(run_id=run.id, position=i, **row) for i, row in enumerate(mount_rows))
     if waiting:
-        logs.append_cast_lines(session, run, [waiting])
+        logs.insert_chunks(session, run_id=run.id, end=1, rows=[(LogStream.CAST.value, [waiting], run.created_at)])
     events.changed(session, events.queue_key(run.gpus))
     session.flush()
-    return run, False
+    return run, Origin.MADE
+
+
+def describe_made(run: Run, *, owner: User, labels: list[str]) -> dict:
+    """`describe` of a run `create_run` just made (Origin.MADE), from what the
+    create knows: no query (its labels are `labels`, its one transition its
+    creation, no run mounts it yet and no search made it)."""
+    return {
+        "id": run.id, "status": run.status, "owner": owner.name, "spec": RunSpec.from_dict(run.spec),
+        "labels": sorted(labels), "created_at": run.created_at, "started_at": None, "finished_at": None,
+        "exit_code": None, "reason": None, "attempt": run.attempt, "worker": None, "executor": None,
+        "limits": None, "mounted_by": [], "deleted_at": None,
+        "transitions": [{"status": run.status, "at": run.created_at, "note": None}],
+    }
 
 
 def _check_mounts(session: Session, *, spec: RunSpec, viewer: User) -> list[dict]:

@@ -1,8 +1,8 @@
 """Users and bearer tokens.
 
 Owns authentication (a token is looked up by its sha256; the secret itself is
-never stored; a worker token found valid is remembered for a second or two,
-`WorkerTokens`), the bootstrap of an empty database (an admin user plus one user
+never stored; who a valid token is, `Bearer`, is remembered until a
+revocation anywhere, `Tokens`), the bootstrap of an empty database (an admin user plus one user
 token and one worker token, written 0600 into the data dir), creating,
 listing and revoking tokens and users, and one-time sign-in links (a token of
 kind "sign-in" that expires within minutes, is never a bearer token, and is
@@ -16,12 +16,14 @@ import os
 import secrets
 import threading
 import time
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
+from cast.server import events
 from cast.server.errors import Forbidden, NameTaken, NotAuthenticated, TokenNotFound, TooMany, UserNotFound
 from cast.server.models import Token, User, utcnow
 from cast.server.services import unique
@@ -71,7 +73,27 @@ def bootstrap(session: Session, *, settings: Settings) -> bool:
     return True
 
 
-def authenticate(session: Session, *, secret: str) -> tuple[Token, User | None]:
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """A token's user as a request sees it: plain values, kept between requests
+    (services read `id`, `name` and `is_admin` of it as of a `User`)."""
+
+    id: int
+    name: str
+    is_admin: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Bearer:
+    """Who a valid bearer token is: the token's id and kind, and its user (none for a worker token)."""
+
+    token_id: int
+    kind: str
+    user: Viewer | None
+
+
+def authenticate(session: Session, *, secret: str) -> Bearer:
     token = session.scalar(select(Token).where(Token.token_hash == hash_token(secret)))
     if token is None:
         raise NotAuthenticated("unknown token")
@@ -80,47 +102,51 @@ def authenticate(session: Session, *, secret: str) -> tuple[Token, User | None]:
     if token.revoked_at is not None:
         raise NotAuthenticated("token revoked")
     user = session.get(User, token.user_id) if token.user_id is not None else None
-    return token, user
+    viewer = Viewer(id=user.id, name=user.name, is_admin=user.is_admin, created_at=user.created_at) if user else None
+    return Bearer(token_id=token.id, kind=token.kind, user=viewer)
 
 
-class WorkerTokens:
-    """Worker tokens found valid within the last `TTL` seconds, by their sha256.
+class Tokens:
+    """Valid tokens, user and worker alike, by their sha256: who each is.
 
-    A worker makes several requests a second (heartbeats, claims, reports, log
-    batches), usually all with one token: each then costs a dict lookup, not a
-    read transaction. What that trades: a revoked worker token is refused at
-    once by the replica that revoked it, by the others within `TTL` seconds. User tokens are always
-    looked up (their user rides along with the request)."""
+    A worker makes several requests a second and a user's submit should cost
+    no transaction for its token, so a token found valid is answered from
+    memory afterwards. A revocation is never late: revoking commits a
+    `events.token_key`, which every process hears (its own at commit, others
+    by NOTIFY) and which moves the notifier's generation, and an entry of an
+    older generation is not used; nor is any while the process may have missed
+    a change (`Notifier.heard_all`: on PostgreSQL its listener not listening or
+    a notification unread). A change made behind the server's back (SQL by
+    hand) holds within `MAX_AGE` seconds. Unknown and refused tokens are not
+    remembered: each is looked up again."""
 
-    TTL = 2.0
-    MAX_ENTRIES = 1024  # valid worker tokens are few; the bound is against a surprise
+    MAX_AGE = 60.0
+    MAX_ENTRIES = 4096  # valid tokens in use are few; the bound is against a surprise
 
-    def __init__(self) -> None:
+    def __init__(self, notifier: events.Notifier) -> None:
+        self._notifier = notifier
         self._lock = threading.Lock()
-        self._valid: dict[str, tuple[float, Token]] = {}
-        # Revoked through this replica: refused here at once, never cached again
-        # (a lookup before the revocation commits must not cache it anew).
-        self._revoked: set[int] = set()
+        self._known: dict[str, tuple[int, float, Bearer]] = {}  # digest: generation, when, bearer
 
-    def get(self, digest: str) -> Token | None:
-        with self._lock:
-            found = self._valid.get(digest)
-        if found is None or time.monotonic() - found[0] > self.TTL:
+    def generation(self) -> int | None:
+        """Read before looking a token up, for `remember`: None if nothing may be remembered now."""
+        return self._notifier.generation if self._notifier.heard_all() else None
+
+    def get(self, digest: str) -> Bearer | None:
+        found = self._known.get(digest)
+        if found is None or self.generation() != found[0] or time.monotonic() - found[1] > self.MAX_AGE:
             return None
-        return found[1]
+        return found[2]
 
-    def remember(self, digest: str, token: Token) -> None:
+    def remember(self, digest: str, bearer: Bearer, generation: int | None) -> None:
+        """Keep `bearer`, found valid by a lookup begun at `generation`, unless
+        something was revoked (or may have been) since the lookup began."""
         with self._lock:
-            if token.id in self._revoked:
+            if generation is None or generation != self.generation():
                 return
-            if len(self._valid) >= self.MAX_ENTRIES:
-                self._valid.clear()
-            self._valid[digest] = (time.monotonic(), token)
-
-    def forget(self, token_id: int) -> None:
-        with self._lock:
-            self._revoked.add(token_id)
-            self._valid = {digest: found for digest, found in self._valid.items() if found[1].id != token_id}
+            if len(self._known) >= self.MAX_ENTRIES:
+                self._known.clear()
+            self._known[digest] = (generation, time.monotonic(), bearer)
 
 
 def _user_named(session: Session, name: str) -> User:
@@ -214,5 +240,6 @@ def revoke_token(session: Session, *, viewer: User, token_id: int) -> tuple[Toke
     if token.revoked_at is None:
         token.revoked_at = utcnow()
         session.flush()
+        events.changed(session, events.token_key(token.id))
     owner = session.get(User, token.user_id) if token.user_id is not None else None
     return token, owner.name if owner else None

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from cast.server.errors import Forbidden, WorkerNotFound
 from cast.server.models import User, Worker, utcnow
-from cast.server.schemas import WorkerRegister
+from cast.server.schemas.workers import WorkerRegister
 from cast.server.settings import Settings
 
 

@@ -8,8 +8,15 @@ from __future__ import annotations
 import json
 import math
 import re
+import http.client
 import signal
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+from urllib.parse import urlsplit
+
+import pytest
 
 from cast.protocol.units import format_duration
 from cast.worker.resources import cpu_count
@@ -164,8 +171,12 @@ def test_background_stop_keeps_outputs_and_kill_drops_them(cli, worker):
 def test_ctrl_c_detaches_and_the_run_keeps_going(cli, worker, base_env, tmp_path):
     env = {**base_env, "CAST_SERVER_URL": worker.server.url, "CAST_TOKEN": worker.server.admin_token}
     # The run would go on for an hour: only the kill below ends it.
+    # With SIGINT's default action, as a terminal's cast has it: a test runner's
+    # worker process may ignore it (pytest-xdist's do), and an ignored signal
+    # stays ignored across exec, so Python would never raise KeyboardInterrupt.
     process = subprocess.Popen(["cast", "run", "echo started; sleep 3600"], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_for_line(worker.server, 1, "started", timeout=120)
         process.send_signal(signal.SIGINT)
@@ -244,6 +255,74 @@ def test_logs_follow_resumes_after_the_server_restarts(start_server, start_worke
     # Everything the log holds was printed exactly once, in order, then the outcome.
     assert printed[: -2] == log_texts(restarted, run_id)
     assert printed[-1] == f"Run {run_id} complete"
+
+
+class StreamRelay:
+    """Between the CLI and the real server: forwards each request, records
+    (method, path), and with `strip_outcome` answers the follow stream's pages
+    without their `outcome`, as a server from before it did."""
+
+    def __init__(self, target: str, *, strip_outcome: bool):
+        self.requests: list[tuple[str, str]] = []
+        host, port = urlsplit(target).hostname, urlsplit(target).port
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _relay(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.requests.append((self.command, self.path))
+                upstream = http.client.HTTPConnection(host, port, timeout=120)
+                try:
+                    upstream.request(self.command, self.path, body=body or None, headers={
+                        k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")})
+                    answer = upstream.getresponse()
+                    data = answer.read()
+                finally:
+                    upstream.close()
+                if strip_outcome and "/logs/follow" in self.path and answer.status == 200:
+                    pages = [json.loads(line) for line in data.splitlines() if line.strip()]
+                    data = b"".join(json.dumps({k: v for k, v in page.items() if k != "outcome"}).encode() + b"\n"
+                                    for page in pages)
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _relay
+
+            def log_message(self, *args):
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.http.shutdown()
+        self.http.server_close()
+
+
+@pytest.mark.parametrize("old_server", [False, True], ids=["outcome-in-stream", "server-without-it"])
+def test_run_prints_the_outcome_the_stream_carries_and_asks_for_the_run_only_without_it(worker, cast_for,
+                                                                                       old_server):
+    relay = StreamRelay(worker.server.url, strip_outcome=old_server)
+    try:
+        result = cast_for(SimpleNamespace(url=relay.url, admin_token=worker.server.admin_token))(
+            "run", "echo hi; exit 3")
+    finally:
+        relay.close()
+    run_id = run_id_of(result)
+    assert result.returncode == 3, result
+    lines = result.stdout.splitlines()
+    assert lines[-2].startswith("Total run time: ") and lines[-1] == f"Run {run_id} failed (exit code 3)"
+    asked = [path.split("?")[0] for method, path in relay.requests
+             if method == "GET" and path.startswith(f"/api/v1/runs/{run_id}")]
+    assert asked == [f"/api/v1/runs/{run_id}/logs/follow", *([f"/api/v1/runs/{run_id}"] if old_server else [])]
 
 
 def test_run_follows_to_the_end_and_tail_follow_starts_near_the_end(cli, worker):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -20,11 +21,13 @@ from tests.conftest import ServerProcess, free_port
 
 class FlakyBalancer:
     """Plays `script` one step per request ("502": answer 502 without passing
-    the request on; "cut": pass it on, then hang up without the answer), then
-    passes everything through."""
+    the request on; "503 after N": a 503 asking for a pause of N seconds,
+    "429", "500": those answers alike; "cut": pass it on, then hang up
+    without the answer), then passes everything through; notes when each
+    request came (`times`)."""
 
     def __init__(self, upstream: str, script: list[str]):
-        self.script, self.seen = list(script), []
+        self.script, self.seen, self.times = list(script), [], []
         balancer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -32,8 +35,12 @@ class FlakyBalancer:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 step = balancer.script.pop(0) if balancer.script else "pass"
                 balancer.seen.append((self.command, self.path, step))
-                if step == "502":
-                    self.send_response(502)
+                balancer.times.append(time.monotonic())
+                if step != "cut" and step != "pass":
+                    status, _, pause = step.partition(" after ")
+                    self.send_response(int(status))
+                    if pause:
+                        self.send_header("Retry-After", pause)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -143,3 +150,17 @@ def test_a_refusal_is_not_repeated(server, balancer):
     with pytest.raises(ApiError) as refused:
         client.get_run(999999)
     assert refused.value.status == 404 and len(flaky.seen) == 1
+
+
+def test_a_503_asking_for_a_pause_is_repeated_after_it_and_a_429_is_repeated(server, balancer):
+    client, flaky = balancer(["503 after 1", "429"])
+    assert client.health()["status"] == "ok"
+    assert [step for _, _, step in flaky.seen] == ["503 after 1", "429", "pass"]
+    assert flaky.times[1] - flaky.times[0] >= 1.0  # the server's Retry-After, not the first backoff (0.1 s)
+
+
+def test_another_server_error_is_shown_at_once_not_repeated(server, balancer):
+    client, flaky = balancer(["500"])
+    with pytest.raises(ApiError) as failed:
+        client.health()
+    assert failed.value.status == 500 and len(flaky.seen) == 1

@@ -2,7 +2,8 @@
 removed at the end, pass or fail), a fresh bucket for each test, the
 `server` of the shared fixtures started on it, and an in-process app on it
 (`settings`, `app`, `local`; a module needing other settings overrides
-`settings` with `s3_settings(**fields)`)."""
+`settings` with `s3_settings(**fields)`), and a fault proxy in front of the
+store (`proxy`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from cast.server.app import create_app
 from cast.server.settings import Settings
+from tests.realservers.faultproxy import FaultProxy
 from tests.realservers.seaweed import SeaweedServer
 from tests.server.conftest import in_process_api
 
@@ -78,6 +81,14 @@ def local(app, settings):
 @pytest.fixture
 def server(start_server, s3_env):
     return start_server(env=s3_env)
+
+
+@pytest.fixture
+def proxy(seaweed):
+    """A fault proxy in front of the store (tests/realservers/faultproxy.py)."""
+    target = urlsplit(seaweed.endpoint)
+    with FaultProxy((target.hostname, target.port)) as started:
+        yield started
 
 
 @pytest.fixture

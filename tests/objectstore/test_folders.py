@@ -3,7 +3,8 @@ goes (to the object store, as a tar over HTTP, in a staging folder on the
 server's own filesystem): `cast ls` lists them, `cast cp` copies them, and a
 later run that mounts the outputs finds them. So are an uploaded folder's,
 by `cast upload` (straight to the object store, or through the server to its
-filesystem) and by an upload the server relays to the object store."""
+filesystem: `cast ls` lists them on both) and by an upload the server relays
+to the object store."""
 
 from __future__ import annotations
 
@@ -67,10 +68,20 @@ def _folder_with_empty_ones(root):
     (root / "full" / "a.txt").write_text("hi\n")
 
 
-def test_empty_upload_folders_are_kept(cli, worker, server, tmp_path, request):
+def test_empty_upload_folders_are_kept(cli, worker, server, tmp_path):
     _folder_with_empty_ones(tmp_path / "ds")
     uploaded = cli("upload", "ds")
     assert uploaded.returncode == 0, uploaded
+
+    # Either store keeps them as entries of the upload's manifest, which `cast ls` lists.
+    assert cli("ls", "uploads/ds", "--json").json() == [
+        {"name": "deep/", "type": "dir", "size": 0}, {"name": "empty/", "type": "dir", "size": 0},
+        {"name": "full/", "type": "dir", "size": 3}]
+    assert cli("ls", "uploads/ds/deep", "--json").json() == [{"name": "er/", "type": "dir", "size": 0}]
+    assert cli("ls", "uploads/ds/empty", "--json").json() == []
+    with server.api() as api:
+        listed = api.get("/uploads/ds", params={"list": True}).json()
+    assert [f["path"] for f in listed["files"]] == ["full/a.txt"] and listed["folders"] == ["deep/er", "empty"]
 
     copied = cli("cp", "uploads/ds", "back")
     assert copied.returncode == 0, copied
@@ -79,13 +90,8 @@ def test_empty_upload_folders_are_kept(cli, worker, server, tmp_path, request):
     mounted = cli("run", "-m", "uploads/ds:in", "find in -type d -empty | sort")
     assert mounted.returncode == 0, mounted
     assert [line for line in mounted.stdout.splitlines() if line.startswith("in/")] == ["in/deep/er", "in/empty"]
-    if request.node.callspec.params["server"] == "s3":
-        # The object store keeps them as entries of the upload's manifest, which `cast ls` lists.
-        assert cli("ls", "uploads/ds", "--json").json() == [
-            {"name": "deep/", "type": "dir", "size": 0}, {"name": "empty/", "type": "dir", "size": 0},
-            {"name": "full/", "type": "dir", "size": 3}]
-        with server.api() as api:
-            assert api.get("/uploads/ds", params={"list": True}).json()["folders"] == ["deep/er", "empty"]
+    alone = cli("run", "-m", "uploads/ds/empty:e", "test -d e && echo an-empty-folder")
+    assert alone.returncode == 0 and "an-empty-folder" in alone.stdout.splitlines(), alone
 
 
 def test_empty_folders_of_an_upload_relayed_to_the_store_are_kept(start_server, s3_env, tmp_path):

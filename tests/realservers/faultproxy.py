@@ -2,7 +2,8 @@
 requests of a kind on purpose (the tests' faults between a client and the
 object store).
 
-Each connection's first request head is read: while `faults` is above zero
+Each connection's first request head is read: once `passes` requests of
+`method` went through, while `faults` is above zero
 and the head starts with `method`, the proxy takes the request and fails it
 (`answer` None: the connection closed without an answer; else its body
 read and that status code answered), counting down; every other connection is passed through byte for byte
@@ -24,7 +25,7 @@ HEAD_LIMIT = 64 << 10
 class FaultProxy:
     def __init__(self, upstream: tuple[str, int], *, method: str = "PUT"):
         self.upstream, self.method = upstream, method.encode() + b" "
-        self.faults, self.answer, self.seen = 0, None, 0
+        self.faults, self.answer, self.seen, self.passes = 0, None, 0, 0
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -36,10 +37,11 @@ class FaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def fail(self, count: int, answer: int | None = None) -> None:
-        """Fail the next `count` requests of `method`: closed unanswered, or answered `answer`."""
+    def fail(self, count: int, answer: int | None = None, *, after: int = 0) -> None:
+        """Fail `count` requests of `method`, the next but `after`: closed
+        unanswered, or answered `answer`."""
         with self._lock:
-            self.faults, self.answer = count, answer
+            self.faults, self.answer, self.passes = count, answer, after
 
     def __enter__(self) -> "FaultProxy":
         self._thread.start()
@@ -81,9 +83,11 @@ class FaultProxy:
             with self._lock:
                 ours = head.startswith(self.method)
                 self.seen += ours
-                failing = ours and self.faults > 0
+                failing = ours and self.faults > 0 and self.passes == 0
                 if failing:
                     self.faults -= 1
+                elif ours and self.passes:
+                    self.passes -= 1
                 answer = self.answer
             if failing:
                 if answer is not None:

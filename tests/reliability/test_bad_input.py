@@ -216,7 +216,7 @@ API_INPUTS = [
     ApiInput("oversized command", "POST", "/runs", 422, "65536", json={"command": "x" * 65537}),
     # --- size bounds on every field: 422 naming the field and the limit
     ApiInput("pip entry of 100,000 characters", "POST", "/runs", 422,
-             "pip: --pip entry of 100000 characters exceeds the limit of 256", json=_run(pip=["a" * 100_000])),
+             "pip.0: --pip entry of 100000 characters exceeds the limit of 256", json=_run(pip=["a" * 100_000])),
     ApiInput("requirements line of 100,000 characters", "POST", "/runs", 422, "exceeds the limit of 256",
              json=_run(pip_req="six\n" + "a" * 100_000 + "\n")),
     ApiInput("apt entry of 100,000 characters", "POST", "/runs", 422, "apt.0: String should have at most 201",

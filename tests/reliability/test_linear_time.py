@@ -17,7 +17,9 @@ milliseconds.
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import queue
 import re
 import subprocess
@@ -69,7 +71,7 @@ def hostile_inputs() -> dict[str, str]:
 
 def _request_bodies() -> Iterator[tuple[str, Callable[[str], object]]]:
     """(name, parse) for every field of the request bodies the server parses."""
-    from cast.server import schemas
+    from cast.server.schemas import logs, runs, users, workers
 
     def model(cls, base: dict, make: Callable[[str], dict]) -> Callable[[str], object]:
         return lambda text: cls.model_validate({**base, **make(text)})
@@ -92,16 +94,16 @@ def _request_bodies() -> Iterator[tuple[str, Callable[[str], object]]]:
         "labels": lambda t: {"labels": [t]},
     }
     for name, make in fields.items():
-        yield f"RunCreate.{name}", model(schemas.RunCreate, run, make)
-    yield "LabelIn.label", model(schemas.LabelIn, {}, lambda t: {"label": t})
-    yield "UserCreate.name", model(schemas.UserCreate, {}, lambda t: {"name": t})
-    yield "TokenCreate.name", model(schemas.TokenCreate, {}, lambda t: {"name": t})
-    yield "TokenCreate.user", model(schemas.TokenCreate, {}, lambda t: {"user": t})
-    yield "LogAppend.lines", model(schemas.LogAppend, {"lease_token": "t", "seq": 0},
+        yield f"RunCreate.{name}", model(runs.RunCreate, run, make)
+    yield "LabelIn.label", model(runs.LabelIn, {}, lambda t: {"label": t})
+    yield "UserCreate.name", model(users.UserCreate, {}, lambda t: {"name": t})
+    yield "TokenCreate.name", model(users.TokenCreate, {}, lambda t: {"name": t})
+    yield "TokenCreate.user", model(users.TokenCreate, {}, lambda t: {"user": t})
+    yield "LogAppend.lines", model(logs.LogAppend, {"lease_token": "t", "seq": 0},
                                    lambda t: {"runs": [{"stream": "stdout", "lines": [t]}]})
-    yield "StatusIn.reason", model(schemas.StatusIn, {"lease_token": "t", "status": "failed"},
+    yield "StatusIn.reason", model(workers.StatusIn, {"lease_token": "t", "status": "failed"},
                                    lambda t: {"reason": t})
-    yield "WorkerRegister.name", model(schemas.WorkerRegister, {"executor": "local"}, lambda t: {"name": t})
+    yield "WorkerRegister.name", model(workers.WorkerRegister, {"executor": "local"}, lambda t: {"name": t})
 
 
 def _parsers() -> Iterator[tuple[str, Callable[[str], object]]]:
@@ -125,7 +127,9 @@ def _parsers() -> Iterator[tuple[str, Callable[[str], object]]]:
     masking = dockerenv.HostPackageSettings(pip={"index-url": "https://user:secret@example.invalid/simple"})
     yield "dockerenv.HostPackageSettings.redact", masking.redact
     yield from _request_bodies()
-    for module in (validate, units, names, schemas, errors, git, storage, dockerenv, resources, source):
+    schema_modules = [importlib.import_module(f"{schemas.__name__}.{module.name}")
+                      for module in pkgutil.iter_modules(schemas.__path__)]
+    for module in (validate, units, names, *schema_modules, errors, git, storage, dockerenv, resources, source):
         for attr, value in vars(module).items():
             if isinstance(value, re.Pattern):
                 yield f"{module.__name__}.{attr}.search", value.search

@@ -20,8 +20,9 @@ from datetime import datetime, timezone
 import httpx
 import pytest
 
-from cast.client.sdk import RETRY_STATUSES, ApiError, Client, ConnectionCut
+from cast.client.sdk import ApiError, Client, ConnectionCut
 from cast.protocol.messages import RunSpec
+from cast.protocol.retries import Failure
 from cast.protocol.status import FINAL_STATUSES, RunStatus
 
 # The run: a START line, numbered lines (a pause between them, if asked), a
@@ -48,7 +49,7 @@ def spec(tag: str, *, lines: int = 3, pause: float = 0.0, retries: int = 0) -> R
 
 class TracedClient(Client):
     """An SDK client that notes in `retried` each try its retry loop repeats:
-    an answer of RETRY_STATUSES or a connection cut mid-request."""
+    an answer of an outage (cast.protocol.retries) or a connection cut mid-request."""
 
     def __init__(self, cluster, retried: list[str]):
         super().__init__(cluster.url, cluster.admin_token)
@@ -58,7 +59,7 @@ class TracedClient(Client):
         try:
             return super()._call_once(method, path, **kwargs)
         except ApiError as exc:
-            if exc.status in RETRY_STATUSES:
+            if exc.failure is Failure.OUTAGE:
                 self.retried.append(f"{method} {path}: {exc.status} {exc.detail}")
             raise
         except ConnectionCut:

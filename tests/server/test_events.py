@@ -210,3 +210,42 @@ def test_a_listener_that_lost_its_connection_reconnects_and_wakes_every_waiter(p
     finally:
         listening.dispose()
         sending.dispose()
+
+
+def test_a_wake_up_passed_on_with_no_waiter_it_fits_here_wakes_one_on_another_replica(postgres_databases):
+    """A GPU run's wake-up on replica A goes to A's only GPU waiter, which
+    leaves unserved (its worker gone); A's other waiter is a CPU worker's, so
+    the wake-up passed on crosses to replica B and wakes one of B's GPU
+    waiters, not both, and is not passed on again. Until it crossed, the run
+    waited for B's workers' next poll (10 s)."""
+    import time
+
+    url = postgres_databases()
+    a, b = Database(url), Database(url)
+    for database in (a, b):
+        database.start_listener()
+
+    async def scenario():
+        for database in (a, b):
+            assert await asyncio.to_thread(database._listener.listening.wait, 10)
+        with (a.notifier.wait_for_run(0) as cpu_a, b.notifier.wait_for_run(1) as first_b,
+              b.notifier.wait_for_run(1) as second_b):
+            with a.notifier.wait_for_run(1) as gone_a:
+                a.notifier.notify(events.queue_key(1))
+                assert await gone_a.wait(5) and gone_a.wakes() == 1
+            left_at = time.monotonic()  # unserved: passed on
+            assert await first_b.wait(5)
+            assert time.monotonic() - left_at < 5
+            assert first_b.wakes() == 1  # its claim attempt serves it, or it is passed on again
+            assert not await second_b.wait(1)
+            assert not await cpu_a.wait(0.1)
+            # A wake-up no process has a waiter for is dropped, not sent around again.
+            a.notifier.pass_on(4)
+            assert not await second_b.wait(1)
+            first_b.served(1)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        a.dispose()
+        b.dispose()

@@ -7,15 +7,20 @@ import pytest
 from pydantic import ValidationError
 
 from cast.protocol.messages import MountSpec, RunSpec, StatusReport
+from cast.protocol.objects import ObjectEntry, ObjectManifest, UploadManifest
 from cast.protocol.status import RunStatus
-from cast.server.schemas import LabelIn, MountIn, RunCreate, StatusIn, UserCreate, WorkerRegister
+from cast.server.schemas.files import ObjectManifestIn, UploadManifestIn
+from cast.server.schemas.hyper import SearchCreate
+from cast.server.schemas.runs import LabelIn, MountIn, RunCreate
+from cast.server.schemas.users import UserCreate
+from cast.server.schemas.workers import StatusIn, WorkerRegister
 
 KEY = "0" * 64
 
 
 @pytest.mark.parametrize(("fields", "message"), [
     ({"command": ""}, "at least 1 character"),
-    ({"command": "echo \x00"}, "command must not contain a NUL byte"),
+    ({"command": "echo \x00"}, "command must not contain a NUL character"),
     ({"git_url": "https://x\ny"}, "git_url must not contain control characters"),
     ({"git_url": "--upload-pack=evil"}, "git_url '--upload-pack=evil' must not start with '-'"),
     ({"git_url": "https://x", "commit_ref": "main..dev"}, "commit_ref 'main..dev' is not a git ref"),
@@ -91,3 +96,24 @@ def test_names_labels_and_status_reports():
     with pytest.raises(ValidationError):
         StatusIn(lease_token="", status="running")
     assert WorkerRegister(name="w", executor="local").sandboxed is False  # unsaid is unsandboxed
+
+
+def test_a_search_takes_labels_as_a_run_does():
+    search = dict(kind="grid", command="echo :a:", params={"a": "1,2"})
+    assert SearchCreate(**search, labels=["x", "x", "y"]).labels == ["x", "y"]
+    for model, fields in ((SearchCreate, search), (RunCreate, {"command": "true"})):
+        with pytest.raises(ValidationError, match="label 'two words' must be 1-63 letters"):
+            model(**fields, labels=["two words"])
+        with pytest.raises(ValidationError, match="at most 63 characters"):
+            model(**fields, labels=["x" * 64])
+
+
+def test_an_object_manifest_becomes_the_protocols():
+    entry = {"path": "a/b.txt", "size": 3, "sha256": KEY}
+    pushed = ObjectManifestIn(lease_token="t", files=[entry], folders=["empty"]).to_manifest()
+    assert pushed == ObjectManifest(lease_token="t", files=[ObjectEntry("a/b.txt", 3, KEY)], folders=["empty"])
+    uploaded = UploadManifestIn(kind="dir", files=[entry], replace=True).to_manifest()
+    assert uploaded == UploadManifest(kind="dir", files=[ObjectEntry("a/b.txt", 3, KEY)], replace=True, folders=[])
+    for bad in ({**entry, "sha256": "x"}, {**entry, "size": -1}, {**entry, "path": ""}):
+        with pytest.raises(ValidationError):
+            ObjectManifestIn(lease_token="t", files=[bad])

@@ -19,8 +19,9 @@ CHROMIUM = "/usr/bin/chromium"
 def chromium():
     """Debian's Chromium under playwright until the block ends. While it is open,
     playwright's sync API keeps an asyncio loop running in this thread, so every
-    `asyncio.run` in a later test fails: tests outside tests/web open their own
-    for as short a time as they can (a module), never this session's."""
+    `asyncio.run` in a later test fails, and so does another module's playwright:
+    each module opens its own and closes it when it ends, whichever modules
+    share a process (scripts/test.sh runs files in parallel processes)."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (scripts/setup.sh --system)")
     with sync_playwright() as playwright:
@@ -34,7 +35,7 @@ def chromium():
             browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     with chromium() as browser:
         yield browser

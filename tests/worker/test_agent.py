@@ -15,11 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from tests.factories import (get_run, log_entries, log_texts, output_paths, statuses,
                              submit, wait_final, wait_for_line)
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, wait_until
 from .test_source import commit, git
 
 # Far longer than any bound below: only a command that was ended lets its run finish in time.
@@ -226,17 +227,26 @@ def test_the_mount_cache_downloads_once_and_makes_it_read_only(api, server, work
 
 class RecordingRelay:
     """Between a worker and the real server: forwards each request as it is and
-    records (path, JSON body) of every request the worker sent."""
+    records (path, JSON body) of every request the worker sent, and (its index
+    in `requests`, path) of every one answered. A request `hold(path, body)`
+    picks waits, `held` set, until `release` is."""
 
-    def __init__(self, target: str):
+    def __init__(self, target: str, hold=lambda path, body: False):
         self.requests: list[tuple[str, object]] = []
+        self.answered: list[tuple[int, str]] = []
+        self.held, self.release = threading.Event(), threading.Event()
         host, port = urlsplit(target).hostname, urlsplit(target).port
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def _relay(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                outer.requests.append((self.path, json.loads(body) if body else None))
+                decoded = json.loads(body) if body else None
+                index = len(outer.requests)
+                outer.requests.append((self.path, decoded))
+                if hold(self.path, decoded):
+                    outer.held.set()
+                    outer.release.wait(300)
                 upstream = http.client.HTTPConnection(host, port, timeout=120)
                 try:
                     upstream.request(self.command, self.path, body=body or None, headers={
@@ -252,6 +262,7 @@ class RecordingRelay:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+                outer.answered.append((index, self.path))
 
             do_GET = do_POST = do_PUT = do_DELETE = _relay
 
@@ -267,24 +278,145 @@ class RecordingRelay:
         self.http.server_close()
 
 
-def test_saving_and_pushing_reach_the_server_in_one_request(api, server, base_env, tmp_path):
+def _relayed_run(api, server, base_env, work_dir, command: str) -> tuple[dict, list[tuple[str, dict]]]:
+    """`command` run to its end by a worker whose requests pass a RecordingRelay:
+    the run, and what the worker sent about it."""
     relay = RecordingRelay(server.url)
     worker = WorkerProcess(server=SimpleNamespace(url=relay.url, data_dir=server.data_dir),
-                           work_dir=tmp_path / "relayed", name="relayed", executor="local",
-                           env=base_env).start()
+                           work_dir=work_dir, name="relayed", executor="local", env=base_env).start()
     try:
-        # Enough files that walking them takes a while (which a report queued
-        # before the walk would not wait for).
-        run_id = submit(api, "mkdir made && cd made && touch $(seq 2000)")
+        run_id = submit(api, command)
         run = wait_final(api, run_id)
     finally:
         worker.stop()
         relay.close()
+    return run, [(path, body) for path, body in relay.requests if f"/runs/{run_id}/" in path]
+
+
+def test_saving_and_pushing_reach_the_server_in_one_request(api, server, base_env, tmp_path):
+    # Enough files that walking them takes a while (which a report queued
+    # before the walk would not wait for).
+    run, requests = _relayed_run(api, server, base_env, tmp_path / "relayed",
+                                 "mkdir made && cd made && touch $(seq 2000)")
+    run_id = run["id"]
     assert run["status"] == "complete" and len(output_paths(api, run_id)) == 2000
-    sent = [(path.rsplit("/", 1)[-1], body) for path, body in relay.requests if f"/runs/{run_id}/" in path]
+    sent = [(path.rsplit("/", 1)[-1], body) for path, body in requests]
     reports = [[report["status"] for report in body["reports"]] if kind == "statuses" else kind
                for kind, body in sent if kind in ("statuses", "staged")]
     # After the command: its outputs walked, `saving` and `pushing` in one
     # request, then the push, then the outcome its answer decided.
     after_running = list(itertools.dropwhile(lambda item: "running" not in item, reports))[1:]
     assert after_running == [["saving", "pushing"], "staged", ["complete"]], reports
+
+
+def test_a_run_that_writes_nothing_pushes_nothing_and_reports_in_two_requests(api, server, base_env, tmp_path):
+    run, requests = _relayed_run(api, server, base_env, tmp_path / "relayed", "true")
+    assert run["status"] == "complete" and run["exit_code"] == 0 and output_paths(api, run["id"]) == []
+    assert statuses(run) == ["machine_requested", "building", "mounting", "running", "saving", "pushing",
+                             "complete"]
+    sent = [path.rsplit("/", 1)[-1] for path, _ in requests]
+    assert not {"outputs", "staged", "plan", "commit"} & set(sent), sent
+    reports = [[report["status"] for report in body["reports"]] for path, body in requests
+               if path.endswith("/statuses")]
+    # `mounting` waited for `running` (nothing to place); with no push to
+    # answer, the outcome went with `saving` and `pushing`.
+    assert reports == [["mounting", "running"], ["saving", "pushing", "complete"]], reports
+
+
+@pytest.mark.short_lease
+def test_a_retried_run_that_writes_nothing_replaces_what_an_earlier_attempt_pushed(api, server, start_worker):
+    run_id = submit(api, "true", retries=1)
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=30,
+                      headers={"Authorization": f"Bearer {server.worker_token}"}) as lost:
+        worker_id = lost.post("/workers", json={"name": "lost", "executor": "local", "gpus": []}).json()["id"]
+        lease = lost.post(f"/workers/{worker_id}/lease", json={"free_gpus": 0, "wait": 0}).json()
+        assert lease["run_id"] == run_id and lease["attempt"] == 1
+        tar = io.BytesIO()
+        with tarfile.open(fileobj=tar, mode="w") as archive:
+            info = tarfile.TarInfo("stale.txt")
+            info.size = 5
+            archive.addfile(info, io.BytesIO(b"stale"))
+        pushed = lost.put(f"/runs/{run_id}/outputs", content=tar.getvalue(),
+                          headers={"X-Lease-Token": lease["lease_token"]})
+        assert pushed.status_code == 200, pushed.text
+    # That worker is heard of no more: once its lease ran out, attempt 2 is queued.
+    wait_until(lambda: get_run(api, run_id)["attempt"] == 2, timeout=120, what="the run to be queued again")
+    assert output_paths(api, run_id) == ["stale.txt"]
+    start_worker(server)
+    run = wait_final(api, run_id, timeout=120)
+    assert run["status"] == "complete" and run["attempt"] == 2
+    assert output_paths(api, run_id) == []
+
+
+# A stop or a kill reaches the worker with a heartbeat's answer, every third of
+# the lease: a 1.5 s lease makes that half a second.
+WALK_LEASE = {"CAST_LEASE_SECONDS": "1.5"}
+
+
+def _leftovers(server, worker, run_id: int) -> list[str]:
+    """What a run left behind: a staging folder on the server, its dirs in the worker's work dir."""
+    return ([p.name for p in (server.data_dir / "tmp").glob(f"staged-{run_id}-*")]
+            + [p.name for p in (worker.work_dir / "runs").glob(f"{run_id}-*")])
+
+
+def _reports_saving(path: str, body) -> bool:
+    return path.endswith("/statuses") and any(report["status"] == "saving" for report in body["reports"])
+
+
+def test_a_stop_heard_after_the_command_ended_saves_the_outputs_and_ends_the_run_stopped(
+        start_server, base_env, tmp_path):
+    server = start_server(env=WALK_LEASE)
+    # Its `saving` held back, the worker has walked the outputs of a command that
+    # ended on its own while the server still says `running`: a stop is taken.
+    # (Timing the stop to land in the walk instead failed once the walk got fast.)
+    relay = RecordingRelay(server.url, hold=_reports_saving)
+    worker = WorkerProcess(server=SimpleNamespace(url=relay.url, data_dir=server.data_dir),
+                           work_dir=tmp_path / "relayed", name="relayed", executor="local", env=base_env).start()
+    try:
+        with server.api() as api:
+            run_id = submit(api, "mkdir made && cd made && touch $(seq 2000)")
+            assert relay.held.wait(300), "the worker never reported `saving`"
+            stopped_at = len(relay.requests)
+            assert api.post(f"/runs/{run_id}/stop").status_code == 202
+            # Heartbeats go one after another: the second sent after the stop
+            # left once the first one's answer, which carried it, was handled.
+            wait_until(lambda: sum(1 for index, path in relay.answered
+                                   if index >= stopped_at and path.endswith("/heartbeat")) >= 2,
+                       timeout=60, what="two heartbeats answered after the stop")
+            relay.release.set()
+            run = wait_final(api, run_id, timeout=300)
+            # Exit code 0: the command had ended on its own, so the stop reached no command.
+            assert run["status"] == "stopped" and run["exit_code"] == 0, run
+            assert statuses(run)[-5:] == ["running", "stopping", "saving", "pushing", "stopped"]
+            assert len(output_paths(api, run_id)) == 2000
+            wait_until(lambda: _leftovers(server, worker, run_id) == [], timeout=120, what="the run's dirs removed")
+    finally:
+        relay.release.set()
+        worker.stop()
+        relay.close()
+
+
+# The kill stops the walk itself, which must outlast the kill's way there and
+# the "written" line's way to the test by far, or the kill lands after it (in
+# the staging, or once all is queued): 120,000 files walk in about 0.8 s on a
+# quiet machine, the kill's way is a poll and at most a heartbeat interval.
+KILLED_FILES = 120_000
+WRITE_MORE = (f"mkdir made && cd made && for d in $(seq {KILLED_FILES // 1000}); do mkdir $d && (cd $d && touch $(seq 1000)); done; "
+              "echo written")
+
+
+def test_a_kill_while_the_outputs_are_walked_stops_the_walk_and_saves_nothing(start_server, start_worker):
+    server = start_server(env=WALK_LEASE)
+    worker = start_worker(server)
+    with server.api() as api:
+        run_id = submit(api, WRITE_MORE)
+        wait_for_line(api, run_id, "written", timeout=300)
+        assert api.post(f"/runs/{run_id}/kill").status_code == 202
+        run = wait_final(api, run_id, timeout=300)
+        assert run["status"] == "killed" and statuses(run)[-3:] == ["running", "killing", "killed"], run
+        assert output_paths(api, run_id) == []
+        wait_until(lambda: f"run {run_id}: killed while its outputs were walked; the walk stopped"
+                   in worker.log_path.read_text(), timeout=60, what="the walk to stop")
+        wait_until(lambda: _leftovers(server, worker, run_id) == [], timeout=120, what="the run's dirs removed")
+        after = submit(api, "echo fine > after.txt")  # the slot is free again
+        assert wait_final(api, after, timeout=300)["status"] == "complete"

@@ -10,6 +10,7 @@ unique to the test and are removed after it.
 from __future__ import annotations
 
 import filecmp
+import io
 
 import subprocess
 import sys
@@ -116,7 +117,7 @@ def test_the_build_script_runs_only_the_steps_it_needs_and_is_valid_shell():
 def test_pump_output_keeps_the_two_streams_apart():
     out: list[str] = []
     err: list[str] = []
-    pump_output(iter([(b"a\nb", None), (None, b"oops"), (b"c\n", b"!\n")]), out.append, err.append)
+    pump_output(iter([(b"a\nb", None), (None, b"oops"), (b"c\n", b"!\n")]), out.extend, err.extend)
     assert out == ["a", "bc"] and err == ["oops!"]
 
 
@@ -141,15 +142,18 @@ class Log:
 @pytest.fixture
 def make_cache(engine, base_image, tmp_path):  # noqa: F811
     """ImageCache factory on a repository of this test's own, removed after it."""
-    repositories = []
+    repositories, caches = [], []
 
     def make(work_dir=None, *, base=base_image, installer=None) -> ImageCache:
         repository = f"cast-env-images-{uuid.uuid4().hex[:8]}"
         repositories.append(repository)
-        return ImageCache(engine, work_dir or tmp_path / "worker", base_image=base, repository=repository,
-                          network="bridge", installer=installer)
+        caches.append(ImageCache(engine, work_dir or tmp_path / "worker", base_image=base, repository=repository,
+                                 network="bridge", installer=installer))
+        return caches[-1]
 
     yield make
+    for cache in caches:
+        cache.known.close()
     for repository in repositories:
         # A layered environment is a child of the one it extends: the engine refuses to
         # remove a parent first, so the images with the most layers go first.
@@ -175,6 +179,68 @@ def test_an_image_is_built_once_then_reused_and_holds_its_labels(make_cache, eng
     by_run = {"label": [f"{LABEL_WORK_DIR}={cache.work_dir}", f"{LABEL_RUN_ID}=5"]}
     assert engine.containers.list(all=True, filters=by_run) == []
     assert list((cache.work_dir / "docker-scratch").iterdir()) == []
+
+
+def _until(condition, what: str) -> None:
+    deadline = time.monotonic() + 60  # a guard against a hang: an event arrives in milliseconds
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.02)
+
+
+class Calls:
+    """Counts the engine calls a cached environment used to make."""
+
+    def __init__(self, engine, monkeypatch):
+        self.names: list[str] = []
+        for name in ("inspect_image", "tag"):
+            real = getattr(engine.api, name)
+            monkeypatch.setattr(engine.api, name, self._counting(name, real))
+
+    def _counting(self, name, real):
+        def call(*args, **kwargs):
+            self.names.append(name)
+            return real(*args, **kwargs)
+        return call
+
+
+def test_a_warm_environment_costs_no_engine_call_until_the_engine_says_its_images_changed(
+        make_cache, engine, base_image, monkeypatch):  # noqa: F811
+    base = f"cast-test-base-{uuid.uuid4().hex[:8]}:1"  # a base of this test's own, to be rebuilt under its name
+    engine.api.tag(base_image, *base.split(":"))
+    rebuilt, cache = None, make_cache(base=base)
+    try:
+        first = cache.ensure(spec(), 1, Log())
+        _until(lambda: cache.known.live, "the cache hears the engine's image events")
+        assert cache.ensure(spec(), 2, Log()).cached  # learns the base's id and stamps the tag
+        calls = Calls(engine, monkeypatch)
+        for run_id in (3, 4):
+            again = cache.ensure(spec(), run_id, Log())
+            assert (again.cached, again.key) == (True, first.key)
+        assert calls.names == []
+
+        # The base rebuilt under its name: the next run's environment is one of the new base.
+        rebuilt, _ = engine.images.build(fileobj=io.BytesIO(f"FROM {base_image}\nLABEL cast.test={uuid.uuid4().hex}\n"
+                                                             .encode()), rm=True)
+        engine.api.tag(rebuilt.id, *base.split(":"))
+        _until(lambda: cache.known.base_id(base) is None, "the tag event is heard")
+        log = Log()
+        second = cache.ensure(spec(), 5, log)
+        assert not second.cached and second.key != first.key
+        assert log.lines[0].startswith("Building environment")
+        assert calls.names[0] == "inspect_image"
+
+        # The environment removed behind the cache's back: built again, not assumed.
+        assert cache.ensure(spec(), 6, Log()).cached
+        engine.images.remove(second.description)
+        _until(lambda: not cache.known.stamped(second.description), "the removal is heard")
+        assert not cache.ensure(spec(), 7, Log()).cached
+    finally:
+        for image in engine.images.list(name=cache.repository):  # the children of `rebuilt` first
+            engine.images.remove(image.id, force=True)
+        engine.images.remove(base)
+        if rebuilt is not None and engine.images.list(filters={"dangling": True}, all=True).count(rebuilt):
+            engine.images.remove(rebuilt.id, force=True)
 
 
 def test_has_base_image_says_whether_the_base_is_here(make_cache):

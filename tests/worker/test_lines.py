@@ -31,7 +31,7 @@ class Clock:
 def _reader(clock=None) -> tuple[LineReader, list[str]]:
     """A reader into a list; with a test's clock, without the timer (it runs on real time)."""
     out: list[str] = []
-    return LineReader(out.append, **({"clock": clock, "timer": False} if clock else {})), out
+    return LineReader(out.extend, **({"clock": clock, "timer": False} if clock else {})), out
 
 
 def test_lines_are_split_across_reads_and_crlf_endings_dropped():
@@ -90,7 +90,7 @@ def test_a_bar_ending_in_a_carriage_return_keeps_its_last_state_and_one_read_kee
 def test_pump_output_keeps_the_two_streams_apart():
     out: list[str] = []
     err: list[str] = []
-    pump_output(iter([(b"a\nb", None), (None, b"oops"), (b"c\n", b"!\n")]), out.append, err.append)
+    pump_output(iter([(b"a\nb", None), (None, b"oops"), (b"c\n", b"!\n")]), out.extend, err.extend)
     assert out == ["a", "bc"] and err == ["oops!"]
 
 
@@ -115,9 +115,9 @@ def test_a_tqdm_like_bar_through_a_local_runs_pipe_becomes_a_few_lines(monkeypat
     got: list[tuple[LogStream, str]] = []
     lock = threading.Lock()
 
-    def sink(stream: LogStream, text: str) -> None:
+    def sink(stream: LogStream, texts: list[str]) -> None:
         with lock:
-            got.append((stream, text))
+            got.extend((stream, text) for text in texts)
 
     readers = [threading.Thread(target=LocalProcess._pump, args=(process.stdout, LogStream.STDOUT, sink)),
                threading.Thread(target=LocalProcess._pump, args=(process.stderr, LogStream.STDERR, sink))]

@@ -267,6 +267,28 @@ def test_a_batch_stops_at_what_is_not_a_status_and_at_its_bound(server, run):
                                                      "statuses"]
 
 
+def test_a_lingering_status_waits_for_the_next_and_goes_with_it(server, run):
+    made = run()
+    made.outbox.status("mounting", linger=30)  # far past the test's pace: only company sends it
+    time.sleep(0.3)
+    assert server.of_kind("statuses") == []
+    made.outbox.status("running")
+    made.finish()
+    assert [[report["status"] for report in body["reports"]] for body in server.of_kind("statuses")] == [
+        ["mounting", "running"]]
+
+
+def test_a_lingering_status_goes_alone_once_its_linger_passed_or_something_else_is_queued(server, run):
+    made = run()
+    made.outbox.status("mounting", linger=0.2)
+    wait_until(lambda: server.of_kind("statuses"), timeout=60, what="the report past its linger")
+    made.outbox.status("running", linger=30)
+    made.outbox.log(LogStream.CAST, "not a status")  # the order is kept: the status goes first, alone
+    made.finish()
+    assert _statuses(server) == ["mounting", "running"]
+    assert [kind for kind, _ in server.requests] == ["statuses", "statuses", "logs"]
+
+
 def test_reports_the_server_refused_in_a_batch_ask_once_whether_the_lease_is_held(server, run):
     server.script["statuses"] = [(200, {}, {"status": "stopping", "refused": [0]})]
     made = run()
@@ -295,6 +317,32 @@ def test_lines_travel_as_runs_of_one_stream_split_when_too_long_and_seq_counts_l
     seqs = [b["seq"] for b in batches[1:]]
     counts = [sum(len(r["lines"]) for r in b["runs"]) for b in batches[1:]]
     assert seqs == [sum(counts[:i]) for i in range(len(counts))]
+
+
+def test_a_chunk_of_lines_is_queued_in_one_call_cut_at_the_batch_bounds_each_line_once(server, run, monkeypatch):
+    # Small bounds, so one chunk crosses both the line and the character bound of a batch.
+    monkeypatch.setattr(outbox_module, "MAX_BATCH", 7)
+    monkeypatch.setattr(outbox_module, "MAX_BATCH_CHARS", 100)
+    server.script["logs"] = [(503, {}, {"detail": "busy"}), OK]
+    made = run()
+    short = [f"s{i}" for i in range(20)]
+    wide = [f"{i:02d}" + "w" * 38 for i in range(6)]  # 40 characters: two fit in a batch, a third does not
+    made.outbox.log_lines(LogStream.STDOUT, short)
+    made.outbox.log_lines(LogStream.STDERR, ["x" * (MAX_LINE_CHARS + 1)])
+    made.outbox.log_lines(LogStream.STDOUT, wide)
+    made.finish()
+    batches = server.of_kind("logs")
+    assert batches[0] == batches[1]  # the refused first batch is sent again as it was
+    stored = batches[1:]
+    lines = [(r["stream"], line) for b in stored for r in b["runs"] for line in r["lines"]]
+    assert lines == ([("stdout", text) for text in short] + [("stderr", "x" * MAX_LINE_CHARS), ("stderr", "x")]
+                     + [("stdout", text) for text in wide])
+    for batch in stored:
+        assert sum(len(r["lines"]) for r in batch["runs"]) <= 7
+        assert sum(len(line) for r in batch["runs"] for line in r["lines"]) <= 100 or \
+            sum(len(r["lines"]) for r in batch["runs"]) == 1
+    assert [b["seq"] for b in stored] == [sum(len(r["lines"]) for b in stored[:i] for r in b["runs"])
+                                          for i in range(len(stored))]
 
 
 def test_lines_that_flow_go_in_a_few_batches_a_second_each_line_once_in_order(server, run):

@@ -16,6 +16,7 @@ from cast.protocol.messages import Lease, RunSpec
 from cast.protocol.names import printable
 from cast.worker import client, outputs
 from cast.worker.client import FileSpan, span_bytes
+from cast.worker.objects import ObjectPush, PushCancelled
 from cast.worker.outputs import Outputs, snapshot
 
 
@@ -328,3 +329,47 @@ def test_outputs_whose_manifest_would_pass_the_json_cap_go_as_a_tar(tmp_path, mo
 def _tar_bytes(data: bytes) -> list[str]:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         return tar.getnames()
+
+
+# --- a kill while the outputs are walked or staged -------------------------------------
+
+def _asked_after(count: int):
+    """A `cancelled` that says yes from its `count`-th question on, and counts them."""
+    asked = []
+
+    def cancelled() -> bool:
+        asked.append(True)
+        return len(asked) >= count
+
+    return cancelled, asked
+
+
+def test_a_walk_cancelled_midway_stops_at_the_next_entry(tmp_path):
+    for i in range(50):
+        (tmp_path / f"f{i:02d}").write_text("x")
+    cancelled, asked = _asked_after(10)
+    assert Outputs.collect(tmp_path, {}, [], report=lambda line: None, cancelled=cancelled) is None
+    assert len(asked) == 10  # not one question past the answer
+    assert len(_collect(tmp_path, {})[0].files) == 50  # never asked: the whole walk
+
+
+def test_a_staging_cancelled_midway_removes_what_it_moved_and_says_so(tmp_path):
+    work, staging = tmp_path / "work", tmp_path / "staged"
+    (work / "sub").mkdir(parents=True)
+    for i in range(20):
+        (work / "sub" / f"f{i:02d}").write_text(str(i))
+    found = _collect(work, {})[0]
+    staging.mkdir()
+    cancelled, asked = _asked_after(6)
+    with pytest.raises(PushCancelled):
+        found.stage(staging, "token", cancelled)
+    assert not staging.exists()  # nothing half-staged is left for the server to find
+    assert len(asked) == 6 and len(list((work / "sub").iterdir())) == 15  # five moved, then it stopped
+
+
+def test_a_push_to_the_object_store_cancelled_stops_before_hashing_or_asking_anything(tmp_path):
+    (tmp_path / "big.bin").write_bytes(b"x" * 1024)
+    found = _collect(tmp_path, {})[0]
+    push = ObjectPush(tmp_path, found.files, found.folders, lambda path, why: None, cancelled=lambda: True)
+    with pytest.raises(PushCancelled):
+        push(None, 1, "token")  # no client is needed: nothing is sent

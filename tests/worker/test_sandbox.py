@@ -121,7 +121,7 @@ def test_stop_reaches_a_process_that_left_the_group_and_kill_ends_every_one(tmp_
     lines: list[str] = []
     command = ("setsid bash -c 'trap \"echo escapee got TERM; exit 0\" TERM; echo escapee ready; "
                "sleep 1001.5 & wait' & setsid sleep 1002.5 & trap '' TERM; echo ready; sleep 1003.5")
-    process = executor.start(_job(tmp_path, command), HOST, lambda stream, text: lines.append(text))
+    process = executor.start(_job(tmp_path, command), HOST, lambda stream, texts: lines.extend(texts))
     wait_until(lambda: {"ready", "escapee ready"} <= set(lines), timeout=60, what="the command to start")
     process.terminate(grace=600)
     wait_until(lambda: "escapee got TERM" in lines, timeout=60, what="SIGTERM to reach the setsid process")
@@ -155,7 +155,8 @@ def test_a_mount_is_a_real_read_only_folder_inside(tmp_path):
                          "tar cf - data | tar tf - | sort | tr '\\n' ' '")
     job.mounts = [PreparedMount(source, "data")]
     lines: list[tuple[str, str]] = []
-    assert executor.start(job, HOST, lambda stream, text: lines.append((stream, text))).wait().exit_code == 0
+    sink = lambda stream, texts: lines.extend((stream, text) for text in texts)  # noqa: E731
+    assert executor.start(job, HOST, sink).wait().exit_code == 0
     assert [text for stream, text in lines if stream == "stdout"] == [
         "data/part/a.bin", "5000", "data/ data/part/ data/part/a.bin "]
 

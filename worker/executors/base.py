@@ -19,6 +19,9 @@ from cast.protocol.messages import LogStream, RunSpec
 # (stream, text): text is one line without its newline; LogStream.CAST is for
 # build output and messages from cast itself.
 LogSink = Callable[[LogStream, str], None]
+# (stream, lines): a command's output, the lines of one read at a time (each
+# as a LogSink's text), so a flood costs a call per read, not per line.
+LinesSink = Callable[[LogStream, list[str]], None]
 
 
 class BuildFailed(Exception):
@@ -84,7 +87,7 @@ class CacheEntry:
 
 
 class RunningProcess(abc.ABC):
-    """A started command. Its output goes to the LogSink given to `start`."""
+    """A started command. Its output goes to the LinesSink given to `start`."""
 
     @abc.abstractmethod
     def wait(self) -> ExitResult:
@@ -115,7 +118,7 @@ class Executor(abc.ABC):
         Raises BuildFailed."""
 
     @abc.abstractmethod
-    def start(self, job: Job, build: BuildResult, log: LogSink) -> RunningProcess:
+    def start(self, job: Job, build: BuildResult, log: LinesSink) -> RunningProcess:
         """Run `job.spec.command` with bash in the working directory, the mounts
         placed read-only, `job.env` set and only `job.gpus` visible."""
 

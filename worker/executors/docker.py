@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import docker
-from docker.errors import APIError, DockerException, NotFound
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, Mount
 from requests.exceptions import RequestException
 
@@ -55,6 +55,7 @@ from cast.worker.executors.base import (
     ExitResult,
     InvalidExecutorOption,
     Job,
+    LinesSink,
     LogSink,
     RunningProcess,
 )
@@ -204,7 +205,7 @@ class DockerExecutor(Executor):
             ]
         return settings
 
-    def start(self, job: Job, build: BuildResult, log: LogSink) -> RunningProcess:
+    def start(self, job: Job, build: BuildResult, log: LinesSink) -> RunningProcess:
         uid, gid = container_user()
         if os.geteuid() == 0:
             _chown_tree(job.workdir, uid, gid)
@@ -214,20 +215,32 @@ class DockerExecutor(Executor):
         stubs = _make_mount_points(job, uid, gid)
         container = events = None
         try:
-            container = self._create(self.container_settings(job, build.description))
+            container = self._create_for(job, build, log)
             # Subscribed before the start, so the container's end cannot be missed.
             events = self.client.api.events(filters={"container": container.id, "event": ["oom", "die"]},
                                             decode=True)
             stream = container.attach(stdout=True, stderr=True, stream=True, demux=True, logs=True)
             container.start()
-        except APIError as exc:
+        except (APIError, BuildFailed) as exc:
             if events is not None:
                 events.close()
             if container is not None:
                 container.remove(force=True)
             _remove_mount_points(stubs)
-            raise ExecutorUnavailable(f"cannot start the run's container: {explain(exc)}") from None
+            reason = explain(exc) if isinstance(exc, APIError) else str(exc)
+            raise ExecutorUnavailable(f"cannot start the run's container: {reason}") from None
         return ContainerProcess(container, stream, events, log, stubs)
+
+    def _create_for(self, job: Job, build: BuildResult, log: LinesSink):
+        """The run's container, on its environment image; an image gone since
+        the build found it (a prune, a `docker rmi` its image events had not yet
+        told of) is made again."""
+        try:
+            return self._create(self.container_settings(job, build.description))
+        except ImageNotFound:
+            self.images.known.forget()
+            build = self.images.ensure(job.spec, job.run_id, lambda stream, text: log(stream, [text]))
+            return self._create(self.container_settings(job, build.description))
 
     def _create(self, settings: dict):
         """The container, created with one engine call: docker-py's
@@ -248,7 +261,7 @@ class DockerExecutor(Executor):
         self.images.remove_scratch()
 
 class ContainerProcess(RunningProcess):
-    def __init__(self, container, stream, events, log: LogSink, stubs: list[Path]):
+    def __init__(self, container, stream, events, log: LinesSink, stubs: list[Path]):
         self.container = container
         self._events = events  # the engine's `oom` and `die` events of this container
         self._stubs = stubs

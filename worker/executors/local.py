@@ -47,6 +47,7 @@ from cast.worker.executors.base import (
     ExitResult,
     InvalidExecutorOption,
     Job,
+    LinesSink,
     LogSink,
     PreparedMount,
     RunningProcess,
@@ -100,7 +101,7 @@ def _start_time(pid: int) -> str | None:
 
 
 class LocalProcess(RunningProcess):
-    def __init__(self, popen: subprocess.Popen, log: LogSink, records: Path):
+    def __init__(self, popen: subprocess.Popen, log: LinesSink, records: Path):
         self._popen = popen
         self._pgid = popen.pid  # start_new_session: the command leads its own group
         # Lets a later worker on this work dir end the group should this one die.
@@ -115,8 +116,8 @@ class LocalProcess(RunningProcess):
             reader.start()
 
     @staticmethod
-    def _pump(pipe, stream: LogStream, log: LogSink) -> None:
-        reader = LineReader(lambda text: log(stream, text))
+    def _pump(pipe, stream: LogStream, log: LinesSink) -> None:
+        reader = LineReader(lambda lines: log(stream, lines))
         with pipe:
             # Whatever the pipe holds, up to READ_SIZE at once: lines are split in C, not read one by one.
             for data in iter(lambda: os.read(pipe.fileno(), READ_SIZE), b""):
@@ -160,7 +161,7 @@ class SandboxProcess(LocalProcess):
     reach every process in its PID namespace, `setsid` or not; SIGKILL goes to
     the namespace's init, whose end makes the kernel kill all the rest."""
 
-    def __init__(self, popen: subprocess.Popen, log: LogSink, records: Path, info: int, run: SandboxedRun):
+    def __init__(self, popen: subprocess.Popen, log: LinesSink, records: Path, info: int, run: SandboxedRun):
         super().__init__(popen, log, records)
         self._run = run
         self._sent: set[int] = set()
@@ -302,7 +303,7 @@ class LocalExecutor(Executor):
 
     # --- running ----------------------------------------------------------
 
-    def start(self, job: Job, build: BuildResult, log: LogSink) -> RunningProcess:
+    def start(self, job: Job, build: BuildResult, log: LinesSink) -> RunningProcess:
         sandbox = self.sandbox
         if sandbox is None:
             return self._start_unsandboxed(job, build, log)
@@ -317,7 +318,7 @@ class LocalExecutor(Executor):
         except ValueError as exc:
             remove_tree(area)
             raise BuildFailed(str(exc)) from None
-        log(LogStream.CAST, sandbox.describe(run))
+        log(LogStream.CAST, [sandbox.describe(run)])
         env = self._environment(job, build)
         if build.key == HOST_KEY:  # the worker's interpreter, which a PATH of shims may not reach inside
             interpreter = os.path.dirname(os.path.realpath(sys.executable))
@@ -349,7 +350,7 @@ class LocalExecutor(Executor):
         cpu = math.ceil(job.spec.timeout * cpu_count()) if job.spec.timeout else None
         return Limits(memory=self.memory, processes=self.processes, cpu_seconds=cpu)
 
-    def _start_unsandboxed(self, job: Job, build: BuildResult, log: LogSink) -> RunningProcess:
+    def _start_unsandboxed(self, job: Job, build: BuildResult, log: LinesSink) -> RunningProcess:
         sources = [str(mount.source.resolve()) for mount in job.mounts]
         for mount in job.mounts:
             self._place(job.workdir, mount)

@@ -125,7 +125,8 @@ export class LogView {
         this.setState("reconnecting…", "warn");
       } catch (err) {
         if (signal.aborted || err instanceof AuthError) return;
-        if (err.status === 404) {
+        // No such run, or its archived log is gone from the store: asking again cannot help.
+        if (err.status === 404 || err.status === 410) {
           this.setState(err.message, "error");
           return;
         }

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from cast.server import errors
 from cast.server.api import deps
 from cast.server.models import Worker
-from cast.server.schemas import WorkerRegister
+from cast.server.schemas.workers import WorkerRegister
 from cast.server.services import workers
 
 

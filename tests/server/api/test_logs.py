@@ -127,3 +127,22 @@ def test_following_a_finished_run_answers_once(live):
     lines = live.user.get(f"/runs/{run_id}/logs/follow").text.strip().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["finished"] is True
     assert live.user.get("/runs/999/logs/follow").status_code == 404
+
+
+def test_the_follow_streams_finished_page_carries_the_runs_outcome_and_only_it(live):
+    lease = _running(live)
+    run_id = lease["run_id"]
+    with live.user.stream("GET", f"/runs/{run_id}/logs/follow") as stream:
+        pages = stream.iter_lines()
+        first = json.loads(next(pages))
+        live.append(lease, 0, "boom")
+        live.advance(lease, "saving", "pushing")
+        live.advance(lease, "failed", exit_code=3, reason="it broke")
+        rest = [json.loads(line) for line in pages if line.strip()]
+    assert [page.get("outcome") for page in [first, *rest[:-1]]] == [None] * len(rest)
+    run = live.user.get(f"/runs/{run_id}").json()
+    assert rest[-1]["finished"] is True
+    assert rest[-1]["outcome"] == {"status": "failed", "exit_code": 3, "reason": "it broke",
+                                   "created_at": run["created_at"], "finished_at": run["finished_at"]}
+    # A read of a page, even the last, is what it was: chunks, next_offset, finished.
+    assert "outcome" not in live.user.get(f"/runs/{run_id}/logs", params={"offset": -1}).json()

@@ -13,7 +13,7 @@ from sqlalchemy import update
 from cast.protocol.messages import RunSpec
 from cast.server.errors import NoWorkerCan
 from cast.server.models import Worker, utcnow
-from cast.server.schemas import RunCreate
+from cast.server.schemas.runs import RunCreate
 from cast.server.services import capacity, runs
 from tests.factories import page_entries
 

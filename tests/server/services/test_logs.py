@@ -14,7 +14,7 @@ from cast.protocol.logs import LogPage
 from cast.protocol.messages import LogStream
 from cast.server.errors import LeaseLost, RunNotFound
 from cast.server.models import LogChunk, Run
-from cast.server.schemas import LogRunIn
+from cast.server.schemas.logs import LogRunIn
 from cast.server.services import logs
 
 

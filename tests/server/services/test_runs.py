@@ -12,7 +12,7 @@ from cast.protocol.messages import SERVER_FILLED, MountSpec, RunSpec
 from cast.protocol.status import TRANSITIONS, RunStatus
 from cast.server.errors import InvalidTransition
 from cast.server.models import Run, RunTransition
-from cast.server.schemas import RunCreate
+from cast.server.schemas.runs import RunCreate
 from cast.server.services import runs
 from .conftest import git
 

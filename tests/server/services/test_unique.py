@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from cast.server.errors import NameTaken
 from cast.server.models import CodeBundle, Run, RunLabel, Upload, User
-from cast.server.schemas import RunCreate
+from cast.server.schemas.runs import RunCreate
 from cast.server.services import code, files, runs, unique, users
 from ..conftest import make_tar
 from .conftest import admin_of

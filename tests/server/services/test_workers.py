@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from cast.server.errors import Forbidden, WorkerNotFound
 from cast.server.models import User, Worker
-from cast.server.schemas import WorkerRegister
+from cast.server.schemas.workers import WorkerRegister
 from cast.server.services import users, workers
 
 

@@ -24,6 +24,7 @@ import pytest
 from pip._internal.models.index import PyPI
 
 from cast.protocol.messages import RunSpec
+from cast.worker import docker_images
 from cast.worker.docker_images import DEFAULT_BASE_IMAGE, LABEL_WORK_DIR
 from cast.worker.dockerenv import read_pip_config
 from cast.worker.executors.base import BuildFailed, Job, PreparedMount
@@ -72,13 +73,14 @@ def make_executor(tmp_path, repository):
 
 
 class Lines:
-    """A LogSink that keeps (stream, text) in order."""
+    """A build's LogSink (a line a call) and a command's LinesSink (a read's
+    lines a call) alike, keeping (stream, text) in order."""
 
     def __init__(self):
         self.entries: list[tuple[str, str]] = []
 
-    def __call__(self, stream: str, text: str) -> None:
-        self.entries.append((stream, text))
+    def __call__(self, stream: str, text: str | list[str]) -> None:
+        self.entries.extend((stream, line) for line in ([text] if isinstance(text, str) else text))
 
     def of(self, stream: str) -> list[str]:
         return [text for s, text in self.entries if s == stream]
@@ -131,11 +133,14 @@ def test_pip_and_apt_packages_are_in_the_container(packaged, tmp_path):
     assert lines.of("stdout")[1] == "41"
 
 
-def test_a_repeat_build_is_a_cache_hit_and_stamps_its_use(packaged, tmp_path, engine):
+def test_a_repeat_build_is_a_cache_hit_and_stamps_its_use(packaged, tmp_path, engine, monkeypatch):
     executor, first, _ = packaged
     before = {entry.key: entry.last_used for entry in executor.cache_entries()}[first.key]
     time.sleep(0.01)
     lines = Lines()
+    # Stamped whenever its last stamp is STAMP_SECONDS old: here at once (a
+    # repeat within them is not stamped again: test_docker_images).
+    monkeypatch.setattr(docker_images, "STAMP_SECONDS", 0.0)
     again = executor.build(make_job(tmp_path, "true", **PACKAGES), lines)
     assert again.cached and again.key == first.key
     assert lines.entries == []  # nothing built, nothing logged
@@ -281,6 +286,18 @@ def test_a_run_s_docker_image_is_its_base(make_executor, tmp_path, engine, base_
         assert f"base: {other}" in [entry.holds for entry in executor.cache_entries()]
     finally:
         engine.images.remove(other)
+
+
+def test_a_run_whose_environment_image_went_after_its_build_is_built_again(make_executor, tmp_path, engine):
+    executor = make_executor()
+    job = make_job(tmp_path, "echo here")
+    build = executor.build(job, Lines())
+    engine.images.remove(build.description)  # as a prune by another process would, before the start
+    lines = Lines()
+    result = finish(executor.start(job, build, lines))
+    assert result.exit_code == 0 and lines.of("stdout") == ["here"], lines.entries
+    assert lines.of("cast")[0].startswith(f"Building environment {build.description} ")
+    engine.api.inspect_image(build.description)  # made again
 
 
 def _host_network_index() -> str:

@@ -22,13 +22,15 @@ HOST = BuildResult(key=HOST_KEY, cached=True)
 
 
 class Sink:
+    """A build's LogSink (a line a call) and a command's LinesSink (a read's lines a call) alike."""
+
     def __init__(self):
         self.lines: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
-    def __call__(self, stream: str, text: str) -> None:
+    def __call__(self, stream: str, text: str | list[str]) -> None:
         with self._lock:
-            self.lines.append((stream, text))
+            self.lines.extend((stream, line) for line in ([text] if isinstance(text, str) else text))
 
     def of(self, stream: str) -> list[str]:
         return [text for s, text in self.lines if s == stream]
