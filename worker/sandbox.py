@@ -10,9 +10,11 @@ server's storage, the worker's files and other runs are not there at all.
 The network is the host's: runs install packages and fetch data.
 
 Under a root worker bwrap sets the view up as root and the command runs as a
-uid of its own (derived from the run id, so its processes are counted apart)
-with every capability dropped (`setpriv`); under any other user bwrap makes a
-user namespace and the command keeps the worker's uid.
+uid of its own with every capability dropped (`setpriv`); under any other
+user bwrap makes a user namespace and the command keeps the worker's uid. A
+run's uid is no other run's on the host while it runs (`take_uid`: one pool
+for every root worker, whichever control plane it serves), so its processes
+are counted apart.
 
 Limits are the kernel's rlimits, set by `prlimit` before the command starts:
 data size per process (memory), tasks of the run's uid (processes; the
@@ -27,6 +29,7 @@ raises SandboxUnavailable with the reason, and the worker runs unsandboxed.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
@@ -44,6 +47,10 @@ BWRAP = "bwrap"
 # ranges (524288-1879048191), below 2**31 for tools that sign a uid.
 RUN_UID_BASE = 1_900_000_000
 RUN_UID_SPAN = 200_000_000
+# The host's pool of run uids: a uid is a run's while a lock on its file here
+# is held (flock, so a worker that dies frees its runs' uids with its
+# descriptors). Run ids alone repeat across control planes sharing a host.
+UID_LOCKS = Path("/run/cast/uids")
 SANDBOX_HOME = "/home/cast"
 SANDBOX_USER = "cast"
 DEFAULT_PROCESSES = 4096  # the Docker executor's pids limit
@@ -76,13 +83,54 @@ class Limits:
         return [*argv, "--"]
 
 
+class RunUid:
+    """Who a run's command runs as, held until `release` (see `take_uid`)."""
+
+    def __init__(self, uid: int, lock: int | None = None, path: Path | None = None):
+        self.uid, self._lock, self._path = uid, lock, path
+
+    def release(self) -> None:
+        """Give the uid back to the pool; once only, later calls do nothing."""
+        lock, self._lock = self._lock, None
+        if lock is None:
+            return
+        # Removed while still locked: whoever opened the file meanwhile finds,
+        # once it holds the lock, that the path names another file or none.
+        try:
+            os.unlink(self._path)
+        finally:
+            os.close(lock)
+
+
+def take_uid(run_id: int, locks: Path = UID_LOCKS) -> RunUid:
+    """A uid for run `run_id` that no other run on this host holds: the root
+    worker's first choice is RUN_UID_BASE + the run id, else the next free one;
+    any other worker's runs keep its own uid (a user namespace each)."""
+    if os.geteuid() != 0:
+        return RunUid(os.geteuid())
+    locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for step in range(RUN_UID_SPAN):  # ends within the number of runs on the host
+        uid = RUN_UID_BASE + (run_id + step) % RUN_UID_SPAN
+        path = locks / str(uid)
+        lock = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(lock).st_ino:
+                return RunUid(uid, lock, path)
+        except (BlockingIOError, FileNotFoundError):  # held, or released and removed as we opened it
+            pass
+        os.close(lock)
+    raise SandboxUnavailable("every run uid of this host is taken")
+
+
 @dataclass(frozen=True)
 class SandboxedRun:
-    """What one run's sandbox is made of (see `Sandbox.prepare`)."""
+    """What one run's sandbox is made of (see `Sandbox.prepare`); `end` frees
+    what it holds on the host once its command is over."""
 
     workdir: Path
     area: Path  # the run's HOME, /tmp and account files, beside its working dir
-    uid: int  # who the command runs as (the worker's own uid when not root)
+    held_uid: RunUid  # who the command runs as (the worker's own uid when not root)
     read_only: tuple[Path, ...]  # the run's environment: venv and interpreter
     mounts: tuple[tuple[Path, Path], ...]  # (source, target in the working dir)
     gpus: bool
@@ -97,10 +145,17 @@ class SandboxedRun:
     def tmp(self) -> Path:
         return self.area / "tmp"
 
+    @property
+    def uid(self) -> int:
+        return self.held_uid.uid
 
-def run_uid(run_id: int) -> int:
-    """The uid a root worker gives a run's command."""
-    return RUN_UID_BASE + run_id % RUN_UID_SPAN if os.geteuid() == 0 else os.geteuid()
+    def end(self) -> None:
+        """Remove the run's HOME and /tmp and give its uid back. A later run
+        given the uid sees none of this run's files: a sandbox shows its own."""
+        try:
+            remove_tree(self.area)
+        finally:
+            self.held_uid.release()
 
 
 def interpreter_dirs() -> list[Path]:
@@ -159,6 +214,7 @@ class Sandbox:
         shutil.rmtree(scratch, ignore_errors=True)
         workdir.mkdir(parents=True)
         hidden.touch()
+        run = None
         try:
             run = sandbox.prepare(run_id=0, workdir=workdir, area=area, read_only=interpreter_dirs(), mounts=[],
                                   gpus=False, limits=Limits(memory=1 << 30, processes=64))
@@ -173,6 +229,8 @@ class Sandbox:
                 said = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
                 raise SandboxUnavailable(f"{found} cannot make a sandbox here: {said}")
         finally:
+            if run is not None:
+                run.end()
             shutil.rmtree(scratch, ignore_errors=True)
         return sandbox
 
@@ -182,12 +240,21 @@ class Sandbox:
         """Make the run's area (HOME, /tmp), its mount points, and under root
         hand the working dir and the files of the metrics folder (not the
         folder: the run may write its metrics file, never replace it) to the
-        run's uid. ValueError for a mount path that leads out of the working dir."""
-        uid = run_uid(run_id)
+        run's uid (taken here; `SandboxedRun.end` gives it back). ValueError
+        for a mount path that leads out of the working dir."""
         for source, target in mounts:
             make_mount_point(workdir, target, source)
-        run = SandboxedRun(workdir=workdir, area=area, uid=uid, read_only=tuple(read_only),
+        run = SandboxedRun(workdir=workdir, area=area, held_uid=take_uid(run_id), read_only=tuple(read_only),
                            mounts=tuple(mounts), gpus=gpus, limits=limits, metrics=metrics)
+        try:
+            self._make_area(run)
+        except BaseException:
+            run.end()
+            raise
+        return run
+
+    def _make_area(self, run: SandboxedRun) -> None:
+        area, uid, workdir, metrics = run.area, run.uid, run.workdir, run.metrics
         area.mkdir(mode=0o700, parents=True)
         for private in (run.home, run.tmp):
             private.mkdir(mode=0o700)
@@ -202,7 +269,6 @@ class Sandbox:
             if metrics is not None:
                 for entry in metrics.iterdir():
                     os.lchown(entry, uid, uid)
-        return run
 
     def argv(self, run: SandboxedRun, command: str, *, info_fd: int | None = None,
              start_dir: Path | None = None) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from cast.protocol.messages import RunSpec
 from cast.worker.envs import HOST_KEY
 from cast.worker.executors.base import BuildResult, Job, PreparedMount
 from cast.worker.executors.local import LocalExecutor
-from cast.worker.sandbox import Limits, Sandbox, SandboxUnavailable, run_uid
+from cast.worker.sandbox import RUN_UID_BASE, Limits, Sandbox, SandboxUnavailable, take_uid
 from tests.conftest import wait_until
 
 HOST = BuildResult(key=HOST_KEY, cached=True)
@@ -55,13 +56,52 @@ def test_preparing_a_run_never_follows_its_links(sandbox, tmp_path):
     run = sandbox.prepare(run_id=12, workdir=workdir, area=tmp_path / "area", read_only=[],
                           mounts=[(source, workdir / "data" / "set")], gpus=False, limits=Limits(1 << 30, 64))
 
-    uid = run_uid(12)
+    uid = run.uid
+    assert uid >= RUN_UID_BASE + 12 if os.geteuid() == 0 else uid == os.geteuid()
     for path in (workdir, workdir / "code", workdir / "code" / "train.py", workdir / "file-link",
                  workdir / "data", workdir / "data" / "set", run.home, run.tmp):
         assert os.lstat(path).st_uid == uid, path
     for path, info in before.items():  # what the links point to is not the run's
         assert (os.lstat(path).st_uid, os.lstat(path).st_mode) == (info.st_uid, info.st_mode)
     assert (workdir / "data" / "set").is_dir() and not any((workdir / "data" / "set").iterdir())
+    run.end()
+    assert not run.area.exists()
+
+
+def test_a_run_uid_is_no_other_runs_until_given_back(tmp_path):
+    locks = tmp_path / "uids"
+    first, again, next_one = take_uid(7, locks), take_uid(7, locks), take_uid(8, locks)
+    if os.geteuid() != 0:  # every run keeps the worker's uid, in a user namespace of its own
+        assert {first.uid, again.uid, next_one.uid} == {os.geteuid()} and not locks.exists()
+        return
+    assert [first.uid, again.uid, next_one.uid] == [RUN_UID_BASE + 7, RUN_UID_BASE + 8, RUN_UID_BASE + 9]
+    first.release()
+    first.release()  # once only
+    back = take_uid(7, locks)
+    assert back.uid == RUN_UID_BASE + 7
+    for held in (again, next_one, back):
+        held.release()
+    assert not any(locks.iterdir())  # nothing left behind in the pool
+
+
+def test_the_uids_of_a_worker_that_died_are_free_again(tmp_path):
+    locks = tmp_path / "uids"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from cast.worker.sandbox import take_uid; "
+                               f"print(take_uid(7, Path({str(locks)!r})).uid, flush=True); time.sleep(3600)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        held = int(holder.stdout.readline())
+        beside = take_uid(7, locks)
+        if os.geteuid() == 0:
+            assert (held, beside.uid) == (RUN_UID_BASE + 7, RUN_UID_BASE + 8)
+        beside.release()
+    finally:
+        holder.kill()
+        holder.wait()
+    after = take_uid(7, locks)  # its lock went with its process; the file it left is taken over
+    assert after.uid == (RUN_UID_BASE + 7 if os.geteuid() == 0 else os.geteuid())
+    after.release()
 
 
 def test_a_mount_path_through_a_link_of_the_checkout_is_refused(sandbox, tmp_path):

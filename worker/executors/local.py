@@ -190,7 +190,7 @@ class SandboxProcess(LocalProcess):
 
     def release(self) -> None:
         # The run's HOME and /tmp, after its final status: what it left there can take long to remove.
-        remove_tree(self._run.area)
+        self._run.end()
 
     def _result(self, code: int) -> ExitResult:
         if self._processes_reason:
@@ -333,7 +333,7 @@ class LocalExecutor(Executor):
             )
         except OSError:
             os.close(info_read)
-            remove_tree(area)
+            run.end()
             raise
         finally:
             os.close(info_write)

@@ -15,6 +15,7 @@ from cast.worker.envs import HOST_KEY
 from cast.worker.executors.base import BuildFailed, BuildResult, InvalidExecutorOption, Job, PreparedMount
 from cast.worker.executors.local import LocalExecutor
 from cast.worker.mounts import make_read_only
+from cast.worker.sandbox import RUN_UID_BASE
 from tests.conftest import wait_until
 from tests.worker.pipconfig import EXPECTED, PACKAGES, PROBE, host_pip_config  # noqa: F401  (fixture)
 
@@ -171,6 +172,29 @@ def start_until_ready(executor: LocalExecutor, job: Job, sink: Sink):
     process = executor.start(job, HOST, sink)
     wait_until(lambda: sink.of("stdout") == ["ready"], timeout=120, interval=0.02, what="the command to start")
     return process
+
+
+def test_runs_of_one_number_on_two_workers_of_one_host_never_share_a_uid(tmp_path):
+    # Two workers of two control planes on one host: each gets a run #7.
+    first, second = LocalExecutor(tmp_path / "work-a"), LocalExecutor(tmp_path / "work-b")
+    sinks = [Sink(), Sink()]
+    processes = []
+    for executor, sink, name in ((first, sinks[0], "a"), (second, sinks[1], "b")):
+        (tmp_path / name).mkdir()
+        job = make_job(tmp_path / name, "id -u; echo ready; sleep 3600")
+        processes.append(executor.start(job, HOST, sink))
+        wait_until(lambda: "ready" in sink.of("stdout"), timeout=120, what="the command to start")
+    uids = [int(sink.of("stdout")[0]) for sink in sinks]
+    for sink, uid in zip(sinks, uids):
+        assert f"uid {uid};" in sink.of("cast")[0] if os.geteuid() == 0 else "a user namespace" in sink.of("cast")[0]
+    for process in processes:
+        process.kill()
+        process.wait()
+        process.release()
+    if os.geteuid() == 0:
+        assert uids[0] != uids[1] and min(uids) >= RUN_UID_BASE + 7
+    else:
+        assert uids == [os.geteuid(), os.geteuid()]
 
 
 def test_terminate_sends_sigterm_to_the_group_and_waits_for_a_clean_exit(executor, tmp_path):
