@@ -10,7 +10,9 @@ without the balancer).
 
 The load is a TEST-ONLY generator, not cast's worker: asyncio processes whose
 simulated workers speak the real worker HTTP protocol (register, long-poll
-lease, status reports, heartbeats, an empty log batch, complete) and run no
+lease, heartbeats, and a run's requests as the real worker makes them for a
+command that writes nothing: `mounting` and `running` in one report, an empty
+log batch, `saving`, `pushing` and `complete` in one report) and run no
 command, build nothing, push no outputs. So every figure is the control plane's
 and the database's cost alone; a real worker adds its own on its own host.
 
@@ -69,7 +71,6 @@ from cast.protocol.messages import (HeldLease, LogStream, StatusReport, WorkerHe
 from cast.protocol.status import RunStatus as S  # noqa: E402
 
 # The statuses a simulated worker reports after its claim (building), as the real agent does.
-STAGES = [S.MOUNTING, S.RUNNING, S.SAVING, S.PUSHING, S.COMPLETE]
 LOG_LINES_PER_BATCH = 10
 
 
@@ -273,13 +274,17 @@ async def _register(http: httpx.AsyncClient, name: str, max_runs: int = 1) -> st
     return answer.json()["id"]
 
 
-async def _report(http: httpx.AsyncClient, run_id: int, token: str, status: S, **extra) -> None:
-    """One status report, sent as the real worker sends its reports (`POST /runs/{id}/statuses`)."""
-    report = StatusReport(token, status, **extra).to_dict()
-    del report["lease_token"]
-    answer = _ok(await http.post(f"/runs/{run_id}/statuses", json={"lease_token": token, "reports": [report]}))
+async def _report(http: httpx.AsyncClient, run_id: int, token: str, *statuses: S, **last) -> None:
+    """Status reports in one request, as the real worker sends them (`POST
+    /runs/{id}/statuses`); `last` are fields of the last one (its exit code)."""
+    reports = []
+    for index, status in enumerate(statuses):
+        report = StatusReport(token, status, **(last if index == len(statuses) - 1 else {})).to_dict()
+        del report["lease_token"]
+        reports.append(report)
+    answer = _ok(await http.post(f"/runs/{run_id}/statuses", json={"lease_token": token, "reports": reports}))
     if answer.json()["refused"]:
-        raise LeaseLost(f"run {run_id}: {status.value} refused")
+        raise LeaseLost(f"run {run_id}: {', '.join(status.value for status in statuses)} refused")
 
 
 def simulated_workers(url: str, token: str, count: int, submit_end: float, tag: str) -> list[int]:
@@ -299,12 +304,12 @@ def simulated_workers(url: str, token: str, count: int, submit_end: float, tag: 
             run_id, lease_token = lease["run_id"], lease["lease_token"]
             leased.append(run_id)
             try:
-                for status in STAGES[:2]:
-                    await _report(http, run_id, lease_token, status)
+                # The real worker's requests for a run that writes nothing: `mounting`
+                # waits for `running`, and with nothing to push the outcome goes with
+                # `saving` and `pushing` (worker/agent.py).
+                await _report(http, run_id, lease_token, S.MOUNTING, S.RUNNING)
                 _ok(await http.post(f"/runs/{run_id}/logs", json=LogBatch(lease_token=lease_token, seq=0).to_dict()))
-                for status in STAGES[2:4]:
-                    await _report(http, run_id, lease_token, status)
-                await _report(http, run_id, lease_token, S.COMPLETE, exit_code=0)
+                await _report(http, run_id, lease_token, S.SAVING, S.PUSHING, S.COMPLETE, exit_code=0)
             except LeaseLost:
                 continue  # as the real worker does: the run is the server's to retry; the check counts it
 
@@ -654,7 +659,11 @@ def main() -> None:
     parser.add_argument("--heartbeat-seconds", type=float, default=15.0)
     parser.add_argument("--heartbeat-leases", type=int, default=10, help="leases in each heartbeat (kinds)")
     parser.add_argument("--runs-per-worker", type=int, default=10, help="runs each simulated worker holds (heartbeat)")
-    parser.add_argument("--lease-seconds", type=float, default=15.0)
+    # Workers heartbeat min(lease / 3, 1 s) apart (heartbeat_interval), so any lease of 3 s
+    # or more loads the replica alike; 60 s (the server's default is 15) leaves time to
+    # claim a heartbeat step's thousands of runs before its first heartbeat, where a
+    # real worker would have been heartbeating since its first claim.
+    parser.add_argument("--lease-seconds", type=float, default=60.0)
     args = parser.parse_args()
     phases = args.phases.split(",")
     # A SIGTERM (a `timeout`) ends the run through the cleanup below, as Ctrl-C does.
