@@ -8,13 +8,9 @@ from __future__ import annotations
 import json
 import math
 import re
-import http.client
 import signal
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -23,6 +19,7 @@ from cast.worker.resources import cpu_count
 from tests.client.helpers import assert_one_line_error
 from tests.conftest import wait_until
 from tests.factories import get_run, log_texts, page_entries, run_id_of, wait_for_line, wait_status
+from tests.realservers.relay import Relay, Request
 
 FOLLOW_LINES = 60
 # Long enough for the worker to keep its lease while the server is down.
@@ -257,60 +254,18 @@ def test_logs_follow_resumes_after_the_server_restarts(start_server, start_worke
     assert printed[-1] == f"Run {run_id} complete"
 
 
-class StreamRelay:
-    """Between the CLI and the real server: forwards each request, records
-    (method, path), and with `strip_outcome` answers the follow stream's pages
-    without their `outcome`, as a server from before it did."""
-
-    def __init__(self, target: str, *, strip_outcome: bool):
-        self.requests: list[tuple[str, str]] = []
-        host, port = urlsplit(target).hostname, urlsplit(target).port
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _relay(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                outer.requests.append((self.command, self.path))
-                upstream = http.client.HTTPConnection(host, port, timeout=120)
-                try:
-                    upstream.request(self.command, self.path, body=body or None, headers={
-                        k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")})
-                    answer = upstream.getresponse()
-                    data = answer.read()
-                finally:
-                    upstream.close()
-                if strip_outcome and "/logs/follow" in self.path and answer.status == 200:
-                    pages = [json.loads(line) for line in data.splitlines() if line.strip()]
-                    data = b"".join(json.dumps({k: v for k, v in page.items() if k != "outcome"}).encode() + b"\n"
-                                    for page in pages)
-                self.send_response(answer.status)
-                for name, value in answer.getheaders():
-                    if name.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _relay
-
-            def log_message(self, *args):
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.http.shutdown()
-        self.http.server_close()
+def _without_outcome(request: Request, status: int, body: bytes) -> bytes:
+    """The follow stream's pages as a server from before the outcome went in them sent them."""
+    if "/logs/follow" not in request.path or status != 200:
+        return body
+    pages = [json.loads(line) for line in body.splitlines() if line.strip()]
+    return b"".join(json.dumps({k: v for k, v in page.items() if k != "outcome"}).encode() + b"\n" for page in pages)
 
 
 @pytest.mark.parametrize("old_server", [False, True], ids=["outcome-in-stream", "server-without-it"])
 def test_run_prints_the_outcome_the_stream_carries_and_asks_for_the_run_only_without_it(worker, cast_for,
                                                                                        old_server):
-    relay = StreamRelay(worker.server.url, strip_outcome=old_server)
+    relay = Relay(worker.server.url, **({"rewrite": _without_outcome} if old_server else {}))
     try:
         result = cast_for(SimpleNamespace(url=relay.url, admin_token=worker.server.admin_token))(
             "run", "echo hi; exit 3")
@@ -320,8 +275,8 @@ def test_run_prints_the_outcome_the_stream_carries_and_asks_for_the_run_only_wit
     assert result.returncode == 3, result
     lines = result.stdout.splitlines()
     assert lines[-2].startswith("Total run time: ") and lines[-1] == f"Run {run_id} failed (exit code 3)"
-    asked = [path.split("?")[0] for method, path in relay.requests
-             if method == "GET" and path.startswith(f"/api/v1/runs/{run_id}")]
+    asked = [request.path.split("?")[0] for request in relay.requests
+             if request.method == "GET" and request.path.startswith(f"/api/v1/runs/{run_id}")]
     assert asked == [f"/api/v1/runs/{run_id}/logs/follow", *([f"/api/v1/runs/{run_id}"] if old_server else [])]
 
 

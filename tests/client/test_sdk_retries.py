@@ -7,66 +7,41 @@ repeated."""
 from __future__ import annotations
 
 import os
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 
 from cast.client.sdk import ApiError, Client, ConnectionCut
 from cast.protocol.messages import RunSpec, new_submit_key
 from tests.conftest import ServerProcess, free_port
+from tests.realservers.relay import CUT, Relay, Request
 
 
-class FlakyBalancer:
+class FlakyBalancer(Relay):
     """Plays `script` one step per request ("502": answer 502 without passing
     the request on; "503 after N": a 503 asking for a pause of N seconds,
     "429", "500": those answers alike; "cut": pass it on, then hang up
-    without the answer), then passes everything through; notes when each
-    request came (`times`)."""
+    without the answer), then passes everything through; `seen`: each
+    request's (method, path, step), `times`: when each came."""
 
     def __init__(self, upstream: str, script: list[str]):
-        self.script, self.seen, self.times = list(script), [], []
-        balancer = self
+        self.script, self.steps = list(script), []
+        super().__init__(upstream, fault=self._step)
 
-        class Handler(BaseHTTPRequestHandler):
-            def _any(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                step = balancer.script.pop(0) if balancer.script else "pass"
-                balancer.seen.append((self.command, self.path, step))
-                balancer.times.append(time.monotonic())
-                if step != "cut" and step != "pass":
-                    status, _, pause = step.partition(" after ")
-                    self.send_response(int(status))
-                    if pause:
-                        self.send_header("Retry-After", pause)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                answer = httpx.request(self.command, upstream + self.path, headers=headers, content=body, timeout=30)
-                if step == "cut":
-                    self.close_connection = True
-                    return
-                self.send_response(answer.status_code)
-                self.send_header("Content-Type", answer.headers.get("content-type", "application/json"))
-                self.send_header("Content-Length", str(len(answer.content)))
-                self.end_headers()
-                self.wfile.write(answer.content)
+    def _step(self, request: Request):
+        step = self.script.pop(0) if self.script else "pass"
+        self.steps.append(step)
+        if step in ("pass", CUT):
+            return None if step == "pass" else CUT
+        status, _, pause = step.partition(" after ")
+        return int(status), ({"Retry-After": pause} if pause else {})
 
-            do_GET = do_POST = do_PUT = do_DELETE = _any
+    @property
+    def seen(self) -> list[tuple[str, str, str]]:
+        return [(request.method, request.path, step) for request, step in zip(self.requests, self.steps)]
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    @property
+    def times(self) -> list[float]:
+        return [request.at for request in self.requests]
 
 
 @pytest.fixture(scope="module")

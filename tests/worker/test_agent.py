@@ -4,16 +4,12 @@ outputs, failures, stop, kill, timeouts, mounts, code bundles and GPUs."""
 from __future__ import annotations
 
 import hashlib
-import http.client
 import io
 import itertools
 import json
 import os
 import tarfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -21,6 +17,7 @@ import pytest
 from tests.factories import (get_run, log_entries, log_texts, output_paths, statuses,
                              submit, wait_final, wait_for_line)
 from tests.conftest import WorkerProcess, wait_until
+from tests.realservers.relay import Relay, Request
 from .test_source import commit, git
 
 # Far longer than any bound below: only a command that was ended lets its run finish in time.
@@ -225,63 +222,10 @@ def test_the_mount_cache_downloads_once_and_makes_it_read_only(api, server, work
                                        local_path="/x")), client)
 
 
-class RecordingRelay:
-    """Between a worker and the real server: forwards each request as it is and
-    records (path, JSON body) of every request the worker sent, and (its index
-    in `requests`, path) of every one answered. A request `hold(path, body)`
-    picks waits, `held` set, until `release` is."""
-
-    def __init__(self, target: str, hold=lambda path, body: False):
-        self.requests: list[tuple[str, object]] = []
-        self.answered: list[tuple[int, str]] = []
-        self.held, self.release = threading.Event(), threading.Event()
-        host, port = urlsplit(target).hostname, urlsplit(target).port
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _relay(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                decoded = json.loads(body) if body else None
-                index = len(outer.requests)
-                outer.requests.append((self.path, decoded))
-                if hold(self.path, decoded):
-                    outer.held.set()
-                    outer.release.wait(300)
-                upstream = http.client.HTTPConnection(host, port, timeout=120)
-                try:
-                    upstream.request(self.command, self.path, body=body or None, headers={
-                        k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")})
-                    answer = upstream.getresponse()
-                    data = answer.read()
-                finally:
-                    upstream.close()
-                self.send_response(answer.status)
-                for name, value in answer.getheaders():
-                    if name.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                outer.answered.append((index, self.path))
-
-            do_GET = do_POST = do_PUT = do_DELETE = _relay
-
-            def log_message(self, *args):
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.http.shutdown()
-        self.http.server_close()
-
-
 def _relayed_run(api, server, base_env, work_dir, command: str) -> tuple[dict, list[tuple[str, dict]]]:
-    """`command` run to its end by a worker whose requests pass a RecordingRelay:
-    the run, and what the worker sent about it."""
-    relay = RecordingRelay(server.url)
+    """`command` run to its end by a worker whose requests pass a Relay: the
+    run, and (path, JSON body) of what the worker sent about it."""
+    relay = Relay(server.url)
     worker = WorkerProcess(server=SimpleNamespace(url=relay.url, data_dir=server.data_dir),
                            work_dir=work_dir, name="relayed", executor="local", env=base_env).start()
     try:
@@ -290,7 +234,7 @@ def _relayed_run(api, server, base_env, work_dir, command: str) -> tuple[dict, l
     finally:
         worker.stop()
         relay.close()
-    return run, [(path, body) for path, body in relay.requests if f"/runs/{run_id}/" in path]
+    return run, [(request.path, request.json()) for request in relay.requests if f"/runs/{run_id}/" in request.path]
 
 
 def test_saving_and_pushing_reach_the_server_in_one_request(api, server, base_env, tmp_path):
@@ -359,8 +303,9 @@ def _leftovers(server, worker, run_id: int) -> list[str]:
             + [p.name for p in (worker.work_dir / "runs").glob(f"{run_id}-*")])
 
 
-def _reports_saving(path: str, body) -> bool:
-    return path.endswith("/statuses") and any(report["status"] == "saving" for report in body["reports"])
+def _reports_saving(request: Request) -> bool:
+    return request.path.endswith("/statuses") and any(report["status"] == "saving"
+                                                       for report in request.json()["reports"])
 
 
 def test_a_stop_heard_after_the_command_ended_saves_the_outputs_and_ends_the_run_stopped(
@@ -369,7 +314,7 @@ def test_a_stop_heard_after_the_command_ended_saves_the_outputs_and_ends_the_run
     # Its `saving` held back, the worker has walked the outputs of a command that
     # ended on its own while the server still says `running`: a stop is taken.
     # (Timing the stop to land in the walk instead failed once the walk got fast.)
-    relay = RecordingRelay(server.url, hold=_reports_saving)
+    relay = Relay(server.url, hold=_reports_saving)
     worker = WorkerProcess(server=SimpleNamespace(url=relay.url, data_dir=server.data_dir),
                            work_dir=tmp_path / "relayed", name="relayed", executor="local", env=base_env).start()
     try:
@@ -391,9 +336,8 @@ def test_a_stop_heard_after_the_command_ended_saves_the_outputs_and_ends_the_run
             assert len(output_paths(api, run_id)) == 2000
             wait_until(lambda: _leftovers(server, worker, run_id) == [], timeout=120, what="the run's dirs removed")
     finally:
-        relay.release.set()
+        relay.close()  # lets a held report go first
         worker.stop()
-        relay.close()
 
 
 # The kill stops the walk itself, which must outlast the kill's way there and
