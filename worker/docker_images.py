@@ -22,10 +22,9 @@ dir (`owner_id`), and a cache lists and prunes only its own. The images' listing
 of a container's output into lines, which builds and run containers share.
 
 What the cache learnt of the engine's images (a base image's id, that an
-environment's tag exists) it keeps while it hears the engine's image events
-(`KnownImages`), forgetting it as they tell of a change, so a warm run's
-environment costs no engine call and a rebuilt or removed base or environment
-is asked for again; the last-use stamp is renewed at most every STAMP_SECONDS.
+environment's tag exists and was stamped lately) is kept by
+cast.worker.known_images while the engine's image events are heard, so a warm
+run's environment costs no engine call.
 """
 
 from __future__ import annotations
@@ -48,7 +47,6 @@ from pathlib import Path
 from docker import DockerClient
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import LogConfig, Mount
-from requests.exceptions import RequestException
 
 from cast.protocol.environment import build_summary, requirements_text
 from cast.protocol.messages import LogStream, RunSpec
@@ -56,6 +54,7 @@ from cast.protocol.validate import SpecError, validate_apt_package, validate_pip
 from cast.worker.dockerenv import HOST_INPUTS, HostPackageSettings
 from cast.worker.envs import OFFLINE_MISS, extends, failure_reason, wanted_lines
 from cast.worker.installer import PACKAGE_CACHE, Installer, UvSettings, choose_installer, using_package_cache
+from cast.worker.known_images import KnownImages
 from cast.worker.lines import LineReader
 from cast.worker.executors.base import BuildFailed, BuildResult, CacheEntry, InvalidExecutorOption, LogSink
 from cast.worker.locking import file_lock
@@ -82,10 +81,6 @@ UV_BINARY = f"{HOST_INPUTS}/uv"  # the worker's uv, mounted read-only into a bui
 UV_CACHE = f"{HOST_INPUTS}/uv-cache"  # the worker's package cache, mounted into a build container
 _STEP_MARK = "==> "  # lines of the build script that start a step
 _TAIL_LINES = 50  # of a step's output, searched for its error lines
-# A cached environment's last use (LastTagTime, which pruning reads in days) is
-# stamped at most this often: the re-tag was an engine call on every warm run.
-STAMP_SECONDS = 60.0
-EVENTS_RETRY_SECONDS = 1.0  # before the image events are asked for again after the stream broke
 
 
 def labels(work_dir: Path, run_id: int, role: str) -> dict[str, str]:
@@ -243,118 +238,6 @@ def pump_output(attach_stream, on_stdout, on_stderr) -> None:
     err.close()
 
 
-class KnownImages:
-    """What an ImageCache learnt of its engine's images (base images' ids, which
-    environment tags exist and when they were last stamped), trusted only while
-    a thread of its own hears the engine's image events. A `tag` of one of the
-    cache's own environment tags (`own_prefix`: its stamps, its builds) changes
-    nothing known; any other `tag` forgets the base images' ids (a base may
-    have been rebuilt under its name); any other event (an untag, a removal, a
-    pull, a load) forgets everything, and so does a broken stream until it is
-    heard again. A look-up remembers what it found only if nothing that would
-    have forgotten it was heard between its start (`generation()`) and its end."""
-
-    def __init__(self, client: DockerClient, own_prefix: str):
-        self._client = client
-        self._own_prefix = own_prefix
-        self._lock = threading.Lock()
-        self._base_ids: dict[str, str] = {}
-        self._stamped: dict[str, float] = {}  # environment tag -> time.monotonic() of its last stamp
-        self._retags = 0  # events that forgot the base ids
-        self._removals = 0  # events that forgot everything
-        self._live = False
-        self._closed = False
-        self._stream = None
-        self._thread: threading.Thread | None = None
-
-    def generation(self) -> tuple[int, int] | None:
-        """The counts of changes heard so far, None while the events are not
-        heard (nothing is remembered then); starts the listener on first use."""
-        with self._lock:
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._listen, name="image-events", daemon=True)
-                self._thread.start()
-            return (self._retags, self._removals) if self._live else None
-
-    def base_id(self, name: str) -> str | None:
-        with self._lock:
-            return self._base_ids.get(name) if self._live else None
-
-    def stamped(self, tag: str) -> bool:
-        """Whether `tag` is known to exist and was stamped within STAMP_SECONDS."""
-        with self._lock:
-            at = self._stamped.get(tag) if self._live else None
-            return at is not None and time.monotonic() - at < STAMP_SECONDS
-
-    def remember_base(self, name: str, image_id: str, generation: tuple[int, int] | None) -> None:
-        with self._lock:
-            if self._live and generation == (self._retags, self._removals):
-                self._base_ids[name] = image_id
-
-    def remember_stamp(self, tag: str, generation: tuple[int, int] | None) -> None:
-        with self._lock:
-            if self._live and generation is not None and generation[1] == self._removals:
-                self._stamped[tag] = time.monotonic()
-
-    def forget(self) -> None:
-        with self._lock:
-            self._forget()
-
-    def close(self) -> None:
-        """Stop listening (the thread ends as its stream is closed)."""
-        with self._lock:
-            self._closed, self._live, stream = True, False, self._stream
-            self._forget()
-        if stream is not None:
-            stream.close()
-
-    @property
-    def live(self) -> bool:
-        with self._lock:
-            return self._live
-
-    def _forget(self) -> None:  # under the lock
-        self._retags += 1
-        self._removals += 1
-        self._base_ids.clear()
-        self._stamped.clear()
-
-    def _heard(self, event: dict) -> None:  # under the lock
-        if event.get("Action") != "tag":
-            self._forget()
-        elif not ((event.get("Actor") or {}).get("Attributes") or {}).get("name", "").startswith(self._own_prefix):
-            self._retags += 1
-            self._base_ids.clear()
-
-    def _listen(self) -> None:
-        while True:
-            try:
-                stream = self._client.api.events(filters={"type": "image"}, decode=True)
-            except (DockerException, RequestException):
-                stream = None
-            if stream is not None:
-                with self._lock:
-                    if self._closed:
-                        stream.close()
-                        return
-                    # Subscribed once the engine answered: from here on no change goes unheard.
-                    self._stream, self._live = stream, True
-                    self._forget()
-                try:
-                    for event in stream:
-                        with self._lock:
-                            self._heard(event)
-                except (DockerException, RequestException, ValueError):
-                    pass
-                with self._lock:
-                    self._stream, self._live = None, False
-                    self._forget()
-            with self._lock:
-                if self._closed:
-                    return
-            time.sleep(EVENTS_RETRY_SECONDS)
-
-
 class ImageCache:
     """The environment images of one worker: `<repository>:<owner>-<key>` on its engine."""
 
@@ -431,7 +314,7 @@ class ImageCache:
 
     def _touch(self, tag: str, generation: tuple[int, int] | None) -> bool:
         """Whether `tag` exists; if so, stamp its last use by tagging it again
-        (unless it was stamped within STAMP_SECONDS and is known to exist)."""
+        (unless it was stamped within known_images.STAMP_SECONDS and is known to exist)."""
         if self.known.stamped(tag):
             return True
         repository, _, key = tag.partition(":")

@@ -24,7 +24,7 @@ import pytest
 from pip._internal.models.index import PyPI
 
 from cast.protocol.messages import RunSpec
-from cast.worker import docker_images
+from cast.worker import known_images
 from cast.worker.docker_images import DEFAULT_BASE_IMAGE, LABEL_WORK_DIR
 from cast.worker.dockerenv import read_pip_config
 from cast.worker.executors.base import BuildFailed, Job, PreparedMount
@@ -140,7 +140,7 @@ def test_a_repeat_build_is_a_cache_hit_and_stamps_its_use(packaged, tmp_path, en
     lines = Lines()
     # Stamped whenever its last stamp is STAMP_SECONDS old: here at once (a
     # repeat within them is not stamped again: test_docker_images).
-    monkeypatch.setattr(docker_images, "STAMP_SECONDS", 0.0)
+    monkeypatch.setattr(known_images, "STAMP_SECONDS", 0.0)
     again = executor.build(make_job(tmp_path, "true", **PACKAGES), lines)
     assert again.cached and again.key == first.key
     assert lines.entries == []  # nothing built, nothing logged
