@@ -2,7 +2,12 @@
 middle of a run's push (some objects stored, others not) and started again
 30 s later on the same data and port. The worker keeps retrying, the push
 resumes where it stopped, the run completes, and every output's sha256 is
-the one the run wrote."""
+the one the run wrote.
+
+The store is reached through a fault proxy that slows the push to about
+PUSH_RATE bytes a second per connection until the store is down, so the
+push lasts seconds and the store goes down in its middle however fast this
+machine copies."""
 
 from __future__ import annotations
 
@@ -11,13 +16,24 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from tests.conftest import wait_until
 
 FILES = 120
 OUTAGE_SECONDS = 30
+PUSH_RATE = 8 << 20
 
 
-def test_a_push_resumes_after_the_store_was_down_for_30_seconds(cli, worker, server, seaweed, bucket, tmp_path):
+@pytest.fixture
+def server(start_server, s3_env, proxy):
+    """The server signs URLs for the proxy's address: the worker's PUTs cross it."""
+    proxy.limit(PUSH_RATE)
+    return start_server(env={**s3_env, "AWS_ENDPOINT_URL": proxy.url})
+
+
+def test_a_push_resumes_after_the_store_was_down_for_30_seconds(cli, worker, server, seaweed, bucket, proxy,
+                                                                tmp_path):
     result: dict = {}
     command = (f"mkdir out && for i in $(seq {FILES}); do head -c 1048576 /dev/urandom > out/f$i; done"
                " && (cd out && sha256sum f*) > sums.txt")
@@ -29,6 +45,7 @@ def test_a_push_resumes_after_the_store_was_down_for_30_seconds(cli, worker, ser
                                    what="the push's first objects")
         seaweed.kill()
         down_at = time.monotonic()
+        proxy.limit(None)
         assert stored_before < FILES, "the push ended before the store went down"
         time.sleep(OUTAGE_SECONDS)
     finally:

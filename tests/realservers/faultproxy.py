@@ -9,6 +9,9 @@ and the head starts with `method`, the proxy takes the request and fails it
 read and that status code answered), counting down; every other connection is passed through byte for byte
 (the Host header included, so a URL presigned for the proxy's address is
 valid behind it). `seen` counts the heads that started with `method`.
+`limit(rate)` slows every byte passed on to about `rate` bytes a second per
+connection and direction, so a transfer lasts long enough for a test to act
+in its middle (take the server behind away, say).
 
 A context manager: leaving it closes the listener and every connection.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 HEAD_LIMIT = 64 << 10
 
@@ -26,6 +30,7 @@ class FaultProxy:
     def __init__(self, upstream: tuple[str, int], *, method: str = "PUT"):
         self.upstream, self.method = upstream, method.encode() + b" "
         self.faults, self.answer, self.seen, self.passes = 0, None, 0, 0
+        self.rate: float | None = None  # bytes a second each pipe passes on; None: as fast as they come
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -42,6 +47,10 @@ class FaultProxy:
         unanswered, or answered `answer`."""
         with self._lock:
             self.faults, self.answer, self.passes = count, answer, after
+
+    def limit(self, rate: float | None) -> None:
+        """Pass on at most about `rate` bytes a second per connection and direction (None: no limit)."""
+        self.rate = rate
 
     def __enter__(self) -> "FaultProxy":
         self._thread.start()
@@ -97,9 +106,9 @@ class FaultProxy:
                 return
             upstream = self._track(socket.create_connection(self.upstream, timeout=30))
             upstream.sendall(head)
-            back = threading.Thread(target=_pipe, args=(upstream, client), daemon=True)
+            back = threading.Thread(target=self._pipe, args=(upstream, client), daemon=True)
             back.start()
-            _pipe(client, upstream)
+            self._pipe(client, upstream)
             back.join(60)
         except OSError:
             pass
@@ -111,16 +120,17 @@ class FaultProxy:
                     with self._lock:
                         self._sockets.discard(sock)
 
-
-def _pipe(source: socket.socket, target: socket.socket) -> None:
-    """Copy until `source` ends, then end `target`'s sending side."""
-    try:
-        while data := source.recv(65536):
-            target.sendall(data)
-    except OSError:
-        pass
-    with contextlib.suppress(OSError):
-        target.shutdown(socket.SHUT_WR)
+    def _pipe(self, source: socket.socket, target: socket.socket) -> None:
+        """Copy until `source` ends, then end `target`'s sending side."""
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+                if self.rate:
+                    time.sleep(len(data) / self.rate)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            target.shutdown(socket.SHUT_WR)
 
 
 def _drain_body(client: socket.socket, head: bytes) -> None:
