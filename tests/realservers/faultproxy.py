@@ -58,6 +58,9 @@ class FaultProxy:
 
     def __exit__(self, *exc) -> None:
         self._closed = True
+        # A close alone does not wake the accept() blocked in another thread on Linux; a shutdown does.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         with self._lock:
             sockets = list(self._sockets)
