@@ -3,7 +3,7 @@ removed at the end, pass or fail), a fresh bucket for each test, the
 `server` of the shared fixtures started on it, and an in-process app on it
 (`settings`, `app`, `local`; a module needing other settings overrides
 `settings` with `s3_settings(**fields)`), and a fault proxy in front of the
-store (`proxy`)."""
+store (`proxy`; a server started on `proxied_s3_env` sits behind it)."""
 
 from __future__ import annotations
 
@@ -89,6 +89,13 @@ def proxy(seaweed):
     target = urlsplit(seaweed.endpoint)
     with FaultProxy((target.hostname, target.port)) as started:
         yield started
+
+
+@pytest.fixture
+def proxied_s3_env(s3_env, proxy) -> dict:
+    """`s3_env` with the store reached through `proxy`: a server started on it
+    signs URLs for the proxy's address, so the PUTs of the CLI and the worker cross it."""
+    return {**s3_env, "AWS_ENDPOINT_URL": proxy.url}
 
 
 @pytest.fixture

@@ -26,10 +26,10 @@ PUSH_RATE = 8 << 20
 
 
 @pytest.fixture
-def server(start_server, s3_env, proxy):
-    """The server signs URLs for the proxy's address: the worker's PUTs cross it."""
+def server(start_server, proxied_s3_env, proxy):
+    """The server behind the proxy, which slows the push until the store is down."""
     proxy.limit(PUSH_RATE)
-    return start_server(env={**s3_env, "AWS_ENDPOINT_URL": proxy.url})
+    return start_server(env=proxied_s3_env)
 
 
 def test_a_push_resumes_after_the_store_was_down_for_30_seconds(cli, worker, server, seaweed, bucket, proxy,

@@ -28,10 +28,9 @@ RESUME = "run the same cast upload again to resume"
 
 
 @pytest.fixture
-def server(start_server, s3_env, proxy, request):
-    """The server signs URLs for the proxy's address: the CLI's PUTs cross it
-    (with the settings a test gives as the fixture's parameter)."""
-    return start_server(env={**s3_env, "AWS_ENDPOINT_URL": proxy.url, **getattr(request, "param", {})})
+def server(start_server, proxied_s3_env, request):
+    """The server behind the proxy, with the settings a test gives as the fixture's parameter."""
+    return start_server(env={**proxied_s3_env, **getattr(request, "param", {})})
 
 
 @pytest.fixture
