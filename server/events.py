@@ -33,12 +33,20 @@ a token's key is, so a revocation holds on its own process before the
 revoking request answers.
 
 What a process remembers of the database (the token cache) may be used only
-while `Notifier.heard_all()`: always in one process (SQLite); on PostgreSQL
-while the listener listens and has no notification waiting unread on its
-socket or half-read, so a revocation that reached this process is never
-answered from memory. `generation` changes with every revocation heard and
-whenever the listener goes deaf or listens again: a thing remembered under
-an older generation is not used.
+under the generation `await Notifier.caught_up()` gives: the one after every
+change committed before the call was heard. In one process (SQLite) that is
+at once. On PostgreSQL the listener makes a round trip on its connection
+begun after the call and acts on the notifications that came with it: the
+server sends a listener every notification committed before a query before
+that query's answer (postgres.c: pending notifies go out before
+ReadyForQuery), so a revocation committed anywhere before a request arrived
+is heard before the request is answered from memory. A socket with nothing
+unread is not proof: the server may not have sent a notification yet (a
+replica under load answered a token revoked a moment before). One round trip
+serves every request that asked while the one before was on its way.
+`generation` changes with every revocation heard and whenever the listener
+goes deaf or listens again: a thing remembered under an older generation is
+not used, and while no listener listens `caught_up` gives None.
 
 Waiters subscribe *before* reading the database and wait afterwards, so a
 change committed between the read and the wait is never missed.
@@ -194,13 +202,31 @@ class Notifier:
         self.listener: Listener | None = None  # set while one listens
         self.generation = 0
 
-    def heard_all(self) -> bool:
-        """Whether every change that reached this process has been heard (see
-        the module's docstring); read `generation` after this, not before."""
+    # A listener's round trip slower than this (a database gone silent) is
+    # not waited for: the caller looks up the database instead.
+    CATCH_UP_SECONDS = 5.0
+
+    async def caught_up(self) -> int | None:
+        """The generation once every change committed before this call has
+        been heard, or None if that cannot be known (see the module's docstring)."""
         if not self.needs_listener:
-            return True
+            return self.generation
         listener = self.listener
-        return listener is not None and listener.caught_up()
+        if listener is None:
+            return None
+        loop = asyncio.get_running_loop()
+        heard = loop.create_future()
+
+        def done(ok: bool) -> None:
+            with contextlib.suppress(RuntimeError):  # the caller's loop is gone
+                loop.call_soon_threadsafe(lambda: heard.done() or heard.set_result(ok))
+
+        listener.sync(done)
+        try:
+            ok = await asyncio.wait_for(heard, self.CATCH_UP_SECONDS)
+        except TimeoutError:
+            return None
+        return self.generation if ok else None
 
     def _new_generation(self) -> None:
         with self._lock:
@@ -331,6 +357,8 @@ class Listener:
     other processes (and this one) commit and wakes this process's waiters."""
 
     RECONNECT_SECONDS = 1.0
+    # Its connection's name in pg_stat_activity, where operators and tests find it.
+    APPLICATION_NAME = "cast listener"
     # A connection gone silent (a cut network) is given up within about 10 s.
     KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2}
 
@@ -341,9 +369,11 @@ class Listener:
         self._thread = threading.Thread(target=self._run, name="cast-listener", daemon=True)
         self.listening = threading.Event()
         self._socket: int | None = None  # the connection's, while it listens
-        self._reading = False  # between taking notifications off the socket and acting on them
-        # Keys to send to every process (wake-ups passed on), and a pipe that wakes the thread to send them.
+        # Keys to send to every process (wake-ups passed on), callers waiting
+        # for a round trip (`sync`), and a pipe that wakes the thread for them.
         self._outbox: set[tuple[str, int]] = set()
+        self._syncs: list[Callable[[bool], None]] = []
+        self._syncing: list[Callable[[bool], None]] = []  # the current round trip's, this thread's own
         self._outbox_lock = threading.Lock()
         self._wake_read, self._wake_write = os.pipe()  # _wake_write None once closed
         os.set_blocking(self._wake_read, False)
@@ -372,15 +402,19 @@ class Listener:
             with contextlib.suppress(BlockingIOError):  # a full pipe wakes the thread all the same
                 os.write(self._wake_write, b"x")
 
-    def caught_up(self) -> bool:
-        """Listening, with nothing unread on the socket and nothing half-read
-        (in this order: a notification read off the socket sets `_reading` first)."""
-        socket = self._socket
-        if socket is None:
-            return False
-        poll = select.poll()  # not select.select: a busy server's descriptors pass 1024
-        poll.register(socket, select.POLLIN)
-        return not poll.poll(0) and not self._reading and self._socket is not None
+    def sync(self, done: Callable[[bool], None]) -> None:
+        """Call `done(True)` from this thread once a round trip to the database
+        begun after this call has returned and the notifications that came
+        before its answer were acted on; `done(False)` if the listener stops
+        listening first. Safe from any thread, never blocks."""
+        with self._outbox_lock:
+            if self._wake_write is None or self._socket is None:  # stopped, or not listening
+                done(False)
+                return
+            self._syncs.append(done)
+            if len(self._syncs) == 1:  # a later one rides on this one's wake-up
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self._wake_write, b"x")
 
     def _run(self) -> None:
         import psycopg
@@ -388,7 +422,8 @@ class Listener:
         lost = False
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._dsn, autocommit=True, connect_timeout=10, **self.KEEPALIVES) as connection:
+                with psycopg.connect(self._dsn, autocommit=True, connect_timeout=10,
+                                     application_name=self.APPLICATION_NAME, **self.KEEPALIVES) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
                     try:
                         self._listen(connection, lost)
@@ -411,32 +446,35 @@ class Listener:
         if lost:
             log.info("listening for changes again; waking every waiter")
             self._notifier.wake_all()
-        poll = select.poll()
+        poll = select.poll()  # not select.select: a busy server's descriptors pass 1024
         poll.register(self._socket, select.POLLIN)
         poll.register(self._wake_read, select.POLLIN)
         while not self._stop.is_set():
             if not poll.poll(1000):
                 continue
-            self._reading = True
-            try:
-                self._send_outbox(connection)
-                for notification in connection.notifies(timeout=0):
-                    keys = [key for word in notification.payload.split() if (key := _decode(word)) is not None]
-                    self._notifier.notify(*keys)
-            finally:
-                self._reading = False
+            self._send_outbox(connection)
+            for notification in connection.notifies(timeout=0):
+                keys = [key for word in notification.payload.split() if (key := _decode(word)) is not None]
+                self._notifier.notify(*keys)
+            synced, self._syncing = self._syncing, []
+            for done in synced:
+                done(True)
 
     def _send_outbox(self, connection) -> None:
-        # Notifications that arrive during the query wait in psycopg's backlog:
-        # the caller reads them next, still `_reading`.
+        """Send the keys to pass on and make the round trip callers of `sync`
+        wait for, one query for both. Notifications that arrive during the
+        query wait in psycopg's backlog: the caller reads them next."""
         with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_read, 4096):
                 pass
         with self._outbox_lock:
             keys, self._outbox = self._outbox, set()
+            self._syncing, self._syncs = self._syncs, []
         if keys:
             payload = " ".join(sorted(_encode(key) for key in keys))
             connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+        elif self._syncing:
+            connection.execute("SELECT 1")
 
     def _deaf(self) -> None:
         self._notifier.listener = None
@@ -444,6 +482,10 @@ class Listener:
         self._notifier.echoes = False
         self.listening.clear()
         self._notifier._new_generation()
+        with self._outbox_lock:
+            failed, self._syncs, self._syncing = self._syncing + self._syncs, [], []
+        for done in failed:
+            done(False)
 
 
 def fire_pending(session: Session, notifier: Notifier) -> None:

@@ -100,7 +100,7 @@ async def _caller(
     # no thread hop, no transaction (users.Tokens).
     known: users.Tokens = request.app.state.tokens
     digest = users.hash_token(credentials.credentials)
-    if (bearer := known.get(digest)) is not None:
+    if (bearer := await known.get(digest)) is not None:
         return bearer
     generation = known.generation()  # before the lookup: a revocation heard during it is not missed
     bearer = await run_in_threadpool(_authenticate, request.app.state.database, credentials.credentials)

@@ -113,12 +113,11 @@ class Tokens:
     no transaction for its token, so a token found valid is answered from
     memory afterwards. A revocation is never late: revoking commits a
     `events.token_key`, which every process hears (its own at commit, others
-    by NOTIFY) and which moves the notifier's generation, and an entry of an
-    older generation is not used; nor is any while the process may have missed
-    a change (`Notifier.heard_all`: on PostgreSQL its listener not listening or
-    a notification unread). A change made behind the server's back (SQL by
-    hand) holds within `MAX_AGE` seconds. Unknown and refused tokens are not
-    remembered: each is looked up again."""
+    by NOTIFY) and which moves the notifier's generation; an entry is used only
+    under the generation `Notifier.caught_up` gives, the one after every change
+    committed before the request came was heard. A change made behind the
+    server's back (SQL by hand) holds within `MAX_AGE` seconds. Unknown and
+    refused tokens are not remembered: each is looked up again."""
 
     MAX_AGE = 60.0
     MAX_ENTRIES = 4096  # valid tokens in use are few; the bound is against a surprise
@@ -128,21 +127,24 @@ class Tokens:
         self._lock = threading.Lock()
         self._known: dict[str, tuple[int, float, Bearer]] = {}  # digest: generation, when, bearer
 
-    def generation(self) -> int | None:
-        """Read before looking a token up, for `remember`: None if nothing may be remembered now."""
-        return self._notifier.generation if self._notifier.heard_all() else None
+    def generation(self) -> int:
+        """Read before looking a token up, for `remember`: a revocation heard
+        after this moves it, and one committed before the lookup is seen by it."""
+        return self._notifier.generation
 
-    def get(self, digest: str) -> Bearer | None:
+    async def get(self, digest: str) -> Bearer | None:
         found = self._known.get(digest)
-        if found is None or self.generation() != found[0] or time.monotonic() - found[1] > self.MAX_AGE:
+        if found is None or time.monotonic() - found[1] > self.MAX_AGE:
+            return None
+        if await self._notifier.caught_up() != found[0]:
             return None
         return found[2]
 
-    def remember(self, digest: str, bearer: Bearer, generation: int | None) -> None:
+    def remember(self, digest: str, bearer: Bearer, generation: int) -> None:
         """Keep `bearer`, found valid by a lookup begun at `generation`, unless
         something was revoked (or may have been) since the lookup began."""
         with self._lock:
-            if generation is None or generation != self.generation():
+            if generation != self.generation():
                 return
             if len(self._known) >= self.MAX_ENTRIES:
                 self._known.clear()

@@ -197,7 +197,7 @@ def test_a_listener_that_lost_its_connection_reconnects_and_wakes_every_waiter(p
             with sending.transaction() as session:
                 cut = session.execute(text(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE query LIKE 'LISTEN%' AND datname = current_database()")).scalars().all()
+                    "WHERE application_name = 'cast listener' AND datname = current_database()")).scalars().all()
             assert cut == [True]
             assert await run.wait(10)  # woken by the reconnect, though nothing changed
             assert listener.listening.is_set()
@@ -249,3 +249,40 @@ def test_a_wake_up_passed_on_with_no_waiter_it_fits_here_wakes_one_on_another_re
     finally:
         a.dispose()
         b.dispose()
+
+
+def test_caught_up_hears_every_change_committed_before_it_was_called(postgres_databases):
+    """A revocation committed through another process is heard before
+    `caught_up` gives a generation, every time: the server may not yet have
+    sent the notification when the commit returns, so an empty socket proves
+    nothing (a replica answered a token revoked a moment before from memory).
+    While no listener listens, it gives None."""
+    from sqlalchemy import text
+
+    url = postgres_databases()
+    listening, sending = Database(url), Database(url)
+    listening.start_listener()
+
+    async def scenario():
+        assert await asyncio.to_thread(listening._listener.listening.wait, 10)
+        for attempt in range(200):
+            before = await listening.notifier.caught_up()
+            with sending.transaction() as session:
+                events.changed(session, events.token_key(attempt))
+            after = await listening.notifier.caught_up()
+            assert before is not None and after is not None and after > before, attempt
+        # Many callers at once share round trips, and each hears what came before it.
+        with sending.transaction() as session:
+            events.changed(session, events.token_key(1))
+        generations = await asyncio.gather(*(listening.notifier.caught_up() for _ in range(50)))
+        assert None not in generations and min(generations) > after
+        with sending.transaction() as session:  # the listener's connection cut: it may miss changes now
+            session.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE application_name = 'cast listener' AND datname = current_database()"))
+        assert await listening.notifier.caught_up() is None
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        listening.dispose()
+        sending.dispose()

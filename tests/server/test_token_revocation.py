@@ -45,14 +45,14 @@ def _listeners(url: str) -> list[int]:
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(dsn, autocommit=True) as connection:
         return [pid for (pid,) in connection.execute(
-            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND datname = current_database()")]
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'cast listener' AND datname = current_database()")]
 
 
 def _cut_listeners(url: str) -> None:
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(dsn, autocommit=True) as connection:
         connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                           "WHERE query LIKE 'LISTEN%' AND datname = current_database()")
+                           "WHERE application_name = 'cast listener' AND datname = current_database()")
 
 
 def test_a_revocation_made_while_a_replicas_listener_was_away_is_not_missed(start_server, postgres_databases,

@@ -3,6 +3,8 @@ by the token's hash, and who may create, list and revoke users and tokens."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import func, select
 
@@ -110,12 +112,16 @@ def test_a_token_found_valid_is_answered_from_memory_until_a_revocation():
     notifier = events.Notifier()  # one process's: it hears every change
     tokens = users.Tokens(notifier)
     bearer = users.Bearer(token_id=1, kind="worker", user=None)
+
+    async def get(digest: str) -> users.Bearer | None:
+        return await tokens.get(digest)
+
     generation = tokens.generation()
     tokens.remember("a", bearer, generation)
-    assert tokens.get("a") is bearer
+    assert asyncio.run(get("a")) is bearer
     notifier.notify(events.token_key(99))
-    assert tokens.get("a") is None
+    assert asyncio.run(get("a")) is None
     tokens.remember("b", bearer, generation)  # looked up before the revocation was heard
-    assert tokens.get("b") is None
+    assert asyncio.run(get("b")) is None
     tokens.remember("b", bearer, tokens.generation())
-    assert tokens.get("b") is bearer
+    assert asyncio.run(get("b")) is bearer
