@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cast.protocol.messages import (HeartbeatReply, HeldLease, Lease, LeaseMount, LeaseState, RunSpec,
                                     StatusBatchReply, StatusReport, WorkerHeartbeatReply, heartbeat_interval)
-from cast.protocol.status import LEASED_STATUSES, RunStatus
+from cast.protocol.status import FINAL_STATUSES, LEASED_STATUSES, RunStatus
 from cast.protocol.units import format_duration
 from cast.protocol.validate import parse_resource
 from cast.server import events
@@ -270,6 +270,14 @@ def heartbeat_run(session: Session, *, run_id: int, lease_token: str, settings: 
 
 def report_status(session: Session, *, run_id: int, report: StatusReport, settings: Settings) -> Run:
     """A worker moves its leased run on; the lease is extended while it stays leased."""
+    run = runs.switch_status(session, run=run_id, to=report.status, note=report.note,
+                             lease_token=report.lease_token, values=_report_values(report, settings))
+    if report.status is S.KILLED:
+        _drop_outputs(session, run=run, settings=settings)
+    return run
+
+
+def _report_values(report: StatusReport, settings: Settings) -> dict:
     values: dict = {}
     if report.exit_code is not None:
         values["exit_code"] = report.exit_code
@@ -279,11 +287,7 @@ def report_status(session: Session, *, run_id: int, report: StatusReport, settin
         values["limits"] = report.limits
     if report.status in LEASED_STATUSES:
         values["lease_expires_at"] = _extended_lease(settings)
-    run = runs.switch_status(session, run=run_id, to=report.status, note=report.note,
-                             lease_token=report.lease_token, values=values)
-    if report.status is S.KILLED:
-        _drop_outputs(session, run=run, settings=settings)
-    return run
+    return values
 
 
 def report_statuses(session: Session, *, run_id: int, reports: list[StatusReport],
@@ -292,16 +296,54 @@ def report_statuses(session: Session, *, run_id: int, reports: list[StatusReport
     sent one by one would be: one the transition table refuses is skipped and
     named in the answer (the worker asks, as after a lone report's 409, whether
     it still holds the lease); a lost lease refuses them all. One request, one
-    transaction, however many statuses the run passed through."""
-    refused, run = [], None
-    for index, report in enumerate(reports):
+    transaction, however many statuses the run passed through; reports that
+    make a path through the table go as one status change (`_path_from`)."""
+    refused, run, index = [], None, 0
+    while index < len(reports):
+        path = _path_from(reports, index)
+        if len(path) > 1:
+            try:
+                run = _report_path(session, run_id=run_id, path=path, settings=settings)
+                index += len(path)
+                continue
+            except InvalidTransition:  # its first report refused: one by one, each as the table says
+                pass
         try:
-            run = report_status(session, run_id=run_id, report=report, settings=settings)
+            run = report_status(session, run_id=run_id, report=reports[index], settings=settings)
         except InvalidTransition:
             refused.append(index)
+        index += 1
     # The last report applied left the run as it is; with none applied, it is read.
     status = run.status if run is not None else session.scalar(select(Run.status).where(Run.id == run_id))
     return StatusBatchReply(status=RunStatus(status), refused=refused)
+
+
+def _path_from(reports: list[StatusReport], start: int) -> list[StatusReport]:
+    """The reports from `start` on that can be one status change: each may
+    follow the one before in the table, under one lease token, and none
+    requeues, kills (which drops outputs) or ends the run before the last."""
+    path = [reports[start]]
+    for report in reports[start + 1:]:
+        last = path[-1]
+        if last.status in FINAL_STATUSES or _ALONE & {last.status, report.status}:
+            break
+        if report.lease_token != last.lease_token or not runs.is_path([last.status, report.status]):
+            break
+        path.append(report)
+    return path
+
+
+# Reports applied on their own: a kill drops the outputs, a requeue starts the run afresh.
+_ALONE = frozenset({S.KILLED, S.MACHINE_REQUESTED})
+
+
+def _report_path(session: Session, *, run_id: int, path: list[StatusReport], settings: Settings) -> Run:
+    values: dict = {}
+    for report in path:  # later reports' values win, as when sent one by one
+        values.update(_report_values(report, settings))
+    last = path[-1]
+    return runs.switch_status(session, run=run_id, to=last.status, note=last.note, lease_token=last.lease_token,
+                              values=values, via=tuple((report.status, report.note) for report in path[:-1]))
 
 
 def _drop_outputs(session: Session, *, run: Run, settings: Settings) -> None:

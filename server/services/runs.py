@@ -139,8 +139,14 @@ def switch_status(
     where: tuple[ColumnElement, ...] = (),
     values: dict | None = None,
     must: bool = True,
+    via: tuple[tuple[RunStatus, str | None], ...] = (),
 ) -> Run | None:
     """Move `run` (an id, or a scalar subquery choosing one) to `to` if the table allows it.
+
+    `via` are statuses (each with its note) the run passes through first, in
+    order, as a worker's batch of reports says: still one UPDATE, from a
+    source of the first, and one INSERT each for their transitions and their
+    stage lines. The path must hold in the table (`is_path`).
 
     Refusals raise RunNotFound, LeaseLost or InvalidTransition when `must`,
     else return None. `note` qualifies the stage that ended (it may be computed
@@ -151,6 +157,9 @@ def switch_status(
     number of stage lines: that UPDATE also reserves their offsets in the log
     (`log_size`), which saves the append its own UPDATE of the run.
     """
+    steps = [*via, (to, note)]
+    if not is_path([status for status, _ in steps]):
+        raise ValueError(f"no path through the status table: {[str(status) for status, _ in steps]}")
     now = utcnow()
     changes = dict(values or {}, status=to.value)
     if to in FINAL_STATUSES:
@@ -160,17 +169,19 @@ def switch_status(
             attempt=Run.attempt + 1, lease_token=None, lease_expires_at=None, worker_id=None,
             worker_name=None, executor=None, limits=None, started_at=None, finished_at=None, exit_code=None,
         )
-    sources = _SOURCES[to]
+    first = steps[0][0]
+    sources = _SOURCES[first]
     previous = next(iter(sources)) if len(sources) == 1 else None
     reserved = 0
     if previous is not None:
         # The count of stage lines depends on whether there is a note, not on its text.
-        reserved = len(stage_lines(previous, to, None if note is None else "?"))
+        reserved = sum(len(stage_lines(before, status, None if step_note is None else "?"))
+                       for before, (status, step_note) in zip([previous, *(s for s, _ in steps)], steps))
         if reserved:
             changes["log_size"] = Run.log_size + reserved
     statement = (
         update(Run)
-        .where(Run.id == run, Run.status.in_(_SOURCE_VALUES[to]), *where)
+        .where(Run.id == run, Run.status.in_(_SOURCE_VALUES[first]), *where)
         .values(**changes)
         .returning(Run)
         .execution_options(synchronize_session=False, populate_existing=True)
@@ -180,16 +191,20 @@ def switch_status(
     updated = session.scalars(statement).one_or_none()
     if updated is None:
         if must and isinstance(run, int):
-            _explain_refusal(session, run_id=run, to=to, lease_token=lease_token)
+            _explain_refusal(session, run_id=run, to=first, lease_token=lease_token)
         return None
     if previous is None:  # several sources: the last transition recorded says which
         previous = RunStatus(session.scalar(
             select(RunTransition.status).where(RunTransition.run_id == updated.id)
             .order_by(RunTransition.id.desc()).limit(1)
         ))
-    text = note(updated) if callable(note) else note
-    session.execute(_RECORD, {"run_id": updated.id, "status": to.value, "at": now, "note": text})
-    lines = stage_lines(previous, to, text)
+    records, lines = [], []
+    for status, step_note in steps:
+        text = step_note(updated) if callable(step_note) else step_note
+        records.append({"run_id": updated.id, "status": status.value, "at": now, "note": text})
+        lines += stage_lines(previous, status, text)
+        previous = status
+    session.execute(_RECORD, records if len(records) > 1 else records[0])
     if reserved:
         logs.insert_chunks(session, run_id=updated.id, end=updated.log_size,
                            rows=[(LogStream.CAST.value, lines, now)])
@@ -201,6 +216,11 @@ def switch_status(
     # Flushed now so a following change in this transaction reads this one's transition.
     session.flush()
     return updated
+
+
+def is_path(statuses: list[RunStatus]) -> bool:
+    """Whether the table allows each of `statuses` to follow the one before."""
+    return all(before in _SOURCES[after] for before, after in zip(statuses, statuses[1:]))
 
 
 _SOURCES = {status: sources_of(status) for status in RunStatus}

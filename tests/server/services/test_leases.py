@@ -15,6 +15,8 @@ from cast.server.db import Database
 from cast.server.models import MAX_INTEGER, Run, Worker, utcnow
 from cast.server.services import leases
 from cast.server.settings import Settings
+from tests.factories import page_entries
+
 from ..conftest import make_tar
 
 
@@ -59,6 +61,43 @@ def test_a_batch_of_reports_is_applied_in_order_and_a_retried_one_is_recorded_on
     assert batch({"status": "failed"}, token="not-the-token").status_code == 409
     for refused in ([], [{"status": "saving"}] * 17, [{"status": "no-such"}]):
         assert batch(*refused).status_code == 422
+
+
+def test_a_batch_of_reports_records_what_the_same_reports_one_by_one_would(local, app):
+    """Reports that make a path through the table are one status change on
+    the server; what it leaves is what they leave sent one by one: the
+    transitions with their notes, the stage lines a follower reads, the exit
+    code, the ended lease."""
+    paths = ([{"status": "mounting", "note": "cached"}, {"status": "running", "limits": "sandbox"}],
+             [{"status": "saving"}, {"status": "pushing", "note": "3 files"},
+              {"status": "complete", "exit_code": 0}])
+    batched, single = local.create_run()["id"], local.create_run()["id"]
+    worker = local.register()
+    for run_id in (batched, single):
+        lease = local.lease(worker)
+        assert lease["run_id"] == run_id
+        for path in paths:
+            if run_id == batched:
+                answer = local.worker.post(f"/runs/{run_id}/statuses",
+                                           json={"lease_token": lease["lease_token"], "reports": path})
+                assert answer.json() == {"status": path[-1]["status"], "refused": []}, answer.text
+            else:
+                for report in path:
+                    assert local.report(run_id, lease["lease_token"], **report).status_code == 200
+
+    def left(run_id: int) -> tuple:
+        run = local.run(run_id)
+        entries = page_entries(local.user.get(f"/runs/{run_id}/logs").json())
+        return ([(t["status"], t["note"]) for t in run["transitions"]],
+                [(e["stream"], e["text"]) for e in entries if e["stream"] == "cast"],
+                run["status"], run["exit_code"], run["limits"], run["finished_at"] is not None)
+
+    assert left(batched) == left(single)
+    transitions, lines, *_ = left(batched)
+    assert [status for status, _ in transitions][2:] == ["mounting", "running", "saving", "pushing", "complete"]
+    assert "Saving… done (3 files)" in [text for _, text in lines]  # a note qualifies the stage it ends
+    with app.state.database.transaction() as session:
+        assert session.get(Run, batched).lease_expires_at is None
 
 
 def _claim_all(url: str, worker_id: str) -> list[int]:
