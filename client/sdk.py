@@ -3,9 +3,9 @@
 Owns: talking HTTP to the control plane, turning error answers into
 `ApiError` (the server's `detail`) and network failures into `Unreachable`,
 streaming uploads and downloads, and following a run's log across dropped
-connections. Built on the standard library's `http.client` rather than httpx
-because every `cast` invocation imports it and startup time is part of each
-command's latency.
+connections. Built on `transport` (HTTP/1.1 over a socket) rather than httpx
+or the standard library's `http.client`, because every `cast` invocation
+imports it and startup time is part of each command's latency.
 
     from cast.client.sdk import Client
     from cast.protocol.messages import RunSpec
@@ -18,7 +18,6 @@ command's latency.
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import time
@@ -28,6 +27,8 @@ from urllib.parse import quote, urlencode, urlsplit
 from cast.protocol.logs import MAX_READ_LINES, LogPage
 from cast.protocol.messages import PERMANENT_HEADER
 from cast.protocol.retries import Failure, RetryPolicy, classify, retry_after_seconds
+
+from .transport import Connection, ProtocolError, Response
 
 if TYPE_CHECKING:  # only `run` builds one; the other verbs need not import it
     from cast.protocol.messages import RunSpec
@@ -75,7 +76,7 @@ class ApiError(CastError):
         self.retry_after = retry_after
 
     @classmethod
-    def of(cls, response: http.client.HTTPResponse, body: bytes) -> "ApiError":
+    def of(cls, response: Response, body: bytes) -> "ApiError":
         return cls(response.status, _detail_of(response.status, response.reason, body),
                    permanent=response.getheader(PERMANENT_HEADER) == "1",
                    retry_after=retry_after_seconds(response.getheader("Retry-After")))
@@ -127,7 +128,7 @@ class Client:
         if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
             raise CastError(f"server URL {url!r} must look like http://HOST:PORT")
         if not token.isascii() or not token.isprintable() or " " in token:
-            # It goes into a header: refuse it here rather than fail inside http.client.
+            # It goes into a header: refuse it here rather than send a request cut in two.
             raise CastError("the token holds characters no cast token has (spaces, control or non-ASCII characters)")
         self.url = url.rstrip("/")
         self.token = token
@@ -139,32 +140,20 @@ class Client:
         if prefix.endswith(API_PREFIX):
             prefix = prefix[: -len(API_PREFIX)]
         self._prefix = prefix + API_PREFIX
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: Connection | None = None
 
     # --- transport -----------------------------------------------------
 
-    def _new_connection(self, timeout: float | None) -> http.client.HTTPConnection:
-        if self._https:
-            import ssl
-
-            return http.client.HTTPSConnection(
-                self._host, self._port, timeout=timeout, context=ssl.create_default_context()
-            )
-        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+    def _new_connection(self, timeout: float | None) -> Connection:
+        return Connection(self._host, self._port, https=self._https, timeout=timeout)
 
     def _fetch_presigned(self, url: str, timeout: float | None):
         parts = urlsplit(url)
-        if parts.scheme == "https":
-            import ssl
-
-            conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
-                                               context=ssl.create_default_context())
-        else:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        conn = Connection(parts.hostname, parts.port, https=parts.scheme == "https", timeout=timeout)
         try:
             conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""))
             return conn.getresponse(), conn
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ProtocolError) as exc:
             conn.close()
             raise Unreachable(f"cannot fetch from the object store at {parts.hostname}: {exc}") from None
 
@@ -191,7 +180,7 @@ class Client:
         headers: dict | None = None,
         timeout: float | None = None,
         dedicated: bool = False,
-    ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
+    ) -> tuple[Response, Connection]:
         """Send one request; the caller reads the response.
 
         Ordinary calls share one keep-alive connection and are retried once
@@ -216,7 +205,7 @@ class Client:
             try:
                 conn.request(method, url, body=body, headers=all_headers, encode_chunked=streamed_body)
                 return conn.getresponse(), conn
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+            except (BrokenPipeError, ConnectionResetError) as exc:  # transport.RemoteDisconnected among them
                 conn.close()
                 if not dedicated:
                     self._conn = None
@@ -233,7 +222,7 @@ class Client:
                 if not dedicated:
                     self._conn = None
                 raise Unreachable(f"the cast server at {self.url} did not answer in time") from None
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, ProtocolError) as exc:
                 conn.close()
                 if not dedicated:
                     self._conn = None
@@ -280,7 +269,7 @@ class Client:
         response, conn = self._send(method, path, query=query, body=body, headers=headers, dedicated=dedicated)
         try:
             data = response.read()
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ProtocolError) as exc:
             conn.close()
             self._conn = None if conn is self._conn else self._conn
             raise ConnectionCut(f"lost the connection to the cast server at {self.url} ({exc.__class__.__name__})") from None
@@ -427,7 +416,7 @@ class Client:
                     raise
                 failure, retry_after = exc.failure, exc.retry_after
                 problem = f"HTTP {exc.status}: {exc.detail}"
-            except (Unreachable, OSError, http.client.HTTPException, ValueError) as exc:
+            except (Unreachable, OSError, ProtocolError, ValueError) as exc:
                 problem = str(exc) or exc.__class__.__name__
             attempts = attempts or FOLLOW_RETRIES.attempts()
             delay = attempts.pause(failure, retry_after=retry_after)
@@ -574,7 +563,7 @@ class Client:
 class Download:
     """A streamed answer: iterate `chunks()` or read `response`; close when done."""
 
-    def __init__(self, response: http.client.HTTPResponse, conn: http.client.HTTPConnection, url: str):
+    def __init__(self, response: Response, conn: Connection, url: str):
         self.response = response
         self._conn = conn
         self._url = url
@@ -595,14 +584,14 @@ class Download:
                 if not data:
                     return
                 yield data
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ProtocolError) as exc:
             raise Unreachable(f"the download from {self._url} was cut off ({exc.__class__.__name__})") from None
 
     def read(self, size: int = -1) -> bytes:
         """File-like reading, for tarfile's stream mode."""
         try:
             return self.response.read(size)
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ProtocolError) as exc:
             raise Unreachable(f"the download from {self._url} was cut off ({exc.__class__.__name__})") from None
 
     def close(self) -> None:
