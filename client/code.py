@@ -12,9 +12,7 @@ already has is not sent again.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -45,6 +43,8 @@ def find_repo_root(start: Path) -> Path | None:
 
 
 def _git(root: Path, *args: str) -> bytes:
+    import subprocess
+
     try:
         result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, check=False)
     except FileNotFoundError:
@@ -60,6 +60,10 @@ def bundle_for(cwd: Path) -> CodeBundle | None:
     found = find_repo_root(cwd)
     if found is None:
         return None
+    # imported here, as in _git: a `cast run` outside a repository needs neither
+    import hashlib
+    import subprocess
+
     # One git call for all three in the usual case; a repository without commits has no HEAD.
     answer = subprocess.run(["git", "-C", str(found), "rev-parse", "--show-toplevel", "HEAD", "--abbrev-ref", "HEAD"],
                             capture_output=True, check=False).stdout.decode().split("\n")

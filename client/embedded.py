@@ -15,11 +15,8 @@ module only runs them as a subprocess, so the CLI never imports server code.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +26,7 @@ from urllib.parse import urlsplit
 from cast.protocol.status import LEASED_STATUSES, RunStatus, is_final
 
 from .sdk import CastError
+from .transport import Connection, ProtocolError
 
 STATE_FILE = "server.json"
 LOCK_FILE = "embedded.lock"
@@ -66,13 +64,13 @@ def pid_alive(pid: int) -> bool:
 
 def healthy(url: str, timeout: float = 1.0) -> bool:
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    conn = Connection(parts.hostname, parts.port, timeout=timeout)
     try:
         conn.request("GET", parts.path.rstrip("/") + "/api/v1/health")
         response = conn.getresponse()
         response.read()
         return response.status == 200
-    except (OSError, http.client.HTTPException):
+    except (OSError, ProtocolError):
         return False
     finally:
         conn.close()
@@ -136,6 +134,9 @@ def ensure_running(home: Path) -> str:
 
 
 def _start(home: Path) -> str:
+    # imported here, as signal in stop(): a warm call finds the server running and needs neither
+    import subprocess
+
     (home / STATE_FILE).unlink(missing_ok=True)
     log_path = home / LOG_FILE
     with open(log_path, "ab") as log:
@@ -240,6 +241,8 @@ def stop(home: Path, *, kill: bool = False, say: Callable[[str], None] = lambda 
     """Stop the embedded server, its worker first, which stops its runs (or,
     with `kill`, after they were killed); `say` hears the progress. Returns what
     happened, for the user."""
+    import signal
+
     if not home.is_dir():
         return f"No embedded server in {home}."
     with _Lock(home):
