@@ -123,8 +123,6 @@ def _retries(value) -> int:
 def build_spec(command: tuple[str, ...], file_options: dict, flags: dict) -> RunRequest:
     """The run's spec, its labels and how to submit and follow it, from the
     YAML file's options overridden by flags."""
-    import shlex
-
     from cast.protocol.validate import (make_mount, parse_env, parse_machine_type, parse_mount,
                                         validate_apt_package, validate_label, validate_mounts, validate_pip_spec,
                                         validate_workdir)
@@ -134,7 +132,12 @@ def build_spec(command: tuple[str, ...], file_options: dict, flags: dict) -> Run
     if "env" in file_options and "env" in given:
         options["env"] = [*_as_list_env(file_options["env"]), *given["env"]]
 
-    text = (command[0] if len(command) == 1 else shlex.join(command)) if command else options.get("command")
+    if len(command) > 1:
+        import shlex  # here: a command given as one word, the usual `cast run "..."`, needs no joining
+
+        text = shlex.join(command)
+    else:
+        text = command[0] if command else options.get("command")
     if not text or not str(text).strip():
         raise UsageProblem('no command given: cast run [OPTIONS] "COMMAND"')
     spec = RunSpec(command=str(text))

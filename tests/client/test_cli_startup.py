@@ -22,7 +22,7 @@ NOT_FOR_RUN = ("cast.client.cli_data", "cast.client.cli_account", "cast.client.c
 # The standard library's modules `cast run` does without (http.client brings
 # email and ssl; the SDK speaks HTTP through cast.client.transport): the
 # ones the bare interpreter has not loaded already.
-STDLIB_NOT_FOR_RUN = ("http", "email", "ssl", "secrets", "hashlib", "subprocess", "signal", "encodings.idna")
+STDLIB_NOT_FOR_RUN = ("http", "email", "ssl", "secrets", "hashlib", "subprocess", "signal", "encodings.idna", "shlex")
 
 
 def _modules_after(probe: str) -> list[str]:
