@@ -66,8 +66,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # tests.realservers
 
 from cast.protocol.logs import LogBatch, LogRun  # noqa: E402
-from cast.protocol.messages import (HeldLease, LogStream, StatusReport, WorkerHeartbeat,  # noqa: E402
-                                    heartbeat_interval)
+from cast.protocol.messages import LogStream  # noqa: E402
+from cast.protocol.worker_messages import HeldLease, StatusReport, WorkerHeartbeat, heartbeat_interval  # noqa: E402
 from cast.protocol.status import RunStatus as S  # noqa: E402
 
 # The statuses a simulated worker reports after its claim (building), as the real agent does.

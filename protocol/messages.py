@@ -3,12 +3,13 @@
 Owns: `RunSpec` (what a run asks for, as stored and as leased), its mounts,
 the submit key and the log stream names (a log's batches and pages:
 `logs.py`). The messages only a worker and the control plane exchange
-(`Lease`, the worker's reports and heartbeats) are in `worker_messages` and
-are given by name here too. Plain dataclasses so the
-CLI imports them without pydantic; the server's pydantic schemas embed these
-same classes (pydantic validates stdlib dataclasses), so a field is declared
-once. `from_dict` reads a JSON object and ignores keys it does not know, so an
-older worker keeps working against a newer server.
+(`Lease`, the worker's reports and heartbeats) are in `worker_messages`, so
+the CLI, which imports this module on every call, does not build them.
+Plain dataclasses so the CLI imports them without pydantic; the server's
+pydantic schemas embed these same classes (pydantic validates stdlib
+dataclasses), so a field is declared once. `from_dict` reads a JSON object
+and ignores keys it does not know, so an older worker keeps working against
+a newer server.
 """
 
 from __future__ import annotations
@@ -131,21 +132,3 @@ SERVER_FILLED = frozenset({"code_digest", "gpus"})
 
 # What an upload or a mounted resource is: one file, or a folder of them.
 FileKind = Literal["file", "dir"]
-
-
-# The worker's messages live in worker_messages (which see), imported on the
-# first use of one of their names here: the CLI imports this module on every
-# call and needs none of them (nine dataclasses, about 2 ms of its start-up).
-_WORKER_MESSAGES = frozenset({
-    "LeaseMount", "Lease", "MAX_HEARTBEAT_LEASES", "heartbeat_interval", "HeldLease", "WorkerHeartbeat", "LeaseState",
-    "WorkerHeartbeatReply", "HeartbeatReply", "MAX_REASON_LENGTH", "StatusReport", "MAX_STATUS_BATCH", "StatusBatchReply",
-})
-
-
-def __getattr__(name: str):
-    if name in _WORKER_MESSAGES:
-        from . import worker_messages
-
-        value = globals()[name] = getattr(worker_messages, name)
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

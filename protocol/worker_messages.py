@@ -3,9 +3,8 @@ a worker is handed with a run) and its mounts, the worker's reports
 (`StatusReport`, `StatusBatchReply`), its heartbeat for all its runs
 (`WorkerHeartbeat`, `WorkerHeartbeatReply` and its interval) and one run's
 `HeartbeatReply`. Kept apart from `messages`, which the CLI imports on every
-call, so the CLI does not build these classes; `messages` still gives each
-of them by name (`from cast.protocol.messages import Lease`). Plain
-dataclasses read with `from_dict` as in `messages`.
+call, so the CLI does not build these classes. Plain dataclasses read with
+`from_dict` as in `messages`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from cast.protocol.messages import HeldLease, Lease, LeaseState, LogStream, heartbeat_interval
+from cast.protocol.messages import LogStream
+from cast.protocol.worker_messages import HeldLease, Lease, LeaseState, heartbeat_interval
 from cast.protocol.retries import Failure, RetryPolicy
 from cast.protocol.status import RunStatus, is_final
 from cast.protocol.validate import parse_machine_type

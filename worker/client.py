@@ -34,8 +34,9 @@ import h11
 import httpx
 
 from cast.protocol.logs import LogBatch, LogRun
-from cast.protocol.messages import (PERMANENT_HEADER, HeldLease, Lease, StatusBatchReply, StatusReport, WorkerHeartbeat,
-                                    WorkerHeartbeatReply)
+from cast.protocol.messages import PERMANENT_HEADER
+from cast.protocol.worker_messages import (HeldLease, Lease, StatusBatchReply, StatusReport, WorkerHeartbeat,
+                                           WorkerHeartbeatReply)
 from cast.protocol.metrics import MetricPoint
 from cast.protocol.objects import ObjectFile, ObjectManifest, ObjectPlan
 from cast.protocol.outputs import StagedOutputs

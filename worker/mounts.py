@@ -20,7 +20,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from cast.protocol.messages import Lease, LeaseMount
+from cast.protocol.worker_messages import Lease, LeaseMount
 from cast.worker.client import ServerClient, ServerError, with_retries
 from cast.worker.executors.base import PreparedMount
 from cast.worker.fsops import remove_tree

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from cast.protocol.messages import LeaseMount
+from cast.protocol.worker_messages import LeaseMount
 from cast.protocol.objects import SHA256_HEADER, ObjectEntry, ObjectFile, ObjectManifest
 from cast.worker.client import Refused, ServerClient, ServerUnavailable, with_retries
 from cast.worker.fsops import DirCursor, open_output, open_regular, remove_tree

@@ -45,7 +45,8 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from cast.protocol.logs import MAX_BATCH_LINES, LogRun, split_line, split_lines
-from cast.protocol.messages import MAX_REASON_LENGTH, MAX_STATUS_BATCH, LogStream, StatusReport
+from cast.protocol.messages import LogStream
+from cast.protocol.worker_messages import MAX_REASON_LENGTH, MAX_STATUS_BATCH, StatusReport
 from cast.protocol.metrics import MAX_BATCH as MAX_POINT_BATCH
 from cast.protocol.metrics import MetricPoint
 from cast.protocol.status import RunStatus

@@ -45,7 +45,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from cast.protocol.messages import Lease
+from cast.protocol.worker_messages import Lease
 from cast.protocol.names import name_problem, printable
 from cast.protocol.outputs import STAGING_FOLDER, StagedFile, StagedOutputs, staging_name
 from cast.worker.client import FileSpan, ServerClient

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 
-from cast.protocol.messages import HeartbeatReply, Lease, StatusBatchReply, WorkerHeartbeatReply
+from cast.protocol.worker_messages import HeartbeatReply, Lease, StatusBatchReply, WorkerHeartbeatReply
 from cast.server.api.deps import DatabaseDep, RunId, SessionDep, SessionRoute, SettingsDep, WorkerAuth
 from cast.server.api.files import file_or_tar
 from cast.server.schemas.files import CODE_KEY_PATTERN

@@ -8,8 +8,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from cast.protocol.messages import (MAX_HEARTBEAT_LEASES, MAX_REASON_LENGTH, MAX_STATUS_BATCH, SUBMIT_KEY_PATTERN,
-                                    HeldLease, StatusReport)
+from cast.protocol.messages import SUBMIT_KEY_PATTERN
+from cast.protocol.worker_messages import (MAX_HEARTBEAT_LEASES, MAX_REASON_LENGTH, MAX_STATUS_BATCH, HeldLease,
+                                           StatusReport)
 from cast.protocol.status import RunStatus
 from cast.server.models import MAX_INTEGER
 from cast.server.schemas._base import LeaseToken, _In

@@ -27,8 +27,9 @@ from sqlalchemy import ColumnElement, Row, and_, bindparam, case, delete, func, 
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from cast.protocol.messages import (HeartbeatReply, HeldLease, Lease, LeaseMount, LeaseState, RunSpec,
-                                    StatusBatchReply, StatusReport, WorkerHeartbeatReply, heartbeat_interval)
+from cast.protocol.messages import RunSpec
+from cast.protocol.worker_messages import (HeartbeatReply, HeldLease, Lease, LeaseMount, LeaseState, StatusBatchReply,
+                                           StatusReport, WorkerHeartbeatReply, heartbeat_interval)
 from cast.protocol.status import FINAL_STATUSES, LEASED_STATUSES, RunStatus
 from cast.protocol.units import format_duration
 from cast.protocol.validate import parse_resource

@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from cast.protocol.messages import (SERVER_FILLED, HeartbeatReply, HeldLease, Lease, LeaseMount, LeaseState, LogStream,
-                                    MountSpec, RunSpec, StatusReport, WorkerHeartbeat, WorkerHeartbeatReply,
-                                    heartbeat_interval)
+from cast.protocol.messages import SERVER_FILLED, LogStream, MountSpec, RunSpec
+from cast.protocol.worker_messages import (HeartbeatReply, HeldLease, Lease, LeaseMount, LeaseState, StatusReport,
+                                           WorkerHeartbeat, WorkerHeartbeatReply, heartbeat_interval)
 from cast.protocol.status import RunStatus
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from cast.protocol.messages import MountSpec, RunSpec, StatusReport
+from cast.protocol.messages import MountSpec, RunSpec
+from cast.protocol.worker_messages import StatusReport
 from cast.protocol.objects import ObjectEntry, ObjectManifest, UploadManifest
 from cast.protocol.status import RunStatus
 from cast.server.schemas.files import ObjectManifestIn, UploadManifestIn

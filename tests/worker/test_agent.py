@@ -195,7 +195,8 @@ def test_the_worker_does_not_leak_its_token_into_runs(api, server, start_worker)
 
 
 def test_the_mount_cache_downloads_once_and_makes_it_read_only(api, server, worker, tmp_path):
-    from cast.protocol.messages import Lease, LeaseMount, RunSpec
+    from cast.protocol.messages import RunSpec
+    from cast.protocol.worker_messages import Lease, LeaseMount
     from cast.worker.client import ServerClient
     from cast.worker.mounts import MountCache, MountError
 

@@ -11,7 +11,8 @@ import tarfile
 import httpx
 import pytest
 
-from cast.protocol.messages import PERMANENT_HEADER, HeldLease, LeaseState
+from cast.protocol.messages import PERMANENT_HEADER
+from cast.protocol.worker_messages import HeldLease, LeaseState
 from cast.protocol.status import RunStatus
 from cast.worker.client import (Conflict, Refused, ServerClient, ServerUnavailable, _check,
                                 with_retries)

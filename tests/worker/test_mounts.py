@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cast.protocol.messages import Lease, LeaseMount, RunSpec
+from cast.protocol.messages import RunSpec
+from cast.protocol.worker_messages import Lease, LeaseMount
 from cast.server.services import storage
 from cast.worker.mounts import MountCache, _usable_in_place
 

@@ -17,7 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from cast.protocol.logs import MAX_LINE_CHARS
-from cast.protocol.messages import MAX_REASON_LENGTH, MAX_STATUS_BATCH, PERMANENT_HEADER, LogStream
+from cast.protocol.messages import PERMANENT_HEADER, LogStream
+from cast.protocol.worker_messages import MAX_REASON_LENGTH, MAX_STATUS_BATCH
 from cast.worker.client import ServerClient
 from cast.worker import outbox as outbox_module
 from cast.worker.outbox import FLOOD_LINES, GAP, Outbox

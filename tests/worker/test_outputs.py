@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cast.protocol.messages import Lease, RunSpec
+from cast.protocol.messages import RunSpec
+from cast.protocol.worker_messages import Lease
 from cast.protocol.names import printable
 from cast.worker import client, outputs
 from cast.worker.client import FileSpan, span_bytes
