@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import re
 
-# Compiled on first use (re's cache): the CLI imports this module to show a duration, not to read one.
-_DURATION = r"^(\d+(?:\.\d+)?)([smhd]?)$"
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str | float | int, *, what: str = "duration") -> float:
     """Seconds from `90`, `90s`, `5m`, `2h` or `7d`; ValueError naming `what` otherwise."""
-    match = re.match(_DURATION, str(text).strip().lower())
+    match = _DURATION.match(str(text).strip().lower())
     if not match:
         raise ValueError(f"{what} {text!r} must be seconds, or a number with s, m, h or d (90, 90s, 5m, 2h, 7d)")
     seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]

@@ -32,21 +32,19 @@ MAX_PATH_LENGTH = 4096  # a relative path, as Linux's PATH_MAX
 MAX_LABEL_LENGTH = 63
 MAX_APT_PACKAGE_LENGTH = 201  # a name of up to 100 characters, '=' and a version of up to 100
 _RESOURCE_ROOTS = ("runs", "uploads")
-# The patterns below are compiled on first use (re's cache), not at import:
-# the CLI imports this module on every call and most calls use one or none.
 # Not starting with '-': a mount named after the upload would read as an option.
-_UPLOAD_NAME = r"^[A-Za-z0-9._][A-Za-z0-9._ -]{0,199}$"
-_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-_LABEL = rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_LABEL_LENGTH - 1}}}$"
+_UPLOAD_NAME = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._ -]{0,199}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LABEL = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_LABEL_LENGTH - 1}}}$")
 # A pip requirement: a name with optional extras, version specifiers and an
 # environment marker; no options, no URLs, no shell metacharacters.
-_PIP_SPEC = (
+_PIP_SPEC = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?"
     r"(\s*(===|==|~=|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+)?"
     r"(\s*,\s*(===|==|~=|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+)*$"
 )
-_APT_PACKAGE = r"^[a-z0-9][a-z0-9.+-]{0,99}(=[A-Za-z0-9.+:~-]{1,100})?$"
-_MACHINE_TYPE = r"^(cpu|gpu(:(\d{1,2}))?)$"
+_APT_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,99}(=[A-Za-z0-9.+:~-]{1,100})?$")
+_MACHINE_TYPE = re.compile(r"^(cpu|gpu(:(\d{1,2}))?)$")
 
 
 def normalize_relative_path(path: str, *, what: str = "path") -> str:
@@ -101,7 +99,7 @@ def parse_resource(text: str) -> Resource:
 
 
 def validate_upload_name(name: str) -> str:
-    if not re.match(_UPLOAD_NAME, name) or name in (".", ".."):
+    if not _UPLOAD_NAME.match(name) or name in (".", ".."):
         raise SpecError(
             f"upload name {name!r} must be 1-200 letters, digits, '.', '_', '-' or spaces, "
             "not start with '-', and not be '.' or '..'"
@@ -153,7 +151,7 @@ def validate_pip_spec(spec: str) -> str:
     if len(spec) > MAX_PIP_SPEC_LENGTH:
         raise SpecTooLarge(f"--pip entry of {len(spec)} characters exceeds the limit of {MAX_PIP_SPEC_LENGTH}")
     spec = spec.strip()
-    if not re.match(_PIP_SPEC, spec):
+    if not _PIP_SPEC.match(spec):
         raise SpecError(
             f"--pip {spec!r} is not a package requirement (NAME[extras][==VERSION]); options, URLs and ';' are refused"
         )
@@ -161,14 +159,14 @@ def validate_pip_spec(spec: str) -> str:
 
 
 def validate_apt_package(name: str) -> str:
-    if not re.match(_APT_PACKAGE, name):
+    if not _APT_PACKAGE.match(name):
         raise SpecError(f"--apt {name!r} is not a Debian package name")
     return name
 
 
 def parse_machine_type(text: str) -> int:
     """The number of GPUs a machine type asks for: cpu → 0, gpu → 1, gpu:N → N."""
-    match = re.match(_MACHINE_TYPE, text or "")
+    match = _MACHINE_TYPE.match(text or "")
     if not match:
         raise SpecError(f"machine type {text!r} must be cpu, gpu or gpu:N")
     if text == "cpu":
@@ -183,7 +181,7 @@ def validate_env_name(name: str) -> str:
     if len(name) > MAX_ENV_NAME_LENGTH:
         raise SpecTooLarge(f"environment variable name of {len(name)} characters exceeds the limit of "
                            f"{MAX_ENV_NAME_LENGTH}")
-    if not re.match(_ENV_NAME, name):
+    if not _ENV_NAME.match(name):
         raise SpecError(f"environment variable name {name!r} is not valid")
     return name
 
@@ -210,7 +208,7 @@ def parse_env(text: str) -> tuple[str, str]:
 
 
 def validate_label(label: str) -> str:
-    if not re.match(_LABEL, label):
+    if not _LABEL.match(label):
         raise SpecError(f"label {label!r} must be 1-63 letters, digits, '.', '_', ':' or '-'")
     return label
 
@@ -235,9 +233,9 @@ def git_protocols(*, allow_local: bool) -> str:
     return "file:git:http:https:ssh" if allow_local else "git:http:https:ssh"
 
 
-_SECRET_NAME = r"(SECRET|TOKEN|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH)"
+_SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH)", re.I)
 
 
 def looks_secret(env_name: str) -> bool:
     """Names whose values the viewer and `cast info` mask."""
-    return bool(re.search(_SECRET_NAME, env_name, re.IGNORECASE))
+    return bool(_SECRET_NAME.search(env_name))
