@@ -100,6 +100,7 @@ def test_an_answer_without_length_ends_with_the_close_and_the_next_request_recon
     for expected in (b"to the end", b"again", b"x"):
         conn.request("GET", "/")
         assert conn.getresponse().read() == expected
+    server.thread.join(5)  # it notes a connection's requests after its last answer is read
     assert len(server.received) == 3
 
 
