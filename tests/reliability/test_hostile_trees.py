@@ -119,7 +119,11 @@ def test_a_worker_starts_cleanly_whatever_a_dead_worker_left_behind(server, star
         assert again.work_dir == worker.work_dir
         after = submit(api, "echo next > next.txt")
         assert wait_final(api, after, timeout=BOUND)["status"] == "complete", again.log_path.read_text()[-3000:]
-    assert [p.name for p in (worker.work_dir / "runs").iterdir()] == []
+    # The dead worker's leftovers went before the new one took a run; a run's
+    # own dir goes just after its final status (no one waits for it).
+    runs = worker.work_dir / "runs"
+    assert not [p.name for p in runs.iterdir() if p.name.startswith(f"{leftover}-")]
+    wait_until(lambda: not any(runs.iterdir()), timeout=BOUND, what="the last run's working dir removed")
 
 
 # --- finding 5: a FIFO wedges the worker --------------------------------------------
