@@ -8,11 +8,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 from tests.web.helpers import PageWatch
 
 CHROMIUM = "/usr/bin/chromium"
+
+# page.set_default_timeout does not reach expect(), whose own default is 5 s:
+# a busy CI machine drew a 61-chart page in more than that. Both guard against
+# hangs only.
+expect.set_options(timeout=60_000)
 
 
 @contextmanager
