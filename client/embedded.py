@@ -21,12 +21,11 @@ import sys
 import time
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlsplit
 
 from cast.protocol.status import LEASED_STATUSES, RunStatus, is_final
 
 from .sdk import CastError
-from .transport import Connection, ProtocolError
+from .transport import ProtocolError, for_url
 
 STATE_FILE = "server.json"
 LOCK_FILE = "embedded.lock"
@@ -63,10 +62,9 @@ def pid_alive(pid: int) -> bool:
 
 
 def healthy(url: str, timeout: float = 1.0) -> bool:
-    parts = urlsplit(url)
-    conn = Connection(parts.hostname, parts.port, timeout=timeout)
+    conn, base = for_url(url, timeout=timeout)
     try:
-        conn.request("GET", parts.path.rstrip("/") + "/api/v1/health")
+        conn.request("GET", base.partition("?")[0].rstrip("/") + "/api/v1/health")
         response = conn.getresponse()
         response.read()
         return response.status == 200

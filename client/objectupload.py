@@ -16,15 +16,14 @@ meet again, so it ends the upload at once.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import sys
 import time
-from collections.abc import Callable
-from urllib.parse import urlsplit
+from collections.abc import Callable, Iterator
 
 from cast.protocol.objects import SHA256_HEADER, ObjectEntry, ObjectPlan
 
 from .sdk import CastError
+from .transport import ProtocolError, for_url
 
 CHUNK = 1 << 20
 STORE_TIMEOUT = 600.0
@@ -122,32 +121,29 @@ def _put_tries(url: str, handle, offset: int, length: int, headers: dict[str, st
 
 def _put_once(url: str, handle, offset: int, length: int, headers: dict[str, str],
               on_bytes: Callable[[int], None]) -> None:
-    target = urlsplit(url)
-    connection_class = http.client.HTTPSConnection if target.scheme == "https" else http.client.HTTPConnection
-    connection = connection_class(target.netloc, timeout=STORE_TIMEOUT)
+    connection, target = for_url(url, timeout=STORE_TIMEOUT)
     try:
-        # The path and query exactly as signed.
-        connection.putrequest("PUT", target.path + (f"?{target.query}" if target.query else ""),
-                              skip_accept_encoding=True)
-        connection.putheader("Content-Length", str(length))
-        for key, value in headers.items():
-            connection.putheader(key, value)
-        connection.endheaders()
-        handle.seek(offset)
-        left = length
-        while left > 0:
-            chunk = handle.read(min(CHUNK, left))
-            if not chunk:  # it shrank since it was hashed: the server's size check refuses it
-                break
-            connection.send(chunk)
-            left -= len(chunk)
-            on_bytes(len(chunk))
+        connection.request("PUT", target, _chunks(handle, offset, length, on_bytes),
+                           {"Content-Length": str(length), **headers}, skip_accept_encoding=True)
         answer = connection.getresponse()
         body = answer.read(500)
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, ProtocolError) as exc:
         raise _Failed(f"cannot reach it: {exc.__class__.__name__}: {exc}".rstrip(": "), again=True) from None
     finally:
         connection.close()
     if answer.status >= 400:
         detail = body.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
         raise _Failed(f"{answer.status}: {detail}", again=answer.status >= 500)
+
+
+def _chunks(handle, offset: int, length: int, on_bytes: Callable[[int], None]) -> Iterator[bytes]:
+    """`length` bytes of `handle` from `offset`, each counted once it was sent."""
+    handle.seek(offset)
+    left = length
+    while left > 0:
+        chunk = handle.read(min(CHUNK, left))
+        if not chunk:  # it shrank since it was hashed: the server's size check refuses it
+            return
+        yield chunk
+        left -= len(chunk)
+        on_bytes(len(chunk))

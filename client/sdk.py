@@ -28,7 +28,7 @@ from cast.protocol.logs import MAX_READ_LINES, LogPage
 from cast.protocol.messages import PERMANENT_HEADER
 from cast.protocol.retries import Failure, RetryPolicy, classify, retry_after_seconds
 
-from .transport import Connection, ProtocolError, Response
+from .transport import Connection, ProtocolError, Response, for_url
 
 if TYPE_CHECKING:  # only `run` builds one; the other verbs need not import it
     from cast.protocol.messages import RunSpec
@@ -148,14 +148,13 @@ class Client:
         return Connection(self._host, self._port, https=self._https, timeout=timeout)
 
     def _fetch_presigned(self, url: str, timeout: float | None):
-        parts = urlsplit(url)
-        conn = Connection(parts.hostname, parts.port, https=parts.scheme == "https", timeout=timeout)
+        conn, target = for_url(url, timeout=timeout)
         try:
-            conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""))
+            conn.request("GET", target)
             return conn.getresponse(), conn
         except (OSError, ProtocolError) as exc:
             conn.close()
-            raise Unreachable(f"cannot fetch from the object store at {parts.hostname}: {exc}") from None
+            raise Unreachable(f"cannot fetch from the object store at {conn.host}: {exc}") from None
 
     def close(self) -> None:
         if self._conn is not None:

@@ -16,6 +16,8 @@ imports only `socket` (and `ssl` for an https:// URL, when it connects).
 It follows http.client where the two could differ: the headers it adds
 (Host, Accept-Encoding: identity, Content-Length or Transfer-Encoding), a
 100 Continue skipped, when a connection is kept open, TCP_NODELAY.
+`for_url` opens one for an absolute URL (a presigned one, the health
+check) and gives the request target exactly as the URL spells it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import io
 import socket
 from typing import Iterable
+from urllib.parse import urlsplit
 
 MAX_LINE = 65536  # bytes of a status, header or chunk-size line, as http.client's
 MAX_HEADERS = 100
@@ -131,6 +134,15 @@ class Response(io.BufferedReader):
             self._on_close(self)
 
 
+def for_url(url: str, *, timeout: float | None) -> tuple["Connection", str]:
+    """A connection to the host of absolute `url`, and the target to request
+    there: its path and query unchanged (a presigned URL's signature covers
+    them as written)."""
+    parts = urlsplit(url)
+    connection = Connection(parts.hostname or "", parts.port, https=parts.scheme == "https", timeout=timeout)
+    return connection, parts.path + (f"?{parts.query}" if parts.query else "")
+
+
 class Connection:
     """One connection to `host`:`port` (https when `https`), opened at the
     first request and again after the server closed it; a request starts
@@ -167,15 +179,19 @@ class Connection:
         self._sock, self._file = sock, sock.makefile("rb")
 
     def request(self, method: str, url: str, body: bytes | Iterable[bytes] | None = None,
-                headers: dict | None = None, *, encode_chunked: bool = False) -> None:
-        """Send a request; `body`: bytes, or chunks sent chunked when `encode_chunked`."""
+                headers: dict | None = None, *, encode_chunked: bool = False,
+                skip_accept_encoding: bool = False) -> None:
+        """Send a request; `body`: bytes, or chunks (sent chunked when
+        `encode_chunked`, else as they come under the caller's Content-Length).
+        `skip_accept_encoding` sends the headers given and Host alone, as a
+        presigned PUT was signed."""
         if not (url.isascii() and url.isprintable()) or " " in url:
             raise ProtocolError(f"the URL {url!r} holds characters a request line cannot")
         given = {name.lower() for name in headers or ()}
         lines = [f"{method} {url} HTTP/1.1"]
         if "host" not in given:
             lines.append(f"Host: {self._host_header}")
-        if "accept-encoding" not in given:
+        if "accept-encoding" not in given and not skip_accept_encoding:
             lines.append("Accept-Encoding: identity")
         chunked = False
         if "content-length" not in given and "transfer-encoding" not in given:

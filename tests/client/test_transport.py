@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from cast.client.transport import Connection, ProtocolError, RemoteDisconnected
+from cast.client.transport import Connection, ProtocolError, RemoteDisconnected, for_url
 
 
 class Scripted:
@@ -148,3 +148,18 @@ def test_the_host_header_names_the_port_only_when_it_is_not_the_default():
     assert Connection("example.org", None)._host_header == "example.org"
     assert Connection("example.org", 443, https=True)._host_header == "example.org"
     assert Connection("::1", 8470)._host_header == "[::1]:8470"
+
+
+def test_a_presigned_put_sends_its_target_as_written_its_signed_headers_and_its_pieces_unchunked():
+    server = Scripted([[ok(b"")]])
+    url = f"http://127.0.0.1:{server.port}/bucket/k%2Fey?X-Amz-Signature=a%2Bb&partNumber=2"
+    conn, target = for_url(url, timeout=5)
+    assert target == "/bucket/k%2Fey?X-Amz-Signature=a%2Bb&partNumber=2"
+    conn.request("PUT", target, iter([b"abc", b"de"]), {"Content-Length": "5", "x-amz-checksum-sha256": "s"},
+                 skip_accept_encoding=True)
+    assert conn.getresponse().status == 200
+    conn.close()
+    server.thread.join(5)
+    assert server.received == [
+        b"PUT " + target.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1:" + str(server.port).encode() + b"\r\n"
+        b"Content-Length: 5\r\nx-amz-checksum-sha256: s\r\n\r\nabcde"]
