@@ -73,6 +73,19 @@ def test_a_sign_in_link_is_spent_once_for_a_new_user_token(local):
     assert names == ["bootstrap", "bootstrap", "web sign-in"]  # the link itself is no token to list
 
 
+def test_a_sign_in_link_is_no_token_to_revoke_either(local, app):
+    from sqlalchemy import select
+
+    from cast.server.models import Token
+
+    secret = local.user.post("/users/me/sign-in-links").json()["token"]
+    with app.state.database.transaction(write=False) as session:
+        link_id = session.scalar(select(Token.id).where(Token.kind == "sign-in"))
+    revoked = local.user.delete(f"/tokens/{link_id}")
+    assert revoked.status_code == 404, revoked.text
+    assert local.user.post("/sign-in", json={"token": secret}).status_code == 200  # still good, once
+
+
 def test_an_expired_sign_in_link_is_refused(local, app):
     from sqlalchemy import update
 
