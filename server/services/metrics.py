@@ -108,7 +108,11 @@ def read_points(session: Session, *, run_id: int, viewer: User, offset: int, lim
     # The run's status first, then its points: a point written after the read
     # of the status can only make `finished` false too early, never lose a point.
     finished = is_final(run.status)
-    query = select(MetricPoint).where(MetricPoint.run_id == run.id, MetricPoint.offset >= start)
+    # Bounded by the size read above: on PostgreSQL each statement has its own
+    # snapshot, and a point committed between the two, answered here, would be
+    # answered again from `next_offset` = size.
+    query = select(MetricPoint).where(MetricPoint.run_id == run.id, MetricPoint.offset >= start,
+                                      MetricPoint.offset < size)
     if name is not None:
         query = query.where(MetricPoint.name == name)
     rows = session.scalars(query.order_by(MetricPoint.offset).limit(limit)).all()
