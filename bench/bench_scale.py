@@ -11,8 +11,8 @@ without the balancer).
 The load is a TEST-ONLY generator, not cast's worker: asyncio processes whose
 simulated workers speak the real worker HTTP protocol (register, long-poll
 lease, heartbeats, and a run's requests as the real worker makes them for a
-command that writes nothing: `mounting` and `running` in one report, an empty
-log batch, `saving`, `pushing` and `complete` in one report) and run no
+command that writes nothing: `mounting` and `running` in one report, then
+the sandbox's log line with `saving`, `pushing` and `complete`) and run no
 command, build nothing, push no outputs. So every figure is the control plane's
 and the database's cost alone; a real worker adds its own on its own host.
 
@@ -274,15 +274,20 @@ async def _register(http: httpx.AsyncClient, name: str, max_runs: int = 1) -> st
     return answer.json()["id"]
 
 
-async def _report(http: httpx.AsyncClient, run_id: int, token: str, *statuses: S, **last) -> None:
+async def _report(http: httpx.AsyncClient, run_id: int, token: str, *statuses: S, lines: list[str] = (),
+                  **last) -> None:
     """Status reports in one request, as the real worker sends them (`POST
-    /runs/{id}/statuses`); `last` are fields of the last one (its exit code)."""
+    /runs/{id}/statuses`), behind the log `lines` printed before them; `last`
+    are fields of the last one (its exit code)."""
     reports = []
     for index, status in enumerate(statuses):
         report = StatusReport(token, status, **(last if index == len(statuses) - 1 else {})).to_dict()
         del report["lease_token"]
         reports.append(report)
-    answer = _ok(await http.post(f"/runs/{run_id}/statuses", json={"lease_token": token, "reports": reports}))
+    body: dict = {"lease_token": token, "reports": reports}
+    if lines:
+        body["logs"] = {"seq": 0, "runs": [LogRun(LogStream.CAST, list(lines)).to_dict()]}
+    answer = _ok(await http.post(f"/runs/{run_id}/statuses", json=body))
     if answer.json()["refused"]:
         raise LeaseLost(f"run {run_id}: {', '.join(status.value for status in statuses)} refused")
 
@@ -305,11 +310,12 @@ def simulated_workers(url: str, token: str, count: int, submit_end: float, tag: 
             leased.append(run_id)
             try:
                 # The real worker's requests for a run that writes nothing: `mounting`
-                # waits for `running`, and with nothing to push the outcome goes with
-                # `saving` and `pushing` (worker/agent.py).
+                # waits for `running`; with nothing to push the outcome goes with
+                # `saving` and `pushing` (worker/agent.py), behind the sandbox's
+                # line, which the outbox sends with them (worker/outbox.py).
                 await _report(http, run_id, lease_token, S.MOUNTING, S.RUNNING)
-                _ok(await http.post(f"/runs/{run_id}/logs", json=LogBatch(lease_token=lease_token, seq=0).to_dict()))
-                await _report(http, run_id, lease_token, S.SAVING, S.PUSHING, S.COMPLETE, exit_code=0)
+                await _report(http, run_id, lease_token, S.SAVING, S.PUSHING, S.COMPLETE, exit_code=0,
+                              lines=["Sandbox: none (simulated worker)"])
             except LeaseLost:
                 continue  # as the real worker does: the run is the server's to retry; the check counts it
 

@@ -176,11 +176,15 @@ class StatusBatchReply:
     transaction: the run's status after them, and the indexes of the reports
     the transition table refused (each skipped as a lone report's 409 would be:
     one already applied by an earlier try of the same batch, or one that a stop
-    or kill overtook)."""
+    or kill overtook). When the request carried log lines ahead of its
+    reports, whether the run's log reached its cap, as a log append answers
+    (`truncated`); None, and left out of the answer, when it carried none."""
 
     status: RunStatus
     refused: list[int] = field(default_factory=list)
+    log_truncated: bool | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StatusBatchReply":
-        return cls(status=RunStatus(data["status"]), refused=[int(index) for index in data.get("refused", [])])
+        return cls(status=RunStatus(data["status"]), refused=[int(index) for index in data.get("refused", [])],
+                   log_truncated=data.get("log_truncated"))

@@ -259,12 +259,17 @@ class ServerClient:
 
     # --- one leased run ---------------------------------------------------
 
-    def report_statuses(self, run_id: int, lease_token: str, reports: list[StatusReport]) -> StatusBatchReply:
-        """Consecutive status reports in one request, applied in order."""
-        return StatusBatchReply.from_dict(self._request("POST", f"/runs/{run_id}/statuses", json={
+    def report_statuses(self, run_id: int, lease_token: str, reports: list[StatusReport], *,
+                        logs: LogBatch | None = None) -> StatusBatchReply:
+        """Consecutive status reports in one request, applied in order; `logs`,
+        lines printed before the first, are stored ahead of them."""
+        body: dict = {
             "lease_token": lease_token,
             "reports": [{k: v for k, v in report.to_dict().items() if k != "lease_token"} for report in reports],
-        }).json())
+        }
+        if logs is not None:
+            body["logs"] = {k: v for k, v in logs.to_dict().items() if k != "lease_token"}
+        return StatusBatchReply.from_dict(self._request("POST", f"/runs/{run_id}/statuses", json=body).json())
 
     def append_logs(self, run_id: int, lease_token: str, *, seq: int, runs: list[LogRun]) -> dict:
         return self._request("POST", f"/runs/{run_id}/logs",

@@ -18,7 +18,9 @@ changes queued one after another go in one request, applied by the server in
 order in one transaction (one queued with a `linger` waits that long for the
 next to join it); a retried batch is recorded once, as a lone report
 is: each report the table refuses (already applied by the lost try) is
-skipped. While the server is unreachable or answers 5xx, the sender keeps retrying the same item
+skipped. Status changes queued right behind log lines ride with them in
+that one request, stored lines first (a run's last lines and its outcome:
+one request, not two). While the server is unreachable or answers 5xx, the sender keeps retrying the same item
 with backoff: the run goes on, the outbox buffers, and the server receives
 everything, in order, exactly once when it returns.
 
@@ -44,7 +46,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from cast.protocol.logs import MAX_BATCH_LINES, LogRun, split_line, split_lines
+from cast.protocol.logs import MAX_BATCH_LINES, LogBatch, LogRun, split_line, split_lines
 from cast.protocol.messages import LogStream
 from cast.protocol.worker_messages import MAX_REASON_LENGTH, MAX_STATUS_BATCH, StatusReport
 from cast.protocol.metrics import MAX_BATCH as MAX_POINT_BATCH
@@ -353,8 +355,22 @@ class Outbox:
                     continue
                 if kind is _LogRun:
                     self._log_sent_at, self._log_sent_lines = time.monotonic(), count
+                    lines += self._changes_ready(len(lines))
                 self._in_flight = len(lines)
                 return lines
+
+    def _changes_ready(self, start: int) -> list:
+        """The status changes queued right after the first `start` items, when
+        they would go now: they ride with the lines ahead of them (a run's last
+        lines and its outcome, one request). Called under the lock."""
+        changes = []
+        for item in self._items[start:start + MAX_STATUS_BATCH]:
+            if not isinstance(item, _StatusChange):
+                break
+            changes.append(item)
+        waiting = (changes and start + len(changes) == len(self._items) and not self._closed
+                   and min(change.due for change in changes) > time.monotonic())
+        return [] if waiting else changes
 
     def _send_loop(self, generation: int) -> None:
         while (batch := self._next_batch(generation)) is not None:
@@ -366,6 +382,8 @@ class Outbox:
                              max_same_errors=self._client.max_same_errors)
                 delivered = True
             except Conflict as exc:
+                # Answered with statuses refused: what came with them was stored.
+                delivered = isinstance(exc, _Overtaken)
                 if generation != self._generation:
                     return
                 if not self._on_conflict():
@@ -388,13 +406,14 @@ class Outbox:
                 if generation != self._generation:
                     return  # detached while its call ran: the queue is the new sender's
                 if isinstance(batch[0], _LogRun):
-                    count = sum(len(run.lines) for run in batch)
+                    runs = [item for item in batch if isinstance(item, _LogRun)]
+                    count = sum(len(run.lines) for run in runs)
                     # A refused batch was not stored, so it does not count for `seq`.
                     if delivered:
                         self._entries_sent += count
                     if not self._abandoned:
                         self._pending_lines -= count
-                        self._pending_chars -= sum(run.chars for run in batch)
+                        self._pending_chars -= sum(run.chars for run in runs)
                 elif isinstance(batch[0], _Point):
                     if delivered:
                         self._points_sent += len(batch)
@@ -427,7 +446,19 @@ class Outbox:
 
     def _deliver(self, batch: list) -> None:
         first = batch[0]
-        if isinstance(first, _LogRun):
+        changes = [item for item in batch if isinstance(item, _StatusChange)]
+        if changes:
+            runs = [LogRun(run.stream, run.lines, run.time) for run in batch if isinstance(run, _LogRun)]
+            answer = self._client.report_statuses(self._run_id, self._token, [StatusReport(
+                lease_token=self._token, status=change.status, note=change.note,
+                exit_code=change.exit_code, reason=change.reason, limits=change.limits) for change in changes],
+                logs=LogBatch(self._token, self._entries_sent, runs) if runs else None)
+            if answer.log_truncated:
+                self._truncated = True
+            if answer.refused:  # the rest were applied: the sender handles it as a lone report's 409
+                refused = ", ".join(f"'{changes[index].status}'" for index in answer.refused)
+                raise _Overtaken(f"the server has run {self._run_id} {answer.status}; it refused {refused}")
+        elif isinstance(first, _LogRun):
             # Runs in flight take no more lines (see _add_lines): what is sent is what is counted.
             answer = self._client.append_logs(self._run_id, self._token, seq=self._entries_sent, runs=[
                 LogRun(run.stream, run.lines, run.time) for run in batch
@@ -437,25 +468,26 @@ class Outbox:
         elif isinstance(first, _Point):
             self._client.append_metrics(self._run_id, self._token, seq=self._points_sent,
                                         points=[item.point for item in batch])
-        elif isinstance(first, _StatusChange):
-            answer = self._client.report_statuses(self._run_id, self._token, [StatusReport(
-                lease_token=self._token, status=change.status, note=change.note,
-                exit_code=change.exit_code, reason=change.reason, limits=change.limits) for change in batch])
-            if answer.refused:  # the rest were applied: the sender handles it as a lone report's 409
-                refused = ", ".join(f"'{batch[index].status}'" for index in answer.refused)
-                raise Conflict(f"the server has run {self._run_id} {answer.status}; it refused {refused}")
         else:
             first.send(self._client, self._run_id, self._token)
+
+
+class _Overtaken(Conflict):
+    """A report was answered, but the transition table refused some of its
+    statuses (a stop or kill overtook them, or an earlier try applied them)."""
 
 
 def _describe(batch: list) -> str:
     """The request that carries `batch`, as the run's log names it."""
     first = batch[0]
-    if isinstance(first, _LogRun):
-        return f"a batch of {sum(len(run.lines) for run in batch)} log lines"
     if isinstance(first, _Point):
         return f"a batch of {len(batch)} metric points"
-    if isinstance(first, _StatusChange):
-        statuses = ", ".join(f"'{change.status}'" for change in batch)
-        return f"the {statuses} status report{'s' if len(batch) > 1 else ''}"
-    return "the output push"
+    if isinstance(first, _OutputPush):
+        return "the output push"
+    changes = [item for item in batch if isinstance(item, _StatusChange)]
+    lines = f"a batch of {sum(len(run.lines) for run in batch if isinstance(run, _LogRun))} log lines"
+    if not changes:
+        return lines
+    statuses = ", ".join(f"'{change.status}'" for change in changes)
+    reports = f"the {statuses} status report{'s' if len(changes) > 1 else ''}"
+    return reports if isinstance(first, _StatusChange) else f"{lines} and {reports}"

@@ -62,10 +62,11 @@ def report_status(run_id: RunId, body: StatusIn, _: WorkerAuth, session: Session
     return runs.describe(session, [run], with_transitions=True)[0]
 
 
-@router.post("/runs/{run_id}/statuses", response_model=StatusBatchReply)
+@router.post("/runs/{run_id}/statuses", response_model=StatusBatchReply, response_model_exclude_none=True)
 def report_statuses(run_id: RunId, body: StatusBatchIn, _: WorkerAuth, session: SessionDep,
                     settings: SettingsDep) -> StatusBatchReply:
-    return leases.report_statuses(session, run_id=run_id, reports=body.to_reports(), settings=settings)
+    return leases.report_statuses(session, run_id=run_id, reports=body.to_reports(), logs=body.logs,
+                                  settings=settings)
 
 
 @router.get("/workers/mounts/{resource:path}", response_class=Response,

@@ -22,18 +22,24 @@ class LogRunIn(_In):
     time: datetime | None = None
 
 
-class LogAppend(_In):
-    """A worker's batch: `cast.protocol.logs.LogBatch`."""
+class LogLinesIn(_In):
+    """A worker's lines and their `seq` (lines it sent before), on their own
+    (`LogAppend`) or ahead of the status reports that follow them."""
 
-    lease_token: LeaseToken
     seq: int = Field(ge=0, le=MAX_INTEGER)
     runs: list[LogRunIn] = Field(max_length=MAX_BATCH_LINES)
 
     @model_validator(mode="after")
-    def _bounded(self) -> "LogAppend":
+    def _bounded(self) -> "LogLinesIn":
         if sum(len(run.lines) for run in self.runs) > MAX_BATCH_LINES:
             raise ValueError(f"a log batch holds at most {MAX_BATCH_LINES} lines")
         return self
+
+
+class LogAppend(LogLinesIn):
+    """A worker's batch: `cast.protocol.logs.LogBatch`."""
+
+    lease_token: LeaseToken
 
 
 class LogAppended(BaseModel):

@@ -14,6 +14,7 @@ from cast.protocol.worker_messages import (MAX_HEARTBEAT_LEASES, MAX_REASON_LENG
 from cast.protocol.status import RunStatus
 from cast.server.models import MAX_INTEGER
 from cast.server.schemas._base import LeaseToken, _In
+from cast.server.schemas.logs import LogLinesIn
 
 
 class WorkerRegister(_In):
@@ -78,6 +79,9 @@ class StatusBatchIn(_In):
     """Consecutive status reports on one run, applied in order (StatusBatchReply)."""
 
     lease_token: LeaseToken
+    # Lines printed before the first report, stored ahead of it in the same
+    # transaction: a run's last lines and its outcome go in one request.
+    logs: LogLinesIn | None = None
     reports: list[StatusChangeIn] = Field(min_length=1, max_length=MAX_STATUS_BATCH)
 
     def to_reports(self) -> list[StatusReport]:

@@ -37,6 +37,8 @@ from cast.server import events
 from cast.server.db import Database
 from cast.server.errors import InvalidTransition, LeaseLost, PathNotFound, RunNotFound, ShuttingDown
 from cast.server.models import OutputFile, Run, RunMount, RunTransition, Upload, UploadFile, Worker, utcnow
+from cast.server.schemas.logs import LogLinesIn
+from cast.server.services import logs as log_store
 from cast.server.services import runs, storage, workers
 from cast.server.settings import Settings
 
@@ -291,14 +293,21 @@ def _report_values(report: StatusReport, settings: Settings) -> dict:
     return values
 
 
-def report_statuses(session: Session, *, run_id: int, reports: list[StatusReport],
-                    settings: Settings) -> StatusBatchReply:
+def report_statuses(session: Session, *, run_id: int, reports: list[StatusReport], settings: Settings,
+                    logs: LogLinesIn | None = None) -> StatusBatchReply:
     """Consecutive reports of one worker, applied in order as the same reports
     sent one by one would be: one the transition table refuses is skipped and
     named in the answer (the worker asks, as after a lone report's 409, whether
     it still holds the lease); a lost lease refuses them all. One request, one
     transaction, however many statuses the run passed through; reports that
-    make a path through the table go as one status change (`_path_from`)."""
+    make a path through the table go as one status change (`_path_from`).
+    `logs`, the lines the run printed before the first report, are stored
+    first, as their own append would store them (its `seq` dedup included),
+    so a follower reads them before the reports' stage lines."""
+    truncated = None
+    if logs is not None:
+        _, truncated = log_store.append_worker_batch(session, run_id=run_id, lease_token=reports[0].lease_token,
+                                                     seq=logs.seq, runs=logs.runs, settings=settings)
     refused, run, index = [], None, 0
     while index < len(reports):
         path = _path_from(reports, index)
@@ -316,7 +325,7 @@ def report_statuses(session: Session, *, run_id: int, reports: list[StatusReport
         index += 1
     # The last report applied left the run as it is; with none applied, it is read.
     status = run.status if run is not None else session.scalar(select(Run.status).where(Run.id == run_id))
-    return StatusBatchReply(status=RunStatus(status), refused=refused)
+    return StatusBatchReply(status=RunStatus(status), refused=refused, log_truncated=truncated)
 
 
 def _path_from(reports: list[StatusReport], start: int) -> list[StatusReport]:

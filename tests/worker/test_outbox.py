@@ -264,8 +264,58 @@ def test_a_batch_stops_at_what_is_not_a_status_and_at_its_bound(server, run):
     sizes = [len(body["reports"]) for body in server.of_kind("statuses")]
     assert sizes == [1, 1, MAX_STATUS_BATCH, 2]
     assert _statuses(server) == ["mounting", "running", "saving"] + ["pushing"] * (MAX_STATUS_BATCH + 1)
-    assert [kind for kind, _ in server.requests] == ["statuses", "outputs", "statuses", "logs", "statuses",
-                                                     "statuses"]
+    # The line rides ahead of the statuses queued right behind it.
+    assert [kind for kind, _ in server.requests] == ["statuses", "outputs", "statuses", "statuses", "statuses"]
+    assert server.of_kind("statuses")[2]["logs"] == {"seq": 0, "runs": [
+        {"stream": "cast", "lines": ["between"], "time": server.of_kind("statuses")[2]["logs"]["runs"][0]["time"]}]}
+
+
+def test_lines_ahead_of_statuses_go_in_their_request_and_count_for_seq(server, run):
+    released = threading.Event()
+    made = run()
+    made.outbox.push_outputs(_held_push(released))
+    made.outbox.log(LogStream.STDOUT, "a")
+    made.outbox.log(LogStream.STDERR, "b")
+    made.outbox.status("saving")
+    made.outbox.status("complete")
+    made.outbox.log(LogStream.STDOUT, "c")
+    released.set()
+    made.finish()
+    assert [kind for kind, _ in server.requests] == ["outputs", "statuses", "logs"]
+    [batch] = server.of_kind("statuses")
+    assert [(run["stream"], run["lines"]) for run in batch["logs"]["runs"]] == [("stdout", ["a"]), ("stderr", ["b"])]
+    assert batch["logs"]["seq"] == 0 and _statuses(server) == ["saving", "complete"]
+    [after] = server.of_kind("logs")
+    assert after["seq"] == 2 and after["runs"][0]["lines"] == ["c"]
+
+
+def test_lines_stored_with_statuses_the_server_refused_still_count_for_seq(server, run):
+    # Answered with the status refused (a stop overtook it): the lines ahead of it were stored.
+    server.script["statuses"] = [(200, {}, {"status": "stopping", "refused": [0]})]
+    released = threading.Event()
+    made = run()
+    made.outbox.push_outputs(_held_push(released))
+    made.outbox.log(LogStream.STDOUT, "a")
+    made.outbox.status("running")
+    released.set()
+    wait_until(lambda: server.of_kind("statuses"), timeout=60, what="the report")
+    made.outbox.log(LogStream.STDOUT, "b")
+    made.finish()
+    assert made.conflicts == 1 and made.refused == []
+    assert [kind for kind, _ in server.requests] == ["outputs", "statuses", "logs"]
+    assert server.of_kind("logs")[0]["seq"] == 1
+
+
+def test_lines_do_not_wait_for_a_lingering_status_behind_them(server, run):
+    made = run()
+    made.outbox.log(LogStream.STDOUT, "now")
+    made.outbox.status("mounting", linger=30)
+    wait_until(lambda: server.of_kind("logs"), timeout=60, what="the line")
+    assert server.of_kind("statuses") == []
+    made.outbox.status("running")
+    made.finish()
+    assert [kind for kind, _ in server.requests] == ["logs", "statuses"]
+    assert _statuses(server) == ["mounting", "running"]
 
 
 def test_a_lingering_status_waits_for_the_next_and_goes_with_it(server, run):
