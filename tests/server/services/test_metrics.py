@@ -1,5 +1,6 @@
 """The metrics service: `aggregate` (last by offset, min, max, none), batches
-by seq, a new attempt's points numbered after the last, the per-run point cap."""
+by seq, a new attempt's points numbered after the last, the per-run point cap,
+a read bounded by the run's size it read first."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from cast.server.db import Database
 from cast.server.errors import BadRequest, LeaseLost
 from cast.server.models import Run, utcnow
 from cast.server.services import leases, metrics
+
+from .conftest import admin_of
 
 
 @pytest.fixture
@@ -78,3 +81,26 @@ def test_a_new_attempt_starts_at_seq_0_and_its_points_follow_the_last(local, app
         send(database, (run_id, first["lease_token"]), 0, ("loss", 1.0, 0))
     points = local.user.get(f"/runs/{run_id}/metrics/points").json()["points"]
     assert [(p["offset"], p["step"], p["value"]) for p in points] == [(0, 0, 1.0), (1, 1, 0.5), (2, 0, 0.9)]
+
+
+def test_a_point_committed_between_the_size_and_the_points_reads_is_answered_once(database, leased, monkeypatch):
+    """On PostgreSQL each statement of a read sees what was committed before it:
+    a batch committed after the run's size was read must wait for the next read."""
+    run_id = leased[0]
+    send(database, leased, 0, ("loss", 3.0, 0), ("loss", 2.0, 1))
+    visible_run, admin = metrics.runs.visible_run, admin_of(database)
+
+    def written_meanwhile(session, **kwargs):
+        run = visible_run(session, **kwargs)
+        send(database, leased, 2, ("loss", 1.0, 2))  # another transaction, committed
+        monkeypatch.setattr(metrics.runs, "visible_run", visible_run)
+        return run
+
+    monkeypatch.setattr(metrics.runs, "visible_run", written_meanwhile)
+    with database.transaction(write=False) as session:
+        first = metrics.read_points(session, run_id=run_id, viewer=admin, offset=0, limit=100)
+    with database.transaction(write=False) as session:
+        second = metrics.read_points(session, run_id=run_id, viewer=admin, offset=first["next_offset"], limit=100)
+    offsets = [point["offset"] for page in (first, second) for point in page["points"]]
+    assert offsets == [0, 1, 2]
+    assert [point["value"] for point in second["points"]] == [1.0] and second["next_offset"] == 3
