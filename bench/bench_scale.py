@@ -11,8 +11,8 @@ without the balancer).
 The load is a TEST-ONLY generator, not cast's worker: asyncio processes whose
 simulated workers speak the real worker HTTP protocol (register, long-poll
 lease, heartbeats, and a run's requests as the real worker makes them for a
-command that writes nothing: `mounting` and `running` in one report, then
-the sandbox's log line with `saving`, `pushing` and `complete`) and run no
+command that writes nothing and ends at once: `mounting`, `running`, the
+sandbox's log line, `saving`, `pushing` and `complete` in one request) and run no
 command, build nothing, push no outputs. So every figure is the control plane's
 and the database's cost alone; a real worker adds its own on its own host.
 
@@ -274,20 +274,20 @@ async def _register(http: httpx.AsyncClient, name: str, max_runs: int = 1) -> st
     return answer.json()["id"]
 
 
-async def _report(http: httpx.AsyncClient, run_id: int, token: str, *statuses: S, lines: list[str] = (),
-                  **last) -> None:
+async def _report(http: httpx.AsyncClient, run_id: int, token: str, *statuses: S,
+                  lines: dict[S, list[str]] | None = None, **last) -> None:
     """Status reports in one request, as the real worker sends them (`POST
-    /runs/{id}/statuses`), behind the log `lines` printed before them; `last`
-    are fields of the last one (its exit code)."""
+    /runs/{id}/statuses`), each status with the log `lines` printed before it
+    (the first and only lines of the run); `last` are fields of the last one
+    (its exit code)."""
     reports = []
     for index, status in enumerate(statuses):
         report = StatusReport(token, status, **(last if index == len(statuses) - 1 else {})).to_dict()
         del report["lease_token"]
+        if lines and status in lines:
+            report["logs"] = {"seq": 0, "runs": [LogRun(LogStream.CAST, lines[status]).to_dict()]}
         reports.append(report)
-    body: dict = {"lease_token": token, "reports": reports}
-    if lines:
-        body["logs"] = {"seq": 0, "runs": [LogRun(LogStream.CAST, list(lines)).to_dict()]}
-    answer = _ok(await http.post(f"/runs/{run_id}/statuses", json=body))
+    answer = _ok(await http.post(f"/runs/{run_id}/statuses", json={"lease_token": token, "reports": reports}))
     if answer.json()["refused"]:
         raise LeaseLost(f"run {run_id}: {', '.join(status.value for status in statuses)} refused")
 
@@ -309,13 +309,13 @@ def simulated_workers(url: str, token: str, count: int, submit_end: float, tag: 
             run_id, lease_token = lease["run_id"], lease["lease_token"]
             leased.append(run_id)
             try:
-                # The real worker's requests for a run that writes nothing: `mounting`
-                # waits for `running`; with nothing to push the outcome goes with
-                # `saving` and `pushing` (worker/agent.py), behind the sandbox's
-                # line, which the outbox sends with them (worker/outbox.py).
-                await _report(http, run_id, lease_token, S.MOUNTING, S.RUNNING)
-                await _report(http, run_id, lease_token, S.SAVING, S.PUSHING, S.COMPLETE, exit_code=0,
-                              lines=["Sandbox: none (simulated worker)"])
+                # The real worker's request for a short run that writes nothing:
+                # `mounting` and `running` wait for company, and with nothing to
+                # push the outcome follows `saving` and `pushing` at once
+                # (worker/agent.py); the sandbox's line goes between
+                # (worker/outbox.py).
+                await _report(http, run_id, lease_token, S.MOUNTING, S.RUNNING, S.SAVING, S.PUSHING, S.COMPLETE,
+                              exit_code=0, lines={S.SAVING: ["Sandbox: none (simulated worker)"]})
             except LeaseLost:
                 continue  # as the real worker does: the run is the server's to retry; the check counts it
 

@@ -46,6 +46,10 @@ LEASE_RETRIES = RetryPolicy(first_delay=FIRST_DELAY, max_delay=1.0)  # a failed 
 # its outcome then comes one round trip sooner; one that fetches them reports
 # `mounting` this much later.
 MOUNTING_LINGER = 0.1
+# How long `running` waits for company: a command that ends within it sends
+# its statuses, its lines and its outcome in one request (a short trial of a
+# search, `true`); a longer one is reported `running` this much later.
+RUNNING_LINGER = 0.1
 
 
 def _last_line(text: str) -> str | None:
@@ -273,7 +277,7 @@ class RunController:
         with self._lock:
             if self._aborted:
                 return
-            self._status(RunStatus.RUNNING, limits=executor.describe_limits(job))
+            self._status(RunStatus.RUNNING, limits=executor.describe_limits(job), linger=RUNNING_LINGER)
             try:
                 self._process = executor.start(job, build, self.metrics.log_sink)
                 self.metrics.start()

@@ -21,6 +21,7 @@ classified as every other request's, and the outbox retries it whole.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import socket
@@ -260,16 +261,17 @@ class ServerClient:
     # --- one leased run ---------------------------------------------------
 
     def report_statuses(self, run_id: int, lease_token: str, reports: list[StatusReport], *,
-                        logs: LogBatch | None = None) -> StatusBatchReply:
-        """Consecutive status reports in one request, applied in order; `logs`,
-        lines printed before the first, are stored ahead of them."""
-        body: dict = {
-            "lease_token": lease_token,
-            "reports": [{k: v for k, v in report.to_dict().items() if k != "lease_token"} for report in reports],
-        }
-        if logs is not None:
-            body["logs"] = {k: v for k, v in logs.to_dict().items() if k != "lease_token"}
-        return StatusBatchReply.from_dict(self._request("POST", f"/runs/{run_id}/statuses", json=body).json())
+                        lines_before: list[LogBatch | None] = ()) -> StatusBatchReply:
+        """Consecutive status reports in one request, applied in order; each
+        report's `lines_before`, printed before it, are stored ahead of it."""
+        bodies = []
+        for report, lines in itertools.zip_longest(reports, lines_before):
+            body = {k: v for k, v in report.to_dict().items() if k != "lease_token"}
+            if lines is not None:
+                body["logs"] = {"seq": lines.seq, "runs": [run.to_dict() for run in lines.runs]}
+            bodies.append(body)
+        return StatusBatchReply.from_dict(self._request(
+            "POST", f"/runs/{run_id}/statuses", json={"lease_token": lease_token, "reports": bodies}).json())
 
     def append_logs(self, run_id: int, lease_token: str, *, seq: int, runs: list[LogRun]) -> dict:
         return self._request("POST", f"/runs/{run_id}/logs",

@@ -18,9 +18,9 @@ changes queued one after another go in one request, applied by the server in
 order in one transaction (one queued with a `linger` waits that long for the
 next to join it); a retried batch is recorded once, as a lone report
 is: each report the table refuses (already applied by the lost try) is
-skipped. Status changes queued right behind log lines ride with them in
-that one request, stored lines first (a run's last lines and its outcome:
-one request, not two). While the server is unreachable or answers 5xx, the sender keeps retrying the same item
+skipped. The log lines queued between status changes ride with them in
+that one request, each status carrying the lines before it (a short run's
+statuses, lines and outcome: one request). While the server is unreachable or answers 5xx, the sender keeps retrying the same item
 with backoff: the run goes on, the outbox buffers, and the server receives
 everything, in order, exactly once when it returns.
 
@@ -39,6 +39,7 @@ answer, whenever it comes, is ignored.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -301,9 +302,10 @@ class Outbox:
     # --- the sender -------------------------------------------------------
 
     def _next_batch(self, generation: int) -> list | None:
-        """Wait for the next thing to send: a run of status changes, one output
-        push, or a run of log lines or of metric points. None when the outbox is finished
-        (or this sender was replaced)."""
+        """Wait for the next thing to send: status changes with the log lines
+        queued between them, one output push, or a run of log lines or of
+        metric points. None when the outbox is finished (or this sender was
+        replaced)."""
         with self._cond:
             while True:
                 if self._abandoned or (self._closed and not self._items) or generation != self._generation:
@@ -312,65 +314,79 @@ class Outbox:
                     self._cond.wait()
                     continue
                 head = self._items[0]
-                if isinstance(head, _StatusChange):
-                    # Every status queued by now goes in one request (a run
-                    # passes several in milliseconds); only one queued with a
-                    # linger, alone in the queue, waits for company.
-                    changes = []
-                    for item in self._items[:MAX_STATUS_BATCH]:
-                        if not isinstance(item, _StatusChange):
-                            break
-                        changes.append(item)
-                    remaining = min(change.due for change in changes) - time.monotonic()
-                    if len(changes) == len(self._items) and remaining > 0 and not self._closed:
-                        self._cond.wait(remaining)
-                        continue
-                    self._in_flight = len(changes)
-                    return changes
-                if not isinstance(head, (_LogRun, _Point)):
+                if not isinstance(head, (_LogRun, _Point, _StatusChange)):
                     self._in_flight = 1
                     return [head]
-                kind = type(head)
-                lines, count, chars = [], 0, 0
-                for item in self._items:
-                    if type(item) is not kind:
-                        break
-                    if kind is _LogRun:
-                        if lines and (count + len(item.lines) > MAX_BATCH or chars + item.chars > MAX_BATCH_CHARS):
-                            break
-                        count += len(item.lines)
-                        chars += item.chars
-                    elif len(lines) == MAX_POINT_BATCH:
-                        break
-                    lines.append(item)
-                most = MAX_BATCH if kind is _LogRun else MAX_POINT_BATCH
-                # Linger for company only while nothing else waits behind the lines.
-                only_lines = len(lines) == len(self._items) and (count or len(lines)) < most
-                due = head.queued_at + LINGER
-                if kind is _LogRun:
-                    due = max(due, self._log_sent_at + (FLOOD_GAP if self._log_sent_lines >= FLOOD_LINES else GAP))
-                remaining = due - time.monotonic()
-                if only_lines and remaining > 0 and not self._closed:
-                    self._cond.wait(remaining)
-                    continue
-                if kind is _LogRun:
-                    self._log_sent_at, self._log_sent_lines = time.monotonic(), count
-                    lines += self._changes_ready(len(lines))
-                self._in_flight = len(lines)
-                return lines
+                batch = self._points() if isinstance(head, _Point) else self._report()
+                if batch is not _WAITED:
+                    self._in_flight = len(batch)
+                    return batch
 
-    def _changes_ready(self, start: int) -> list:
-        """The status changes queued right after the first `start` items, when
-        they would go now: they ride with the lines ahead of them (a run's last
-        lines and its outcome, one request). Called under the lock."""
-        changes = []
-        for item in self._items[start:start + MAX_STATUS_BATCH]:
-            if not isinstance(item, _StatusChange):
+    def _report(self) -> list | object:
+        """Every status change queued by now, with the log lines queued
+        between them, up to the last status, in one request (a run passes
+        several statuses in milliseconds; a short run's whole life is one
+        request). While they are all that is queued and one of them lingers,
+        they wait for company (`_WAITED` after the wait), but log lines at
+        the head go at once; lines alone, as `_lines` says. Called under the
+        lock."""
+        walked, count, chars, statuses, last = [], 0, 0, 0, -1
+        for item in self._items:
+            if isinstance(item, _LogRun):
+                if count + len(item.lines) > MAX_BATCH or chars + item.chars > MAX_BATCH_CHARS:
+                    if walked:
+                        break
+                count += len(item.lines)
+                chars += item.chars
+            elif isinstance(item, _StatusChange):
+                statuses += 1
+                last = len(walked)
+            else:
                 break
-            changes.append(item)
-        waiting = (changes and start + len(changes) == len(self._items) and not self._closed
-                   and min(change.due for change in changes) > time.monotonic())
-        return [] if waiting else changes
+            walked.append(item)
+            if statuses == MAX_STATUS_BATCH:
+                break
+        if last < 0:
+            return self._lines(walked, count)
+        batch = walked[:last + 1]
+        remaining = min(item.due for item in batch if isinstance(item, _StatusChange)) - time.monotonic()
+        if len(walked) == len(self._items) and remaining > 0 and not self._closed:
+            if isinstance(self._items[0], _LogRun):  # the lines ahead do not wait for them
+                return self._lines([item for item in itertools.takewhile(
+                    lambda item: isinstance(item, _LogRun), batch)], None)
+            self._cond.wait(remaining)
+            return _WAITED
+        sent = sum(len(item.lines) for item in batch if isinstance(item, _LogRun))
+        if sent:
+            self._log_sent_at, self._log_sent_lines = time.monotonic(), sent
+        return batch
+
+    def _lines(self, runs: list, count: int | None) -> list | object:
+        """`runs`, the log lines at the head, as a batch; `_WAITED` after
+        lingering for company (a line waits LINGER for others while nothing
+        else is queued, and lines follow a batch by GAP, FLOOD_GAP while they
+        pour). `count` None: send them now."""
+        if count is not None:
+            only_lines = len(runs) == len(self._items) and count < MAX_BATCH
+            due = max(runs[0].queued_at + LINGER,
+                      self._log_sent_at + (FLOOD_GAP if self._log_sent_lines >= FLOOD_LINES else GAP))
+            remaining = due - time.monotonic()
+            if only_lines and remaining > 0 and not self._closed:
+                self._cond.wait(remaining)
+                return _WAITED
+        self._log_sent_at, self._log_sent_lines = time.monotonic(), sum(len(run.lines) for run in runs)
+        return runs
+
+    def _points(self) -> list | object:
+        """The metric points at the head, as a batch (or `_WAITED`, as `_lines`)."""
+        points = list(itertools.takewhile(lambda item: isinstance(item, _Point),
+                                          self._items[:MAX_POINT_BATCH]))
+        only_points = len(points) == len(self._items) and len(points) < MAX_POINT_BATCH
+        remaining = points[0].queued_at + LINGER - time.monotonic()
+        if only_points and remaining > 0 and not self._closed:
+            self._cond.wait(remaining)
+            return _WAITED
+        return points
 
     def _send_loop(self, generation: int) -> None:
         while (batch := self._next_batch(generation)) is not None:
@@ -405,8 +421,8 @@ class Outbox:
             with self._cond:
                 if generation != self._generation:
                     return  # detached while its call ran: the queue is the new sender's
-                if isinstance(batch[0], _LogRun):
-                    runs = [item for item in batch if isinstance(item, _LogRun)]
+                runs = [item for item in batch if isinstance(item, _LogRun)]
+                if runs:
                     count = sum(len(run.lines) for run in runs)
                     # A refused batch was not stored, so it does not count for `seq`.
                     if delivered:
@@ -448,11 +464,19 @@ class Outbox:
         first = batch[0]
         changes = [item for item in batch if isinstance(item, _StatusChange)]
         if changes:
-            runs = [LogRun(run.stream, run.lines, run.time) for run in batch if isinstance(run, _LogRun)]
+            # Each status carries the lines queued before it, from the `seq` they start at.
+            lines_before, runs, seq = [], [], self._entries_sent
+            for item in batch:
+                if isinstance(item, _LogRun):
+                    runs.append(LogRun(item.stream, item.lines, item.time))
+                    continue
+                lines_before.append(LogBatch(self._token, seq, runs) if runs else None)
+                seq += sum(len(run.lines) for run in runs)
+                runs = []
             answer = self._client.report_statuses(self._run_id, self._token, [StatusReport(
                 lease_token=self._token, status=change.status, note=change.note,
                 exit_code=change.exit_code, reason=change.reason, limits=change.limits) for change in changes],
-                logs=LogBatch(self._token, self._entries_sent, runs) if runs else None)
+                lines_before=lines_before)
             if answer.log_truncated:
                 self._truncated = True
             if answer.refused:  # the rest were applied: the sender handles it as a lone report's 409
@@ -470,6 +494,9 @@ class Outbox:
                                         points=[item.point for item in batch])
         else:
             first.send(self._client, self._run_id, self._token)
+
+
+_WAITED = object()  # a batch's answer after waiting for company: look at the queue again
 
 
 class _Overtaken(Conflict):
@@ -490,4 +517,4 @@ def _describe(batch: list) -> str:
         return lines
     statuses = ", ".join(f"'{change.status}'" for change in changes)
     reports = f"the {statuses} status report{'s' if len(changes) > 1 else ''}"
-    return reports if isinstance(first, _StatusChange) else f"{lines} and {reports}"
+    return f"{lines} and {reports}" if any(isinstance(item, _LogRun) for item in batch) else reports

@@ -65,7 +65,7 @@ def report_status(run_id: RunId, body: StatusIn, _: WorkerAuth, session: Session
 @router.post("/runs/{run_id}/statuses", response_model=StatusBatchReply, response_model_exclude_none=True)
 def report_statuses(run_id: RunId, body: StatusBatchIn, _: WorkerAuth, session: SessionDep,
                     settings: SettingsDep) -> StatusBatchReply:
-    return leases.report_statuses(session, run_id=run_id, reports=body.to_reports(), logs=body.logs,
+    return leases.report_statuses(session, run_id=run_id, reports=body.to_reports(), logs=body.lines_before(),
                                   settings=settings)
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
+from cast.protocol.logs import MAX_BATCH_LINES
 from cast.protocol.messages import SUBMIT_KEY_PATTERN
 from cast.protocol.worker_messages import (MAX_HEARTBEAT_LEASES, MAX_REASON_LENGTH, MAX_STATUS_BATCH, HeldLease,
                                            StatusReport)
@@ -75,14 +76,29 @@ class StatusIn(StatusChangeIn):
         return StatusReport(**self.model_dump())
 
 
+class BatchedStatusIn(StatusChangeIn):
+    # Lines the run printed before this report, stored ahead of it in the same
+    # transaction: a short run's statuses, its lines and its outcome go in one
+    # request.
+    logs: LogLinesIn | None = None
+
+
 class StatusBatchIn(_In):
     """Consecutive status reports on one run, applied in order (StatusBatchReply)."""
 
     lease_token: LeaseToken
-    # Lines printed before the first report, stored ahead of it in the same
-    # transaction: a run's last lines and its outcome go in one request.
-    logs: LogLinesIn | None = None
-    reports: list[StatusChangeIn] = Field(min_length=1, max_length=MAX_STATUS_BATCH)
+    reports: list[BatchedStatusIn] = Field(min_length=1, max_length=MAX_STATUS_BATCH)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "StatusBatchIn":
+        if sum(len(run.lines) for logs in self.lines_before() if logs for run in logs.runs) > MAX_BATCH_LINES:
+            raise ValueError(f"a batch of status reports carries at most {MAX_BATCH_LINES} log lines")
+        return self
 
     def to_reports(self) -> list[StatusReport]:
-        return [StatusReport(lease_token=self.lease_token, **report.model_dump()) for report in self.reports]
+        return [StatusReport(lease_token=self.lease_token, **report.model_dump(exclude={"logs"}))
+                for report in self.reports]
+
+    def lines_before(self) -> list[LogLinesIn | None]:
+        """Each report's lines, None for one that carries none."""
+        return [report.logs for report in self.reports]

@@ -294,23 +294,23 @@ def _report_values(report: StatusReport, settings: Settings) -> dict:
 
 
 def report_statuses(session: Session, *, run_id: int, reports: list[StatusReport], settings: Settings,
-                    logs: LogLinesIn | None = None) -> StatusBatchReply:
+                    logs: list[LogLinesIn | None] | None = None) -> StatusBatchReply:
     """Consecutive reports of one worker, applied in order as the same reports
     sent one by one would be: one the transition table refuses is skipped and
     named in the answer (the worker asks, as after a lone report's 409, whether
     it still holds the lease); a lost lease refuses them all. One request, one
     transaction, however many statuses the run passed through; reports that
     make a path through the table go as one status change (`_path_from`).
-    `logs`, the lines the run printed before the first report, are stored
-    first, as their own append would store them (its `seq` dedup included),
-    so a follower reads them before the reports' stage lines."""
-    truncated = None
-    if logs is not None:
-        _, truncated = log_store.append_worker_batch(session, run_id=run_id, lease_token=reports[0].lease_token,
-                                                     seq=logs.seq, runs=logs.runs, settings=settings)
-    refused, run, index = [], None, 0
+    `logs[i]`, the lines the run printed before report i, are stored ahead of
+    it as their own append would store them (its `seq` dedup included), so a
+    follower reads them between the stage lines of the reports around them."""
+    before = logs or [None] * len(reports)
+    refused, run, index, truncated = [], None, 0, None
     while index < len(reports):
-        path = _path_from(reports, index)
+        if (lines := before[index]) is not None:
+            _, truncated = log_store.append_worker_batch(session, run_id=run_id, lease_token=reports[index].lease_token,
+                                                         seq=lines.seq, runs=lines.runs, settings=settings)
+        path = _path_from(reports, index, lines=before)
         if len(path) > 1:
             try:
                 run = _report_path(session, run_id=run_id, path=path, settings=settings)
@@ -328,14 +328,15 @@ def report_statuses(session: Session, *, run_id: int, reports: list[StatusReport
     return StatusBatchReply(status=RunStatus(status), refused=refused, log_truncated=truncated)
 
 
-def _path_from(reports: list[StatusReport], start: int) -> list[StatusReport]:
+def _path_from(reports: list[StatusReport], start: int, *, lines: list) -> list[StatusReport]:
     """The reports from `start` on that can be one status change: each may
-    follow the one before in the table, under one lease token, and none
-    requeues, kills (which drops outputs) or ends the run before the last."""
+    follow the one before in the table, under one lease token, carries no
+    lines (they go between two changes), and none requeues, kills (which
+    drops outputs) or ends the run before the last."""
     path = [reports[start]]
-    for report in reports[start + 1:]:
-        last = path[-1]
-        if last.status in FINAL_STATUSES or _ALONE & {last.status, report.status}:
+    for index in range(start + 1, len(reports)):
+        last, report = path[-1], reports[index]
+        if last.status in FINAL_STATUSES or _ALONE & {last.status, report.status} or lines[index] is not None:
             break
         if report.lease_token != last.lease_token or not runs.is_path([last.status, report.status]):
             break

@@ -262,12 +262,14 @@ def test_a_batch_stops_at_what_is_not_a_status_and_at_its_bound(server, run):
     released.set()
     made.finish()
     sizes = [len(body["reports"]) for body in server.of_kind("statuses")]
-    assert sizes == [1, 1, MAX_STATUS_BATCH, 2]
+    assert sizes == [1, MAX_STATUS_BATCH, 3]
     assert _statuses(server) == ["mounting", "running", "saving"] + ["pushing"] * (MAX_STATUS_BATCH + 1)
-    # The line rides ahead of the statuses queued right behind it.
-    assert [kind for kind, _ in server.requests] == ["statuses", "outputs", "statuses", "statuses", "statuses"]
-    assert server.of_kind("statuses")[2]["logs"] == {"seq": 0, "runs": [
-        {"stream": "cast", "lines": ["between"], "time": server.of_kind("statuses")[2]["logs"]["runs"][0]["time"]}]}
+    # The line rides between the statuses queued around it, on the one after it.
+    assert [kind for kind, _ in server.requests] == ["statuses", "outputs", "statuses", "statuses"]
+    running, saving = server.of_kind("statuses")[1]["reports"][:2]
+    assert "logs" not in running
+    assert saving["logs"] == {"seq": 0, "runs": [
+        {"stream": "cast", "lines": ["between"], "time": saving["logs"]["runs"][0]["time"]}]}
 
 
 def test_lines_ahead_of_statuses_go_in_their_request_and_count_for_seq(server, run):
@@ -283,8 +285,9 @@ def test_lines_ahead_of_statuses_go_in_their_request_and_count_for_seq(server, r
     made.finish()
     assert [kind for kind, _ in server.requests] == ["outputs", "statuses", "logs"]
     [batch] = server.of_kind("statuses")
-    assert [(run["stream"], run["lines"]) for run in batch["logs"]["runs"]] == [("stdout", ["a"]), ("stderr", ["b"])]
-    assert batch["logs"]["seq"] == 0 and _statuses(server) == ["saving", "complete"]
+    saving, complete = batch["reports"]
+    assert [(run["stream"], run["lines"]) for run in saving["logs"]["runs"]] == [("stdout", ["a"]), ("stderr", ["b"])]
+    assert saving["logs"]["seq"] == 0 and "logs" not in complete and _statuses(server) == ["saving", "complete"]
     [after] = server.of_kind("logs")
     assert after["seq"] == 2 and after["runs"][0]["lines"] == ["c"]
 
@@ -304,6 +307,40 @@ def test_lines_stored_with_statuses_the_server_refused_still_count_for_seq(serve
     assert made.conflicts == 1 and made.refused == []
     assert [kind for kind, _ in server.requests] == ["outputs", "statuses", "logs"]
     assert server.of_kind("logs")[0]["seq"] == 1
+
+
+def test_a_short_runs_statuses_lines_and_outcome_go_in_one_request_each_line_counted_once(server, run):
+    released = threading.Event()
+    made = run()
+    made.outbox.push_outputs(_held_push(released))  # all is queued before the sender looks
+    made.outbox.status("mounting", linger=30)
+    made.outbox.status("running", linger=30)
+    made.outbox.log(LogStream.CAST, "Sandbox: here")
+    made.outbox.log(LogStream.STDOUT, "out")
+    made.outbox.status("saving")
+    made.outbox.log(LogStream.STDOUT, "late")
+    made.outbox.status("complete")
+    made.outbox.log(LogStream.STDOUT, "after")
+    released.set()
+    made.finish()
+    assert [kind for kind, _ in server.requests] == ["outputs", "statuses", "logs"]
+    [batch] = server.of_kind("statuses")
+    carried = [(report["status"], report.get("logs")) for report in batch["reports"]]
+    assert [(status, logs and (logs["seq"], [run["lines"] for run in logs["runs"]])) for status, logs in carried] == [
+        ("mounting", None), ("running", None), ("saving", (0, [["Sandbox: here"], ["out"]])),
+        ("complete", (2, [["late"]]))]
+    assert server.of_kind("logs")[0]["seq"] == 3
+
+
+def test_lines_behind_a_lingering_status_wait_with_it_and_go_after_it(server, run):
+    made = run()
+    made.outbox.status("running", linger=2)
+    made.outbox.log(LogStream.STDOUT, "first output")
+    time.sleep(0.3)
+    assert server.requests == []  # the status waits for company, the line behind it too
+    made.finish()
+    assert [kind for kind, _ in server.requests] == ["statuses", "logs"]
+    assert "logs" not in server.of_kind("statuses")[0]["reports"][0]
 
 
 def test_lines_do_not_wait_for_a_lingering_status_behind_them(server, run):

@@ -63,33 +63,37 @@ def test_a_batch_of_reports_is_applied_in_order_and_a_retried_one_is_recorded_on
         assert batch(*refused).status_code == 422
 
 
-def test_lines_ahead_of_a_batch_of_reports_are_stored_first_and_once(local):
+def test_lines_carried_by_a_batch_of_reports_are_stored_before_their_report_and_once(local):
     run_id = local.create_run()["id"]
     lease = local.lease(local.register())
-    local.advance(lease, "mounting", "running")
 
-    def batch(seq: int, lines: list[str], *reports: dict, token: str = lease["lease_token"]):
-        logs = {"seq": seq, "runs": [{"stream": "stdout", "lines": lines}]}
-        return local.worker.post(f"/runs/{run_id}/statuses",
-                                 json={"lease_token": token, "logs": logs, "reports": list(reports)})
+    def batch(*reports: dict, token: str = lease["lease_token"]):
+        return local.worker.post(f"/runs/{run_id}/statuses", json={"lease_token": token, "reports": list(reports)})
+
+    def lines(seq: int, *texts: str) -> dict:
+        return {"seq": seq, "runs": [{"stream": "stdout", "lines": list(texts)}]}
 
     # A lost lease refuses the lines with the reports: the transaction is one.
-    assert batch(0, ["stray"], {"status": "saving"}, token="not-the-token").status_code == 409
-    steps = [{"status": "saving"}, {"status": "pushing"}, {"status": "complete", "exit_code": 0}]
-    answer = batch(0, ["last", "words"], *steps)
+    assert batch({"status": "mounting", "logs": lines(0, "stray")}, token="not-the-token").status_code == 409
+    # A short run's life: its lines between `running` and its outcome.
+    steps = [{"status": "mounting"}, {"status": "running"},
+             {"status": "saving", "logs": lines(0, "last", "words")}, {"status": "pushing"},
+             {"status": "complete", "exit_code": 0, "logs": lines(2, "after")}]
+    answer = batch(*steps)
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"status": "complete", "refused": [], "log_truncated": False}
     stored = page_entries(local.user.get(f"/runs/{run_id}/logs").json())
     # Its answer lost, the worker sends it again: the lines are not stored twice, the reports are refused.
-    again = batch(0, ["last", "words"], *steps).json()
-    assert again == {"status": "complete", "refused": [0, 1, 2], "log_truncated": False}
-    entries = page_entries(local.user.get(f"/runs/{run_id}/logs").json())
-    assert entries == stored
-    texts = [entry["text"] for entry in entries]
+    again = batch(*steps).json()
+    assert again == {"status": "complete", "refused": [0, 1, 2, 3, 4], "log_truncated": False}
+    assert page_entries(local.user.get(f"/runs/{run_id}/logs").json()) == stored
+    texts = [entry["text"] for entry in stored]
     assert "stray" not in texts and texts.count("last") == 1
-    # Read before the stage lines of the reports behind them.
-    assert texts.index("words") < texts.index("Saving… done")
-    assert local.run(run_id)["status"] == "complete"
+    # Each report's lines come before its stage lines, after those of the reports before it.
+    assert texts.index("Run is running") < texts.index("words") < texts.index("Saving… done") < texts.index("after")
+    run = local.run(run_id)
+    assert [t["status"] for t in run["transitions"]][2:] == ["mounting", "running", "saving", "pushing", "complete"]
+    assert run["status"] == "complete"
 
 
 def test_a_batch_of_reports_records_what_the_same_reports_one_by_one_would(local, app):
