@@ -176,9 +176,10 @@ class StatusBatchReply:
     transaction: the run's status after them, and the indexes of the reports
     the transition table refused (each skipped as a lone report's 409 would be:
     one already applied by an earlier try of the same batch, or one that a stop
-    or kill overtook). When the request carried log lines ahead of its
-    reports, whether the run's log reached its cap, as a log append answers
-    (`truncated`); None, and left out of the answer, when it carried none."""
+    or kill overtook). When its reports carried log lines (each
+    report the lines printed before it), whether the run's log reached its
+    cap, as a log append answers (`truncated`); None, and left out of the
+    answer, when they carried none."""
 
     status: RunStatus
     refused: list[int] = field(default_factory=list)
