@@ -272,26 +272,6 @@ def test_a_batch_stops_at_what_is_not_a_status_and_at_its_bound(server, run):
         {"stream": "cast", "lines": ["between"], "time": saving["logs"]["runs"][0]["time"]}]}
 
 
-def test_lines_ahead_of_statuses_go_in_their_request_and_count_for_seq(server, run):
-    released = threading.Event()
-    made = run()
-    made.outbox.push_outputs(_held_push(released))
-    made.outbox.log(LogStream.STDOUT, "a")
-    made.outbox.log(LogStream.STDERR, "b")
-    made.outbox.status("saving")
-    made.outbox.status("complete")
-    made.outbox.log(LogStream.STDOUT, "c")
-    released.set()
-    made.finish()
-    assert [kind for kind, _ in server.requests] == ["outputs", "statuses", "logs"]
-    [batch] = server.of_kind("statuses")
-    saving, complete = batch["reports"]
-    assert [(run["stream"], run["lines"]) for run in saving["logs"]["runs"]] == [("stdout", ["a"]), ("stderr", ["b"])]
-    assert saving["logs"]["seq"] == 0 and "logs" not in complete and _statuses(server) == ["saving", "complete"]
-    [after] = server.of_kind("logs")
-    assert after["seq"] == 2 and after["runs"][0]["lines"] == ["c"]
-
-
 def test_lines_stored_with_statuses_the_server_refused_still_count_for_seq(server, run):
     # Answered with the status refused (a stop overtook it): the lines ahead of it were stored.
     server.script["statuses"] = [(200, {}, {"status": "stopping", "refused": [0]})]
