@@ -13,15 +13,17 @@ a few large batches a second; a batch stays far below the server's body cap
 however long its lines) carrying the API's
 `seq` counter (lines sent before), so a batch retried after a lost answer is
 stored once. A line longer than MAX_LINE_CHARS is split into several here,
-whatever wrote it, so nothing is lost. Status
-changes queued one after another go in one request, applied by the server in
-order in one transaction (one queued with a `linger` waits that long for the
-next to join it); a retried batch is recorded once, as a lone report
-is: each report the table refuses (already applied by the lost try) is
-skipped. The log lines queued between status changes ride with them in
-that one request, each status carrying the lines before it (a short run's
-statuses, lines and outcome: one request). While the server is unreachable or answers 5xx, the sender keeps retrying the same item
-with backoff: the run goes on, the outbox buffers, and the server receives
+whatever wrote it, so nothing is lost.
+
+Status changes queued by the time the sender looks go in one request,
+applied by the server in order in one transaction, each carrying the log
+lines queued before it (a short run's statuses, lines and outcome: one
+request); one queued with a `linger` waits that long for company, and the
+lines behind it wait with it. A retried batch is recorded once, as a lone
+report is: each report the table refuses (already applied by the lost try)
+is skipped, and its lines are stored from their `seq`. While the server is
+unreachable or answers 5xx, the sender keeps retrying the same item with
+backoff: the run goes on, the outbox buffers, and the server receives
 everything, in order, exactly once when it returns.
 
 What the server refuses for good (a 4xx other than 408/409/429, a 5xx it marks
