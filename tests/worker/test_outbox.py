@@ -350,11 +350,12 @@ def test_a_lingering_status_goes_alone_once_its_linger_passed_or_something_else_
     made = run()
     made.outbox.status("mounting", linger=0.2)
     wait_until(lambda: server.of_kind("statuses"), timeout=60, what="the report past its linger")
-    made.outbox.status("running", linger=30)
-    made.outbox.log(LogStream.CAST, "not a status")  # the order is kept: the status goes first, alone
+    made.outbox.status("running", linger=300)
+    made.outbox.push_outputs(_over_http(_tar))  # the order is kept: the status goes first, alone, long before 300 s
+    wait_until(lambda: server.of_kind("outputs"), timeout=60, what="the report and the push behind it")
     made.finish()
     assert _statuses(server) == ["mounting", "running"]
-    assert [kind for kind, _ in server.requests] == ["statuses", "statuses", "logs"]
+    assert [kind for kind, _ in server.requests] == ["statuses", "statuses", "outputs"]
 
 
 def test_reports_the_server_refused_in_a_batch_ask_once_whether_the_lease_is_held(server, run):
