@@ -354,14 +354,16 @@ class Outbox:
         remaining = min(item.due for item in batch if isinstance(item, _StatusChange)) - time.monotonic()
         if len(walked) == len(self._items) and remaining > 0 and not self._closed:
             if isinstance(self._items[0], _LogRun):  # the lines ahead do not wait for them
-                return self._lines([item for item in itertools.takewhile(
-                    lambda item: isinstance(item, _LogRun), batch)], None)
+                return self._lines(list(itertools.takewhile(lambda item: isinstance(item, _LogRun), batch)), None)
             self._cond.wait(remaining)
             return _WAITED
-        sent = sum(len(item.lines) for item in batch if isinstance(item, _LogRun))
-        if sent:
-            self._log_sent_at, self._log_sent_lines = time.monotonic(), sent
+        self._lines_sent([item for item in batch if isinstance(item, _LogRun)])
         return batch
+
+    def _lines_sent(self, runs: list) -> None:
+        """Note when `runs` left, and how many lines they held: the next batch of lines keeps its gap."""
+        if runs:
+            self._log_sent_at, self._log_sent_lines = time.monotonic(), sum(len(run.lines) for run in runs)
 
     def _lines(self, runs: list, count: int | None) -> list | object:
         """`runs`, the log lines at the head, as a batch; `_WAITED` after
@@ -376,7 +378,7 @@ class Outbox:
             if only_lines and remaining > 0 and not self._closed:
                 self._cond.wait(remaining)
                 return _WAITED
-        self._log_sent_at, self._log_sent_lines = time.monotonic(), sum(len(run.lines) for run in runs)
+        self._lines_sent(runs)
         return runs
 
     def _points(self) -> list | object:
