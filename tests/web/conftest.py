@@ -50,13 +50,7 @@ def _open_page(browser, watch: PageWatch, width: int, height: int):
     context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(60_000)  # a guard against hangs, generous for a busy machine
-
-    def on_dialog(dialog):
-        watch.dialogs.append(f"{dialog.type}: {dialog.message}")
-        dialog.dismiss()
-
-    page.on("dialog", on_dialog)
-    page.on("pageerror", lambda error: watch.errors.append(str(error)))
+    watch.attach(page)
     return page
 
 
@@ -65,19 +59,32 @@ def watch() -> PageWatch:
     return PageWatch()
 
 
+@contextmanager
+def _watched_page(browser, watch: PageWatch, width: int, height: int):
+    page = _open_page(browser, watch, width, height)
+    yield page
+    page.context.close()
+    if watch.trouble:  # shown by pytest only when the test failed
+        print("the pages' failed requests and console errors:", *watch.trouble, sep="\n  ")
+    watch.assert_clean()
+
+
 @pytest.fixture
 def page(browser, watch):
     """A desktop-sized window."""
-    page = _open_page(browser, watch, 1280, 900)
-    yield page
-    page.context.close()
-    watch.assert_clean()
+    with _watched_page(browser, watch, 1280, 900) as page:
+        yield page
+
+
+@pytest.fixture
+def second_page(browser, watch):
+    """Another desktop-sized window in a browser context of its own: a second browser."""
+    with _watched_page(browser, watch, 1280, 900) as page:
+        yield page
 
 
 @pytest.fixture
 def narrow_page(browser, watch):
     """A phone-sized window."""
-    page = _open_page(browser, watch, 390, 844)
-    yield page
-    page.context.close()
-    watch.assert_clean()
+    with _watched_page(browser, watch, 390, 844) as page:
+        yield page

@@ -21,10 +21,27 @@ DOC_IMAGES = REPO_ROOT / "docs" / "images"
 
 @dataclass
 class PageWatch:
-    """What a page did that it never should: open a dialog, throw an error."""
+    """What a page did that it never should: open a dialog, throw an error.
+    Its failed requests and console errors are kept too, not asserted (a
+    navigation aborts fetches on purpose), to say why a page stayed blank."""
 
     dialogs: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    trouble: list[str] = field(default_factory=list)
+
+    def attach(self, page) -> None:
+        def on_dialog(dialog):
+            self.dialogs.append(f"{dialog.type}: {dialog.message}")
+            dialog.dismiss()
+
+        page.on("dialog", on_dialog)
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("requestfailed", lambda request: self.trouble.append(
+            f"{request.method} {request.url} failed: {request.failure}"))
+        page.on("response", lambda response: response.status >= 400 and self.trouble.append(
+            f"{response.request.method} {response.url}: HTTP {response.status}"))
+        page.on("console", lambda message: message.type == "error" and self.trouble.append(
+            f"console: {message.text}"))
 
     def assert_clean(self) -> None:
         assert self.dialogs == [], f"the page opened dialogs: {self.dialogs}"
