@@ -41,13 +41,20 @@ def held_run(session: Session, *, run_id: int, lease_token: str, leased: bool = 
 
 
 def admit(session: Session, *, run_id: int, lease_token: str, seq: int, count: int, mark: str,
-          columns: Iterable[str] = ()) -> tuple[Run, int]:
+          columns: Iterable[str] = (), held: Run | None = None) -> tuple[Run, int]:
     """The run and how many of the batch's `count` records to skip (stored
     before); `mark` names the run's high-water column (`worker_log_seq`,
     `worker_metric_seq`), moved past this batch; `columns`, the others the
     caller reads. The lease's token must match; the run may have ended since
-    (its last records may come after its final report)."""
-    run = held_run(session, run_id=run_id, lease_token=lease_token, leased=False, columns=(mark, *columns))
+    (its last records may come after its final report). `held` is the run as
+    the caller's own UPDATE returned it in this transaction, whose row it
+    holds: read no more."""
+    if held is not None and held.id == run_id:
+        if held.lease_token != lease_token:
+            raise LeaseLost(run_id)
+        run = held
+    else:
+        run = held_run(session, run_id=run_id, lease_token=lease_token, leased=False, columns=(mark, *columns))
     stored = getattr(run, mark)
     if seq > stored:
         log.warning("run %s: worker batch (%s) starts at %s, expected %s", run_id, mark, seq, stored)

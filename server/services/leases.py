@@ -271,10 +271,12 @@ def heartbeat_run(session: Session, *, run_id: int, lease_token: str, settings: 
     return HeartbeatReply(status=state.status, lease_expires_at=reply.lease_expires_at)
 
 
-def report_status(session: Session, *, run_id: int, report: StatusReport, settings: Settings) -> Run:
-    """A worker moves its leased run on; the lease is extended while it stays leased."""
+def report_status(session: Session, *, run_id: int, report: StatusReport, settings: Settings,
+                  current: RunStatus | None = None) -> Run:
+    """A worker moves its leased run on; the lease is extended while it stays
+    leased. `current`: see `runs.switch_status`."""
     run = runs.switch_status(session, run=run_id, to=report.status, note=report.note,
-                             lease_token=report.lease_token, values=_report_values(report, settings))
+                             lease_token=report.lease_token, values=_report_values(report, settings), current=current)
     if report.status is S.KILLED:
         _drop_outputs(session, run=run, settings=settings)
     return run
@@ -307,19 +309,22 @@ def report_statuses(session: Session, *, run_id: int, reports: list[StatusReport
     before = logs or [None] * len(reports)
     refused, run, index, truncated = [], None, 0, None
     while index < len(reports):
+        # A report applied holds the run's row to the end of the transaction:
+        # what it left is what the next one finds, with no statement to ask.
+        current = RunStatus(run.status) if run is not None else None
         if (lines := before[index]) is not None:
             _, truncated = log_store.append_worker_batch(session, run_id=run_id, lease_token=reports[index].lease_token,
-                                                         seq=lines.seq, runs=lines.runs, settings=settings)
+                                                         seq=lines.seq, runs=lines.runs, settings=settings, held=run)
         path = _path_from(reports, index, lines=before)
         if len(path) > 1:
             try:
-                run = _report_path(session, run_id=run_id, path=path, settings=settings)
+                run = _report_path(session, run_id=run_id, path=path, settings=settings, current=current)
                 index += len(path)
                 continue
             except InvalidTransition:  # its first report refused: one by one, each as the table says
                 pass
         try:
-            run = report_status(session, run_id=run_id, report=reports[index], settings=settings)
+            run = report_status(session, run_id=run_id, report=reports[index], settings=settings, current=current)
         except InvalidTransition:
             refused.append(index)
         index += 1
@@ -348,13 +353,15 @@ def _path_from(reports: list[StatusReport], start: int, *, lines: list) -> list[
 _ALONE = frozenset({S.KILLED, S.MACHINE_REQUESTED})
 
 
-def _report_path(session: Session, *, run_id: int, path: list[StatusReport], settings: Settings) -> Run:
+def _report_path(session: Session, *, run_id: int, path: list[StatusReport], settings: Settings,
+                 current: RunStatus | None) -> Run:
     values: dict = {}
     for report in path:  # later reports' values win, as when sent one by one
         values.update(_report_values(report, settings))
     last = path[-1]
     return runs.switch_status(session, run=run_id, to=last.status, note=last.note, lease_token=last.lease_token,
-                              values=values, via=tuple((report.status, report.note) for report in path[:-1]))
+                              values=values, via=tuple((report.status, report.note) for report in path[:-1]),
+                              current=current)
 
 
 def _drop_outputs(session: Session, *, run: Run, settings: Settings) -> None:

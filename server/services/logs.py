@@ -124,11 +124,12 @@ _WORKER_COUNTERS = ("worker_log_seq", "worker_log_lines", "log_bytes", "log_trun
 
 
 def append_worker_batch(session: Session, *, run_id: int, lease_token: str, seq: int, runs: list,
-                        settings: Settings) -> tuple[int, bool]:
-    """Store a worker's batch (`runs` have .stream/.lines/.time); (next_offset, truncated)."""
+                        settings: Settings, held: Run | None = None) -> tuple[int, bool]:
+    """Store a worker's batch (`runs` have .stream/.lines/.time); (next_offset,
+    truncated). `held`: see `batches.admit`."""
     run, skip = batches.admit(session, run_id=run_id, lease_token=lease_token, seq=seq,
                               count=sum(len(r.lines) for r in runs), mark="worker_log_seq",
-                              columns=_WORKER_COUNTERS + ("log_size",))
+                              columns=_WORKER_COUNTERS + ("log_size",), held=held)
     now = utcnow()
     cap = settings.max_log_bytes_per_run
     rows: Rows = []

@@ -140,6 +140,7 @@ def switch_status(
     values: dict | None = None,
     must: bool = True,
     via: tuple[tuple[RunStatus, str | None], ...] = (),
+    current: RunStatus | None = None,
 ) -> Run | None:
     """Move `run` (an id, or a scalar subquery choosing one) to `to` if the table allows it.
 
@@ -155,7 +156,9 @@ def switch_status(
     Where the table allows one source only (the claim and a worker's reports
     but saving), the status it left is known before the UPDATE, and so the
     number of stage lines: that UPDATE also reserves their offsets in the log
-    (`log_size`), which saves the append its own UPDATE of the run.
+    (`log_size`), which saves the append its own UPDATE of the run. So is
+    `current`, the status a caller left the run in earlier in its transaction
+    (whose row it has held since): the UPDATE then asks for that source alone.
     """
     steps = [*via, (to, note)]
     if not is_path([status for status, _ in steps]):
@@ -170,7 +173,7 @@ def switch_status(
             worker_name=None, executor=None, limits=None, started_at=None, finished_at=None, exit_code=None,
         )
     first = steps[0][0]
-    sources = _SOURCES[first]
+    sources = _SOURCES[first] if current is None else _SOURCES[first] & {current}
     previous = next(iter(sources)) if len(sources) == 1 else None
     reserved = 0
     if previous is not None:
@@ -181,7 +184,7 @@ def switch_status(
             changes["log_size"] = Run.log_size + reserved
     statement = (
         update(Run)
-        .where(Run.id == run, Run.status.in_(_SOURCE_VALUES[first]), *where)
+        .where(Run.id == run, Run.status.in_([source.value for source in sources]), *where)
         .values(**changes)
         .returning(Run)
         .execution_options(synchronize_session=False, populate_existing=True)
@@ -224,7 +227,6 @@ def is_path(statuses: list[RunStatus]) -> bool:
 
 
 _SOURCES = {status: sources_of(status) for status in RunStatus}
-_SOURCE_VALUES = {status: [s.value for s in sources] for status, sources in _SOURCES.items()}
 # Built once: every status change runs it.
 _RECORD = insert(RunTransition.__table__).values(
     run_id=bindparam("run_id"), status=bindparam("status"), at=bindparam("at"), note=bindparam("note"))
