@@ -52,27 +52,27 @@ class Load:
 
 _LEASED = [s.value for s in LEASED_STATUSES]
 _WORKERS = Worker.__table__
-# Built once: every submit runs both (building them cost more than running them).
-_LOADS = (select(Run.worker_id, func.count(), func.coalesce(func.sum(Run.gpus), 0))
-          .where(Run.status.in_(_LEASED), Run.worker_id.is_not(None)).group_by(Run.worker_id))
-_CANDIDATES = (select(_WORKERS).where((_WORKERS.c.last_seen_at >= bindparam("since"))
-                                      | _WORKERS.c.id.in_(bindparam("busy", expanding=True)))
-               .order_by(_WORKERS.c.registered_at))
+# Built once: every submit runs it (building it cost more than running it).
+# Each busy worker's load is counted by the database, one row a worker: a
+# submit must not load every active run.
+_LOADS = (select(Run.worker_id.label("worker_id"), func.count().label("busy"),
+                 func.coalesce(func.sum(Run.gpus), 0).label("held_gpus"))
+          .where(Run.status.in_(_LEASED), Run.worker_id.is_not(None)).group_by(Run.worker_id).subquery())
+_PRESENT = (select(_WORKERS, _LOADS.c.busy, _LOADS.c.held_gpus)
+            .select_from(_WORKERS.outerjoin(_LOADS, _LOADS.c.worker_id == _WORKERS.c.id))
+            .where((_WORKERS.c.last_seen_at >= bindparam("since")) | _LOADS.c.worker_id.is_not(None))
+            .order_by(_WORKERS.c.registered_at))
 
 
-def leased_load(session: Session) -> dict[str, Load]:
-    """Each busy worker's current load, by worker id: one row a worker,
-    counted by the database (a submit must not load every active run)."""
-    return {worker_id: Load(busy=count, gpus=gpus) for worker_id, count, gpus in session.execute(_LOADS)}
-
-
-def present_workers(session: Session, *, settings: Settings, loads: dict[str, Load]) -> list[Row]:
+def present_workers(session: Session, *, settings: Settings) -> tuple[list[Row], dict[str, Load]]:
     """The workers that count, oldest registration first (see the module's
-    rule): rows of the workers table, not ORM objects (a submit reads them all)."""
+    rule), as rows of the workers table, not ORM objects (a submit reads them
+    all); and each busy worker's current load, by worker id. One statement."""
     since = utcnow() - timedelta(seconds=presence_seconds(settings))
-    candidates = session.execute(_CANDIDATES, {"since": since, "busy": list(loads)}).all()
+    candidates = session.execute(_PRESENT, {"since": since}).all()
+    loads = {w.id: Load(busy=w.busy, gpus=w.held_gpus) for w in candidates if w.busy is not None}
     newest = {worker.name: worker.id for worker in candidates}  # the last registration of each name
-    return [w for w in candidates if newest[w.name] == w.id or w.id in loads]
+    return [w for w in candidates if newest[w.name] == w.id or w.id in loads], loads
 
 
 def describe_worker(worker: Worker | Row) -> str:
@@ -111,9 +111,10 @@ def check_runnable(session: Session, *, spec: RunSpec, settings: Settings, queue
     """Refuse (NoWorkerCan) a run no present worker could ever run, unless
     `queue_anyway`; otherwise the waiting line for its log, or None when a
     worker able to run it has room now."""
-    loads = leased_load(session)
-    present = present_workers(session, settings=settings, loads=loads)
-    unsandboxed_refused = bool(present) and not settings.allow_unsandboxed_workers and _several_users(session)
+    present, loads = present_workers(session, settings=settings)
+    # Users are counted only when the answer matters: a fleet of sandboxed workers never asks.
+    unsandboxed_refused = (any(not w.sandboxed for w in present) and not settings.allow_unsandboxed_workers
+                           and _several_users(session))
     reasons = {w.id: why_unable(w, spec, unsandboxed_refused=unsandboxed_refused) for w in present}
     if present and all(reasons.values()) and not queue_anyway:
         needs = list(dict.fromkeys(reasons.values()))
@@ -151,8 +152,7 @@ def _has_room(worker: Row, spec: RunSpec, load: Load) -> bool:
 def overview(session: Session, *, settings: Settings, viewer: User) -> dict:
     """The present workers with their capacities and runs, and the queue by
     machine type; run numbers of other users' runs are only counted for non-admins."""
-    loads = leased_load(session)
-    present = present_workers(session, settings=settings, loads=loads)
+    present, loads = present_workers(session, settings=settings)
     held: dict[str, list[int]] = defaultdict(list)
     for worker_id, run_id in session.execute(
         select(Run.worker_id, Run.id).where(Run.status.in_(_LEASED), Run.worker_id.in_(list(loads))).order_by(Run.id)
