@@ -13,6 +13,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from playwright.sync_api import Error as PlaywrightError
+
 from tests.conftest import REPO_ROOT
 
 SCREENSHOTS = REPO_ROOT / "artifacts" / "screenshots"
@@ -48,9 +50,41 @@ class PageWatch:
         assert self.errors == [], f"the page threw errors: {self.errors}"
 
 
+# What Chromium says when it drops requests because the host's addresses
+# changed: here, another test's network namespace or container coming up.
+NETWORK_CHANGED = "net::ERR_NETWORK_CHANGED"
+_VIEWER_FILES = frozenset({"document", "script", "stylesheet"})
+
+
+def load(page, url: str | None = None, tries: int = 3) -> None:
+    """`page.goto(url)`, or a reload without one; loaded again when Chromium
+    dropped one of the viewer's own files for a network change (CI saw a
+    module dropped so: a viewer without all its modules never starts, and
+    the page stays blank). Any other failure is the test's to see."""
+    for _ in range(tries):
+        dropped: list[str] = []
+
+        def on_failed(request):
+            if request.resource_type in _VIEWER_FILES and request.failure == NETWORK_CHANGED:
+                dropped.append(request.url)
+
+        page.on("requestfailed", on_failed)
+        try:
+            page.goto(url) if url is not None else page.reload()
+        except PlaywrightError as error:
+            if NETWORK_CHANGED not in str(error):
+                raise
+            dropped.append(str(error))
+        finally:
+            page.remove_listener("requestfailed", on_failed)
+        if not dropped:
+            return
+    raise AssertionError(f"the viewer's files were dropped for a network change {tries} times: {dropped}")
+
+
 def sign_in(page, server, route: str = "#/runs") -> None:
     """Open the viewer and enter the admin token in its login form."""
-    page.goto(f"{server.url}/{route}")
+    load(page, f"{server.url}/{route}")
     page.fill("#token", server.admin_token)
     page.click("form.login button[type=submit]")
     page.wait_for_selector("form.login", state="detached")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from playwright.sync_api import expect
 
 from tests.factories import create_run, wait_status
-from tests.web.helpers import sign_in
+from tests.web.helpers import load, sign_in
 
 
 def test_a_deleted_runs_badge_and_outputs(server, worker, page):
@@ -25,7 +25,7 @@ def test_a_deleted_runs_badge_and_outputs(server, worker, page):
     expect(freed_row.locator('.badge[data-status="complete"]')).to_be_visible()
     expect(page.locator(f'tr[data-run-id="{kept["id"]}"] .badge.deleted')).to_have_count(0)
 
-    page.goto(f"{server.url}/#/runs/{freed['id']}")
+    load(page, f"{server.url}/#/runs/{freed['id']}")
     expect(page.locator("#run-status .badge.deleted")).to_be_visible()
     expect(page.locator(".outputs")).to_contain_text(f"run {freed['id']}'s outputs were deleted at ")
     expect(page.locator("#run-status")).to_contain_text("complete")

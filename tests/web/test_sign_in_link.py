@@ -10,6 +10,7 @@ from playwright.sync_api import expect
 from sqlalchemy import create_engine, text
 
 from tests.factories import create_run
+from tests.web.helpers import load
 
 
 def _link(cli) -> str:
@@ -23,13 +24,13 @@ def test_a_sign_in_link_works_once(server, cli, page, second_page):
     link = _link(cli)
     assert link.startswith(f"{server.url}/#sign-in=cast_s_")
 
-    page.goto(link)
+    load(page, link)
     expect(page.locator("table.runs")).to_contain_text("signed-in-marker")
     expect(page.locator("form.login")).to_have_count(0)
     assert "sign-in" not in page.url  # the spent secret left the address bar
     assert page.evaluate("localStorage.getItem('cast.token')").startswith("cast_u_")
 
-    second_page.goto(link)
+    load(second_page, link)
     expect(second_page.locator(".login-error")).to_contain_text("this sign-in link was already used")
     expect(second_page.locator("table.runs")).to_have_count(0)
 
@@ -42,6 +43,6 @@ def test_an_expired_sign_in_link_is_refused_on_the_page(server, cli, page):
             db.execute(text("UPDATE tokens SET expires_at = '2000-01-01 00:00:00' WHERE kind = 'sign-in'"))
     finally:
         engine.dispose()
-    page.goto(link)
+    load(page, link)
     expect(page.locator(".login-error")).to_contain_text("this sign-in link expired; run `cast web` for a new one")
     expect(page.locator("form.login")).to_be_visible()

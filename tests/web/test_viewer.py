@@ -19,7 +19,7 @@ from playwright.sync_api import expect
 from cast.protocol.status import RunStatus
 from tests.conftest import REPO_ROOT
 from tests.factories import create_run, get_run, page_entries, wait_status
-from tests.web.helpers import screenshot, sign_in
+from tests.web.helpers import load, screenshot, sign_in
 
 STATIC = REPO_ROOT / "server" / "web" / "static"
 
@@ -43,7 +43,7 @@ def status_badge(page):
 def test_no_run_data_without_a_token_and_a_wrong_token_is_refused_clearly(server, page):
     run = create_run(server, "echo private-marker")  # no worker: it stays queued
 
-    page.goto(f"{server.url}/#/runs")
+    load(page, f"{server.url}/#/runs")
     expect(page.locator("form.login")).to_be_visible()
     assert "private-marker" not in page.inner_text("body")
 
@@ -67,12 +67,12 @@ def test_no_run_data_without_a_token_and_a_wrong_token_is_refused_clearly(server
     expect(row).to_contain_text("echo private-marker")
 
     # The token is kept in the browser: a reload goes straight to the runs.
-    page.reload()
+    load(page)
     expect(row).to_be_visible()
 
     # A kept token the server no longer accepts brings the form back, saying why.
     page.evaluate("localStorage.setItem('cast.token', 'revoked-token')")
-    page.reload()
+    load(page)
     expect(page.locator("form.login")).to_be_visible()
     expect(page.locator(".login-error")).to_contain_text("401")
     assert "private-marker" not in page.inner_text("body")
@@ -102,7 +102,7 @@ def test_the_viewer_takes_its_statuses_from_the_api_once_per_page_load(server, p
     # its order, and which statuses are final ("active" asks for the others).
     changed = [{**s, "final": s["name"] != "mounting"} for s in reversed(table)]
     page.route("**/api/v1/protocol/statuses", lambda route: route.fulfill(json={"statuses": changed}))
-    page.reload()
+    load(page)
     expect(page.locator("#status-filter option")).to_have_count(2 + len(table))
     assert page.evaluate(options) == ["", "active"] + [s["name"] for s in changed]
     with page.expect_request(lambda request: "/api/v1/runs?" in request.url and "status=" in request.url) as listed:
@@ -112,7 +112,7 @@ def test_the_viewer_takes_its_statuses_from_the_api_once_per_page_load(server, p
 
 def test_without_the_status_table_the_viewer_says_so_and_tries_again(server, page):
     page.route("**/api/v1/protocol/statuses", lambda route: route.abort())
-    page.goto(f"{server.url}/#/runs")
+    load(page, f"{server.url}/#/runs")
     expect(page.locator(".page-error")).to_contain_text("Cannot load the run statuses from the server")
     expect(page.locator("form.login")).to_have_count(0)
     page.unroute("**/api/v1/protocol/statuses")
@@ -423,7 +423,7 @@ ANSI_CASES = r"""async () => {
 
 
 def test_ansi_codes_become_styles_and_other_escapes_are_dropped(server, page):
-    page.goto(f"{server.url}/")
+    load(page, f"{server.url}/")
     result = page.evaluate(ANSI_CASES)
     assert result["boldRed"] == [
         {"text": "red", "className": "ansi-fg-1 ansi-bold", "color": "", "background": ""},
