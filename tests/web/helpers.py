@@ -58,10 +58,13 @@ _VIEWER_FILES = frozenset({"document", "script", "stylesheet"})
 
 def load(page, url: str | None = None, tries: int = 3) -> None:
     """`page.goto(url)`, or a reload without one; loaded again when Chromium
-    dropped one of the viewer's own files for a network change (CI saw a
-    module dropped so: a viewer without all its modules never starts, and
-    the page stays blank). Any other failure is the test's to see."""
-    for _ in range(tries):
+    dropped one of the viewer's own files for a network change, or the
+    viewer could not load them all (CI saw modules dropped so: a viewer
+    without all its modules never starts, and shows boot.js's card). The card is looked for as well as the
+    failed requests because CI once saw those reported only after the
+    navigation had returned. A failure that stays for every try is the
+    test's to see."""
+    for attempt in range(tries):
         dropped: list[str] = []
 
         def on_failed(request):
@@ -70,16 +73,20 @@ def load(page, url: str | None = None, tries: int = 3) -> None:
 
         page.on("requestfailed", on_failed)
         try:
-            page.goto(url) if url is not None else page.reload()
+            # Going to the same address with a fragment again would not load it.
+            again = attempt > 0 and page.url == url
+            page.goto(url) if url is not None and not again else page.reload()
         except PlaywrightError as error:
             if NETWORK_CHANGED not in str(error):
                 raise
             dropped.append(str(error))
         finally:
             page.remove_listener("requestfailed", on_failed)
+        if page.locator(".boot-error").count():
+            dropped.append(page.locator(".boot-error").inner_text())
         if not dropped:
             return
-    raise AssertionError(f"the viewer's files were dropped for a network change {tries} times: {dropped}")
+    raise AssertionError(f"the viewer could not load all of its files in {tries} tries: {dropped}")
 
 
 def sign_in(page, server, route: str = "#/runs") -> None:

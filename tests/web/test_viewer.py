@@ -124,7 +124,7 @@ def test_without_the_status_table_the_viewer_says_so_and_tries_again(server, pag
 
 def test_a_viewer_file_that_cannot_be_fetched_is_said_with_a_reload_not_a_blank_page(server, page):
     page.route("**/static/util.js", lambda route: route.abort())  # a module app.js imports
-    load(page, f"{server.url}/#/runs")
+    page.goto(f"{server.url}/#/runs")  # not load(), which would load it again
     expect(page.locator(".boot-error")).to_contain_text("could not load all of its files")
     expect(page.locator("form.login")).to_have_count(0)
     page.unroute("**/static/util.js")
