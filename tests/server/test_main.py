@@ -3,6 +3,7 @@ its home lock and server.json, and a bad setting refused in one line."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -52,7 +53,8 @@ def test_up_serves_with_one_worker_refuses_a_second_up_and_cleans_up_on_sigterm(
         run = wait_until(lambda: (r := api.get(f"/runs/{run_id}").json())["status"] == "complete" and r,
                          timeout=120, what=f"run to complete (log: {tmp_path / 'up.log'})")
         assert run["worker"] == "embedded" and run["executor"] == "local"
-        assert "requests are parsed with httptools" in (tmp_path / "up.log").read_text()
+        up_log = (tmp_path / "up.log").read_text()
+        assert "requests are parsed with httptools" in up_log and "requests are served on uvloop" in up_log
         assert api.get(f"/runs/{run_id}/outputs/greeting.txt").content == b"hello\n"
         worker_dir = str(home / "worker")
         assert len(_processes_mentioning(worker_dir)) == 1
@@ -91,6 +93,25 @@ def test_requests_are_parsed_with_httptools_else_with_h11_as_the_log_says(monkey
     assert server_main._http_parser() == "h11"
     assert [record.getMessage().split(":")[0] for record in caplog.records] == [
         "requests are parsed with httptools", "httptools is not installed"]
+
+
+def test_requests_are_served_on_uvloop_else_on_asyncio_as_the_log_says(monkeypatch, caplog):
+    caplog.set_level("INFO", logger="cast.server")
+    assert server_main._event_loop() == "uvloop"
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    assert server_main._event_loop() == "asyncio"
+    assert [record.getMessage().split(":")[0] for record in caplog.records] == [
+        "requests are served on uvloop", "uvloop is not installed"]
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_the_embedded_server_runs_on_the_loop_it_picked(loop):
+    async def which() -> None:
+        ran.append(type(asyncio.get_running_loop()).__module__.split(".")[0])
+
+    ran: list[str] = []
+    server_main._run(which(), loop)
+    assert ran == [loop]
 
 
 def test_a_bad_setting_is_one_line_and_exit_code_2(monkeypatch, tmp_path, capsys):
