@@ -32,7 +32,7 @@ from cast.server import errors
 from cast.server.api import (code, health, hyper, logs, metrics, objects, outputs, protocol, retention, runs, status,
                              uploads, users, workers)
 from cast.server.db import Database
-from cast.server.services import deletion, hyper_driver, leases, log_archive, object_files, storage, upload_layout
+from cast.server.services import deletion, hyper_driver, log_archive, object_files, reaper, storage, upload_layout
 from cast.server.services.objectstore import object_store
 from cast.server.services import users as user_service
 from cast.server.settings import Settings
@@ -193,16 +193,16 @@ def _reap_once(database: Database, settings: Settings) -> None:
 def _reap(database: Database, settings: Settings) -> None:
     # Most passes find nothing: a read first keeps them off the write lock.
     with database.transaction(write=False) as session:
-        expired = leases.any_expired(session)
-        overdue = leases.any_overdue(session, settings=settings)
+        expired = reaper.any_expired(session)
+        overdue = reaper.any_overdue(session, settings=settings)
     if expired:
         with database.transaction() as session:
-            reaped = leases.reap_expired(session, settings=settings)
+            reaped = reaper.reap_expired(session, settings=settings)
         if reaped:
             log.info("interrupted runs whose worker stopped heartbeating: %s", reaped)
     if overdue:
         with database.transaction() as session:
-            ended = leases.end_overdue(session, settings=settings)
+            ended = reaper.end_overdue(session, settings=settings)
         if ended:
             log.info("ended runs that stayed in a stage past its bound: %s", ended)
 
@@ -273,7 +273,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         database.serialize(session, "bootstrap")
         if user_service.bootstrap(session, settings=settings):
             log.info("new data dir: wrote %s and %s", settings.admin_token_file, settings.worker_token_file)
-        if extended := leases.extend_leases_after_restart(session, settings=settings):
+        if extended := reaper.extend_leases_after_restart(session, settings=settings):
             log.info("gave %d leased runs a fresh lease period to hear from their workers", extended)
 
     @contextlib.asynccontextmanager

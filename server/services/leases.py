@@ -23,27 +23,25 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, Row, and_, bindparam, case, delete, func, literal, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Row, bindparam, case, delete, func, literal, select, tuple_, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from cast.protocol.messages import RunSpec
 from cast.protocol.worker_messages import (HeartbeatReply, HeldLease, Lease, LeaseMount, LeaseState, StatusBatchReply,
-                                           StatusReport, WorkerHeartbeatReply, heartbeat_interval)
+                                           StatusReport, WorkerHeartbeatReply)
 from cast.protocol.status import FINAL_STATUSES, LEASED_STATUSES, RunStatus
-from cast.protocol.units import format_duration
 from cast.protocol.validate import parse_resource
-from cast.server import events
 from cast.server.db import Database
 from cast.server.errors import InvalidTransition, LeaseLost, PathNotFound, RunNotFound, ShuttingDown
-from cast.server.models import OutputFile, Run, RunMount, RunTransition, Upload, UploadFile, Worker, utcnow
+from cast.server.models import OutputFile, Run, RunMount, Upload, UploadFile, Worker, utcnow
 from cast.server.schemas.logs import LogLinesIn
 from cast.server.services import logs as log_store
 from cast.server.services import runs, storage, workers
 from cast.server.settings import Settings
 
 S = RunStatus
-_LEASED = [s.value for s in LEASED_STATUSES]
+LEASED_VALUES = [s.value for s in LEASED_STATUSES]  # as stored: the statuses a lease holds
 _RUNS = Run.__table__
 
 
@@ -152,7 +150,7 @@ def _claim(database: Database, *, worker_id: str, free_gpus: int, settings: Sett
 def claimed(session: Session, *, worker: Worker | Row, claim: str) -> Run | None:
     """The run this worker's claim `claim` already leased, while it is still leased."""
     return session.scalars(select(Run).where(Run.worker_id == worker.id, Run.lease_token == claim,
-                                             Run.status.in_(_LEASED))).first()
+                                             Run.status.in_(LEASED_VALUES))).first()
 
 
 async def wait_for_lease(
@@ -217,7 +215,7 @@ def _heartbeat_statement():
     return (
         update(_RUNS)
         .where(tuple_(held.id, held.lease_token).in_(bindparam("held", expanding=True)),
-               held.worker_id == bindparam("worker"), held.status.in_(_LEASED))
+               held.worker_id == bindparam("worker"), held.status.in_(LEASED_VALUES))
         .values(lease_expires_at=case((held.lease_expires_at > expires, held.lease_expires_at), else_=expires))
         .returning(held.id, held.status, held.lease_token, held.worker_id, held.lease_expires_at)
     )
@@ -278,7 +276,7 @@ def report_status(session: Session, *, run_id: int, report: StatusReport, settin
     run = runs.switch_status(session, run=run_id, to=report.status, note=report.note,
                              lease_token=report.lease_token, values=_report_values(report, settings), current=current)
     if report.status is S.KILLED:
-        _drop_outputs(session, run=run, settings=settings)
+        drop_outputs(session, run=run, settings=settings)
     return run
 
 
@@ -364,105 +362,9 @@ def _report_path(session: Session, *, run_id: int, path: list[StatusReport], set
                               current=current)
 
 
-def _drop_outputs(session: Session, *, run: Run, settings: Settings) -> None:
+def drop_outputs(session: Session, *, run: Run, settings: Settings) -> None:
     """A killed run keeps no outputs."""
     session.execute(delete(OutputFile).where(OutputFile.run_id == run.id))
     run.outputs_size = None
     session.flush()
     storage.remove(storage.run_outputs_dir(settings, run.id))
-
-
-# --- leases that ran out ----------------------------------------------------------------
-
-def any_expired(session: Session) -> bool:
-    now = utcnow()
-    return session.scalar(
-        select(Run.id).where(Run.status.in_(_LEASED), Run.lease_expires_at < now).limit(1)
-    ) is not None
-
-
-def reap_expired(session: Session, *, settings: Settings) -> list[int]:
-    """Interrupt runs whose lease expired, requeueing those with retries left; their ids."""
-    now = utcnow()
-    expired = list(session.scalars(select(Run.id).where(Run.status.in_(_LEASED), Run.lease_expires_at < now)))
-    reaped = []
-    for run_id in expired:
-        note = f"worker lost: no heartbeat for {settings.lease_seconds:g}s"
-        run = runs.switch_status(session, run=run_id, to=S.INTERRUPTED, note=note, must=False,
-                                 where=(Run.lease_expires_at < now,), values={"reason": note})
-        if run is None:
-            continue
-        reaped.append(run_id)
-        storage.drop_staged(settings, run_id)  # a worker that died mid-move left it half-staged
-        if run.attempt <= run.retries:
-            runs.switch_status(session, run=run_id, to=S.MACHINE_REQUESTED,
-                               note=f"attempt {run.attempt + 1} of {run.retries + 1}")
-    return reaped
-
-
-# --- stages that never end -------------------------------------------------------------
-
-def _stage_bounds(settings: Settings) -> dict[RunStatus, tuple[float, str]]:
-    """Each bounded status: its bound in seconds and the setting that sets it."""
-    stage = (settings.stage_timeout_seconds, "CAST_STAGE_TIMEOUT_SECONDS")
-    halt = (settings.halt_timeout_seconds, "CAST_HALT_TIMEOUT_SECONDS")
-    return {S.BUILDING: stage, S.SAVING: stage, S.PUSHING: stage, S.STOPPING: halt, S.KILLING: halt}
-
-
-def _overdue(settings: Settings, now) -> ColumnElement:
-    """Runs in a bounded status entered longer ago than its bound."""
-    entered = select(func.max(RunTransition.at)).where(RunTransition.run_id == Run.id).scalar_subquery()
-    return or_(*(
-        and_(Run.status == status.value, entered < now - timedelta(seconds=seconds))
-        for status, (seconds, _) in _stage_bounds(settings).items()
-    ))
-
-
-def any_overdue(session: Session, *, settings: Settings) -> bool:
-    return session.scalar(select(Run.id).where(_overdue(settings, utcnow())).limit(1)) is not None
-
-
-def end_overdue(session: Session, *, settings: Settings) -> list[int]:
-    """End runs that stayed in a bounded status past its bound, whatever their
-    worker says: `failed`, or `killed` when they were being killed; their ids.
-    A run the worker moved on meanwhile is left alone."""
-    now = utcnow()
-    bounds = _stage_bounds(settings)
-    ended = []
-    for run_id, status in session.execute(select(Run.id, Run.status).where(_overdue(settings, now))).all():
-        status = RunStatus(status)
-        seconds, setting = bounds[status]
-        reason = f"{status.value} for longer than {format_duration(seconds)}, the server's bound ({setting})"
-        to = S.KILLED if status is S.KILLING else S.FAILED
-        run = runs.switch_status(session, run=run_id, to=to, note=reason, must=False,
-                                 where=(Run.status == status.value, _overdue(settings, now)),
-                                 values={"reason": reason})
-        if run is None:
-            continue
-        if to is S.KILLED:
-            _drop_outputs(session, run=run, settings=settings)
-        ended.append(run_id)
-    return ended
-
-
-def extend_leases_after_restart(session: Session, *, settings: Settings) -> int:
-    """Give every leased run a fresh lease period when the control plane starts
-    after being down.
-
-    Workers could not reach a stopped control plane, so a lease that ran out
-    while it was down says nothing about the worker; its next heartbeat will
-    tell. A replica that starts while another serves leaves the leases alone:
-    there the workers were heard, and a lapsed lease is a lost worker's. It
-    knows another serves when a lease was renewed within the last three
-    heartbeat intervals (a renewal sets the lease's end a lease period ahead).
-    """
-    heard_since = utcnow() + timedelta(seconds=settings.lease_seconds - 3 * heartbeat_interval(settings.lease_seconds))
-    newest = session.scalar(select(func.max(Run.lease_expires_at)).where(Run.status.in_(_LEASED)))
-    if newest is not None and newest > heard_since:
-        return 0
-    result = session.execute(
-        update(Run).where(Run.status.in_(_LEASED))
-        .values(lease_expires_at=utcnow() + timedelta(seconds=settings.lease_seconds))
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount

@@ -8,12 +8,15 @@ import contextlib
 import io
 import tarfile
 import threading
+from datetime import timedelta
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from cast.server.app import create_app
+from cast.server.models import Run, utcnow
 from cast.server.settings import Settings
 
 STAGES_TO_RUNNING = ("mounting", "running")
@@ -39,6 +42,12 @@ def make_tar(files: dict[str, bytes] | list[tuple[str, bytes]], *, extra: list[t
         for info in extra:
             archive.addfile(info)
     return buffer.getvalue()
+
+
+def expire_lease(app, run_id: int) -> None:
+    """End run `run_id`'s lease a second ago, as a worker gone silent leaves it."""
+    with app.state.database.transaction() as session:
+        session.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
 
 
 class Api:
@@ -142,9 +151,11 @@ def live(server) -> Api:
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:
+def settings(tmp_path, request) -> Settings:
     # The tests' git repositories are local; their refusal is tested on its own.
-    return Settings(data_dir=tmp_path / "data", lease_seconds=2, allow_local_git=True)
+    # A module may set LEASE_SECONDS: a test that reaps needs leases no live run outlives.
+    return Settings(data_dir=tmp_path / "data", lease_seconds=getattr(request.module, "LEASE_SECONDS", 2),
+                    allow_local_git=True)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """cast.server.services.leases: claims (one statement, so racing workers get
-distinct runs), GPUs, status reports, heartbeats carrying stop and kill, the
-reaper and the fresh lease period after a restart."""
+distinct runs), GPUs, status reports, heartbeats carrying stop and kill, and
+the long polls' wake-ups (the reaper's own tests: test_reaper.py)."""
 
 from __future__ import annotations
 
@@ -9,24 +9,18 @@ import multiprocessing
 import time
 from datetime import datetime, timedelta
 
-import pytest
-from sqlalchemy import update
-
 from cast.server.db import Database
 from cast.server.models import MAX_INTEGER, Run, Worker, utcnow
-from cast.server.services import leases
+from cast.server.services import leases, reaper
 from cast.server.settings import Settings
 from tests.factories import page_entries
 
-from ..conftest import make_tar
+from ..conftest import expire_lease, make_tar
 
-
-@pytest.fixture
-def settings(tmp_path) -> Settings:
-    """A lease no test here outlives on a busy machine: the tests expire the
-    leases they mean to (`_expire`), and a reaper that found every lease
-    lapsed after a slow second would reap runs they count as live."""
-    return Settings(data_dir=tmp_path / "data", lease_seconds=60, allow_local_git=True)
+# A lease no test here outlives on a busy machine: the tests expire the
+# leases they mean to (`expire_lease`), and a reaper that found every lease
+# lapsed after a slow second would reap runs they count as live.
+LEASE_SECONDS = 60
 
 
 def test_status_route_answers_409_for_a_refused_transition(local):
@@ -216,64 +210,6 @@ def test_kill_drops_outputs(local, settings):
     assert not (settings.runs_dir / str(run_id)).exists()
 
 
-def _expire(app, run_id: int) -> None:
-    with app.state.database.transaction() as session:
-        session.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
-
-
-def test_the_reaper_interrupts_expired_leases_and_requeues_runs_with_retries_left(local, app, settings):
-    once = local.create_run()["id"]
-    twice = local.create_run(retries=1)["id"]
-    live = local.create_run()["id"]
-    worker = local.register()
-    leased = {lease["run_id"]: lease for lease in (local.lease(worker) for _ in range(3))}
-    assert set(leased) == {once, twice, live}
-    _expire(app, once)
-    _expire(app, twice)
-    database = app.state.database
-    with database.transaction(write=False) as session:
-        assert leases.any_expired(session)
-    with database.transaction() as session:
-        assert sorted(leases.reap_expired(session, settings=settings)) == [once, twice]
-    with database.transaction(write=False) as session:
-        assert not leases.any_expired(session)
-    assert local.run(once)["status"] == "interrupted"
-    assert local.run(once)["reason"] == "worker lost: no heartbeat for 60s"
-    assert local.run(twice)["status"] == "machine_requested" and local.run(twice)["attempt"] == 2
-    assert local.run(live)["status"] == "building"
-    beat = local.worker.post(f"/runs/{once}/heartbeat", json={"lease_token": leased[once]["lease_token"]})
-    assert beat.status_code == 409
-
-
-def test_a_restart_gives_every_leased_run_a_fresh_lease_period(local, app, settings):
-    run_id = local.create_run()["id"]
-    queued = local.create_run()["id"]
-    local.lease(local.register())
-    _expire(app, run_id)
-    with app.state.database.transaction() as session:
-        assert leases.extend_leases_after_restart(session, settings=settings) == 1
-    with app.state.database.transaction() as session:
-        assert leases.reap_expired(session, settings=settings) == []
-    assert local.run(run_id)["status"] == "building"
-    assert local.run(queued)["status"] == "machine_requested"
-
-
-def test_a_replica_starting_while_another_serves_leaves_the_leases_alone(local, app, settings):
-    """A lease renewed moments ago says a replica hears the workers: one lapsed
-    beside it is a lost worker's, and is reaped, not extended."""
-    lapsed = local.create_run()["id"]
-    heard = local.create_run()["id"]
-    worker = local.register()
-    local.lease(worker), local.lease(worker)
-    _expire(app, lapsed)  # `heard` was just leased: its lease runs a whole period ahead
-    with app.state.database.transaction() as session:
-        assert leases.extend_leases_after_restart(session, settings=settings) == 0
-    with app.state.database.transaction() as session:
-        assert leases.reap_expired(session, settings=settings) == [lapsed]
-    assert local.run(lapsed)["status"] == "interrupted"
-    assert local.run(heard)["status"] == "building"
-
-
 def test_a_heartbeat_answers_the_status_and_the_new_end_of_the_lease(local):
     run_id = local.create_run()["id"]
     lease = local.lease(local.register())
@@ -292,9 +228,9 @@ def test_one_worker_heartbeat_holds_all_its_leases_and_names_each_lost_one(local
     stopped, reaped, done = sorted(mine)
     local.advance({"run_id": done, "lease_token": mine[done]}, "mounting", "running", "saving", "pushing", "complete")
     assert local.user.post(f"/runs/{stopped}/stop").json()["status"] == "stopping"
-    _expire(app, reaped)
+    expire_lease(app, reaped)
     with app.state.database.transaction() as session:
-        assert leases.reap_expired(session, settings=app.state.settings) == [reaped]
+        assert reaper.reap_expired(session, settings=app.state.settings) == [reaped]
     before = utcnow()
     held = [{"run_id": run_id, "lease_token": token} for run_id, token in mine.items()]
     borrowed = [{"run_id": theirs["run_id"], "lease_token": theirs["lease_token"]},  # another worker's lease
@@ -404,14 +340,14 @@ def test_runs_queued_at_once_are_all_claimed_by_waiters_none_left_asleep(local, 
     for _ in requeued:
         local.lease(first)
     for run_id in requeued:
-        _expire(app, run_id)
+        expire_lease(app, run_id)
     workers = [local.register(f"w{i}") for i in range(5)]
 
     async def scenario(polls: _Polls) -> None:
         for worker in workers:
             await polls.start(worker)
         with app.state.database.transaction() as session:
-            assert sorted(leases.reap_expired(session, settings=settings)) == requeued
+            assert sorted(reaper.reap_expired(session, settings=settings)) == requeued
         await polls.settle(lambda: len(polls.leased()) == 3)
         assert sorted(polls.leased().values()) == requeued
         # Three claims, and one attempt that found the queue empty at most (a wake-up passed on

@@ -4,17 +4,14 @@ a read bounded by the run's size it read first."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
-from sqlalchemy import update
 
 from cast.protocol.metrics import MetricPoint
 from cast.server.db import Database
 from cast.server.errors import BadRequest, LeaseLost
-from cast.server.models import Run, utcnow
-from cast.server.services import leases, metrics
+from cast.server.services import metrics, reaper
 
+from ..conftest import expire_lease
 from .conftest import admin_of
 
 
@@ -70,10 +67,9 @@ def test_a_new_attempt_starts_at_seq_0_and_its_points_follow_the_last(local, app
     worker_id = local.register()
     first = local.lease(worker_id)
     assert send(database, (run_id, first["lease_token"]), 0, ("loss", 1.0, 0), ("loss", 0.5, 1)) == 2
-    with database.transaction() as session:  # the worker died: its lease runs out and the reaper requeues
-        session.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    expire_lease(app, run_id)  # the worker died: its lease runs out and the reaper requeues
     with database.transaction() as session:
-        assert leases.reap_expired(session, settings=settings) == [run_id]
+        assert reaper.reap_expired(session, settings=settings) == [run_id]
     second = local.lease(worker_id)
     assert second["run_id"] == run_id and second["attempt"] == 2
     assert send(database, (run_id, second["lease_token"]), 0, ("loss", 0.9, 0)) == 3
