@@ -247,7 +247,7 @@ class Stack:
 def _client(url: str, token: str, connections: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {token}"},
-        # Idle connections are dropped before uvicorn's 5 s keep-alive ends
+        # Idle connections are dropped before the replicas' keep-alive ends
         # them, so no request goes out on a connection the server is closing.
         limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections,
                             keepalive_expiry=2.0),

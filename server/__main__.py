@@ -63,6 +63,13 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+# How long an idle kept-alive connection stays open: longer than the clients
+# keep one (httpx, the worker's and most Python clients', 5 s; nginx's in
+# docker/nginx/cast.conf, 4 s), so the client is always the one to close it.
+# At uvicorn's own 5 s a client reusing a connection as the server closed it
+# met a reset ("Server disconnected without sending a response").
+KEEP_ALIVE_SECONDS = 30
+
 # What uvicorn receives of a request's body before it stops reading until the
 # app asks for more (its own is 64 KiB: a pause and a resume of the socket for
 # nearly every piece of a bulk body, a third of the server's CPU on an output
@@ -115,7 +122,8 @@ def serve(args: argparse.Namespace) -> None:
     settings = _settings(args, host=args.host, port=args.port, data_dir=args.data_dir)
     app = create_app(settings)
     _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                           access_log=args.access_log, timeout_graceful_shutdown=5, http=_http_parser(), loop=_event_loop())).run()
+                           access_log=args.access_log, timeout_graceful_shutdown=5,
+                           timeout_keep_alive=KEEP_ALIVE_SECONDS, http=_http_parser(), loop=_event_loop())).run()
 
 
 class _EmbeddedServer(_Server):
@@ -197,7 +205,8 @@ async def _up(args: argparse.Namespace) -> None:
         moved = {"wanted_port": wanted}
     (home / PORT_FILE).write_text(f"{port}\n")
     server = _EmbeddedServer(uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
-                                            timeout_graceful_shutdown=5, http=_http_parser()))
+                                            timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_SECONDS,
+                                            http=_http_parser()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -7,8 +7,10 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -112,6 +114,21 @@ def test_the_embedded_server_runs_on_the_loop_it_picked(loop):
     ran: list[str] = []
     server_main._run(which(), loop)
     assert ran == [loop]
+
+
+def test_a_connection_idle_longer_than_its_clients_keep_one_is_still_open(server):
+    """httpx (the worker's client) and nginx drop an idle kept-alive connection
+    after 5 and 4 s: the server keeps it longer, so it never closes one just as
+    a client sends on it."""
+    request = b"GET /api/v1/health HTTP/1.1\r\nHost: cast\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        answers = connection.makefile("rb")
+        for pause in (0, 6):
+            time.sleep(pause)
+            connection.sendall(request)
+            assert answers.readline().startswith(b"HTTP/1.1 200"), f"no answer after {pause} s idle"
+            headers = dict(line.rstrip().lower().split(b": ", 1) for line in iter(answers.readline, b"\r\n"))
+            assert b'"ok"' in answers.read(int(headers[b"content-length"]))
 
 
 def test_a_bad_setting_is_one_line_and_exit_code_2(monkeypatch, tmp_path, capsys):
