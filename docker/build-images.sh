@@ -23,8 +23,11 @@ trap 'rm -rf "$context"' EXIT
 [ -d server/web/node_modules/uplot/dist ] || npm ci --prefix server/web --no-audit --no-fund >&2
 echo "making wheels of cast and its dependencies" >&2
 # A fixed timestamp makes cast's own wheel byte-identical while its sources
-# are, so an unchanged tree reuses every cached image layer.
-SOURCE_DATE_EPOCH=315532800 python3 -m pip wheel -q --wheel-dir "$context/wheels" '.[server,worker]' >&2
+# are, so an unchanged tree reuses every cached image layer. One build at a
+# time: setuptools builds in the tree's build/, and two at once (the compose
+# tests run side by side) removed each other's files mid-copy.
+mkdir -p build
+SOURCE_DATE_EPOCH=315532800 flock build python3 -m pip wheel -q --wheel-dir "$context/wheels" '.[server,worker]' >&2
 
 # The scale-out stack's own images: Debian's PostgreSQL and nginx (installed
 # from the mirror during the build, as the worker's git is), and SeaweedFS's
