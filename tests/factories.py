@@ -1,6 +1,7 @@
 """Run factories and readers shared by every test folder: submit runs to a real
 server and read back their status, transitions, logs and outputs through the
-HTTP API.
+HTTP API; and, for the service tests, lines written to a run's log in a
+session of the server's own (`append_cast_lines`).
 
 Each helper takes either an open `httpx.Client` (used as is) or a server from
 tests/conftest.py, which gives a fresh admin client per call, so that polling
@@ -15,7 +16,10 @@ from contextlib import contextmanager
 import httpx
 
 from cast.protocol.logs import MAX_READ_LINES, LogPage
+from cast.protocol.messages import LogStream
 from cast.protocol.status import FINAL_STATUSES
+from cast.server.models import utcnow
+from cast.server.services import logs
 from tests.conftest import CliResult, ServerProcess, wait_until
 
 FINAL = {status.value for status in FINAL_STATUSES}
@@ -148,3 +152,8 @@ def cli_log_reads(cli, run_id: int) -> dict[str, tuple[int, str]]:
         result = cli("logs", *args, str(run_id))
         reads[name] = (result.returncode, result.stdout)
     return reads
+
+
+def append_cast_lines(session, run, lines: list[str]) -> None:
+    """`lines` appended to `run`'s log as cast's own lines (a status change's are stored so)."""
+    logs.append(session, run, [(LogStream.CAST.value, list(lines), utcnow())])

@@ -270,11 +270,13 @@ def heartbeat_run(session: Session, *, run_id: int, lease_token: str, settings: 
 
 
 def report_status(session: Session, *, run_id: int, report: StatusReport, settings: Settings,
-                  current: RunStatus | None = None) -> Run:
+                  current: RunStatus | None = None, ahead: log_store.WorkerBatch | None = None) -> Run:
     """A worker moves its leased run on; the lease is extended while it stays
-    leased. `current`: see `runs.switch_status`."""
-    run = runs.switch_status(session, run=run_id, to=report.status, note=report.note,
-                             lease_token=report.lease_token, values=_report_values(report, settings), current=current)
+    leased. `current`: see `runs.switch_status`; `ahead`, the worker's lines
+    printed before the report, stored by the same change."""
+    values = _report_values(report, settings) | (ahead.counters if ahead else {})
+    run = runs.switch_status(session, run=run_id, to=report.status, note=report.note, lease_token=report.lease_token,
+                             values=values, current=current, ahead=ahead.rows if ahead else ())
     if report.status is S.KILLED:
         drop_outputs(session, run=run, settings=settings)
     return run
@@ -310,21 +312,30 @@ def report_statuses(session: Session, *, run_id: int, reports: list[StatusReport
         # A report applied holds the run's row to the end of the transaction:
         # what it left is what the next one finds, with no statement to ask.
         current = RunStatus(run.status) if run is not None else None
+        ahead = None
         if (lines := before[index]) is not None:
-            _, truncated = log_store.append_worker_batch(session, run_id=run_id, lease_token=reports[index].lease_token,
-                                                         seq=lines.seq, runs=lines.runs, settings=settings, held=run)
+            held, ahead = log_store.prepare_worker_batch(
+                session, run_id=run_id, lease_token=reports[index].lease_token, seq=lines.seq, runs=lines.runs,
+                settings=settings, held=run)
+            truncated = held.log_truncated
+            if run is None:  # no change holds the row yet to reserve their offsets with: stored now
+                log_store.store_worker_batch(session, held, ahead)
+                ahead = None
         path = _path_from(reports, index, lines=before)
         if len(path) > 1:
             try:
-                run = _report_path(session, run_id=run_id, path=path, settings=settings, current=current)
+                run = _report_path(session, run_id=run_id, path=path, settings=settings, current=current, ahead=ahead)
                 index += len(path)
                 continue
             except InvalidTransition:  # its first report refused: one by one, each as the table says
                 pass
         try:
-            run = report_status(session, run_id=run_id, report=reports[index], settings=settings, current=current)
+            run = report_status(session, run_id=run_id, report=reports[index], settings=settings, current=current,
+                                ahead=ahead)
         except InvalidTransition:
             refused.append(index)
+            if ahead is not None:  # the lines are stored whether or not the report was
+                log_store.store_worker_batch(session, run, ahead)
         index += 1
     # The last report applied left the run as it is; with none applied, it is read.
     status = run.status if run is not None else session.scalar(select(Run.status).where(Run.id == run_id))
@@ -352,14 +363,15 @@ _ALONE = frozenset({S.KILLED, S.MACHINE_REQUESTED})
 
 
 def _report_path(session: Session, *, run_id: int, path: list[StatusReport], settings: Settings,
-                 current: RunStatus | None) -> Run:
+                 current: RunStatus | None, ahead: log_store.WorkerBatch | None) -> Run:
     values: dict = {}
     for report in path:  # later reports' values win, as when sent one by one
         values.update(_report_values(report, settings))
     last = path[-1]
     return runs.switch_status(session, run=run_id, to=last.status, note=last.note, lease_token=last.lease_token,
-                              values=values, via=tuple((report.status, report.note) for report in path[:-1]),
-                              current=current)
+                              values=values | (ahead.counters if ahead else {}),
+                              via=tuple((report.status, report.note) for report in path[:-1]), current=current,
+                              ahead=ahead.rows if ahead else ())
 
 
 def drop_outputs(session: Session, *, run: Run, settings: Settings) -> None:

@@ -83,7 +83,11 @@ def insert_chunks(session: Session, *, run_id: int, end: int, rows: Rows) -> Non
         chunks.append({"run_id": run_id, "first_offset": offset, "count": len(lines), "stream": stream,
                        "time": time, "lines": _lines_json(lines)})
         offset += len(lines)
-    session.execute(insert(LogChunk), chunks)
+    session.execute(_INSERT_CHUNK, chunks if len(chunks) > 1 else chunks[0])
+
+
+# Built once, on the table (no ORM bulk insert): every status change runs it.
+_INSERT_CHUNK = insert(LogChunk.__table__)
 
 
 def _committed(run: Run, values: dict) -> None:
@@ -110,10 +114,6 @@ def _lines_of(stored: str) -> list[str]:
         return json.loads(stored)
 
 
-def append_cast_lines(session: Session, run: Run, lines: list[str]) -> None:
-    append(session, run, [(LogStream.CAST.value, list(lines), utcnow())])
-
-
 def _size(lines: list[str]) -> int:
     """Bytes of `lines` as the log's text: UTF-8, a newline each."""
     return len("\n".join(lines).encode("utf-8", "surrogatepass")) + 1
@@ -123,10 +123,40 @@ def _size(lines: list[str]) -> int:
 _WORKER_COUNTERS = ("worker_log_seq", "worker_log_lines", "log_bytes", "log_truncated")
 
 
+class WorkerBatch(NamedTuple):
+    """A worker's batch made ready to store: its rows (those an earlier try
+    stored and those past the cap left out) and the run's counters as storing
+    them leaves them, for the UPDATE that reserves their offsets."""
+
+    rows: Rows
+    counters: dict
+
+
 def append_worker_batch(session: Session, *, run_id: int, lease_token: str, seq: int, runs: list,
                         settings: Settings, held: Run | None = None) -> tuple[int, bool]:
     """Store a worker's batch (`runs` have .stream/.lines/.time); (next_offset,
     truncated). `held`: see `batches.admit`."""
+    run, batch = prepare_worker_batch(session, run_id=run_id, lease_token=lease_token, seq=seq, runs=runs,
+                                      settings=settings, held=held)
+    store_worker_batch(session, run, batch)
+    return run.log_size, run.log_truncated
+
+
+def store_worker_batch(session: Session, run: Run, batch: WorkerBatch) -> None:
+    """Store a prepared batch with no status change to carry it: its rows and
+    the counters it moved in one UPDATE of the run (set again on `run`, which
+    a refused change since may have read afresh)."""
+    for name, value in batch.counters.items():
+        setattr(run, name, value)
+    append(session, run, batch.rows, counters=_WORKER_COUNTERS)
+
+
+def prepare_worker_batch(session: Session, *, run_id: int, lease_token: str, seq: int, runs: list,
+                         settings: Settings, held: Run | None = None) -> tuple[Run, WorkerBatch]:
+    """The run and a worker's batch ready to store (`append_worker_batch`, or
+    a status change that stores it ahead of its stage lines): the `seq`
+    dedup, lines split at the cap on a line's length, the per-run byte cap.
+    The run's counters are moved in memory only."""
     run, skip = batches.admit(session, run_id=run_id, lease_token=lease_token, seq=seq,
                               count=sum(len(r.lines) for r in runs), mark="worker_log_seq",
                               columns=_WORKER_COUNTERS + ("log_size",), held=held)
@@ -162,9 +192,7 @@ def append_worker_batch(session: Session, *, run_id: int, lease_token: str, seq:
         rows.append((stream.value, lines, time if time.tzinfo else time.replace(tzinfo=timezone.utc)))
         rows.extend(marker)
         marker = []
-    # What admit and the cap changed goes in append's one UPDATE of the run.
-    append(session, run, rows, counters=_WORKER_COUNTERS)
-    return run.log_size, run.log_truncated
+    return run, WorkerBatch([row for row in rows if row[1]], {name: getattr(run, name) for name in _WORKER_COUNTERS})
 
 
 def iso_time(time: datetime) -> str:

@@ -141,6 +141,7 @@ def switch_status(
     must: bool = True,
     via: tuple[tuple[RunStatus, str | None], ...] = (),
     current: RunStatus | None = None,
+    ahead: logs.Rows = (),
 ) -> Run | None:
     """Move `run` (an id, or a scalar subquery choosing one) to `to` if the table allows it.
 
@@ -159,6 +160,9 @@ def switch_status(
     (`log_size`), which saves the append its own UPDATE of the run. So is
     `current`, the status a caller left the run in earlier in its transaction
     (whose row it has held since): the UPDATE then asks for that source alone.
+    `ahead` are log rows stored before the stage lines (a worker's lines
+    printed before its report; their counters come in `values`), their
+    offsets reserved by the same UPDATE where it reserves any.
     """
     steps = [*via, (to, note)]
     if not is_path([status for status, _ in steps]):
@@ -178,8 +182,9 @@ def switch_status(
     reserved = 0
     if previous is not None:
         # The count of stage lines depends on whether there is a note, not on its text.
-        reserved = sum(len(stage_lines(before, status, None if step_note is None else "?"))
-                       for before, (status, step_note) in zip([previous, *(s for s, _ in steps)], steps))
+        reserved = sum(len(lines) for _, lines, _ in ahead) + sum(
+            len(stage_lines(before, status, None if step_note is None else "?"))
+            for before, (status, step_note) in zip([previous, *(s for s, _ in steps)], steps))
         if reserved:
             changes["log_size"] = Run.log_size + reserved
     statement = (
@@ -210,9 +215,9 @@ def switch_status(
     session.execute(_RECORD, records if len(records) > 1 else records[0])
     if reserved:
         logs.insert_chunks(session, run_id=updated.id, end=updated.log_size,
-                           rows=[(LogStream.CAST.value, lines, now)])
+                           rows=[*ahead, (LogStream.CAST.value, lines, now)] if lines else list(ahead))
     else:
-        logs.append_cast_lines(session, updated, lines)
+        logs.append(session, updated, [*ahead, (LogStream.CAST.value, lines, now)])
     events.changed(session, events.run_key(updated.id))
     if to is S.MACHINE_REQUESTED:
         events.changed(session, events.queue_key(updated.gpus))

@@ -99,6 +99,31 @@ def test_lines_carried_by_a_batch_of_reports_are_stored_before_their_report_and_
     assert run["status"] == "complete"
 
 
+def test_lines_ahead_of_a_refused_report_are_stored_in_place_and_the_log_stays_gapless(local):
+    """A report's lines go in its status change's own UPDATE and INSERT; one
+    the table refuses still has its lines stored, once, where they were printed."""
+    run_id = local.create_run()["id"]
+    lease = local.lease(local.register())
+
+    def lines(seq: int, text: str) -> dict:
+        return {"seq": seq, "runs": [{"stream": "stdout", "lines": [text]}]}
+
+    reports = [{"status": "mounting"}, {"status": "running"},
+               {"status": "building", "logs": lines(0, "refused's line")},  # no way back to building
+               {"status": "saving", "logs": lines(1, "saving's line")}]
+    for attempt in range(2):  # the second: the answer was lost, the worker sends it again
+        answer = local.worker.post(f"/runs/{run_id}/statuses",
+                                   json={"lease_token": lease["lease_token"], "reports": reports})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["refused"] == ([2] if attempt == 0 else [0, 1, 2, 3])
+        entries = page_entries(local.user.get(f"/runs/{run_id}/logs").json())
+        texts = [entry["text"] for entry in entries]
+        assert [entry["offset"] for entry in entries] == list(range(len(entries)))
+        assert texts.count("refused's line") == 1 and texts.count("saving's line") == 1
+        assert texts.index("Run is running") < texts.index("refused's line") < texts.index("saving's line")
+    assert local.run(run_id)["status"] == "saving"
+
+
 def test_a_batch_of_reports_records_what_the_same_reports_one_by_one_would(local, app):
     """Reports that make a path through the table are one status change on
     the server; what it leaves is what they leave sent one by one: the

@@ -24,6 +24,7 @@ from cast.server.settings import Settings
 from tests.conftest import wait_until
 from tests.server.conftest import in_process_api
 from .conftest import admin_of
+from tests.factories import append_cast_lines
 
 TIMEOUT = 120  # guards against a hang only
 # Line texts a stored chunk must carry through an archive as they are: quotes,
@@ -245,7 +246,7 @@ def test_a_log_that_grew_after_its_archive_was_written_keeps_its_rows(local, app
     database = app.state.database
     archive = log_archive.write(database, settings, run_id=run_id)
     with database.transaction() as session:
-        logs.append_cast_lines(session, session.get(Run, run_id), ["[cast] one more"])
+        append_cast_lines(session, session.get(Run, run_id), ["[cast] one more"])
     assert not log_archive.record(database, settings, archive)
     assert archive_state(app, run_id)[0] is None and _files(settings, run_id) == []
     assert log_archive.archive_run(database, settings, run_id=run_id)

@@ -13,6 +13,7 @@ from cast.server.errors import RunNotFound
 from cast.server.models import Run
 from cast.server.services import log_reads, logs
 from .conftest import add_user, admin_of
+from tests.factories import append_cast_lines
 
 TIMEOUT = 120  # guards against a hang only
 
@@ -28,7 +29,7 @@ def _decoded(page: dict) -> dict:
 
 def _write(app, run_id: int, *lines: str) -> None:
     with app.state.database.transaction() as session:
-        logs.append_cast_lines(session, session.get(Run, run_id), list(lines))
+        append_cast_lines(session, session.get(Run, run_id), list(lines))
 
 
 def test_a_page_is_read_only_by_who_may_see_the_run(local, app, settings):

@@ -16,6 +16,7 @@ from cast.server.errors import LeaseLost, RunNotFound
 from cast.server.models import LogChunk, Run
 from cast.server.schemas.logs import LogRunIn
 from cast.server.services import logs
+from tests.factories import append_cast_lines
 
 
 def _leased(local) -> dict:
@@ -50,7 +51,7 @@ def test_appends_take_the_next_offsets_whatever_the_session_holds(local, app):
         logs.append(session, run, [("stdout", ["a"], at), ("stderr", ["b"], at)])
         assert run.log_size == start + 2
         logs.append(session, run, [])
-        logs.append_cast_lines(session, run, ["[cast] hello"])
+        append_cast_lines(session, run, ["[cast] hello"])
         assert run.log_size == start + 3
     with app.state.database.transaction() as session:
         assert _texts(session, run_id)[start:] == [(start, "stdout", "a"), (start + 1, "stderr", "b"),
@@ -137,7 +138,7 @@ def test_long_lines_are_split_and_the_byte_cap_drops_lines_past_one_marker(local
             (start + 3, LogStream.CAST.value, "[cast] log truncated after 12 bytes (12 B)")]
         assert session.get(Run, run_id).log_bytes == 12
         # The server's own lines are not capped: a run's end is always visible.
-        logs.append_cast_lines(session, session.get(Run, run_id), ["Saving…"])
+        append_cast_lines(session, session.get(Run, run_id), ["Saving…"])
         assert _texts(session, run_id)[-1][2] == "Saving…"
         # Nor are the worker's: what was not saved, and why, survives a flood.
         assert store(4, _runs("7", "8")) == (start + 5, True)
@@ -164,7 +165,7 @@ def test_reads_page_from_an_offset_and_finish_only_on_a_final_run_read_to_its_en
     run_id = lease["run_id"]
     with app.state.database.transaction() as session:
         run = session.get(Run, run_id)
-        logs.append_cast_lines(session, run, [f"line {i}" for i in range(10)])
+        append_cast_lines(session, run, [f"line {i}" for i in range(10)])
         size = run.log_size
         tail = logs.read(session, run=run, offset=-3, limit=100)
         assert [text for _, _, text in _lines(tail)] == ["line 7", "line 8", "line 9"]
@@ -187,13 +188,13 @@ def test_reads_return_at_most_max_read_lines_and_end_early_past_max_read_bytes(l
         run = session.get(Run, run_id)
         start = run.log_size
         monkeypatch.setattr(logs, "MAX_READ_LINES", 4)
-        logs.append_cast_lines(session, run, [str(i) for i in range(10)])
+        append_cast_lines(session, run, [str(i) for i in range(10)])
         page = logs.read(session, run=run, offset=start, limit=100)
         assert len(_lines(page)) == 4 and page["next_offset"] == start + 4
         monkeypatch.setattr(logs, "MAX_READ_LINES", 1000)
         monkeypatch.setattr(logs, "MAX_READ_BYTES", 10)
-        logs.append_cast_lines(session, run, ["x" * 20])
-        logs.append_cast_lines(session, run, ["y"])
+        append_cast_lines(session, run, ["x" * 20])
+        append_cast_lines(session, run, ["y"])
         # The chunk that passes the bound is the page's last; the next read goes on from there.
         page = logs.read(session, run=run, offset=start + 10, limit=100)
         assert _lines(page) == [(start + 10, "cast", "x" * 20)] and page["next_offset"] == start + 11
@@ -244,7 +245,7 @@ def test_lines_with_any_characters_are_stored_and_paged_as_they_came(local, app,
         run = session.get(Run, lease["run_id"])
         start = run.log_size
         _storer(session, lease, settings)(0, _runs(*texts[:3]) + _runs(texts[3], stream="stderr") + _runs(*texts[4:]))
-        logs.append_cast_lines(session, run, ["\ud800 lone", "next"])
+        append_cast_lines(session, run, ["\ud800 lone", "next"])
         every = [*texts, "\ud800 lone", "next"]
         assert [text for _, _, text in _texts(session, run.id)[start:]] == every
         for offset, limit in [(start, 100), (start, 4), (start + 1, 2), (start + 4, 100), (start + len(texts), 1),
