@@ -88,6 +88,11 @@ class SourceCache:
         try:
             with tarfile.open(fileobj=archive.stdout, mode="r|") as tar:
                 tar.extractall(workdir, filter="tar")
+            # tarfile stops at the end-of-archive blocks; the record's padding
+            # after them, left unread, would kill git with SIGPIPE (exit -13,
+            # no message) whenever it did not fit in the pipe's buffer.
+            while archive.stdout.read(1 << 16):
+                pass
         except tarfile.TarError as exc:
             raise SourceError(f"the files of {sha} cannot be placed: {exc}") from exc
         finally:
