@@ -28,8 +28,10 @@ Phases (each prints its figures):
   e2e        runs submitted at --rate for --seconds through the balancer,
              --workers simulated workers (one run at a time each); sustained
              runs/s from submit to complete, p50/p99 queued -> running (from
-             the runs' transitions), and zero duplicates checked in the
-             database (one claim per run, attempt 1, every run complete).
+             the runs' transitions), zero duplicates checked in the
+             database (one claim per run, attempt 1, every run complete),
+             and the CPU per run of the replicas, of the database and of
+             what else shares the cores (the load processes and nginx).
   heartbeat  N active runs on one replica, held by simulated workers of
              --runs-per-worker runs each, every worker heartbeating all its
              leases in one request at the real worker's interval
@@ -528,6 +530,9 @@ def phase_e2e(stack: Stack, pool: multiprocessing.pool.Pool, args) -> dict:
     submit_end = start + args.seconds
     cpu_before = [cpu_seconds(p.pid) for p in stack.replicas]
     db_before = cpu_seconds(stack.postgres.pid()) if stack.postgres is not None else 0.0
+    # What else shares the machine's cores: the load processes and the balancer.
+    others = [p.pid for p in pool._pool] + ([stack.nginx.pid] if stack.nginx else [])
+    others_before = sum(cpu_seconds(pid) for pid in others)
     workers = [pool.apply_async(simulated_workers, (stack.url, stack.worker_token, count, submit_end, f"{i}"))
                for i, count in enumerate(_split_count(args.workers, args.procs)) if count]
     submitters = [pool.apply_async(submitter, (stack.url, stack.admin_token, args.rate / args.submitters, start,
@@ -537,6 +542,7 @@ def phase_e2e(stack: Stack, pool: multiprocessing.pool.Pool, args) -> dict:
     leased = [x for f in workers for x in f.get()]
     replica_cpu = [cpu_seconds(p.pid) - before for p, before in zip(stack.replicas, cpu_before)]
     database_cpu = (cpu_seconds(stack.postgres.pid()) - db_before) if stack.postgres is not None else 0.0
+    others_cpu = sum(cpu_seconds(pid) for pid in others) - others_before
     checked = stack.check_runs(submitted[0])
     ours = set(submitted)
     claims = {k: v for k, v in checked["claims"].items() if k in ours}
@@ -549,7 +555,7 @@ def phase_e2e(stack: Stack, pool: multiprocessing.pool.Pool, args) -> dict:
         "submitted": len(submitted), "complete": len(completes), "duplicates": duplicates,
         "retried": checked["retried"], "statuses": checked["statuses"], "runs_per_second": len(completes) / span,
         "p50": percentile(waits, 0.5), "p99": percentile(waits, 0.99), "max": max(waits, default=float("nan")),
-        "replica_cpu": replica_cpu, "database_cpu": database_cpu, "span": span,
+        "replica_cpu": replica_cpu, "database_cpu": database_cpu, "others_cpu": others_cpu, "span": span,
         "rss": [rss_mib(p.pid) for p in stack.replicas],
     }
     print(f"  submitted {len(submitted)} at {args.rate:g}/s for {args.seconds:g} s through "
@@ -563,7 +569,9 @@ def phase_e2e(stack: Stack, pool: multiprocessing.pool.Pool, args) -> dict:
     done = max(len(completes), 1)
     print(f"  CPU per run: replicas {sum(replica_cpu) / done * 1000:.1f} ms, database {database_cpu / done * 1000:.1f} ms"
           f" ({database_cpu / max(database_cpu + sum(replica_cpu), 1e-9):.0%} of the two); replica RSS "
-          f"{', '.join(f'{r:.0f}' for r in result['rss'])} MiB", flush=True)
+          f"{', '.join(f'{r:.0f}' for r in result['rss'])} MiB")
+    print(f"  CPU per run of the load processes and nginx (not cast's): {others_cpu / done * 1000:.1f} ms; all four "
+          f"used {(sum(replica_cpu) + database_cpu + others_cpu) / span:.2f} cores over the span", flush=True)
     return result
 
 
