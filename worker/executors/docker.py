@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -65,6 +66,7 @@ from cast.worker.resources import detect_gpus
 _SIGNAL_NAMES = {sig.value: sig.name for sig in signal.Signals}
 PIDS_CHECK_INTERVAL = 1.0  # seconds between looks at a run's process count
 PIDS_CHECKS_AT_LIMIT = 2  # looks in a row at the limit before the run is killed
+OOM_EVENT_GRACE = 2.0  # seconds a SIGKILLed container's OOM flag may come late
 CONTAINER_METRICS = "/cast/metrics"  # where a run's metrics folder appears
 # The settings of `container_settings` that are the container's own; the rest
 # are its host config.
@@ -336,8 +338,19 @@ class ContainerProcess(RunningProcess):
         finally:
             self._events.close()
         code = self.container.wait()["StatusCode"]
-        state = self.container.client.api.inspect_container(self.container.id)["State"]
-        return code, bool(state.get("OOMKilled"))
+        return code, self._oom_killed(late=code == 128 + signal.SIGKILL and not self._signalled)
+
+    def _oom_killed(self, *, late: bool) -> bool:
+        """The container's `OOMKilled`; with `late` (a SIGKILL that came from
+        no one here), asked again for up to `OOM_EVENT_GRACE` seconds: the
+        engine sets it when the kernel's OOM event reaches it, which on cgroup
+        v1 may be after the container's exit (CI met exit 137 and no reason)."""
+        deadline = time.monotonic() + (OOM_EVENT_GRACE if late else 0.0)
+        while True:
+            state = self.container.client.api.inspect_container(self.container.id)["State"]
+            if state.get("OOMKilled") or time.monotonic() >= deadline:
+                return bool(state.get("OOMKilled"))
+            time.sleep(0.05)
 
     def release(self) -> None:
         try:
