@@ -274,9 +274,8 @@ def report_status(session: Session, *, run_id: int, report: StatusReport, settin
     """A worker moves its leased run on; the lease is extended while it stays
     leased. `current`: see `runs.switch_status`; `ahead`, the worker's lines
     printed before the report, stored by the same change."""
-    values = _report_values(report, settings) | (ahead.counters if ahead else {})
     run = runs.switch_status(session, run=run_id, to=report.status, note=report.note, lease_token=report.lease_token,
-                             values=values, current=current, ahead=ahead.rows if ahead else ())
+                             values=_report_values(report, settings), current=current, ahead=ahead)
     if report.status is S.KILLED:
         drop_outputs(session, run=run, settings=settings)
     return run
@@ -369,9 +368,8 @@ def _report_path(session: Session, *, run_id: int, path: list[StatusReport], set
         values.update(_report_values(report, settings))
     last = path[-1]
     return runs.switch_status(session, run=run_id, to=last.status, note=last.note, lease_token=last.lease_token,
-                              values=values | (ahead.counters if ahead else {}),
-                              via=tuple((report.status, report.note) for report in path[:-1]), current=current,
-                              ahead=ahead.rows if ahead else ())
+                              values=values, via=tuple((report.status, report.note) for report in path[:-1]),
+                              current=current, ahead=ahead)
 
 
 def drop_outputs(session: Session, *, run: Run, settings: Settings) -> None:

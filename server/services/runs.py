@@ -141,7 +141,7 @@ def switch_status(
     must: bool = True,
     via: tuple[tuple[RunStatus, str | None], ...] = (),
     current: RunStatus | None = None,
-    ahead: logs.Rows = (),
+    ahead: logs.WorkerBatch | None = None,
 ) -> Run | None:
     """Move `run` (an id, or a scalar subquery choosing one) to `to` if the table allows it.
 
@@ -160,15 +160,16 @@ def switch_status(
     (`log_size`), which saves the append its own UPDATE of the run. So is
     `current`, the status a caller left the run in earlier in its transaction
     (whose row it has held since): the UPDATE then asks for that source alone.
-    `ahead` are log rows stored before the stage lines (a worker's lines
-    printed before its report; their counters come in `values`), their
-    offsets reserved by the same UPDATE where it reserves any.
+    `ahead` is a worker's batch printed before the first of the steps: its
+    rows go before the stage lines, its counters in the same UPDATE, which
+    reserves their offsets where it reserves any.
     """
     steps = [*via, (to, note)]
     if not is_path([status for status, _ in steps]):
         raise ValueError(f"no path through the status table: {[str(status) for status, _ in steps]}")
     now = utcnow()
-    changes = dict(values or {}, status=to.value)
+    rows = ahead.rows if ahead else []
+    changes = dict(values or {}, **(ahead.counters if ahead else {}), status=to.value)
     if to in FINAL_STATUSES:
         changes.update(finished_at=now, lease_expires_at=None)
     if to is S.MACHINE_REQUESTED:  # a requeue: the next attempt starts from scratch
@@ -182,7 +183,7 @@ def switch_status(
     reserved = 0
     if previous is not None:
         # The count of stage lines depends on whether there is a note, not on its text.
-        reserved = sum(len(lines) for _, lines, _ in ahead) + sum(
+        reserved = sum(len(lines) for _, lines, _ in rows) + sum(
             len(stage_lines(before, status, None if step_note is None else "?"))
             for before, (status, step_note) in zip([previous, *(s for s, _ in steps)], steps))
         if reserved:
@@ -215,9 +216,9 @@ def switch_status(
     session.execute(_RECORD, records if len(records) > 1 else records[0])
     if reserved:
         logs.insert_chunks(session, run_id=updated.id, end=updated.log_size,
-                           rows=[*ahead, (LogStream.CAST.value, lines, now)] if lines else list(ahead))
+                           rows=[*rows, (LogStream.CAST.value, lines, now)] if lines else rows)
     else:
-        logs.append(session, updated, [*ahead, (LogStream.CAST.value, lines, now)])
+        logs.append(session, updated, [*rows, (LogStream.CAST.value, lines, now)])
     events.changed(session, events.run_key(updated.id))
     if to is S.MACHINE_REQUESTED:
         events.changed(session, events.queue_key(updated.gpus))
